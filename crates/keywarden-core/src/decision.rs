@@ -1,0 +1,668 @@
+//! The decision of SPEC §8: a pure function from what was found (the key record, its
+//! account, the request's facts) and the time to a verdict. The checks run in the spec's
+//! order and the first failure wins, so the code a client sees never depends on anything
+//! but that order.
+//!
+//! Finding the key (a store or cache lookup) and checking a slow hash are I/O and happen
+//! before; consuming rate-limit, concurrency and quota budget happens after, and only for
+//! a request that passed every other check ([`limit_verdict`]), so failed attempts never
+//! eat a customer's budget.
+
+use crate::codes::Code;
+use crate::hashing::SecretHasher;
+use crate::ip::IpAllowlist;
+use crate::limits::{QuotaOutcome, RateOutcome};
+use crate::model::{AccountStatus, Application, KeyRecord, KeyType, Millis, Mode};
+use crate::scopes::{ScopeCatalog, ScopeSet};
+use std::net::IpAddr;
+
+/// A key ready for the hot path: the record plus everything compiled from it once.
+#[derive(Clone, Debug)]
+pub struct CompiledKey {
+    /// The stored record.
+    pub record: KeyRecord,
+    /// Effective scopes as a bitset (aliases expanded; publishable keys limited to public).
+    pub scopes: ScopeSet,
+    /// The parsed IP allowlist.
+    pub allowlist: IpAllowlist,
+}
+
+impl CompiledKey {
+    /// Compiles a record against the catalog. Scopes that left the catalog since the key
+    /// was made are ignored (they grant nothing), and an allowlist entry that no longer
+    /// parses denies every address rather than allowing any.
+    pub fn compile(record: KeyRecord, catalog: &ScopeCatalog) -> Self {
+        let mut scopes = match catalog.compile(&record.scopes) {
+            Ok(set) => set,
+            Err(_) => {
+                let known: Vec<&String> = record
+                    .scopes
+                    .iter()
+                    .filter(|s| catalog.compile(&[s.as_str()]).is_ok())
+                    .collect();
+                catalog.compile(&known).unwrap_or_default()
+            }
+        };
+        if record.key_type == KeyType::Publishable {
+            scopes = scopes.intersection(catalog.public_scopes());
+        }
+        let allowlist = IpAllowlist::parse(&record.ip_allowlist).unwrap_or_else(|_| {
+            // An unparseable stored entry must fail closed: allow nothing.
+            IpAllowlist::parse(&["255.255.255.255/32"]).unwrap_or_default()
+        });
+        CompiledKey {
+            record,
+            scopes,
+            allowlist,
+        }
+    }
+}
+
+/// Which of a key's secrets the presented token matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretMatch {
+    /// The current secret.
+    Current,
+    /// The secret before the last rotation (valid only during its grace).
+    Previous,
+}
+
+/// What the key lookup found for the presented credential.
+#[derive(Clone, Copy, Debug)]
+pub enum KeyLookup<'a> {
+    /// No credential was presented.
+    Missing,
+    /// Bad format or checksum, unknown, or hash mismatch: all the same to the client.
+    Invalid,
+    /// A key whose secret matched.
+    Found {
+        /// The key.
+        key: &'a CompiledKey,
+        /// Which secret matched.
+        matched: SecretMatch,
+    },
+}
+
+/// The outcome of checking the application secret (SPEC §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppSecretCheck {
+    /// No app secret is needed (no header configured, or the key has no application).
+    NotRequired,
+    /// The right secret for the key's mode was presented.
+    Valid,
+    /// It was needed and not presented.
+    Missing,
+    /// It matches neither of the application's secrets (or the application is gone).
+    Wrong,
+    /// It is the application's secret for the other environment.
+    OtherEnvironment,
+}
+
+/// Checks a presented application secret against the application's stored secrets: the
+/// environment matching `mode` must match (production with live, sandbox with test).
+pub fn check_app_secret(
+    hasher: &SecretHasher,
+    app: Option<&Application>,
+    mode: Mode,
+    presented: Option<&str>,
+) -> AppSecretCheck {
+    let Some(presented) = presented.filter(|p| !p.is_empty()) else {
+        return AppSecretCheck::Missing;
+    };
+    let Some(app) = app else {
+        return AppSecretCheck::Wrong;
+    };
+    let (right, other) = match mode {
+        Mode::Live => (&app.production, &app.sandbox),
+        Mode::Test => (&app.sandbox, &app.production),
+    };
+    if hasher.verify(presented, right) {
+        AppSecretCheck::Valid
+    } else if hasher.verify(presented, other) {
+        AppSecretCheck::OtherEnvironment
+    } else {
+        AppSecretCheck::Wrong
+    }
+}
+
+/// What the request needs in scopes.
+#[derive(Clone, Copy, Debug)]
+pub enum Requirement<'a> {
+    /// A valid key is enough.
+    None,
+    /// Every scope of the set.
+    All(&'a ScopeSet),
+    /// At least one scope of the set.
+    Any(&'a ScopeSet),
+    /// Something no key can have (a route denying by default, or a substituted scope
+    /// outside the catalog).
+    Impossible,
+}
+
+/// Everything the decision looks at, gathered by the caller.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    /// `server.api_enabled`.
+    pub api_enabled: bool,
+    /// `Some(retry_after_secs)` when the client IP is locked out.
+    pub locked_out: Option<u64>,
+    /// What the credential lookup found.
+    pub key: KeyLookup<'a>,
+    /// The status of the key's account (`None` when the account no longer exists).
+    pub account_status: Option<AccountStatus>,
+    /// The application-secret check.
+    pub app_secret: AppSecretCheck,
+    /// The client IP, if known.
+    pub client_ip: Option<IpAddr>,
+    /// The mode of the object the request touches, when it touches one.
+    pub object_mode: Option<Mode>,
+    /// The scopes the request needs.
+    pub required: Requirement<'a>,
+    /// The time of the decision.
+    pub now_ms: Millis,
+}
+
+/// A refusal: its code and, for 429s, when to retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Denial {
+    /// Why.
+    pub code: Code,
+    /// Seconds until a retry may succeed (429s only), never 0.
+    pub retry_after: Option<u64>,
+}
+
+impl Denial {
+    /// A denial without a retry hint.
+    pub fn new(code: Code) -> Self {
+        Denial {
+            code,
+            retry_after: None,
+        }
+    }
+}
+
+/// Runs checks 1–12 of SPEC §8 (everything but the limits) in order.
+pub fn authorize(f: &Facts<'_>) -> Result<(), Denial> {
+    if !f.api_enabled {
+        return Err(Denial::new(Code::ApiDisabled));
+    }
+    if let Some(secs) = f.locked_out {
+        return Err(Denial {
+            code: Code::TooManyAuthFailures,
+            retry_after: Some(secs.max(1)),
+        });
+    }
+    let (key, matched) = match f.key {
+        KeyLookup::Missing => return Err(Denial::new(Code::MissingApiKey)),
+        KeyLookup::Invalid => return Err(Denial::new(Code::InvalidApiKey)),
+        KeyLookup::Found { key, matched } => (key, matched),
+    };
+    let r = &key.record;
+    if r.revoked_at.is_some_and(|at| at <= f.now_ms) {
+        return Err(Denial::new(Code::ApiKeyRevoked));
+    }
+    if matched == SecretMatch::Previous
+        && r.previous
+            .as_ref()
+            .is_none_or(|p| f.now_ms >= p.valid_until)
+    {
+        return Err(Denial::new(Code::ApiKeyRevoked));
+    }
+    if r.expires_at.is_some_and(|at| f.now_ms >= at) {
+        return Err(Denial::new(Code::ApiKeyExpired));
+    }
+    if !r.enabled {
+        return Err(Denial::new(Code::ApiKeyDisabled));
+    }
+    match f.account_status {
+        // A key whose account is gone is as good as unknown.
+        None => return Err(Denial::new(Code::InvalidApiKey)),
+        Some(AccountStatus::Suspended) => return Err(Denial::new(Code::AccountInactive)),
+        Some(AccountStatus::Pending) if r.mode == Mode::Live => {
+            return Err(Denial::new(Code::AccountInactive))
+        }
+        Some(_) => {}
+    }
+    match f.app_secret {
+        AppSecretCheck::NotRequired | AppSecretCheck::Valid => {}
+        AppSecretCheck::Missing | AppSecretCheck::Wrong | AppSecretCheck::OtherEnvironment => {
+            return Err(Denial::new(Code::InvalidAppSecret))
+        }
+    }
+    if !key.allowlist.is_empty() {
+        let allowed = f.client_ip.is_some_and(|ip| key.allowlist.allows(ip));
+        if !allowed {
+            return Err(Denial::new(Code::IpNotAllowed));
+        }
+    }
+    if f.object_mode.is_some_and(|m| m != r.mode) {
+        return Err(Denial::new(Code::ModeMismatch));
+    }
+    let scoped = match f.required {
+        Requirement::None => true,
+        Requirement::All(set) => key.scopes.contains_all(set),
+        Requirement::Any(set) => set.is_empty() || key.scopes.contains_any(set),
+        Requirement::Impossible => false,
+    };
+    if !scoped {
+        return Err(Denial::new(Code::InsufficientScope));
+    }
+    Ok(())
+}
+
+/// Runs checks 13–15 of SPEC §8 on outcomes the caller computed after [`authorize`]
+/// passed: the rate limit, then the concurrency limit, then each quota.
+pub fn limit_verdict(
+    rate: Option<&RateOutcome>,
+    concurrency_ok: bool,
+    quotas: &[QuotaOutcome],
+) -> Result<(), Denial> {
+    if let Some(r) = rate.filter(|r| !r.allowed) {
+        return Err(Denial {
+            code: Code::RateLimitExceeded,
+            retry_after: Some(r.retry_after_secs.max(1)),
+        });
+    }
+    if !concurrency_ok {
+        return Err(Denial {
+            code: Code::ConcurrencyLimitExceeded,
+            retry_after: Some(1),
+        });
+    }
+    if let Some(q) = quotas.iter().find(|q| !q.allowed) {
+        return Err(Denial {
+            code: Code::QuotaExceeded,
+            retry_after: Some(q.retry_after_secs.max(1)),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{check_quota, Period, QuotaSpec, RateLimit};
+    use crate::model::{PreviousSecret, Role, StoredSecret};
+    use crate::scopes::CatalogEntry;
+    use std::collections::BTreeMap;
+
+    const NOW: Millis = 1_774_000_800_000;
+
+    fn catalog() -> ScopeCatalog {
+        let entries = vec![
+            CatalogEntry {
+                name: "invoices:read".into(),
+                description: String::new(),
+                public: true,
+            },
+            CatalogEntry {
+                name: "invoices:write".into(),
+                description: String::new(),
+                public: false,
+            },
+        ];
+        ScopeCatalog::build(&entries, &BTreeMap::new(), true).unwrap()
+    }
+
+    fn record() -> KeyRecord {
+        let secret = StoredSecret {
+            scheme: crate::model::HashScheme::HmacSha256,
+            lookup: "aa".into(),
+            hash: String::new(),
+        };
+        KeyRecord {
+            id: "key_1".into(),
+            account_id: "acc_1".into(),
+            mode: Mode::Live,
+            key_type: KeyType::Secret,
+            name: "k".into(),
+            description: String::new(),
+            owner: String::new(),
+            role: Role::Owner,
+            scopes: vec!["invoices:read".into()],
+            expires_at: None,
+            ip_allowlist: vec![],
+            rate_limit: None,
+            enabled: true,
+            metadata: serde_json::json!({}),
+            app_id: None,
+            grant_id: None,
+            prefix: "kw_sk_live_".into(),
+            start: "kw_sk_live_abcd".into(),
+            key_hash: "sha256_x".into(),
+            secret: secret.clone(),
+            previous: Some(PreviousSecret {
+                secret,
+                key_hash: "sha256_y".into(),
+                valid_until: NOW + 1000,
+            }),
+            created_at: NOW - 1,
+            last_used_at: None,
+            last_used_ip: None,
+            revoked_at: None,
+            revoked_reason: None,
+            recoverable: None,
+        }
+    }
+
+    /// One case: tweak the record and the facts, expect a code.
+    fn check(
+        edit_record: impl Fn(&mut KeyRecord),
+        edit_facts: impl for<'a> Fn(&mut Facts<'a>),
+        matched: SecretMatch,
+        want: Code,
+    ) {
+        let cat = catalog();
+        let mut r = record();
+        edit_record(&mut r);
+        let key = CompiledKey::compile(r, &cat);
+        let read = cat.required(&["invoices:read"]).unwrap();
+        let mut f = Facts {
+            api_enabled: true,
+            locked_out: None,
+            key: KeyLookup::Found { key: &key, matched },
+            account_status: Some(AccountStatus::Active),
+            app_secret: AppSecretCheck::NotRequired,
+            client_ip: Some("203.0.113.9".parse().unwrap()),
+            object_mode: None,
+            required: Requirement::All(&read),
+            now_ms: NOW,
+        };
+        edit_facts(&mut f);
+        let got = authorize(&f).err().map(|d| d.code).unwrap_or(Code::Valid);
+        assert_eq!(got, want);
+    }
+
+    const CUR: SecretMatch = SecretMatch::Current;
+    const PREV: SecretMatch = SecretMatch::Previous;
+
+    #[test]
+    fn every_code_path_in_order() {
+        let none = |_: &mut KeyRecord| {};
+        let same = |_: &mut Facts<'_>| {};
+        check(none, same, CUR, Code::Valid);
+        check(none, |f| f.api_enabled = false, CUR, Code::ApiDisabled);
+        check(
+            none,
+            |f| f.locked_out = Some(30),
+            CUR,
+            Code::TooManyAuthFailures,
+        );
+        check(
+            none,
+            |f| f.key = KeyLookup::Missing,
+            CUR,
+            Code::MissingApiKey,
+        );
+        check(
+            none,
+            |f| f.key = KeyLookup::Invalid,
+            CUR,
+            Code::InvalidApiKey,
+        );
+        check(
+            |r| r.revoked_at = Some(NOW - 1),
+            same,
+            CUR,
+            Code::ApiKeyRevoked,
+        );
+        check(none, same, PREV, Code::Valid);
+        check(none, |f| f.now_ms = NOW + 1000, PREV, Code::ApiKeyRevoked);
+        check(|r| r.previous = None, same, PREV, Code::ApiKeyRevoked);
+        check(|r| r.expires_at = Some(NOW), same, CUR, Code::ApiKeyExpired);
+        check(|r| r.expires_at = Some(NOW + 1), same, CUR, Code::Valid);
+        check(|r| r.enabled = false, same, CUR, Code::ApiKeyDisabled);
+        check(
+            none,
+            |f| f.account_status = Some(AccountStatus::Suspended),
+            CUR,
+            Code::AccountInactive,
+        );
+        check(
+            none,
+            |f| f.account_status = Some(AccountStatus::Pending),
+            CUR,
+            Code::AccountInactive,
+        );
+        check(
+            |r| r.mode = Mode::Test,
+            |f| f.account_status = Some(AccountStatus::Pending),
+            CUR,
+            Code::Valid,
+        );
+        check(
+            |r| r.mode = Mode::Test,
+            |f| f.account_status = Some(AccountStatus::Suspended),
+            CUR,
+            Code::AccountInactive,
+        );
+        check(none, |f| f.account_status = None, CUR, Code::InvalidApiKey);
+        check(
+            none,
+            |f| f.app_secret = AppSecretCheck::Missing,
+            CUR,
+            Code::InvalidAppSecret,
+        );
+        check(
+            none,
+            |f| f.app_secret = AppSecretCheck::Wrong,
+            CUR,
+            Code::InvalidAppSecret,
+        );
+        check(
+            none,
+            |f| f.app_secret = AppSecretCheck::OtherEnvironment,
+            CUR,
+            Code::InvalidAppSecret,
+        );
+        check(
+            none,
+            |f| f.app_secret = AppSecretCheck::Valid,
+            CUR,
+            Code::Valid,
+        );
+        check(
+            |r| r.ip_allowlist = vec!["10.0.0.0/8".into()],
+            same,
+            CUR,
+            Code::IpNotAllowed,
+        );
+        check(
+            |r| r.ip_allowlist = vec!["10.0.0.0/8".into()],
+            |f| f.client_ip = None,
+            CUR,
+            Code::IpNotAllowed,
+        );
+        check(
+            |r| r.ip_allowlist = vec!["203.0.113.0/24".into()],
+            same,
+            CUR,
+            Code::Valid,
+        );
+        check(
+            none,
+            |f| f.object_mode = Some(Mode::Test),
+            CUR,
+            Code::ModeMismatch,
+        );
+        check(none, |f| f.object_mode = Some(Mode::Live), CUR, Code::Valid);
+        check(
+            |r| r.scopes = vec!["invoices:write".into()],
+            same,
+            CUR,
+            Code::InsufficientScope,
+        );
+        check(
+            none,
+            |f| f.required = Requirement::Impossible,
+            CUR,
+            Code::InsufficientScope,
+        );
+        check(
+            |r| r.scopes = vec![],
+            |f| f.required = Requirement::None,
+            CUR,
+            Code::Valid,
+        );
+        check(|r| r.scopes = vec!["*".into()], same, CUR, Code::Valid);
+    }
+
+    #[test]
+    fn earlier_checks_win() {
+        // Revoked and expired and disabled: revoked is reported.
+        check(
+            |r| {
+                r.revoked_at = Some(NOW - 5);
+                r.expires_at = Some(NOW - 5);
+                r.enabled = false;
+            },
+            |f| f.account_status = Some(AccountStatus::Suspended),
+            CUR,
+            Code::ApiKeyRevoked,
+        );
+        // Disabled API beats everything, including a missing key.
+        check(
+            |_| {},
+            |f| {
+                f.api_enabled = false;
+                f.key = KeyLookup::Missing;
+            },
+            CUR,
+            Code::ApiDisabled,
+        );
+        // A wrong IP is reported before a missing scope.
+        check(
+            |r| {
+                r.ip_allowlist = vec!["10.0.0.1".into()];
+                r.scopes = vec![];
+            },
+            |_| {},
+            CUR,
+            Code::IpNotAllowed,
+        );
+    }
+
+    #[test]
+    fn any_scope_requirement() {
+        let cat = catalog();
+        let key = CompiledKey::compile(record(), &cat);
+        let any = cat.required(&["invoices:read", "invoices:write"]).unwrap();
+        let f = Facts {
+            api_enabled: true,
+            locked_out: None,
+            key: KeyLookup::Found {
+                key: &key,
+                matched: CUR,
+            },
+            account_status: Some(AccountStatus::Active),
+            app_secret: AppSecretCheck::NotRequired,
+            client_ip: None,
+            object_mode: None,
+            required: Requirement::Any(&any),
+            now_ms: NOW,
+        };
+        assert!(authorize(&f).is_ok());
+        let f = Facts {
+            required: Requirement::All(&any),
+            ..f
+        };
+        assert_eq!(authorize(&f).unwrap_err().code, Code::InsufficientScope);
+    }
+
+    #[test]
+    fn publishable_keys_keep_only_public_scopes() {
+        let cat = catalog();
+        let mut r = record();
+        r.key_type = KeyType::Publishable;
+        r.scopes = vec!["*".into()];
+        let key = CompiledKey::compile(r, &cat);
+        assert_eq!(cat.names(&key.scopes), vec!["invoices:read"]);
+    }
+
+    #[test]
+    fn unknown_stored_scopes_grant_nothing_and_bad_allowlists_fail_closed() {
+        let cat = catalog();
+        let mut r = record();
+        r.scopes = vec!["gone:scope".into(), "invoices:read".into()];
+        r.ip_allowlist = vec!["not an ip".into()];
+        let key = CompiledKey::compile(r, &cat);
+        assert_eq!(cat.names(&key.scopes), vec!["invoices:read"]);
+        assert!(!key.allowlist.allows("203.0.113.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn limits_in_order() {
+        let rl = RateLimit {
+            limit: 1,
+            window_ms: 60_000,
+        };
+        let mut st = Default::default();
+        let ok = rl.check(&mut st, NOW, 1);
+        let refused = rl.check(&mut st, NOW, 1);
+        let q = QuotaSpec {
+            unit: "words".into(),
+            limit: 10,
+            period: Period::Month,
+        };
+        let q_ok = check_quota(&q, 0, 5, NOW);
+        let q_no = check_quota(&q, 8, 5, NOW);
+        assert!(limit_verdict(Some(&ok), true, std::slice::from_ref(&q_ok)).is_ok());
+        let d = limit_verdict(Some(&refused), false, std::slice::from_ref(&q_no)).unwrap_err();
+        assert_eq!(d.code, Code::RateLimitExceeded);
+        assert!(d.retry_after.unwrap() >= 1);
+        let d = limit_verdict(Some(&ok), false, std::slice::from_ref(&q_no)).unwrap_err();
+        assert_eq!(d.code, Code::ConcurrencyLimitExceeded);
+        let d = limit_verdict(None, true, std::slice::from_ref(&q_no)).unwrap_err();
+        assert_eq!(d.code, Code::QuotaExceeded);
+        assert!(d.retry_after.unwrap() >= 1);
+    }
+
+    #[test]
+    fn app_secret_environments() {
+        let hasher = SecretHasher::new(
+            crate::model::HashScheme::HmacSha256,
+            Some(crate::Secret::new("pepper-pepper-pepper-0123")),
+            vec![],
+            4,
+        )
+        .unwrap();
+        let prod = hasher
+            .store(&crate::Secret::new("prod-secret"), "")
+            .unwrap();
+        let sand = hasher
+            .store(&crate::Secret::new("sandbox-secret"), "")
+            .unwrap();
+        let app = Application {
+            id: "app_1".into(),
+            name: "a".into(),
+            description: String::new(),
+            url: None,
+            scopes: vec![],
+            production: prod,
+            sandbox: sand,
+            created_at: NOW,
+        };
+        let check = |mode, presented: Option<&str>, want| {
+            assert_eq!(check_app_secret(&hasher, Some(&app), mode, presented), want);
+        };
+        check(Mode::Live, Some("prod-secret"), AppSecretCheck::Valid);
+        check(Mode::Test, Some("sandbox-secret"), AppSecretCheck::Valid);
+        check(
+            Mode::Live,
+            Some("sandbox-secret"),
+            AppSecretCheck::OtherEnvironment,
+        );
+        check(
+            Mode::Test,
+            Some("prod-secret"),
+            AppSecretCheck::OtherEnvironment,
+        );
+        check(Mode::Live, Some("nope"), AppSecretCheck::Wrong);
+        check(Mode::Live, None, AppSecretCheck::Missing);
+        check(Mode::Live, Some(""), AppSecretCheck::Missing);
+        assert_eq!(
+            check_app_secret(&hasher, None, Mode::Live, Some("x")),
+            AppSecretCheck::Wrong
+        );
+    }
+}

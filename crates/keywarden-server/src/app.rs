@@ -1,0 +1,241 @@
+//! Building and running the service: configuration → store → verifier → two listeners,
+//! with graceful shutdown (in-flight requests finish, then the writer flushes).
+
+use crate::config::{Config, ConfigError};
+use crate::routes::{admin_router, public_router};
+use crate::settings::Settings;
+use crate::state::AppState;
+use keywarden_core::hashing::generate_pepper;
+use keywarden_core::model::HashScheme;
+use keywarden_core::{Clock, Secret};
+use keywarden_store::cache::{CacheConfig, KeyCache};
+use keywarden_store::limiter::{Limiter, LocalLimiter};
+use keywarden_store::pepper::{load_or_create_pepper_file, pepper_path_for};
+use keywarden_store::redis_limiter::{RedisConfig, RedisLimiter};
+use keywarden_store::verifier::Verifier;
+use keywarden_store::writer::{Writer, WriterConfig, WriterHandle};
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// A built service, ready to serve.
+#[derive(Debug)]
+pub struct Service {
+    /// The shared state.
+    pub state: AppState,
+    writer: WriterHandle,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] keywarden_store::StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Resolves the pepper: configured, from `pepper_file`, or generated beside an embedded
+/// database on first start. Fast schemes other than HMAC do not need one.
+pub fn resolve_pepper(config: &Config) -> Result<Option<Secret>, ConfigError> {
+    let st = &config.store;
+    if !st.pepper.is_empty() {
+        return Ok(Some(Secret::new(st.pepper.as_str())));
+    }
+    let needs = config.keys.hash == HashScheme::HmacSha256.as_str()
+        || !config.auth.app_secret_header.is_empty();
+    if !st.pepper_file.is_empty() {
+        let (p, _) = load_or_create_pepper_file(Path::new(&st.pepper_file))
+            .map_err(|e| ConfigError::new("store.pepper_file", e.to_string()))?;
+        return Ok(Some(p));
+    }
+    if st.database_url.contains(":memory:") {
+        return Ok(Some(generate_pepper()));
+    }
+    match pepper_path_for(&st.database_url) {
+        Some(path) => {
+            let (p, created) = load_or_create_pepper_file(&path)
+                .map_err(|e| ConfigError::new("store.pepper_file", e.to_string()))?;
+            if created {
+                tracing::info!(path = %path.display(), "generated a new pepper file (mode 0600); back it up with the database");
+            }
+            Ok(Some(p))
+        }
+        None if needs => Err(ConfigError::new(
+            "store.pepper",
+            "hmac-sha256 with PostgreSQL needs a pepper: set KEYWARDEN_PEPPER or store.pepper_file",
+        )),
+        None => Ok(Some(generate_pepper())),
+    }
+}
+
+/// Like [`resolve_pepper`], but never creates a file: for `config check`, which must not
+/// change anything. A missing pepper file is reported as one that would be generated.
+pub fn resolve_pepper_readonly(config: &Config) -> Result<Option<Secret>, ConfigError> {
+    let st = &config.store;
+    if !st.pepper.is_empty() {
+        return Ok(Some(Secret::new(st.pepper.as_str())));
+    }
+    let file = if st.pepper_file.is_empty() {
+        pepper_path_for(&st.database_url)
+    } else {
+        Some(std::path::PathBuf::from(&st.pepper_file))
+    };
+    match file {
+        Some(path) if path.exists() => load_or_create_pepper_file(&path)
+            .map(|(p, _)| Some(p))
+            .map_err(|e| ConfigError::new("store.pepper_file", e.to_string())),
+        _ => Ok(Some(generate_pepper())),
+    }
+}
+
+impl Service {
+    /// Flushes pending writes without serving (for CLI commands).
+    pub async fn close(self) {
+        self.writer.shutdown().await;
+    }
+
+    /// Builds the service from a loaded configuration.
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Service, StartError> {
+        // Validate everything before touching the disk, so a bad config leaves no new
+        // pepper file behind.
+        Settings::from_config(config.clone(), resolve_pepper_readonly(&config)?)?;
+        let pepper = resolve_pepper(&config)?;
+        let (settings, vcfg) = Settings::from_config(config, pepper)?;
+        let store = keywarden_store::open(&settings.config.store.database_url).await?;
+        let st = &settings.config.store;
+        let cache = KeyCache::new(CacheConfig {
+            max_keys: st.cache_max_keys.max(1),
+            ttl: Duration::from_secs(st.cache_ttl_seconds.max(1)),
+            ..CacheConfig::default()
+        });
+        let (writer, handle) = Writer::spawn(
+            store.clone(),
+            WriterConfig {
+                activity_retain_per_key: st.activity_retain_per_key,
+                ..WriterConfig::default()
+            },
+        );
+        let local = LocalLimiter::new(settings.lockout);
+        let limiter = if st.redis_url.is_empty() {
+            Limiter::local(local)
+        } else {
+            let cfg = RedisConfig {
+                timeout: Duration::from_millis(st.redis_timeout_ms.clamp(1, 60_000)),
+                ..RedisConfig::new(st.redis_url.as_str(), st.redis_prefix.as_str())
+            };
+            let redis = RedisLimiter::connect(cfg)
+                .await
+                .map_err(|e| ConfigError::new("store.redis_url", e.to_string()))?;
+            Limiter::shared(local, redis)
+        };
+        let verifier = Arc::new(Verifier::new(
+            vcfg,
+            store,
+            cache,
+            limiter,
+            writer,
+            clock.clone(),
+        ));
+        Ok(Service {
+            state: AppState::new(settings, verifier, clock),
+            writer: handle,
+        })
+    }
+
+    /// Binds both listeners from the configuration.
+    pub async fn bind(&self) -> Result<(TcpListener, TcpListener), StartError> {
+        let s = &self.state.settings;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        Ok((bind(s.public_listen).await?, bind(s.admin_listen).await?))
+    }
+
+    /// Serves on already-bound listeners until `shutdown` resolves, then lets in-flight
+    /// requests finish and flushes the writer.
+    pub async fn run(
+        self,
+        public: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        if self.state.settings.root_keys.is_empty() {
+            tracing::warn!(
+                "no root key is configured: the admin API refuses every call. Set KEYWARDEN_ROOT_KEY (at least 16 characters) to use it"
+            );
+        }
+        let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let signal = |tx: &tokio::sync::broadcast::Sender<()>| {
+            let mut rx = tx.subscribe();
+            async move {
+                let _ = rx.recv().await;
+            }
+        };
+        let pub_app =
+            public_router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let adm_app =
+            admin_router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        tracing::info!(
+            public = %public.local_addr()?,
+            admin = %admin.local_addr()?,
+            "keywarden listening"
+        );
+        let p = tokio::spawn(
+            axum::serve(public, pub_app)
+                .with_graceful_shutdown(signal(&tx))
+                .into_future(),
+        );
+        let a = tokio::spawn(
+            axum::serve(admin, adm_app)
+                .with_graceful_shutdown(signal(&tx))
+                .into_future(),
+        );
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = tx.send(());
+        let (r1, r2) = (p.await, a.await);
+        self.writer.shutdown().await;
+        tracing::info!("writer flushed; bye");
+        r1.map_err(std::io::Error::other)??;
+        r2.map_err(std::io::Error::other)??;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,647 @@
+//! The configuration file (SPEC §13): its schema, environment overrides, validation
+//! messages that name the field, and the redacted view `keywarden config check` prints.
+//!
+//! Loading happens in three steps: read the TOML file (or nothing), overlay every
+//! `KEYWARDEN_<SECTION>__<FIELD>` variable and the short forms (`KEYWARDEN_ROOT_KEY`, …),
+//! then deserialize with unknown fields refused. [`crate::settings::Settings::from_config`]
+//! then compiles what the request path needs (template, catalog, routes, plans).
+
+use keywarden_core::limits::QuotaSpec;
+use keywarden_core::routes::{DefaultRoute, RouteConfig};
+use keywarden_core::scopes::CatalogEntry;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and network trust.
+    pub server: ServerConfig,
+    /// Where state lives.
+    pub store: StoreConfig,
+    /// How keys are presented and how failures are punished.
+    pub auth: AuthConfig,
+    /// Key format and hashing.
+    pub keys: KeysConfig,
+    /// The scope catalog and aliases.
+    pub scopes: ScopesConfig,
+    /// How errors look.
+    pub errors: ErrorsConfig,
+    /// Plans and their limits.
+    pub plans: PlansConfig,
+    /// Route rules for forward-auth and the gateway, first match wins.
+    pub routes: Vec<RouteConfig>,
+    /// What an unmatched request needs: a valid key (`authenticated`) or nothing (`deny`).
+    pub default_route: DefaultRoute,
+    /// Gateway mode.
+    pub gateway: GatewayConfig,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The public listener (self-service API, gateway traffic).
+    pub public_listen: String,
+    /// The admin listener (admin API, verify, forward-auth, metrics); keep it private.
+    pub admin_listen: String,
+    /// CIDRs whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+    /// Switch the whole API off (every verification answers `api_disabled`).
+    pub api_enabled: bool,
+    /// Base path of the self-service API.
+    pub base_path: String,
+    /// Root keys. Usually from `KEYWARDEN_ROOT_KEY` (comma-separated), never logged.
+    pub root_keys: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            public_listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:8081".into(),
+            trusted_proxies: Vec::new(),
+            api_enabled: true,
+            base_path: "/v1".into(),
+            root_keys: Vec::new(),
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://keywarden.db` (default, in the working directory) or `postgres://…`.
+    pub database_url: String,
+    /// Optional Redis for limits shared by every replica.
+    pub redis_url: String,
+    /// The start of every Redis key name, so several deployments can share one server.
+    pub redis_prefix: String,
+    /// The longest a limit check waits for Redis before deciding in process, in ms.
+    pub redis_timeout_ms: u64,
+    /// The HMAC pepper. Usually from `KEYWARDEN_PEPPER`; never logged.
+    pub pepper: String,
+    /// A file holding the pepper. With the embedded store and no pepper configured, one is
+    /// generated beside the database on first start.
+    pub pepper_file: String,
+    /// Earlier peppers, tried on a miss; a hit is re-hashed under the current pepper.
+    pub previous_peppers: Vec<String>,
+    /// Verified key records are cached at most this long (a backstop: local writes
+    /// invalidate at once).
+    pub cache_ttl_seconds: u64,
+    /// At most this many cached key records.
+    pub cache_max_keys: u64,
+    /// Keep at most this many activity rows per key.
+    pub activity_retain_per_key: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://keywarden.db".into(),
+            redis_url: String::new(),
+            redis_prefix: "kw".into(),
+            redis_timeout_ms: 250,
+            pepper: String::new(),
+            pepper_file: String::new(),
+            previous_peppers: Vec::new(),
+            cache_ttl_seconds: 60,
+            cache_max_keys: 1_000_000,
+            activity_retain_per_key: 1000,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Where a key may be presented, in order: `bearer`, `header:NAME`, `query:NAME`.
+    pub sources: Vec<String>,
+    /// When set, keys bound to an application also need its secret in this header.
+    pub app_secret_header: String,
+    /// The environment variable holding full-access global keys (comma-separated).
+    pub global_keys_env: String,
+    /// The environment variable holding the token that `POST /v1/verify` and forward-auth
+    /// accept in place of a root key.
+    pub verify_token_env: String,
+    /// Per-IP lockout after repeated failures.
+    pub lockout: LockoutConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            sources: vec!["bearer".into(), "header:X-API-Key".into()],
+            app_secret_header: String::new(),
+            global_keys_env: String::new(),
+            verify_token_env: String::new(),
+            lockout: LockoutConfig::default(),
+        }
+    }
+}
+
+/// `[auth.lockout]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LockoutConfig {
+    /// Failures that lock an IP (0 switches the lockout off).
+    pub max_failures: u32,
+    /// Within this many seconds.
+    pub window_seconds: u64,
+    /// For this many seconds.
+    pub lock_seconds: u64,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 20,
+            window_seconds: 300,
+            lock_seconds: 300,
+        }
+    }
+}
+
+/// `[keys]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    /// The template new keys are made from.
+    pub template: String,
+    /// Templates still accepted on verify.
+    pub legacy_templates: Vec<String>,
+    /// Tags `{mode}` expands to.
+    pub mode_tags: ModeTags,
+    /// Tags `{type}` expands to.
+    pub type_tags: TypeTags,
+    /// `hmac-sha256`, `sha256`, `bcrypt` or `argon2id`.
+    pub hash: String,
+    /// bcrypt's cost factor.
+    pub bcrypt_cost: u32,
+    /// How long a successful slow-hash check is remembered in memory.
+    pub slow_hash_cache_ttl_seconds: u64,
+    /// How many slow-hash checks may run at once.
+    pub slow_hash_concurrency: usize,
+    /// Scopes a key gets when created without any.
+    pub default_scopes: Vec<String>,
+    /// The longest grace period a rotation may ask for.
+    pub max_grace_period_seconds: u64,
+    /// Creating an account makes a publishable + secret test pair; approving it, the live pair.
+    pub default_sets: bool,
+    /// Store test secrets encrypted so they can be revealed again.
+    pub recoverable_test_secrets: bool,
+    /// The environment variable holding the master key that seals recoverable test
+    /// secrets (32 bytes as 64 hex characters or base64; never the pepper).
+    pub master_key_env: String,
+    /// A file holding that master key instead (takes precedence over the variable).
+    pub master_key_file: String,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            template: "kw_{type}_{mode}_{random:32}{checksum}".into(),
+            legacy_templates: Vec::new(),
+            mode_tags: ModeTags::default(),
+            type_tags: TypeTags::default(),
+            hash: "hmac-sha256".into(),
+            bcrypt_cost: 12,
+            slow_hash_cache_ttl_seconds: 60,
+            slow_hash_concurrency: 4,
+            default_scopes: vec!["*".into()],
+            max_grace_period_seconds: 604_800,
+            default_sets: false,
+            recoverable_test_secrets: false,
+            master_key_env: "KEYWARDEN_MASTER_KEY".into(),
+            master_key_file: String::new(),
+        }
+    }
+}
+
+/// `[keys.mode_tags]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModeTags {
+    /// Tag of live keys.
+    pub live: String,
+    /// Tag of test keys.
+    pub test: String,
+}
+
+impl Default for ModeTags {
+    fn default() -> Self {
+        Self {
+            live: "live".into(),
+            test: "test".into(),
+        }
+    }
+}
+
+/// `[keys.type_tags]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TypeTags {
+    /// Tag of secret keys.
+    pub secret: String,
+    /// Tag of publishable keys.
+    pub publishable: String,
+}
+
+impl Default for TypeTags {
+    fn default() -> Self {
+        Self {
+            secret: "sk".into(),
+            publishable: "pk".into(),
+        }
+    }
+}
+
+/// `[scopes]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScopesConfig {
+    /// Whether `*` grants everything.
+    pub allow_super_scope: bool,
+    /// The closed catalog (built-in platform scopes are always added).
+    pub catalog: Vec<CatalogEntry>,
+    /// Alias → members (`?` marks an optional member).
+    pub aliases: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for ScopesConfig {
+    fn default() -> Self {
+        Self {
+            allow_super_scope: true,
+            catalog: Vec::new(),
+            aliases: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[errors]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ErrorsConfig {
+    /// `envelope`, `problem` or `detail`.
+    pub style: String,
+    /// A link template with `{code}`, added to error bodies.
+    pub doc_url: String,
+    /// `en` or `es`; `Accept-Language` chooses per request.
+    pub locale: String,
+    /// Code → new wire name.
+    pub rename: BTreeMap<String, String>,
+    /// Code → HTTP status.
+    pub status: BTreeMap<String, u16>,
+}
+
+impl Default for ErrorsConfig {
+    fn default() -> Self {
+        Self {
+            style: "envelope".into(),
+            doc_url: String::new(),
+            locale: "en".into(),
+            rename: BTreeMap::new(),
+            status: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[plans]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlansConfig {
+    /// The plan of accounts created without one.
+    pub default: String,
+    /// Plan name → plan.
+    pub tiers: BTreeMap<String, PlanConfig>,
+}
+
+impl Default for PlansConfig {
+    fn default() -> Self {
+        // With no `[plans]` at all, one tier with the limits of the documented example.
+        let default_tier = PlanConfig {
+            max_keys: Some(100),
+            requests_per_minute: Some(600),
+            concurrency: Some(50),
+            quotas: Vec::new(),
+            features: Vec::new(),
+        };
+        Self {
+            default: "default".into(),
+            tiers: BTreeMap::from([("default".to_string(), default_tier)]),
+        }
+    }
+}
+
+/// `[plans.tiers.NAME]`. A limit that is omitted is unlimited.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Active keys allowed (0 = API keys not allowed; omitted = unlimited).
+    pub max_keys: Option<u64>,
+    /// Requests per minute per key (omitted = unlimited).
+    pub requests_per_minute: Option<u32>,
+    /// Requests in flight per key through the gateway (omitted = unlimited).
+    pub concurrency: Option<u32>,
+    /// Quotas per unit and period.
+    pub quotas: Vec<QuotaSpec>,
+    /// Feature flags, reported to callers.
+    pub features: Vec<String>,
+}
+
+/// `[gateway]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The upstream base URL; empty = no gateway.
+    pub upstream: String,
+    /// How long the upstream may take to answer.
+    pub timeout_seconds: u64,
+    /// How long connecting to the upstream may take.
+    pub connect_timeout_seconds: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            upstream: String::new(),
+            timeout_seconds: 30,
+            connect_timeout_seconds: 5,
+        }
+    }
+}
+
+/// A configuration problem, naming the field and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("config error at {field}: {reason}")]
+pub struct ConfigError {
+    /// Dotted path of the offending field (`keys.template`), or the file.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Where the config file is: `--config`, else `KEYWARDEN_CONFIG`, else `keywarden.toml`
+/// when it exists in the working directory, else none (defaults).
+pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("KEYWARDEN_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let default = PathBuf::from("keywarden.toml");
+    default.exists().then_some(default)
+}
+
+impl Config {
+    /// Loads the file at `path` (if any) with the process environment laid over it.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| {
+                ConfigError::new(p.display().to_string(), format!("cannot read: {e}"))
+            })?,
+            None => String::new(),
+        };
+        Config::from_parts(&text, &vars)
+    }
+
+    /// Parses TOML text with `vars` (environment pairs) laid over it.
+    pub fn from_parts(text: &str, vars: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut root: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError::new("config file", e.message().to_string()))?;
+        apply_env(&mut root, vars)?;
+        let de = toml::Value::Table(root);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let reason = e.inner().message().to_string();
+            ConfigError::new(if field == "." { "config".into() } else { field }, reason)
+        })
+    }
+
+    /// The effective config as TOML with every secret replaced by `"<redacted>"`.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        let redact = |s: &mut String| {
+            if !s.is_empty() {
+                *s = "<redacted>".into();
+            }
+        };
+        c.server.root_keys.iter_mut().for_each(redact);
+        redact(&mut c.store.pepper);
+        c.store.previous_peppers.iter_mut().for_each(redact);
+        c.store.database_url = redact_url_password(&c.store.database_url);
+        c.store.redis_url = redact_url_password(&c.store.redis_url);
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Hides the password of a `scheme://user:password@host/...` URL.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// Lays environment variables over the parsed file. `KEYWARDEN_A__B__C=v` sets `a.b.c`;
+/// the value is read as a TOML value when it parses as one (`true`, `8080`, `["x"]`) and
+/// as a string otherwise. The short forms of SPEC §13 map onto their fields.
+fn apply_env(root: &mut toml::Table, vars: &[(String, String)]) -> Result<(), ConfigError> {
+    for (name, value) in vars {
+        let path: Vec<String> = match name.as_str() {
+            "KEYWARDEN_ROOT_KEY" | "KEYWARDEN_ROOT_KEYS" => {
+                let keys: Vec<toml::Value> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(|k| toml::Value::String(k.to_string()))
+                    .collect();
+                set_path(
+                    root,
+                    &["server", "root_keys"],
+                    toml::Value::Array(keys),
+                    name,
+                )?;
+                continue;
+            }
+            // These are always strings: a pepper of digits only is still a pepper.
+            "KEYWARDEN_DATABASE_URL" | "KEYWARDEN_REDIS_URL" | "KEYWARDEN_PEPPER" => {
+                let field = match name.as_str() {
+                    "KEYWARDEN_DATABASE_URL" => "database_url",
+                    "KEYWARDEN_REDIS_URL" => "redis_url",
+                    _ => "pepper",
+                };
+                let value = toml::Value::String(value.clone());
+                set_path(root, &["store", field], value, name)?;
+                continue;
+            }
+            _ => match name.strip_prefix("KEYWARDEN_") {
+                Some(rest) if rest.contains("__") => {
+                    rest.split("__").map(|s| s.to_ascii_lowercase()).collect()
+                }
+                _ => continue,
+            },
+        };
+        let parsed = parse_env_value(value);
+        let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+        set_path(root, &refs, parsed, name)?;
+    }
+    Ok(())
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    let probe = format!("v = {value}");
+    match toml::from_str::<toml::Table>(&probe) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(value.into())),
+        Err(_) => toml::Value::String(value.to_string()),
+    }
+}
+
+fn set_path(
+    root: &mut toml::Table,
+    path: &[&str],
+    value: toml::Value,
+    var: &str,
+) -> Result<(), ConfigError> {
+    let (last, parents) = path
+        .split_last()
+        .ok_or_else(|| ConfigError::new(var, "empty path"))?;
+    let mut table = root;
+    for p in parents {
+        let entry = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| {
+            ConfigError::new(
+                var,
+                format!("{p} is not a table, so it has no fields to set"),
+            )
+        })?;
+    }
+    // A string override of a field the file holds as a number or bool keeps the type the
+    // schema expects; serde reports a mismatch with the field named.
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// A commented starting config, written by `keywarden init`.
+pub const INIT_TEMPLATE: &str = include_str!("init_template.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        let c = Config::from_parts("", &[]).unwrap();
+        assert_eq!(c.server.public_listen, "127.0.0.1:8080");
+        assert_eq!(c.store.database_url, "sqlite://keywarden.db");
+        assert_eq!(c.keys.template, "kw_{type}_{mode}_{random:32}{checksum}");
+        assert_eq!(c.auth.lockout.max_failures, 20);
+    }
+
+    #[test]
+    fn env_overrides_and_short_forms() {
+        let c = Config::from_parts(
+            "[server]\npublic_listen = \"0.0.0.0:1\"\n",
+            &env(&[
+                ("KEYWARDEN_SERVER__PUBLIC_LISTEN", "127.0.0.1:9999"),
+                ("KEYWARDEN_ROOT_KEY", "root-one, root-two"),
+                ("KEYWARDEN_DATABASE_URL", "postgres://u:p@h/db"),
+                ("KEYWARDEN_AUTH__LOCKOUT__MAX_FAILURES", "5"),
+                ("KEYWARDEN_SERVER__API_ENABLED", "false"),
+                ("KEYWARDEN_AUTH__SOURCES", "[\"header:X-Auth-Token\"]"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.public_listen, "127.0.0.1:9999");
+        assert_eq!(c.server.root_keys, vec!["root-one", "root-two"]);
+        assert_eq!(c.store.database_url, "postgres://u:p@h/db");
+        assert_eq!(c.auth.lockout.max_failures, 5);
+        assert!(!c.server.api_enabled);
+        assert_eq!(c.auth.sources, vec!["header:X-Auth-Token"]);
+    }
+
+    #[test]
+    fn short_forms_are_strings_even_when_they_look_like_numbers() {
+        let c = Config::from_parts("", &env(&[("KEYWARDEN_PEPPER", "1234567890123456")])).unwrap();
+        assert_eq!(c.store.pepper, "1234567890123456");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::from_parts("[server]\npublic_lisen = \"x\"\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("public_lisen"), "{e}");
+        let e = Config::from_parts("[auth.lockout]\nmax_failures = \"many\"\n", &[]).unwrap_err();
+        assert_eq!(e.field, "auth.lockout.max_failures", "{e}");
+        let e =
+            Config::from_parts("", &env(&[("KEYWARDEN_KEYS__BCRYPT_COST", "high")])).unwrap_err();
+        assert_eq!(e.field, "keys.bcrypt_cost", "{e}");
+    }
+
+    #[test]
+    fn omitted_plan_limits_are_unlimited() {
+        let c = Config::from_parts("[plans.tiers.free]\nmax_keys = 0\n", &[]).unwrap();
+        let free = &c.plans.tiers["free"];
+        assert_eq!(free.max_keys, Some(0));
+        assert_eq!(free.requests_per_minute, None);
+        assert_eq!(free.concurrency, None);
+        let c = Config::from_parts("", &[]).unwrap();
+        assert_eq!(c.plans.tiers["default"].requests_per_minute, Some(600));
+    }
+
+    #[test]
+    fn redaction_hides_every_secret() {
+        let c = Config::from_parts(
+            "",
+            &env(&[
+                ("KEYWARDEN_ROOT_KEY", "rootsecret"),
+                ("KEYWARDEN_PEPPER", "peppersecret"),
+                ("KEYWARDEN_DATABASE_URL", "postgres://user:dbsecret@host/db"),
+            ]),
+        )
+        .unwrap();
+        let out = c.redacted_toml();
+        for s in ["rootsecret", "peppersecret", "dbsecret"] {
+            assert!(!out.contains(s), "{s} leaked:\n{out}");
+        }
+        assert!(out.contains("<redacted>"));
+    }
+
+    #[test]
+    fn init_template_parses() {
+        Config::from_parts(INIT_TEMPLATE, &[]).unwrap();
+    }
+}

@@ -1,0 +1,204 @@
+//! Reading requests strictly: JSON bodies with unknown fields or wrong types refused with
+//! the field named, bodies over 64 KiB refused with 413, the presented key found in the
+//! configured sources, and the client IP taken through trusted proxies only.
+
+use crate::errors::ApiError;
+use crate::settings::{KeySource, Settings};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, Request};
+use axum::http::{header, HeaderMap, Uri};
+use keywarden_core::codes::Code;
+use keywarden_core::ip::client_ip as walk_forwarded_for;
+use serde::de::DeserializeOwned;
+use std::net::{IpAddr, SocketAddr};
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A JSON body parsed strictly. An empty body parses as `{}` so endpoints whose fields are
+/// all optional accept a bare POST.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::with(
+                    Code::PayloadTooLarge,
+                    format!("the request body exceeds {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                ApiError::invalid(format!("cannot read the request body: {e}"))
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses JSON strictly, naming the offending field on error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner();
+        let msg = inner.to_string();
+        // serde_json appends " at line L column C"; the position helps with syntax errors
+        // only.
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::invalid(format!("malformed JSON: {msg}"))
+        } else if path == "." {
+            ApiError::invalid(strip_position(&msg))
+        } else {
+            ApiError::invalid(format!("{path}: {}", strip_position(&msg)))
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
+    Ok(value)
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// The key presented with a request, from the first configured source that has one.
+/// An `Authorization` header of another scheme is ignored.
+pub fn presented_key(settings: &Settings, headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    for source in &settings.sources {
+        let found = match source {
+            KeySource::Bearer => headers
+                .get_all(header::AUTHORIZATION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| {
+                    let (scheme, rest) = v.trim().split_once(' ')?;
+                    scheme
+                        .eq_ignore_ascii_case("bearer")
+                        .then(|| rest.trim().to_string())
+                }),
+            KeySource::Header(name) => headers
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_string()),
+            KeySource::Query(name) => uri.query().and_then(|q| query_param(q, name)),
+        };
+        if let Some(k) = found.filter(|k| !k.is_empty()) {
+            return Some(k);
+        }
+    }
+    None
+}
+
+/// One query parameter's value (percent-decoded for the few characters keys may hold).
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = match bytes[i] {
+            b'%' if i + 2 < bytes.len() => hex(bytes[i + 1])
+                .zip(hex(bytes[i + 2]))
+                .map(|(h, l)| h * 16 + l),
+            _ => None,
+        };
+        match (decoded, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The client IP: the peer, or through `X-Forwarded-For` when the peer is trusted.
+pub fn client_ip(settings: &Settings, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+    let peer = peer?;
+    let xff: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let joined = xff.join(",");
+    Some(walk_forwarded_for(
+        peer,
+        (!joined.is_empty()).then_some(joined.as_str()),
+        &settings.trusted_proxies,
+    ))
+}
+
+/// The peer address of the connection, when served over a real socket.
+pub fn peer_ip(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        #[serde(default)]
+        count: Option<u32>,
+    }
+
+    fn err(json: &str) -> String {
+        parse_json::<Body>(json.as_bytes())
+            .unwrap_err()
+            .detail
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err(r#"{"name":"a","extra":1}"#).contains("unknown field `extra`"));
+        assert!(err(r#"{"name":5}"#).starts_with("name:"));
+        assert!(err(r#"{"name":"a","count":"x"}"#).starts_with("count:"));
+        assert!(err(r#"{"count":1}"#).contains("missing field `name`"));
+        assert!(err(r#"{"name":"#).starts_with("malformed JSON"));
+        assert!(err(r#"{"name":"a"} trailing"#).starts_with("malformed JSON"));
+    }
+
+    #[test]
+    fn query_params_decode() {
+        assert_eq!(
+            query_param("a=1&api_key=kw%5Fx", "api_key").as_deref(),
+            Some("kw_x")
+        );
+        assert_eq!(query_param("a=1", "api_key"), None);
+        assert_eq!(query_param("k=%zz", "k").as_deref(), Some("%zz"));
+    }
+}

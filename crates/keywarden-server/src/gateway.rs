@@ -1,0 +1,684 @@
+//! Gateway mode (SPEC §1): with `gateway.upstream` set, every public request that no
+//! self-service route matches is decided by the route rules and, when allowed, proxied to
+//! the upstream.
+//!
+//! What the upstream receives: the client's request with the credential removed (the
+//! `Authorization` header when the bearer source is on, each `header:NAME` source, the
+//! application-secret header, each `query:NAME` parameter), every client-sent
+//! `X-Keywarden-*` header removed, hop-by-hop headers dropped, and Keywarden's identity
+//! headers (`X-Keywarden-Key-Id`, `-Account-Id`, `-Mode`, `-Scopes`) and `X-Request-Id`
+//! added. Bodies are streamed both ways, never collected.
+//!
+//! Limits: the plan's `concurrency` caps the requests of one key in flight (a request
+//! holds its slot until its response body has been sent or dropped); more are refused
+//! with 429 `concurrency_limit_exceeded`. An upstream that cannot be reached gives 502
+//! `upstream_unavailable`; one that makes no progress for `timeout_seconds` (no response
+//! headers, not reading the request body, or not sending the response body) gives 504
+//! `upstream_timeout`, or a cut-off body once the response has started.
+
+use crate::config::{ConfigError, GatewayConfig};
+use crate::errors::ApiError;
+use crate::extract::{client_ip, peer_ip, presented_key};
+use crate::middleware::{not_found, DecisionCode, RequestId};
+use crate::routes::decide::{identity_headers, rate_limit_headers, route_needs, Needs};
+use crate::settings::{KeySource, Settings};
+use crate::state::AppState;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use keywarden_core::codes::Code;
+use keywarden_store::verifier::{VerifyOutcome, VerifyRequest};
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The upstream of gateway mode, checked at startup.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    authority: Authority,
+    /// The upstream URL's path without its trailing `/` (`""` for none); requests are
+    /// forwarded below it.
+    base_path: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Upstream {
+    /// Parses `[gateway]`; `None` when no upstream is configured (no gateway).
+    pub fn from_config(c: &GatewayConfig) -> Result<Option<Upstream>, ConfigError> {
+        let raw = c.upstream.trim();
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let err = |reason: &str| ConfigError::new("gateway.upstream", reason);
+        let uri: Uri = raw
+            .parse()
+            .map_err(|_| err("not a URL like \"http://127.0.0.1:9000\""))?;
+        match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP => {}
+            Some(s) if *s == Scheme::HTTPS => {
+                return Err(err(
+                    "https upstreams are not supported: use http:// to an upstream on a trusted network",
+                ))
+            }
+            _ => return Err(err("must start with http://")),
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| err("names no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(err("must not carry credentials"));
+        }
+        if uri.query().is_some() {
+            return Err(err("must not have a query string"));
+        }
+        if c.timeout_seconds == 0 {
+            return Err(ConfigError::new(
+                "gateway.timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        if c.connect_timeout_seconds == 0 {
+            return Err(ConfigError::new(
+                "gateway.connect_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        Ok(Some(Upstream {
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_string(),
+            timeout: Duration::from_secs(c.timeout_seconds),
+            connect_timeout: Duration::from_secs(c.connect_timeout_seconds),
+        }))
+    }
+
+    /// The upstream URI for a request path and (already filtered) query.
+    fn target(&self, path: &str, query: Option<&str>) -> Option<Uri> {
+        let mut pq = String::with_capacity(self.base_path.len() + path.len() + 64);
+        pq.push_str(&self.base_path);
+        pq.push_str(path);
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::try_from(pq).ok()?)
+            .build()
+            .ok()
+    }
+}
+
+/// Adds the public listener's fallback: the gateway when an upstream is configured,
+/// else 404. Routes of `router` (health, self-service) always match first.
+pub fn with_fallback(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    match &state.settings.gateway {
+        None => router.fallback(not_found),
+        Some(upstream) => {
+            let gateway = Arc::new(Gateway::new(upstream.clone()));
+            router.fallback(move |State(state): State<AppState>, req: Request| {
+                let gateway = gateway.clone();
+                async move { gateway.handle(&state, req).await }
+            })
+        }
+    }
+}
+
+/// The proxy: a pooled HTTP/1 client and the per-key in-flight counters.
+#[derive(Debug)]
+pub struct Gateway {
+    upstream: Upstream,
+    client: Client<HttpConnector, RequestBody>,
+    in_flight: Arc<InFlightTable>,
+}
+
+impl Gateway {
+    /// A gateway to `upstream` with a keep-alive connection pool.
+    pub fn new(upstream: Upstream) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(upstream.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Gateway {
+            upstream,
+            client,
+            in_flight: Arc::new(InFlightTable::default()),
+        }
+    }
+
+    /// Decides about one request and proxies it when allowed.
+    pub async fn handle(&self, state: &AppState, req: Request) -> Response {
+        let (mut parts, body) = req.into_parts();
+        let s = &state.settings;
+        let path = parts.uri.path().to_string();
+        let needs = route_needs(state, parts.method.as_str(), &path);
+
+        let mut outcome = None;
+        let mut slot = None;
+        if !matches!(needs, Needs::Public) {
+            let token = presented_key(s, &parts.headers, &parts.uri);
+            let app_secret = s
+                .app_secret_header
+                .as_deref()
+                .and_then(|n| parts.headers.get(n))
+                .and_then(|v| v.to_str().ok());
+            let scopes = match &needs {
+                Needs::Scopes(set) => Some(set),
+                _ => None,
+            };
+            let out = state
+                .verifier
+                .verify(&VerifyRequest {
+                    token: token.as_deref(),
+                    app_secret,
+                    client_ip: client_ip(s, &parts.headers, peer_ip(&parts.extensions)),
+                    scopes_all: scopes,
+                    impossible: matches!(needs, Needs::Impossible),
+                    method: parts.method.as_str(),
+                    path: &path,
+                    ..VerifyRequest::default()
+                })
+                .await;
+            if !out.is_valid() {
+                return denied(ApiError::new(out.code).retry_after(out.retry_after), &out);
+            }
+            if let (Some(key), Some(account)) = (&out.key, &out.account) {
+                if let Some(limit) = state.verifier.plan(&account.plan).concurrency {
+                    match self.in_flight.try_acquire(&key.record.id, limit) {
+                        Some(held) => slot = Some(held),
+                        None => {
+                            let err =
+                                ApiError::new(Code::ConcurrencyLimitExceeded).retry_after(Some(1));
+                            return denied(err, &out);
+                        }
+                    }
+                }
+            }
+            outcome = Some(out);
+        }
+
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        let query = parts.uri.query().map(|q| strip_query_sources(s, q));
+        let Some(uri) = self.upstream.target(&path, query.as_deref()) else {
+            return ApiError::invalid("the request path cannot be forwarded").into_response();
+        };
+        let mut headers = std::mem::take(&mut parts.headers);
+        self.upstream_headers(state, &mut headers, &parts.extensions, outcome.as_ref());
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            headers.insert(HeaderName::from_static("x-request-id"), v);
+        }
+
+        let activity = Arc::new(Activity::new());
+        let mut upstream_req = hyper::Request::new(RequestBody {
+            inner: body,
+            activity: activity.clone(),
+        });
+        *upstream_req.method_mut() = parts.method;
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.headers_mut() = headers;
+
+        let timeout = self.upstream.timeout;
+        let sent = self.client.request(upstream_req);
+        tokio::pin!(sent);
+        let result = loop {
+            let deadline = activity.last() + timeout;
+            tokio::select! {
+                r = &mut sent => break r,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if activity.last() + timeout <= Instant::now() {
+                        tracing::warn!(request_id = %request_id, "upstream timed out");
+                        return ApiError::new(Code::UpstreamTimeout).into_response();
+                    }
+                }
+            }
+        };
+        let res = match result {
+            Ok(res) => res,
+            Err(e) => {
+                let code = if is_timeout(&e) {
+                    Code::UpstreamTimeout
+                } else {
+                    Code::UpstreamUnavailable
+                };
+                tracing::warn!(request_id = %request_id, error = %error_chain(&e), "upstream request failed");
+                return ApiError::new(code).into_response();
+            }
+        };
+
+        let (mut rparts, incoming) = res.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        let body = ResponseBody {
+            inner: incoming,
+            idle: timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            waiting: false,
+            slot,
+            request_id,
+        };
+        let mut response = Response::from_parts(rparts, Body::new(body));
+        if let Some(out) = &outcome {
+            rate_limit_headers(response.headers_mut(), out);
+        }
+        response.extensions_mut().insert(DecisionCode("valid"));
+        response
+    }
+
+    /// Turns the client's headers into the upstream's.
+    fn upstream_headers(
+        &self,
+        state: &AppState,
+        headers: &mut HeaderMap,
+        extensions: &axum::http::Extensions,
+        outcome: Option<&VerifyOutcome>,
+    ) {
+        let s = &state.settings;
+        strip_hop_by_hop(headers);
+        // hyper sets Host from the upstream URI; the client's goes in X-Forwarded-Host.
+        let host = headers.remove(header::HOST);
+        headers.remove(header::EXPECT);
+        strip_credentials(s, headers);
+        let forged: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| n.as_str().starts_with("x-keywarden-"))
+            .cloned()
+            .collect();
+        for name in forged {
+            headers.remove(name);
+        }
+
+        if let Some(peer) = peer_ip(extensions) {
+            let trusted = s.trusted_proxies.contains(peer);
+            let prior = if trusted {
+                let v: Vec<&str> = headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                v.join(", ")
+            } else {
+                // A client's own forwarding claims are not passed on.
+                for n in ["x-forwarded-proto", "x-forwarded-host", "forwarded"] {
+                    headers.remove(n);
+                }
+                String::new()
+            };
+            let chain = if prior.is_empty() {
+                peer.to_string()
+            } else {
+                format!("{prior}, {peer}")
+            };
+            if let Ok(v) = HeaderValue::from_str(&chain) {
+                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+            }
+        }
+        if let Some(h) = host {
+            if !headers.contains_key("x-forwarded-host") {
+                headers.insert(HeaderName::from_static("x-forwarded-host"), h);
+            }
+        }
+        if !headers.contains_key("x-forwarded-proto") {
+            headers.insert(
+                HeaderName::from_static("x-forwarded-proto"),
+                HeaderValue::from_static("http"),
+            );
+        }
+        if let Some(out) = outcome {
+            identity_headers(state, headers, out);
+        }
+    }
+}
+
+/// A refusal, with the rate-limit figures when a limit applied.
+fn denied(err: ApiError, out: &VerifyOutcome) -> Response {
+    let mut res = err.into_response();
+    rate_limit_headers(res.headers_mut(), out);
+    res
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes the hop-by-hop headers and those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+/// Removes every header a credential may be presented in.
+fn strip_credentials(s: &Settings, headers: &mut HeaderMap) {
+    for source in &s.sources {
+        match source {
+            KeySource::Bearer => {
+                headers.remove(header::AUTHORIZATION);
+            }
+            KeySource::Header(name) => {
+                headers.remove(name.as_str());
+            }
+            KeySource::Query(_) => {}
+        }
+    }
+    if let Some(name) = &s.app_secret_header {
+        headers.remove(name.as_str());
+    }
+}
+
+/// The query string without the parameters of `query:NAME` sources.
+fn strip_query_sources(s: &Settings, query: &str) -> String {
+    let names: Vec<&str> = s
+        .sources
+        .iter()
+        .filter_map(|src| match src {
+            KeySource::Query(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
+    if names.is_empty() {
+        return query.to_string();
+    }
+    query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !names.contains(&name)
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn error_chain(e: &dyn StdError) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Requests in flight per key.
+#[derive(Debug, Default)]
+struct InFlightTable(Mutex<HashMap<String, u32>>);
+
+impl InFlightTable {
+    fn try_acquire(self: &Arc<Self>, key: &str, limit: u32) -> Option<InFlight> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(key.to_string()).or_insert(0);
+        if *n >= limit {
+            if *n == 0 {
+                map.remove(key);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(InFlight {
+            table: self.clone(),
+            key: key.to_string(),
+        })
+    }
+}
+
+/// One request's slot; given back when dropped.
+#[derive(Debug)]
+struct InFlight {
+    table: Arc<InFlightTable>,
+    key: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut map = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// When the upstream last made progress taking the request.
+#[derive(Debug)]
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// The client's body on its way up, noting each chunk the upstream takes.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Body,
+    activity: Arc<Activity>,
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        // Being asked for more is progress: the upstream is taking the body.
+        self.activity.touch();
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = &polled {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The upstream's body on its way down: holds the key's in-flight slot until it ends or
+/// is dropped, and gives up when the upstream sends nothing for the timeout.
+struct ResponseBody {
+    inner: Incoming,
+    idle: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
+    slot: Option<InFlight>,
+    request_id: String,
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        // The clock runs only while waiting for the upstream, not while the client is slow
+        // to take what was already sent.
+        if !this.waiting {
+            this.waiting = true;
+            let deadline = tokio::time::Instant::now() + this.idle;
+            this.sleep.as_mut().reset(deadline);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.waiting = false;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.slot = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.slot = None;
+                tracing::warn!(request_id = %this.request_id, error = %e, "upstream response body failed");
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.slot = None;
+                    tracing::warn!(request_id = %this.request_id, "upstream stopped sending the response body");
+                    Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the upstream stopped sending the response body",
+                    )))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> Result<Option<Upstream>, ConfigError> {
+        Upstream::from_config(&GatewayConfig {
+            upstream: url.into(),
+            ..GatewayConfig::default()
+        })
+    }
+
+    #[test]
+    fn upstream_urls_are_checked() {
+        assert!(upstream("").unwrap().is_none());
+        let u = upstream("http://127.0.0.1:9000/api/").unwrap().unwrap();
+        assert_eq!(
+            u.target("/v1/x", Some("a=1")).unwrap().to_string(),
+            "http://127.0.0.1:9000/api/v1/x?a=1"
+        );
+        let u = upstream("http://up:9000").unwrap().unwrap();
+        assert_eq!(u.target("/", None).unwrap().to_string(), "http://up:9000/");
+        for bad in [
+            "https://up",
+            "up:9000",
+            "http://u:p@up",
+            "http://up/?x=1",
+            "::",
+        ] {
+            let e = upstream(bad).unwrap_err();
+            assert_eq!(e.field, "gateway.upstream", "{bad}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn slots_are_counted_and_given_back() {
+        let t = Arc::new(InFlightTable::default());
+        let a = t.try_acquire("k", 2).unwrap();
+        let b = t.try_acquire("k", 2).unwrap();
+        assert!(t.try_acquire("k", 2).is_none());
+        assert!(t.try_acquire("other", 2).is_some());
+        drop(a);
+        let c = t.try_acquire("k", 2).unwrap();
+        drop((b, c));
+        assert!(t.0.lock().unwrap().is_empty());
+        assert!(t.try_acquire("k", 0).is_none());
+        assert!(t.0.lock().unwrap().is_empty());
+    }
+}

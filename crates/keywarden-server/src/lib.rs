@@ -1,0 +1,18 @@
+//! Keywarden's HTTP service: the public and admin listeners, verify, forward-auth, the
+//! admin and self-service APIs, configuration, and the service's startup and shutdown.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod errors;
+pub mod extract;
+pub mod gateway;
+pub mod manage;
+pub mod manage_apps;
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+pub mod secretbox;
+pub mod settings;
+pub mod state;
+pub mod views;

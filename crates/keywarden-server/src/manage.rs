@@ -1,0 +1,811 @@
+//! Account and key management, shared by the admin API, the self-service API and the CLI,
+//! so every path enforces the same rules: field limits, the catalog, plan limits, modes,
+//! no privilege escalation, an audit event for every change, and cache invalidation after
+//! every write to a key or account.
+
+use crate::errors::ApiError;
+use crate::settings::Settings;
+use keywarden_core::codes::Code;
+use keywarden_core::hashing::fingerprint;
+use keywarden_core::ip::IpAllowlist;
+use keywarden_core::model::{
+    new_id, Account, AccountStatus, AuditEvent, KeyRecord, KeyType, Millis, Mode, PreviousSecret,
+    RateLimitSpec, Role,
+};
+use keywarden_core::scopes::ScopeSet;
+use keywarden_core::Secret;
+use keywarden_store::verifier::Verifier;
+use keywarden_store::{ErasureCounts, Store};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Who made a change, for the audit trail.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    /// `root`, a key id, or `system`.
+    pub name: String,
+    /// The client IP of the request, if any.
+    pub ip: Option<String>,
+}
+
+impl Actor {
+    /// The operator (root key or CLI).
+    pub fn root(ip: Option<String>) -> Self {
+        Actor {
+            name: "root".into(),
+            ip,
+        }
+    }
+    /// Keywarden itself.
+    pub fn system() -> Self {
+        Actor {
+            name: "system".into(),
+            ip: None,
+        }
+    }
+    /// A customer's key.
+    pub fn key(id: &str, ip: Option<String>) -> Self {
+        Actor {
+            name: id.to_string(),
+            ip,
+        }
+    }
+}
+
+/// The longest account and key names.
+pub const MAX_NAME: usize = 100;
+/// The longest key description.
+pub const MAX_DESCRIPTION: usize = 500;
+/// The longest free-text field otherwise (owner, revocation reason).
+pub const MAX_TEXT: usize = 200;
+/// The largest metadata object, serialized.
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// The most IP allowlist entries per key.
+pub const MAX_ALLOWLIST: usize = 100;
+
+/// Checks a name: 1–`MAX_NAME` characters after trimming.
+pub fn check_name(field: &str, name: &str) -> Result<String, ApiError> {
+    let n = name.trim();
+    if n.is_empty() {
+        return Err(ApiError::invalid(format!("{field}: must not be empty")));
+    }
+    check_len(field, n, MAX_NAME)?;
+    Ok(n.to_string())
+}
+
+/// Checks a string's length in characters.
+pub fn check_len(field: &str, s: &str, max: usize) -> Result<(), ApiError> {
+    let n = s.chars().count();
+    if n > max {
+        return Err(ApiError::invalid(format!(
+            "{field}: {n} characters is too long (at most {max})"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks metadata: a JSON object of at most 4 KiB.
+pub fn check_metadata(field: &str, v: Option<Value>) -> Result<Value, ApiError> {
+    let v = v.unwrap_or_else(|| json!({}));
+    if !v.is_object() {
+        return Err(ApiError::invalid(format!("{field}: must be a JSON object")));
+    }
+    let n = v.to_string().len();
+    if n > MAX_METADATA_BYTES {
+        return Err(ApiError::invalid(format!(
+            "{field}: {n} bytes is too large (at most {MAX_METADATA_BYTES})"
+        )));
+    }
+    Ok(v)
+}
+
+/// The management service.
+#[derive(Clone, Debug)]
+pub struct Manager {
+    state: Arc<crate::state::Inner>,
+}
+
+/// A key to create.
+#[derive(Clone, Debug)]
+pub struct NewKey {
+    /// Live or test.
+    pub mode: Mode,
+    /// Secret or publishable.
+    pub key_type: KeyType,
+    /// Label.
+    pub name: String,
+    /// Where the key is stored.
+    pub description: String,
+    /// The person responsible.
+    pub owner: String,
+    /// Self-service role.
+    pub role: Role,
+    /// Requested scopes (`None` = the defaults).
+    pub scopes: Option<Vec<String>>,
+    /// Expiry.
+    pub expires_at: Option<Millis>,
+    /// IPs and CIDRs.
+    pub ip_allowlist: Vec<String>,
+    /// Rate-limit override.
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Metadata object.
+    pub metadata: Option<Value>,
+    /// The application the key is bound to.
+    pub app_id: Option<String>,
+    /// The grant it is made under.
+    pub grant_id: Option<String>,
+}
+
+impl NewKey {
+    /// A secret key of `mode` named `name` with every other field at its default.
+    pub fn named(mode: Mode, name: &str) -> Self {
+        NewKey {
+            mode,
+            key_type: KeyType::Secret,
+            name: name.to_string(),
+            description: String::new(),
+            owner: String::new(),
+            role: Role::Owner,
+            scopes: None,
+            expires_at: None,
+            ip_allowlist: Vec::new(),
+            rate_limit: None,
+            metadata: None,
+            app_id: None,
+            grant_id: None,
+        }
+    }
+}
+
+/// Changes to a key; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct KeyPatch {
+    /// New label.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New owner.
+    pub owner: Option<String>,
+    /// New role.
+    pub role: Option<Role>,
+    /// New scopes.
+    pub scopes: Option<Vec<String>>,
+    /// New expiry (`Some(None)` removes it).
+    pub expires_at: Option<Option<Millis>>,
+    /// New allowlist.
+    pub ip_allowlist: Option<Vec<String>>,
+    /// New rate-limit override (`Some(None)` removes it).
+    pub rate_limit: Option<Option<RateLimitSpec>>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+    /// New metadata.
+    pub metadata: Option<Value>,
+}
+
+impl Manager {
+    /// A manager over the service state.
+    pub fn new(state: &crate::state::AppState) -> Self {
+        Manager {
+            state: std::sync::Arc::clone(state_inner(state)),
+        }
+    }
+
+    fn s(&self) -> &Settings {
+        &self.state.settings
+    }
+    fn store(&self) -> &Arc<dyn Store> {
+        &self.state.store
+    }
+    fn verifier(&self) -> &Verifier {
+        &self.state.verifier
+    }
+    fn now(&self) -> Millis {
+        self.state.clock.now_ms()
+    }
+
+    /// Appends one audit event (management paths write it synchronously).
+    pub async fn audit(
+        &self,
+        actor: &Actor,
+        kind: &str,
+        account_id: Option<&str>,
+        mode: Option<Mode>,
+        data: Value,
+    ) -> Result<(), ApiError> {
+        let ev = AuditEvent {
+            id: new_id("evt"),
+            account_id: account_id.map(str::to_string),
+            mode,
+            kind: kind.to_string(),
+            actor: actor.name.clone(),
+            ip: actor.ip.clone(),
+            at: self.now(),
+            data,
+        };
+        self.store().append_events(&[ev]).await?;
+        Ok(())
+    }
+
+    /// Checks a plan name against the configured tiers.
+    pub fn check_plan(&self, field: &str, plan: &str) -> Result<(), ApiError> {
+        if self.s().plans.contains_key(plan) {
+            return Ok(());
+        }
+        let known: Vec<&str> = self.s().plans.keys().map(String::as_str).collect();
+        Err(ApiError::invalid(format!(
+            "{field}: unknown plan {plan:?}; configured plans: {}",
+            known.join(", ")
+        )))
+    }
+
+    /// Creates an account.
+    pub async fn create_account(
+        &self,
+        actor: &Actor,
+        name: &str,
+        plan: Option<String>,
+        status: Option<AccountStatus>,
+        metadata: Option<Value>,
+    ) -> Result<Account, ApiError> {
+        let name = check_name("name", name)?;
+        let plan = plan.unwrap_or_else(|| self.s().default_plan.clone());
+        self.check_plan("plan", &plan)?;
+        let account = Account {
+            id: new_id("acc"),
+            name,
+            plan,
+            status: status.unwrap_or(AccountStatus::Active),
+            metadata: check_metadata("metadata", metadata)?,
+            created_at: self.now(),
+        };
+        self.store().create_account(&account).await?;
+        self.audit(
+            actor,
+            "account.created",
+            Some(&account.id),
+            None,
+            json!({ "name": account.name, "plan": account.plan, "status": account.status }),
+        )
+        .await?;
+        Ok(account)
+    }
+
+    /// The account, or 404.
+    pub async fn account(&self, id: &str) -> Result<Account, ApiError> {
+        self.store()
+            .get_account(id)
+            .await?
+            .ok_or_else(ApiError::not_found)
+    }
+
+    /// Updates an account's name, plan, status or metadata.
+    pub async fn update_account(
+        &self,
+        actor: &Actor,
+        id: &str,
+        name: Option<String>,
+        plan: Option<String>,
+        status: Option<AccountStatus>,
+        metadata: Option<Value>,
+    ) -> Result<Account, ApiError> {
+        let mut a = self.account(id).await?;
+        let mut changed = serde_json::Map::new();
+        if let Some(n) = name {
+            a.name = check_name("name", &n)?;
+            changed.insert("name".into(), json!(a.name));
+        }
+        let mut plan_changed = None;
+        if let Some(p) = plan {
+            self.check_plan("plan", &p)?;
+            if p != a.plan {
+                plan_changed = Some((a.plan.clone(), p.clone()));
+            }
+            a.plan = p;
+        }
+        if let Some(s) = status {
+            a.status = s;
+            changed.insert("status".into(), json!(s));
+        }
+        if metadata.is_some() {
+            a.metadata = check_metadata("metadata", metadata)?;
+            changed.insert("metadata".into(), json!(true));
+        }
+        self.store().update_account(&a).await?;
+        self.verifier().invalidate_account(&a.id);
+        if !changed.is_empty() {
+            self.audit(
+                actor,
+                "account.updated",
+                Some(&a.id),
+                None,
+                Value::Object(changed),
+            )
+            .await?;
+        }
+        if let Some((from, to)) = plan_changed {
+            self.audit(
+                actor,
+                "account.plan_changed",
+                Some(&a.id),
+                None,
+                json!({ "from": from, "to": to }),
+            )
+            .await?;
+        }
+        Ok(a)
+    }
+
+    /// Erases an account and everything of it; its keys fail at once.
+    pub async fn erase_account(&self, actor: &Actor, id: &str) -> Result<ErasureCounts, ApiError> {
+        // Collect the keys first so their cache entries can be dropped precisely.
+        let keys = self.all_keys(id).await?;
+        let counts = self.store().erase_account(id).await?;
+        for k in &keys {
+            self.verifier().invalidate_key(k);
+        }
+        self.verifier().invalidate_account(id);
+        self.verifier().limiter().forget_account(id);
+        // The account's own trail is gone; the erasure itself is recorded under its id, so
+        // the operator still finds it by account.
+        self.audit(
+            actor,
+            "account.erased",
+            Some(id),
+            None,
+            json!({ "account_id": id, "counts": counts }),
+        )
+        .await?;
+        Ok(counts)
+    }
+
+    async fn all_keys(&self, account_id: &str) -> Result<Vec<KeyRecord>, ApiError> {
+        let mut out = Vec::new();
+        let mut page = keywarden_store::Page {
+            after_id: None,
+            limit: 1000,
+        };
+        loop {
+            let batch = self.store().list_keys(account_id, None, &page).await?;
+            let done = batch.len() < page.limit as usize;
+            page.after_id = batch.last().map(|k| k.id.clone());
+            out.extend(batch);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Validates scopes for a new or updated key and returns them as stored.
+    fn check_scopes(
+        &self,
+        key_type: KeyType,
+        scopes: Option<Vec<String>>,
+        limit_to: Option<&ScopeSet>,
+    ) -> Result<Vec<String>, ApiError> {
+        let catalog = &self.s().catalog;
+        let scopes = match (scopes, key_type) {
+            (Some(s), _) => s,
+            (None, KeyType::Publishable) => catalog
+                .names(catalog.public_scopes())
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            (None, KeyType::Secret) => self.s().config.keys.default_scopes.clone(),
+        };
+        if scopes.len() > 256 {
+            return Err(ApiError::invalid("scopes: at most 256 entries"));
+        }
+        let set = catalog
+            .compile(&scopes)
+            .map_err(|e| ApiError::with(Code::InvalidScope, e.to_string()))?;
+        if key_type == KeyType::Publishable && !set.is_subset_of(catalog.public_scopes()) {
+            let public = catalog.public_scopes();
+            let offenders: Vec<&str> = scopes
+                .iter()
+                .filter(|s| {
+                    catalog
+                        .compile(&[s.as_str()])
+                        .map(|one| !one.is_subset_of(public))
+                        .unwrap_or(true)
+                })
+                .map(String::as_str)
+                .collect();
+            return Err(ApiError::with(
+                Code::InvalidScope,
+                format!(
+                    "publishable keys may hold only public scopes; not public: {}",
+                    offenders.join(", ")
+                ),
+            ));
+        }
+        if let Some(limit) = limit_to {
+            if !set.is_subset_of(limit) {
+                return Err(ApiError::with(
+                    Code::InsufficientScope,
+                    "a key cannot grant scopes beyond its own",
+                ));
+            }
+        }
+        Ok(scopes)
+    }
+
+    fn check_allowlist(entries: &[String]) -> Result<(), ApiError> {
+        if entries.len() > MAX_ALLOWLIST {
+            return Err(ApiError::invalid(format!(
+                "ip_allowlist: at most {MAX_ALLOWLIST} entries"
+            )));
+        }
+        IpAllowlist::parse(entries)
+            .map(|_| ())
+            .map_err(|e| ApiError::invalid(format!("ip_allowlist: {:?}: {}", e.entry, e.reason)))
+    }
+
+    fn check_rate_limit(r: Option<RateLimitSpec>) -> Result<(), ApiError> {
+        if let Some(r) = r {
+            if r.requests == 0 || r.per_seconds == 0 || r.per_seconds > 86_400 {
+                return Err(ApiError::invalid(
+                    "rate_limit: requests must be ≥ 1 and per_seconds 1–86400",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_expiry(&self, at: Option<Millis>) -> Result<(), ApiError> {
+        if at.is_some_and(|t| t <= self.now()) {
+            return Err(ApiError::invalid("expires_at: must be in the future"));
+        }
+        Ok(())
+    }
+
+    /// Makes a new token for `mode`/`key_type`: (token, stored secret, prefix, start,
+    /// fingerprint).
+    fn mint(
+        &self,
+        mode: Mode,
+        key_type: KeyType,
+    ) -> Result<
+        (
+            Secret,
+            keywarden_core::model::StoredSecret,
+            String,
+            String,
+            String,
+        ),
+        ApiError,
+    > {
+        let s = self.s();
+        let token = s.template.generate(mode, key_type);
+        let parsed = s
+            .template
+            .parse(token.expose())
+            .map_err(|_| ApiError::new(Code::InternalError))?;
+        let prefix = s.template.prefix(mode, key_type);
+        let start = parsed.start();
+        let stored = s
+            .hasher
+            .store(&token, parsed.lookup_segment())
+            .map_err(|_| ApiError::new(Code::InternalError))?;
+        let fp = fingerprint(token.expose());
+        Ok((token, stored, prefix, start, fp))
+    }
+
+    /// Creates a key for `account`. `limit_to` is the creating key's effective scopes
+    /// (self-service): the new key may not exceed them.
+    pub async fn create_key(
+        &self,
+        actor: &Actor,
+        account: &Account,
+        new: NewKey,
+        limit_to: Option<&ScopeSet>,
+    ) -> Result<(KeyRecord, Secret), ApiError> {
+        let name = check_name("name", &new.name)?;
+        check_len("description", &new.description, MAX_DESCRIPTION)?;
+        check_len("owner", &new.owner, MAX_TEXT)?;
+        let scopes = self.check_scopes(new.key_type, new.scopes, limit_to)?;
+        Self::check_allowlist(&new.ip_allowlist)?;
+        Self::check_rate_limit(new.rate_limit)?;
+        self.check_expiry(new.expires_at)?;
+        let metadata = check_metadata("metadata", new.metadata)?;
+        if new.mode == Mode::Live && account.status != AccountStatus::Active {
+            return Err(ApiError::with(
+                Code::AccountInactive,
+                format!(
+                    "live keys need an active account; this account is {}",
+                    account.status
+                ),
+            ));
+        }
+        let plan = self.verifier().plan(&account.plan);
+        if plan.max_keys == Some(0) {
+            return Err(ApiError::with(
+                Code::PlanLimitReached,
+                format!("the {} plan does not include API keys", account.plan),
+            ));
+        }
+        let (token, secret, prefix, start, key_hash) = self.mint(new.mode, new.key_type)?;
+        let id = new_id("key");
+        let recoverable = crate::manage_apps::seal_recoverable(self.s(), new.mode, &id, &token)?;
+        let rec = KeyRecord {
+            id,
+            account_id: account.id.clone(),
+            mode: new.mode,
+            key_type: new.key_type,
+            name,
+            description: new.description,
+            owner: new.owner,
+            role: if new.key_type == KeyType::Publishable {
+                Role::Member
+            } else {
+                new.role
+            },
+            scopes,
+            expires_at: new.expires_at,
+            ip_allowlist: new.ip_allowlist,
+            rate_limit: new.rate_limit,
+            enabled: true,
+            metadata,
+            app_id: new.app_id,
+            grant_id: new.grant_id,
+            prefix,
+            start,
+            key_hash,
+            secret,
+            previous: None,
+            created_at: self.now(),
+            last_used_at: None,
+            last_used_ip: None,
+            revoked_at: None,
+            revoked_reason: None,
+            recoverable,
+        };
+        match plan.max_keys {
+            Some(max) => self.store().insert_key_limited(&rec, max).await?,
+            None => self.store().insert_key(&rec).await?,
+        }
+        self.verifier().invalidate_key(&rec);
+        self.audit(
+            actor,
+            "key.created",
+            Some(&rec.account_id),
+            Some(rec.mode),
+            json!({ "key_id": rec.id, "name": rec.name, "type": rec.key_type, "scopes": rec.scopes }),
+        )
+        .await?;
+        Ok((rec, token))
+    }
+
+    /// Finds a key by id or `key_hash` within an account (and mode, when given); another
+    /// account's key is 404, like an unknown one.
+    pub async fn key_of(
+        &self,
+        account_id: Option<&str>,
+        mode: Option<Mode>,
+        id_or_hash: &str,
+    ) -> Result<KeyRecord, ApiError> {
+        let found = if id_or_hash.starts_with("sha256_") {
+            self.store().get_key_by_hash(id_or_hash).await?
+        } else {
+            self.store().get_key(id_or_hash).await?
+        };
+        found
+            .filter(|k| account_id.is_none_or(|a| a == k.account_id))
+            .filter(|k| mode.is_none_or(|m| m == k.mode))
+            .ok_or_else(ApiError::not_found)
+    }
+
+    /// Rotates a key: a new secret now; the old one keeps working for `grace_secs` (0 = a
+    /// roll: the old one stops at once). A rotation during a grace ends that grace.
+    pub async fn rotate_key(
+        &self,
+        actor: &Actor,
+        mut key: KeyRecord,
+        grace_secs: u64,
+    ) -> Result<(KeyRecord, Secret), ApiError> {
+        let max = self.s().config.keys.max_grace_period_seconds;
+        if grace_secs > max {
+            return Err(ApiError::invalid(format!(
+                "grace_period_seconds: {grace_secs} is more than the allowed {max}"
+            )));
+        }
+        if key.revoked_at.is_some() {
+            return Err(ApiError::with(
+                Code::Conflict,
+                "a revoked key cannot be rotated",
+            ));
+        }
+        let before = key.clone();
+        let now = self.now();
+        let (token, secret, prefix, start, key_hash) = self.mint(key.mode, key.key_type)?;
+        // The rotated-out secret is kept even with no grace (it ends now), so presenting it
+        // answers `api_key_revoked` rather than `invalid_api_key`.
+        key.previous = Some(PreviousSecret {
+            secret: key.secret.clone(),
+            key_hash: key.key_hash.clone(),
+            valid_until: now + (grace_secs as i64) * 1000,
+        });
+        key.secret = secret;
+        key.prefix = prefix;
+        key.start = start;
+        key.key_hash = key_hash;
+        key.recoverable =
+            crate::manage_apps::seal_recoverable(self.s(), key.mode, &key.id, &token)?;
+        self.store().update_key(&key).await?;
+        self.verifier().invalidate_key(&before);
+        self.verifier().invalidate_key(&key);
+        self.audit(
+            actor,
+            "key.rotated",
+            Some(&key.account_id),
+            Some(key.mode),
+            json!({
+                "key_id": key.id,
+                "grace_period_seconds": grace_secs,
+                "previous_grace_ended": before.previous.as_ref().is_some_and(|p| p.valid_until > now),
+            }),
+        )
+        .await?;
+        Ok((key, token))
+    }
+
+    /// Revokes a key at once.
+    pub async fn revoke_key(
+        &self,
+        actor: &Actor,
+        mut key: KeyRecord,
+        reason: Option<String>,
+    ) -> Result<KeyRecord, ApiError> {
+        if let Some(r) = &reason {
+            check_len("reason", r, MAX_TEXT)?;
+        }
+        if key.revoked_at.is_none() {
+            key.revoked_at = Some(self.now());
+            key.revoked_reason = reason;
+            key.previous = None;
+            key.recoverable = None;
+            self.store().update_key(&key).await?;
+            self.verifier().invalidate_key(&key);
+            self.audit(
+                actor,
+                "key.revoked",
+                Some(&key.account_id),
+                Some(key.mode),
+                json!({ "key_id": key.id, "reason": key.revoked_reason }),
+            )
+            .await?;
+        }
+        Ok(key)
+    }
+
+    /// Updates a key's mutable fields.
+    pub async fn update_key(
+        &self,
+        actor: &Actor,
+        mut key: KeyRecord,
+        patch: KeyPatch,
+        limit_to: Option<&ScopeSet>,
+    ) -> Result<KeyRecord, ApiError> {
+        let mut changed = Vec::new();
+        if let Some(n) = patch.name {
+            key.name = check_name("name", &n)?;
+            changed.push("name");
+        }
+        if let Some(d) = patch.description {
+            check_len("description", &d, MAX_DESCRIPTION)?;
+            key.description = d;
+            changed.push("description");
+        }
+        if let Some(o) = patch.owner {
+            check_len("owner", &o, MAX_TEXT)?;
+            key.owner = o;
+            changed.push("owner");
+        }
+        if let Some(r) = patch.role {
+            key.role = r;
+            changed.push("role");
+        }
+        if let Some(s) = patch.scopes {
+            key.scopes = self.check_scopes(key.key_type, Some(s), limit_to)?;
+            changed.push("scopes");
+        }
+        if let Some(e) = patch.expires_at {
+            self.check_expiry(e)?;
+            key.expires_at = e;
+            changed.push("expires_at");
+        }
+        if let Some(l) = patch.ip_allowlist {
+            Self::check_allowlist(&l)?;
+            key.ip_allowlist = l;
+            changed.push("ip_allowlist");
+        }
+        if let Some(r) = patch.rate_limit {
+            Self::check_rate_limit(r)?;
+            key.rate_limit = r;
+            changed.push("rate_limit");
+        }
+        if let Some(e) = patch.enabled {
+            key.enabled = e;
+            changed.push("enabled");
+        }
+        if patch.metadata.is_some() {
+            key.metadata = check_metadata("metadata", patch.metadata)?;
+            changed.push("metadata");
+        }
+        self.store().update_key(&key).await?;
+        self.verifier().invalidate_key(&key);
+        self.audit(
+            actor,
+            "key.updated",
+            Some(&key.account_id),
+            Some(key.mode),
+            json!({ "key_id": key.id, "changed": changed }),
+        )
+        .await?;
+        Ok(key)
+    }
+}
+
+impl Manager {
+    /// Imports an existing key by its stored hash (no secret is ever seen).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn import_key(
+        &self,
+        actor: &Actor,
+        account: &Account,
+        mode: Mode,
+        key_type: KeyType,
+        name: &str,
+        scopes: Option<Vec<String>>,
+        role: Role,
+        secret: keywarden_core::model::StoredSecret,
+        prefix: String,
+        key_hash: String,
+    ) -> Result<(KeyRecord, ()), ApiError> {
+        let name = check_name("name", name)?;
+        let scopes = self.check_scopes(key_type, scopes, None)?;
+        let rec = KeyRecord {
+            id: new_id("key"),
+            account_id: account.id.clone(),
+            mode,
+            key_type,
+            name,
+            description: String::new(),
+            owner: String::new(),
+            role,
+            scopes,
+            expires_at: None,
+            ip_allowlist: Vec::new(),
+            rate_limit: None,
+            enabled: true,
+            metadata: json!({}),
+            app_id: None,
+            grant_id: None,
+            start: prefix.clone(),
+            prefix,
+            key_hash,
+            secret,
+            previous: None,
+            created_at: self.now(),
+            last_used_at: None,
+            last_used_ip: None,
+            revoked_at: None,
+            revoked_reason: None,
+            recoverable: None,
+        };
+        self.store().insert_key(&rec).await?;
+        self.verifier().invalidate_key(&rec);
+        self.audit(
+            actor,
+            "key.created",
+            Some(&rec.account_id),
+            Some(rec.mode),
+            json!({ "key_id": rec.id, "name": rec.name, "imported": true, "scheme": rec.secret.scheme }),
+        )
+        .await?;
+        Ok((rec, ()))
+    }
+}
+
+fn state_inner(state: &crate::state::AppState) -> &Arc<crate::state::Inner> {
+    state.inner()
+}

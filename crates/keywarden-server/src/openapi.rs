@@ -1,0 +1,1348 @@
+//! `/openapi.json` (SPEC §2): the OpenAPI 3.1 description of both listeners, derived from
+//! the handlers' `#[utoipa::path]` attributes and the request and response types.
+//!
+//! One document describes everything ([`ApiDoc`]); each listener serves its own part of it
+//! ([`document`]): the public listener the self-service API (tag `self-service`), the admin
+//! listener the admin API, verify and forward-auth (tags `admin`, `verify`); both
+//! `/healthz`, `/readyz` and `/openapi.json` (tag `service`). The served document follows
+//! the running configuration:
+//!
+//! - self-service paths carry the configured `server.base_path` (the attributes say `/v1`,
+//!   the default);
+//! - the self-service security schemes are the configured `auth.sources`, in order (by
+//!   default `api_key`, `Authorization: Bearer`, and `api_key_header`, `X-API-Key`);
+//! - error responses show the body of the configured `errors.style` only.
+//!
+//! The document never needs a credential, on either listener.
+//!
+//! The response types below only describe the wire: handlers build their bodies with the
+//! helpers in [`crate::views`], and `tests/openapi.rs` checks that both agree.
+
+use crate::errors::ErrorStyle;
+use crate::routes::{admin, apps, forward_auth, health, self_service, verify};
+use crate::settings::{KeySource, Settings};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+use utoipa::{OpenApi, ToResponse, ToSchema};
+
+/// The path the self-service attributes are written under; replaced by the configured
+/// base path when served.
+pub const DEFAULT_BASE_PATH: &str = "/v1";
+
+/// Tag of the self-service API (public listener).
+pub const TAG_SELF_SERVICE: &str = "self-service";
+/// Tag of the admin API (admin listener).
+pub const TAG_ADMIN: &str = "admin";
+/// Tag of verify and forward-auth (admin listener).
+pub const TAG_VERIFY: &str = "verify";
+/// Tag of health checks and this document (both listeners).
+pub const TAG_SERVICE: &str = "service";
+
+const INFO_DESCRIPTION: &str = "\
+Keywarden issues API keys to a provider's customers and checks every request made with them.
+
+Two listeners serve different parts of this API:
+
+- **public**: the self-service API, where an account manages itself and its keys with one of \
+its own secret keys (security `api_key`, or another configured key source). Its paths start \
+with the configured `server.base_path` (default `/v1`). In gateway mode it also forwards \
+every other request to the provider's upstream API; those paths are not described here.
+- **admin**: the admin API (security `root_key`: `Authorization: Bearer <root key>`), \
+`POST /v1/verify` (a root key or the `verify_token`) and `/v1/forward-auth` (open, or the \
+`verify_token` in `X-Keywarden-Verify-Token` when one is configured). Keep it private.
+
+Both serve `/healthz`, `/readyz` and `/openapi.json` without a credential; each listener's \
+`/openapi.json` describes that listener.
+
+Secrets appear only in the answer that makes them (`api_key` of a key, `secrets` or \
+`secret` of an application), and again only through the reveal of a recoverable test key; \
+no answer ever contains a stored hash (`key_hash` is a public fingerprint).
+
+Every answer carries `X-Request-Id: req_<ULID>`. Errors have the shape chosen by \
+`errors.style`: `envelope` (default, `ErrorEnvelope`), `problem` (RFC 9457 \
+`application/problem+json`, `ProblemDetails`) or `detail` (`DetailError`). Bad input \
+(malformed JSON, unknown fields, wrong types, over-long strings) is answered with 400 naming \
+the field, bodies over 64 KiB with 413; neither changes anything.";
+
+/// The whole API. Each listener serves its part through [`document`].
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Keywarden", description = INFO_DESCRIPTION),
+    paths(
+        health::healthz,
+        health::readyz,
+        openapi_json,
+        self_service::get_account,
+        self_service::patch_account,
+        self_service::patch_plan,
+        self_service::get_usage,
+        self_service::erase,
+        self_service::create_key,
+        self_service::list_keys,
+        self_service::get_key,
+        self_service::delete_key,
+        self_service::rotate_key,
+        self_service::key_activity,
+        self_service::events,
+        apps::create_grant,
+        apps::list_grants,
+        apps::get_grant,
+        apps::delete_grant,
+        admin::create_account,
+        admin::list_accounts,
+        admin::get_account,
+        admin::patch_account,
+        admin::erase_account,
+        admin::approve_account,
+        admin::create_key,
+        admin::list_keys,
+        admin::report_usage,
+        admin::import_key,
+        admin::get_key,
+        admin::patch_key,
+        admin::rotate_key,
+        admin::revoke_key,
+        admin::key_activity,
+        admin::events,
+        apps::create_application,
+        apps::list_applications,
+        apps::get_application,
+        apps::patch_application,
+        apps::rotate_application_secret,
+        apps::admin_create_grant,
+        apps::admin_list_grants,
+        apps::admin_get_grant,
+        apps::admin_delete_grant,
+        apps::reveal_key,
+        verify::verify,
+        forward_auth::forward_auth,
+    ),
+    components(
+        schemas(
+            self_service::AccountPatch,
+            self_service::PlanPatch,
+            self_service::CreateKeyBody,
+            self_service::RotateBody,
+            admin::CreateAccount,
+            admin::PatchAccount,
+            admin::CreateKey,
+            admin::PatchKey,
+            admin::RevokeBody,
+            admin::ImportKey,
+            admin::ReportUsage,
+            apps::CreateApplication,
+            apps::PatchApplication,
+            apps::AdminCreateGrant,
+            apps::CreateGrantBody,
+            verify::VerifyBody,
+            Mode,
+            KeyType,
+            Role,
+            AccountStatus,
+            ErrorType,
+            Timestamp,
+            RateLimit,
+            Account,
+            AccountWithKeys,
+            AccountSummary,
+            CallerAccount,
+            CallerKey,
+            ApiKey,
+            CreatedApiKey,
+            ApiKeyWithSecret,
+            Application,
+            AppEnvironment,
+            ApplicationSecrets,
+            CreatedApplication,
+            RotatedApplicationSecret,
+            Grant,
+            IssuedGrant,
+            DeletedGrant,
+            Quota,
+            UsageResponse,
+            AuditEvent,
+            Activity,
+            ErasureCounts,
+            VerifyResponse,
+            VerifyKey,
+            VerifyAccount,
+            RateLimitState,
+            HealthStatus,
+            ErrorEnvelope,
+            ErrorObject,
+            ProblemDetails,
+            DetailError,
+            ErrorBody,
+        ),
+        responses(
+            BadRequest,
+            Unauthorized,
+            RootKeyRequired,
+            Forbidden,
+            NotFound,
+            Conflict,
+            PayloadTooLarge,
+            TooManyRequests,
+            Unavailable,
+        ),
+    ),
+    tags(
+        (name = "self-service", description = "The self-service API (public listener): an account manages itself with its own secret keys. Paths start with the configured `server.base_path` (default `/v1`)."),
+        (name = "admin", description = "The admin API (admin listener): the operator manages every account and key with a root key."),
+        (name = "verify", description = "Verify and forward-auth (admin listener): backends and proxies ask whether a request may pass."),
+        (name = "service", description = "Health checks and this document (both listeners, no credential)."),
+    ),
+)]
+pub struct ApiDoc;
+
+// ---------------------------------------------------------------------------------------
+// Shared value types.
+
+/// Every key, event and usage record is `live` or `test`.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Production traffic.
+    Live,
+    /// Test traffic; sees only test objects.
+    Test,
+}
+
+/// Secret keys act on an account; publishable keys only identify it (public scopes only).
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyType {
+    /// A secret key.
+    Secret,
+    /// A publishable key.
+    Publishable,
+}
+
+/// What a key may manage through the self-service API.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, including the account itself.
+    Owner,
+    /// Keys.
+    Admin,
+    /// Keys.
+    Developer,
+    /// Nothing; reads only.
+    Member,
+}
+
+/// Live keys work only for `active` accounts; test keys work unless `suspended`.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStatus {
+    /// Awaiting approval.
+    Pending,
+    /// In good standing.
+    Active,
+    /// Every key of the account is refused.
+    Suspended,
+}
+
+/// The error family; clients switch on it before the code.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorType {
+    /// The credential is missing, malformed, unknown or no longer valid.
+    AuthenticationError,
+    /// The credential is valid but not allowed to do this.
+    AuthorizationError,
+    /// Too many requests, failures or units.
+    RateLimitError,
+    /// The request itself is wrong.
+    InvalidRequestError,
+    /// The object does not exist for this caller.
+    NotFoundError,
+    /// Keywarden or something behind it failed.
+    ApiError,
+}
+
+/// An instant in RFC 3339, UTC, with milliseconds.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = DateTime, example = "2026-03-20T10:00:00.123Z")]
+pub struct Timestamp(pub String);
+
+/// A per-key rate limit.
+#[derive(ToSchema)]
+pub struct RateLimit {
+    /// Requests admitted per window (also the burst size).
+    pub requests: u32,
+    /// The window length in seconds.
+    pub per_seconds: u32,
+}
+
+// ---------------------------------------------------------------------------------------
+// Accounts.
+
+/// An account as the admin API shows it.
+#[derive(ToSchema)]
+pub struct Account {
+    /// `acc_` + ULID.
+    #[schema(example = "acc_01JQ2Z5V7X9Y0ABCDEFGHJKMNP")]
+    pub id: String,
+    /// Display name, 1–100 characters.
+    pub name: String,
+    /// A configured plan.
+    pub plan: String,
+    /// Lifecycle state; gates live keys.
+    pub status: AccountStatus,
+    /// Free-form JSON object, at most 4 KiB.
+    pub metadata: JsonObject,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// A JSON object.
+#[derive(ToSchema)]
+#[schema(value_type = Object)]
+pub struct JsonObject(pub BTreeMap<String, serde_json::Value>);
+
+/// The account as `PATCH /v1/account` and `PATCH /v1/account/plan` return it.
+#[derive(ToSchema)]
+pub struct AccountSummary {
+    /// `acc_` + ULID.
+    pub account_id: String,
+    /// Display name.
+    pub account_name: String,
+    /// The plan, in effect at once.
+    pub plan: String,
+    /// Lifecycle state.
+    pub status: AccountStatus,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// `GET /v1/account`: the caller's account and the calling key. Never a secret.
+#[derive(ToSchema)]
+pub struct CallerAccount {
+    /// `acc_` + ULID.
+    pub account_id: String,
+    /// Display name.
+    pub account_name: String,
+    /// The account's plan.
+    pub plan: String,
+    /// The calling key's role.
+    pub role: Role,
+    /// The calling key's mode.
+    pub mode: Mode,
+    /// The account's status.
+    pub status: AccountStatus,
+    /// The calling key.
+    pub key: CallerKey,
+}
+
+/// The calling key, as `GET /v1/account` shows it.
+#[derive(ToSchema)]
+pub struct CallerKey {
+    /// `key_` + ULID.
+    pub id: String,
+    /// Label.
+    pub name: String,
+    /// The fixed start of the token (`kw_sk_live_`).
+    pub prefix: String,
+    /// `prefix` + the first random characters: safe to display.
+    pub start: String,
+    /// Granted scopes, expanded.
+    pub scopes: Vec<String>,
+    /// The account's plan.
+    pub tier: String,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last successful use (written in batches, up to a second late).
+    #[schema(required = true)]
+    pub last_used_at: Option<Timestamp>,
+    /// Expiry, if any.
+    #[schema(required = true)]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// What an account erasure removed, per kind.
+#[derive(ToSchema)]
+pub struct ErasureCounts {
+    /// Accounts deleted (0 or 1).
+    pub deleted_accounts: u64,
+    /// Keys deleted.
+    pub deleted_api_keys: u64,
+    /// Audit events deleted.
+    pub deleted_events: u64,
+    /// Activity rows deleted.
+    pub deleted_activity: u64,
+    /// Usage counters deleted.
+    pub deleted_usage: u64,
+    /// Grants deleted.
+    pub deleted_grants: u64,
+}
+
+/// An account as the admin API returns it after creating, changing or approving it: when
+/// that made the account's default keys (`keys.default_sets`), they come with it, each with
+/// its secret shown this once.
+#[derive(ToSchema)]
+pub struct AccountWithKeys {
+    /// The account.
+    #[serde(flatten)]
+    pub account: Account,
+    /// The default keys just made, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub keys: Option<Vec<ApiKeyWithSecret>>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Keys.
+
+/// A key's metadata. Never its secret; `key_hash` is a public fingerprint, not the stored hash.
+#[derive(ToSchema)]
+pub struct ApiKey {
+    /// `key_` + ULID.
+    #[schema(example = "key_01JQ2Z5V7X9Y0ABCDEFGHJKMNP")]
+    pub id: String,
+    /// The owning account.
+    pub account_id: String,
+    /// Live or test; fixed at creation.
+    pub mode: Mode,
+    /// Secret or publishable; fixed at creation.
+    #[serde(rename = "type")]
+    pub key_type: KeyType,
+    /// Label, 1–100 characters.
+    pub name: String,
+    /// Where the key is stored.
+    pub description: String,
+    /// The person responsible.
+    pub owner: String,
+    /// What the key may manage through the self-service API.
+    pub role: Role,
+    /// Granted scopes as written (aliases unexpanded).
+    pub scopes: Vec<String>,
+    /// After this instant the key is refused with `api_key_expired`.
+    #[schema(required = true)]
+    pub expires_at: Option<Timestamp>,
+    /// IPs and CIDRs the key may be used from; empty means any.
+    pub ip_allowlist: Vec<String>,
+    /// Overrides the plan's rate limit when set.
+    #[schema(required = true)]
+    pub rate_limit: Option<RateLimit>,
+    /// A disabled key is refused with `api_key_disabled` but can be enabled again.
+    pub enabled: bool,
+    /// Free-form JSON object.
+    pub metadata: JsonObject,
+    /// The application the key is bound to, if any.
+    #[schema(required = true)]
+    pub app_id: Option<String>,
+    /// The fixed start of the token (`kw_sk_live_`).
+    pub prefix: String,
+    /// `prefix` + the first random characters: safe to display.
+    pub start: String,
+    /// `sha256_` + hex SHA-256 of the whole token: a public fingerprint; also accepted in
+    /// place of the id.
+    pub key_hash: String,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last successful use (written in batches, up to a second late).
+    #[schema(required = true)]
+    pub last_used_at: Option<Timestamp>,
+    /// Client IP of the last successful use.
+    #[schema(required = true)]
+    pub last_used_ip: Option<String>,
+    /// Set when revoked; a revoked key never works again.
+    #[schema(required = true)]
+    pub revoked_at: Option<Timestamp>,
+    /// Why it was revoked.
+    #[schema(required = true)]
+    pub revoked_reason: Option<String>,
+    /// Until when the secret before the last rotation keeps working.
+    #[schema(required = true)]
+    pub rotation_grace_until: Option<Timestamp>,
+}
+
+/// A key's metadata with its new secret (admin creation, rotation). The secret is shown
+/// this once and cannot be retrieved again.
+#[derive(ToSchema)]
+pub struct ApiKeyWithSecret {
+    /// The metadata.
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// The whole token. Store it now: it is never shown again.
+    #[schema(example = "kw_sk_live_…")]
+    pub api_key: String,
+}
+
+/// `POST /v1/api-keys`: the new key, with its secret shown this once.
+#[derive(ToSchema)]
+pub struct CreatedApiKey {
+    /// The whole token. Store it now: it is never shown again.
+    pub api_key: String,
+    /// `key_` + ULID.
+    pub id: String,
+    /// Public fingerprint, also accepted in place of the id.
+    pub key_hash: String,
+    /// Label.
+    pub name: String,
+    /// The fixed start of the token.
+    pub prefix: String,
+    /// `prefix` + the first random characters.
+    pub start: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// The caller's mode.
+    pub mode: Mode,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Expiry, if any.
+    #[schema(required = true)]
+    pub expires_at: Option<Timestamp>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Applications and grants.
+
+/// A third-party integration that accounts can authorise. Never its secrets.
+#[derive(ToSchema)]
+pub struct Application {
+    /// `app_` + ULID.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Short description of the integration.
+    pub description: String,
+    /// Public page about the integration.
+    #[schema(required = true)]
+    pub url: Option<String>,
+    /// The scopes the application requests; grants are subsets.
+    pub scopes: Vec<String>,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// The environment of an application secret: production goes with live keys, sandbox
+/// with test keys.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AppEnvironment {
+    /// Goes with live keys.
+    Production,
+    /// Goes with test keys.
+    Sandbox,
+}
+
+/// An application's two secrets, shown once.
+#[derive(ToSchema)]
+pub struct ApplicationSecrets {
+    /// Goes with live keys.
+    pub production: String,
+    /// Goes with test keys.
+    pub sandbox: String,
+}
+
+/// A new application with its secrets, shown this once.
+#[derive(ToSchema)]
+pub struct CreatedApplication {
+    /// The application.
+    #[serde(flatten)]
+    pub application: Application,
+    /// Both secrets. Store them now: they are never shown again.
+    pub secrets: ApplicationSecrets,
+}
+
+/// An application with the secret of one environment just replaced (shown this once); the
+/// old secret stopped working.
+#[derive(ToSchema)]
+pub struct RotatedApplicationSecret {
+    /// The application.
+    #[serde(flatten)]
+    pub application: Application,
+    /// Which secret was replaced.
+    pub environment: AppEnvironment,
+    /// The new secret. Store it now: it is never shown again.
+    pub secret: String,
+}
+
+/// An account's authorisation of an application for some of the scopes it requested.
+#[derive(ToSchema)]
+pub struct Grant {
+    /// `grt_` + ULID.
+    pub id: String,
+    /// The authorising account.
+    pub account_id: String,
+    /// The authorised application.
+    pub app_id: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Creation time.
+    pub created_at: Timestamp,
+}
+
+/// A new grant with the key made under it (its secret shown this once).
+#[derive(ToSchema)]
+pub struct IssuedGrant {
+    /// The grant.
+    #[serde(flatten)]
+    pub grant: Grant,
+    /// The key made under the grant, with `api_key`.
+    pub key: ApiKeyWithSecret,
+}
+
+/// A deleted grant and the keys it revoked.
+#[derive(ToSchema)]
+pub struct DeletedGrant {
+    /// The grant as it was.
+    #[serde(flatten)]
+    pub grant: Grant,
+    /// Always `true`.
+    pub deleted: bool,
+    /// Ids of the keys made under the grant, revoked at once.
+    pub revoked_keys: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Usage, audit, activity.
+
+/// One quota: what a unit used in its current period.
+#[derive(ToSchema)]
+pub struct Quota {
+    /// The unit (`requests`, …).
+    pub unit: String,
+    /// Consumed this period.
+    pub used: u64,
+    /// Allowed per period.
+    pub limit: u64,
+    /// `limit - used`, never below 0.
+    pub remaining: u64,
+    /// `minute`, `hour`, `day` or `month` (usage reports only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub period: Option<String>,
+    /// Start of the current period.
+    pub period_start: Timestamp,
+    /// End of the current period.
+    pub period_end: Timestamp,
+}
+
+/// Usage of the current periods. For each quota unit there are also top-level
+/// `<unit>_used`, `<unit>_limit` and `<unit>_remaining` integers.
+#[derive(ToSchema)]
+pub struct UsageResponse {
+    /// The account's plan.
+    pub plan: String,
+    /// The mode reported on.
+    pub mode: Mode,
+    /// Start of the first quota's period (the month when the plan has no quota).
+    pub period_start: Timestamp,
+    /// End of that period.
+    pub period_end: Timestamp,
+    /// One entry per quota of the plan.
+    pub quotas: Vec<Quota>,
+    /// `<unit>_used`, `<unit>_limit`, `<unit>_remaining`.
+    #[serde(flatten)]
+    pub per_unit: BTreeMap<String, u64>,
+}
+
+/// An audit event (append-only).
+#[derive(ToSchema)]
+pub struct AuditEvent {
+    /// `evt_` + ULID.
+    pub id: String,
+    /// `account.created`, `key.rotated`, `key.ip_denied`, …
+    #[serde(rename = "type")]
+    #[schema(example = "key.created")]
+    pub kind: String,
+    /// The account concerned, if any.
+    #[schema(required = true)]
+    pub account_id: Option<String>,
+    /// The mode concerned, if any.
+    #[schema(required = true)]
+    pub mode: Option<Mode>,
+    /// `root`, a key id, or `system`.
+    pub actor: String,
+    /// Client IP of the request that caused it.
+    #[schema(required = true)]
+    pub ip: Option<String>,
+    /// When it happened.
+    pub at: Timestamp,
+    /// Event-specific details; never a secret.
+    #[schema(value_type = Value)]
+    pub data: serde_json::Value,
+}
+
+/// One request seen with a key.
+#[derive(ToSchema)]
+pub struct Activity {
+    /// When.
+    pub at: Timestamp,
+    /// Client IP.
+    #[schema(required = true)]
+    pub ip: Option<String>,
+    /// Method of the original request.
+    pub method: String,
+    /// Path of the original request.
+    pub path: String,
+    /// Status Keywarden answered.
+    pub status: u16,
+    /// Decision code.
+    pub code: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// Verify.
+
+/// The decision. Always sent with HTTP 200; `status` is what a gateway should answer.
+#[derive(ToSchema)]
+pub struct VerifyResponse {
+    /// Whether the request may pass.
+    pub valid: bool,
+    /// `valid` or the failure code (SPEC §8), as the profile names it.
+    #[schema(example = "valid")]
+    pub code: String,
+    /// The HTTP status a gateway should answer with.
+    #[schema(example = 200)]
+    pub status: u16,
+    /// Human-readable, in the request's language.
+    pub message: String,
+    /// The key (valid decisions and denials after authentication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub key: Option<VerifyKey>,
+    /// The key's account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub account: Option<VerifyAccount>,
+    /// The rate limit that applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub ratelimit: Option<RateLimitState>,
+    /// The quotas that applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub quotas: Option<Vec<Quota>>,
+    /// Seconds to wait before retrying (limits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub retry_after: Option<u64>,
+}
+
+/// The key of a decision. The configured global key shows only `id` (`global`) and `scopes`.
+#[derive(ToSchema)]
+pub struct VerifyKey {
+    /// `key_` + ULID, or `global`.
+    pub id: String,
+    /// Effective scopes.
+    pub scopes: Vec<String>,
+    /// Label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub name: Option<String>,
+    /// Live or test.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub mode: Option<Mode>,
+    /// Secret or publishable.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub key_type: Option<KeyType>,
+    /// Role.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub role: Option<Role>,
+    /// The fixed start of the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub prefix: Option<String>,
+    /// `prefix` + the first random characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub start: Option<String>,
+    /// Public fingerprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub key_hash: Option<String>,
+    /// The application the key is bound to (may be `null`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    /// Expiry (may be `null`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// The key's metadata.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub metadata: Option<JsonObject>,
+}
+
+/// The account of a decision.
+#[derive(ToSchema)]
+pub struct VerifyAccount {
+    /// `acc_` + ULID.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Plan.
+    pub plan: String,
+    /// Status.
+    pub status: AccountStatus,
+}
+
+/// The rate limit of a decision.
+#[derive(ToSchema)]
+pub struct RateLimitState {
+    /// Requests per window.
+    pub limit: u64,
+    /// Requests left now.
+    pub remaining: u64,
+    /// Seconds until the bucket is full again.
+    pub reset: u64,
+    /// The window in seconds.
+    pub window: u64,
+}
+
+/// `/healthz` and `/readyz`.
+#[derive(ToSchema)]
+pub struct HealthStatus {
+    /// `ok` (process up) or `ready` (store reachable).
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors (SPEC §11).
+
+/// `errors.style = "envelope"` (default).
+#[derive(ToSchema)]
+#[schema(example = json!({"error": {
+    "type": "authentication_error",
+    "code": "invalid_api_key",
+    "message": "The API key is invalid.",
+    "request_id": "req_01JQ2Z5V7X9Y0ABCDEFGHJKMNP",
+}}))]
+pub struct ErrorEnvelope {
+    /// The error.
+    pub error: ErrorObject,
+}
+
+/// The error inside an [`ErrorEnvelope`].
+#[derive(ToSchema)]
+pub struct ErrorObject {
+    /// The family.
+    #[serde(rename = "type")]
+    pub error_type: ErrorType,
+    /// The code (SPEC §8 and §11), as the profile names it.
+    #[schema(example = "invalid_api_key")]
+    pub code: String,
+    /// Human-readable, in the request's language; names the offending field for bad input.
+    pub message: String,
+    /// The request's id, also in `X-Request-Id`.
+    #[schema(example = "req_01JQ2Z5V7X9Y0ABCDEFGHJKMNP")]
+    pub request_id: String,
+    /// A link about the code, when `errors.doc_url` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub doc_url: Option<String>,
+}
+
+/// `errors.style = "problem"`: RFC 9457, sent as `application/problem+json`.
+#[derive(ToSchema)]
+pub struct ProblemDetails {
+    /// The `errors.doc_url` link for the code, or `about:blank`.
+    #[serde(rename = "type")]
+    #[schema(example = "about:blank")]
+    pub problem_type: String,
+    /// The status's reason phrase.
+    #[schema(example = "Unauthorized")]
+    pub title: String,
+    /// The HTTP status.
+    #[schema(example = 401)]
+    pub status: u16,
+    /// Human-readable, in the request's language.
+    pub detail: String,
+    /// The code, as the profile names it.
+    #[schema(example = "invalid_api_key")]
+    pub code: String,
+    /// The request's id.
+    pub request_id: String,
+}
+
+/// `errors.style = "detail"`.
+#[derive(ToSchema)]
+pub struct DetailError {
+    /// Human-readable, in the request's language.
+    #[schema(example = "The API key is invalid.")]
+    pub detail: String,
+}
+
+/// An `application/json` error body: the envelope, or `{"detail"}` with `errors.style = "detail"`.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub enum ErrorBody {
+    /// `errors.style = "envelope"`.
+    Envelope(ErrorEnvelope),
+    /// `errors.style = "detail"`.
+    Detail(DetailError),
+}
+
+/// Declares a reusable error response: the error body in each style, plus headers.
+macro_rules! error_response {
+    ($(#[$meta:meta])* $name:ident, $description:literal $(, ($header:literal, $header_desc:literal))* $(,)?) => {
+        $(#[$meta])*
+        #[derive(ToResponse)]
+        #[response(
+            description = $description,
+            headers(
+                ("X-Request-Id" = String, description = "The request's id (`req_<ULID>`)."),
+                $(($header = String, description = $header_desc),)*
+            ),
+        )]
+        pub enum $name {
+            /// The envelope or detail style.
+            Json(#[content("application/json")] ErrorBody),
+            /// The problem style.
+            Problem(#[content("application/problem+json")] ProblemDetails),
+        }
+    };
+}
+
+error_response!(
+    /// 400.
+    BadRequest,
+    "The request is invalid and changed nothing: `invalid_request` (malformed JSON, an \
+     unknown field, a wrong type, an out-of-range or over-long value; the message names the \
+     field) or `invalid_scope` (a scope outside the catalog; each one is named)."
+);
+error_response!(
+    /// 401 for a customer's key.
+    Unauthorized,
+    "No valid key: `missing_api_key`, `invalid_api_key`, `api_key_revoked`, \
+     `api_key_expired`, `api_key_disabled`, `invalid_app_secret` or `ip_not_allowed`. These \
+     count toward the per-IP lockout.",
+    ("WWW-Authenticate", "`Bearer realm=\"keywarden\"`."),
+);
+error_response!(
+    /// 401 for the operator's root key.
+    RootKeyRequired,
+    "`root_key_required`: no valid root key (`Authorization: Bearer <root key>`).",
+    ("WWW-Authenticate", "`Bearer realm=\"keywarden\"`."),
+);
+error_response!(
+    /// 403.
+    Forbidden,
+    "The key is valid but may not do this: `api_disabled`, `account_inactive`, \
+     `mode_mismatch`, `insufficient_scope`, `insufficient_role` or `plan_limit_reached`."
+);
+error_response!(
+    /// 404.
+    NotFound,
+    "`not_found`: no such object for this caller (another account's object looks exactly \
+     like a missing one)."
+);
+error_response!(
+    /// 409.
+    Conflict,
+    "`conflict`: the request conflicts with the object's current state (e.g. rotating a \
+     revoked key, importing a key that already exists)."
+);
+error_response!(
+    /// 413.
+    PayloadTooLarge,
+    "`payload_too_large`: the body is over 64 KiB; nothing changed."
+);
+error_response!(
+    /// 429.
+    TooManyRequests,
+    "Limited: `too_many_auth_failures` (the client IP is locked out), \
+     `rate_limit_exceeded`, `concurrency_limit_exceeded` or `quota_exceeded`.",
+    ("Retry-After", "Seconds to wait."),
+    ("RateLimit-Policy", "The rate limit (IETF httpapi draft 11), when one applied."),
+    ("RateLimit", "What is left of it (IETF httpapi draft 11), when one applied."),
+);
+error_response!(
+    /// 503.
+    Unavailable,
+    "`admin_disabled` (no root key is configured) or `service_unavailable` (the store is not \
+     reachable)."
+);
+
+// ---------------------------------------------------------------------------------------
+// Serving.
+
+/// Which listener a document is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// Self-service API.
+    Public,
+    /// Admin API, verify, forward-auth.
+    Admin,
+}
+
+impl Listener {
+    fn tags(self) -> &'static [&'static str] {
+        match self {
+            Listener::Public => &[TAG_SELF_SERVICE, TAG_SERVICE],
+            Listener::Admin => &[TAG_ADMIN, TAG_VERIFY, TAG_SERVICE],
+        }
+    }
+}
+
+/// The OpenAPI document of a listener.
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi",
+    responses((status = 200, description = "This listener's OpenAPI 3.1 document", body = JsonObject)),
+    security(()), tag = "service")]
+pub async fn openapi_json(State(state): State<AppState>) -> Json<Value> {
+    Json(document(Listener::Public, &state.settings))
+}
+
+/// `/openapi.json` on the admin listener.
+pub async fn admin_openapi_json(State(state): State<AppState>) -> Json<Value> {
+    Json(document(Listener::Admin, &state.settings))
+}
+
+/// HTTP methods as OpenAPI path items name them.
+pub const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// The whole API with the finishing touches that do not depend on the configuration.
+static FULL: LazyLock<Value> = LazyLock::new(|| {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    finish(&mut doc);
+    doc
+});
+
+/// The whole API, both listeners, as the default configuration serves it.
+pub fn full_document() -> Value {
+    FULL.clone()
+}
+
+/// The document a listener serves under `settings`.
+pub fn document(listener: Listener, settings: &Settings) -> Value {
+    let mut doc = FULL.clone();
+    let tags = listener.tags();
+    let public_schemes = self_service_schemes(&settings.sources);
+
+    let paths = take_object(&mut doc, "paths");
+    let mut kept = Map::new();
+    for (path, mut item) in paths {
+        let Some(ops) = item.as_object_mut() else {
+            continue;
+        };
+        ops.retain(|method, op| !METHODS.contains(&method.as_str()) || has_tag(op, tags));
+        if !ops.keys().any(|m| METHODS.contains(&m.as_str())) {
+            continue;
+        }
+        let self_service = ops.values().any(|op| has_tag(op, &[TAG_SELF_SERVICE]));
+        if self_service {
+            for op in ops.values_mut() {
+                if let Some(sec) = op.get_mut("security") {
+                    *sec = self_service_security(sec, &public_schemes);
+                }
+            }
+        }
+        let path = match path.strip_prefix(DEFAULT_BASE_PATH) {
+            Some(rest) if self_service => format!("{}{rest}", settings.base_path),
+            _ => path,
+        };
+        kept.insert(path, item);
+    }
+    doc["paths"] = Value::Object(kept);
+
+    // Security schemes: the listener's own.
+    let mut schemes = Map::new();
+    match listener {
+        Listener::Public => {
+            for (name, scheme) in &public_schemes {
+                schemes.insert(name.clone(), scheme.clone());
+            }
+        }
+        Listener::Admin => {
+            schemes.insert(
+                "root_key".into(),
+                json!({"type": "http", "scheme": "bearer",
+                       "description": "A root key: `Authorization: Bearer <root key>`."}),
+            );
+            schemes.insert(
+                "verify_token".into(),
+                json!({"type": "http", "scheme": "bearer",
+                       "description": "The configured `verify_token`, accepted by `POST /v1/verify` in place of a root key."}),
+            );
+            schemes.insert(
+                "forward_auth_token".into(),
+                json!({"type": "apiKey", "in": "header", "name": "X-Keywarden-Verify-Token",
+                       "description": "The configured `verify_token`; forward-auth requires it only when one is configured."}),
+            );
+        }
+    }
+    doc["components"]["securitySchemes"] = Value::Object(schemes);
+
+    apply_error_style(&mut doc, settings.renderer.style);
+    if let Some(list) = doc.get_mut("tags").and_then(Value::as_array_mut) {
+        list.retain(|t| t["name"].as_str().is_some_and(|n| tags.contains(&n)));
+    }
+    doc["info"]["x-keywarden-listener"] = json!(match listener {
+        Listener::Public => "public",
+        Listener::Admin => "admin",
+    });
+    prune_components(&mut doc);
+    doc
+}
+
+fn take_object(doc: &mut Value, key: &str) -> Map<String, Value> {
+    match doc.get_mut(key).map(Value::take) {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+fn has_tag(op: &Value, tags: &[&str]) -> bool {
+    op["tags"].as_array().is_some_and(|t| {
+        t.iter()
+            .any(|t| t.as_str().is_some_and(|t| tags.contains(&t)))
+    })
+}
+
+/// Touches that hold for every configuration: the request id on every answer, the
+/// rate-limit headers on self-service answers, forward-auth under its own path too, and
+/// one operation id per method.
+fn finish(doc: &mut Value) {
+    let request_id = json!({
+        "description": "The request's id (`req_<ULID>`).",
+        "schema": {"type": "string"},
+    });
+    let rate_headers = [
+        (
+            "RateLimit-Policy",
+            "The rate limit (IETF httpapi draft 11), when one applied.",
+        ),
+        (
+            "RateLimit",
+            "What is left of it (IETF httpapi draft 11), when one applied.",
+        ),
+    ];
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(ops) = item.as_object_mut() else {
+            continue;
+        };
+        let several = ops.keys().filter(|m| METHODS.contains(&m.as_str())).count() > 1;
+        for (method, op) in ops.iter_mut() {
+            if !METHODS.contains(&method.as_str()) {
+                continue;
+            }
+            let self_service = has_tag(op, &[TAG_SELF_SERVICE]);
+            if several {
+                // `method(...)` gives every method one operation id; ids must be unique.
+                if let Some(id) = op["operationId"].as_str().map(str::to_string) {
+                    if !id.ends_with(&format!("_{method}")) {
+                        op["operationId"] = json!(format!("{id}_{method}"));
+                    }
+                }
+            }
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            for (status, response) in responses.iter_mut() {
+                // Shared error responses carry their own headers.
+                if response.get("$ref").is_some() {
+                    continue;
+                }
+                let headers = response
+                    .as_object_mut()
+                    .map(|r| r.entry("headers").or_insert_with(|| json!({})));
+                let Some(Value::Object(headers)) = headers else {
+                    continue;
+                };
+                headers
+                    .entry("X-Request-Id")
+                    .or_insert_with(|| request_id.clone());
+                if self_service && status.starts_with('2') {
+                    for (name, description) in rate_headers {
+                        headers.entry(name).or_insert_with(
+                            || json!({"description": description, "schema": {"type": "string"}}),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // `/v1/forward-auth/<original path>` (Envoy's `path_prefix`) is the same endpoint.
+    let base = forward_auth::FORWARD_AUTH_PATH;
+    if let Some(mut item) = paths.get(base).cloned() {
+        if let Some(ops) = item.as_object_mut() {
+            for (method, op) in ops.iter_mut() {
+                if !METHODS.contains(&method.as_str()) {
+                    continue;
+                }
+                if let Some(id) = op["operationId"].as_str().map(str::to_string) {
+                    op["operationId"] = json!(format!("{id}_with_path"));
+                }
+                let params = op
+                    .as_object_mut()
+                    .map(|o| o.entry("parameters").or_insert_with(|| json!([])));
+                if let Some(Value::Array(params)) = params {
+                    params.push(json!({
+                        "name": "original",
+                        "in": "path",
+                        "required": true,
+                        "description": "The original request's path and query (may contain `/`), \
+                                        used when no X-Original-URI or X-Forwarded-Uri header is sent.",
+                        "schema": {"type": "string"},
+                    }));
+                }
+            }
+        }
+        paths.insert(format!("{base}/{{original}}"), item);
+    }
+}
+
+/// The self-service security schemes for the configured key sources, in order: the first
+/// is `api_key`, then `api_key_bearer`, `api_key_header`, `api_key_query` (numbered when a
+/// kind repeats).
+pub fn self_service_schemes(sources: &[KeySource]) -> Vec<(String, Value)> {
+    let mut out: Vec<(String, Value)> = Vec::new();
+    let mut used = BTreeSet::new();
+    for (i, source) in sources.iter().enumerate() {
+        let (kind, scheme) = match source {
+            KeySource::Bearer => (
+                "bearer",
+                json!({"type": "http", "scheme": "bearer",
+                       "description": "One of the account's secret keys: `Authorization: Bearer <key>`."}),
+            ),
+            KeySource::Header(name) => (
+                "header",
+                json!({"type": "apiKey", "in": "header", "name": display_header(name),
+                       "description": "One of the account's secret keys, in this header."}),
+            ),
+            KeySource::Query(name) => (
+                "query",
+                json!({"type": "apiKey", "in": "query", "name": name,
+                       "description": "One of the account's secret keys, in this query parameter (discouraged: it ends up in access logs)."}),
+            ),
+        };
+        let base = if i == 0 {
+            "api_key".to_string()
+        } else {
+            format!("api_key_{kind}")
+        };
+        let mut name = base.clone();
+        let mut n = 2;
+        while !used.insert(name.clone()) {
+            name = format!("{base}_{n}");
+            n += 1;
+        }
+        out.push((name, scheme));
+    }
+    out
+}
+
+/// `x-api-key` → `X-API-Key`: header names are case-insensitive; this is how people write it.
+fn display_header(name: &str) -> String {
+    name.split('-')
+        .map(|part| match part {
+            "api" | "id" | "ip" => part.to_ascii_uppercase(),
+            _ => {
+                let mut c = part.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// An operation's security with the documented `api_key` alternatives replaced by the
+/// configured sources, keeping the scopes they list.
+fn self_service_security(current: &Value, schemes: &[(String, Value)]) -> Value {
+    let scopes = current
+        .as_array()
+        .and_then(|alts| alts.iter().find_map(|a| a.get("api_key").cloned()))
+        .unwrap_or_else(|| json!([]));
+    Value::Array(
+        schemes
+            .iter()
+            .map(|(name, _)| json!({ name.clone(): scopes.clone() }))
+            .collect(),
+    )
+}
+
+/// Keeps, in every error response, only the body of the configured style.
+fn apply_error_style(doc: &mut Value, style: ErrorStyle) {
+    let (media, schema) = match style {
+        ErrorStyle::Envelope => ("application/json", "ErrorEnvelope"),
+        ErrorStyle::Problem => ("application/problem+json", "ProblemDetails"),
+        ErrorStyle::Detail => ("application/json", "DetailError"),
+    };
+    let body = json!({ media: {"schema": {"$ref": format!("#/components/schemas/{schema}")}} });
+    let error_body = "#/components/schemas/ErrorBody";
+    let mut stack = vec![doc];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(m) => {
+                let is_error = m
+                    .get("content")
+                    .and_then(|c| c.get("application/json"))
+                    .and_then(|j| j["schema"]["$ref"].as_str())
+                    == Some(error_body);
+                if is_error {
+                    m.insert("content".into(), body.clone());
+                }
+                stack.extend(m.values_mut());
+            }
+            Value::Array(a) => stack.extend(a.iter_mut()),
+            _ => {}
+        }
+    }
+}
+
+/// Drops component schemas and responses nothing in the document refers to.
+fn prune_components(doc: &mut Value) {
+    let mut reachable: BTreeSet<String> = BTreeSet::new();
+    let mut pending: Vec<Value> = vec![doc["paths"].clone()];
+    while let Some(v) = pending.pop() {
+        for r in refs(&v) {
+            if reachable.insert(r.clone()) {
+                if let Some(target) = resolve(doc, &r) {
+                    pending.push(target.clone());
+                }
+            }
+        }
+    }
+    for section in ["schemas", "responses"] {
+        if let Some(m) = doc["components"]
+            .get_mut(section)
+            .and_then(Value::as_object_mut)
+        {
+            m.retain(|name, _| reachable.contains(&format!("#/components/{section}/{name}")));
+        }
+    }
+}
+
+/// Every `$ref` inside a value.
+pub fn refs(v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                stack.extend(m.values());
+            }
+            Value::Array(a) => stack.extend(a.iter()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What a local `$ref` (`#/components/...`) points to.
+pub fn resolve<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
+    doc.pointer(reference.strip_prefix('#')?)
+}

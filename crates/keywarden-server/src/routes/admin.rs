@@ -1,0 +1,809 @@
+//! The admin API (SPEC §10) on the admin listener: the operator, with a root key, manages
+//! every account and key.
+
+use crate::auth::require_root;
+use crate::errors::ApiError;
+use crate::extract::{client_ip, peer_ip, JsonBody};
+use crate::manage::{Actor, KeyPatch, Manager, NewKey};
+use crate::manage_apps::AppManager;
+use crate::routes::apps::account_with_keys;
+use crate::routes::self_service::{page_limit, usage_body, ListQuery, RotateBody};
+use crate::state::AppState;
+use crate::views;
+use axum::extract::{Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keywarden_core::model::{
+    AccountStatus, HashScheme, KeyType, Mode, RateLimitSpec, Role, StoredSecret,
+};
+use keywarden_store::limiter::QuotaKey;
+use keywarden_store::{EventFilter, Page, UsageDelta};
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
+
+/// Checks the root key and returns the audit actor.
+fn root(state: &AppState, parts: &Parts) -> Result<Actor, ApiError> {
+    require_root(state, &parts.headers)?;
+    let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions));
+    Ok(Actor::root(ip.map(|i| i.to_string())))
+}
+
+/// Refuses an admin call without a root key before its body or query is read.
+pub async fn root_guard(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match require_root(&state, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::invalid(e.body_text()))
+}
+
+/// Distinguishes an absent field from an explicit `null` in PATCH bodies.
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Body of `POST /v1/admin/accounts`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    /// 1–100 characters.
+    pub name: String,
+    /// A configured plan (default: `plans.default`).
+    pub plan: Option<String>,
+    /// `pending`, `active` (default) or `suspended`.
+    #[schema(value_type = Option<String>)]
+    pub status: Option<AccountStatus>,
+    /// A JSON object ≤ 4 KiB.
+    pub metadata: Option<Value>,
+}
+
+/// `POST /v1/admin/accounts`.
+#[utoipa::path(
+    post, path = "/v1/admin/accounts", request_body = CreateAccount,
+    responses(
+        (status = 201, description = "The account, with its default keys when `keys.default_sets` made some", body = crate::openapi::AccountWithKeys),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn create_account(
+    State(state): State<AppState>,
+    parts: Parts,
+    JsonBody(b): JsonBody<CreateAccount>,
+) -> Result<Response, ApiError> {
+    let actor = root(&state, &parts)?;
+    // With `keys.default_sets`, the account's default keys come with it.
+    let (a, keys) = AppManager::new(&state)
+        .create_account(&actor, &b.name, b.plan, b.status, b.metadata)
+        .await?;
+    Ok((StatusCode::CREATED, Json(account_with_keys(&a, &keys))).into_response())
+}
+
+/// `GET /v1/admin/accounts`.
+#[utoipa::path(
+    get, path = "/v1/admin/accounts", params(ListQuery),
+    responses(
+        (status = 200, description = "Accounts by id", body = Vec<crate::openapi::Account>),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn list_accounts(
+    State(state): State<AppState>,
+    parts: Parts,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    root(&state, &parts)?;
+    let q = query(q)?;
+    let list = state
+        .store
+        .list_accounts(&Page {
+            after_id: q.starting_after,
+            limit: page_limit(q.limit)?,
+        })
+        .await?;
+    Ok(Json(Value::Array(
+        list.iter().map(views::account).collect(),
+    )))
+}
+
+/// `GET /v1/admin/accounts/{id}`.
+#[utoipa::path(
+    get, path = "/v1/admin/accounts/{id}", params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 200, description = "The account", body = crate::openapi::Account),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn get_account(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    root(&state, &parts)?;
+    let a = Manager::new(&state).account(&id).await?;
+    Ok(Json(views::account(&a)))
+}
+
+/// Body of `PATCH /v1/admin/accounts/{id}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchAccount {
+    /// New name.
+    pub name: Option<String>,
+    /// New plan (takes effect at once).
+    pub plan: Option<String>,
+    /// New status.
+    #[schema(value_type = Option<String>)]
+    pub status: Option<AccountStatus>,
+    /// New metadata.
+    pub metadata: Option<Value>,
+}
+
+/// `PATCH /v1/admin/accounts/{id}`.
+#[utoipa::path(
+    patch, path = "/v1/admin/accounts/{id}", request_body = PatchAccount, params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 200, description = "The account, with its live default keys when this made it active", body = crate::openapi::AccountWithKeys),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn patch_account(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<PatchAccount>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = root(&state, &parts)?;
+    let a = Manager::new(&state)
+        .update_account(&actor, &id, b.name, b.plan, b.status, b.metadata)
+        .await?;
+    // An account made active here is approved: its live default keys, if any, come now.
+    let keys = AppManager::new(&state)
+        .default_set(&actor, &a, Mode::Live)
+        .await?;
+    Ok(Json(account_with_keys(&a, &keys)))
+}
+
+/// `DELETE /v1/admin/accounts/{id}`: erases the account and everything of it.
+#[utoipa::path(
+    delete, path = "/v1/admin/accounts/{id}", params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 200, description = "What was deleted, per kind", body = crate::openapi::ErasureCounts),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn erase_account(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = root(&state, &parts)?;
+    let counts = Manager::new(&state).erase_account(&actor, &id).await?;
+    Ok(Json(json!(counts)))
+}
+
+/// `POST /v1/admin/accounts/{id}/approve`: status `active`.
+#[utoipa::path(
+    post, path = "/v1/admin/accounts/{id}/approve", params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 200, description = "The account, now `active`, with its live default keys when that made some", body = crate::openapi::AccountWithKeys),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn approve_account(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = root(&state, &parts)?;
+    let (a, keys) = AppManager::new(&state)
+        .set_status(&actor, &id, AccountStatus::Active)
+        .await?;
+    Ok(Json(account_with_keys(&a, &keys)))
+}
+
+/// Body of `POST /v1/admin/accounts/{id}/keys`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// `live` or `test`.
+    #[schema(value_type = String)]
+    pub mode: Mode,
+    /// `secret` (default) or `publishable`.
+    #[serde(rename = "type")]
+    #[schema(value_type = Option<String>)]
+    pub key_type: Option<KeyType>,
+    /// 1–100 characters.
+    pub name: String,
+    /// Where the key is stored, ≤ 500 characters.
+    pub description: Option<String>,
+    /// The person responsible.
+    pub owner: Option<String>,
+    /// `owner` (default), `admin`, `developer` or `member`.
+    #[schema(value_type = Option<String>)]
+    pub role: Option<Role>,
+    /// Scopes (default: `keys.default_scopes`).
+    pub scopes: Option<Vec<String>>,
+    /// RFC 3339 expiry.
+    pub expires_at: Option<String>,
+    /// IPs and CIDRs.
+    pub ip_allowlist: Option<Vec<String>>,
+    /// Per-key rate limit `{requests, per_seconds}`.
+    #[schema(value_type = Option<Object>)]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// A JSON object ≤ 4 KiB.
+    pub metadata: Option<Value>,
+    /// The application the key is bound to.
+    pub app_id: Option<String>,
+}
+
+/// `POST /v1/admin/accounts/{id}/keys`: the secret is shown once, as `api_key`.
+#[utoipa::path(
+    post, path = "/v1/admin/accounts/{id}/keys", request_body = CreateKey, params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 201, description = "The key with `api_key`, shown once", body = crate::openapi::ApiKeyWithSecret),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn create_key(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<CreateKey>,
+) -> Result<Response, ApiError> {
+    let actor = root(&state, &parts)?;
+    let m = Manager::new(&state);
+    let account = m.account(&id).await?;
+    let expires_at = b
+        .expires_at
+        .as_deref()
+        .map(views::parse_ts)
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("expires_at: {e}")))?;
+    let mut new = NewKey {
+        key_type: b.key_type.unwrap_or(KeyType::Secret),
+        description: b.description.unwrap_or_default(),
+        owner: b.owner.unwrap_or_default(),
+        role: b.role.unwrap_or(Role::Owner),
+        scopes: b.scopes,
+        expires_at,
+        ip_allowlist: b.ip_allowlist.unwrap_or_default(),
+        rate_limit: b.rate_limit,
+        metadata: b.metadata,
+        ..NewKey::named(b.mode, &b.name)
+    };
+    // A key of an application is made under the account's grant to it, within its scopes.
+    if let Some(app) = &b.app_id {
+        AppManager::new(&state)
+            .bind_to_grant(&account, app, &mut new)
+            .await?;
+    }
+    let (rec, token) = m.create_key(&actor, &account, new, None).await?;
+    let mut v = views::key(&rec);
+    v["api_key"] = json!(token.expose());
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// Query of `GET /v1/admin/accounts/{id}/keys`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KeysQuery {
+    /// Only keys of this mode.
+    #[param(value_type = Option<String>)]
+    pub mode: Option<Mode>,
+    /// Page size 1–100.
+    pub limit: Option<u32>,
+    /// Keys after this id.
+    pub starting_after: Option<String>,
+}
+
+/// `GET /v1/admin/accounts/{id}/keys?mode=`.
+#[utoipa::path(
+    get, path = "/v1/admin/accounts/{id}/keys", params(("id" = String, Path, description = "Account id"), KeysQuery),
+    responses(
+        (status = 200, description = "Key metadata, never a secret", body = Vec<crate::openapi::ApiKey>),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+    q: Result<Query<KeysQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    root(&state, &parts)?;
+    let q = query(q)?;
+    Manager::new(&state).account(&id).await?;
+    let keys = state
+        .store
+        .list_keys(
+            &id,
+            q.mode,
+            &Page {
+                after_id: q.starting_after,
+                limit: page_limit(q.limit)?,
+            },
+        )
+        .await?;
+    Ok(Json(Value::Array(keys.iter().map(views::key).collect())))
+}
+
+/// `GET /v1/admin/keys/{id}`.
+#[utoipa::path(
+    get, path = "/v1/admin/keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")),
+    responses(
+        (status = 200, description = "Key metadata, never a secret", body = crate::openapi::ApiKey),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn get_key(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    root(&state, &parts)?;
+    let k = Manager::new(&state).key_of(None, None, &id).await?;
+    Ok(Json(views::key(&k)))
+}
+
+/// Body of `PATCH /v1/admin/keys/{id}`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchKey {
+    /// New label.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New owner.
+    pub owner: Option<String>,
+    /// New role.
+    #[schema(value_type = Option<String>)]
+    pub role: Option<Role>,
+    /// New scopes.
+    pub scopes: Option<Vec<String>>,
+    /// New expiry (RFC 3339), or `null` to remove it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub expires_at: Option<Option<String>>,
+    /// New allowlist.
+    pub ip_allowlist: Option<Vec<String>>,
+    /// New rate limit, or `null` to use the plan's.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Object>)]
+    pub rate_limit: Option<Option<RateLimitSpec>>,
+    /// Enable or disable the key.
+    pub enabled: Option<bool>,
+    /// New metadata.
+    pub metadata: Option<Value>,
+}
+
+/// `PATCH /v1/admin/keys/{id}`.
+#[utoipa::path(
+    patch, path = "/v1/admin/keys/{id}", request_body = PatchKey, params(("id" = String, Path, description = "Key id or key_hash")),
+    responses(
+        (status = 200, description = "Key metadata", body = crate::openapi::ApiKey),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn patch_key(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<PatchKey>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = root(&state, &parts)?;
+    let m = Manager::new(&state);
+    let k = m.key_of(None, None, &id).await?;
+    if let Some(scopes) = &b.scopes {
+        AppManager::new(&state)
+            .check_within_grant(&k, scopes)
+            .await?;
+    }
+    let expires_at = match b.expires_at {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(s)) => {
+            Some(Some(views::parse_ts(&s).map_err(|e| {
+                ApiError::invalid(format!("expires_at: {e}"))
+            })?))
+        }
+    };
+    let patch = KeyPatch {
+        name: b.name,
+        description: b.description,
+        owner: b.owner,
+        role: b.role,
+        scopes: b.scopes,
+        expires_at,
+        ip_allowlist: b.ip_allowlist,
+        rate_limit: b.rate_limit,
+        enabled: b.enabled,
+        metadata: b.metadata,
+    };
+    let k = m.update_key(&actor, k, patch, None).await?;
+    Ok(Json(views::key(&k)))
+}
+
+/// `POST /v1/admin/keys/{id}/rotate`.
+#[utoipa::path(
+    post, path = "/v1/admin/keys/{id}/rotate", request_body = RotateBody, params(("id" = String, Path, description = "Key id or key_hash")),
+    responses(
+        (status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::openapi::ApiKeyWithSecret),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<RotateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = root(&state, &parts)?;
+    let m = Manager::new(&state);
+    let k = m.key_of(None, None, &id).await?;
+    let (rec, token) = m
+        .rotate_key(&actor, k, b.grace_period_seconds.unwrap_or(0))
+        .await?;
+    let mut v = views::key(&rec);
+    v["api_key"] = json!(token.expose());
+    Ok(Json(v))
+}
+
+/// Body of `POST /v1/admin/keys/{id}/revoke`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    /// Why (≤ 200 characters).
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/admin/keys/{id}/revoke`.
+#[utoipa::path(
+    post, path = "/v1/admin/keys/{id}/revoke", request_body = RevokeBody, params(("id" = String, Path, description = "Key id or key_hash")),
+    responses(
+        (status = 200, description = "Key metadata, revoked", body = crate::openapi::ApiKey),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<RevokeBody>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = root(&state, &parts)?;
+    let m = Manager::new(&state);
+    let k = m.key_of(None, None, &id).await?;
+    let k = m.revoke_key(&actor, k, b.reason).await?;
+    Ok(Json(views::key(&k)))
+}
+
+/// `GET /v1/admin/keys/{id}/activity`.
+#[utoipa::path(
+    get, path = "/v1/admin/keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")),
+    responses(
+        (status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::openapi::Activity>),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn key_activity(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    root(&state, &parts)?;
+    let k = Manager::new(&state).key_of(None, None, &id).await?;
+    let rows = state.store.list_activity(&k.id, 100).await?;
+    Ok(Json(Value::Array(
+        rows.iter().map(views::activity).collect(),
+    )))
+}
+
+/// Body of `POST /v1/admin/keys/import`: an existing key by its hash, without its secret.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportKey {
+    /// The account.
+    pub account_id: String,
+    /// `live` or `test`.
+    #[schema(value_type = String)]
+    pub mode: Mode,
+    /// `secret` (default) or `publishable`.
+    #[serde(rename = "type")]
+    #[schema(value_type = Option<String>)]
+    pub key_type: Option<KeyType>,
+    /// Label.
+    pub name: String,
+    /// `sha256`, `bcrypt`, `argon2id` or `hmac-sha256` (under the current pepper).
+    pub scheme: String,
+    /// The hash: hex digest for sha256/hmac, PHC/bcrypt string for slow schemes.
+    pub hash: String,
+    /// The lookup segment (first 8 random characters) for slow schemes.
+    pub lookup: Option<String>,
+    /// The fixed start of the tokens (for display).
+    pub prefix: Option<String>,
+    /// The public `sha256_…` fingerprint, when known.
+    pub key_hash: Option<String>,
+    /// Scopes (default: `keys.default_scopes`).
+    pub scopes: Option<Vec<String>>,
+    /// Role (default owner).
+    #[schema(value_type = Option<String>)]
+    pub role: Option<Role>,
+}
+
+/// `POST /v1/admin/keys/import`.
+#[utoipa::path(
+    post, path = "/v1/admin/keys/import", request_body = ImportKey,
+    responses(
+        (status = 201, description = "Key metadata (there is no secret to show)", body = crate::openapi::ApiKey),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn import_key(
+    State(state): State<AppState>,
+    parts: Parts,
+    JsonBody(b): JsonBody<ImportKey>,
+) -> Result<Response, ApiError> {
+    let actor = root(&state, &parts)?;
+    let m = Manager::new(&state);
+    let account = m.account(&b.account_id).await?;
+    let scheme: HashScheme =
+        b.scheme
+            .parse()
+            .map_err(|e: keywarden_core::model::UnknownVariant| {
+                ApiError::invalid(format!("scheme: {e}"))
+            })?;
+    let slow = matches!(scheme, HashScheme::Bcrypt | HashScheme::Argon2id);
+    let secret = if slow {
+        let lookup =
+            b.lookup.clone().filter(|l| !l.is_empty()).ok_or_else(|| {
+                ApiError::invalid("lookup: required for bcrypt and argon2id imports")
+            })?;
+        StoredSecret {
+            scheme,
+            lookup,
+            hash: b.hash.clone(),
+        }
+    } else {
+        let h = b.hash.to_ascii_lowercase();
+        if h.len() != 64 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ApiError::invalid(
+                "hash: must be 64 hex characters for this scheme",
+            ));
+        }
+        StoredSecret {
+            scheme,
+            lookup: h,
+            hash: String::new(),
+        }
+    };
+    // A plain SHA-256 import is its own public fingerprint.
+    let key_hash = b.key_hash.clone().unwrap_or_else(|| match scheme {
+        HashScheme::Sha256 => format!("sha256_{}", secret.lookup),
+        _ => format!("sha256_imported_{}", ulid::Ulid::new()),
+    });
+    let (rec, _) = m
+        .import_key(
+            &actor,
+            &account,
+            b.mode,
+            b.key_type.unwrap_or(KeyType::Secret),
+            &b.name,
+            b.scopes,
+            b.role.unwrap_or(Role::Owner),
+            secret,
+            b.prefix.unwrap_or_default(),
+            key_hash,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(views::key(&rec))).into_response())
+}
+
+/// Body of `POST /v1/admin/accounts/{id}/usage`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportUsage {
+    /// The unit.
+    pub unit: String,
+    /// How much was consumed.
+    pub amount: u64,
+    /// `live` (default) or `test`.
+    #[schema(value_type = Option<String>)]
+    pub mode: Option<Mode>,
+}
+
+/// `POST /v1/admin/accounts/{id}/usage`: reports consumption after the fact.
+#[utoipa::path(
+    post, path = "/v1/admin/accounts/{id}/usage", request_body = ReportUsage, params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 200, description = "The account's usage after the report", body = crate::openapi::UsageResponse),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn report_usage(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<ReportUsage>,
+) -> Result<Json<Value>, ApiError> {
+    root(&state, &parts)?;
+    let account = Manager::new(&state).account(&id).await?;
+    let mode = b.mode.unwrap_or(Mode::Live);
+    let plan = state.verifier.plan(&account.plan);
+    let Some(spec) = plan.quotas.iter().find(|q| q.unit == b.unit) else {
+        return Err(ApiError::invalid(format!(
+            "unit: the {} plan has no quota for {:?}",
+            account.plan, b.unit
+        )));
+    };
+    let now = state.clock.now_ms();
+    let (start, _) = spec.period.bounds(now);
+    let qk = QuotaKey {
+        account_id: id.clone(),
+        mode,
+        unit: b.unit.clone(),
+        period_start: start,
+    };
+    state.verifier.add_usage(&qk, spec.period, b.amount).await?;
+    state
+        .store
+        .add_usage(&[UsageDelta {
+            account_id: id,
+            mode,
+            unit: b.unit,
+            period_start: start,
+            amount: b.amount,
+        }])
+        .await?;
+    Ok(Json(usage_body(&state, &account, mode).await?))
+}
+
+/// Query of `GET /v1/admin/events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only this account's events.
+    pub account_id: Option<String>,
+    /// Only this type, or a family like `key.*`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Only events at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// 1–100 (default 20).
+    pub limit: Option<u32>,
+    /// Events older than this event id.
+    pub starting_after: Option<String>,
+}
+
+/// `GET /v1/admin/events`.
+#[utoipa::path(
+    get, path = "/v1/admin/events", params(EventsQuery),
+    responses(
+        (status = 200, description = "Audit events, newest first", body = Vec<crate::openapi::AuditEvent>),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    parts: Parts,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    root(&state, &parts)?;
+    let q = query(q)?;
+    let since = q
+        .since
+        .as_deref()
+        .map(views::parse_ts)
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("since: {e}")))?;
+    let evs = state
+        .store
+        .list_events(&EventFilter {
+            account_id: q.account_id,
+            kind: q.kind,
+            since,
+            before_id: q.starting_after,
+            limit: page_limit(q.limit)?,
+            include_modeless: true,
+            ..EventFilter::default()
+        })
+        .await?;
+    Ok(Json(Value::Array(evs.iter().map(views::event).collect())))
+}

@@ -1,0 +1,104 @@
+//! `/metrics` on the admin listener: Prometheus text exposition of the figures an operator
+//! watches — the writer's queue and drops, cache sizes, limiter state and the Redis link.
+//! No label ever carries a key, an account or a secret.
+
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use std::fmt::Write;
+
+/// Renders the metrics.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let v = &state.verifier;
+    let w = v.writer();
+    let (keys, unknown) = v.cache_entries();
+    let l = v.limiter().stats();
+    let mut out = String::new();
+    let mut put = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP keywarden_{name} {help}");
+        let _ = writeln!(out, "# TYPE keywarden_{name} {kind}");
+        let _ = writeln!(out, "keywarden_{name} {value}");
+    };
+    put(
+        "writer_pending",
+        "gauge",
+        "Records waiting for the next flush.",
+        w.pending() as u64,
+    );
+    put(
+        "writer_flushed_batches_total",
+        "counter",
+        "Batches written.",
+        w.flushed_batches(),
+    );
+    put(
+        "writer_failed_flushes_total",
+        "counter",
+        "Flushes that failed and were retried.",
+        w.failed_flushes(),
+    );
+    put(
+        "writer_dropped_activity_total",
+        "counter",
+        "Activity rows dropped under overload.",
+        w.dropped_activity(),
+    );
+    put(
+        "cache_keys",
+        "gauge",
+        "Key lookups cached as known keys.",
+        keys,
+    );
+    put(
+        "cache_unknown_lookups",
+        "gauge",
+        "Lookups cached as unknown.",
+        unknown,
+    );
+    put(
+        "limiter_rate_entries",
+        "gauge",
+        "Per-key rate-limit states held in this process.",
+        l.rate_entries,
+    );
+    put(
+        "limiter_lockout_entries",
+        "gauge",
+        "Per-IP lockout states held in this process.",
+        l.lockout_entries,
+    );
+    put(
+        "limiter_quota_entries",
+        "gauge",
+        "Quota counters held in this process.",
+        l.quota_entries,
+    );
+    if let Some(r) = l.redis {
+        put(
+            "redis_healthy",
+            "gauge",
+            "1 when the last call reached Redis.",
+            u64::from(r.healthy),
+        );
+        put(
+            "redis_fallbacks_total",
+            "counter",
+            "Limit decisions made locally because Redis did not answer.",
+            r.fallbacks,
+        );
+        put(
+            "redis_outages_total",
+            "counter",
+            "Redis outages seen.",
+            r.outages,
+        );
+        put(
+            "redis_connects_total",
+            "counter",
+            "Connections opened to Redis.",
+            r.connects,
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

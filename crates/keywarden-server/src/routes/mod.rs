@@ -1,0 +1,120 @@
+//! The HTTP surface: which paths each listener serves.
+
+pub mod admin;
+pub mod apps;
+pub mod decide;
+pub mod forward_auth;
+pub mod health;
+pub mod metrics;
+pub mod self_service;
+pub mod verify;
+
+use crate::extract::MAX_BODY_BYTES;
+use crate::middleware::{not_found, request_context};
+use crate::state::AppState;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get, patch, post};
+use axum::Router;
+
+/// The public listener: self-service API, health and, in gateway mode, the proxy.
+pub fn public_router(state: AppState) -> Router {
+    let api = Router::new()
+        .route(
+            "/account",
+            get(self_service::get_account).patch(self_service::patch_account),
+        )
+        .route("/account/plan", patch(self_service::patch_plan))
+        .route("/account/usage", get(self_service::get_usage))
+        .route("/account/data", axum::routing::delete(self_service::erase))
+        .route(
+            "/api-keys",
+            post(self_service::create_key).get(self_service::list_keys),
+        )
+        .route(
+            "/api-keys/{id}",
+            get(self_service::get_key).delete(self_service::delete_key),
+        )
+        .route("/api-keys/{id}/rotate", post(self_service::rotate_key))
+        .route("/api-keys/{id}/activity", get(self_service::key_activity))
+        .route("/events", get(self_service::events))
+        .merge(apps::self_service_routes());
+    let routes = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(crate::openapi::openapi_json))
+        .nest(&state.settings.base_path.clone(), api);
+    // Gateway mode: what no route above matches goes to the upstream (else 404).
+    crate::gateway::with_fallback(routes, &state)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
+        .with_state(state)
+}
+
+/// The admin listener: admin API, verify, forward-auth, health.
+pub fn admin_router(state: AppState) -> Router {
+    // The root key is checked before a body is read, so an unauthenticated caller learns
+    // nothing about the admin API's input.
+    let admin_api = Router::new()
+        .route(
+            "/v1/admin/accounts",
+            post(admin::create_account).get(admin::list_accounts),
+        )
+        .route(
+            "/v1/admin/accounts/{id}",
+            get(admin::get_account)
+                .patch(admin::patch_account)
+                .delete(admin::erase_account),
+        )
+        .route(
+            "/v1/admin/accounts/{id}/approve",
+            post(admin::approve_account),
+        )
+        .route(
+            "/v1/admin/accounts/{id}/keys",
+            post(admin::create_key).get(admin::list_keys),
+        )
+        .route("/v1/admin/accounts/{id}/usage", post(admin::report_usage))
+        .route("/v1/admin/keys/import", post(admin::import_key))
+        .route(
+            "/v1/admin/keys/{id}",
+            get(admin::get_key).patch(admin::patch_key),
+        )
+        .route("/v1/admin/keys/{id}/rotate", post(admin::rotate_key))
+        .route("/v1/admin/keys/{id}/revoke", post(admin::revoke_key))
+        .route("/v1/admin/keys/{id}/activity", get(admin::key_activity))
+        .route("/v1/admin/events", get(admin::events))
+        .merge(apps::admin_routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::root_guard,
+        ));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        // Open like the health checks (SPEC §2): outside the root-key guard.
+        .route("/openapi.json", get(crate::openapi::admin_openapi_json))
+        .route("/metrics", get(metrics::metrics))
+        .route("/v1/verify", post(verify::verify))
+        .route("/v1/forward-auth", any(forward_auth::forward_auth))
+        .route(
+            "/v1/forward-auth/{*original}",
+            any(forward_auth::forward_auth),
+        )
+        .merge(admin_api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
+        .with_state(state)
+}
+
+async fn method_not_allowed() -> crate::errors::ApiError {
+    crate::errors::ApiError::new(keywarden_core::codes::Code::MethodNotAllowed)
+}

@@ -1,0 +1,562 @@
+//! The self-service API (SPEC §9) on the public listener: customers manage their own
+//! account and keys with one of their own secret keys. Everything is confined to the
+//! caller's account and mode; another account's object is a 404, exactly like a missing one.
+
+use crate::auth::{self_service, Caller, RoleNeed};
+use crate::errors::ApiError;
+use crate::extract::JsonBody;
+use crate::manage::{Manager, NewKey};
+use crate::routes::decide::rate_limit_headers;
+use crate::state::AppState;
+use crate::views;
+use axum::extract::{Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keywarden_core::limits::Period;
+use keywarden_core::model::KeyType;
+use keywarden_store::limiter::QuotaKey;
+use keywarden_store::{EventFilter, Page};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Wraps a handler's result with the caller's rate-limit headers.
+fn with_limits(caller: &Caller, res: impl IntoResponse) -> Response {
+    let mut res = res.into_response();
+    rate_limit_headers(res.headers_mut(), &caller.outcome);
+    res
+}
+
+/// `GET /v1/account`.
+#[utoipa::path(
+    get, path = "/v1/account",
+    responses(
+        (status = 200, description = "The caller's account and the calling key", body = crate::openapi::CallerAccount),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    ),
+    security(("api_key" = ["account:read"]), ("api_key_header" = ["account:read"])),
+    tag = "self-service"
+)]
+pub async fn get_account(
+    State(state): State<AppState>,
+    parts: Parts,
+) -> Result<Response, ApiError> {
+    let c = self_service(&state, &parts, Some("account:read"), RoleNeed::Any).await?;
+    let k = &c.key.record;
+    // Uses are recorded in the store off the request path; the cached record never sees them.
+    let last_used_at = state
+        .store
+        .get_key(&k.id)
+        .await?
+        .map_or(k.last_used_at, |fresh| fresh.last_used_at);
+    let body = json!({
+        "account_id": c.account.id,
+        "account_name": c.account.name,
+        "plan": c.account.plan,
+        "role": k.role,
+        "mode": k.mode,
+        "status": c.account.status,
+        "key": {
+            "id": k.id,
+            "name": k.name,
+            "prefix": k.prefix,
+            "start": k.start,
+            "scopes": state.settings.catalog.names(&c.key.scopes),
+            "tier": c.account.plan,
+            "created_at": views::ts(k.created_at),
+            "last_used_at": views::ts_opt(last_used_at),
+            "expires_at": views::ts_opt(k.expires_at),
+        },
+    });
+    Ok(with_limits(&c, Json(body)))
+}
+
+/// Body of `PATCH /v1/account`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountPatch {
+    /// The new name, 1–100 characters.
+    pub account_name: String,
+}
+
+/// `PATCH /v1/account` (owner).
+#[utoipa::path(
+    patch, path = "/v1/account", request_body = AccountPatch, description = "Needs a key with role `owner`.",
+    responses(
+        (status = 200, description = "The account", body = crate::openapi::AccountSummary),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    ),
+    security(("api_key" = ["account:write"]), ("api_key_header" = ["account:write"])),
+    tag = "self-service"
+)]
+pub async fn patch_account(
+    State(state): State<AppState>,
+    parts: Parts,
+    body: Result<JsonBody<AccountPatch>, ApiError>,
+) -> Result<Response, ApiError> {
+    let c = self_service(&state, &parts, Some("account:write"), RoleNeed::Owner).await?;
+    // The caller is checked before the body is read, so a stranger learns nothing from it.
+    let JsonBody(body) = body?;
+    // Checked here so the error names this endpoint's field.
+    let name = crate::manage::check_name("account_name", &body.account_name)?;
+    let a = Manager::new(&state)
+        .update_account(&c.actor(), &c.account.id, Some(name), None, None, None)
+        .await?;
+    Ok(with_limits(&c, Json(account_body(&a))))
+}
+
+fn account_body(a: &keywarden_core::model::Account) -> Value {
+    json!({
+        "account_id": a.id,
+        "account_name": a.name,
+        "plan": a.plan,
+        "status": a.status,
+        "created_at": views::ts(a.created_at),
+    })
+}
+
+/// Body of `PATCH /v1/account/plan`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanPatch {
+    /// The new plan; takes effect at once.
+    pub plan: String,
+}
+
+/// `PATCH /v1/account/plan` (owner).
+#[utoipa::path(
+    patch, path = "/v1/account/plan", request_body = PlanPatch, description = "Needs a key with role `owner`.",
+    responses(
+        (status = 200, description = "The account, on its new plan at once", body = crate::openapi::AccountSummary),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    ),
+    security(("api_key" = ["account:write"]), ("api_key_header" = ["account:write"])),
+    tag = "self-service"
+)]
+pub async fn patch_plan(
+    State(state): State<AppState>,
+    parts: Parts,
+    body: Result<JsonBody<PlanPatch>, ApiError>,
+) -> Result<Response, ApiError> {
+    let c = self_service(&state, &parts, Some("account:write"), RoleNeed::Owner).await?;
+    // The caller is checked before the body is read, so a stranger learns nothing from it.
+    let JsonBody(body) = body?;
+    let a = Manager::new(&state)
+        .update_account(&c.actor(), &c.account.id, None, Some(body.plan), None, None)
+        .await?;
+    Ok(with_limits(&c, Json(account_body(&a))))
+}
+
+/// `GET /v1/account/usage`.
+#[utoipa::path(
+    get, path = "/v1/account/usage",
+    responses(
+        (status = 200, description = "Usage of the current periods", body = crate::openapi::UsageResponse),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    ),
+    security(("api_key" = ["usage:read"]), ("api_key_header" = ["usage:read"])),
+    tag = "self-service"
+)]
+pub async fn get_usage(State(state): State<AppState>, parts: Parts) -> Result<Response, ApiError> {
+    let c = self_service(&state, &parts, Some("usage:read"), RoleNeed::Any).await?;
+    let body = usage_body(&state, &c.account, c.key.record.mode).await?;
+    Ok(with_limits(&c, Json(body)))
+}
+
+/// The usage report of an account for one mode.
+pub async fn usage_body(
+    state: &AppState,
+    account: &keywarden_core::model::Account,
+    mode: keywarden_core::model::Mode,
+) -> Result<Value, ApiError> {
+    let now = state.clock.now_ms();
+    let plan = state.verifier.plan(&account.plan);
+    let mut quotas = Vec::new();
+    let mut top = serde_json::Map::new();
+    let (mut start, mut end) = Period::Month.bounds(now);
+    for (i, spec) in plan.quotas.iter().enumerate() {
+        let (s, e) = spec.period.bounds(now);
+        if i == 0 {
+            (start, end) = (s, e);
+        }
+        let qk = QuotaKey {
+            account_id: account.id.clone(),
+            mode,
+            unit: spec.unit.clone(),
+            period_start: s,
+        };
+        let used = state.verifier.quota_used(&qk, spec.period).await?;
+        let remaining = spec.limit.saturating_sub(used);
+        quotas.push(json!({
+            "unit": spec.unit, "used": used, "limit": spec.limit, "remaining": remaining,
+            "period": spec.period.as_str(),
+            "period_start": views::ts(s), "period_end": views::ts(e),
+        }));
+        top.insert(format!("{}_used", spec.unit), json!(used));
+        top.insert(format!("{}_limit", spec.unit), json!(spec.limit));
+        top.insert(format!("{}_remaining", spec.unit), json!(remaining));
+    }
+    let mut body = json!({
+        "plan": account.plan,
+        "mode": mode,
+        "period_start": views::ts(start),
+        "period_end": views::ts(end),
+        "quotas": quotas,
+    });
+    if let Value::Object(m) = &mut body {
+        m.extend(top);
+    }
+    Ok(body)
+}
+
+/// `DELETE /v1/account/data` (owner): erases the account and everything of it.
+#[utoipa::path(
+    delete, path = "/v1/account/data", description = "Needs a key with role `owner`. The account's keys fail at once.",
+    responses(
+        (status = 200, description = "What was deleted, per kind", body = crate::openapi::ErasureCounts),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    ),
+    security(("api_key" = []), ("api_key_header" = [])),
+    tag = "self-service"
+)]
+pub async fn erase(State(state): State<AppState>, parts: Parts) -> Result<Response, ApiError> {
+    let c = self_service(&state, &parts, None, RoleNeed::Owner).await?;
+    let counts = Manager::new(&state)
+        .erase_account(&c.actor(), &c.account.id)
+        .await?;
+    Ok(Json(json!(counts)).into_response())
+}
+
+/// Body of `POST /v1/api-keys`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyBody {
+    /// Label, 1–100 characters.
+    pub name: String,
+    /// Scopes (default: the caller's own effective scopes are the ceiling; `default_scopes`
+    /// when omitted, capped to the caller's).
+    pub scopes: Option<Vec<String>>,
+    /// RFC 3339 expiry.
+    pub expires_at: Option<String>,
+    /// IPs and CIDRs.
+    pub ip_allowlist: Option<Vec<String>>,
+    /// Where the key will be stored, ≤ 500 characters.
+    pub description: Option<String>,
+}
+
+/// `POST /v1/api-keys`: a new key of the caller's mode with at most the caller's scopes.
+#[utoipa::path(
+    post, path = "/v1/api-keys", request_body = CreateKeyBody, description = "Needs a key with role `owner`, `admin` or `developer`. The new key has the caller's mode and at most the caller's effective scopes (else `insufficient_scope`); the plan's `max_keys` counts active keys (else `plan_limit_reached`).",
+    responses(
+        (status = 201, description = "The key, with `api_key` shown once", body = crate::openapi::CreatedApiKey),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    ),
+    security(("api_key" = ["api_keys:write"]), ("api_key_header" = ["api_keys:write"])),
+    tag = "self-service"
+)]
+pub async fn create_key(
+    State(state): State<AppState>,
+    parts: Parts,
+    body: Result<JsonBody<CreateKeyBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let c = self_service(&state, &parts, Some("api_keys:write"), RoleNeed::KeyManager).await?;
+    // The caller is checked before the body is read, so a stranger learns nothing from it.
+    let JsonBody(body) = body?;
+    let expires_at = body
+        .expires_at
+        .as_deref()
+        .map(views::parse_ts)
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("expires_at: {e}")))?;
+    let mode = c.key.record.mode;
+    // Without explicit scopes the new key inherits the caller's own grants, which can
+    // never exceed them; explicit scopes are checked against the caller's.
+    let scopes = body.scopes.or_else(|| Some(c.key.record.scopes.clone()));
+    let new = NewKey {
+        scopes,
+        expires_at,
+        ip_allowlist: body.ip_allowlist.unwrap_or_default(),
+        description: body.description.unwrap_or_default(),
+        // A key never creates a key with a stronger role than its own.
+        role: c.key.record.role,
+        key_type: KeyType::Secret,
+        // A key of an application makes keys of that application, under the same grant.
+        app_id: c.key.record.app_id.clone(),
+        grant_id: c.key.record.grant_id.clone(),
+        ..NewKey::named(mode, &body.name)
+    };
+    let (rec, token) = Manager::new(&state)
+        .create_key(&c.actor(), &c.account, new, Some(&c.key.scopes))
+        .await?;
+    let out = json!({
+        "api_key": token.expose(),
+        "id": rec.id,
+        "key_hash": rec.key_hash,
+        "name": rec.name,
+        "prefix": rec.prefix,
+        "start": rec.start,
+        "scopes": rec.scopes,
+        "mode": rec.mode,
+        "created_at": views::ts(rec.created_at),
+        "expires_at": views::ts_opt(rec.expires_at),
+    });
+    Ok(with_limits(&c, (StatusCode::CREATED, Json(out))))
+}
+
+/// Paging of lists.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Page size, 1–100 (default 20).
+    pub limit: Option<u32>,
+    /// Return items after this id.
+    pub starting_after: Option<String>,
+}
+
+/// Validates a page size.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(20),
+        Some(n) if (1..=100).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::invalid(format!("limit: {n} is outside 1–100"))),
+    }
+}
+
+/// `GET /v1/api-keys`: the caller's mode's keys, never a secret; `Link: rel="next"` pages.
+#[utoipa::path(
+    get, path = "/v1/api-keys", params(ListQuery),
+    responses(
+        (status = 200, description = "Key metadata of the caller's mode, never a secret", body = Vec<crate::openapi::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    ),
+    security(("api_key" = ["api_keys:read"]), ("api_key_header" = ["api_keys:read"])),
+    tag = "self-service"
+)]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    parts: Parts,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
+    let limit = page_limit(q.limit)?;
+    let keys = state
+        .store
+        .list_keys(
+            &c.account.id,
+            Some(c.key.record.mode),
+            &Page {
+                after_id: q.starting_after.clone(),
+                limit: limit + 1,
+            },
+        )
+        .await?;
+    let more = keys.len() > limit as usize;
+    let items: Vec<Value> = keys.iter().take(limit as usize).map(views::key).collect();
+    let mut res = with_limits(&c, Json(Value::Array(items)));
+    if more {
+        if let Some(last) = keys.get(limit as usize - 1) {
+            // The router strips the base path; the link must carry it.
+            let path = parts
+                .extensions
+                .get::<axum::extract::OriginalUri>()
+                .map_or(parts.uri.path(), |o| o.0.path());
+            let link = format!(
+                "<{path}?limit={limit}&starting_after={}>; rel=\"next\"",
+                last.id
+            );
+            if let Ok(v) = HeaderValue::from_str(&link) {
+                res.headers_mut().insert("link", v);
+            }
+        }
+    }
+    Ok(res)
+}
+
+/// `GET /v1/api-keys/{id or key_hash}`.
+#[utoipa::path(
+    get, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")),
+    responses(
+        (status = 200, description = "Key metadata, never a secret", body = crate::openapi::ApiKey),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    ),
+    security(("api_key" = ["api_keys:read"]), ("api_key_header" = ["api_keys:read"])),
+    tag = "self-service"
+)]
+pub async fn get_key(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
+    let k = Manager::new(&state)
+        .key_of(Some(&c.account.id), Some(c.key.record.mode), &id)
+        .await?;
+    Ok(with_limits(&c, Json(views::key(&k))))
+}
+
+/// `DELETE /v1/api-keys/{id or key_hash}`: revoked at once.
+#[utoipa::path(
+    delete, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`.",
+    responses(
+        (status = 204, description = "Revoked at once"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    ),
+    security(("api_key" = ["api_keys:delete"]), ("api_key_header" = ["api_keys:delete"])),
+    tag = "self-service"
+)]
+pub async fn delete_key(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let c = self_service(
+        &state,
+        &parts,
+        Some("api_keys:delete"),
+        RoleNeed::KeyManager,
+    )
+    .await?;
+    let m = Manager::new(&state);
+    let k = m
+        .key_of(Some(&c.account.id), Some(c.key.record.mode), &id)
+        .await?;
+    m.revoke_key(&c.actor(), k, Some("revoked through the API".into()))
+        .await?;
+    Ok(with_limits(&c, StatusCode::NO_CONTENT))
+}
+
+/// Body of a rotation.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    /// How long the old secret keeps working, 0–604800 s (default 0).
+    pub grace_period_seconds: Option<u64>,
+}
+
+/// `POST /v1/api-keys/{id or key_hash}/rotate`.
+#[utoipa::path(
+    post, path = "/v1/api-keys/{id}/rotate", request_body = RotateBody, params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`.",
+    responses(
+        (status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::openapi::ApiKeyWithSecret),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    ),
+    security(("api_key" = ["api_keys:write"]), ("api_key_header" = ["api_keys:write"])),
+    tag = "self-service"
+)]
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+    body: Result<JsonBody<RotateBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    let c = self_service(&state, &parts, Some("api_keys:write"), RoleNeed::KeyManager).await?;
+    // The caller is checked before the body is read, so a stranger learns nothing from it.
+    let JsonBody(body) = body?;
+    let m = Manager::new(&state);
+    let k = m
+        .key_of(Some(&c.account.id), Some(c.key.record.mode), &id)
+        .await?;
+    let (rec, token) = m
+        .rotate_key(&c.actor(), k, body.grace_period_seconds.unwrap_or(0))
+        .await?;
+    let mut v = views::key(&rec);
+    v["api_key"] = json!(token.expose());
+    Ok(with_limits(&c, Json(v)))
+}
+
+/// `GET /v1/api-keys/{id}/activity`.
+#[utoipa::path(
+    get, path = "/v1/api-keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")),
+    responses(
+        (status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::openapi::Activity>),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    ),
+    security(("api_key" = ["api_keys:read"]), ("api_key_header" = ["api_keys:read"])),
+    tag = "self-service"
+)]
+pub async fn key_activity(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
+    let k = Manager::new(&state)
+        .key_of(Some(&c.account.id), Some(c.key.record.mode), &id)
+        .await?;
+    let rows = state.store.list_activity(&k.id, 100).await?;
+    let items: Vec<Value> = rows.iter().map(views::activity).collect();
+    Ok(with_limits(&c, Json(Value::Array(items))))
+}
+
+/// `GET /v1/events`: the account's audit events of the caller's mode.
+#[utoipa::path(
+    get, path = "/v1/events", params(ListQuery),
+    responses(
+        (status = 200, description = "The account's audit events of the caller's mode, newest first", body = Vec<crate::openapi::AuditEvent>),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    ),
+    security(("api_key" = ["account:read"]), ("api_key_header" = ["account:read"])),
+    tag = "self-service"
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    parts: Parts,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let c = self_service(&state, &parts, Some("account:read"), RoleNeed::Any).await?;
+    let evs = state
+        .store
+        .list_events(&EventFilter {
+            account_id: Some(c.account.id.clone()),
+            mode: Some(c.key.record.mode),
+            include_modeless: true,
+            before_id: q.starting_after,
+            limit: page_limit(q.limit)?,
+            ..EventFilter::default()
+        })
+        .await?;
+    let items: Vec<Value> = evs.iter().map(views::event).collect();
+    Ok(with_limits(&c, Json(Value::Array(items))))
+}

@@ -1,0 +1,214 @@
+//! `POST /v1/verify`: any backend asks whether a key may do something. Always 200; the
+//! body's `status` is what a gateway should answer.
+
+use crate::auth::require_verifier;
+use crate::errors::ApiError;
+use crate::extract::{presented_key, JsonBody};
+use crate::routes::decide::{route_needs, Needs};
+use crate::state::AppState;
+use crate::views;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use axum::Json;
+use keywarden_core::codes::Code;
+use keywarden_core::model::Mode;
+use keywarden_store::verifier::VerifyRequest;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// The verify request body.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyBody {
+    /// The key to check.
+    pub key: Option<String>,
+    /// Or the original request's headers, read with the configured key sources.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// The application secret, for keys bound to an application.
+    pub app_secret: Option<String>,
+    /// Scopes that are all required.
+    pub scopes: Option<Vec<String>>,
+    /// Scopes of which one is required.
+    pub any_scopes: Option<Vec<String>>,
+    /// The client's IP, for allowlists and the lockout.
+    pub ip: Option<String>,
+    /// The original method (with `path`, route rules apply when no scopes are given).
+    pub method: Option<String>,
+    /// The original path.
+    pub path: Option<String>,
+    /// The mode of the object the request touches.
+    #[schema(value_type = Option<String>)]
+    pub mode: Option<Mode>,
+    /// Quota units consumed by the request.
+    pub cost: Option<BTreeMap<String, u64>>,
+}
+
+/// Verifies a key.
+#[utoipa::path(
+    post, path = "/v1/verify", request_body = VerifyBody,
+    responses(
+        (status = 200, description = "The decision, always with HTTP 200; `status` is what a gateway should answer", body = crate::openapi::VerifyResponse),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = []), ("verify_token" = [])),
+    tag = "verify"
+)]
+pub async fn verify(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<VerifyBody>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    // The caller is checked before its input, so a stranger learns nothing about it.
+    require_verifier(&state, &headers)?;
+    let JsonBody(body) = body?;
+    let s = &state.settings;
+    let ip: Option<IpAddr> = match &body.ip {
+        Some(raw) => Some(
+            raw.parse()
+                .map_err(|_| ApiError::invalid(format!("ip: {raw:?} is not an IP address")))?,
+        ),
+        None => None,
+    };
+    let mut original = HeaderMap::new();
+    if let Some(h) = &body.headers {
+        for (k, v) in h {
+            let name = HeaderName::try_from(k.as_str())
+                .map_err(|_| ApiError::invalid(format!("headers: {k:?} is not a header name")))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| ApiError::invalid(format!("headers.{k}: not a valid header value")))?;
+            original.append(name, value);
+        }
+    }
+    let raw_path = body.path.clone().unwrap_or_default();
+    let uri: Uri = raw_path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    // Without its query string, which may hold a key (`query:NAME` sources): the path is
+    // kept in the key's activity.
+    let path = raw_path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let token = body
+        .key
+        .clone()
+        .or_else(|| presented_key(s, &original, &uri));
+    let app_secret = body.app_secret.clone().or_else(|| {
+        s.app_secret_header
+            .as_deref()
+            .and_then(|h| original.get(h))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
+    let compile = |field: &str, names: &Option<Vec<String>>| {
+        names
+            .as_ref()
+            .map(|n| {
+                s.catalog
+                    .required(n)
+                    .map_err(|e| ApiError::with(Code::InvalidScope, format!("{field}: {e}")))
+            })
+            .transpose()
+    };
+    let all = compile("scopes", &body.scopes)?;
+    let any = compile("any_scopes", &body.any_scopes)?;
+    let method = body.method.clone().unwrap_or_else(|| "GET".into());
+    let needs = if all.is_none() && any.is_none() && body.path.is_some() {
+        route_needs(&state, &method, &path)
+    } else {
+        Needs::Key
+    };
+    if matches!(needs, Needs::Public) {
+        return Ok(Json(json!({
+            "valid": true, "code": "valid", "status": 200,
+            "message": "This route needs no API key.",
+        })));
+    }
+    let route_scopes = match &needs {
+        Needs::Scopes(set) => Some(set),
+        _ => None,
+    };
+    let cost: Vec<(String, u64)> = body.cost.clone().unwrap_or_default().into_iter().collect();
+    let out = state
+        .verifier
+        .verify(&VerifyRequest {
+            token: token.as_deref(),
+            app_secret: app_secret.as_deref(),
+            client_ip: ip,
+            object_mode: body.mode,
+            scopes_all: all.as_ref().or(route_scopes),
+            scopes_any: any.as_ref(),
+            impossible: matches!(needs, Needs::Impossible),
+            cost: &cost,
+            method: &method,
+            path: &path,
+        })
+        .await;
+
+    let locale = s.renderer.locale_for(&headers);
+    let presented = s.renderer.overrides.present(out.code);
+    let mut resp = json!({
+        "valid": out.is_valid(),
+        "code": presented.name,
+        "status": presented.status,
+        "message": presented.message_code.message(locale),
+    });
+    if out.is_valid() || out.code.status() >= 403 {
+        if let Some(k) = &out.key {
+            let r = &k.record;
+            resp["key"] = json!({
+                "id": r.id,
+                "name": r.name,
+                "mode": r.mode,
+                "type": r.key_type,
+                "role": r.role,
+                "scopes": s.catalog.names(&k.scopes),
+                "prefix": r.prefix,
+                "start": r.start,
+                "key_hash": r.key_hash,
+                "app_id": r.app_id,
+                "expires_at": views::ts_opt(r.expires_at),
+                "metadata": r.metadata,
+            });
+        }
+        if let Some(a) = &out.account {
+            resp["account"] = json!({
+                "id": a.id, "name": a.name, "plan": a.plan, "status": a.status,
+            });
+        }
+    }
+    if out.global {
+        resp["key"] = json!({ "id": "global", "scopes": ["*"] });
+    }
+    if let (Some(limit), Some(rate)) = (&out.rate_limit, &out.rate) {
+        resp["ratelimit"] = json!({
+            "limit": limit.limit,
+            "remaining": rate.remaining,
+            "reset": rate.reset_secs,
+            "window": rate.window_secs,
+        });
+    }
+    if !out.quotas.is_empty() {
+        resp["quotas"] = Value::Array(
+            out.quotas
+                .iter()
+                .map(|q| {
+                    json!({
+                        "unit": q.unit, "used": q.used, "limit": q.limit,
+                        "remaining": q.remaining,
+                        "period_start": views::ts(q.period_start),
+                        "period_end": views::ts(q.period_end),
+                    })
+                })
+                .collect(),
+        );
+    }
+    if let Some(r) = out.retry_after {
+        resp["retry_after"] = json!(r);
+    }
+    Ok(Json(resp))
+}

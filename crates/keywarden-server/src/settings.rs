@@ -1,0 +1,364 @@
+//! The configuration compiled into what the service runs on. Every problem found here is
+//! reported with the field it comes from, and the process refuses to start.
+
+use crate::config::{Config, ConfigError};
+use crate::errors::{ErrorRenderer, ErrorStyle};
+use crate::secretbox::SecretBox;
+use keywarden_core::codes::{CodeOverrides, Locale};
+use keywarden_core::hashing::SecretHasher;
+use keywarden_core::ip::TrustedProxies;
+use keywarden_core::limits::{Lockout, RateLimit};
+use keywarden_core::model::HashScheme;
+use keywarden_core::routes::RouteTable;
+use keywarden_core::scopes::ScopeCatalog;
+use keywarden_core::template::{KeyTemplate, TemplateTags};
+use keywarden_core::Secret;
+use keywarden_store::verifier::{PlanLimits, VerifierConfig};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a key may be presented.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// `Authorization: Bearer …`.
+    Bearer,
+    /// A named header.
+    Header(String),
+    /// A query parameter (discouraged: it ends up in access logs).
+    Query(String),
+}
+
+impl KeySource {
+    fn parse(s: &str) -> Result<Self, String> {
+        if s == "bearer" {
+            return Ok(KeySource::Bearer);
+        }
+        if let Some(h) = s.strip_prefix("header:") {
+            axum::http::HeaderName::try_from(h)
+                .map_err(|_| format!("{h:?} is not a valid header name"))?;
+            return Ok(KeySource::Header(h.to_ascii_lowercase()));
+        }
+        if let Some(q) = s.strip_prefix("query:").filter(|q| !q.is_empty()) {
+            return Ok(KeySource::Query(q.to_string()));
+        }
+        Err(format!(
+            "{s:?} is not a key source; use \"bearer\", \"header:NAME\" or \"query:NAME\""
+        ))
+    }
+}
+
+/// The compiled configuration.
+#[derive(Debug)]
+pub struct Settings {
+    /// The configuration as loaded (for `config check` and the few plain fields).
+    pub config: Config,
+    /// The public listener's address.
+    pub public_listen: SocketAddr,
+    /// The admin listener's address.
+    pub admin_listen: SocketAddr,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Root keys (may be empty: the admin API then refuses everything).
+    pub root_keys: Vec<Secret>,
+    /// The token verify and forward-auth accept in place of a root key.
+    pub verify_token: Option<Secret>,
+    /// Where keys may be presented, in order.
+    pub sources: Vec<KeySource>,
+    /// The application-secret header, lower case, if configured.
+    pub app_secret_header: Option<String>,
+    /// Route rules.
+    pub routes: RouteTable,
+    /// How errors look.
+    pub renderer: ErrorRenderer,
+    /// The self-service base path (`/v1`).
+    pub base_path: String,
+    /// The catalog (shared with the verifier).
+    pub catalog: Arc<ScopeCatalog>,
+    /// The template new keys use.
+    pub template: KeyTemplate,
+    /// The hasher new keys are stored with.
+    pub hasher: SecretHasher,
+    /// Plans by name.
+    pub plans: BTreeMap<String, PlanLimits>,
+    /// The plan of new accounts.
+    pub default_plan: String,
+    /// The per-IP lockout, if on.
+    pub lockout: Option<Lockout>,
+    /// Stores application secrets: HMAC-SHA256 under the pepper whatever `keys.hash` is,
+    /// since they are checked on every request (`None` without a pepper).
+    pub app_hasher: Option<SecretHasher>,
+    /// Seals recoverable test secrets (`keys.recoverable_test_secrets`), when on.
+    pub secretbox: Option<SecretBox>,
+    /// Gateway mode's upstream, if configured.
+    pub gateway: Option<crate::gateway::Upstream>,
+}
+
+fn field_err(field: &str) -> impl Fn(String) -> ConfigError + '_ {
+    move |reason| ConfigError::new(field, reason)
+}
+
+fn addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        ConfigError::new(
+            field,
+            format!("{s:?} is not an address like 127.0.0.1:8080"),
+        )
+    })
+}
+
+impl Settings {
+    /// Compiles `config`; `pepper` is the resolved pepper (from config, env or file).
+    /// Returns the settings and the verifier's part of them.
+    pub fn from_config(
+        config: Config,
+        pepper: Option<Secret>,
+    ) -> Result<(Settings, VerifierConfig), ConfigError> {
+        let c = &config;
+        let public_listen = addr("server.public_listen", &c.server.public_listen)?;
+        let admin_listen = addr("server.admin_listen", &c.server.admin_listen)?;
+        let trusted_proxies = TrustedProxies::parse(&c.server.trusted_proxies).map_err(|e| {
+            ConfigError::new(
+                "server.trusted_proxies",
+                format!("{:?}: {}", e.entry, e.reason),
+            )
+        })?;
+        let root_keys: Vec<Secret> = c
+            .server
+            .root_keys
+            .iter()
+            .filter(|k| !k.is_empty())
+            .map(|k| Secret::new(k.as_str()))
+            .collect();
+        if let Some(short) = root_keys.iter().find(|k| k.len() < 16) {
+            return Err(ConfigError::new(
+                "server.root_keys",
+                format!(
+                    "a root key must be at least 16 characters (one has {})",
+                    short.len()
+                ),
+            ));
+        }
+        let base_path = c.server.base_path.trim_end_matches('/').to_string();
+        if !base_path.starts_with('/') {
+            return Err(ConfigError::new(
+                "server.base_path",
+                "must start with '/', e.g. \"/v1\"",
+            ));
+        }
+
+        let sources = c
+            .auth
+            .sources
+            .iter()
+            .map(|s| KeySource::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(field_err("auth.sources"))?;
+        if sources.is_empty() {
+            return Err(ConfigError::new(
+                "auth.sources",
+                "at least one source is needed",
+            ));
+        }
+        let app_secret_header = if c.auth.app_secret_header.is_empty() {
+            None
+        } else {
+            axum::http::HeaderName::try_from(c.auth.app_secret_header.as_str()).map_err(|_| {
+                ConfigError::new("auth.app_secret_header", "not a valid header name")
+            })?;
+            Some(c.auth.app_secret_header.to_ascii_lowercase())
+        };
+        let env_secrets = |field: &str, var: &str| -> Result<Vec<Secret>, ConfigError> {
+            if var.is_empty() {
+                return Ok(Vec::new());
+            }
+            let v = std::env::var(var).map_err(|_| {
+                ConfigError::new(field, format!("environment variable {var} is not set"))
+            })?;
+            Ok(v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(Secret::new)
+                .collect())
+        };
+        let global_keys = env_secrets("auth.global_keys_env", &c.auth.global_keys_env)?;
+        let verify_token = env_secrets("auth.verify_token_env", &c.auth.verify_token_env)?
+            .into_iter()
+            .next();
+        let l = &c.auth.lockout;
+        let lockout = (l.max_failures > 0).then_some(Lockout {
+            max_failures: l.max_failures,
+            window_ms: l.window_seconds.max(1) * 1000,
+            lock_ms: l.lock_seconds.max(1) * 1000,
+        });
+
+        let tags = TemplateTags {
+            live: c.keys.mode_tags.live.clone(),
+            test: c.keys.mode_tags.test.clone(),
+            secret: c.keys.type_tags.secret.clone(),
+            publishable: c.keys.type_tags.publishable.clone(),
+        };
+        let template = KeyTemplate::compile(&c.keys.template, &tags)
+            .map_err(|e| ConfigError::new("keys.template", e.to_string()))?;
+        let legacy_templates = c
+            .keys
+            .legacy_templates
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                KeyTemplate::compile(t, &tags).map_err(|e| {
+                    ConfigError::new(format!("keys.legacy_templates[{i}]"), e.to_string())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let scheme: HashScheme =
+            c.keys
+                .hash
+                .parse()
+                .map_err(|e: keywarden_core::model::UnknownVariant| {
+                    ConfigError::new("keys.hash", e.to_string())
+                })?;
+        if matches!(scheme, HashScheme::Bcrypt) && template.max_len() > 72 {
+            return Err(ConfigError::new(
+                "keys.hash",
+                format!(
+                    "bcrypt takes at most 72 bytes but keys.template makes tokens of up to {} bytes",
+                    template.max_len()
+                ),
+            ));
+        }
+        let previous: Vec<Secret> = c
+            .store
+            .previous_peppers
+            .iter()
+            .map(|p| Secret::new(p.as_str()))
+            .collect();
+        let secretbox = crate::secretbox::from_config(&c.keys, pepper.as_ref())?;
+        let app_hasher = match &pepper {
+            Some(p) => Some(
+                SecretHasher::new(
+                    HashScheme::HmacSha256,
+                    Some(p.clone()),
+                    previous.clone(),
+                    c.keys.bcrypt_cost,
+                )
+                .map_err(|e| ConfigError::new("store.pepper", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let hasher = SecretHasher::new(scheme, pepper, previous, c.keys.bcrypt_cost)
+            .map_err(|e| ConfigError::new("store.pepper", e.to_string()))?;
+
+        let catalog = Arc::new(
+            ScopeCatalog::build(
+                &c.scopes.catalog,
+                &c.scopes.aliases,
+                c.scopes.allow_super_scope,
+            )
+            .map_err(|e| ConfigError::new("scopes", e.to_string()))?,
+        );
+        if let Err(e) = catalog.compile(&c.keys.default_scopes) {
+            return Err(ConfigError::new("keys.default_scopes", e.to_string()));
+        }
+        let routes = RouteTable::compile(&c.routes, c.default_route.clone(), &catalog)
+            .map_err(|e| ConfigError::new("routes", e.to_string()))?;
+
+        let gateway = crate::gateway::Upstream::from_config(&c.gateway)?;
+
+        let style: ErrorStyle = c.errors.style.parse().map_err(field_err("errors.style"))?;
+        let locale: Locale = c
+            .errors
+            .locale
+            .parse()
+            .map_err(field_err("errors.locale"))?;
+        let overrides = CodeOverrides::new(&c.errors.rename, &c.errors.status)
+            .map_err(|e| ConfigError::new("errors", e))?;
+        let renderer = ErrorRenderer {
+            style,
+            doc_url: c.errors.doc_url.clone(),
+            locale,
+            overrides,
+        };
+
+        let mut plans = BTreeMap::new();
+        for (name, p) in &c.plans.tiers {
+            let field = format!("plans.tiers.{name}");
+            if p.requests_per_minute == Some(0) {
+                return Err(ConfigError::new(
+                    format!("{field}.requests_per_minute"),
+                    "must be at least 1 (omit it for no limit)",
+                ));
+            }
+            for (i, q) in p.quotas.iter().enumerate() {
+                if q.unit.is_empty() || q.unit.len() > 64 {
+                    return Err(ConfigError::new(
+                        format!("{field}.quotas[{i}].unit"),
+                        "must be 1-64 characters",
+                    ));
+                }
+                // A unit's usage is counted per period start, so two quotas of one unit
+                // (a day and a month) would share a counter on the first of the month.
+                if p.quotas[..i].iter().any(|earlier| earlier.unit == q.unit) {
+                    return Err(ConfigError::new(
+                        format!("{field}.quotas[{i}].unit"),
+                        format!("{:?} has a quota already: one quota per unit", q.unit),
+                    ));
+                }
+            }
+            plans.insert(
+                name.clone(),
+                PlanLimits {
+                    max_keys: p.max_keys,
+                    rate: p.requests_per_minute.map(RateLimit::per_minute),
+                    concurrency: p.concurrency,
+                    quotas: p.quotas.clone(),
+                    features: p.features.clone(),
+                },
+            );
+        }
+        if !plans.contains_key(&c.plans.default) {
+            return Err(ConfigError::new(
+                "plans.default",
+                format!("no tier named {:?} in [plans.tiers]", c.plans.default),
+            ));
+        }
+        let verifier = VerifierConfig {
+            api_enabled: c.server.api_enabled,
+            template: template.clone(),
+            legacy_templates,
+            hasher: hasher.clone(),
+            catalog: catalog.clone(),
+            app_secret_required: app_secret_header.is_some(),
+            global_keys,
+            plans: plans.clone(),
+            default_plan: c.plans.default.clone(),
+            slow_hash_ttl: Duration::from_secs(c.keys.slow_hash_cache_ttl_seconds.max(1)),
+            slow_hash_concurrency: c.keys.slow_hash_concurrency.max(1),
+            record_ttl: Duration::from_secs(c.store.cache_ttl_seconds.max(1)),
+        };
+        let settings = Settings {
+            public_listen,
+            admin_listen,
+            trusted_proxies,
+            root_keys,
+            verify_token,
+            sources,
+            app_secret_header,
+            routes,
+            renderer,
+            base_path,
+            catalog,
+            template,
+            hasher,
+            default_plan: c.plans.default.clone(),
+            plans,
+            lockout,
+            app_hasher,
+            secretbox,
+            gateway,
+            config,
+        };
+        Ok((settings, verifier))
+    }
+}

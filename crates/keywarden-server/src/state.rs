@@ -1,0 +1,51 @@
+//! The state every handler shares.
+
+use crate::settings::Settings;
+use keywarden_core::Clock;
+use keywarden_store::verifier::Verifier;
+use keywarden_store::Store;
+use std::sync::Arc;
+
+/// Shared, immutable-after-start state: settings, the verifier and the store.
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Inner>);
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct Inner {
+    /// The compiled configuration.
+    pub settings: Settings,
+    /// The verification engine (cache, limits, writer).
+    pub verifier: Arc<Verifier>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The clock (movable in tests).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl AppState {
+    /// Wraps the parts.
+    pub fn new(settings: Settings, verifier: Arc<Verifier>, clock: Arc<dyn Clock>) -> Self {
+        let store = verifier.store().clone();
+        AppState(Arc::new(Inner {
+            settings,
+            verifier,
+            store,
+            clock,
+        }))
+    }
+}
+
+impl AppState {
+    /// The shared inner state.
+    pub fn inner(&self) -> &Arc<Inner> {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,1219 @@
+//! `/openapi.json` on both listeners: served without a credential, valid OpenAPI 3.x,
+//! documenting every registered route with its method, request body, responses, errors and
+//! security, following the configuration, and describing the shapes the handlers really send.
+
+mod common;
+
+use common::{spawn_app, spawn_app_with, TestApp, ROOT};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// Every route of the public listener, as documented (default base path `/v1`).
+const PUBLIC_ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/openapi.json"),
+    ("get", "/v1/account"),
+    ("patch", "/v1/account"),
+    ("patch", "/v1/account/plan"),
+    ("get", "/v1/account/usage"),
+    ("delete", "/v1/account/data"),
+    ("post", "/v1/api-keys"),
+    ("get", "/v1/api-keys"),
+    ("get", "/v1/api-keys/{id}"),
+    ("delete", "/v1/api-keys/{id}"),
+    ("post", "/v1/api-keys/{id}/rotate"),
+    ("get", "/v1/api-keys/{id}/activity"),
+    ("get", "/v1/events"),
+    ("post", "/v1/grants"),
+    ("get", "/v1/grants"),
+    ("get", "/v1/grants/{id}"),
+    ("delete", "/v1/grants/{id}"),
+];
+
+/// Every route of the admin listener but forward-auth (which answers every method).
+const ADMIN_ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/openapi.json"),
+    ("post", "/v1/verify"),
+    ("post", "/v1/admin/accounts"),
+    ("get", "/v1/admin/accounts"),
+    ("get", "/v1/admin/accounts/{id}"),
+    ("patch", "/v1/admin/accounts/{id}"),
+    ("delete", "/v1/admin/accounts/{id}"),
+    ("post", "/v1/admin/accounts/{id}/approve"),
+    ("post", "/v1/admin/accounts/{id}/keys"),
+    ("get", "/v1/admin/accounts/{id}/keys"),
+    ("post", "/v1/admin/accounts/{id}/usage"),
+    ("post", "/v1/admin/keys/import"),
+    ("get", "/v1/admin/keys/{id}"),
+    ("patch", "/v1/admin/keys/{id}"),
+    ("post", "/v1/admin/keys/{id}/rotate"),
+    ("post", "/v1/admin/keys/{id}/revoke"),
+    ("get", "/v1/admin/keys/{id}/activity"),
+    ("post", "/v1/admin/keys/{id}/reveal"),
+    ("get", "/v1/admin/events"),
+    ("post", "/v1/admin/applications"),
+    ("get", "/v1/admin/applications"),
+    ("get", "/v1/admin/applications/{id}"),
+    ("patch", "/v1/admin/applications/{id}"),
+    (
+        "post",
+        "/v1/admin/applications/{id}/secrets/{environment}/rotate",
+    ),
+    ("post", "/v1/admin/accounts/{id}/grants"),
+    ("get", "/v1/admin/accounts/{id}/grants"),
+    ("get", "/v1/admin/grants/{id}"),
+    ("delete", "/v1/admin/grants/{id}"),
+];
+
+/// Forward-auth's paths; each answers every method.
+const FORWARD_AUTH_PATHS: &[&str] = &["/v1/forward-auth", "/v1/forward-auth/{original}"];
+
+/// The request body each body-taking operation documents.
+const REQUEST_BODIES: &[(&str, &str, &str)] = &[
+    ("patch", "/v1/account", "AccountPatch"),
+    ("patch", "/v1/account/plan", "PlanPatch"),
+    ("post", "/v1/api-keys", "CreateKeyBody"),
+    ("post", "/v1/api-keys/{id}/rotate", "RotateBody"),
+    ("post", "/v1/grants", "CreateGrantBody"),
+    ("post", "/v1/admin/accounts", "CreateAccount"),
+    ("patch", "/v1/admin/accounts/{id}", "PatchAccount"),
+    ("post", "/v1/admin/accounts/{id}/keys", "CreateKey"),
+    ("post", "/v1/admin/accounts/{id}/usage", "ReportUsage"),
+    ("post", "/v1/admin/keys/import", "ImportKey"),
+    ("patch", "/v1/admin/keys/{id}", "PatchKey"),
+    ("post", "/v1/admin/keys/{id}/rotate", "RotateBody"),
+    ("post", "/v1/admin/keys/{id}/revoke", "RevokeBody"),
+    ("post", "/v1/admin/applications", "CreateApplication"),
+    ("patch", "/v1/admin/applications/{id}", "PatchApplication"),
+    ("post", "/v1/admin/accounts/{id}/grants", "AdminCreateGrant"),
+    ("post", "/v1/verify", "VerifyBody"),
+];
+
+/// The operations whose success answer shows a secret once.
+const SHOWS_SECRET: &[(&str, &str)] = &[
+    ("post", "/v1/api-keys"),
+    ("post", "/v1/api-keys/{id}/rotate"),
+    ("post", "/v1/grants"),
+    ("post", "/v1/admin/accounts"),
+    ("patch", "/v1/admin/accounts/{id}"),
+    ("post", "/v1/admin/accounts/{id}/approve"),
+    ("post", "/v1/admin/accounts/{id}/keys"),
+    ("post", "/v1/admin/keys/{id}/rotate"),
+    ("post", "/v1/admin/keys/{id}/reveal"),
+    ("post", "/v1/admin/accounts/{id}/grants"),
+    ("post", "/v1/admin/applications"),
+    (
+        "post",
+        "/v1/admin/applications/{id}/secrets/{environment}/rotate",
+    ),
+];
+
+// ---------------------------------------------------------------------------------------
+// Helpers.
+
+async fn fetch_doc(base: &str) -> Value {
+    let res = reqwest::get(format!("{base}/openapi.json")).await.unwrap();
+    assert_eq!(res.status(), 200, "GET {base}/openapi.json");
+    let ct = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(ct.starts_with("application/json"), "content-type {ct}");
+    let text = res.text().await.unwrap();
+    serde_json::from_str(&text).expect("the document is JSON")
+}
+
+async fn docs(app: &TestApp) -> (Value, Value) {
+    (fetch_doc(&app.public).await, fetch_doc(&app.admin).await)
+}
+
+fn documented(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for m in METHODS {
+            if item.get(m).is_some() {
+                out.insert((m.to_string(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn expected(routes: &[(&str, &str)], any_paths: &[&str]) -> BTreeSet<(String, String)> {
+    let mut out: BTreeSet<(String, String)> = routes
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    for p in any_paths {
+        for m in METHODS {
+            out.insert((m.to_string(), p.to_string()));
+        }
+    }
+    out
+}
+
+fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in METHODS {
+            if let Some(op) = item.get(m) {
+                out.push((m.to_string(), path.clone(), op));
+            }
+        }
+    }
+    out
+}
+
+fn resolve<'a>(doc: &'a Value, r: &str) -> &'a Value {
+    doc.pointer(r.strip_prefix('#').unwrap_or(r))
+        .unwrap_or_else(|| panic!("$ref {r} does not resolve"))
+}
+
+fn all_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                out.push(r.clone());
+            }
+            m.values().for_each(|v| all_refs(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| all_refs(v, out)),
+        _ => {}
+    }
+}
+
+/// Every property name reachable from a schema, following `$ref`s.
+fn property_names(
+    doc: &Value,
+    schema: &Value,
+    seen: &mut BTreeSet<String>,
+    out: &mut BTreeSet<String>,
+) {
+    match schema {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                if seen.insert(r.clone()) {
+                    property_names(doc, resolve(doc, r), seen, out);
+                }
+            }
+            if let Some(Value::Object(props)) = m.get("properties") {
+                out.extend(props.keys().cloned());
+            }
+            m.values().for_each(|v| property_names(doc, v, seen, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| property_names(doc, v, seen, out)),
+        _ => {}
+    }
+}
+
+/// A response object, resolved when it is a `$ref`.
+fn response<'a>(doc: &'a Value, r: &'a Value) -> &'a Value {
+    match r.get("$ref").and_then(Value::as_str) {
+        Some(reference) => resolve(doc, reference),
+        None => r,
+    }
+}
+
+/// Checks `value` against a schema of the document: required properties present, no
+/// undocumented property, types and enums respected, recursively. Returns the mismatches.
+fn mismatches(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    let schema = match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => resolve(doc, r),
+        None => schema,
+    };
+    if let Some(Value::Array(options)) = schema.get("oneOf") {
+        if options
+            .iter()
+            .any(|o| mismatches(doc, o, value, at).is_empty())
+        {
+            return errs;
+        }
+        errs.push(format!("{at}: {value} matches no option of {schema}"));
+        return errs;
+    }
+    if let Some(Value::Array(parts)) = schema.get("allOf") {
+        // Merge the parts into one object schema.
+        let mut props = serde_json::Map::new();
+        let mut required = Vec::new();
+        for p in parts {
+            let p = match p.get("$ref").and_then(Value::as_str) {
+                Some(r) => resolve(doc, r),
+                None => p,
+            };
+            if let Some(Value::Object(ps)) = p.get("properties") {
+                props.extend(ps.clone());
+            }
+            if let Some(Value::Array(rs)) = p.get("required") {
+                required.extend(rs.iter().cloned());
+            }
+        }
+        let merged = json!({"type": "object", "properties": props, "required": required});
+        return mismatches(doc, &merged, value, at);
+    }
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if types.is_empty() {
+        return errs; // any value
+    }
+    let fits = |t: &str| match t {
+        "null" => value.is_null(),
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        _ => false,
+    };
+    if !types.iter().any(|t| fits(t)) {
+        errs.push(format!("{at}: {value} is not of type {types:?}"));
+        return errs;
+    }
+    if let Some(Value::Array(allowed)) = schema.get("enum") {
+        if !value.is_null() && !allowed.contains(value) {
+            errs.push(format!("{at}: {value} is not one of {allowed:?}"));
+        }
+    }
+    match value {
+        Value::Object(obj) => {
+            let props = schema["properties"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            for r in schema["required"].as_array().into_iter().flatten() {
+                let r = r.as_str().unwrap();
+                if !obj.contains_key(r) {
+                    errs.push(format!("{at}: required `{r}` is missing"));
+                }
+            }
+            let extra = schema.get("additionalProperties");
+            for (k, v) in obj {
+                match props.get(k) {
+                    Some(p) => errs.extend(mismatches(doc, p, v, &format!("{at}.{k}"))),
+                    None => match extra {
+                        Some(Value::Bool(false)) | None if !props.is_empty() => {
+                            errs.push(format!("{at}: `{k}` is not documented"))
+                        }
+                        Some(s @ Value::Object(_)) => {
+                            errs.extend(mismatches(doc, s, v, &format!("{at}.{k}")))
+                        }
+                        _ => {}
+                    },
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, v) in items.iter().enumerate() {
+                    errs.extend(mismatches(doc, item_schema, v, &format!("{at}[{i}]")));
+                }
+            }
+        }
+        _ => {}
+    }
+    errs
+}
+
+/// Asserts that a live answer matches what the document says the operation answers.
+fn assert_documented(doc: &Value, method: &str, path: &str, status: u16, body: &Value) {
+    let op = &doc["paths"][path][method];
+    assert!(op.is_object(), "{method} {path} is not documented");
+    let r = op["responses"]
+        .get(status.to_string())
+        .unwrap_or_else(|| panic!("{method} {path} does not document {status}"));
+    let r = response(doc, r);
+    let schema = &r["content"]["application/json"]["schema"];
+    assert!(
+        schema.is_object(),
+        "{method} {path} {status} has no JSON schema: {r}"
+    );
+    let errs = mismatches(doc, schema, body, "body");
+    assert!(
+        errs.is_empty(),
+        "{method} {path} {status} differs from its documentation:\n{}\nbody: {body:#}",
+        errs.join("\n")
+    );
+}
+
+/// The routes registered in the router source (`routes/mod.rs`, and the functions of
+/// `routes/apps.rs` it merges), as (listener, method, OpenAPI path).
+fn registered_routes() -> BTreeSet<(&'static str, String, String)> {
+    let mod_rs = include_str!("../src/routes/mod.rs");
+    let apps_rs = include_str!("../src/routes/apps.rs");
+    let public_at = mod_rs.find("pub fn public_router").expect("public_router");
+    let admin_at = mod_rs.find("pub fn admin_router").expect("admin_router");
+    let (public_src, admin_src) = if public_at < admin_at {
+        (&mod_rs[public_at..admin_at], &mod_rs[admin_at..])
+    } else {
+        (&mod_rs[public_at..], &mod_rs[admin_at..public_at])
+    };
+    let mut out = BTreeSet::new();
+    // The public self-service routes are built in `let api = …;` and nested under the
+    // base path.
+    let api_start = public_src.find("let api").expect("let api");
+    let api_len = public_src[api_start..].find(";").expect("end of api");
+    let (nested, rest) = (
+        &public_src[api_start..api_start + api_len],
+        [&public_src[..api_start], &public_src[api_start + api_len..]].concat(),
+    );
+    for (m, p) in routes_in(nested, apps_rs) {
+        out.insert(("public", m, format!("/v1{p}")));
+    }
+    for (m, p) in routes_in(&rest, apps_rs) {
+        out.insert(("public", m, p));
+    }
+    for (m, p) in routes_in(admin_src, apps_rs) {
+        out.insert(("admin", m, p));
+    }
+    out
+}
+
+/// `.route("path", method(handler)...)` calls in `src`, following `.merge(apps::f())`.
+fn routes_in(src: &str, apps_rs: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = src;
+    while let Some(i) = rest.find(".route(") {
+        let args = balanced(&rest[i + ".route(".len()..]);
+        let path = args
+            .split('"')
+            .nth(1)
+            .expect("route path")
+            .replace("{*", "{");
+        let router = &args[args.find(',').expect("method router")..];
+        for m in methods_in(router) {
+            out.push((m, path.clone()));
+        }
+        rest = &rest[i + ".route(".len() + args.len()..];
+    }
+    let mut rest = src;
+    while let Some(i) = rest.find(".merge(apps::") {
+        let after = &rest[i + ".merge(apps::".len()..];
+        let name = &after[..after.find('(').unwrap()];
+        let f = apps_rs
+            .find(&format!("pub fn {name}("))
+            .unwrap_or_else(|| panic!("apps::{name} not found"));
+        let body_start = f + apps_rs[f..].find('{').unwrap();
+        let body = balanced_braces(&apps_rs[body_start..]);
+        out.extend(routes_in(body, apps_rs));
+        rest = after;
+    }
+    out
+}
+
+/// The text up to the `)` closing an opening already consumed.
+fn balanced(s: &str) -> &str {
+    let mut depth = 1;
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &s[..i];
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unbalanced parentheses")
+}
+
+/// The text of a `{ … }` block starting at `s`.
+fn balanced_braces(s: &str) -> &str {
+    let mut depth = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &s[..=i];
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unbalanced braces")
+}
+
+/// The HTTP methods a method-router expression routes (`get(..).patch(..)`, `any(..)`).
+fn methods_in(router: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let bytes = router.as_bytes();
+    for name in METHODS.iter().copied().chain(["any"]) {
+        let mut from = 0;
+        while let Some(j) = router[from..].find(&format!("{name}(")) {
+            let at = from + j;
+            let before = at.checked_sub(1).map(|k| bytes[k] as char);
+            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                if name == "any" {
+                    out.extend(METHODS.iter().map(|m| m.to_string()));
+                } else {
+                    out.push(name.to_string());
+                }
+            }
+            from = at + name.len();
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests.
+
+#[tokio::test]
+async fn both_listeners_serve_an_openapi_3_document_without_a_credential() {
+    let app = spawn_app().await;
+    for base in [&app.public, &app.admin] {
+        // No Authorization header at all, on the admin listener too.
+        let res = app
+            .client
+            .get(format!("{base}/openapi.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{base}");
+        assert!(res.headers().contains_key("x-request-id"));
+        let doc: Value = res.json().await.unwrap();
+        let version = doc["openapi"].as_str().expect("openapi version");
+        assert!(version.starts_with("3."), "openapi = {version}");
+        assert_eq!(doc["info"]["title"], "Keywarden");
+        assert!(doc["info"]["version"].is_string());
+        assert!(!doc["paths"].as_object().unwrap().is_empty());
+        // A wrong root key does not matter either.
+        let res = app
+            .client
+            .get(format!("{base}/openapi.json"))
+            .bearer_auth("not-a-root-key-0123456789")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let (public, admin) = docs(&app).await;
+    assert_eq!(public["info"]["x-keywarden-listener"], "public");
+    assert_eq!(admin["info"]["x-keywarden-listener"], "admin");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_registered_route_is_documented_with_its_method() {
+    // The expected lists above are the routes the routers register.
+    let registered = registered_routes();
+    assert!(registered.len() > 40, "the route scan found {registered:?}");
+    let listed: BTreeSet<(&str, String, String)> = expected(PUBLIC_ROUTES, &[])
+        .into_iter()
+        .map(|(m, p)| ("public", m, p))
+        .chain(
+            expected(ADMIN_ROUTES, FORWARD_AUTH_PATHS)
+                .into_iter()
+                .map(|(m, p)| ("admin", m, p)),
+        )
+        .collect();
+    let missing: Vec<_> = registered.difference(&listed).collect();
+    let gone: Vec<_> = listed.difference(&registered).collect();
+    assert!(
+        missing.is_empty() && gone.is_empty(),
+        "routes/mod.rs and this test disagree (document a new route, then list it here):\n\
+         registered but not listed: {missing:?}\nlisted but not registered: {gone:?}"
+    );
+
+    // Each listener documents exactly its own routes.
+    let app = spawn_app().await;
+    let (public, admin) = docs(&app).await;
+    for (name, doc, want) in [
+        ("public", &public, expected(PUBLIC_ROUTES, &[])),
+        ("admin", &admin, expected(ADMIN_ROUTES, FORWARD_AUTH_PATHS)),
+    ] {
+        let have = documented(doc);
+        let undocumented: Vec<_> = want.difference(&have).collect();
+        let extra: Vec<_> = have.difference(&want).collect();
+        assert!(
+            undocumented.is_empty(),
+            "{name}: routes without documentation: {undocumented:?}"
+        );
+        assert!(
+            extra.is_empty(),
+            "{name}: documented but not served here: {extra:?}"
+        );
+        // Operation ids are unique; every operation has a tag, a summary and a success.
+        let mut ids = BTreeSet::new();
+        for (m, p, op) in operations(doc) {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            assert!(
+                !id.is_empty() && ids.insert(id.clone()),
+                "{m} {p}: operationId {id:?}"
+            );
+            assert!(
+                op["tags"].as_array().is_some_and(|t| !t.is_empty()),
+                "{m} {p}"
+            );
+            assert!(op["summary"].is_string(), "{m} {p} has no summary");
+            let responses = op["responses"].as_object().unwrap();
+            assert!(
+                responses.keys().any(|s| s.starts_with('2')),
+                "{m} {p} documents no success"
+            );
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn documented_routes_are_served_and_admin_ones_guarded() {
+    // Without a credential every documented route is either open or refuses the caller; none
+    // falls through to the not-found or method-not-allowed answers.
+    let app = spawn_app().await;
+    let (public, admin) = docs(&app).await;
+    for (base, doc) in [(&app.public, &public), (&app.admin, &admin)] {
+        for (m, p, _) in operations(doc) {
+            if m == "head" || m == "options" || m == "trace" {
+                continue;
+            }
+            let url = format!(
+                "{base}{}",
+                p.replace("{environment}", "sandbox")
+                    .replace("{original}", "x")
+                    .replace('{', "x_")
+                    .replace('}', "")
+            );
+            let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
+            let res = app.client.request(method, &url).send().await.unwrap();
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            let code = body["error"]["code"].as_str().unwrap_or_default();
+            assert!(status != 404 && status != 405, "{m} {p}: {status} {body}");
+            let open = doc["paths"][&p][&m]["security"] == json!([{}]);
+            if open {
+                assert_eq!(status, 200, "{m} {p}: {body}");
+            } else if p.starts_with("/v1/admin/") || p == "/v1/verify" {
+                assert_eq!((status, code), (401, "root_key_required"), "{m} {p}");
+            } else {
+                assert_eq!((status, code), (401, "missing_api_key"), "{m} {p}");
+            }
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn request_bodies_and_every_reference_resolve() {
+    let app = spawn_app().await;
+    let (public, admin) = docs(&app).await;
+    let want: BTreeMap<(String, String), &str> = REQUEST_BODIES
+        .iter()
+        .map(|(m, p, s)| ((m.to_string(), p.to_string()), *s))
+        .collect();
+    let mut seen = BTreeSet::new();
+    for doc in [&public, &admin] {
+        // No dangling reference anywhere.
+        let mut refs = Vec::new();
+        all_refs(doc, &mut refs);
+        assert!(!refs.is_empty());
+        for r in &refs {
+            assert!(r.starts_with("#/components/"), "{r}");
+            resolve(doc, r);
+        }
+        for (m, p, op) in operations(doc) {
+            let key = (m.clone(), p.clone());
+            match (op.get("requestBody"), want.get(&key)) {
+                (Some(body), Some(name)) => {
+                    let schema = &body["content"]["application/json"]["schema"];
+                    let r = schema["$ref"].as_str().unwrap_or_else(|| {
+                        panic!("{m} {p}: request body is not a component: {body}")
+                    });
+                    assert_eq!(r, format!("#/components/schemas/{name}"), "{m} {p}");
+                    let target = resolve(doc, r);
+                    assert_eq!(target["type"], "object", "{name}");
+                    assert!(
+                        target["properties"]
+                            .as_object()
+                            .is_some_and(|p| !p.is_empty()),
+                        "{name} documents no field"
+                    );
+                    seen.insert(key);
+                }
+                (None, None) => {}
+                (Some(b), None) => panic!("{m} {p} documents an unexpected body {b}"),
+                (None, Some(name)) => panic!("{m} {p} does not document its body {name}"),
+            }
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        want.len(),
+        "bodies not found: {want:?} vs {seen:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn error_responses_use_the_documented_error_shapes() {
+    let app = spawn_app().await;
+    let (public, admin) = docs(&app).await;
+    for doc in [&public, &admin] {
+        let schemas = &doc["components"]["schemas"];
+        let envelope = &schemas["ErrorEnvelope"];
+        assert_eq!(envelope["type"], "object");
+        assert_eq!(envelope["required"], json!(["error"]));
+        let inner = resolve(
+            doc,
+            envelope["properties"]["error"]["$ref"].as_str().unwrap(),
+        );
+        for field in ["type", "code", "message", "request_id"] {
+            assert!(
+                inner["required"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!(field)),
+                "ErrorObject.{field}"
+            );
+        }
+        assert!(inner["properties"]["doc_url"].is_object());
+        let types = resolve(doc, inner["properties"]["type"]["$ref"].as_str().unwrap());
+        assert_eq!(
+            types["enum"],
+            json!([
+                "authentication_error",
+                "authorization_error",
+                "rate_limit_error",
+                "invalid_request_error",
+                "not_found_error",
+                "api_error"
+            ])
+        );
+        for (m, p, op) in operations(doc) {
+            let responses = op["responses"].as_object().unwrap();
+            let secured = op["security"] != json!([{}]);
+            let forward_auth = p.starts_with("/v1/forward-auth");
+            if secured && !forward_auth {
+                assert!(responses.contains_key("401"), "{m} {p} documents no 401");
+            }
+            if op.get("requestBody").is_some() {
+                for s in ["400", "413"] {
+                    assert!(responses.contains_key(s), "{m} {p} documents no {s}");
+                }
+            }
+            if p.contains("{id}") {
+                assert!(responses.contains_key("404"), "{m} {p} documents no 404");
+            }
+            if m != "head" && op["tags"][0] == "self-service" {
+                assert!(responses.contains_key("429"), "{m} {p} documents no 429");
+                assert!(responses.contains_key("403"), "{m} {p} documents no 403");
+            }
+            for (status, r) in responses {
+                let r = response(doc, r);
+                assert!(r["headers"]["X-Request-Id"].is_object(), "{m} {p} {status}");
+                if status.starts_with('2') {
+                    continue;
+                }
+                // The default style: the envelope, as application/json.
+                let content = r["content"].as_object().unwrap();
+                assert_eq!(content.len(), 1, "{m} {p} {status}: {content:?}");
+                assert_eq!(
+                    r["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorEnvelope",
+                    "{m} {p} {status}"
+                );
+                if status == "429" {
+                    assert!(r["headers"]["Retry-After"].is_object(), "{m} {p}");
+                }
+                if status == "401" {
+                    assert!(r["headers"]["WWW-Authenticate"].is_object(), "{m} {p}");
+                }
+            }
+        }
+    }
+    // The live error matches the schema.
+    let res = app
+        .client
+        .get(format!("{}/v1/account", app.public))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_documented(&public, "get", "/v1/account", 401, &body);
+    let res = app
+        .client
+        .get(format!("{}/v1/admin/accounts", app.admin))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_documented(&admin, "get", "/v1/admin/accounts", 401, &body);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn responses_never_document_a_stored_hash_and_secrets_only_where_shown_once() {
+    let app = spawn_app().await;
+    let (public, admin) = docs(&app).await;
+    let forbidden = [
+        "hash",
+        "secret_hash",
+        "lookup",
+        "pepper",
+        "recoverable",
+        "previous",
+    ];
+    let shows_secret: BTreeSet<(String, String)> = SHOWS_SECRET
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    let mut found_secret = BTreeSet::new();
+    for doc in [&public, &admin] {
+        for (m, p, op) in operations(doc) {
+            for (status, r) in op["responses"].as_object().unwrap() {
+                let r = response(doc, r);
+                let mut names = BTreeSet::new();
+                property_names(doc, &r["content"], &mut BTreeSet::new(), &mut names);
+                for n in &names {
+                    assert!(
+                        !n.contains("hash") || n == "key_hash",
+                        "{m} {p} {status} documents `{n}`"
+                    );
+                    assert!(
+                        !forbidden.contains(&n.as_str()),
+                        "{m} {p} {status} documents `{n}`"
+                    );
+                }
+                let secret = ["api_key", "secret", "secrets"]
+                    .iter()
+                    .any(|s| names.contains(*s));
+                if secret && status.starts_with('2') {
+                    found_secret.insert((m.clone(), p.clone()));
+                }
+            }
+        }
+    }
+    assert_eq!(found_secret, shows_secret);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn security_schemes_match_each_listener() {
+    let app = spawn_app().await;
+    let (public, admin) = docs(&app).await;
+
+    let schemes = &public["components"]["securitySchemes"];
+    assert_eq!(
+        schemes["api_key"],
+        json!({"type": "http", "scheme": "bearer",
+               "description": schemes["api_key"]["description"]})
+    );
+    assert_eq!(schemes["api_key_header"]["type"], "apiKey");
+    assert_eq!(schemes["api_key_header"]["in"], "header");
+    assert_eq!(schemes["api_key_header"]["name"], "X-API-Key");
+    assert!(schemes.get("root_key").is_none());
+
+    let schemes = &admin["components"]["securitySchemes"];
+    assert_eq!(schemes["root_key"]["type"], "http");
+    assert_eq!(schemes["root_key"]["scheme"], "bearer");
+    assert_eq!(schemes["verify_token"]["scheme"], "bearer");
+    assert_eq!(
+        schemes["forward_auth_token"]["name"],
+        "X-Keywarden-Verify-Token"
+    );
+    assert!(schemes.get("api_key").is_none());
+
+    for (m, p, op) in operations(&public).into_iter().chain(operations(&admin)) {
+        let security = &op["security"];
+        let tag = op["tags"][0].as_str().unwrap();
+        match tag {
+            "service" => assert_eq!(security, &json!([{}]), "{m} {p}"),
+            "admin" => assert_eq!(security, &json!([{"root_key": []}]), "{m} {p}"),
+            "self-service" => {
+                let alts = security.as_array().unwrap();
+                assert_eq!(alts.len(), 2, "{m} {p}");
+                assert!(alts[0]["api_key"].is_array(), "{m} {p}");
+                assert_eq!(alts[0]["api_key"], alts[1]["api_key_header"], "{m} {p}");
+            }
+            "verify" if p == "/v1/verify" => assert_eq!(
+                security,
+                &json!([{"root_key": []}, {"verify_token": []}]),
+                "{m} {p}"
+            ),
+            "verify" => assert_eq!(
+                security,
+                &json!([{}, {"forward_auth_token": []}]),
+                "{m} {p}"
+            ),
+            other => panic!("{m} {p}: unknown tag {other}"),
+        }
+    }
+    // The scope each self-service operation needs is listed with its scheme.
+    assert_eq!(
+        public["paths"]["/v1/api-keys"]["post"]["security"][0]["api_key"],
+        json!(["api_keys:write"])
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_served_document_follows_the_configuration() {
+    let app = spawn_app_with(
+        r#"
+[server]
+base_path = "/api/v2"
+
+[auth]
+sources = ["header:X-Custom-Key", "bearer"]
+
+[errors]
+style = "problem"
+"#,
+    )
+    .await;
+    let (public, admin) = docs(&app).await;
+    let paths: Vec<&String> = public["paths"].as_object().unwrap().keys().collect();
+    assert!(
+        public["paths"]["/api/v2/account"]["get"].is_object(),
+        "{paths:?}"
+    );
+    assert!(public["paths"]["/api/v2/api-keys/{id}/rotate"]["post"].is_object());
+    assert!(
+        paths
+            .iter()
+            .all(|p| p.starts_with("/api/v2/") || !p.starts_with("/v1")),
+        "{paths:?}"
+    );
+    // The documented path is the served one.
+    let res = app
+        .client
+        .get(format!("{}/api/v2/account", app.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
+    let schemes = &public["components"]["securitySchemes"];
+    assert_eq!(schemes["api_key"]["type"], "apiKey");
+    assert_eq!(schemes["api_key"]["name"], "X-Custom-Key");
+    assert_eq!(schemes["api_key_bearer"]["scheme"], "bearer");
+    assert!(schemes.get("api_key_header").is_none());
+    assert_eq!(
+        public["paths"]["/api/v2/account"]["get"]["security"],
+        json!([{"api_key": ["account:read"]}, {"api_key_bearer": ["account:read"]}])
+    );
+
+    // Errors are documented in the configured style only.
+    for doc in [&public, &admin] {
+        for (m, p, op) in operations(doc) {
+            for (status, r) in op["responses"].as_object().unwrap() {
+                if status.starts_with('2') {
+                    continue;
+                }
+                let r = response(doc, r);
+                assert_eq!(
+                    r["content"],
+                    json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}}),
+                    "{m} {p} {status}"
+                );
+            }
+        }
+        assert!(doc["components"]["schemas"]["ProblemDetails"].is_object());
+    }
+    let res = app
+        .client
+        .get(format!("{}/api/v2/account", app.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let body: Value = res.json().await.unwrap();
+    let schema = json!({"$ref": "#/components/schemas/ProblemDetails"});
+    let errs = mismatches(&public, &schema, &body, "body");
+    assert!(errs.is_empty(), "{errs:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn documented_shapes_match_what_the_handlers_send() {
+    let app = spawn_app().await;
+    let (public, admin) = docs(&app).await;
+
+    let send = |base: &str, method: Method, path: &str, key: &str, body: Option<Value>| {
+        let mut req = app
+            .client
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    let a = &app.admin;
+    let p = &app.public;
+
+    let res = send(a, Method::GET, "/healthz", "", None).await;
+    assert_documented(&admin, "get", "/healthz", res.0, &res.1);
+    let res = send(p, Method::GET, "/readyz", "", None).await;
+    assert_documented(&public, "get", "/readyz", res.0, &res.1);
+
+    // Accounts and keys through the admin API.
+    let (s, acc) = send(
+        a,
+        Method::POST,
+        "/v1/admin/accounts",
+        ROOT,
+        Some(json!({"name": "Acme"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{acc}");
+    assert_documented(&admin, "post", "/v1/admin/accounts", s, &acc);
+    let id = acc["id"].as_str().unwrap().to_string();
+    let (s, b) = send(
+        a,
+        Method::GET,
+        &format!("/v1/admin/accounts/{id}"),
+        ROOT,
+        None,
+    )
+    .await;
+    assert_documented(&admin, "get", "/v1/admin/accounts/{id}", s, &b);
+    let (s, b) = send(a, Method::GET, "/v1/admin/accounts", ROOT, None).await;
+    assert_documented(&admin, "get", "/v1/admin/accounts", s, &b);
+    let (s, key) = send(
+        a,
+        Method::POST,
+        &format!("/v1/admin/accounts/{id}/keys"),
+        ROOT,
+        Some(json!({"mode": "live", "name": "k", "rate_limit": {"requests": 100, "per_seconds": 60}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{key}");
+    assert_documented(&admin, "post", "/v1/admin/accounts/{id}/keys", s, &key);
+    let key_id = key["id"].as_str().unwrap().to_string();
+    let token = key["api_key"].as_str().unwrap().to_string();
+    let (s, b) = send(
+        a,
+        Method::GET,
+        &format!("/v1/admin/keys/{key_id}"),
+        ROOT,
+        None,
+    )
+    .await;
+    assert_documented(&admin, "get", "/v1/admin/keys/{id}", s, &b);
+    let (s, b) = send(
+        a,
+        Method::GET,
+        &format!("/v1/admin/accounts/{id}/keys"),
+        ROOT,
+        None,
+    )
+    .await;
+    assert_documented(&admin, "get", "/v1/admin/accounts/{id}/keys", s, &b);
+
+    // Verify.
+    let (s, b) = send(
+        a,
+        Method::POST,
+        "/v1/verify",
+        ROOT,
+        Some(json!({"key": token, "scopes": ["account:read"]})),
+    )
+    .await;
+    assert_eq!(b["valid"], true, "{b}");
+    assert!(
+        b["key"].is_object() && b["account"].is_object() && b["ratelimit"].is_object(),
+        "{b}"
+    );
+    assert_documented(&admin, "post", "/v1/verify", s, &b);
+    let (s, b) = send(
+        a,
+        Method::POST,
+        "/v1/verify",
+        ROOT,
+        Some(json!({"key": "nope"})),
+    )
+    .await;
+    assert_eq!(b["valid"], false);
+    assert_documented(&admin, "post", "/v1/verify", s, &b);
+
+    // The self-service API.
+    let (s, b) = send(p, Method::GET, "/v1/account", &token, None).await;
+    assert_eq!(s, 200, "{b}");
+    assert_documented(&public, "get", "/v1/account", s, &b);
+    let (s, b) = send(
+        p,
+        Method::PATCH,
+        "/v1/account",
+        &token,
+        Some(json!({"account_name": "Acme 2"})),
+    )
+    .await;
+    assert_documented(&public, "patch", "/v1/account", s, &b);
+    let (s, b) = send(p, Method::GET, "/v1/account/usage", &token, None).await;
+    assert_documented(&public, "get", "/v1/account/usage", s, &b);
+    let (s, created) = send(
+        p,
+        Method::POST,
+        "/v1/api-keys",
+        &token,
+        Some(json!({"name": "k2"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    assert_documented(&public, "post", "/v1/api-keys", s, &created);
+    let k2 = created["id"].as_str().unwrap().to_string();
+    let (s, b) = send(p, Method::GET, "/v1/api-keys", &token, None).await;
+    assert_documented(&public, "get", "/v1/api-keys", s, &b);
+    let (s, b) = send(p, Method::GET, &format!("/v1/api-keys/{k2}"), &token, None).await;
+    assert_documented(&public, "get", "/v1/api-keys/{id}", s, &b);
+    let (s, b) = send(
+        p,
+        Method::POST,
+        &format!("/v1/api-keys/{k2}/rotate"),
+        &token,
+        Some(json!({"grace_period_seconds": 60})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_documented(&public, "post", "/v1/api-keys/{id}/rotate", s, &b);
+    let (s, b) = send(p, Method::GET, "/v1/api-keys/key_unknown", &token, None).await;
+    assert_documented(&public, "get", "/v1/api-keys/{id}", s, &b);
+
+    // Events and activity are written in the background (at most a second late).
+    let mut events = Value::Null;
+    let mut activity = Value::Null;
+    for _ in 0..50 {
+        events = send(p, Method::GET, "/v1/events", &token, None).await.1;
+        activity = send(
+            a,
+            Method::GET,
+            &format!("/v1/admin/keys/{key_id}/activity"),
+            ROOT,
+            None,
+        )
+        .await
+        .1;
+        let filled = |v: &Value| v.as_array().is_some_and(|a| !a.is_empty());
+        if filled(&events) && filled(&activity) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(events.as_array().is_some_and(|a| !a.is_empty()), "{events}");
+    assert!(
+        activity.as_array().is_some_and(|a| !a.is_empty()),
+        "{activity}"
+    );
+    assert_documented(&public, "get", "/v1/events", 200, &events);
+    assert_documented(
+        &admin,
+        "get",
+        "/v1/admin/keys/{id}/activity",
+        200,
+        &activity,
+    );
+    let (s, b) = send(
+        p,
+        Method::GET,
+        &format!("/v1/api-keys/{key_id}/activity"),
+        &token,
+        None,
+    )
+    .await;
+    assert_documented(&public, "get", "/v1/api-keys/{id}/activity", s, &b);
+    let (s, b) = send(a, Method::GET, "/v1/admin/events", ROOT, None).await;
+    assert_documented(&admin, "get", "/v1/admin/events", s, &b);
+
+    // Applications and grants.
+    let (s, created_app) = send(
+        a,
+        Method::POST,
+        "/v1/admin/applications",
+        ROOT,
+        Some(json!({"name": "Integration", "scopes": ["account:read"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created_app}");
+    assert_documented(&admin, "post", "/v1/admin/applications", s, &created_app);
+    let app_id = created_app["id"].as_str().unwrap().to_string();
+    let (s, b) = send(
+        a,
+        Method::GET,
+        &format!("/v1/admin/applications/{app_id}"),
+        ROOT,
+        None,
+    )
+    .await;
+    assert_documented(&admin, "get", "/v1/admin/applications/{id}", s, &b);
+    let (s, b) = send(
+        a,
+        Method::POST,
+        &format!("/v1/admin/applications/{app_id}/secrets/sandbox/rotate"),
+        ROOT,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_documented(
+        &admin,
+        "post",
+        "/v1/admin/applications/{id}/secrets/{environment}/rotate",
+        s,
+        &b,
+    );
+    let (s, grant) = send(
+        p,
+        Method::POST,
+        "/v1/grants",
+        &token,
+        Some(json!({"app_id": app_id})),
+    )
+    .await;
+    assert_eq!(s, 201, "{grant}");
+    assert_documented(&public, "post", "/v1/grants", s, &grant);
+    let grant_id = grant["id"].as_str().unwrap().to_string();
+    let (s, b) = send(p, Method::GET, "/v1/grants", &token, None).await;
+    assert_documented(&public, "get", "/v1/grants", s, &b);
+    let (s, b) = send(
+        a,
+        Method::GET,
+        &format!("/v1/admin/grants/{grant_id}"),
+        ROOT,
+        None,
+    )
+    .await;
+    assert_documented(&admin, "get", "/v1/admin/grants/{id}", s, &b);
+    let (s, b) = send(
+        a,
+        Method::DELETE,
+        &format!("/v1/admin/grants/{grant_id}"),
+        ROOT,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_documented(&admin, "delete", "/v1/admin/grants/{id}", s, &b);
+
+    // Erasure last.
+    let (s, b) = send(p, Method::DELETE, "/v1/account/data", &token, None).await;
+    assert_eq!(s, 200, "{b}");
+    assert_documented(&public, "delete", "/v1/account/data", s, &b);
+    app.stop().await;
+}

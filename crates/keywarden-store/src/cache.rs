@@ -1,0 +1,354 @@
+//! The in-memory key cache that keeps database reads off the request path (SPEC §5, §14).
+//!
+//! [`KeyCache`] maps a lookup value (the indexed form of a presented token: an HMAC or SHA-256
+//! digest, or a slow-hash lookup segment) to whatever the caller builds from the matching key
+//! records, and remembers lookups that matched nothing in a separate, smaller negative cache,
+//! so a client retrying an unknown key does not reach the database on every request either.
+//! Both caches are bounded in entries and carry a time-to-live: invalidation on every write is
+//! the primary way entries go stale, and the TTL is the backstop for writes made by another
+//! replica whose notification was missed.
+//!
+//! [`KeyResolver`] is the whole read path: a hit answers from memory without calling the
+//! store, and concurrent misses for one lookup share a single store call.
+
+use crate::store::{Store, StoreError};
+use keywarden_core::model::KeyRecord;
+use moka::sync::Cache;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// Sizes and lifetimes of the key cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Most lookups cached with their keys; the least useful go first when it is full, so
+    /// memory stays bounded whatever the number of keys in the database.
+    pub max_keys: u64,
+    /// Longest time a cached key is trusted without being re-read. Writes invalidate at
+    /// once; this only bounds how long a missed invalidation (another replica's write) lasts.
+    pub ttl: Duration,
+    /// Most lookups remembered as unknown. Kept apart from `max_keys` so a flood of random
+    /// tokens can only evict other unknown lookups, never the working set of real keys.
+    pub negative_max: u64,
+    /// How long a lookup stays known to be unknown. Short, because a key created on another
+    /// replica must start working soon even if its notification was missed.
+    pub negative_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_keys: 1_000_000,
+            ttl: Duration::from_secs(60),
+            negative_max: 100_000,
+            negative_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the cache knows about one lookup value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup<V> {
+    /// The lookup is cached with this value.
+    Hit(V),
+    /// The lookup was recently found to match no key.
+    KnownMissing,
+    /// The cache knows nothing: ask the store.
+    Miss,
+}
+
+/// One store call in progress for a lookup, shared by every request that misses on it
+/// meanwhile. The cell holds the outcome: the value (or `None` for no key) or the error.
+type Flight<V> = Arc<OnceCell<Result<Option<V>, Arc<StoreError>>>>;
+
+/// A bounded cache of lookup values to built key values, with a negative cache of lookups
+/// known to match nothing. Clones share the same entries.
+pub struct KeyCache<V: Clone + Send + Sync + 'static> {
+    positive: Cache<String, V>,
+    negative: Cache<String, ()>,
+    /// Bumped by every invalidation, before entries are dropped. A fill that started before
+    /// an invalidation may carry a record read before the write it reflects; comparing
+    /// generations lets the fill drop what it cached instead of keeping a stale key until
+    /// the TTL.
+    generation: Arc<AtomicU64>,
+    /// Store calls in progress, by lookup, so concurrent misses make one call.
+    flights: Arc<Mutex<HashMap<String, Flight<V>>>>,
+}
+
+impl<V: Clone + Send + Sync + 'static> Clone for KeyCache<V> {
+    fn clone(&self) -> Self {
+        KeyCache {
+            positive: self.positive.clone(),
+            negative: self.negative.clone(),
+            generation: self.generation.clone(),
+            flights: self.flights.clone(),
+        }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> std::fmt::Debug for KeyCache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Lookup values are digests of secrets: count entries, never print them.
+        f.debug_struct("KeyCache")
+            .field("entries", &self.positive.entry_count())
+            .field("negative_entries", &self.negative.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> Default for KeyCache<V> {
+    fn default() -> Self {
+        KeyCache::new(CacheConfig::default())
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> KeyCache<V> {
+    /// Makes an empty cache with these bounds.
+    pub fn new(cfg: CacheConfig) -> Self {
+        KeyCache {
+            positive: Cache::builder()
+                .max_capacity(cfg.max_keys)
+                .time_to_live(cfg.ttl)
+                .build(),
+            negative: Cache::builder()
+                .max_capacity(cfg.negative_max)
+                .time_to_live(cfg.negative_ttl)
+                .build(),
+            generation: Arc::new(AtomicU64::new(0)),
+            flights: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// What the cache knows about `lookup`, without touching the store. A hit allocates
+    /// nothing: it is a probe of the concurrent map, the cache's record of the read (for
+    /// eviction), and a clone of `V` (an `Arc` for the server).
+    pub fn get(&self, lookup: &str) -> Lookup<V> {
+        if let Some(v) = self.positive.get(lookup) {
+            Lookup::Hit(v)
+        } else if self.negative.contains_key(lookup) {
+            Lookup::KnownMissing
+        } else {
+            Lookup::Miss
+        }
+    }
+
+    /// Caches `v` under `lookup`, replacing any entry and any negative entry.
+    pub fn insert(&self, lookup: String, v: V) {
+        self.negative.invalidate(&lookup);
+        self.positive.insert(lookup, v);
+    }
+
+    /// Remembers that `lookup` matches no key, replacing any cached value.
+    pub fn insert_missing(&self, lookup: String) {
+        self.positive.invalidate(&lookup);
+        self.negative.insert(lookup, ());
+    }
+
+    /// Forgets everything about these lookups (cached values and negative entries alike),
+    /// so the next resolution reads the store. Call it after any write to a key, with the
+    /// lookups of its current and previous secrets, before and after the write.
+    pub fn invalidate(&self, lookups: &[&str]) {
+        // The generation moves first: a fill that checks it after this point drops its own
+        // entry, and one that checked it before inserted before the removals below.
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        for lookup in lookups {
+            // A store call already in flight may have read the old record: later requests
+            // must start their own instead of joining it.
+            flights.remove(*lookup);
+            self.positive.invalidate(*lookup);
+            self.negative.invalidate(*lookup);
+        }
+    }
+
+    /// Forgets every entry (after an erasure or anything else that touches many keys).
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.positive.invalidate_all();
+        self.negative.invalidate_all();
+    }
+
+    /// Number of cached lookups with a value, for metrics. Approximate: the cache settles
+    /// its counts lazily, so recent inserts and removals may not show yet.
+    pub fn entry_count(&self) -> u64 {
+        self.positive.entry_count()
+    }
+
+    /// Number of lookups remembered as unknown, for metrics; approximate like
+    /// [`entry_count`](Self::entry_count).
+    pub fn negative_entry_count(&self) -> u64 {
+        self.negative.entry_count()
+    }
+
+    /// Settles pending evictions and counts, so that [`entry_count`](Self::entry_count) is
+    /// exact. Only tests and metrics need it; the cache does this by itself over time.
+    pub fn run_pending_tasks(&self) {
+        self.positive.run_pending_tasks();
+        self.negative.run_pending_tasks();
+    }
+
+    /// The flight for `lookup`, joining the one in progress or starting one.
+    fn flight(&self, lookup: &str) -> Flight<V> {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = flights.get(lookup) {
+            return f.clone();
+        }
+        let f = Flight::default();
+        flights.insert(lookup.to_owned(), f.clone());
+        f
+    }
+
+    /// Caches the outcome of a fill that started at generation `started`, unless an
+    /// invalidation happened since.
+    fn fill(&self, lookup: &str, outcome: &Option<V>, started: u64) {
+        if self.generation.load(Ordering::SeqCst) != started {
+            return;
+        }
+        match outcome {
+            Some(v) => self.insert(lookup.to_owned(), v.clone()),
+            None => self.insert_missing(lookup.to_owned()),
+        }
+        // An invalidation between the check above and the insert did not see the new entry;
+        // it moved the generation before its removals, so looking again catches it.
+        if self.generation.load(Ordering::SeqCst) != started {
+            self.positive.invalidate(lookup);
+            self.negative.invalidate(lookup);
+        }
+    }
+}
+
+/// Removes a flight from the table when the store call that fills it ends, whether it
+/// completes or its request is dropped midway; a later miss then starts afresh.
+struct Landing<'a, V: Clone + Send + Sync + 'static> {
+    cache: &'a KeyCache<V>,
+    lookup: &'a str,
+    flight: &'a Flight<V>,
+}
+
+impl<V: Clone + Send + Sync + 'static> Drop for Landing<'_, V> {
+    fn drop(&mut self) {
+        let mut flights = self
+            .cache
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // The table may already hold a newer flight (after an invalidation): leave that one.
+        if flights
+            .get(self.lookup)
+            .is_some_and(|f| Arc::ptr_eq(f, self.flight))
+        {
+            flights.remove(self.lookup);
+        }
+    }
+}
+
+/// The read path for keys: the cache first, the store on a miss, with concurrent misses for
+/// one lookup sharing a single store call.
+pub struct KeyResolver<V: Clone + Send + Sync + 'static> {
+    store: Arc<dyn Store>,
+    cache: KeyCache<V>,
+}
+
+impl<V: Clone + Send + Sync + 'static> Clone for KeyResolver<V> {
+    fn clone(&self) -> Self {
+        KeyResolver {
+            store: self.store.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> std::fmt::Debug for KeyResolver<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyResolver")
+            .field("store", &self.store)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> KeyResolver<V> {
+    /// Reads keys from `store` through `cache`.
+    pub fn new(store: Arc<dyn Store>, cache: KeyCache<V>) -> Self {
+        KeyResolver { store, cache }
+    }
+
+    /// The cache, to invalidate entries after writes.
+    pub fn cache(&self) -> &KeyCache<V> {
+        &self.cache
+    }
+
+    /// The store behind the cache.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The value for `lookup`: from memory on a hit (cached value or known to be unknown),
+    /// with no store call; otherwise from one `find_keys_by_lookup` call shared with every
+    /// concurrent miss on the same lookup, whose records `build` turns into the value.
+    ///
+    /// `build` is called only with a non-empty list (a lookup can match several records:
+    /// a previous secret's lookup, or colliding slow-hash segments). `None` from it, like no
+    /// record at all, is remembered as a known-unknown lookup. Store errors are not cached:
+    /// the requests waiting on the failed call get the error, and the next miss tries again.
+    pub async fn resolve(
+        &self,
+        lookup: &str,
+        build: impl FnOnce(Vec<KeyRecord>) -> Option<V>,
+    ) -> Result<Option<V>, StoreError> {
+        match self.cache.get(lookup) {
+            Lookup::Hit(v) => return Ok(Some(v)),
+            Lookup::KnownMissing => return Ok(None),
+            Lookup::Miss => {}
+        }
+        let flight = self.cache.flight(lookup);
+        let (cache, store, joined) = (&self.cache, &self.store, &flight);
+        let outcome = flight
+            .get_or_init(move || async move {
+                // Whoever runs this is the one request that calls the store; if it is
+                // dropped midway, a waiting request runs its own copy instead.
+                let _landing = Landing {
+                    cache,
+                    lookup,
+                    flight: joined,
+                };
+                let started = cache.generation.load(Ordering::SeqCst);
+                match store.find_keys_by_lookup(lookup).await {
+                    Ok(records) => {
+                        let value = if records.is_empty() {
+                            None
+                        } else {
+                            build(records)
+                        };
+                        cache.fill(lookup, &value, started);
+                        Ok(value)
+                    }
+                    Err(e) => Err(Arc::new(e)),
+                }
+            })
+            .await;
+        match outcome {
+            Ok(v) => Ok(v.clone()),
+            Err(e) => Err(duplicate(e)),
+        }
+    }
+}
+
+/// A copy of a store error, for each of several callers waiting on one failed call.
+pub(crate) fn duplicate(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::NotFound => StoreError::NotFound,
+        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+        StoreError::LimitReached { max_active } => StoreError::LimitReached {
+            max_active: *max_active,
+        },
+        StoreError::Database(m) => StoreError::Database(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+    }
+}

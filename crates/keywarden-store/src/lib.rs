@@ -1,0 +1,35 @@
+//! Keywarden's persistence: one [`Store`] trait with SQLite and PostgreSQL implementations,
+//! the in-memory key cache that keeps the request path free of database reads, and the
+//! batched writer that keeps it free of database writes.
+
+pub mod store;
+
+pub use store::{
+    ErasureCounts, EventFilter, KeyTouch, Page, Store, StoreError, StoreResult, UsageDelta,
+    WriteBatch,
+};
+
+mod open;
+pub mod pepper;
+pub mod postgres;
+mod rows;
+pub mod sqlite;
+
+pub use open::{migrate, open};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+pub mod cache;
+pub mod counting;
+pub mod writer;
+
+pub use cache::{CacheConfig, KeyCache, KeyResolver, Lookup};
+pub use counting::{CountingStore, Pause};
+pub use writer::{Writer, WriterConfig, WriterHandle};
+
+pub mod limiter;
+pub mod redis_limiter;
+pub mod verifier;
+
+pub use limiter::{Limiter, LimiterStats, LocalBounds, LocalLimiter, QuotaKey};
+pub use redis_limiter::{RedisConfig, RedisLimiter, RedisStats};

@@ -1,0 +1,71 @@
+//! Opening the configured store from `database_url` (SPEC §13, §14).
+
+use crate::postgres::PgStore;
+use crate::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+use std::sync::Arc;
+
+/// The databases a URL can name.
+enum Kind {
+    /// `sqlite:` URLs: a file or memory.
+    Sqlite,
+    /// `postgres:` and `postgresql:` URLs.
+    Postgres,
+}
+
+/// Picks the backend from the URL's scheme. The error names the scheme only: the rest of
+/// the URL may hold a password.
+fn kind(database_url: &str) -> Result<Kind, StoreError> {
+    let scheme = database_url
+        .split_once(':')
+        .map_or("", |(scheme, _)| scheme);
+    match scheme {
+        "sqlite" => Ok(Kind::Sqlite),
+        "postgres" | "postgresql" => Ok(Kind::Postgres),
+        _ => Err(StoreError::Database(format!(
+            "unsupported database URL scheme {scheme:?}: use sqlite://<file>, \
+             sqlite::memory: or postgres://…"
+        ))),
+    }
+}
+
+/// Opens the store a URL names (`sqlite://path`, `sqlite:path`, `sqlite::memory:`,
+/// `postgres://…` or `postgresql://…`) and brings its schema up to date, so a server can
+/// start on an empty database with no separate step.
+pub async fn open(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match kind(database_url)? {
+        Kind::Sqlite => Arc::new(SqliteStore::open(database_url).await?),
+        Kind::Postgres => Arc::new(PgStore::open(database_url).await?),
+    })
+}
+
+/// Brings the schema of the database a URL names up to date and closes it again, for
+/// `keywarden migrate`.
+pub async fn migrate(database_url: &str) -> Result<(), StoreError> {
+    match kind(database_url)? {
+        Kind::Sqlite => SqliteStore::open(database_url).await?.close().await,
+        Kind::Postgres => PgStore::open(database_url).await?.close().await,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unknown_scheme_is_named_and_the_rest_is_not() {
+        let err = open("mysql://root:hunter2@db/kw").await.unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("\"mysql\""), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(open("keywarden.db").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn memory_urls_open_a_working_store() {
+        let store = open("sqlite::memory:").await.unwrap();
+        store.ping().await.unwrap();
+        migrate("sqlite::memory:").await.unwrap();
+    }
+}

@@ -1,0 +1,162 @@
+//! The PostgreSQL store, for several replicas sharing one database (SPEC §14).
+//!
+//! Transactions run at PostgreSQL's default isolation (read committed). Where a decision
+//! depends on rows another transaction could be inserting at the same moment (counting an
+//! account's active keys before adding one, or erasing the account), the transaction first
+//! takes a per-account advisory lock, held until it ends.
+
+use crate::rows::{sqlx_driver, Backend};
+use crate::store::{StoreError, StoreResult};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{PgConnection, Postgres};
+use std::time::Duration;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+sqlx_driver!(Postgres, PgConnection, sqlx::postgres::PgRow);
+
+/// Most connections one process opens.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// How long a call waits for a free connection before failing (and `/readyz` with it).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keywarden's store on PostgreSQL.
+pub struct PgStore {
+    /// Serves reads and writes alike: PostgreSQL handles concurrent writers itself.
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connect options hold the password; print nothing of them.
+        f.debug_struct("PgStore")
+            .field("connections", &self.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to the database a `postgres://` URL names and brings its schema up to date.
+    /// Several replicas may do this at once: sqlx serialises migrations with a lock.
+    pub async fn open(database_url: &str) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(database_url)
+            .await
+            .map_err(|e| StoreError::Database(format!("cannot connect to PostgreSQL: {e}")))?;
+        Self::with_pool(pool).await
+    }
+
+    /// Uses an existing pool (its owner chose the size and timeouts) and brings the
+    /// schema up to date.
+    pub async fn with_pool(pool: PgPool) -> StoreResult<Self> {
+        MIGRATOR.run(&pool).await.map_err(|e| {
+            StoreError::Database(format!("cannot migrate the PostgreSQL schema: {e}"))
+        })?;
+        Ok(Self { pool })
+    }
+
+    /// The connection pool, for what needs PostgreSQL itself rather than the [`Store`]
+    /// interface (LISTEN/NOTIFY between replicas).
+    ///
+    /// [`Store`]: crate::Store
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl Backend for PgStore {
+    type Db = Postgres;
+    type Conn = PgConnection;
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    // The two-key form keeps Keywarden's locks apart from sqlx's migration lock, which uses
+    // the one-key form. A hash collision only makes two accounts wait for each other.
+    const LOCK_ACCOUNT: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(7301, hashtext($1))");
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use sqlx::Row;
+
+    /// The lookup query must be answered from the two lookup indexes, never by a scan.
+    /// Runs when `KEYWARDEN_TEST_DATABASE_URL` names a PostgreSQL database; it works in a
+    /// schema of its own, dropped afterwards.
+    #[tokio::test]
+    async fn lookup_uses_both_indexes() {
+        let Ok(url) = std::env::var("KEYWARDEN_TEST_DATABASE_URL") else {
+            eprintln!("KEYWARDEN_TEST_DATABASE_URL is not set: skipping");
+            return;
+        };
+        let schema = format!("kw_plan_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let admin = PgPool::connect(&url).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let search_path = format!("SET search_path TO {schema}");
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .after_connect(move |c, _| {
+                let sql = search_path.clone();
+                Box::pin(async move { sqlx::query(&sql).execute(c).await.map(drop) })
+            })
+            .connect(&url)
+            .await
+            .unwrap();
+        let store = PgStore::with_pool(pool).await.unwrap();
+        // Enough rows that a sequential scan is not the cheapest plan.
+        sqlx::raw_sql(
+            "INSERT INTO accounts VALUES ('acc_1', 'a', 'default', 'active', '{}', 0);
+             INSERT INTO api_keys (id, account_id, mode, key_type, name, description, owner,
+                 role, scopes, ip_allowlist, enabled, metadata, prefix, start, key_hash,
+                 scheme, lookup, hash, created_at)
+             SELECT 'key_' || i, 'acc_1', 'live', 'secret', 'k', '', '', 'owner', '[]', '[]',
+                 true, '{}', 'kw_', 'kw_abcd', 'sha256_' || i, 'hmac-sha256', md5(i::text),
+                 '', 0
+             FROM generate_series(1, 5000) AS i;
+             ANALYZE api_keys;",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let plan: Vec<String> =
+            sqlx::query(&format!("EXPLAIN {}", crate::rows::key_by_lookup_sql()))
+                .bind("abc")
+                .fetch_all(store.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>(0))
+                .collect();
+        let plan = plan.join("\n");
+        println!("{plan}");
+        assert!(plan.contains("api_keys_lookup"), "{plan}");
+        assert!(plan.contains("api_keys_prev_lookup"), "{plan}");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        assert!(store.find_keys_by_lookup("abc").await.unwrap().is_empty());
+        store.close().await;
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+}

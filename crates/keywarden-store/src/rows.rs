@@ -1,0 +1,1408 @@
+//! What the SQLite and PostgreSQL stores share: how each entity maps to table rows and
+//! back, the statements themselves, and the one [`Store`] implementation written over them.
+//!
+//! Both schemas have the same tables and columns, and both drivers accept `$N`
+//! placeholders, so every statement below runs unchanged on either database. A backend
+//! only supplies its pools, the statement that opens a write transaction and, where it
+//! needs one, a per-account lock (see [`Backend`]). Keeping a single implementation is
+//! what makes "same behaviour, same tests" (SPEC §14) true by construction.
+
+use crate::store::{
+    ErasureCounts, EventFilter, KeyTouch, Page, Store, StoreError, StoreResult, UsageDelta,
+    WriteBatch,
+};
+use async_trait::async_trait;
+use keywarden_core::model::{
+    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode, PreviousSecret,
+    RateLimitSpec, StoredSecret,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Pool, Transaction};
+use std::collections::BTreeMap;
+use std::fmt::{Display, Write as _};
+use std::str::FromStr;
+use std::sync::LazyLock;
+
+// ---------------------------------------------------------------------------------------
+// Parameters and rows, independent of the driver.
+// ---------------------------------------------------------------------------------------
+
+/// One bind parameter. Every column is text, an integer or a boolean, so three cases cover
+/// the whole schema and the shared code never needs to know which driver binds them.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Param {
+    /// A text value or NULL.
+    Text(Option<String>),
+    /// A 64-bit integer or NULL.
+    Int(Option<i64>),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl From<&str> for Param {
+    fn from(v: &str) -> Self {
+        Param::Text(Some(v.to_owned()))
+    }
+}
+
+impl From<String> for Param {
+    fn from(v: String) -> Self {
+        Param::Text(Some(v))
+    }
+}
+
+impl From<Option<&str>> for Param {
+    fn from(v: Option<&str>) -> Self {
+        Param::Text(v.map(str::to_owned))
+    }
+}
+
+impl From<Option<String>> for Param {
+    fn from(v: Option<String>) -> Self {
+        Param::Text(v)
+    }
+}
+
+impl From<i64> for Param {
+    fn from(v: i64) -> Self {
+        Param::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Param {
+    fn from(v: Option<i64>) -> Self {
+        Param::Int(v)
+    }
+}
+
+impl From<bool> for Param {
+    fn from(v: bool) -> Self {
+        Param::Bool(v)
+    }
+}
+
+/// Builds an array of [`Param`]s from values of mixed types.
+macro_rules! params {
+    ($($value:expr),* $(,)?) => {
+        [$($crate::rows::Param::from($value)),*]
+    };
+}
+
+/// Reads columns of a result row by name; implemented for each driver's row type.
+pub(crate) trait RowGet {
+    /// A text column that may be NULL.
+    fn opt_text(&self, col: &str) -> StoreResult<Option<String>>;
+    /// An integer column that may be NULL.
+    fn opt_int(&self, col: &str) -> StoreResult<Option<i64>>;
+    /// A boolean column.
+    fn flag(&self, col: &str) -> StoreResult<bool>;
+
+    /// A text column that must not be NULL.
+    fn text(&self, col: &str) -> StoreResult<String> {
+        self.opt_text(col)?.ok_or_else(|| null_column(col))
+    }
+
+    /// An integer column that must not be NULL.
+    fn int(&self, col: &str) -> StoreResult<i64> {
+        self.opt_int(col)?.ok_or_else(|| null_column(col))
+    }
+
+    /// A text column holding one of the model's string enums.
+    fn parse<T>(&self, col: &str) -> StoreResult<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+        Self: Sized,
+    {
+        parse_column(col, &self.text(col)?)
+    }
+
+    /// A text column holding JSON.
+    fn json<T: DeserializeOwned>(&self, col: &str) -> StoreResult<T>
+    where
+        Self: Sized,
+    {
+        serde_json::from_str(&self.text(col)?).map_err(|e| corrupt(col, e))
+    }
+
+    /// An integer column that must fit the narrower type `T`.
+    fn narrow<T: TryFrom<i64>>(&self, col: &str) -> StoreResult<T>
+    where
+        Self: Sized,
+    {
+        narrow(col, self.int(col)?)
+    }
+}
+
+/// A stored value that does not decode, naming its column.
+fn corrupt(col: &str, e: impl Display) -> StoreError {
+    StoreError::Corrupt(format!("column {col}: {e}"))
+}
+
+/// A NULL where the schema allows none.
+fn null_column(col: &str) -> StoreError {
+    corrupt(col, "unexpected NULL")
+}
+
+/// Parses one of the model's string enums out of a column.
+fn parse_column<T>(col: &str, s: &str) -> StoreResult<T>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    s.parse().map_err(|e| corrupt(col, e))
+}
+
+/// Fits a stored integer into the model's narrower type.
+fn narrow<T: TryFrom<i64>>(col: &str, v: i64) -> StoreResult<T> {
+    T::try_from(v).map_err(|_| corrupt(col, format!("{v} is out of range")))
+}
+
+/// Runs statements on one connection (inside a transaction or not).
+#[async_trait]
+pub(crate) trait Exec: Send {
+    /// The driver's row type.
+    type Row: RowGet + Send;
+    /// Runs a statement and returns how many rows it changed.
+    async fn run(&mut self, sql: &str, params: &[Param]) -> StoreResult<u64>;
+    /// Runs a query and returns every row.
+    async fn rows(&mut self, sql: &str, params: &[Param]) -> StoreResult<Vec<Self::Row>>;
+}
+
+/// A statement with its parameters bound, for any driver that can bind the three kinds.
+pub(crate) fn query<'q, DB>(
+    sql: &'q str,
+    params: &'q [Param],
+) -> sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    DB: Database,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    params.iter().fold(sqlx::query::<DB>(sql), |q, p| match p {
+        Param::Text(v) => q.bind(v.as_deref()),
+        Param::Int(v) => q.bind(*v),
+        Param::Bool(v) => q.bind(*v),
+    })
+}
+
+/// Implements [`Exec`] and [`RowGet`] for one sqlx driver. The bodies are identical for
+/// every driver; only the concrete types differ, and sqlx's executor traits are far
+/// simpler to satisfy on concrete types than generically.
+macro_rules! sqlx_driver {
+    ($db:ty, $conn:ty, $row:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::rows::Exec for $conn {
+            type Row = $row;
+
+            async fn run(
+                &mut self,
+                sql: &str,
+                params: &[$crate::rows::Param],
+            ) -> $crate::StoreResult<u64> {
+                let done = $crate::rows::query::<$db>(sql, params)
+                    .execute(&mut *self)
+                    .await
+                    .map_err($crate::rows::db_error)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn rows(
+                &mut self,
+                sql: &str,
+                params: &[$crate::rows::Param],
+            ) -> $crate::StoreResult<Vec<$row>> {
+                $crate::rows::query::<$db>(sql, params)
+                    .fetch_all(&mut *self)
+                    .await
+                    .map_err($crate::rows::db_error)
+            }
+        }
+
+        impl $crate::rows::RowGet for $row {
+            fn opt_text(&self, col: &str) -> $crate::StoreResult<Option<String>> {
+                sqlx::Row::try_get(self, col).map_err($crate::rows::db_error)
+            }
+
+            fn opt_int(&self, col: &str) -> $crate::StoreResult<Option<i64>> {
+                sqlx::Row::try_get(self, col).map_err($crate::rows::db_error)
+            }
+
+            fn flag(&self, col: &str) -> $crate::StoreResult<bool> {
+                sqlx::Row::try_get(self, col).map_err($crate::rows::db_error)
+            }
+        }
+    };
+}
+pub(crate) use sqlx_driver;
+
+/// Translates a driver error: uniqueness violations become `Conflict`, references to a
+/// missing parent (a key for an unknown account) become `NotFound`, undecodable values
+/// become `Corrupt`. Bound values never appear in sqlx's messages, so no secret can leak
+/// through them.
+pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            StoreError::Conflict(format!("{} already exists", conflict_target(d.as_ref())))
+        }
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::NotFound,
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::Decode(_) => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Database(e.to_string()),
+    }
+}
+
+/// Names what a uniqueness violation was about as `table.column`: SQLite says it in the
+/// message, PostgreSQL names the constraint (`accounts_pkey`, or one of our indexes).
+fn conflict_target(d: &dyn sqlx::error::DatabaseError) -> String {
+    if let Some((_, cols)) = d.message().split_once("constraint failed: ") {
+        return cols.to_owned();
+    }
+    match (d.table(), d.constraint()) {
+        (Some(table), Some(c)) if c.ends_with("_pkey") => format!("{table}.id"),
+        (Some(table), Some(c)) => match c.strip_prefix(table).and_then(|s| s.strip_prefix('_')) {
+            Some(col) => format!("{table}.{col}"),
+            None => c.to_owned(),
+        },
+        (_, Some(c)) => c.to_owned(),
+        _ => "a unique value".to_owned(),
+    }
+}
+
+/// Every row a query returns, decoded.
+async fn all<C, T>(
+    c: &mut C,
+    sql: &str,
+    params: &[Param],
+    decode: fn(&C::Row) -> StoreResult<T>,
+) -> StoreResult<Vec<T>>
+where
+    C: Exec + ?Sized,
+{
+    c.rows(sql, params).await?.iter().map(decode).collect()
+}
+
+/// The first row a query returns, decoded.
+async fn first<C, T>(
+    c: &mut C,
+    sql: &str,
+    params: &[Param],
+    decode: fn(&C::Row) -> StoreResult<T>,
+) -> StoreResult<Option<T>>
+where
+    C: Exec + ?Sized,
+{
+    c.rows(sql, params).await?.first().map(decode).transpose()
+}
+
+/// A query whose single row has a single integer column `n`.
+async fn count<C: Exec + ?Sized>(c: &mut C, sql: &str, params: &[Param]) -> StoreResult<i64> {
+    first(c, sql, params, |r| r.int("n"))
+        .await?
+        .ok_or_else(|| StoreError::Database("a count returned no row".into()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Tables: column lists and the statements generated from them.
+// ---------------------------------------------------------------------------------------
+
+/// A table's columns in the order its encoder produces values. INSERT, UPDATE and SELECT
+/// statements are generated from this one list, so a column cannot be bound in the wrong
+/// position.
+struct Table {
+    /// The table name.
+    name: &'static str,
+    /// Every column; the first is the primary key.
+    columns: &'static [&'static str],
+    /// Columns an update must leave as they are (besides the primary key).
+    fixed: &'static [&'static str],
+}
+
+impl Table {
+    /// `SELECT <every column> FROM <table>`, to be followed by a WHERE clause.
+    fn select(&self) -> String {
+        format!("SELECT {} FROM {}", self.columns.join(", "), self.name)
+    }
+
+    /// `INSERT` of one row, parameters in column order.
+    fn insert(&self) -> String {
+        let slots: Vec<String> = (1..=self.columns.len()).map(|i| format!("${i}")).collect();
+        format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            self.name,
+            self.columns.join(", "),
+            slots.join(", ")
+        )
+    }
+
+    /// Whether an update sets this column.
+    fn updatable(&self, col: &str) -> bool {
+        col != self.columns[0] && !self.fixed.contains(&col)
+    }
+
+    /// `UPDATE` of the mutable columns by primary key; takes [`Table::update_params`].
+    fn update(&self) -> String {
+        let sets: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| self.updatable(c))
+            .enumerate()
+            .map(|(i, c)| format!("{c} = ${}", i + 2))
+            .collect();
+        format!(
+            "UPDATE {} SET {} WHERE {} = $1",
+            self.name,
+            sets.join(", "),
+            self.columns[0]
+        )
+    }
+
+    /// Narrows a full row of values to the primary key followed by the mutable columns.
+    fn update_params(&self, values: Vec<Param>) -> Vec<Param> {
+        debug_assert_eq!(values.len(), self.columns.len());
+        values
+            .into_iter()
+            .zip(self.columns)
+            .enumerate()
+            .filter(|(i, (_, c))| *i == 0 || self.updatable(c))
+            .map(|(_, (v, _))| v)
+            .collect()
+    }
+}
+
+const ACCOUNTS: Table = Table {
+    name: "accounts",
+    columns: &["id", "name", "plan", "status", "metadata", "created_at"],
+    fixed: &["created_at"],
+};
+
+const KEYS: Table = Table {
+    name: "api_keys",
+    columns: &[
+        "id",
+        "account_id",
+        "mode",
+        "key_type",
+        "name",
+        "description",
+        "owner",
+        "role",
+        "scopes",
+        "expires_at",
+        "ip_allowlist",
+        "rate_requests",
+        "rate_per_seconds",
+        "enabled",
+        "metadata",
+        "app_id",
+        "grant_id",
+        "prefix",
+        "start",
+        "key_hash",
+        "scheme",
+        "lookup",
+        "hash",
+        "prev_scheme",
+        "prev_lookup",
+        "prev_hash",
+        "prev_key_hash",
+        "prev_valid_until",
+        "created_at",
+        "last_used_at",
+        "last_used_ip",
+        "revoked_at",
+        "revoked_reason",
+        "recoverable",
+    ],
+    fixed: &["account_id", "mode", "key_type", "created_at"],
+};
+
+const APPS: Table = Table {
+    name: "applications",
+    columns: &[
+        "id",
+        "name",
+        "description",
+        "url",
+        "scopes",
+        "production_scheme",
+        "production_lookup",
+        "production_hash",
+        "sandbox_scheme",
+        "sandbox_lookup",
+        "sandbox_hash",
+        "created_at",
+    ],
+    fixed: &["created_at"],
+};
+
+const GRANTS: Table = Table {
+    name: "grants",
+    columns: &["id", "account_id", "app_id", "scopes", "created_at"],
+    fixed: &["account_id", "app_id", "created_at"],
+};
+
+const EVENTS: Table = Table {
+    name: "audit_events",
+    columns: &[
+        "id",
+        "account_id",
+        "mode",
+        "kind",
+        "actor",
+        "ip",
+        "at",
+        "data",
+    ],
+    fixed: &[],
+};
+
+/// Activity's `id` is assigned by the database, so it is not among the inserted columns.
+const ACTIVITY: Table = Table {
+    name: "activity",
+    columns: &["key_id", "at", "ip", "method", "path", "status", "code"],
+    fixed: &[],
+};
+
+/// Every statement, built once. They are plain strings so sqlx caches each as a prepared
+/// statement per connection.
+struct Statements {
+    account_insert: String,
+    account_get: String,
+    account_list: String,
+    account_update: String,
+    key_insert: String,
+    key_get: String,
+    key_by_hash: String,
+    key_by_lookup: String,
+    key_list: String,
+    key_list_mode: String,
+    key_by_grant: String,
+    key_update: String,
+    app_insert: String,
+    app_get: String,
+    app_list: String,
+    app_update: String,
+    grant_insert: String,
+    grant_get: String,
+    grant_list: String,
+    event_select: String,
+    activity_list: String,
+}
+
+static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
+    account_insert: ACCOUNTS.insert(),
+    account_get: format!("{} WHERE id = $1", ACCOUNTS.select()),
+    account_list: format!("{} WHERE id > $1 ORDER BY id LIMIT $2", ACCOUNTS.select()),
+    account_update: ACCOUNTS.update(),
+    key_insert: KEYS.insert(),
+    key_get: format!("{} WHERE id = $1", KEYS.select()),
+    key_by_hash: format!("{} WHERE key_hash = $1", KEYS.select()),
+    // Both columns are indexed; SQLite answers with a MULTI-INDEX OR and PostgreSQL with a
+    // BitmapOr of the two indexes (the suite checks both plans). A row matching on both
+    // columns is returned once, which a UNION ALL would not guarantee.
+    key_by_lookup: format!(
+        "{} WHERE lookup = $1 OR prev_lookup = $1 ORDER BY id",
+        KEYS.select()
+    ),
+    key_list: format!(
+        "{} WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        KEYS.select()
+    ),
+    key_list_mode: format!(
+        "{} WHERE account_id = $1 AND mode = $4 AND id > $2 ORDER BY id LIMIT $3",
+        KEYS.select()
+    ),
+    key_by_grant: format!("{} WHERE grant_id = $1 ORDER BY id", KEYS.select()),
+    key_update: KEYS.update(),
+    app_insert: APPS.insert(),
+    app_get: format!("{} WHERE id = $1", APPS.select()),
+    app_list: format!("{} WHERE id > $1 ORDER BY id LIMIT $2", APPS.select()),
+    app_update: APPS.update(),
+    grant_insert: GRANTS.insert(),
+    grant_get: format!("{} WHERE id = $1", GRANTS.select()),
+    grant_list: format!("{} WHERE account_id = $1 ORDER BY id", GRANTS.select()),
+    event_select: EVENTS.select(),
+    activity_list: format!(
+        "{} WHERE key_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
+        ACTIVITY.select()
+    ),
+});
+
+/// The statement behind `find_keys_by_lookup`, for the plan checks in the tests.
+#[cfg(test)]
+pub(crate) fn key_by_lookup_sql() -> &'static str {
+    &SQL.key_by_lookup
+}
+
+const ACCOUNT_EXISTS: &str = "SELECT COUNT(*) AS n FROM accounts WHERE id = $1";
+const COUNT_ACTIVE_KEYS: &str =
+    "SELECT COUNT(*) AS n FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL";
+const GRANT_EXISTS: &str = "SELECT COUNT(*) AS n FROM grants WHERE id = $1";
+const REVOKE_GRANT_KEYS: &str = "UPDATE api_keys SET revoked_at = $2, revoked_reason = $3 \
+     WHERE grant_id = $1 AND revoked_at IS NULL";
+const DELETE_GRANT: &str = "DELETE FROM grants WHERE id = $1";
+const GET_USAGE: &str = "SELECT used AS n FROM usage \
+     WHERE account_id = $1 AND mode = $2 AND unit = $3 AND period_start = $4";
+
+/// What erasing an account deletes, children first so foreign keys hold at every step.
+const ERASE_ACTIVITY: &str =
+    "DELETE FROM activity WHERE key_id IN (SELECT id FROM api_keys WHERE account_id = $1)";
+const ERASE_EVENTS: &str = "DELETE FROM audit_events WHERE account_id = $1";
+const ERASE_USAGE: &str = "DELETE FROM usage WHERE account_id = $1";
+const ERASE_KEYS: &str = "DELETE FROM api_keys WHERE account_id = $1";
+const ERASE_GRANTS: &str = "DELETE FROM grants WHERE account_id = $1";
+const ERASE_ACCOUNT: &str = "DELETE FROM accounts WHERE id = $1";
+
+/// Deletes a key's activity older than its `$2 + 1`-th newest row. When the key has no
+/// more rows than that, the subquery is empty, the comparison is NULL and nothing goes.
+const TRIM_ACTIVITY: &str = "DELETE FROM activity WHERE key_id = $1 AND (at, id) < \
+     (SELECT at, id FROM activity WHERE key_id = $1 ORDER BY at DESC, id DESC LIMIT 1 OFFSET $2)";
+
+/// The reason `delete_grant` records on the keys it revokes.
+const GRANT_DELETED: &str = "grant deleted";
+
+// ---------------------------------------------------------------------------------------
+// Entities to parameters and back.
+// ---------------------------------------------------------------------------------------
+
+fn to_json<T: Serialize + ?Sized>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(format!("unserializable value: {e}")))
+}
+
+fn secret_params(s: &StoredSecret) -> [Param; 3] {
+    [
+        s.scheme.as_str().into(),
+        s.lookup.as_str().into(),
+        s.hash.as_str().into(),
+    ]
+}
+
+fn decode_secret<R: RowGet>(r: &R, prefix: &str) -> StoreResult<StoredSecret> {
+    Ok(StoredSecret {
+        scheme: r.parse(&format!("{prefix}scheme"))?,
+        lookup: r.text(&format!("{prefix}lookup"))?,
+        hash: r.text(&format!("{prefix}hash"))?,
+    })
+}
+
+fn account_params(a: &Account) -> StoreResult<Vec<Param>> {
+    Ok(Vec::from(params![
+        a.id.as_str(),
+        a.name.as_str(),
+        a.plan.as_str(),
+        a.status.as_str(),
+        to_json(&a.metadata)?,
+        a.created_at,
+    ]))
+}
+
+fn decode_account<R: RowGet>(r: &R) -> StoreResult<Account> {
+    Ok(Account {
+        id: r.text("id")?,
+        name: r.text("name")?,
+        plan: r.text("plan")?,
+        status: r.parse("status")?,
+        metadata: r.json("metadata")?,
+        created_at: r.int("created_at")?,
+    })
+}
+
+fn key_params(k: &KeyRecord) -> StoreResult<Vec<Param>> {
+    let prev = k.previous.as_ref();
+    let mut p = Vec::from(params![
+        k.id.as_str(),
+        k.account_id.as_str(),
+        k.mode.as_str(),
+        k.key_type.as_str(),
+        k.name.as_str(),
+        k.description.as_str(),
+        k.owner.as_str(),
+        k.role.as_str(),
+        to_json(&k.scopes)?,
+        k.expires_at,
+        to_json(&k.ip_allowlist)?,
+        k.rate_limit.map(|r| i64::from(r.requests)),
+        k.rate_limit.map(|r| i64::from(r.per_seconds)),
+        k.enabled,
+        to_json(&k.metadata)?,
+        k.app_id.as_deref(),
+        k.grant_id.as_deref(),
+        k.prefix.as_str(),
+        k.start.as_str(),
+        k.key_hash.as_str(),
+    ]);
+    p.extend(secret_params(&k.secret));
+    p.extend(params![
+        prev.map(|p| p.secret.scheme.as_str()),
+        prev.map(|p| p.secret.lookup.as_str()),
+        prev.map(|p| p.secret.hash.as_str()),
+        prev.map(|p| p.key_hash.as_str()),
+        prev.map(|p| p.valid_until),
+        k.created_at,
+        k.last_used_at,
+        k.last_used_ip.as_deref(),
+        k.revoked_at,
+        k.revoked_reason.as_deref(),
+        k.recoverable.as_deref(),
+    ]);
+    Ok(p)
+}
+
+fn decode_key<R: RowGet>(r: &R) -> StoreResult<KeyRecord> {
+    let rate_limit = match (r.opt_int("rate_requests")?, r.opt_int("rate_per_seconds")?) {
+        (Some(requests), Some(per_seconds)) => Some(RateLimitSpec {
+            requests: narrow("rate_requests", requests)?,
+            per_seconds: narrow("rate_per_seconds", per_seconds)?,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(corrupt(
+                "rate_per_seconds",
+                "half of a rate limit is missing",
+            ))
+        }
+    };
+    let previous = match r.opt_text("prev_scheme")? {
+        None => None,
+        Some(_) => Some(PreviousSecret {
+            secret: decode_secret(r, "prev_")?,
+            key_hash: r.text("prev_key_hash")?,
+            valid_until: r.int("prev_valid_until")?,
+        }),
+    };
+    Ok(KeyRecord {
+        id: r.text("id")?,
+        account_id: r.text("account_id")?,
+        mode: r.parse("mode")?,
+        key_type: r.parse("key_type")?,
+        name: r.text("name")?,
+        description: r.text("description")?,
+        owner: r.text("owner")?,
+        role: r.parse("role")?,
+        scopes: r.json("scopes")?,
+        expires_at: r.opt_int("expires_at")?,
+        ip_allowlist: r.json("ip_allowlist")?,
+        rate_limit,
+        enabled: r.flag("enabled")?,
+        metadata: r.json("metadata")?,
+        app_id: r.opt_text("app_id")?,
+        grant_id: r.opt_text("grant_id")?,
+        prefix: r.text("prefix")?,
+        start: r.text("start")?,
+        key_hash: r.text("key_hash")?,
+        secret: decode_secret(r, "")?,
+        previous,
+        created_at: r.int("created_at")?,
+        last_used_at: r.opt_int("last_used_at")?,
+        last_used_ip: r.opt_text("last_used_ip")?,
+        revoked_at: r.opt_int("revoked_at")?,
+        revoked_reason: r.opt_text("revoked_reason")?,
+        recoverable: r.opt_text("recoverable")?,
+    })
+}
+
+fn app_params(a: &Application) -> StoreResult<Vec<Param>> {
+    let mut p = Vec::from(params![
+        a.id.as_str(),
+        a.name.as_str(),
+        a.description.as_str(),
+        a.url.as_deref(),
+        to_json(&a.scopes)?,
+    ]);
+    p.extend(secret_params(&a.production));
+    p.extend(secret_params(&a.sandbox));
+    p.push(a.created_at.into());
+    Ok(p)
+}
+
+fn decode_app<R: RowGet>(r: &R) -> StoreResult<Application> {
+    Ok(Application {
+        id: r.text("id")?,
+        name: r.text("name")?,
+        description: r.text("description")?,
+        url: r.opt_text("url")?,
+        scopes: r.json("scopes")?,
+        production: decode_secret(r, "production_")?,
+        sandbox: decode_secret(r, "sandbox_")?,
+        created_at: r.int("created_at")?,
+    })
+}
+
+fn grant_params(g: &Grant) -> StoreResult<Vec<Param>> {
+    Ok(Vec::from(params![
+        g.id.as_str(),
+        g.account_id.as_str(),
+        g.app_id.as_str(),
+        to_json(&g.scopes)?,
+        g.created_at,
+    ]))
+}
+
+fn decode_grant<R: RowGet>(r: &R) -> StoreResult<Grant> {
+    Ok(Grant {
+        id: r.text("id")?,
+        account_id: r.text("account_id")?,
+        app_id: r.text("app_id")?,
+        scopes: r.json("scopes")?,
+        created_at: r.int("created_at")?,
+    })
+}
+
+fn event_params(e: &AuditEvent) -> StoreResult<Vec<Param>> {
+    Ok(Vec::from(params![
+        e.id.as_str(),
+        e.account_id.as_deref(),
+        e.mode.map(Mode::as_str),
+        e.kind.as_str(),
+        e.actor.as_str(),
+        e.ip.as_deref(),
+        e.at,
+        to_json(&e.data)?,
+    ]))
+}
+
+fn decode_event<R: RowGet>(r: &R) -> StoreResult<AuditEvent> {
+    Ok(AuditEvent {
+        id: r.text("id")?,
+        account_id: r.opt_text("account_id")?,
+        mode: r
+            .opt_text("mode")?
+            .map(|m| parse_column("mode", &m))
+            .transpose()?,
+        kind: r.text("kind")?,
+        actor: r.text("actor")?,
+        ip: r.opt_text("ip")?,
+        at: r.int("at")?,
+        data: r.json("data")?,
+    })
+}
+
+fn activity_params(a: &Activity) -> StoreResult<Vec<Param>> {
+    Ok(Vec::from(params![
+        a.key_id.as_str(),
+        a.at,
+        a.ip.as_deref(),
+        a.method.as_str(),
+        a.path.as_str(),
+        i64::from(a.status),
+        a.code.as_str(),
+    ]))
+}
+
+fn decode_activity<R: RowGet>(r: &R) -> StoreResult<Activity> {
+    Ok(Activity {
+        key_id: r.text("key_id")?,
+        at: r.int("at")?,
+        ip: r.opt_text("ip")?,
+        method: r.text("method")?,
+        path: r.text("path")?,
+        status: r.narrow("status")?,
+        code: r.text("code")?,
+    })
+}
+
+/// A page's lower bound: the empty string sorts before every id.
+fn after(page: &Page) -> &str {
+    page.after_id.as_deref().unwrap_or("")
+}
+
+fn limit(n: u32) -> i64 {
+    i64::from(n)
+}
+
+// ---------------------------------------------------------------------------------------
+// Multi-row statements for the batched writes.
+// ---------------------------------------------------------------------------------------
+
+/// Most rows written by one multi-row statement.
+const MAX_ROWS_PER_STATEMENT: usize = 256;
+
+/// Splits `n` rows into statement sizes that are powers of two (at most
+/// [`MAX_ROWS_PER_STATEMENT`]), so a flush of any size reuses a handful of prepared
+/// statements instead of preparing a new one for every distinct row count.
+fn chunk_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let size = if n >= MAX_ROWS_PER_STATEMENT {
+            MAX_ROWS_PER_STATEMENT
+        } else {
+            1 << n.ilog2()
+        };
+        n -= size;
+        Some(size)
+    })
+}
+
+/// `($1, $2, $3), ($4, $5, $6)` for `rows` rows of `width` values.
+fn values_list(rows: usize, width: usize) -> String {
+    let mut out = String::new();
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..width {
+            let sep = if c == 0 { "" } else { ", " };
+            let _ = write!(out, "{sep}${}", r * width + c + 1);
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Runs `make(values_list)` once per chunk of `rows`, each row being `width` parameters.
+async fn run_chunked<C: Exec + ?Sized>(
+    c: &mut C,
+    width: usize,
+    rows: Vec<Vec<Param>>,
+    make: impl Fn(&str) -> String + Send + Sync,
+) -> StoreResult<()> {
+    let mut rows = rows.into_iter();
+    for size in chunk_sizes(rows.len()) {
+        let params: Vec<Param> = rows.by_ref().take(size).flatten().collect();
+        debug_assert_eq!(params.len(), size * width);
+        c.run(&make(&values_list(size, width)), &params).await?;
+    }
+    Ok(())
+}
+
+/// Records key uses; the newest use per key wins, and an older one never overwrites a
+/// newer one already stored. Keys are written in id order so concurrent flushes from
+/// several replicas lock rows in the same order.
+async fn write_touches<C: Exec + ?Sized>(c: &mut C, touches: &[KeyTouch]) -> StoreResult<()> {
+    let mut newest: BTreeMap<&str, &KeyTouch> = BTreeMap::new();
+    for t in touches {
+        let slot = newest.entry(t.key_id.as_str()).or_insert(t);
+        if t.at >= slot.at {
+            *slot = t;
+        }
+    }
+    let rows = newest
+        .values()
+        .map(|t| Vec::from(params![t.key_id.as_str(), t.at, t.ip.as_deref()]))
+        .collect();
+    run_chunked(c, 3, rows, |values| {
+        format!(
+            "UPDATE api_keys SET last_used_at = v.column2, last_used_ip = v.column3 \
+             FROM (VALUES {values}) AS v \
+             WHERE api_keys.id = v.column1 \
+             AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at <= v.column2)"
+        )
+    })
+    .await
+}
+
+/// Appends activity rows, then trims every key they touched to its newest
+/// `retain_per_key` rows. A retention of 0 means no trimming (it is what a batch built
+/// with `..Default::default()` carries, and keeping nothing is never what a caller that
+/// appends rows wants).
+async fn write_activity<C: Exec + ?Sized>(
+    c: &mut C,
+    rows: &[Activity],
+    retain_per_key: u32,
+) -> StoreResult<()> {
+    let values = rows
+        .iter()
+        .map(activity_params)
+        .collect::<StoreResult<_>>()?;
+    let head = format!(
+        "INSERT INTO activity ({}) VALUES ",
+        ACTIVITY.columns.join(", ")
+    );
+    run_chunked(c, ACTIVITY.columns.len(), values, |v| format!("{head}{v}")).await?;
+    if retain_per_key > 0 {
+        let keys: std::collections::BTreeSet<&str> =
+            rows.iter().map(|a| a.key_id.as_str()).collect();
+        for key in keys {
+            c.run(TRIM_ACTIVITY, &params![key, limit(retain_per_key - 1)])
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds usage increments. Deltas for the same counter are summed first: one statement may
+/// not upsert a row twice (PostgreSQL refuses), and sorted counters lock in a fixed order.
+async fn write_usage<C: Exec + ?Sized>(c: &mut C, deltas: &[UsageDelta]) -> StoreResult<()> {
+    let mut sums: BTreeMap<(&str, Mode, &str, Millis), u64> = BTreeMap::new();
+    for d in deltas {
+        let key = (
+            d.account_id.as_str(),
+            d.mode,
+            d.unit.as_str(),
+            d.period_start,
+        );
+        let sum = sums.entry(key).or_insert(0);
+        *sum = sum.checked_add(d.amount).ok_or_else(usage_overflow)?;
+    }
+    let rows = sums
+        .into_iter()
+        .map(|((account, mode, unit, start), amount)| {
+            let amount = i64::try_from(amount).map_err(|_| usage_overflow())?;
+            Ok(Vec::from(params![
+                account,
+                mode.as_str(),
+                unit,
+                start,
+                amount
+            ]))
+        })
+        .collect::<StoreResult<_>>()?;
+    run_chunked(c, 5, rows, |values| {
+        format!(
+            "INSERT INTO usage (account_id, mode, unit, period_start, used) VALUES {values} \
+             ON CONFLICT (account_id, mode, unit, period_start) \
+             DO UPDATE SET used = usage.used + excluded.used"
+        )
+    })
+    .await
+}
+
+fn usage_overflow() -> StoreError {
+    StoreError::Database("a usage increment exceeds the storable range".into())
+}
+
+/// Appends audit events. An event whose id is already stored is skipped: ids are fresh
+/// ULIDs, so a repeated id means the same event delivered again (the batched writer
+/// retries a batch whose commit it could not confirm), and failing on it would wedge that
+/// retry forever.
+async fn write_events<C: Exec + ?Sized>(c: &mut C, events: &[AuditEvent]) -> StoreResult<()> {
+    let values = events
+        .iter()
+        .map(event_params)
+        .collect::<StoreResult<_>>()?;
+    let head = format!(
+        "INSERT INTO audit_events ({}) VALUES ",
+        EVENTS.columns.join(", ")
+    );
+    run_chunked(c, EVENTS.columns.len(), values, |v| {
+        format!("{head}{v} ON CONFLICT (id) DO NOTHING")
+    })
+    .await
+}
+
+/// The statement and parameters for an event listing, with only the clauses the filter
+/// needs so each shape uses the best index.
+fn events_query(f: &EventFilter) -> (String, Vec<Param>) {
+    let mut sql = format!("{} WHERE 1 = 1", SQL.event_select);
+    let mut params: Vec<Param> = Vec::new();
+    // Adds a parameter and returns its placeholder.
+    let mut bind = |value: Param| {
+        params.push(value);
+        format!("${}", params.len())
+    };
+    if let Some(account) = &f.account_id {
+        let _ = write!(sql, " AND account_id = {}", bind(account.as_str().into()));
+    }
+    if let Some(mode) = f.mode {
+        let p = bind(mode.as_str().into());
+        if f.include_modeless {
+            let _ = write!(sql, " AND (mode = {p} OR mode IS NULL)");
+        } else {
+            let _ = write!(sql, " AND mode = {p}");
+        }
+    }
+    if let Some(kind) = &f.kind {
+        match kind
+            .strip_suffix('*')
+            .filter(|family| family.ends_with('.'))
+        {
+            // `key.*` matches `key.created` but not `keys.x`: the family keeps its dot. A
+            // prefix comparison (rather than LIKE) needs no escaping and is case-sensitive
+            // on both databases.
+            Some(family) => {
+                let p = bind(family.into());
+                let _ = write!(sql, " AND substr(kind, 1, length({p})) = {p}");
+            }
+            None => {
+                let _ = write!(sql, " AND kind = {}", bind(kind.as_str().into()));
+            }
+        }
+    }
+    if let Some(since) = f.since {
+        let _ = write!(sql, " AND at >= {}", bind(since.into()));
+    }
+    if let Some(before) = &f.before_id {
+        let _ = write!(sql, " AND id < {}", bind(before.as_str().into()));
+    }
+    let _ = write!(
+        sql,
+        " ORDER BY id DESC LIMIT {}",
+        bind(limit(f.limit).into())
+    );
+    (sql, params)
+}
+
+// ---------------------------------------------------------------------------------------
+// The backend interface and the shared Store implementation.
+// ---------------------------------------------------------------------------------------
+
+/// What a SQL backend provides; everything else is shared.
+pub(crate) trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// The sqlx driver.
+    type Db: Database<Connection = Self::Conn>;
+    /// One connection of that driver.
+    type Conn: Exec + sqlx::Connection<Database = Self::Db>;
+    /// The statement that opens a write transaction. SQLite takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so a transaction that reads then writes can never fail to
+    /// upgrade its lock halfway.
+    const BEGIN_WRITE: &'static str;
+    /// A statement (bound to an account id) that serialises writers on one account until
+    /// the transaction ends, when the write transaction alone does not already do so.
+    const LOCK_ACCOUNT: Option<&'static str>;
+    /// The pool reads are served from.
+    fn reader(&self) -> &Pool<Self::Db>;
+    /// The pool writes go through.
+    fn writer(&self) -> &Pool<Self::Db>;
+}
+
+/// A connection for reads.
+async fn read<B: Backend>(b: &B) -> StoreResult<PoolConnection<B::Db>> {
+    b.reader().acquire().await.map_err(db_error)
+}
+
+/// A write transaction; dropping it without [`commit`] rolls it back.
+async fn write<B: Backend>(b: &B) -> StoreResult<Transaction<'static, B::Db>> {
+    b.writer()
+        .begin_with(B::BEGIN_WRITE)
+        .await
+        .map_err(db_error)
+}
+
+async fn commit<DB: Database>(tx: Transaction<'static, DB>) -> StoreResult<()> {
+    tx.commit().await.map_err(db_error)
+}
+
+/// Runs one statement in its own write transaction and returns the rows it changed.
+async fn write_one<B: Backend>(b: &B, sql: &str, params: &[Param]) -> StoreResult<u64> {
+    let mut tx = write(b).await?;
+    let n = tx.run(sql, params).await?;
+    commit(tx).await?;
+    Ok(n)
+}
+
+/// `NotFound` when a statement changed nothing.
+fn found(changed: u64) -> StoreResult<()> {
+    if changed == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
+async fn lock_account<B: Backend>(tx: &mut B::Conn, account_id: &str) -> StoreResult<()> {
+    if let Some(sql) = B::LOCK_ACCOUNT {
+        tx.run(sql, &params![account_id]).await?;
+    }
+    Ok(())
+}
+
+/// Inserts a key, first checking the account's active keys against `max_active` when
+/// given. Both paths take the account lock, so a key cannot slip in while its account is
+/// being erased (the erasure would then fail on the new key's reference).
+async fn insert_key<B: Backend>(
+    b: &B,
+    key: &KeyRecord,
+    max_active: Option<u64>,
+) -> StoreResult<()> {
+    let values = key_params(key)?;
+    let mut tx = write(b).await?;
+    lock_account::<B>(&mut tx, &key.account_id).await?;
+    if let Some(max_active) = max_active {
+        let p = params![key.account_id.as_str()];
+        let active = count(&mut *tx, COUNT_ACTIVE_KEYS, &p).await?;
+        if u64::try_from(active).unwrap_or(0) >= max_active {
+            return Err(StoreError::LimitReached { max_active });
+        }
+    }
+    tx.run(&SQL.key_insert, &values).await?;
+    commit(tx).await
+}
+
+#[async_trait]
+impl<B: Backend> Store for B {
+    async fn ping(&self) -> StoreResult<()> {
+        read(self).await?.run("SELECT 1", &[]).await.map(drop)
+    }
+
+    async fn create_account(&self, account: &Account) -> StoreResult<()> {
+        write_one(self, &SQL.account_insert, &account_params(account)?)
+            .await
+            .map(drop)
+    }
+
+    async fn get_account(&self, id: &str) -> StoreResult<Option<Account>> {
+        let mut c = read(self).await?;
+        first(&mut *c, &SQL.account_get, &params![id], decode_account).await
+    }
+
+    async fn list_accounts(&self, page: &Page) -> StoreResult<Vec<Account>> {
+        let mut c = read(self).await?;
+        let p = params![after(page), limit(page.limit)];
+        all(&mut *c, &SQL.account_list, &p, decode_account).await
+    }
+
+    async fn update_account(&self, account: &Account) -> StoreResult<()> {
+        let p = ACCOUNTS.update_params(account_params(account)?);
+        found(write_one(self, &SQL.account_update, &p).await?)
+    }
+
+    async fn erase_account(&self, id: &str) -> StoreResult<ErasureCounts> {
+        let mut tx = write(self).await?;
+        lock_account::<B>(&mut tx, id).await?;
+        let p = params![id];
+        if count(&mut *tx, ACCOUNT_EXISTS, &p).await? == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let counts = ErasureCounts {
+            deleted_activity: tx.run(ERASE_ACTIVITY, &p).await?,
+            deleted_events: tx.run(ERASE_EVENTS, &p).await?,
+            deleted_usage: tx.run(ERASE_USAGE, &p).await?,
+            deleted_api_keys: tx.run(ERASE_KEYS, &p).await?,
+            deleted_grants: tx.run(ERASE_GRANTS, &p).await?,
+            deleted_accounts: tx.run(ERASE_ACCOUNT, &p).await?,
+        };
+        commit(tx).await?;
+        Ok(counts)
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()> {
+        insert_key(self, key, None).await
+    }
+
+    async fn insert_key_limited(&self, key: &KeyRecord, max_active: u64) -> StoreResult<()> {
+        insert_key(self, key, Some(max_active)).await
+    }
+
+    async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRecord>> {
+        let mut c = read(self).await?;
+        first(&mut *c, &SQL.key_get, &params![id], decode_key).await
+    }
+
+    async fn get_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<KeyRecord>> {
+        let mut c = read(self).await?;
+        first(&mut *c, &SQL.key_by_hash, &params![key_hash], decode_key).await
+    }
+
+    async fn find_keys_by_lookup(&self, lookup: &str) -> StoreResult<Vec<KeyRecord>> {
+        let mut c = read(self).await?;
+        all(&mut *c, &SQL.key_by_lookup, &params![lookup], decode_key).await
+    }
+
+    async fn list_keys(
+        &self,
+        account_id: &str,
+        mode: Option<Mode>,
+        page: &Page,
+    ) -> StoreResult<Vec<KeyRecord>> {
+        let mut c = read(self).await?;
+        let mut p = Vec::from(params![account_id, after(page), limit(page.limit)]);
+        let sql = match mode {
+            Some(m) => {
+                p.push(m.as_str().into());
+                &SQL.key_list_mode
+            }
+            None => &SQL.key_list,
+        };
+        all(&mut *c, sql, &p, decode_key).await
+    }
+
+    async fn count_active_keys(&self, account_id: &str) -> StoreResult<u64> {
+        let mut c = read(self).await?;
+        let n = count(&mut *c, COUNT_ACTIVE_KEYS, &params![account_id]).await?;
+        narrow("n", n)
+    }
+
+    async fn update_key(&self, key: &KeyRecord) -> StoreResult<()> {
+        let p = KEYS.update_params(key_params(key)?);
+        found(write_one(self, &SQL.key_update, &p).await?)
+    }
+
+    async fn touch_keys(&self, touches: &[KeyTouch]) -> StoreResult<()> {
+        if touches.is_empty() {
+            return Ok(());
+        }
+        let mut tx = write(self).await?;
+        write_touches(&mut *tx, touches).await?;
+        commit(tx).await
+    }
+
+    async fn create_app(&self, app: &Application) -> StoreResult<()> {
+        write_one(self, &SQL.app_insert, &app_params(app)?)
+            .await
+            .map(drop)
+    }
+
+    async fn get_app(&self, id: &str) -> StoreResult<Option<Application>> {
+        let mut c = read(self).await?;
+        first(&mut *c, &SQL.app_get, &params![id], decode_app).await
+    }
+
+    async fn list_apps(&self, page: &Page) -> StoreResult<Vec<Application>> {
+        let mut c = read(self).await?;
+        let p = params![after(page), limit(page.limit)];
+        all(&mut *c, &SQL.app_list, &p, decode_app).await
+    }
+
+    async fn update_app(&self, app: &Application) -> StoreResult<()> {
+        let p = APPS.update_params(app_params(app)?);
+        found(write_one(self, &SQL.app_update, &p).await?)
+    }
+
+    async fn create_grant(&self, grant: &Grant) -> StoreResult<()> {
+        write_one(self, &SQL.grant_insert, &grant_params(grant)?)
+            .await
+            .map(drop)
+    }
+
+    async fn get_grant(&self, id: &str) -> StoreResult<Option<Grant>> {
+        let mut c = read(self).await?;
+        first(&mut *c, &SQL.grant_get, &params![id], decode_grant).await
+    }
+
+    async fn list_grants(&self, account_id: &str) -> StoreResult<Vec<Grant>> {
+        let mut c = read(self).await?;
+        all(&mut *c, &SQL.grant_list, &params![account_id], decode_grant).await
+    }
+
+    async fn delete_grant(&self, id: &str, at: Millis) -> StoreResult<Vec<KeyRecord>> {
+        let mut tx = write(self).await?;
+        if count(&mut *tx, GRANT_EXISTS, &params![id]).await? == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.run(REVOKE_GRANT_KEYS, &params![id, at, GRANT_DELETED])
+            .await?;
+        let keys = all(&mut *tx, &SQL.key_by_grant, &params![id], decode_key).await?;
+        tx.run(DELETE_GRANT, &params![id]).await?;
+        commit(tx).await?;
+        Ok(keys)
+    }
+
+    async fn append_events(&self, events: &[AuditEvent]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = write(self).await?;
+        write_events(&mut *tx, events).await?;
+        commit(tx).await
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<AuditEvent>> {
+        let (sql, p) = events_query(filter);
+        let mut c = read(self).await?;
+        all(&mut *c, &sql, &p, decode_event).await
+    }
+
+    async fn append_activity(&self, rows: &[Activity], retain_per_key: u32) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = write(self).await?;
+        write_activity(&mut *tx, rows, retain_per_key).await?;
+        commit(tx).await
+    }
+
+    async fn list_activity(&self, key_id: &str, limit: u32) -> StoreResult<Vec<Activity>> {
+        let mut c = read(self).await?;
+        let p = params![key_id, i64::from(limit)];
+        all(&mut *c, &SQL.activity_list, &p, decode_activity).await
+    }
+
+    async fn write_batch(&self, batch: &WriteBatch) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = write(self).await?;
+        write_touches(&mut *tx, &batch.touches).await?;
+        write_activity(&mut *tx, &batch.activity, batch.activity_retain_per_key).await?;
+        write_usage(&mut *tx, &batch.usage).await?;
+        write_events(&mut *tx, &batch.events).await?;
+        commit(tx).await
+    }
+
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut tx = write(self).await?;
+        write_usage(&mut *tx, deltas).await?;
+        commit(tx).await
+    }
+
+    async fn get_usage(
+        &self,
+        account_id: &str,
+        mode: Mode,
+        unit: &str,
+        period_start: Millis,
+    ) -> StoreResult<u64> {
+        let mut c = read(self).await?;
+        let p = params![account_id, mode.as_str(), unit, period_start];
+        match first(&mut *c, GET_USAGE, &p, |r| r.int("n")).await? {
+            Some(n) => narrow("used", n),
+            None => Ok(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_powers_of_two_and_cover_every_row() {
+        for n in 0..1000 {
+            let sizes: Vec<usize> = chunk_sizes(n).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            assert!(sizes
+                .iter()
+                .all(|s| s.is_power_of_two() && *s <= MAX_ROWS_PER_STATEMENT));
+        }
+    }
+
+    #[test]
+    fn values_lists_number_parameters_row_by_row() {
+        assert_eq!(values_list(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+
+    #[test]
+    fn updates_bind_the_key_then_the_mutable_columns() {
+        assert_eq!(
+            ACCOUNTS.update(),
+            "UPDATE accounts SET name = $2, plan = $3, status = $4, metadata = $5 WHERE id = $1"
+        );
+        let p = ACCOUNTS.update_params(params!["a", "n", "p", "s", "{}", 1_i64].into());
+        assert_eq!(p, params!["a", "n", "p", "s", "{}"]);
+        // Every placeholder an update names has a parameter, and none is left over.
+        for table in [&ACCOUNTS, &KEYS, &APPS] {
+            let n = table.columns.iter().filter(|c| table.updatable(c)).count() + 1;
+            assert!(table.update().contains(&format!("${n} ")));
+            assert!(!table.update().contains(&format!("${}", n + 1)));
+        }
+    }
+
+    #[test]
+    fn event_filters_number_their_placeholders_in_order() {
+        let f = EventFilter {
+            account_id: Some("acc_1".into()),
+            mode: Some(Mode::Test),
+            include_modeless: true,
+            kind: Some("key.*".into()),
+            since: Some(5),
+            before_id: Some("evt_9".into()),
+            limit: 10,
+        };
+        let (sql, p) = events_query(&f);
+        assert!(sql.contains("account_id = $1"));
+        assert!(sql.contains("(mode = $2 OR mode IS NULL)"));
+        assert!(sql.contains("substr(kind, 1, length($3)) = $3"));
+        assert!(sql.contains("at >= $4"));
+        assert!(sql.contains("id < $5"));
+        assert!(sql.ends_with("LIMIT $6"));
+        assert_eq!(p, params!["acc_1", "test", "key.", 5_i64, "evt_9", 10_i64]);
+    }
+}

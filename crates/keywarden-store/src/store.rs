@@ -1,0 +1,237 @@
+//! The one interface to everything Keywarden remembers (SPEC §3, §12).
+//!
+//! Two implementations live beside it: [`crate::sqlite::SqliteStore`] (the embedded
+//! default) and [`crate::postgres::PgStore`]. Both pass the same behavioural suite.
+//! The request path never calls a method that writes: writes on that path go through the
+//! batched [`crate::writer`], and reads are served by the [`crate::cache`] whenever possible.
+
+use async_trait::async_trait;
+use keywarden_core::model::{
+    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode,
+};
+use serde::Serialize;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was broken (e.g. an id or lookup value already exists).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The account already has `max_active` active keys.
+    #[error("the plan allows at most {max_active} active keys")]
+    LimitReached {
+        /// The limit that was hit.
+        max_active: u64,
+    },
+    /// The database failed or could not be reached.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A stored value could not be decoded (corrupt row or unknown enum value).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+/// Shorthand for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which audit events to list, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    /// Only this account's events.
+    pub account_id: Option<String>,
+    /// Only events of this mode (events without a mode are included for any mode filter
+    /// only when `include_modeless` is set).
+    pub mode: Option<Mode>,
+    /// Also return account-level events that have no mode.
+    pub include_modeless: bool,
+    /// Only events of this type (`key.created`), or of this family when it ends with `.*`.
+    pub kind: Option<String>,
+    /// Only events at or after this instant.
+    pub since: Option<Millis>,
+    /// Only events with an id lexically smaller than this (paging: pass the last id seen).
+    pub before_id: Option<String>,
+    /// At most this many (the caller caps it).
+    pub limit: u32,
+}
+
+/// Paging through keys or accounts, ordered by id ascending (ids are ULIDs, so by age).
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    /// Only ids strictly greater than this.
+    pub after_id: Option<String>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// A usage increment for one account, mode, unit and period.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct UsageDelta {
+    /// The consuming account.
+    pub account_id: String,
+    /// Live or test usage are counted apart.
+    pub mode: Mode,
+    /// The unit (`requests`, `words`, …).
+    pub unit: String,
+    /// Start of the period (UTC day or month) in Unix milliseconds.
+    pub period_start: Millis,
+    /// How much was consumed.
+    pub amount: u64,
+}
+
+/// A successful use of a key, for `last_used_at` / `last_used_ip`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyTouch {
+    /// The key used.
+    pub key_id: String,
+    /// When.
+    pub at: Millis,
+    /// From where.
+    pub ip: Option<String>,
+}
+
+/// Everything the background writer flushes at once, written in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct WriteBatch {
+    /// Key uses (`last_used_at`, `last_used_ip`); unknown key ids are ignored.
+    pub touches: Vec<KeyTouch>,
+    /// Activity rows.
+    pub activity: Vec<Activity>,
+    /// Keep at most this many newest activity rows per key touched by `activity`.
+    pub activity_retain_per_key: u32,
+    /// Usage increments (added to existing counters).
+    pub usage: Vec<UsageDelta>,
+    /// Audit events raised on the request path (e.g. `key.ip_denied`).
+    pub events: Vec<AuditEvent>,
+}
+
+impl WriteBatch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.touches.is_empty()
+            && self.activity.is_empty()
+            && self.usage.is_empty()
+            && self.events.is_empty()
+    }
+}
+
+/// What an account erasure removed, per kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ErasureCounts {
+    /// Accounts deleted (0 or 1).
+    pub deleted_accounts: u64,
+    /// Keys deleted.
+    pub deleted_api_keys: u64,
+    /// Audit events deleted.
+    pub deleted_events: u64,
+    /// Activity rows deleted.
+    pub deleted_activity: u64,
+    /// Usage counters deleted.
+    pub deleted_usage: u64,
+    /// Grants deleted.
+    pub deleted_grants: u64,
+}
+
+/// Everything Keywarden remembers, behind one async interface.
+///
+/// Implementations must make each method atomic; methods that read then write
+/// (`insert_key_limited`, `delete_grant`, `erase_account`) run in one transaction that takes
+/// the write lock up front (SQLite `BEGIN IMMEDIATE`).
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Is the database reachable? Used by `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // ---- accounts ----
+
+    /// Inserts a new account. `Conflict` if the id exists.
+    async fn create_account(&self, account: &Account) -> StoreResult<()>;
+    /// The account with this id.
+    async fn get_account(&self, id: &str) -> StoreResult<Option<Account>>;
+    /// Accounts by id ascending.
+    async fn list_accounts(&self, page: &Page) -> StoreResult<Vec<Account>>;
+    /// Replaces name, plan, status and metadata. `NotFound` if absent.
+    async fn update_account(&self, account: &Account) -> StoreResult<()>;
+    /// Deletes the account and everything of it (keys, events, activity, usage, grants),
+    /// in one transaction. `NotFound` if absent.
+    async fn erase_account(&self, id: &str) -> StoreResult<ErasureCounts>;
+
+    // ---- keys ----
+
+    /// Inserts a key. `Conflict` if its id or lookup value exists.
+    async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()>;
+    /// Inserts a key unless its account already has `max_active` or more active
+    /// (not revoked) keys, counted and inserted in one transaction.
+    async fn insert_key_limited(&self, key: &KeyRecord, max_active: u64) -> StoreResult<()>;
+    /// The key with this id.
+    async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRecord>>;
+    /// The key whose current fingerprint (`sha256_…`) is this.
+    async fn get_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<KeyRecord>>;
+    /// Keys whose current or previous (rotated-out) secret has this lookup value: one
+    /// indexed query whatever the number of keys. Usually zero or one row; slow-hash lookup
+    /// segments can in principle collide, so the caller verifies each.
+    async fn find_keys_by_lookup(&self, lookup: &str) -> StoreResult<Vec<KeyRecord>>;
+    /// An account's keys (of one mode, when given), by id ascending, revoked ones included.
+    async fn list_keys(
+        &self,
+        account_id: &str,
+        mode: Option<Mode>,
+        page: &Page,
+    ) -> StoreResult<Vec<KeyRecord>>;
+    /// Number of active (not revoked) keys of the account, all modes.
+    async fn count_active_keys(&self, account_id: &str) -> StoreResult<u64>;
+    /// Replaces every mutable field of the key (everything but id, account, mode, type,
+    /// created_at). `NotFound` if absent.
+    async fn update_key(&self, key: &KeyRecord) -> StoreResult<()>;
+    /// Records successful uses (`last_used_at`, `last_used_ip`), in one transaction.
+    /// Unknown key ids are ignored (the key may have been erased meanwhile).
+    async fn touch_keys(&self, touches: &[KeyTouch]) -> StoreResult<()>;
+
+    // ---- applications and grants ----
+
+    /// Inserts an application.
+    async fn create_app(&self, app: &Application) -> StoreResult<()>;
+    /// The application with this id.
+    async fn get_app(&self, id: &str) -> StoreResult<Option<Application>>;
+    /// Applications by id ascending.
+    async fn list_apps(&self, page: &Page) -> StoreResult<Vec<Application>>;
+    /// Replaces name, description, url, scopes and both stored secrets.
+    async fn update_app(&self, app: &Application) -> StoreResult<()>;
+    /// Inserts a grant.
+    async fn create_grant(&self, grant: &Grant) -> StoreResult<()>;
+    /// The grant with this id.
+    async fn get_grant(&self, id: &str) -> StoreResult<Option<Grant>>;
+    /// An account's grants.
+    async fn list_grants(&self, account_id: &str) -> StoreResult<Vec<Grant>>;
+    /// Deletes the grant and revokes (at `at`, reason "grant deleted") every key made under
+    /// it, in one transaction; returns the keys as they are after revocation so the caller
+    /// can invalidate its caches. `NotFound` if absent.
+    async fn delete_grant(&self, id: &str, at: Millis) -> StoreResult<Vec<KeyRecord>>;
+
+    // ---- audit, activity, usage ----
+
+    /// Appends audit events (append-only), in one transaction.
+    async fn append_events(&self, events: &[AuditEvent]) -> StoreResult<()>;
+    /// Audit events matching the filter, newest first.
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<AuditEvent>>;
+    /// Appends activity rows, in one transaction, keeping at most `retain_per_key` newest rows
+    /// per key touched.
+    async fn append_activity(&self, rows: &[Activity], retain_per_key: u32) -> StoreResult<()>;
+    /// A key's most recent activity, newest first.
+    async fn list_activity(&self, key_id: &str, limit: u32) -> StoreResult<Vec<Activity>>;
+    /// Writes a whole batch (touches, activity, usage, events) in one transaction: either all
+    /// of it lands or none of it does.
+    async fn write_batch(&self, batch: &WriteBatch) -> StoreResult<()>;
+    /// Adds usage increments (upsert-and-add), in one transaction.
+    async fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()>;
+    /// Usage of an account for one mode, unit and period start (0 when none).
+    async fn get_usage(
+        &self,
+        account_id: &str,
+        mode: Mode,
+        unit: &str,
+        period_start: Millis,
+    ) -> StoreResult<u64>;
+}

@@ -1,0 +1,723 @@
+//! The verification engine: finds the key for a presented token through the cache, checks
+//! its secret, gathers the facts and runs the pure decision of `keywarden_core::decision`,
+//! then the limits. The HTTP service and the tower layer both call [`Verifier::verify`], so
+//! a key behaves the same wherever it is checked.
+//!
+//! On a cache hit nothing here touches the database: the key, its account and its
+//! application come from memory, and what must be remembered (last use, activity, usage,
+//! `key.ip_denied` incidents) goes to the batched [`Writer`].
+
+use crate::cache::{KeyCache, KeyResolver};
+use crate::limiter::{Limiter, QuotaKey};
+use crate::store::{KeyTouch, Store, StoreResult, UsageDelta};
+use crate::writer::Writer;
+use keywarden_core::codes::Code;
+use keywarden_core::decision::{
+    authorize, check_app_secret, limit_verdict, AppSecretCheck, CompiledKey, Denial, Facts,
+    KeyLookup, Requirement, SecretMatch,
+};
+use keywarden_core::hashing::{sha256_hex, SecretHasher};
+use keywarden_core::ip::lockout_bucket;
+use keywarden_core::limits::{Period, QuotaOutcome, QuotaSpec, RateLimit, RateOutcome};
+use keywarden_core::model::{
+    new_id, Account, Activity, Application, AuditEvent, KeyRecord, Mode, StoredSecret,
+};
+use keywarden_core::scopes::{ScopeCatalog, ScopeSet};
+use keywarden_core::template::{KeyTemplate, ParsedToken};
+use keywarden_core::{ct_eq, Clock, Secret};
+use moka::sync::Cache;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// The limits of one plan, compiled from config.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PlanLimits {
+    /// Active keys allowed (`Some(0)` = no API keys; `None` = unlimited).
+    pub max_keys: Option<u64>,
+    /// Per-key rate limit unless the key overrides it.
+    pub rate: Option<RateLimit>,
+    /// Requests in flight per key through the gateway.
+    pub concurrency: Option<u32>,
+    /// Quotas per unit and period.
+    pub quotas: Vec<QuotaSpec>,
+    /// Feature flags.
+    pub features: Vec<String>,
+}
+
+/// Everything the verifier needs, compiled once at startup.
+#[derive(Debug)]
+pub struct VerifierConfig {
+    /// `server.api_enabled`.
+    pub api_enabled: bool,
+    /// The template new keys use; tried first on verify.
+    pub template: KeyTemplate,
+    /// Older templates still accepted on verify.
+    pub legacy_templates: Vec<KeyTemplate>,
+    /// Hashing of secrets.
+    pub hasher: SecretHasher,
+    /// The scope catalog.
+    pub catalog: Arc<ScopeCatalog>,
+    /// Whether keys bound to an application need its secret too.
+    pub app_secret_required: bool,
+    /// Full-access tokens that belong to no account.
+    pub global_keys: Vec<Secret>,
+    /// Plans by name.
+    pub plans: BTreeMap<String, PlanLimits>,
+    /// The plan of accounts whose plan is unknown.
+    pub default_plan: String,
+    /// How long a successful slow-hash check is remembered.
+    pub slow_hash_ttl: Duration,
+    /// How many slow-hash checks may run at once.
+    pub slow_hash_concurrency: usize,
+    /// How long accounts and applications are cached (local writes invalidate at once).
+    pub record_ttl: Duration,
+}
+
+/// What a caller asks about one request.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyRequest<'a> {
+    /// The presented token, if any.
+    pub token: Option<&'a str>,
+    /// The presented application secret, if any.
+    pub app_secret: Option<&'a str>,
+    /// The client IP, if known.
+    pub client_ip: Option<IpAddr>,
+    /// The mode of the object touched, if the request touches one.
+    pub object_mode: Option<Mode>,
+    /// Scopes that are all required.
+    pub scopes_all: Option<&'a ScopeSet>,
+    /// Scopes of which one is required.
+    pub scopes_any: Option<&'a ScopeSet>,
+    /// The request can never be allowed (a denying route).
+    pub impossible: bool,
+    /// Quota consumption by unit.
+    pub cost: &'a [(String, u64)],
+    /// Original method, for the activity log.
+    pub method: &'a str,
+    /// Original path, for the activity log.
+    pub path: &'a str,
+}
+
+/// The verdict and what a caller needs to act on it.
+#[derive(Clone, Debug)]
+pub struct VerifyOutcome {
+    /// `valid` or why not.
+    pub code: Code,
+    /// Seconds until a retry may succeed (429s).
+    pub retry_after: Option<u64>,
+    /// The key, when one was found and its secret matched.
+    pub key: Option<Arc<CompiledKey>>,
+    /// Its account.
+    pub account: Option<Arc<Account>>,
+    /// Rate-limit figures, when a rate limit applies.
+    pub rate: Option<RateOutcome>,
+    /// The rate limit that applied.
+    pub rate_limit: Option<RateLimit>,
+    /// Quota figures for each unit consumed.
+    pub quotas: Vec<QuotaOutcome>,
+    /// The request used a configured global key (full access, no account).
+    pub global: bool,
+}
+
+impl VerifyOutcome {
+    fn deny(d: Denial) -> Self {
+        VerifyOutcome {
+            code: d.code,
+            retry_after: d.retry_after,
+            key: None,
+            account: None,
+            rate: None,
+            rate_limit: None,
+            quotas: Vec::new(),
+            global: false,
+        }
+    }
+
+    /// Whether the request is allowed.
+    pub fn is_valid(&self) -> bool {
+        self.code == Code::Valid
+    }
+}
+
+/// The candidates a lookup value resolves to (usually one key).
+type Candidates = Arc<Vec<Arc<CompiledKey>>>;
+
+/// The verification engine. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Verifier {
+    cfg: VerifierConfig,
+    store: Arc<dyn Store>,
+    keys: KeyResolver<Candidates>,
+    accounts: Cache<String, Arc<Account>>,
+    apps: Cache<String, Arc<Application>>,
+    /// SHA-256 of a token → the slow hash it was verified against.
+    slow_ok: Cache<[u8; 32], Arc<str>>,
+    slow_gate: Arc<Semaphore>,
+    limiter: Limiter,
+    writer: Writer,
+    clock: Arc<dyn Clock>,
+}
+
+impl Verifier {
+    /// Assembles a verifier.
+    pub fn new(
+        cfg: VerifierConfig,
+        store: Arc<dyn Store>,
+        cache: KeyCache<Candidates>,
+        limiter: impl Into<Limiter>,
+        writer: Writer,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let limiter = limiter.into();
+        let ttl = cfg.record_ttl;
+        Verifier {
+            keys: KeyResolver::new(store.clone(), cache),
+            accounts: Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(ttl)
+                .build(),
+            apps: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            slow_ok: Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(cfg.slow_hash_ttl)
+                .build(),
+            slow_gate: Arc::new(Semaphore::new(cfg.slow_hash_concurrency.max(1))),
+            cfg,
+            store,
+            limiter,
+            writer,
+            clock,
+        }
+    }
+
+    /// The compiled configuration.
+    pub fn config(&self) -> &VerifierConfig {
+        &self.cfg
+    }
+
+    /// The store behind the verifier.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The batched writer.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// The limiter (shared through Redis when configured).
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// Cached key lookups: (known keys, known-unknown lookups).
+    pub fn cache_entries(&self) -> (u64, u64) {
+        let c = self.keys.cache();
+        c.run_pending_tasks();
+        (c.entry_count(), c.negative_entry_count())
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The plan limits of `plan` (the default plan's when unknown).
+    pub fn plan(&self, plan: &str) -> PlanLimits {
+        self.cfg
+            .plans
+            .get(plan)
+            .or_else(|| self.cfg.plans.get(&self.cfg.default_plan))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Drops every cached trace of a key (call after any write to it).
+    pub fn invalidate_key(&self, key: &KeyRecord) {
+        let mut lookups: Vec<&str> = vec![key.secret.lookup.as_str()];
+        if let Some(p) = &key.previous {
+            lookups.push(p.secret.lookup.as_str());
+        }
+        self.keys.cache().invalidate(&lookups);
+    }
+
+    /// Drops the cached account (call after any write to it).
+    pub fn invalidate_account(&self, account_id: &str) {
+        self.accounts.invalidate(account_id);
+    }
+
+    /// Drops the cached application (call after any write to it).
+    pub fn invalidate_app(&self, app_id: &str) {
+        self.apps.invalidate(app_id);
+    }
+
+    /// Drops every cached key (after an account erasure, which may touch many keys).
+    pub fn invalidate_all_keys(&self) {
+        self.keys.cache().invalidate_all();
+    }
+
+    /// The account, from memory when cached.
+    pub async fn account(&self, id: &str) -> StoreResult<Option<Arc<Account>>> {
+        if let Some(a) = self.accounts.get(id) {
+            return Ok(Some(a));
+        }
+        let found = self.store.get_account(id).await?.map(Arc::new);
+        if let Some(a) = &found {
+            self.accounts.insert(id.to_string(), a.clone());
+        }
+        Ok(found)
+    }
+
+    async fn app(&self, id: &str) -> StoreResult<Option<Arc<Application>>> {
+        if let Some(a) = self.apps.get(id) {
+            return Ok(Some(a));
+        }
+        let found = self.store.get_app(id).await?.map(Arc::new);
+        if let Some(a) = &found {
+            self.apps.insert(id.to_string(), a.clone());
+        }
+        Ok(found)
+    }
+
+    /// Parses a token with the current template, then the legacy ones.
+    pub fn parse<'t>(&self, token: &'t str) -> Option<ParsedToken<'t>> {
+        std::iter::once(&self.cfg.template)
+            .chain(self.cfg.legacy_templates.iter())
+            .find_map(|t| t.parse(token).ok())
+    }
+
+    fn compile(&self, records: Vec<KeyRecord>) -> Option<Candidates> {
+        if records.is_empty() {
+            return None;
+        }
+        let catalog = &self.cfg.catalog;
+        Some(Arc::new(
+            records
+                .into_iter()
+                .map(|r| Arc::new(CompiledKey::compile(r, catalog)))
+                .collect(),
+        ))
+    }
+
+    /// Finds the key a token belongs to and which of its secrets matched.
+    async fn find(
+        &self,
+        token: &str,
+        parsed: &ParsedToken<'_>,
+    ) -> StoreResult<Option<(Arc<CompiledKey>, SecretMatch)>> {
+        let segment = parsed.lookup_segment();
+        let current = self.cfg.hasher.lookup(token, segment);
+        let build = |records: Vec<KeyRecord>| self.compile(records);
+        if let Some(cands) = self.keys.resolve(&current, build).await? {
+            if let Some(hit) = self.match_secret(token, &current, &cands).await {
+                return Ok(Some(hit));
+            }
+            return Ok(None);
+        }
+        if self.cfg.hasher.is_slow() {
+            return Ok(None);
+        }
+        // A miss under the current pepper: try the previous ones, and re-hash a hit.
+        for old in self.cfg.hasher.lookups(token, segment).into_iter().skip(1) {
+            let build = |records: Vec<KeyRecord>| self.compile(records);
+            if let Some(cands) = self.keys.resolve(&old, build).await? {
+                if let Some(hit) = self.match_secret(token, &old, &cands).await {
+                    self.rehash_later(token, parsed, &hit.0.record, hit.1);
+                    return Ok(Some(hit));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Re-hashes a secret found under a previous pepper, off the request path.
+    fn rehash_later(&self, token: &str, parsed: &ParsedToken<'_>, rec: &KeyRecord, m: SecretMatch) {
+        let Ok(stored) = self
+            .cfg
+            .hasher
+            .store(&Secret::new(token), parsed.lookup_segment())
+        else {
+            return;
+        };
+        let store = self.store.clone();
+        let id = rec.id.clone();
+        let cache = self.keys.cache().clone();
+        // The new lookup too: the request that found the key missed it and cached the miss.
+        let old_lookups: Vec<String> = std::iter::once(rec.secret.lookup.clone())
+            .chain(rec.previous.as_ref().map(|p| p.secret.lookup.clone()))
+            .chain(std::iter::once(stored.lookup.clone()))
+            .collect();
+        tokio::spawn(async move {
+            let Ok(Some(mut fresh)) = store.get_key(&id).await else {
+                return;
+            };
+            match m {
+                SecretMatch::Current => fresh.secret = stored,
+                SecretMatch::Previous => match fresh.previous.as_mut() {
+                    Some(p) => p.secret = stored,
+                    None => return,
+                },
+            }
+            if store.update_key(&fresh).await.is_ok() {
+                let refs: Vec<&str> = old_lookups.iter().map(String::as_str).collect();
+                cache.invalidate(&refs);
+            }
+        });
+    }
+
+    async fn match_secret(
+        &self,
+        token: &str,
+        lookup: &str,
+        cands: &Candidates,
+    ) -> Option<(Arc<CompiledKey>, SecretMatch)> {
+        for cand in cands.iter() {
+            let rec = &cand.record;
+            let pairs = std::iter::once((&rec.secret, SecretMatch::Current)).chain(
+                rec.previous
+                    .as_ref()
+                    .map(|p| (&p.secret, SecretMatch::Previous)),
+            );
+            for (stored, which) in pairs {
+                if self.secret_matches(token, lookup, stored).await {
+                    return Some((cand.clone(), which));
+                }
+            }
+        }
+        None
+    }
+
+    async fn secret_matches(&self, token: &str, lookup: &str, stored: &StoredSecret) -> bool {
+        if stored.hash.is_empty() {
+            // Fast schemes: the lookup value is the digest itself.
+            return ct_eq(stored.lookup.as_bytes(), lookup.as_bytes());
+        }
+        let digest = sha256_bytes(token);
+        if let Some(h) = self.slow_ok.get(&digest) {
+            if ct_eq(h.as_bytes(), stored.hash.as_bytes()) {
+                return true;
+            }
+        }
+        let Ok(_permit) = self.slow_gate.acquire().await else {
+            return false;
+        };
+        let hasher = self.cfg.hasher.clone();
+        let token_owned = Secret::new(token);
+        let stored_owned = stored.clone();
+        let ok =
+            tokio::task::spawn_blocking(move || hasher.verify(token_owned.expose(), &stored_owned))
+                .await
+                .unwrap_or(false);
+        if ok {
+            self.slow_ok.insert(digest, Arc::from(stored.hash.as_str()));
+        }
+        ok
+    }
+
+    /// Verifies one request: the whole of SPEC §8.
+    pub async fn verify(&self, req: &VerifyRequest<'_>) -> VerifyOutcome {
+        let now = self.clock.now_ms();
+        let bucket = req.client_ip.map(lockout_bucket);
+        let locked_out = match &bucket {
+            Some(b) => self.limiter.locked(b, now).await,
+            None => None,
+        };
+
+        // Global keys: full access, no account, checked in constant time.
+        if let Some(token) = req.token {
+            if self.cfg.api_enabled
+                && locked_out.is_none()
+                && self
+                    .cfg
+                    .global_keys
+                    .iter()
+                    .any(|g| ct_eq(g.expose().as_bytes(), token.as_bytes()))
+            {
+                let mut out = VerifyOutcome::deny(Denial::new(Code::Valid));
+                out.global = true;
+                return out;
+            }
+        }
+
+        let found = match req.token.filter(|t| !t.is_empty()) {
+            None => Ok(None),
+            Some(token) => match self.parse(token) {
+                None => Ok(None),
+                Some(parsed) => match self.find(token, &parsed).await {
+                    Ok(Some((key, m))) if tags_match(&parsed, &key.record) => Ok(Some((key, m))),
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(e),
+                },
+            },
+        };
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "key lookup failed");
+                return VerifyOutcome::deny(Denial::new(Code::ServiceUnavailable));
+            }
+        };
+        let key_lookup = match (&found, req.token.filter(|t| !t.is_empty())) {
+            (_, None) => KeyLookup::Missing,
+            (None, Some(_)) => KeyLookup::Invalid,
+            (Some((k, m)), Some(_)) => KeyLookup::Found {
+                key: k,
+                matched: *m,
+            },
+        };
+
+        let mut account = None;
+        let mut app_check = AppSecretCheck::NotRequired;
+        if let Some((key, _)) = &found {
+            match self.account(&key.record.account_id).await {
+                Ok(a) => account = a,
+                Err(e) => {
+                    tracing::error!(error = %e, "account lookup failed");
+                    return VerifyOutcome::deny(Denial::new(Code::ServiceUnavailable));
+                }
+            }
+            if self.cfg.app_secret_required {
+                if let Some(app_id) = &key.record.app_id {
+                    let app = self.app(app_id).await.ok().flatten();
+                    app_check = check_app_secret(
+                        &self.cfg.hasher,
+                        app.as_deref(),
+                        key.record.mode,
+                        req.app_secret,
+                    );
+                }
+            }
+        }
+
+        let required = if req.impossible {
+            Requirement::Impossible
+        } else if let Some(all) = req.scopes_all {
+            Requirement::All(all)
+        } else if let Some(any) = req.scopes_any {
+            Requirement::Any(any)
+        } else {
+            Requirement::None
+        };
+        let facts = Facts {
+            api_enabled: self.cfg.api_enabled,
+            locked_out,
+            key: key_lookup,
+            account_status: account.as_ref().map(|a| a.status),
+            app_secret: app_check,
+            client_ip: req.client_ip,
+            object_mode: req.object_mode,
+            required,
+            now_ms: now,
+        };
+        // Both an `all` and an `any` requirement may be given; the second is checked here.
+        let mut verdict = authorize(&facts);
+        if verdict.is_ok() && req.scopes_all.is_some() {
+            if let (Some(any), Some((key, _))) = (req.scopes_any, &found) {
+                if !any.is_empty() && !key.scopes.contains_any(any) {
+                    verdict = Err(Denial::new(Code::InsufficientScope));
+                }
+            }
+        }
+
+        if let Err(denial) = verdict {
+            if denial.code.counts_toward_lockout() {
+                if let Some(b) = bucket {
+                    self.limiter.fail(&b, now).await;
+                }
+            }
+            let mut out = VerifyOutcome::deny(denial);
+            if let Some((key, _)) = found {
+                self.record_use(&key.record, req, &out, now, false);
+                if denial.code == Code::IpNotAllowed {
+                    self.writer.event(AuditEvent {
+                        id: new_id("evt"),
+                        account_id: Some(key.record.account_id.clone()),
+                        mode: Some(key.record.mode),
+                        kind: "key.ip_denied".into(),
+                        actor: key.record.id.clone(),
+                        ip: req.client_ip.map(|i| i.to_string()),
+                        at: now,
+                        data: serde_json::json!({ "key_id": key.record.id }),
+                    });
+                }
+                out.key = Some(key);
+                out.account = account;
+            }
+            return out;
+        }
+
+        let Some((key, _)) = found else {
+            return VerifyOutcome::deny(Denial::new(Code::InvalidApiKey));
+        };
+        let Some(account) = account else {
+            return VerifyOutcome::deny(Denial::new(Code::InvalidApiKey));
+        };
+        let plan = self.plan(&account.plan);
+        let rate_limit = key
+            .record
+            .rate_limit
+            .map(|r| RateLimit {
+                limit: r.requests,
+                window_ms: u64::from(r.per_seconds) * 1000,
+            })
+            .or(plan.rate);
+        let rate = match rate_limit {
+            Some(l) => Some(self.limiter.rate(&key.record.id, l, 1, now).await),
+            None => None,
+        };
+        let mut quotas = Vec::new();
+        if rate.as_ref().is_none_or(|r| r.allowed) {
+            match self
+                .consume_quotas(&account, key.record.mode, &plan, req.cost, now)
+                .await
+            {
+                Ok(q) => quotas = q,
+                Err(e) => {
+                    tracing::error!(error = %e, "quota lookup failed");
+                    return VerifyOutcome::deny(Denial::new(Code::ServiceUnavailable));
+                }
+            }
+        }
+        let verdict = limit_verdict(rate.as_ref(), true, &quotas);
+        let mut out = match verdict {
+            Ok(()) => VerifyOutcome::deny(Denial::new(Code::Valid)),
+            Err(d) => VerifyOutcome::deny(d),
+        };
+        out.rate = rate;
+        out.rate_limit = rate_limit;
+        out.quotas = quotas;
+        self.record_use(&key.record, req, &out, now, out.is_valid());
+        out.key = Some(key);
+        out.account = Some(account);
+        out
+    }
+
+    /// Consumes quota for the request: the explicit `cost` units, and one `requests` unit
+    /// when the plan has a `requests` quota. Nothing is consumed unless all allow it.
+    async fn consume_quotas(
+        &self,
+        account: &Account,
+        mode: Mode,
+        plan: &PlanLimits,
+        cost: &[(String, u64)],
+        now: i64,
+    ) -> StoreResult<Vec<QuotaOutcome>> {
+        let mut items: Vec<(QuotaKey, &QuotaSpec, u64)> = Vec::new();
+        for spec in &plan.quotas {
+            let explicit = cost.iter().find(|(u, _)| *u == spec.unit).map(|(_, n)| *n);
+            let amount = match explicit {
+                Some(n) => n,
+                None if spec.unit == "requests" => 1,
+                None => continue,
+            };
+            let (start, _) = spec.period.bounds(now);
+            let qk = QuotaKey {
+                account_id: account.id.clone(),
+                mode,
+                unit: spec.unit.clone(),
+                period_start: start,
+            };
+            items.push((qk, spec, amount));
+        }
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outcomes = self
+            .limiter
+            .consume_quotas(self.store.as_ref(), &items, now)
+            .await?;
+        if outcomes.iter().all(|o| o.allowed) {
+            for (qk, _, amount) in items {
+                self.writer.usage(UsageDelta {
+                    account_id: qk.account_id,
+                    mode: qk.mode,
+                    unit: qk.unit,
+                    period_start: qk.period_start,
+                    amount,
+                });
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Loads a quota counter's stored value into the in-process state the first time it is
+    /// used in this process.
+    pub async fn ensure_quota_loaded(&self, qk: &QuotaKey) -> StoreResult<()> {
+        self.limiter.load_local(self.store.as_ref(), qk).await
+    }
+
+    /// The units used so far in a quota counter's period (shared through Redis when
+    /// configured).
+    pub async fn quota_used(&self, qk: &QuotaKey, period: Period) -> StoreResult<u64> {
+        let now = self.clock.now_ms();
+        self.limiter
+            .quota_used(self.store.as_ref(), qk, period, now)
+            .await
+    }
+
+    /// Counts usage reported after the fact against a quota counter (never refused). The
+    /// caller persists it in the store afterwards.
+    pub async fn add_usage(&self, qk: &QuotaKey, period: Period, amount: u64) -> StoreResult<()> {
+        let now = self.clock.now_ms();
+        self.limiter
+            .add_usage(self.store.as_ref(), qk, period, amount, now)
+            .await
+    }
+
+    fn record_use(
+        &self,
+        rec: &KeyRecord,
+        req: &VerifyRequest<'_>,
+        out: &VerifyOutcome,
+        now: i64,
+        success: bool,
+    ) {
+        let ip = req.client_ip.map(|i| i.to_string());
+        if success {
+            self.writer.touch(KeyTouch {
+                key_id: rec.id.clone(),
+                at: now,
+                ip: ip.clone(),
+            });
+        }
+        self.writer.activity(Activity {
+            key_id: rec.id.clone(),
+            at: now,
+            ip,
+            method: truncate(req.method, 16),
+            path: truncate(req.path, 512),
+            status: out.code.status(),
+            code: out.code.as_str().to_string(),
+        });
+    }
+}
+
+/// The template's mode and type tags, when present, must agree with the record: a token
+/// re-tagged by hand is not the key that was issued.
+fn tags_match(parsed: &ParsedToken<'_>, rec: &KeyRecord) -> bool {
+    parsed.mode.is_none_or(|m| m == rec.mode) && parsed.key_type.is_none_or(|t| t == rec.key_type)
+}
+
+fn sha256_bytes(token: &str) -> [u8; 32] {
+    let hex = sha256_hex(token.as_bytes());
+    let mut out = [0u8; 32];
+    let _ = hex::decode_to_slice(hex, &mut out);
+    out
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}

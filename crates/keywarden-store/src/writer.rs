@@ -1,0 +1,508 @@
+//! The background writer that keeps database writes off the request path (SPEC §12, §14).
+//!
+//! The request path hands what it must remember to a [`Writer`] with calls that neither wait
+//! nor fail: key uses (`last_used_at` / `last_used_ip`), activity rows, usage increments and
+//! request-path audit events such as `key.ip_denied`. A task started by [`Writer::spawn`]
+//! writes them every `flush_interval` (at most one second), or sooner once `max_batch`
+//! records are waiting, each batch as one [`Store::write_batch`] transaction.
+//!
+//! What is kept while waiting:
+//! - key uses coalesce per key (the latest use wins) and usage increments coalesce per
+//!   account, mode, unit and period (amounts are summed), so neither grows with traffic, only
+//!   with the number of distinct keys and counters, and neither is ever dropped;
+//! - audit events are kept until written, however many;
+//! - activity rows go to a bounded queue: when it is full, new rows are dropped and counted
+//!   ([`Writer::dropped_activity`]), because activity is a convenience and memory is not.
+//!
+//! A failed write keeps its batch and is retried with a growing delay (capped at
+//! [`MAX_BACKOFF`]); the request path is unaffected and keeps queueing. A write that failed
+//! after its transaction had in fact committed (a connection lost on commit) is written again
+//! on retry, so delivery is at least once.
+//!
+//! Durability: [`WriterHandle::shutdown`] writes everything pending before it returns, so a
+//! graceful restart loses nothing. After a crash (or a kill), at most one flush interval of
+//! usage increments, key uses, activity and request-path events may be missing: whatever
+//! was queued since the last successful flush. While the database refuses writes, that is
+//! everything queued since it began to, which [`Writer::pending`] shows.
+
+use crate::cache::duplicate;
+use crate::store::{KeyTouch, Store, StoreError, StoreResult, UsageDelta, WriteBatch};
+use keywarden_core::model::{Activity, AuditEvent, Millis, Mode};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Longest flush interval accepted: `last_used_at` is promised at most a second late, and
+/// the interval bounds what a crash can lose.
+pub const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// First delay before retrying a failed write; it doubles on each further failure.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Longest delay between retries of a failed write, so a recovered database is used again
+/// within seconds.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How the writer batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterConfig {
+    /// How often pending records are written. Values above [`MAX_FLUSH_INTERVAL`] are
+    /// lowered to it: this interval bounds both how stale `last_used_at` is and what a crash
+    /// can lose.
+    pub flush_interval: Duration,
+    /// Most records per transaction; reaching it also triggers a flush before the interval
+    /// ends, so a burst is written promptly in bounded transactions.
+    pub max_batch: usize,
+    /// Most activity rows queued for the next flush; further rows are dropped and counted,
+    /// so a database outage cannot grow memory through activity.
+    pub activity_queue: usize,
+    /// Newest activity rows kept per key; older ones are trimmed as new ones are written.
+    pub activity_retain_per_key: u32,
+    /// How long [`WriterHandle::shutdown`] keeps retrying a failing write before it gives up
+    /// and reports what is lost, so a dead database cannot hang a shutdown forever.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            flush_interval: MAX_FLUSH_INTERVAL,
+            max_batch: 5_000,
+            activity_queue: 100_000,
+            activity_retain_per_key: 1_000,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Identifies one usage counter, under which increments are summed while waiting.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct UsageKey {
+    account_id: String,
+    mode: Mode,
+    unit: String,
+    period_start: Millis,
+}
+
+/// Records accepted from the request path and not yet handed to the flusher.
+#[derive(Default)]
+struct Pending {
+    /// Latest use per key id: when and from where.
+    touches: HashMap<String, (Millis, Option<String>)>,
+    /// Summed increments per counter.
+    usage: HashMap<UsageKey, u64>,
+    activity: Vec<Activity>,
+    events: Vec<AuditEvent>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.touches.len() + self.usage.len() + self.activity.len() + self.events.len()
+    }
+}
+
+/// State shared by every [`Writer`] clone and the flusher task.
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Wakes the flusher when `max_batch` records are waiting.
+    full: Notify,
+    /// Records taken by the flusher and not yet written.
+    in_flight: AtomicUsize,
+    flushed_batches: AtomicU64,
+    failed_flushes: AtomicU64,
+    dropped_activity: AtomicU64,
+    max_batch: usize,
+    activity_queue: usize,
+}
+
+impl Shared {
+    /// Runs `add` on the pending records, then wakes the flusher if a batch is full.
+    fn with_pending(&self, add: impl FnOnce(&mut Pending)) {
+        let len = {
+            let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            add(&mut p);
+            p.len()
+        };
+        if len >= self.max_batch {
+            self.full.notify_one();
+        }
+    }
+
+    /// Takes every pending record, counting them as in flight.
+    fn take_all(&self) -> Pending {
+        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        self.in_flight.fetch_add(p.len(), Ordering::SeqCst);
+        std::mem::take(&mut *p)
+    }
+}
+
+/// What the flusher is asked to do besides its periodic flush.
+enum Command {
+    /// Write everything pending now and report how it went.
+    Flush(oneshot::Sender<StoreResult<()>>),
+    /// Write everything pending, then stop.
+    Shutdown,
+}
+
+/// The request path's side of the writer: cheap to clone, and every method returns at once
+/// without waiting for the database or failing.
+#[derive(Clone)]
+pub struct Writer {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("pending", &self.pending())
+            .field("flushed_batches", &self.flushed_batches())
+            .field("dropped_activity", &self.dropped_activity())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The owner's side of the writer: stops it, writing everything pending first.
+#[derive(Debug)]
+pub struct WriterHandle {
+    writer: Writer,
+    task: JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts the flusher task on the current Tokio runtime (so it must be called inside
+    /// one) and returns the request path's handle and the owner's handle.
+    pub fn spawn(store: Arc<dyn Store>, cfg: WriterConfig) -> (Writer, WriterHandle) {
+        let cfg = WriterConfig {
+            flush_interval: cfg
+                .flush_interval
+                .clamp(Duration::from_millis(1), MAX_FLUSH_INTERVAL),
+            max_batch: cfg.max_batch.max(1),
+            ..cfg
+        };
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            full: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            flushed_batches: AtomicU64::new(0),
+            failed_flushes: AtomicU64::new(0),
+            dropped_activity: AtomicU64::new(0),
+            max_batch: cfg.max_batch,
+            activity_queue: cfg.activity_queue,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let flusher = Flusher {
+            shared: shared.clone(),
+            store,
+            cfg,
+            commands: rx,
+            backlog: Backlog::default(),
+            held: None,
+        };
+        let task = tokio::spawn(flusher.run());
+        let writer = Writer {
+            shared,
+            commands: tx,
+        };
+        let handle = WriterHandle {
+            writer: writer.clone(),
+            task,
+        };
+        (writer, handle)
+    }
+
+    /// Records a successful use of a key. Uses of one key coalesce until the next flush:
+    /// the one with the latest `at` is written.
+    pub fn touch(&self, touch: KeyTouch) {
+        self.shared.with_pending(|p| {
+            let KeyTouch { key_id, at, ip } = touch;
+            match p.touches.get_mut(&key_id) {
+                Some(latest) if latest.0 > at => {}
+                Some(latest) => *latest = (at, ip),
+                None => {
+                    p.touches.insert(key_id, (at, ip));
+                }
+            }
+        });
+    }
+
+    /// Queues an activity row, or drops and counts it when the activity queue is full.
+    pub fn activity(&self, row: Activity) {
+        let queue = self.shared.activity_queue;
+        let mut dropped = false;
+        self.shared.with_pending(|p| {
+            if p.activity.len() < queue {
+                p.activity.push(row);
+            } else {
+                dropped = true;
+            }
+        });
+        if dropped {
+            self.shared.dropped_activity.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds a usage increment. Increments of one counter are summed until the next flush;
+    /// none is ever dropped.
+    pub fn usage(&self, delta: UsageDelta) {
+        if delta.amount == 0 {
+            return;
+        }
+        let UsageDelta {
+            account_id,
+            mode,
+            unit,
+            period_start,
+            amount,
+        } = delta;
+        let key = UsageKey {
+            account_id,
+            mode,
+            unit,
+            period_start,
+        };
+        self.shared.with_pending(|p| {
+            let sum = p.usage.entry(key).or_insert(0);
+            *sum = sum.saturating_add(amount);
+        });
+    }
+
+    /// Queues an audit event raised on the request path; it is never dropped.
+    pub fn event(&self, event: AuditEvent) {
+        self.shared.with_pending(|p| p.events.push(event));
+    }
+
+    /// Writes everything pending now and waits for it: for tests, and for callers that must
+    /// read their own writes. Fails with the store's error when the write fails (the batch is
+    /// kept and retried later) or when the writer has stopped.
+    pub async fn flush_now(&self) -> StoreResult<()> {
+        let stopped = || StoreError::Database("the background writer has stopped".into());
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Flush(tx))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Records accepted and not yet written (including a batch being written or retried).
+    /// Coalesced uses and increments count once per key or counter.
+    pub fn pending(&self) -> usize {
+        let queued = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        queued + self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Batches written successfully since the start.
+    pub fn flushed_batches(&self) -> u64 {
+        self.shared.flushed_batches.load(Ordering::SeqCst)
+    }
+
+    /// Failed write attempts since the start (each is retried).
+    pub fn failed_flushes(&self) -> u64 {
+        self.shared.failed_flushes.load(Ordering::SeqCst)
+    }
+
+    /// Activity rows dropped because the activity queue was full.
+    pub fn dropped_activity(&self) -> u64 {
+        self.shared.dropped_activity.load(Ordering::Relaxed)
+    }
+}
+
+impl WriterHandle {
+    /// The request path's handle of the same writer.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// Writes everything pending and stops the flusher, for a graceful shutdown. A failing
+    /// write is retried for up to `shutdown_grace`; what still could not be written then is
+    /// reported in an error log. Records handed to a [`Writer`] afterwards are not written.
+    pub async fn shutdown(self) {
+        // A send error means the flusher already stopped; waiting for it is still right.
+        let _ = self.writer.commands.send(Command::Shutdown);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the background writer ended abnormally");
+        }
+    }
+}
+
+/// Records taken from [`Pending`] and waiting to be written, in chunks of `max_batch`.
+#[derive(Default)]
+struct Backlog {
+    usage: Vec<UsageDelta>,
+    events: Vec<AuditEvent>,
+    touches: Vec<KeyTouch>,
+    activity: Vec<Activity>,
+}
+
+impl Backlog {
+    fn from_pending(p: Pending) -> Self {
+        Backlog {
+            usage: p
+                .usage
+                .into_iter()
+                .map(|(k, amount)| UsageDelta {
+                    account_id: k.account_id,
+                    mode: k.mode,
+                    unit: k.unit,
+                    period_start: k.period_start,
+                    amount,
+                })
+                .collect(),
+            events: p.events,
+            touches: p
+                .touches
+                .into_iter()
+                .map(|(key_id, (at, ip))| KeyTouch { key_id, at, ip })
+                .collect(),
+            activity: p.activity,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.usage.is_empty()
+            && self.events.is_empty()
+            && self.touches.is_empty()
+            && self.activity.is_empty()
+    }
+
+    /// Splits off at most `max` records as one batch: usage and events first, as the
+    /// records that matter most. Taken from the tail, so each chunk costs only its own size.
+    fn chunk(&mut self, max: usize, retain: u32) -> (WriteBatch, usize) {
+        let mut room = max;
+        let batch = WriteBatch {
+            usage: tail(&mut self.usage, &mut room),
+            events: tail(&mut self.events, &mut room),
+            touches: tail(&mut self.touches, &mut room),
+            activity: tail(&mut self.activity, &mut room),
+            activity_retain_per_key: retain,
+        };
+        (batch, max - room)
+    }
+}
+
+/// Splits off the last `room` items of `v` (or all of them), deducting them from `room`.
+fn tail<T>(v: &mut Vec<T>, room: &mut usize) -> Vec<T> {
+    let n = (*room).min(v.len());
+    *room -= n;
+    v.split_off(v.len() - n)
+}
+
+/// The task that writes batches.
+struct Flusher {
+    shared: Arc<Shared>,
+    store: Arc<dyn Store>,
+    cfg: WriterConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Records taken from the request path, written chunk by chunk.
+    backlog: Backlog,
+    /// The chunk being written, kept across failures until it lands, with its size.
+    held: Option<(WriteBatch, usize)>,
+}
+
+impl Flusher {
+    async fn run(mut self) {
+        let mut backoff: Option<Duration> = None;
+        let mut next = Instant::now() + self.cfg.flush_interval;
+        loop {
+            let command = tokio::select! {
+                c = self.commands.recv() => Some(c),
+                () = tokio::time::sleep_until(next) => None,
+                // A full batch flushes early, but never cuts a retry delay short.
+                () = self.shared.full.notified(), if backoff.is_none() => None,
+            };
+            let result = match command {
+                None => self.flush().await,
+                Some(Some(Command::Flush(reply))) => {
+                    let result = self.flush().await;
+                    // The asker may have given up waiting; the flush happened anyway.
+                    let _ = reply.send(result.as_ref().map_err(duplicate).copied());
+                    result
+                }
+                Some(Some(Command::Shutdown) | None) => {
+                    self.drain_for_shutdown().await;
+                    return;
+                }
+            };
+            backoff = match result {
+                Ok(()) => None,
+                Err(_) => Some(backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF))),
+            };
+            next = Instant::now() + backoff.unwrap_or(self.cfg.flush_interval);
+        }
+    }
+
+    /// Writes everything pending when it starts, one chunk of at most `max_batch` records
+    /// per transaction. On failure the failed chunk and the rest stay for the next attempt.
+    async fn flush(&mut self) -> StoreResult<()> {
+        if self.held.is_none() && self.backlog.is_empty() {
+            self.backlog = Backlog::from_pending(self.shared.take_all());
+        }
+        loop {
+            let (batch, records) = match self.held.take() {
+                Some(held) => held,
+                None if self.backlog.is_empty() => return Ok(()),
+                None => self
+                    .backlog
+                    .chunk(self.cfg.max_batch, self.cfg.activity_retain_per_key),
+            };
+            match self.store.write_batch(&batch).await {
+                Ok(()) => {
+                    self.shared.in_flight.fetch_sub(records, Ordering::SeqCst);
+                    self.shared.flushed_batches.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    self.shared.failed_flushes.fetch_add(1, Ordering::SeqCst);
+                    // The error comes from the database and names no record content.
+                    tracing::warn!(
+                        error = %e,
+                        records,
+                        "writing a batch of key uses, activity, usage and events failed; \
+                         it is kept and retried"
+                    );
+                    self.held = Some((batch, records));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Writes until nothing is pending, retrying failures until `shutdown_grace` runs out.
+    async fn drain_for_shutdown(&mut self) {
+        let deadline = Instant::now() + self.cfg.shutdown_grace;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.flush().await {
+                Ok(()) if self.pending_len() == 0 => return,
+                // More arrived while writing: write it too, without waiting.
+                Ok(()) => continue,
+                Err(_) => {}
+            }
+            if Instant::now() + backoff > deadline {
+                tracing::error!(
+                    records = self.shared.in_flight.load(Ordering::SeqCst) + self.pending_len(),
+                    "the background writer is stopping with records it could not write"
+                );
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn pending_len(&self) -> usize {
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}

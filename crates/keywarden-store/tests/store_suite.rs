@@ -1,0 +1,1290 @@
+//! The behavioural suite every [`Store`] must pass (SPEC §14: "same behaviour, same
+//! tests"). Each case is written once against `Arc<dyn Store>` and runs on a fresh SQLite
+//! file always, and on a fresh PostgreSQL database when `KEYWARDEN_TEST_DATABASE_URL` names
+//! a server (each test creates its own database and drops it afterwards, so tests can run
+//! in parallel).
+
+use keywarden_core::model::{
+    Account, AccountStatus, Activity, Application, AuditEvent, Grant, HashScheme, KeyRecord,
+    KeyType, Mode, PreviousSecret, RateLimitSpec, Role, StoredSecret,
+};
+use keywarden_store::{
+    ErasureCounts, EventFilter, KeyTouch, Page, PgStore, SqliteStore, Store, StoreError,
+    UsageDelta, WriteBatch,
+};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+
+// ---------------------------------------------------------------------------------------
+// Fixtures.
+// ---------------------------------------------------------------------------------------
+
+/// Ids in creation order. Plain ULIDs made within one millisecond sort randomly, and the
+/// paging and ordering cases need to know which object came first.
+fn new_id(prefix: &str) -> String {
+    static IDS: Mutex<ulid::Generator> = Mutex::new(ulid::Generator::new());
+    let id = IDS.lock().unwrap().generate().unwrap();
+    format!("{prefix}_{id}")
+}
+
+fn account(name: &str) -> Account {
+    Account {
+        id: new_id("acc"),
+        name: name.into(),
+        plan: "default".into(),
+        status: AccountStatus::Active,
+        metadata: json!({ "crm": { "id": 42, "tags": ["a", "b"] }, "note": "é ✓" }),
+        created_at: 1_700_000_000_000,
+    }
+}
+
+fn secret(tag: &str) -> StoredSecret {
+    StoredSecret {
+        scheme: HashScheme::HmacSha256,
+        lookup: format!("lookup_{tag}_{}", ulid::Ulid::new()),
+        hash: String::new(),
+    }
+}
+
+/// A key with every optional field empty.
+fn key(account_id: &str, mode: Mode) -> KeyRecord {
+    let id = new_id("key");
+    KeyRecord {
+        id: id.clone(),
+        account_id: account_id.into(),
+        mode,
+        key_type: KeyType::Secret,
+        name: "ci".into(),
+        description: String::new(),
+        owner: String::new(),
+        role: Role::Developer,
+        scopes: vec!["invoices:read".into()],
+        expires_at: None,
+        ip_allowlist: vec![],
+        rate_limit: None,
+        enabled: true,
+        metadata: json!({}),
+        app_id: None,
+        grant_id: None,
+        prefix: "kw_sk_live_".into(),
+        start: "kw_sk_live_abcd".into(),
+        key_hash: format!("sha256_{id}"),
+        secret: secret("cur"),
+        previous: None,
+        created_at: 1_700_000_000_000,
+        last_used_at: None,
+        last_used_ip: None,
+        revoked_at: None,
+        revoked_reason: None,
+        recoverable: None,
+    }
+}
+
+/// A key with every optional field set.
+fn full_key(account_id: &str) -> KeyRecord {
+    KeyRecord {
+        key_type: KeyType::Publishable,
+        description: "stored in the CI vault".into(),
+        owner: "ana@example.com".into(),
+        role: Role::Owner,
+        scopes: vec!["invoices:read".into(), "invoices:write".into()],
+        expires_at: Some(1_800_000_000_000),
+        ip_allowlist: vec!["10.0.0.0/8".into(), "2001:db8::1".into()],
+        rate_limit: Some(RateLimitSpec {
+            requests: 100,
+            per_seconds: 60,
+        }),
+        enabled: false,
+        metadata: json!({ "team": "billing", "n": 1.5, "list": [1, null, true] }),
+        app_id: Some("app_x".into()),
+        grant_id: Some("grt_x".into()),
+        secret: StoredSecret {
+            scheme: HashScheme::Argon2id,
+            // An 8-character segment, like the slow schemes store; the ULID's random tail
+            // keeps it distinct between keys.
+            lookup: format!("Ab3{}", &ulid::Ulid::new().to_string()[21..]),
+            hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        },
+        previous: Some(PreviousSecret {
+            secret: secret("prev"),
+            key_hash: "sha256_previous".into(),
+            valid_until: 1_700_000_600_000,
+        }),
+        last_used_at: Some(1_700_000_100_000),
+        last_used_ip: Some("192.0.2.7".into()),
+        revoked_at: Some(1_700_000_200_000),
+        revoked_reason: Some("leaked".into()),
+        recoverable: Some("nonce:ciphertext".into()),
+        ..key(account_id, Mode::Test)
+    }
+}
+
+fn app() -> Application {
+    Application {
+        id: new_id("app"),
+        name: "Zapier".into(),
+        description: "Automations".into(),
+        url: Some("https://zapier.example".into()),
+        scopes: vec!["invoices:read".into(), "clients:read".into()],
+        production: secret("prod"),
+        sandbox: StoredSecret {
+            scheme: HashScheme::Bcrypt,
+            lookup: "sandbox1".into(),
+            hash: "$2b$12$abcdefghijklmnopqrstuuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".into(),
+        },
+        created_at: 1_700_000_000_000,
+    }
+}
+
+fn grant(account_id: &str, app_id: &str) -> Grant {
+    Grant {
+        id: new_id("grt"),
+        account_id: account_id.into(),
+        app_id: app_id.into(),
+        scopes: vec!["invoices:read".into()],
+        created_at: 1_700_000_000_000,
+    }
+}
+
+fn event(account_id: Option<&str>, mode: Option<Mode>, kind: &str, at: i64) -> AuditEvent {
+    AuditEvent {
+        id: new_id("evt"),
+        account_id: account_id.map(Into::into),
+        mode,
+        kind: kind.into(),
+        actor: "root".into(),
+        ip: Some("203.0.113.9".into()),
+        at,
+        data: json!({ "key_id": "key_1", "changes": ["name"] }),
+    }
+}
+
+fn activity(key_id: &str, at: i64) -> Activity {
+    Activity {
+        key_id: key_id.into(),
+        at,
+        ip: Some("198.51.100.1".into()),
+        method: "GET".into(),
+        path: "/v1/invoices".into(),
+        status: 200,
+        code: "valid".into(),
+    }
+}
+
+fn usage(account_id: &str, mode: Mode, unit: &str, period_start: i64, amount: u64) -> UsageDelta {
+    UsageDelta {
+        account_id: account_id.into(),
+        mode,
+        unit: unit.into(),
+        period_start,
+        amount,
+    }
+}
+
+fn page(after_id: Option<&str>, limit: u32) -> Page {
+    Page {
+        after_id: after_id.map(Into::into),
+        limit,
+    }
+}
+
+async fn new_account(store: &Arc<dyn Store>) -> Account {
+    let a = account("Acme");
+    store.create_account(&a).await.unwrap();
+    a
+}
+
+fn ids<T>(items: &[T], id: impl Fn(&T) -> &str) -> Vec<String> {
+    items.iter().map(|i| id(i).to_owned()).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Cases.
+// ---------------------------------------------------------------------------------------
+
+async fn case_ping(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+}
+
+async fn case_account_round_trip(store: Arc<dyn Store>) {
+    let mut a = account("Acme");
+    store.create_account(&a).await.unwrap();
+    assert_eq!(store.get_account(&a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.get_account("acc_missing").await.unwrap(), None);
+
+    a.name = "Acme Corp".into();
+    a.plan = "pro".into();
+    a.status = AccountStatus::Suspended;
+    a.metadata = json!({ "changed": true });
+    store.update_account(&a).await.unwrap();
+    assert_eq!(store.get_account(&a.id).await.unwrap(), Some(a.clone()));
+
+    // `created_at` is fixed at creation.
+    let mut moved = a.clone();
+    moved.created_at = 1;
+    store.update_account(&moved).await.unwrap();
+    assert_eq!(
+        store.get_account(&a.id).await.unwrap().unwrap().created_at,
+        a.created_at
+    );
+
+    let missing = account("Nobody");
+    assert!(matches!(
+        store.update_account(&missing).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn case_accounts_page_by_id(store: Arc<dyn Store>) {
+    let mut made = Vec::new();
+    for i in 0..5 {
+        let a = account(&format!("A{i}"));
+        store.create_account(&a).await.unwrap();
+        made.push(a.id);
+    }
+    let first = store.list_accounts(&page(None, 2)).await.unwrap();
+    assert_eq!(ids(&first, |a| &a.id), made[..2]);
+    let rest = store
+        .list_accounts(&page(Some(&made[1]), 10))
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest, |a| &a.id), made[2..]);
+    assert!(store
+        .list_accounts(&page(None, 0))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn case_duplicate_ids_conflict(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    assert!(matches!(
+        store.create_account(&a).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    let k = key(&a.id, Mode::Live);
+    store.insert_key(&k).await.unwrap();
+    let mut same_id = key(&a.id, Mode::Live);
+    same_id.id = k.id.clone();
+    assert!(matches!(
+        store.insert_key(&same_id).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // The fingerprint identifies a token, so it is unique too.
+    let mut same_hash = key(&a.id, Mode::Live);
+    same_hash.key_hash = k.key_hash.clone();
+    match store.insert_key(&same_hash).await {
+        Err(StoreError::Conflict(msg)) => assert!(msg.contains("key_hash"), "{msg}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+
+    let p = app();
+    store.create_app(&p).await.unwrap();
+    assert!(matches!(
+        store.create_app(&p).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let g = grant(&a.id, &p.id);
+    store.create_grant(&g).await.unwrap();
+    assert!(matches!(
+        store.create_grant(&g).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn case_events_delivered_twice_are_stored_once(store: Arc<dyn Store>) {
+    // The batched writer retries a batch whose commit it could not confirm; the events in
+    // it must not fail the retry, nor be stored twice.
+    let a = new_account(&store).await;
+    let e = event(Some(&a.id), None, "account.created", 1);
+    let batch = WriteBatch {
+        events: vec![e.clone(), e.clone()],
+        usage: vec![usage(&a.id, Mode::Live, "requests", 0, 1)],
+        ..WriteBatch::default()
+    };
+    store.write_batch(&batch).await.unwrap();
+    store.write_batch(&batch).await.unwrap();
+    store.append_events(std::slice::from_ref(&e)).await.unwrap();
+    let filter = EventFilter {
+        account_id: Some(a.id.clone()),
+        limit: 10,
+        ..EventFilter::default()
+    };
+    assert_eq!(store.list_events(&filter).await.unwrap(), vec![e]);
+}
+
+async fn case_keys_need_their_account(store: Arc<dyn Store>) {
+    let k = key("acc_missing", Mode::Live);
+    assert!(matches!(
+        store.insert_key(&k).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store.get_key(&k.id).await.unwrap().is_none());
+}
+
+async fn case_key_round_trip(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let plain = key(&a.id, Mode::Live);
+    let full = full_key(&a.id);
+    store.insert_key(&plain).await.unwrap();
+    store.insert_key(&full).await.unwrap();
+    for k in [&plain, &full] {
+        assert_eq!(store.get_key(&k.id).await.unwrap().as_ref(), Some(k));
+        assert_eq!(
+            store.get_key_by_hash(&k.key_hash).await.unwrap().as_ref(),
+            Some(k)
+        );
+    }
+    assert!(store.get_key("key_missing").await.unwrap().is_none());
+    assert!(store
+        .get_key_by_hash("sha256_missing")
+        .await
+        .unwrap()
+        .is_none());
+    // The previous secret's fingerprint is not the key's fingerprint.
+    assert!(store
+        .get_key_by_hash("sha256_previous")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn case_update_key_replaces_mutable_fields(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let k = key(&a.id, Mode::Live);
+    store.insert_key(&k).await.unwrap();
+
+    // Turn the plain key into the fully populated one, keeping what may not change.
+    let mut changed = KeyRecord {
+        id: k.id.clone(),
+        account_id: k.account_id.clone(),
+        mode: k.mode,
+        key_type: k.key_type,
+        created_at: k.created_at,
+        ..full_key(&a.id)
+    };
+    store.update_key(&changed).await.unwrap();
+    assert_eq!(store.get_key(&k.id).await.unwrap(), Some(changed.clone()));
+
+    // And back to empty optionals: every `Some` can become `None` again.
+    changed = KeyRecord {
+        id: k.id.clone(),
+        key_hash: changed.key_hash.clone(),
+        ..k.clone()
+    };
+    store.update_key(&changed).await.unwrap();
+    assert_eq!(store.get_key(&k.id).await.unwrap(), Some(changed.clone()));
+
+    // Identity fields are fixed at creation.
+    let mut moved = changed.clone();
+    moved.mode = Mode::Test;
+    moved.key_type = KeyType::Publishable;
+    moved.created_at = 5;
+    store.update_key(&moved).await.unwrap();
+    assert_eq!(store.get_key(&k.id).await.unwrap(), Some(changed));
+
+    assert!(matches!(
+        store.update_key(&key(&a.id, Mode::Live)).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn case_revocation_persists(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let mut k = key(&a.id, Mode::Live);
+    store.insert_key(&k).await.unwrap();
+    assert_eq!(store.count_active_keys(&a.id).await.unwrap(), 1);
+    k.revoked_at = Some(1_700_000_999_000);
+    k.revoked_reason = Some("rotated by hand".into());
+    store.update_key(&k).await.unwrap();
+    let back = store.get_key(&k.id).await.unwrap().unwrap();
+    assert_eq!(back.revoked_at, k.revoked_at);
+    assert_eq!(back.revoked_reason, k.revoked_reason);
+    assert!(!back.is_active());
+    assert_eq!(store.count_active_keys(&a.id).await.unwrap(), 0);
+}
+
+async fn case_lookup_by_current_and_previous(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let mut k = key(&a.id, Mode::Live);
+    store.insert_key(&k).await.unwrap();
+    let other = key(&a.id, Mode::Live);
+    store.insert_key(&other).await.unwrap();
+
+    let found = store.find_keys_by_lookup(&k.secret.lookup).await.unwrap();
+    assert_eq!(found, vec![k.clone()]);
+    assert!(store
+        .find_keys_by_lookup("nothing")
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Rotate: the old secret becomes the previous one and stays findable.
+    let old = k.secret.clone();
+    k.previous = Some(PreviousSecret {
+        secret: old.clone(),
+        key_hash: k.key_hash.clone(),
+        valid_until: 1_700_000_600_000,
+    });
+    k.secret = secret("rotated");
+    k.key_hash = format!("sha256_rotated_{}", k.id);
+    store.update_key(&k).await.unwrap();
+    assert_eq!(
+        store.find_keys_by_lookup(&k.secret.lookup).await.unwrap(),
+        vec![k.clone()]
+    );
+    assert_eq!(
+        store.find_keys_by_lookup(&old.lookup).await.unwrap(),
+        vec![k.clone()]
+    );
+    assert!(store.get_key_by_hash(&k.key_hash).await.unwrap().is_some());
+}
+
+async fn case_slow_hash_lookups_may_collide(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let mut first = key(&a.id, Mode::Live);
+    first.secret = StoredSecret {
+        scheme: HashScheme::Bcrypt,
+        lookup: "AbCd1234".into(),
+        hash: "$2b$12$first".into(),
+    };
+    let mut second = key(&a.id, Mode::Live);
+    second.secret = StoredSecret {
+        hash: "$2b$12$second".into(),
+        ..first.secret.clone()
+    };
+    // A key whose previous secret has the same segment is found once, not twice.
+    let mut third = key(&a.id, Mode::Test);
+    third.secret = first.secret.clone();
+    third.previous = Some(PreviousSecret {
+        secret: first.secret.clone(),
+        key_hash: "sha256_third_old".into(),
+        valid_until: 9,
+    });
+    for k in [&first, &second, &third] {
+        store.insert_key(k).await.unwrap();
+    }
+    let found = store.find_keys_by_lookup("AbCd1234").await.unwrap();
+    let mut want = vec![first.id, second.id, third.id];
+    want.sort();
+    assert_eq!(ids(&found, |k| &k.id), want);
+}
+
+async fn case_list_keys_pages_by_mode(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let b = new_account(&store).await;
+    let mut live = Vec::new();
+    let mut all = Vec::new();
+    for i in 0..6 {
+        let mode = if i % 2 == 0 { Mode::Live } else { Mode::Test };
+        let mut k = key(&a.id, mode);
+        if i == 4 {
+            k.revoked_at = Some(1);
+        }
+        store.insert_key(&k).await.unwrap();
+        if mode == Mode::Live {
+            live.push(k.id.clone());
+        }
+        all.push(k.id);
+    }
+    store.insert_key(&key(&b.id, Mode::Live)).await.unwrap();
+
+    let everything = store
+        .list_keys(&a.id, None, &page(None, 100))
+        .await
+        .unwrap();
+    assert_eq!(ids(&everything, |k| &k.id), all);
+    let live_keys = store
+        .list_keys(&a.id, Some(Mode::Live), &page(None, 100))
+        .await
+        .unwrap();
+    // Revoked keys are listed too.
+    assert_eq!(ids(&live_keys, |k| &k.id), live);
+
+    let p1 = store.list_keys(&a.id, None, &page(None, 4)).await.unwrap();
+    let p2 = store
+        .list_keys(&a.id, None, &page(Some(&p1[3].id), 4))
+        .await
+        .unwrap();
+    assert_eq!(ids(&p1, |k| &k.id), all[..4]);
+    assert_eq!(ids(&p2, |k| &k.id), all[4..]);
+    let t = store
+        .list_keys(&a.id, Some(Mode::Test), &page(Some(&all[1]), 1))
+        .await
+        .unwrap();
+    assert_eq!(ids(&t, |k| &k.id), vec![all[3].clone()]);
+
+    assert_eq!(store.count_active_keys(&a.id).await.unwrap(), 5);
+    assert_eq!(store.count_active_keys(&b.id).await.unwrap(), 1);
+    assert_eq!(store.count_active_keys("acc_missing").await.unwrap(), 0);
+}
+
+async fn case_insert_key_limited_at_the_limit(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let other = new_account(&store).await;
+    store.insert_key(&key(&other.id, Mode::Live)).await.unwrap();
+    let mut revoked = key(&a.id, Mode::Live);
+    revoked.revoked_at = Some(1);
+    store.insert_key(&revoked).await.unwrap();
+
+    store
+        .insert_key_limited(&key(&a.id, Mode::Live), 2)
+        .await
+        .unwrap();
+    store
+        .insert_key_limited(&key(&a.id, Mode::Test), 2)
+        .await
+        .unwrap();
+    let refused = key(&a.id, Mode::Live);
+    assert!(matches!(
+        store.insert_key_limited(&refused, 2).await,
+        Err(StoreError::LimitReached { max_active: 2 })
+    ));
+    assert!(store.get_key(&refused.id).await.unwrap().is_none());
+    assert!(matches!(
+        store.insert_key_limited(&key(&a.id, Mode::Live), 0).await,
+        Err(StoreError::LimitReached { max_active: 0 })
+    ));
+    // Revoked keys and other accounts' keys never counted.
+    assert_eq!(store.count_active_keys(&a.id).await.unwrap(), 2);
+}
+
+async fn case_insert_key_limited_under_concurrency(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let store = store.clone();
+            let k = key(&a.id, Mode::Live);
+            tokio::spawn(async move { store.insert_key_limited(&k, 3).await })
+        })
+        .collect();
+    let mut landed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => landed += 1,
+            Err(StoreError::LimitReached { max_active: 3 }) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(landed, 3);
+    assert_eq!(store.count_active_keys(&a.id).await.unwrap(), 3);
+}
+
+async fn case_concurrent_writers_never_fail(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            let account_id = a.id.clone();
+            tokio::spawn(async move {
+                let k = key(&account_id, Mode::Live);
+                store.insert_key(&k).await?;
+                store
+                    .write_batch(&WriteBatch {
+                        touches: vec![KeyTouch {
+                            key_id: k.id.clone(),
+                            at: i,
+                            ip: None,
+                        }],
+                        activity: vec![activity(&k.id, i)],
+                        activity_retain_per_key: 10,
+                        usage: vec![usage(&account_id, Mode::Live, "requests", 0, 1)],
+                        events: vec![event(Some(&account_id), None, "key.created", i)],
+                    })
+                    .await?;
+                store.get_key(&k.id).await.map(drop)
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        store
+            .get_usage(&a.id, Mode::Live, "requests", 0)
+            .await
+            .unwrap(),
+        40
+    );
+}
+
+async fn case_touches_move_forward_only(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let k = key(&a.id, Mode::Live);
+    store.insert_key(&k).await.unwrap();
+    let touch = |at: i64, ip: Option<&str>| KeyTouch {
+        key_id: k.id.clone(),
+        at,
+        ip: ip.map(Into::into),
+    };
+    store
+        .touch_keys(&[
+            touch(200, Some("192.0.2.2")),
+            touch(100, Some("192.0.2.1")),
+            KeyTouch {
+                key_id: "key_erased_meanwhile".into(),
+                at: 300,
+                ip: None,
+            },
+        ])
+        .await
+        .unwrap();
+    let back = store.get_key(&k.id).await.unwrap().unwrap();
+    assert_eq!(back.last_used_at, Some(200));
+    assert_eq!(back.last_used_ip.as_deref(), Some("192.0.2.2"));
+
+    store
+        .touch_keys(&[touch(150, Some("192.0.2.9"))])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_key(&k.id).await.unwrap().unwrap().last_used_at,
+        Some(200)
+    );
+    store.touch_keys(&[touch(250, None)]).await.unwrap();
+    let back = store.get_key(&k.id).await.unwrap().unwrap();
+    assert_eq!((back.last_used_at, back.last_used_ip), (Some(250), None));
+    store.touch_keys(&[]).await.unwrap();
+}
+
+async fn case_app_round_trip(store: Arc<dyn Store>) {
+    let mut p = app();
+    store.create_app(&p).await.unwrap();
+    assert_eq!(store.get_app(&p.id).await.unwrap(), Some(p.clone()));
+    assert_eq!(store.get_app("app_missing").await.unwrap(), None);
+
+    p.name = "Zapier 2".into();
+    p.description = String::new();
+    p.url = None;
+    p.scopes = vec![];
+    p.production = secret("prod2");
+    p.sandbox = secret("sandbox2");
+    store.update_app(&p).await.unwrap();
+    assert_eq!(store.get_app(&p.id).await.unwrap(), Some(p.clone()));
+
+    let second = app();
+    store.create_app(&second).await.unwrap();
+    let listed = store.list_apps(&page(None, 10)).await.unwrap();
+    assert_eq!(
+        ids(&listed, |a| &a.id),
+        vec![p.id.clone(), second.id.clone()]
+    );
+    let after = store.list_apps(&page(Some(&p.id), 10)).await.unwrap();
+    assert_eq!(ids(&after, |a| &a.id), vec![second.id]);
+    assert!(matches!(
+        store.update_app(&app()).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn case_grant_round_trip(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let b = new_account(&store).await;
+    let p = app();
+    store.create_app(&p).await.unwrap();
+    let g1 = grant(&a.id, &p.id);
+    let g2 = grant(&a.id, &p.id);
+    let gb = grant(&b.id, &p.id);
+    for g in [&g1, &g2, &gb] {
+        store.create_grant(g).await.unwrap();
+    }
+    assert_eq!(store.get_grant(&g1.id).await.unwrap(), Some(g1.clone()));
+    assert_eq!(store.get_grant("grt_missing").await.unwrap(), None);
+    assert_eq!(store.list_grants(&a.id).await.unwrap(), vec![g1, g2]);
+    assert!(store.list_grants("acc_missing").await.unwrap().is_empty());
+    // A grant needs both its account and its application.
+    assert!(matches!(
+        store.create_grant(&grant(&a.id, "app_missing")).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn case_delete_grant_revokes_its_keys(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let p = app();
+    store.create_app(&p).await.unwrap();
+    let g = grant(&a.id, &p.id);
+    let kept = grant(&a.id, &p.id);
+    store.create_grant(&g).await.unwrap();
+    store.create_grant(&kept).await.unwrap();
+
+    let under = |grant_id: &str| {
+        let mut k = key(&a.id, Mode::Live);
+        k.app_id = Some(p.id.clone());
+        k.grant_id = Some(grant_id.into());
+        k
+    };
+    let k1 = under(&g.id);
+    let k2 = under(&g.id);
+    let mut already = under(&g.id);
+    already.revoked_at = Some(5);
+    already.revoked_reason = Some("earlier".into());
+    let other = under(&kept.id);
+    let plain = key(&a.id, Mode::Live);
+    for k in [&k1, &k2, &already, &other, &plain] {
+        store.insert_key(k).await.unwrap();
+    }
+
+    let revoked = store.delete_grant(&g.id, 1_700_000_500_000).await.unwrap();
+    let mut want = vec![k1.id.clone(), k2.id.clone(), already.id.clone()];
+    want.sort();
+    assert_eq!(ids(&revoked, |k| &k.id), want);
+    for k in &revoked {
+        assert_eq!(store.get_key(&k.id).await.unwrap().as_ref(), Some(k));
+        assert!(!k.is_active());
+    }
+    let k1_back = store.get_key(&k1.id).await.unwrap().unwrap();
+    assert_eq!(k1_back.revoked_at, Some(1_700_000_500_000));
+    assert_eq!(k1_back.revoked_reason.as_deref(), Some("grant deleted"));
+    // An earlier revocation is not rewritten.
+    let already_back = store.get_key(&already.id).await.unwrap().unwrap();
+    assert_eq!(already_back.revoked_at, Some(5));
+    assert_eq!(already_back.revoked_reason.as_deref(), Some("earlier"));
+    // Keys of other grants, and keys without a grant, are untouched.
+    assert_eq!(store.get_key(&other.id).await.unwrap(), Some(other));
+    assert_eq!(store.get_key(&plain.id).await.unwrap(), Some(plain));
+
+    assert_eq!(store.get_grant(&g.id).await.unwrap(), None);
+    assert_eq!(store.list_grants(&a.id).await.unwrap(), vec![kept]);
+    assert!(matches!(
+        store.delete_grant(&g.id, 1).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn case_event_filters(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let b = new_account(&store).await;
+    let evs = vec![
+        event(Some(&a.id), None, "account.created", 100),
+        event(Some(&a.id), Some(Mode::Live), "key.created", 200),
+        event(Some(&a.id), Some(Mode::Test), "key.created", 300),
+        event(Some(&a.id), Some(Mode::Live), "key.revoked", 400),
+        event(Some(&a.id), Some(Mode::Live), "keys.other", 450),
+        event(Some(&b.id), Some(Mode::Live), "key.created", 500),
+        event(None, None, "application.created", 600),
+    ];
+    store.append_events(&evs).await.unwrap();
+    store.append_events(&[]).await.unwrap();
+    let list = |f: EventFilter| {
+        let store = store.clone();
+        async move {
+            let got = store.list_events(&f).await.unwrap();
+            got.iter().map(|e| e.at).collect::<Vec<_>>()
+        }
+    };
+    let base = EventFilter {
+        limit: 100,
+        ..EventFilter::default()
+    };
+
+    // Newest first, every field back as written.
+    let everything = store.list_events(&base).await.unwrap();
+    let mut newest_first = evs.clone();
+    newest_first.reverse();
+    assert_eq!(everything, newest_first);
+
+    let of_a = EventFilter {
+        account_id: Some(a.id.clone()),
+        ..base.clone()
+    };
+    assert_eq!(list(of_a.clone()).await, vec![450, 400, 300, 200, 100]);
+    let live = EventFilter {
+        mode: Some(Mode::Live),
+        ..of_a.clone()
+    };
+    assert_eq!(list(live.clone()).await, vec![450, 400, 200]);
+    let live_and_modeless = EventFilter {
+        include_modeless: true,
+        ..live.clone()
+    };
+    assert_eq!(list(live_and_modeless).await, vec![450, 400, 200, 100]);
+    let exact = EventFilter {
+        kind: Some("key.created".into()),
+        ..of_a.clone()
+    };
+    assert_eq!(list(exact).await, vec![300, 200]);
+    let family = EventFilter {
+        kind: Some("key.*".into()),
+        ..of_a.clone()
+    };
+    assert_eq!(list(family.clone()).await, vec![400, 300, 200]);
+    let upper = EventFilter {
+        kind: Some("KEY.*".into()),
+        ..of_a.clone()
+    };
+    assert!(list(upper).await.is_empty());
+    let since = EventFilter {
+        since: Some(300),
+        ..family.clone()
+    };
+    assert_eq!(list(since).await, vec![400, 300]);
+    let limited = EventFilter {
+        limit: 2,
+        ..of_a.clone()
+    };
+    let first_page = store.list_events(&limited).await.unwrap();
+    assert_eq!(
+        first_page.iter().map(|e| e.at).collect::<Vec<_>>(),
+        vec![450, 400]
+    );
+    let next = EventFilter {
+        before_id: Some(first_page[1].id.clone()),
+        ..limited
+    };
+    assert_eq!(list(next).await, vec![300, 200]);
+    let nothing = EventFilter { limit: 0, ..of_a };
+    assert!(list(nothing).await.is_empty());
+}
+
+async fn case_activity_retention(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let k1 = key(&a.id, Mode::Live);
+    let k2 = key(&a.id, Mode::Live);
+    store.insert_key(&k1).await.unwrap();
+    store.insert_key(&k2).await.unwrap();
+
+    let rows: Vec<Activity> = (1..=8).map(|at| activity(&k1.id, at)).collect();
+    store.append_activity(&rows, 5).await.unwrap();
+    store
+        .append_activity(&[activity(&k2.id, 1)], 5)
+        .await
+        .unwrap();
+    let got = store.list_activity(&k1.id, 100).await.unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.at).collect::<Vec<_>>(),
+        vec![8, 7, 6, 5, 4]
+    );
+    assert_eq!(got[0], rows[7]);
+
+    // Rows arriving out of order are ranked by time, and equal times keep the later row.
+    let mut late = activity(&k1.id, 2);
+    late.status = 429;
+    late.code = "rate_limited".into();
+    let mut tie = activity(&k1.id, 8);
+    tie.path = "/v1/tie".into();
+    store
+        .append_activity(&[late, tie.clone()], 5)
+        .await
+        .unwrap();
+    let got = store.list_activity(&k1.id, 100).await.unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.at).collect::<Vec<_>>(),
+        vec![8, 8, 7, 6, 5]
+    );
+    assert_eq!(got[0], tie);
+
+    assert_eq!(store.list_activity(&k1.id, 2).await.unwrap().len(), 2);
+    // Other keys keep their own rows.
+    assert_eq!(store.list_activity(&k2.id, 100).await.unwrap().len(), 1);
+
+    // A retention of 0 trims nothing.
+    store
+        .append_activity(&[activity(&k2.id, 2), activity(&k2.id, 3)], 0)
+        .await
+        .unwrap();
+    assert_eq!(store.list_activity(&k2.id, 100).await.unwrap().len(), 3);
+    store.append_activity(&[], 1).await.unwrap();
+}
+
+async fn case_usage_accumulates_per_counter(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let day = 1_700_006_400_000;
+    store
+        .add_usage(&[
+            usage(&a.id, Mode::Live, "requests", day, 3),
+            usage(&a.id, Mode::Live, "requests", day, 4),
+            usage(&a.id, Mode::Test, "requests", day, 10),
+            usage(&a.id, Mode::Live, "words", day, 1000),
+            usage(&a.id, Mode::Live, "requests", day + 86_400_000, 1),
+        ])
+        .await
+        .unwrap();
+    store
+        .add_usage(&[usage(&a.id, Mode::Live, "requests", day, 5)])
+        .await
+        .unwrap();
+    store.add_usage(&[]).await.unwrap();
+    let get = |mode, unit: &'static str, start| {
+        let store = store.clone();
+        let id = a.id.clone();
+        async move { store.get_usage(&id, mode, unit, start).await.unwrap() }
+    };
+    assert_eq!(get(Mode::Live, "requests", day).await, 12);
+    assert_eq!(get(Mode::Test, "requests", day).await, 10);
+    assert_eq!(get(Mode::Live, "words", day).await, 1000);
+    assert_eq!(get(Mode::Live, "requests", day + 86_400_000).await, 1);
+    assert_eq!(get(Mode::Test, "words", day).await, 0);
+    assert_eq!(get(Mode::Live, "requests", 0).await, 0);
+
+    // Big counters keep every unit.
+    let big = u64::from(u32::MAX) * 4;
+    store
+        .add_usage(&[usage(&a.id, Mode::Live, "bytes", day, big)])
+        .await
+        .unwrap();
+    assert_eq!(get(Mode::Live, "bytes", day).await, big);
+}
+
+async fn case_write_batch_lands_whole(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let k = key(&a.id, Mode::Live);
+    store.insert_key(&k).await.unwrap();
+    let ev = event(Some(&a.id), Some(Mode::Live), "key.ip_denied", 10);
+    let batch = WriteBatch {
+        touches: vec![KeyTouch {
+            key_id: k.id.clone(),
+            at: 10,
+            ip: Some("192.0.2.1".into()),
+        }],
+        activity: (0..300).map(|i| activity(&k.id, i)).collect(),
+        activity_retain_per_key: 200,
+        usage: vec![usage(&a.id, Mode::Live, "requests", 0, 2)],
+        events: vec![ev.clone()],
+    };
+    store.write_batch(&batch).await.unwrap();
+    assert_eq!(
+        store.get_key(&k.id).await.unwrap().unwrap().last_used_at,
+        Some(10)
+    );
+    let recent = store.list_activity(&k.id, 1000).await.unwrap();
+    assert_eq!(recent.len(), 200);
+    assert_eq!(recent[0].at, 299);
+    assert_eq!(recent[199].at, 100);
+    assert_eq!(
+        store
+            .get_usage(&a.id, Mode::Live, "requests", 0)
+            .await
+            .unwrap(),
+        2
+    );
+    let filter = EventFilter {
+        account_id: Some(a.id.clone()),
+        limit: 10,
+        ..EventFilter::default()
+    };
+    assert_eq!(store.list_events(&filter).await.unwrap(), vec![ev.clone()]);
+
+    // A batch with one bad part (a usage total beyond what a counter can hold) writes none
+    // of its parts, though the touches and activity before it were fine.
+    let failing = WriteBatch {
+        touches: vec![KeyTouch {
+            key_id: k.id.clone(),
+            at: 20,
+            ip: None,
+        }],
+        activity: vec![activity(&k.id, 1000)],
+        activity_retain_per_key: 200,
+        usage: vec![
+            usage(&a.id, Mode::Live, "requests", 0, 5),
+            usage(&a.id, Mode::Live, "words", 0, u64::MAX),
+        ],
+        events: vec![event(Some(&a.id), None, "key.updated", 20)],
+    };
+    assert!(matches!(
+        store.write_batch(&failing).await,
+        Err(StoreError::Database(_))
+    ));
+    assert_eq!(
+        store.get_key(&k.id).await.unwrap().unwrap().last_used_at,
+        Some(10)
+    );
+    assert_eq!(store.list_activity(&k.id, 1).await.unwrap()[0].at, 299);
+    assert_eq!(
+        store
+            .get_usage(&a.id, Mode::Live, "requests", 0)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.list_events(&filter).await.unwrap(), vec![ev]);
+    store.write_batch(&WriteBatch::default()).await.unwrap();
+}
+
+async fn case_erase_account_removes_everything_of_it(store: Arc<dyn Store>) {
+    let p = app();
+    store.create_app(&p).await.unwrap();
+    // Two accounts with the same kinds of data; only the first is erased.
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let a = new_account(&store).await;
+        let g = grant(&a.id, &p.id);
+        store.create_grant(&g).await.unwrap();
+        let keys = [
+            key(&a.id, Mode::Live),
+            key(&a.id, Mode::Test),
+            full_key(&a.id),
+        ];
+        for k in &keys {
+            store.insert_key(k).await.unwrap();
+        }
+        store
+            .write_batch(&WriteBatch {
+                touches: vec![],
+                activity: vec![
+                    activity(&keys[0].id, 1),
+                    activity(&keys[0].id, 2),
+                    activity(&keys[1].id, 3),
+                ],
+                activity_retain_per_key: 10,
+                usage: vec![
+                    usage(&a.id, Mode::Live, "requests", 0, 1),
+                    usage(&a.id, Mode::Test, "requests", 0, 1),
+                ],
+                events: vec![
+                    event(Some(&a.id), None, "account.created", 1),
+                    event(Some(&a.id), Some(Mode::Live), "key.created", 2),
+                    event(Some(&a.id), Some(Mode::Test), "key.created", 3),
+                    event(Some(&a.id), Some(Mode::Live), "key.ip_denied", 4),
+                ],
+            })
+            .await
+            .unwrap();
+        made.push((a, g, keys));
+    }
+    let (gone, gone_grant, gone_keys) = &made[0];
+    let (kept, kept_grant, kept_keys) = &made[1];
+
+    let counts = store.erase_account(&gone.id).await.unwrap();
+    assert_eq!(
+        counts,
+        ErasureCounts {
+            deleted_accounts: 1,
+            deleted_api_keys: 3,
+            deleted_events: 4,
+            deleted_activity: 3,
+            deleted_usage: 2,
+            deleted_grants: 1,
+        }
+    );
+
+    assert_eq!(store.get_account(&gone.id).await.unwrap(), None);
+    assert!(store
+        .list_keys(&gone.id, None, &page(None, 100))
+        .await
+        .unwrap()
+        .is_empty());
+    for k in gone_keys {
+        assert_eq!(store.get_key(&k.id).await.unwrap(), None);
+        assert_eq!(store.get_key_by_hash(&k.key_hash).await.unwrap(), None);
+        assert!(store
+            .find_keys_by_lookup(&k.secret.lookup)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store.list_activity(&k.id, 100).await.unwrap().is_empty());
+    }
+    assert_eq!(store.get_grant(&gone_grant.id).await.unwrap(), None);
+    assert!(store.list_grants(&gone.id).await.unwrap().is_empty());
+    let events_of = |id: &str| EventFilter {
+        account_id: Some(id.into()),
+        limit: 100,
+        ..EventFilter::default()
+    };
+    assert!(store
+        .list_events(&events_of(&gone.id))
+        .await
+        .unwrap()
+        .is_empty());
+    for mode in [Mode::Live, Mode::Test] {
+        assert_eq!(
+            store
+                .get_usage(&gone.id, mode, "requests", 0)
+                .await
+                .unwrap(),
+            0
+        );
+    }
+
+    // The other account is untouched.
+    assert_eq!(
+        store.get_account(&kept.id).await.unwrap(),
+        Some(kept.clone())
+    );
+    let listed = store
+        .list_keys(&kept.id, None, &page(None, 100))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+    for k in kept_keys {
+        assert_eq!(store.get_key(&k.id).await.unwrap().as_ref(), Some(k));
+    }
+    assert_eq!(
+        store
+            .list_activity(&kept_keys[0].id, 100)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        store.list_grants(&kept.id).await.unwrap(),
+        vec![kept_grant.clone()]
+    );
+    assert_eq!(
+        store.list_events(&events_of(&kept.id)).await.unwrap().len(),
+        4
+    );
+    assert_eq!(
+        store
+            .get_usage(&kept.id, Mode::Test, "requests", 0)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.get_app(&p.id).await.unwrap().is_some());
+
+    assert!(matches!(
+        store.erase_account(&gone.id).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+// ---------------------------------------------------------------------------------------
+// Backends.
+// ---------------------------------------------------------------------------------------
+
+/// A fresh SQLite file store; the directory lives as long as the returned guard.
+async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_file(&dir.path().join("keywarden.db"))
+        .await
+        .unwrap();
+    (Arc::new(store), dir)
+}
+
+/// A PostgreSQL database created for one test and dropped when the guard goes, even when
+/// the test fails.
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // The test's runtime may be shutting down; a runtime of its own always works.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let pool = sqlx::PgPool::connect(&admin_url).await?;
+                    sqlx::query(&sql).execute(&pool).await?;
+                    pool.close().await;
+                    Ok::<_, sqlx::Error>(())
+                })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// The same server URL with another database name.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// A store on a fresh PostgreSQL database, or `None` when no server is configured.
+async fn pg_store() -> Option<(Arc<dyn Store>, PgDatabase)> {
+    let admin_url = std::env::var("KEYWARDEN_TEST_DATABASE_URL").ok()?;
+    let name = format!("kw_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let guard = PgDatabase {
+        admin_url: admin_url.clone(),
+        name: name.clone(),
+    };
+    let store = PgStore::open(&with_database(&admin_url, &name))
+        .await
+        .unwrap();
+    Some((Arc::new(store), guard))
+}
+
+/// Runs every case on both backends, one `#[tokio::test]` per case and backend.
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let (store, _dir) = super::sqlite_store().await;
+                    super::$case(store).await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some((store, _db)) = super::pg_store().await else {
+                        eprintln!("KEYWARDEN_TEST_DATABASE_URL is not set: skipping");
+                        return;
+                    };
+                    super::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    case_ping,
+    case_account_round_trip,
+    case_accounts_page_by_id,
+    case_duplicate_ids_conflict,
+    case_events_delivered_twice_are_stored_once,
+    case_keys_need_their_account,
+    case_key_round_trip,
+    case_update_key_replaces_mutable_fields,
+    case_revocation_persists,
+    case_lookup_by_current_and_previous,
+    case_slow_hash_lookups_may_collide,
+    case_list_keys_pages_by_mode,
+    case_insert_key_limited_at_the_limit,
+    case_insert_key_limited_under_concurrency,
+    case_concurrent_writers_never_fail,
+    case_touches_move_forward_only,
+    case_app_round_trip,
+    case_grant_round_trip,
+    case_delete_grant_revokes_its_keys,
+    case_event_filters,
+    case_activity_retention,
+    case_usage_accumulates_per_counter,
+    case_write_batch_lands_whole,
+    case_erase_account_removes_everything_of_it,
+);
+
+#[test]
+fn database_names_are_replaced_in_urls() {
+    assert_eq!(
+        with_database("postgres://postgres@127.0.0.1:5432/test", "kw_x"),
+        "postgres://postgres@127.0.0.1:5432/kw_x"
+    );
+    assert_eq!(
+        with_database("postgres://u:p@h/test?sslmode=disable", "kw_x"),
+        "postgres://u:p@h/kw_x?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://h", "kw_x"), "postgres://h/kw_x");
+}

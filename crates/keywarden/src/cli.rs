@@ -1,0 +1,730 @@
+//! Command-line parsing and the commands themselves. Management commands work on the
+//! configured store directly, print human-readable tables by default and JSON with `--json`.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use keywarden_core::model::{AccountStatus, AppEnvironment, KeyType, Mode, Role};
+use keywarden_core::SystemClock;
+use keywarden_server::app::{shutdown_signal, Service};
+use keywarden_server::config::{self, Config, INIT_TEMPLATE};
+use keywarden_server::manage::{Actor, Manager, NewKey};
+use keywarden_server::manage_apps::{AppManager, AppPatch, IssuedKey, NewApp};
+use keywarden_server::views;
+use keywarden_store::verifier::VerifyRequest;
+use keywarden_store::{EventFilter, Page};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Keywarden: a self-hosted API-key service.
+#[derive(Debug, Parser)]
+#[command(name = "keywarden", version, about)]
+pub struct Args {
+    /// The config file (default: $KEYWARDEN_CONFIG, else ./keywarden.toml if present).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the public and admin listeners.
+    Serve,
+    /// Write a commented starting config.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "keywarden.toml")]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Apply database migrations.
+    Migrate,
+    /// Configuration tools.
+    Config {
+        /// What to do with the config.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Manage accounts.
+    Accounts {
+        /// What to do.
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+    /// Manage keys.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage third-party applications.
+    Apps {
+        /// What to do.
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
+    /// List audit events, newest first.
+    Events {
+        /// Only this account's.
+        #[arg(long)]
+        account: Option<String>,
+        /// Only this type (or family like `key.*`).
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Check a key as the service would.
+    Verify {
+        /// The key.
+        token: String,
+        /// Required scopes.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// The client IP.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+    },
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the config and print the effective one, secrets redacted.
+    Check,
+}
+
+/// `accounts` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Create an account.
+    Create {
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// Its plan.
+        #[arg(long)]
+        plan: Option<String>,
+        /// pending, active or suspended.
+        #[arg(long)]
+        status: Option<AccountStatus>,
+    },
+    /// List accounts.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one account.
+    Show {
+        /// Its id.
+        id: String,
+    },
+    /// Mark an account active.
+    Approve {
+        /// Its id.
+        id: String,
+    },
+    /// Change an account's plan.
+    SetPlan {
+        /// Its id.
+        id: String,
+        /// The plan.
+        plan: String,
+    },
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; its secret is printed once.
+    Create {
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// live or test.
+        #[arg(long)]
+        mode: Mode,
+        /// A label.
+        #[arg(long)]
+        name: String,
+        /// secret or publishable.
+        #[arg(long = "type", default_value = "secret")]
+        key_type: KeyType,
+        /// owner, admin, developer or member.
+        #[arg(long, default_value = "owner")]
+        role: Role,
+        /// Scopes (repeat or comma-separate).
+        #[arg(long = "scope", value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// IPs or CIDRs allowed (repeat or comma-separate).
+        #[arg(long = "ip", value_delimiter = ',')]
+        ips: Vec<String>,
+        /// Expiry, RFC 3339.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Where the key will be stored.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List an account's keys.
+    List {
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// Only this mode.
+        #[arg(long)]
+        mode: Option<Mode>,
+    },
+    /// Show a key.
+    Show {
+        /// Id or key_hash.
+        id: String,
+    },
+    /// Rotate a key; the new secret is printed once.
+    Rotate {
+        /// Id or key_hash.
+        id: String,
+        /// Seconds the old secret keeps working.
+        #[arg(long, default_value_t = 0)]
+        grace: u64,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        /// Id or key_hash.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Print a test key's secret again (needs keys.recoverable_test_secrets; live secrets
+    /// are never recoverable).
+    Reveal {
+        /// Id or key_hash.
+        id: String,
+    },
+}
+
+/// `apps` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// Create an application; its production and sandbox secrets are printed once.
+    Create {
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// What the integration does.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A public page about it.
+        #[arg(long)]
+        url: Option<String>,
+        /// Requested scopes (repeat or comma-separate).
+        #[arg(long = "scope", value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// List applications.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one application.
+    Show {
+        /// Its id.
+        id: String,
+    },
+    /// Change an application.
+    Update {
+        /// Its id.
+        id: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A new description.
+        #[arg(long)]
+        description: Option<String>,
+        /// A new URL (an empty one removes it).
+        #[arg(long)]
+        url: Option<String>,
+        /// New requested scopes (repeat or comma-separate).
+        #[arg(long = "scope", value_delimiter = ',')]
+        scopes: Vec<String>,
+    },
+    /// Replace one of an application's secrets; the new one is printed once and the old
+    /// one stops working at once.
+    RotateSecret {
+        /// Its id.
+        id: String,
+        /// production or sandbox.
+        #[arg(long)]
+        environment: AppEnvironment,
+    },
+}
+
+/// Sets up logging to stderr.
+pub fn init_logging(args: &Args) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let default = if matches!(args.command, Command::Serve) {
+            "info"
+        } else {
+            "warn"
+        };
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs a command.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let path = config::locate(args.config.as_deref());
+    let json_out = args.json;
+    match args.command {
+        Command::Init { path, force } => {
+            if path.exists() && !force {
+                bail!("{} exists; pass --force to overwrite it", path.display());
+            }
+            std::fs::write(&path, INIT_TEMPLATE)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("wrote {}", path.display());
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            let cfg = Config::load(path.as_deref())?;
+            let pepper = keywarden_server::app::resolve_pepper_readonly(&cfg)?;
+            keywarden_server::settings::Settings::from_config(cfg.clone(), pepper)?;
+            println!("# config is valid");
+            print!("{}", cfg.redacted_toml());
+            Ok(())
+        }
+        Command::Migrate => {
+            let cfg = Config::load(path.as_deref())?;
+            keywarden_store::migrate(&cfg.store.database_url).await?;
+            println!("migrations applied to {}", redact(&cfg.store.database_url));
+            Ok(())
+        }
+        Command::Serve => {
+            let cfg = Config::load(path.as_deref())?;
+            let service = Service::build(cfg, Arc::new(SystemClock)).await?;
+            let (public, admin) = service.bind().await?;
+            service.run(public, admin, shutdown_signal()).await?;
+            Ok(())
+        }
+        other => {
+            let cfg = Config::load(path.as_deref())?;
+            let service = Service::build(cfg, Arc::new(SystemClock)).await?;
+            let result = manage(&service, other, json_out).await;
+            service.close().await;
+            result
+        }
+    }
+}
+
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((head, tail)) => match head.rsplit_once(':') {
+            Some((user, _)) if user.contains("://") => format!("{user}:<redacted>@{tail}"),
+            _ => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Result<()> {
+    let state = &service.state;
+    let m = Manager::new(state);
+    let apps = AppManager::new(state);
+    let actor = Actor::root(None);
+    let fail = |e: keywarden_server::errors::ApiError| {
+        anyhow::anyhow!(
+            "{}: {}",
+            e.code,
+            e.detail
+                .clone()
+                .unwrap_or_else(|| e.code.message(Default::default()).to_string())
+        )
+    };
+    match cmd {
+        Command::Accounts { command } => match command {
+            AccountsCommand::Create { name, plan, status } => {
+                let (a, keys) = apps
+                    .create_account(&actor, &name, plan, status, None)
+                    .await
+                    .map_err(fail)?;
+                print_account(json_out, &a, &keys);
+            }
+            AccountsCommand::List { limit } => {
+                let list = state
+                    .store
+                    .list_accounts(&Page {
+                        after_id: None,
+                        limit,
+                    })
+                    .await?;
+                let rows: Vec<Value> = list.iter().map(views::account).collect();
+                print_many(json_out, &rows, &ACCOUNT_COLS);
+            }
+            AccountsCommand::Show { id } => {
+                let a = m.account(&id).await.map_err(fail)?;
+                print_one(json_out, &views::account(&a), &ACCOUNT_COLS);
+            }
+            AccountsCommand::Approve { id } => {
+                let (a, keys) = apps
+                    .set_status(&actor, &id, AccountStatus::Active)
+                    .await
+                    .map_err(fail)?;
+                print_account(json_out, &a, &keys);
+            }
+            AccountsCommand::SetPlan { id, plan } => {
+                let a = m
+                    .update_account(&actor, &id, None, Some(plan), None, None)
+                    .await
+                    .map_err(fail)?;
+                print_one(json_out, &views::account(&a), &ACCOUNT_COLS);
+            }
+        },
+        Command::Keys { command } => match command {
+            KeysCommand::Create {
+                account,
+                mode,
+                name,
+                key_type,
+                role,
+                scopes,
+                ips,
+                expires_at,
+                description,
+            } => {
+                let acc = m.account(&account).await.map_err(fail)?;
+                let expires_at = expires_at
+                    .as_deref()
+                    .map(views::parse_ts)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--expires-at: {e}"))?;
+                let new = NewKey {
+                    key_type,
+                    role,
+                    scopes: (!scopes.is_empty()).then_some(scopes),
+                    ip_allowlist: ips,
+                    expires_at,
+                    description,
+                    ..NewKey::named(mode, &name)
+                };
+                let (rec, token) = m.create_key(&actor, &acc, new, None).await.map_err(fail)?;
+                print_secret(json_out, views::key(&rec), token.expose());
+            }
+            KeysCommand::List { account, mode } => {
+                m.account(&account).await.map_err(fail)?;
+                let keys = state
+                    .store
+                    .list_keys(
+                        &account,
+                        mode,
+                        &Page {
+                            after_id: None,
+                            limit: 1000,
+                        },
+                    )
+                    .await?;
+                let rows: Vec<Value> = keys.iter().map(views::key).collect();
+                print_many(json_out, &rows, &KEY_COLS);
+            }
+            KeysCommand::Show { id } => {
+                let k = m.key_of(None, None, &id).await.map_err(fail)?;
+                print_one(json_out, &views::key(&k), &KEY_COLS);
+            }
+            KeysCommand::Rotate { id, grace } => {
+                let k = m.key_of(None, None, &id).await.map_err(fail)?;
+                let (rec, token) = m.rotate_key(&actor, k, grace).await.map_err(fail)?;
+                print_secret(json_out, views::key(&rec), token.expose());
+            }
+            KeysCommand::Revoke { id, reason } => {
+                let k = m.key_of(None, None, &id).await.map_err(fail)?;
+                let k = m.revoke_key(&actor, k, reason).await.map_err(fail)?;
+                print_one(json_out, &views::key(&k), &KEY_COLS);
+            }
+            KeysCommand::Reveal { id } => {
+                let k = m.key_of(None, None, &id).await.map_err(fail)?;
+                let token = apps.reveal(&actor, &k).await.map_err(fail)?;
+                print_secret(json_out, views::key(&k), token.expose());
+            }
+        },
+        Command::Apps { command } => match command {
+            AppsCommand::Create {
+                name,
+                description,
+                url,
+                scopes,
+            } => {
+                let new = NewApp {
+                    name,
+                    description,
+                    url,
+                    scopes,
+                };
+                let (app, secrets) = apps.create_app(&actor, new).await.map_err(fail)?;
+                let mut v = views::application(&app);
+                if json_out {
+                    v["secrets"] = json!({
+                        "production": secrets.production.expose(),
+                        "sandbox": secrets.sandbox.expose(),
+                    });
+                    println!("{v}");
+                } else {
+                    print_one(false, &v, &APP_COLS);
+                    println!();
+                    println!(
+                        "APP SECRETS (shown once, store them now; they cannot be shown again):"
+                    );
+                    println!("  production  {}", secrets.production.expose());
+                    println!("  sandbox     {}", secrets.sandbox.expose());
+                }
+            }
+            AppsCommand::List { limit } => {
+                let list = apps
+                    .list_apps(&Page {
+                        after_id: None,
+                        limit,
+                    })
+                    .await
+                    .map_err(fail)?;
+                let rows: Vec<Value> = list.iter().map(views::application).collect();
+                print_many(json_out, &rows, &APP_COLS);
+            }
+            AppsCommand::Show { id } => {
+                let app = apps.app(&id).await.map_err(fail)?;
+                print_one(json_out, &views::application(&app), &APP_COLS);
+            }
+            AppsCommand::Update {
+                id,
+                name,
+                description,
+                url,
+                scopes,
+            } => {
+                let patch = AppPatch {
+                    name,
+                    description,
+                    url: url.map(|u| (!u.is_empty()).then_some(u)),
+                    scopes: (!scopes.is_empty()).then_some(scopes),
+                };
+                let app = apps.update_app(&actor, &id, patch).await.map_err(fail)?;
+                print_one(json_out, &views::application(&app), &APP_COLS);
+            }
+            AppsCommand::RotateSecret { id, environment } => {
+                let (app, secret) = apps
+                    .rotate_app_secret(&actor, &id, environment)
+                    .await
+                    .map_err(fail)?;
+                let mut v = views::application(&app);
+                if json_out {
+                    v["environment"] = json!(environment);
+                    v["secret"] = json!(secret.expose());
+                    println!("{v}");
+                } else {
+                    print_one(false, &v, &APP_COLS);
+                    println!();
+                    println!(
+                        "NEW {} SECRET (shown once, store it now; it cannot be shown again):",
+                        environment.as_str().to_ascii_uppercase()
+                    );
+                    println!("  {}", secret.expose());
+                }
+            }
+        },
+        Command::Events {
+            account,
+            kind,
+            limit,
+        } => {
+            let evs = state
+                .store
+                .list_events(&EventFilter {
+                    account_id: account,
+                    kind,
+                    limit: limit.clamp(1, 1000),
+                    include_modeless: true,
+                    ..EventFilter::default()
+                })
+                .await?;
+            let rows: Vec<Value> = evs.iter().map(views::event).collect();
+            print_many(json_out, &rows, &EVENT_COLS);
+        }
+        Command::Verify { token, scopes, ip } => {
+            let required = if scopes.is_empty() {
+                None
+            } else {
+                Some(
+                    state
+                        .settings
+                        .catalog
+                        .required(&scopes)
+                        .map_err(|e| anyhow::anyhow!("--scope: {e}"))?,
+                )
+            };
+            let out = state
+                .verifier
+                .verify(&VerifyRequest {
+                    token: Some(&token),
+                    client_ip: ip,
+                    scopes_all: required.as_ref(),
+                    method: "CLI",
+                    path: "-",
+                    ..VerifyRequest::default()
+                })
+                .await;
+            let v = json!({
+                "valid": out.is_valid(),
+                "code": out.code.as_str(),
+                "status": out.code.status(),
+                "key_id": out.key.as_ref().map(|k| k.record.id.clone()),
+                "account_id": out.key.as_ref().map(|k| k.record.account_id.clone()),
+            });
+            print_one(
+                json_out,
+                &v,
+                &["valid", "code", "status", "key_id", "account_id"],
+            );
+            if !out.is_valid() {
+                bail!("the key is not valid: {}", out.code);
+            }
+        }
+        Command::Serve | Command::Init { .. } | Command::Migrate | Command::Config { .. } => {}
+    }
+    Ok(())
+}
+
+const ACCOUNT_COLS: [&str; 5] = ["id", "name", "plan", "status", "created_at"];
+const KEY_COLS: [&str; 8] = [
+    "id",
+    "name",
+    "mode",
+    "type",
+    "start",
+    "scopes",
+    "created_at",
+    "revoked_at",
+];
+const EVENT_COLS: [&str; 5] = ["id", "at", "type", "account_id", "actor"];
+const APP_COLS: [&str; 5] = ["id", "name", "url", "scopes", "created_at"];
+
+/// An account, and the default keys just made for it (secrets shown once).
+fn print_account(json_out: bool, a: &keywarden_core::model::Account, keys: &[IssuedKey]) {
+    if json_out {
+        println!(
+            "{}",
+            keywarden_server::routes::apps::account_with_keys(a, keys)
+        );
+        return;
+    }
+    print_one(false, &views::account(a), &ACCOUNT_COLS);
+    for (rec, token) in keys {
+        println!();
+        print_secret(false, views::key(rec), token.expose());
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn print_many(json_out: bool, rows: &[Value], cols: &[&str]) {
+    if json_out {
+        println!("{}", Value::Array(rows.to_vec()));
+        return;
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| cols.iter().map(|c| cell(&r[*c])).collect())
+        .collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            table
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!(
+        "{}",
+        line(cols.iter().map(|c| c.to_ascii_uppercase()).collect())
+    );
+    for r in table {
+        println!("{}", line(r));
+    }
+    if rows.is_empty() {
+        println!("(none)");
+    }
+}
+
+fn print_one(json_out: bool, v: &Value, cols: &[&str]) {
+    if json_out {
+        println!("{v}");
+        return;
+    }
+    let w = cols.iter().map(|c| c.len()).max().unwrap_or(0);
+    for c in cols {
+        println!("{c:<w$}  {}", cell(&v[*c]));
+    }
+}
+
+fn print_secret(json_out: bool, mut v: Value, secret: &str) {
+    if json_out {
+        v["api_key"] = json!(secret);
+        println!("{v}");
+        return;
+    }
+    print_one(false, &v, &KEY_COLS);
+    println!();
+    println!("API KEY (shown once, store it now; it cannot be shown again):");
+    println!("  {secret}");
+}

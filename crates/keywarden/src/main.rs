@@ -1,0 +1,19 @@
+//! The `keywarden` command: run the service, or manage accounts and keys on the configured
+//! store directly.
+
+mod cli;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = cli::Args::parse();
+    cli::init_logging(&args);
+    match cli::run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
