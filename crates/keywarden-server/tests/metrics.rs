@@ -11,9 +11,7 @@ async fn metrics_are_open_and_carry_no_identifiers() {
     let app = spawn_app().await;
     let acc = app.account("Acme").await;
     let (_, token) = app.live_key(&acc).await;
-    let res = app
-        .public(Method::GET, "/v1/account", &token, None)
-        .await;
+    let res = app.public(Method::GET, "/v1/account", &token, None).await;
     assert_eq!(res.status(), 200);
 
     let res = app

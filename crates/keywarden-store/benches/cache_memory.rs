@@ -51,7 +51,10 @@ fn main() {
             hash: String::new(),
         };
         let rec = common::record(i, secret, "acc_01JBENCHACCOUNT000000000000");
-        cache.insert(lookup, Arc::new(vec![Arc::new(CompiledKey::compile(rec, &catalog))]));
+        cache.insert(
+            lookup,
+            Arc::new(vec![Arc::new(CompiledKey::compile(rec, &catalog))]),
+        );
     }
     cache.run_pending_tasks();
     let after = rss_bytes();

@@ -20,9 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 async fn verifier_for(scheme: HashScheme, store: Arc<dyn Store>) -> (Verifier, String) {
-    let template =
-        KeyTemplate::compile("kw_{type}_{mode}_{random:32}{checksum}", &TemplateTags::default())
-            .unwrap();
+    let template = KeyTemplate::compile(
+        "kw_{type}_{mode}_{random:32}{checksum}",
+        &TemplateTags::default(),
+    )
+    .unwrap();
     let hasher = SecretHasher::new(
         scheme,
         Some(Secret::new("bench-pepper-0123456789abcdef")),
@@ -111,9 +113,10 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let store = keywarden_store::open(&format!("sqlite://{}", dir.path().join("b.db").display()))
-            .await
-            .unwrap();
+        let store =
+            keywarden_store::open(&format!("sqlite://{}", dir.path().join("b.db").display()))
+                .await
+                .unwrap();
         let (hmac, hmac_token) = verifier_for(HashScheme::HmacSha256, store.clone()).await;
         let (bcrypt, bcrypt_token) = verifier_for(HashScheme::Bcrypt, store.clone()).await;
         let h = per_call_ns(&hmac, &hmac_token, iterations).await;
@@ -123,7 +126,10 @@ fn main() {
         println!("BENCH bcrypt_cached_ratio {:.2} ratio", b / h);
 
         let hasher = bcrypt.config().hasher.clone();
-        let stored = store.find_keys_by_lookup(&hasher.lookup(&bcrypt_token, &bcrypt_token[11..19])).await.unwrap();
+        let stored = store
+            .find_keys_by_lookup(&hasher.lookup(&bcrypt_token, &bcrypt_token[11..19]))
+            .await
+            .unwrap();
         let secret = stored[0].secret.clone();
         let n = 5;
         let start = Instant::now();
