@@ -19,7 +19,7 @@
 //! helpers in [`crate::views`], and `tests/openapi.rs` checks that both agree.
 
 use crate::errors::ErrorStyle;
-use crate::routes::{admin, apps, forward_auth, health, self_service, verify};
+use crate::routes::{admin, apps, forward_auth, health, metrics, self_service, verify};
 use crate::settings::{KeySource, Settings};
 use crate::state::AppState;
 use axum::extract::State;
@@ -120,6 +120,7 @@ the field, bodies over 64 KiB with 413; neither changes anything.";
         apps::reveal_key,
         verify::verify,
         forward_auth::forward_auth,
+        metrics::metrics,
     ),
     components(
         schemas(

@@ -9,6 +9,11 @@ use axum::response::IntoResponse;
 use std::fmt::Write;
 
 /// Renders the metrics.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition (version 0.0.4) of the \
+        writer, cache, limiter and Redis figures; no label carries a key, an account or a secret",
+        content_type = "text/plain", body = String)),
+    security(()), tag = "admin")]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let v = &state.verifier;
     let w = v.writer();
