@@ -53,6 +53,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         rate_limit: None,
         ip_allowlist: Vec::new(),
+        app_id: None,
     };
     let reader = app::issue_key(
         &kw,

@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
 use keywarden_core::codes::Locale;
-use keywarden_core::model::{Account, KeyType, Mode, RateLimitSpec};
+use keywarden_core::model::{new_id, Account, Application, KeyType, Mode, RateLimitSpec};
 use keywarden_core::Secret;
 use keywarden_tower::{
     ErrorFormat, ErrorStyle, Keywarden, KeywardenLayer, Principal, RequireScopes,
@@ -85,6 +85,7 @@ fn key_spec(scopes: &[&str]) -> NewKey {
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         rate_limit: None,
         ip_allowlist: Vec::new(),
+        app_id: None,
     }
 }
 
@@ -581,4 +582,81 @@ async fn use_is_written_in_the_background_and_flushed_on_shutdown() {
     assert_eq!(activity.len(), 1);
     assert_eq!(activity[0].path, "/invoices");
     assert_eq!(activity[0].code, "valid");
+}
+
+/// An application with its two secrets, stored as the server's admin API would.
+async fn application(kw: &Keywarden) -> (String, Secret, Secret) {
+    let hasher = &kw.verifier().config().hasher;
+    let production = Secret::new("fal_prod_0123456789abcdefghijklmnopqrstuv".to_string());
+    let sandbox = Secret::new("fal_sbox_0123456789abcdefghijklmnopqrstuv".to_string());
+    let app = Application {
+        id: new_id("app"),
+        name: "Ledger sync".into(),
+        description: String::new(),
+        url: None,
+        scopes: vec!["invoices:read".into()],
+        production: hasher.store(&production, "").unwrap(),
+        sandbox: hasher.store(&sandbox, "").unwrap(),
+        created_at: kw.verifier().clock().now_ms(),
+    };
+    kw.verifier().store().create_app(&app).await.unwrap();
+    (app.id, production, sandbox)
+}
+
+#[tokio::test]
+async fn keys_of_an_application_need_its_secret_of_the_matching_environment() {
+    let (catalog, aliases) = app::scopes();
+    let kw = Keywarden::builder()
+        .database_url("sqlite::memory:")
+        .catalog(catalog, aliases)
+        .app_secret_header("X-App-Secret")
+        .build()
+        .await
+        .unwrap();
+    let account = app::create_account(&kw, "Acme").await.unwrap();
+    let router = app::app(&kw).unwrap();
+    let (app_id, production, sandbox) = application(&kw).await;
+    let issue = |mode: Mode, app_id: Option<String>| {
+        let kw = kw.clone();
+        let account = account.clone();
+        async move {
+            let spec = NewKey {
+                mode,
+                app_id,
+                ..key_spec(&["invoices:read"])
+            };
+            app::issue_key(&kw, &account, spec).await.unwrap()
+        }
+    };
+    let call = |key: &IssuedKey, secret: Option<&Secret>| {
+        let mut b = Request::get("/invoices")
+            .header("authorization", format!("Bearer {}", key.token.expose()));
+        if let Some(s) = secret {
+            b = b.header("x-app-secret", s.expose());
+        }
+        send(&router, b.body(Body::empty()).unwrap())
+    };
+
+    let test_key = issue(Mode::Test, Some(app_id.clone())).await;
+    let live_key = issue(Mode::Live, Some(app_id.clone())).await;
+    // Both headers, environments matching the key's mode.
+    assert_eq!(call(&test_key, Some(&sandbox)).await.status, 200);
+    assert_eq!(call(&live_key, Some(&production)).await.status, 200);
+    // The key alone, the other environment's secret, or a wrong one: refused.
+    for (key, secret) in [
+        (&test_key, None),
+        (&test_key, Some(&production)),
+        (&live_key, Some(&sandbox)),
+    ] {
+        let r = call(key, secret).await;
+        r.assert_denied(401, "invalid_app_secret", "authentication_error");
+    }
+    let wrong = Secret::new("fal_prod_not-the-secret-at-all-0123456789".to_string());
+    let r = call(&live_key, Some(&wrong)).await;
+    r.assert_denied(401, "invalid_app_secret", "authentication_error");
+    assert!(!r.body.to_string().contains(wrong.expose()));
+    // A key of no application needs no application secret.
+    let own = issue(Mode::Test, None).await;
+    assert_eq!(call(&own, None).await.status, 200);
+    kw.shutdown().await;
 }

@@ -177,6 +177,9 @@ pub struct NewKey {
     pub rate_limit: Option<RateLimitSpec>,
     /// IPs and CIDRs the key may be used from (empty: any).
     pub ip_allowlist: Vec<String>,
+    /// The application the key acts for; with an app-secret header configured, its
+    /// requests then also need that application's secret.
+    pub app_id: Option<String>,
 }
 
 /// A key just made: its record and the token, which is shown this once.
@@ -229,7 +232,7 @@ pub async fn issue_key(
         rate_limit: new.rate_limit,
         enabled: true,
         metadata: json!({}),
-        app_id: None,
+        app_id: new.app_id,
         grant_id: None,
         prefix: cfg.template.prefix(new.mode, new.key_type),
         start,
