@@ -28,7 +28,7 @@
 use crate::cache::duplicate;
 use crate::store::{KeyTouch, Store, StoreError, StoreResult, UsageDelta, WriteBatch};
 use keywarden_core::model::{Activity, AuditEvent, Millis, Mode};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -95,13 +95,16 @@ struct Pending {
     touches: HashMap<String, (Millis, Option<String>)>,
     /// Summed increments per counter.
     usage: HashMap<UsageKey, u64>,
-    activity: Vec<Activity>,
+    /// Activity rows per key id, oldest first, at most `activity_retain_per_key` each.
+    activity: HashMap<String, VecDeque<Activity>>,
+    /// Activity rows held in `activity`.
+    activity_len: usize,
     events: Vec<AuditEvent>,
 }
 
 impl Pending {
     fn len(&self) -> usize {
-        self.touches.len() + self.usage.len() + self.activity.len() + self.events.len()
+        self.touches.len() + self.usage.len() + self.activity_len + self.events.len()
     }
 }
 
@@ -117,6 +120,8 @@ struct Shared {
     dropped_activity: AtomicU64,
     max_batch: usize,
     activity_queue: usize,
+    /// `activity_retain_per_key` (0: no per-key bound).
+    activity_retain: usize,
 }
 
 impl Shared {
@@ -193,6 +198,7 @@ impl Writer {
             dropped_activity: AtomicU64::new(0),
             max_batch: cfg.max_batch,
             activity_queue: cfg.activity_queue,
+            activity_retain: cfg.activity_retain_per_key as usize,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let flusher = Flusher {
@@ -231,15 +237,32 @@ impl Writer {
     }
 
     /// Queues an activity row, or drops and counts it when the activity queue is full.
+    ///
+    /// A key's queued rows never outnumber the rows kept per key: a newer row replaces the
+    /// key's oldest queued one, which the next write would have trimmed anyway. So a busy
+    /// key costs at most `activity_retain_per_key` rows per flush, whatever its traffic.
     pub fn activity(&self, row: Activity) {
         let queue = self.shared.activity_queue;
+        let retain = self.shared.activity_retain;
         let mut dropped = false;
         self.shared.with_pending(|p| {
-            if p.activity.len() < queue {
-                p.activity.push(row);
-            } else {
-                dropped = true;
+            if let Some(rows) = p.activity.get_mut(&row.key_id) {
+                if retain > 0 && rows.len() >= retain {
+                    rows.pop_front();
+                    rows.push_back(row);
+                    return;
+                }
+                if p.activity_len < queue {
+                    rows.push_back(row);
+                    p.activity_len += 1;
+                    return;
+                }
+            } else if p.activity_len < queue {
+                p.activity.insert(row.key_id.clone(), VecDeque::from([row]));
+                p.activity_len += 1;
+                return;
             }
+            dropped = true;
         });
         if dropped {
             self.shared.dropped_activity.fetch_add(1, Ordering::Relaxed);
@@ -363,7 +386,7 @@ impl Backlog {
                 .into_iter()
                 .map(|(key_id, (at, ip))| KeyTouch { key_id, at, ip })
                 .collect(),
-            activity: p.activity,
+            activity: p.activity.into_values().flatten().collect(),
         }
     }
 

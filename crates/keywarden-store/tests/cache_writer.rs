@@ -660,6 +660,36 @@ async fn a_full_activity_queue_drops_activity_but_keeps_all_usage() {
 }
 
 #[tokio::test]
+async fn a_busy_key_queues_only_the_activity_it_keeps() {
+    let (db, key, writer, handle) = writing(WriterConfig {
+        activity_queue: 10,
+        activity_retain_per_key: 3,
+        ..manual()
+    })
+    .await;
+    let other = db.key(&lookup(2)).await;
+    for n in 0..50 {
+        writer.activity(activity(&key.id, n));
+    }
+    writer.activity(activity(&other.id, 7));
+    // Older rows of the busy key give way to newer ones; nothing is dropped for lack of room.
+    assert_eq!(writer.pending(), 4);
+    assert_eq!(writer.dropped_activity(), 0);
+    writer.flush_now().await.unwrap();
+    let kept: Vec<i64> = db
+        .store
+        .list_activity(&key.id, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.at)
+        .collect();
+    assert_eq!(kept, vec![49, 48, 47], "the newest rows, newest first");
+    assert_eq!(db.store.list_activity(&other.id, 100).await.unwrap().len(), 1);
+    handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn touches_keep_the_latest_use_per_key() {
     let (db, a, writer, handle) = writing(manual()).await;
     let b = db.key(&lookup(2)).await;
