@@ -276,6 +276,74 @@ pub struct Presented<'a> {
     pub message_code: Code,
 }
 
+/// The shape of error bodies (`errors.style`, SPEC §11).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorStyle {
+    /// `{"error": {"type", "code", "message", "request_id", "doc_url"?}}` (the default).
+    #[default]
+    Envelope,
+    /// RFC 9457 `application/problem+json`, plus `code` and `request_id`.
+    Problem,
+    /// `{"detail": "…"}`.
+    Detail,
+}
+
+impl FromStr for ErrorStyle {
+    type Err = String;
+
+    /// Parses the configuration spelling: `envelope`, `problem` or `detail`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "envelope" => Ok(ErrorStyle::Envelope),
+            "problem" => Ok(ErrorStyle::Problem),
+            "detail" => Ok(ErrorStyle::Detail),
+            other => Err(format!(
+                "unknown error style {other:?}; expected envelope, problem or detail"
+            )),
+        }
+    }
+}
+
+impl Presented<'_> {
+    /// The error body in `style`: `message` in the request's language, the request's id,
+    /// the `doc_url` template with `{code}` filled in (empty for none) and, for the problem
+    /// style, `title`, the status's reason phrase.
+    pub fn body(
+        &self,
+        style: ErrorStyle,
+        message: &str,
+        request_id: &str,
+        doc_url: &str,
+        title: &str,
+    ) -> serde_json::Value {
+        use serde_json::{json, Value};
+        let doc_url = (!doc_url.is_empty()).then(|| doc_url.replace("{code}", self.name));
+        match style {
+            ErrorStyle::Envelope => {
+                let mut e = json!({
+                    "type": self.error_type.as_str(),
+                    "code": self.name,
+                    "message": message,
+                    "request_id": request_id,
+                });
+                if let Some(u) = doc_url {
+                    e["doc_url"] = Value::String(u);
+                }
+                json!({ "error": e })
+            }
+            ErrorStyle::Problem => json!({
+                "type": doc_url.unwrap_or_else(|| "about:blank".into()),
+                "title": title,
+                "status": self.status,
+                "detail": message,
+                "code": self.name,
+                "request_id": request_id,
+            }),
+            ErrorStyle::Detail => json!({ "detail": message }),
+        }
+    }
+}
+
 impl CodeOverrides {
     /// Builds the overrides from config maps: `rename` (code → new name) and `status`
     /// (code → HTTP status). Unknown source codes and out-of-range statuses are errors.

@@ -5,33 +5,10 @@
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keywarden_core::codes::{Code, CodeOverrides, Locale};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 
-/// The shape of error bodies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorStyle {
-    /// `{"error": {"type", "code", "message", "request_id", "doc_url"?}}`.
-    Envelope,
-    /// RFC 9457 `application/problem+json`.
-    Problem,
-    /// `{"detail": "…"}`.
-    Detail,
-}
-
-impl std::str::FromStr for ErrorStyle {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "envelope" => Ok(ErrorStyle::Envelope),
-            "problem" => Ok(ErrorStyle::Problem),
-            "detail" => Ok(ErrorStyle::Detail),
-            other => Err(format!(
-                "unknown style {other:?}; expected envelope, problem or detail"
-            )),
-        }
-    }
-}
+pub use keywarden_core::codes::ErrorStyle;
 
 /// Everything needed to render an error, fixed at startup.
 #[derive(Clone, Debug)]
@@ -187,30 +164,8 @@ impl ErrorRenderer {
             (Some(d), _) => format!("{} ({d})", p.message_code.message(locale)),
             (None, _) => p.message_code.message(locale).to_string(),
         };
-        let doc_url = (!self.doc_url.is_empty()).then(|| self.doc_url.replace("{code}", p.name));
-        let body = match self.style {
-            ErrorStyle::Envelope => {
-                let mut e = json!({
-                    "type": p.error_type.as_str(),
-                    "code": p.name,
-                    "message": message,
-                    "request_id": request_id,
-                });
-                if let Some(u) = doc_url {
-                    e["doc_url"] = Value::String(u);
-                }
-                json!({ "error": e })
-            }
-            ErrorStyle::Problem => json!({
-                "type": doc_url.unwrap_or_else(|| "about:blank".into()),
-                "title": status.canonical_reason().unwrap_or("Error"),
-                "status": status.as_u16(),
-                "detail": message,
-                "code": p.name,
-                "request_id": request_id,
-            }),
-            ErrorStyle::Detail => json!({ "detail": message }),
-        };
+        let title = status.canonical_reason().unwrap_or("Error");
+        let body = p.body(self.style, &message, request_id, &self.doc_url, title);
         (status, p.name.to_string(), body)
     }
 
@@ -240,6 +195,7 @@ impl ErrorRenderer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::collections::BTreeMap;
 
     fn renderer(style: ErrorStyle) -> ErrorRenderer {

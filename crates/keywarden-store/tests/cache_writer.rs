@@ -685,7 +685,10 @@ async fn a_busy_key_queues_only_the_activity_it_keeps() {
         .map(|a| a.at)
         .collect();
     assert_eq!(kept, vec![49, 48, 47], "the newest rows, newest first");
-    assert_eq!(db.store.list_activity(&other.id, 100).await.unwrap().len(), 1);
+    assert_eq!(
+        db.store.list_activity(&other.id, 100).await.unwrap().len(),
+        1
+    );
     handle.shutdown().await;
 }
 

@@ -10,36 +10,9 @@ use http::header::{ACCEPT_LANGUAGE, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE}
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use keywarden_core::codes::{Code, CodeOverrides, Locale};
-use serde_json::{json, Value};
-use std::str::FromStr;
+use serde_json::Value;
 
-/// The shape of error bodies (`errors.style`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ErrorStyle {
-    /// `{"error": {"type", "code", "message", "request_id", "doc_url"?}}` (the default).
-    #[default]
-    Envelope,
-    /// RFC 9457 `application/problem+json`, plus `code` and `request_id`.
-    Problem,
-    /// `{"detail": "…"}`.
-    Detail,
-}
-
-impl FromStr for ErrorStyle {
-    type Err = String;
-
-    /// Parses the configuration spelling: `envelope`, `problem` or `detail`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "envelope" => Ok(ErrorStyle::Envelope),
-            "problem" => Ok(ErrorStyle::Problem),
-            "detail" => Ok(ErrorStyle::Detail),
-            other => Err(format!(
-                "unknown error style {other:?}; expected envelope, problem or detail"
-            )),
-        }
-    }
-}
+pub use keywarden_core::codes::ErrorStyle;
 
 /// How denials are rendered: the `[errors]` section of the server's configuration.
 #[derive(Clone, Debug, Default)]
@@ -70,30 +43,8 @@ impl ErrorFormat {
         let p = self.overrides.present(code);
         let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let message = p.message_code.message(locale);
-        let doc_url = (!self.doc_url.is_empty()).then(|| self.doc_url.replace("{code}", p.name));
-        let body = match self.style {
-            ErrorStyle::Envelope => {
-                let mut e = json!({
-                    "type": p.error_type.as_str(),
-                    "code": p.name,
-                    "message": message,
-                    "request_id": request_id,
-                });
-                if let Some(u) = doc_url {
-                    e["doc_url"] = Value::String(u);
-                }
-                json!({ "error": e })
-            }
-            ErrorStyle::Problem => json!({
-                "type": doc_url.unwrap_or_else(|| "about:blank".into()),
-                "title": status.canonical_reason().unwrap_or("Error"),
-                "status": status.as_u16(),
-                "detail": message,
-                "code": p.name,
-                "request_id": request_id,
-            }),
-            ErrorStyle::Detail => json!({ "detail": message }),
-        };
+        let title = status.canonical_reason().unwrap_or("Error");
+        let body = p.body(self.style, message, request_id, &self.doc_url, title);
         (status, body)
     }
 
@@ -134,6 +85,7 @@ impl ErrorFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::collections::BTreeMap;
 
     fn format(style: ErrorStyle) -> ErrorFormat {
