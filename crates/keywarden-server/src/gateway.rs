@@ -35,7 +35,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use keywarden_core::codes::Code;
-use keywarden_store::verifier::{VerifyOutcome, VerifyRequest};
+use keywarden_core::model::KeyRecord;
+use keywarden_store::verifier::{Admit, VerifyOutcome, VerifyRequest};
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
@@ -188,6 +189,17 @@ impl Gateway {
                 Needs::Scopes(set) => Some(set),
                 _ => None,
             };
+            // The key's in-flight slot is taken inside the decision, after the rate limit
+            // and before the quota, so a refused request consumes no quota.
+            let held: std::sync::Mutex<Option<InFlight>> = std::sync::Mutex::new(None);
+            let admit =
+                |key: &KeyRecord, limit: u32| match self.in_flight.try_acquire(&key.id, limit) {
+                    Some(h) => {
+                        *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+                        true
+                    }
+                    None => false,
+                };
             let out = state
                 .verifier
                 .verify(&VerifyRequest {
@@ -198,24 +210,14 @@ impl Gateway {
                     impossible: matches!(needs, Needs::Impossible),
                     method: parts.method.as_str(),
                     path: &path,
+                    admit: Some(Admit(&admit)),
                     ..VerifyRequest::default()
                 })
                 .await;
             if !out.is_valid() {
                 return denied(ApiError::new(out.code).retry_after(out.retry_after), &out);
             }
-            if let (Some(key), Some(account)) = (&out.key, &out.account) {
-                if let Some(limit) = state.verifier.plan(&account.plan).concurrency {
-                    match self.in_flight.try_acquire(&key.record.id, limit) {
-                        Some(held) => slot = Some(held),
-                        None => {
-                            let err =
-                                ApiError::new(Code::ConcurrencyLimitExceeded).retry_after(Some(1));
-                            return denied(err, &out);
-                        }
-                    }
-                }
-            }
+            slot = held.into_inner().unwrap_or_else(|e| e.into_inner());
             outcome = Some(out);
         }
 

@@ -398,16 +398,12 @@ async fn an_upstream_stalling_mid_body_is_cut_off_not_waited_for() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_plan_concurrency_limits_requests_in_flight_per_key() {
-    let _s = SERIAL.read().await;
-    // `/base/slow` sends its first chunk at once and the rest when the gate opens.
-    let gate = Arc::new(Semaphore::new(0));
-    let g = gate.clone();
-    let up = spawn_upstream_with(Router::new().route(
+/// An upstream whose `/base/slow` sends a first chunk at once and the rest when `gate` opens.
+async fn slow_upstream(gate: Arc<Semaphore>) -> Upstream {
+    spawn_upstream_with(Router::new().route(
         "/base/slow",
         get(move || {
-            let gate = g.clone();
+            let gate = gate.clone();
             async move {
                 let body = futures::stream::unfold(0u8, move |step| {
                     let gate = gate.clone();
@@ -426,7 +422,55 @@ async fn the_plan_concurrency_limits_requests_in_flight_per_key() {
             }
         }),
     ))
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_request_refused_for_concurrency_consumes_no_quota() {
+    let _s = SERIAL.read().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let up = slow_upstream(gate.clone()).await;
+    let extra = "[plans]\ndefault = \"one\"\n[plans.tiers.one]\nconcurrency = 1\n\
+                 quotas = [{ unit = \"requests\", limit = 2, period = \"day\" }]\n";
+    let app = gateway(&up, 30, extra).await;
+    let acc = app.account("Acme").await;
+    let (_, key) = app.live_key(&acc).await;
+    let get_with = |path: &str| {
+        app.client
+            .get(format!("{}{path}", app.public))
+            .bearer_auth(&key)
+            .send()
+    };
+
+    // The first request (quota 1 of 2) holds the only slot; the second is refused for it.
+    let first = get_with("/slow").await.unwrap();
+    assert_eq!(first.status(), 200);
+    let refused = get_with("/fast").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "concurrency_limit_exceeded");
+    gate.add_permits(1);
+    assert_eq!(first.text().await.unwrap(), "start end");
+
+    // The refusal took no quota: one more request fits, then the quota is spent.
+    assert_eq!(get_with("/fast").await.unwrap().status(), 200);
+    let spent = get_with("/fast").await.unwrap();
+    assert_eq!(spent.status(), 429);
+    let body: Value = spent.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    assert_eq!(
+        up.seen().len(),
+        2,
+        "only admitted requests reach the upstream"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_plan_concurrency_limits_requests_in_flight_per_key() {
+    let _s = SERIAL.read().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let up = slow_upstream(gate.clone()).await;
     let extra = "[plans]\ndefault = \"one\"\n[plans.tiers.one]\nconcurrency = 1\n";
     let app = gateway(&up, 30, extra).await;
     let acc = app.account("Acme").await;

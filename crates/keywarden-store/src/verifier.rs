@@ -76,6 +76,19 @@ pub struct VerifierConfig {
     pub record_ttl: Duration,
 }
 
+/// Admits a request by its key's concurrency limit, at its place in the decision (SPEC §8:
+/// after the rate limit, before the quota). Called with the key and its plan's
+/// `concurrency`; `false` refuses the request with `concurrency_limit_exceeded` before any
+/// quota is consumed. The caller keeps whatever slot it took until the request ends.
+#[derive(Clone, Copy)]
+pub struct Admit<'a>(pub &'a (dyn Fn(&KeyRecord, u32) -> bool + Send + Sync));
+
+impl std::fmt::Debug for Admit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admit")
+    }
+}
+
 /// What a caller asks about one request.
 #[derive(Clone, Debug, Default)]
 pub struct VerifyRequest<'a> {
@@ -99,6 +112,9 @@ pub struct VerifyRequest<'a> {
     pub method: &'a str,
     /// Original path, for the activity log.
     pub path: &'a str,
+    /// The concurrency check, for callers that hold requests in flight (the gateway);
+    /// without it the plan's `concurrency` is not checked here.
+    pub admit: Option<Admit<'a>>,
 }
 
 /// The verdict and what a caller needs to act on it.
@@ -572,7 +588,13 @@ impl Verifier {
             None => None,
         };
         let mut quotas = Vec::new();
+        let mut admitted = true;
         if rate.as_ref().is_none_or(|r| r.allowed) {
+            if let (Some(admit), Some(limit)) = (req.admit, plan.concurrency) {
+                admitted = (admit.0)(&key.record, limit);
+            }
+        }
+        if admitted && rate.as_ref().is_none_or(|r| r.allowed) {
             match self
                 .consume_quotas(&account, key.record.mode, &plan, req.cost, now)
                 .await
@@ -584,7 +606,7 @@ impl Verifier {
                 }
             }
         }
-        let verdict = limit_verdict(rate.as_ref(), true, &quotas);
+        let verdict = limit_verdict(rate.as_ref(), admitted, &quotas);
         let mut out = match verdict {
             Ok(()) => VerifyOutcome::deny(Denial::new(Code::Valid)),
             Err(d) => VerifyOutcome::deny(d),

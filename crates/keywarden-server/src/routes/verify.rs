@@ -146,6 +146,7 @@ pub async fn verify(
             cost: &cost,
             method: &method,
             path: &path,
+            admit: None,
         })
         .await;
 
