@@ -539,6 +539,13 @@ pub(crate) fn key_by_lookup_sql() -> &'static str {
     &SQL.key_by_lookup
 }
 
+/// Keeps the stored previous secret of key `$1` as retired when the update replaces it:
+/// the new previous secret (`$2`, empty for none) and the new current one (`$3`) differ.
+const RETIRE_PREVIOUS: &str = "INSERT INTO retired_secrets (key_id, scheme, lookup, hash) \
+     SELECT id, prev_scheme, prev_lookup, prev_hash FROM api_keys \
+     WHERE id = $1 AND prev_lookup IS NOT NULL AND prev_lookup <> $2 AND prev_lookup <> $3";
+const RETIRED_BY_LOOKUP: &str =
+    "SELECT key_id, scheme, lookup, hash FROM retired_secrets WHERE lookup = $1 ORDER BY key_id";
 const ACCOUNT_EXISTS: &str = "SELECT COUNT(*) AS n FROM accounts WHERE id = $1";
 const COUNT_ACTIVE_KEYS: &str =
     "SELECT COUNT(*) AS n FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL";
@@ -1193,6 +1200,26 @@ impl<B: Backend> Store for B {
         all(&mut *c, &SQL.key_by_lookup, &params![lookup], decode_key).await
     }
 
+    async fn find_retired_keys(&self, lookup: &str) -> StoreResult<Vec<KeyRecord>> {
+        let mut c = read(self).await?;
+        let retired = all(&mut *c, RETIRED_BY_LOOKUP, &params![lookup], |r| {
+            Ok((r.text("key_id")?, decode_secret(r, "")?))
+        })
+        .await?;
+        let mut keys = Vec::with_capacity(retired.len());
+        for (key_id, secret) in retired {
+            let Some(mut key) = first(&mut *c, &SQL.key_get, &params![key_id], decode_key).await?
+            else {
+                continue;
+            };
+            key.secret = secret;
+            key.previous = None;
+            key.revoked_at = Some(key.revoked_at.unwrap_or(key.created_at));
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
     async fn list_keys(
         &self,
         account_id: &str,
@@ -1219,7 +1246,19 @@ impl<B: Backend> Store for B {
 
     async fn update_key(&self, key: &KeyRecord) -> StoreResult<()> {
         let p = KEYS.update_params(key_params(key)?);
-        found(write_one(self, &SQL.key_update, &p).await?)
+        let previous = key
+            .previous
+            .as_ref()
+            .map_or("", |p| p.secret.lookup.as_str());
+        let mut tx = write(self).await?;
+        tx.run(
+            RETIRE_PREVIOUS,
+            &params![key.id.as_str(), previous, key.secret.lookup.as_str()],
+        )
+        .await?;
+        let changed = tx.run(&SQL.key_update, &p).await?;
+        commit(tx).await?;
+        found(changed)
     }
 
     async fn touch_keys(&self, touches: &[KeyTouch]) -> StoreResult<()> {

@@ -173,6 +173,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// indexed query whatever the number of keys. Usually zero or one row; slow-hash lookup
     /// segments can in principle collide, so the caller verifies each.
     async fn find_keys_by_lookup(&self, lookup: &str) -> StoreResult<Vec<KeyRecord>>;
+    /// Keys that once had a secret with this lookup value and rotated it out for good (a
+    /// later rotation replaced it as the previous secret). Each record carries that secret
+    /// as its current one, no previous one, and is revoked (at its revocation, or else at
+    /// its creation), so a retired secret is answered `api_key_revoked`. Usually empty.
+    async fn find_retired_keys(&self, lookup: &str) -> StoreResult<Vec<KeyRecord>>;
     /// An account's keys (of one mode, when given), by id ascending, revoked ones included.
     async fn list_keys(
         &self,

@@ -344,7 +344,11 @@ impl Verifier {
             let build = |records: Vec<KeyRecord>| self.compile(records);
             if let Some(cands) = self.keys.resolve(&old, build).await? {
                 if let Some(hit) = self.match_secret(token, &old, &cands).await {
-                    self.rehash_later(token, parsed, &hit.0.record, hit.1);
+                    // A revoked key (or a retired secret) is never re-hashed: it must not
+                    // come back as a key's current secret.
+                    if hit.0.record.revoked_at.is_none() {
+                        self.rehash_later(token, parsed, &hit.0.record, hit.1);
+                    }
                     return Ok(Some(hit));
                 }
             }

@@ -441,6 +441,63 @@ async fn case_lookup_by_current_and_previous(store: Arc<dyn Store>) {
     assert!(store.get_key_by_hash(&k.key_hash).await.unwrap().is_some());
 }
 
+async fn case_secrets_rotated_out_for_good_are_found_as_revoked(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let mut k = key(&a.id, Mode::Live);
+    store.insert_key(&k).await.unwrap();
+    let rotate = |k: &mut KeyRecord, tag: &str| {
+        let old = std::mem::replace(&mut k.secret, secret(tag));
+        k.previous = Some(PreviousSecret {
+            secret: old,
+            key_hash: k.key_hash.clone(),
+            valid_until: 1_700_000_600_000,
+        });
+    };
+    let first = k.secret.clone();
+    rotate(&mut k, "second");
+    store.update_key(&k).await.unwrap();
+    // Still the previous secret: found as such, not as retired.
+    assert!(store
+        .find_retired_keys(&first.lookup)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // A second rotation replaces it: it is retired, and the key shows it as revoked.
+    let second = k.secret.clone();
+    rotate(&mut k, "third");
+    store.update_key(&k).await.unwrap();
+    assert!(store
+        .find_keys_by_lookup(&first.lookup)
+        .await
+        .unwrap()
+        .is_empty());
+    let retired = store.find_retired_keys(&first.lookup).await.unwrap();
+    assert_eq!(retired.len(), 1);
+    assert_eq!(retired[0].id, k.id);
+    assert_eq!(retired[0].secret, first);
+    assert_eq!(retired[0].previous, None);
+    assert_eq!(retired[0].revoked_at, Some(k.created_at));
+    // The live secrets are not retired; updates that keep the previous secret retire nothing.
+    k.name = "renamed".into();
+    store.update_key(&k).await.unwrap();
+    for live in [&second.lookup, &k.secret.lookup] {
+        assert!(store.find_retired_keys(live).await.unwrap().is_empty());
+    }
+    // A revoked key shows its revocation time.
+    k.revoked_at = Some(1_700_000_900_000);
+    store.update_key(&k).await.unwrap();
+    let retired = store.find_retired_keys(&first.lookup).await.unwrap();
+    assert_eq!(retired[0].revoked_at, Some(1_700_000_900_000));
+    // Erasure takes them along.
+    store.erase_account(&a.id).await.unwrap();
+    assert!(store
+        .find_retired_keys(&first.lookup)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn case_slow_hash_lookups_may_collide(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let mut first = key(&a.id, Mode::Live);
@@ -1260,6 +1317,7 @@ suite!(
     case_update_key_replaces_mutable_fields,
     case_revocation_persists,
     case_lookup_by_current_and_previous,
+    case_secrets_rotated_out_for_good_are_found_as_revoked,
     case_slow_hash_lookups_may_collide,
     case_list_keys_pages_by_mode,
     case_insert_key_limited_at_the_limit,
