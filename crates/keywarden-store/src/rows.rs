@@ -570,6 +570,16 @@ const ERASE_ACCOUNT: &str = "DELETE FROM accounts WHERE id = $1";
 const TRIM_ACTIVITY: &str = "DELETE FROM activity WHERE key_id = $1 AND (at, id) < \
      (SELECT at, id FROM activity WHERE key_id = $1 ORDER BY at DESC, id DESC LIMIT 1 OFFSET $2)";
 
+/// A key's activity, once the key is gone (erased while its rows waited in the writer).
+const ORPHAN_ACTIVITY: &str = "DELETE FROM activity WHERE key_id = $1 \
+     AND NOT EXISTS (SELECT 1 FROM api_keys WHERE id = $1)";
+/// An account's usage, once the account is gone.
+const ORPHAN_USAGE: &str = "DELETE FROM usage WHERE account_id = $1 \
+     AND NOT EXISTS (SELECT 1 FROM accounts WHERE id = $1)";
+/// A request-path event of an account that is gone.
+const ORPHAN_EVENT: &str = "DELETE FROM audit_events WHERE id = $1 \
+     AND NOT EXISTS (SELECT 1 FROM accounts WHERE id = $2)";
+
 /// The reason `delete_grant` records on the keys it revokes.
 const GRANT_DELETED: &str = "grant deleted";
 
@@ -926,6 +936,28 @@ async fn write_activity<C: Exec + ?Sized>(
             rows.iter().map(|a| a.key_id.as_str()).collect();
         for key in keys {
             c.run(TRIM_ACTIVITY, &params![key, limit(retain_per_key - 1)])
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes what a batch wrote for keys or accounts erased while it waited in the writer, in
+/// the batch's transaction, so an erasure leaves nothing behind however requests race it.
+async fn drop_orphans<C: Exec + ?Sized>(c: &mut C, batch: &WriteBatch) -> StoreResult<()> {
+    let keys: std::collections::BTreeSet<&str> =
+        batch.activity.iter().map(|a| a.key_id.as_str()).collect();
+    for key in keys {
+        c.run(ORPHAN_ACTIVITY, &params![key]).await?;
+    }
+    let accounts: std::collections::BTreeSet<&str> =
+        batch.usage.iter().map(|u| u.account_id.as_str()).collect();
+    for account in accounts {
+        c.run(ORPHAN_USAGE, &params![account]).await?;
+    }
+    for e in &batch.events {
+        if let Some(account) = e.account_id.as_deref() {
+            c.run(ORPHAN_EVENT, &params![e.id.as_str(), account])
                 .await?;
         }
     }
@@ -1360,6 +1392,7 @@ impl<B: Backend> Store for B {
         write_activity(&mut *tx, &batch.activity, batch.activity_retain_per_key).await?;
         write_usage(&mut *tx, &batch.usage).await?;
         write_events(&mut *tx, &batch.events).await?;
+        drop_orphans(&mut *tx, batch).await?;
         commit(tx).await
     }
 

@@ -984,6 +984,63 @@ async fn case_usage_accumulates_per_counter(store: Arc<dyn Store>) {
     assert_eq!(get(Mode::Live, "bytes", day).await, big);
 }
 
+async fn case_a_batch_for_an_erased_account_leaves_nothing(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let k = key(&a.id, Mode::Live);
+    store.insert_key(&k).await.unwrap();
+    let kept = new_account(&store).await;
+    let kept_key = key(&kept.id, Mode::Live);
+    store.insert_key(&kept_key).await.unwrap();
+    store.erase_account(&a.id).await.unwrap();
+
+    // Requests that raced the erasure still had records waiting in the writer.
+    let batch = WriteBatch {
+        touches: vec![KeyTouch {
+            key_id: k.id.clone(),
+            at: 10,
+            ip: Some("192.0.2.1".into()),
+        }],
+        activity: vec![activity(&k.id, 1), activity(&kept_key.id, 2)],
+        activity_retain_per_key: 200,
+        usage: vec![
+            usage(&a.id, Mode::Live, "requests", 0, 2),
+            usage(&kept.id, Mode::Live, "requests", 0, 3),
+        ],
+        events: vec![
+            event(Some(&a.id), Some(Mode::Live), "key.ip_denied", 10),
+            event(Some(&kept.id), Some(Mode::Live), "key.ip_denied", 11),
+        ],
+    };
+    store.write_batch(&batch).await.unwrap();
+    let events = |account: &str| EventFilter {
+        account_id: Some(account.to_string()),
+        limit: 10,
+        ..EventFilter::default()
+    };
+    assert!(store.list_activity(&k.id, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .get_usage(&a.id, Mode::Live, "requests", 0)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(store.list_events(&events(&a.id)).await.unwrap().is_empty());
+    // The other account's records landed.
+    assert_eq!(
+        store.list_activity(&kept_key.id, 10).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        store
+            .get_usage(&kept.id, Mode::Live, "requests", 0)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(store.list_events(&events(&kept.id)).await.unwrap().len(), 1);
+}
+
 async fn case_write_batch_lands_whole(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let k = key(&a.id, Mode::Live);
@@ -1331,6 +1388,7 @@ suite!(
     case_activity_retention,
     case_usage_accumulates_per_counter,
     case_write_batch_lands_whole,
+    case_a_batch_for_an_erased_account_leaves_nothing,
     case_erase_account_removes_everything_of_it,
 );
 
