@@ -290,9 +290,8 @@ impl<V: Clone + Send + Sync + 'static> KeyResolver<V> {
     }
 
     /// The value for `lookup`: from memory on a hit (cached value or known to be unknown),
-    /// with no store call; otherwise from one `find_keys_by_lookup` call (then, when it finds
-    /// nothing, `find_retired_keys`) shared with every concurrent miss on the same lookup,
-    /// whose records `build` turns into the value.
+    /// with no store call; otherwise from one `find_keys_by_lookup` call shared with every
+    /// concurrent miss on the same lookup, whose records `build` turns into the value.
     ///
     /// `build` is called only with a non-empty list (a lookup can match several records:
     /// a previous secret's lookup, or colliding slow-hash segments). `None` from it, like no
@@ -320,12 +319,7 @@ impl<V: Clone + Send + Sync + 'static> KeyResolver<V> {
                     flight: joined,
                 };
                 let started = cache.generation.load(Ordering::SeqCst);
-                let found = match store.find_keys_by_lookup(lookup).await {
-                    // A lookup no key has now may be a secret a key rotated out for good.
-                    Ok(records) if records.is_empty() => store.find_retired_keys(lookup).await,
-                    other => other,
-                };
-                match found {
+                match store.find_keys_by_lookup(lookup).await {
                     Ok(records) => {
                         let value = if records.is_empty() {
                             None

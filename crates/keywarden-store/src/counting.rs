@@ -107,7 +107,6 @@ delegate! {
     fn get_key(&self, id: &str) -> StoreResult<Option<KeyRecord>>;
     fn get_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<KeyRecord>>;
     fn find_keys_by_lookup(&self, lookup: &str) -> StoreResult<Vec<KeyRecord>>;
-    fn find_retired_keys(&self, lookup: &str) -> StoreResult<Vec<KeyRecord>>;
     fn list_keys(&self, account_id: &str, mode: Option<Mode>, page: &Page)
         -> StoreResult<Vec<KeyRecord>>;
     fn count_active_keys(&self, account_id: &str) -> StoreResult<u64>;

@@ -479,6 +479,7 @@ struct Statements {
     key_get: String,
     key_by_hash: String,
     key_by_lookup: String,
+    key_by_retired: String,
     key_list: String,
     key_list_mode: String,
     key_by_grant: String,
@@ -508,6 +509,16 @@ static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
     key_by_lookup: format!(
         "{} WHERE lookup = $1 OR prev_lookup = $1 ORDER BY id",
         KEYS.select()
+    ),
+    key_by_retired: format!(
+        "SELECT {}, r.scheme AS retired_scheme, r.lookup AS retired_lookup, \
+         r.hash AS retired_hash FROM retired_secrets r JOIN api_keys k ON k.id = r.key_id \
+         WHERE r.lookup = $1 ORDER BY k.id",
+        KEYS.columns
+            .iter()
+            .map(|c| format!("k.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ),
     key_list: format!(
         "{} WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3",
@@ -544,8 +555,6 @@ pub(crate) fn key_by_lookup_sql() -> &'static str {
 const RETIRE_PREVIOUS: &str = "INSERT INTO retired_secrets (key_id, scheme, lookup, hash) \
      SELECT id, prev_scheme, prev_lookup, prev_hash FROM api_keys \
      WHERE id = $1 AND prev_lookup IS NOT NULL AND prev_lookup <> $2 AND prev_lookup <> $3";
-const RETIRED_BY_LOOKUP: &str =
-    "SELECT key_id, scheme, lookup, hash FROM retired_secrets WHERE lookup = $1 ORDER BY key_id";
 const ACCOUNT_EXISTS: &str = "SELECT COUNT(*) AS n FROM accounts WHERE id = $1";
 const COUNT_ACTIVE_KEYS: &str =
     "SELECT COUNT(*) AS n FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL";
@@ -597,6 +606,16 @@ fn secret_params(s: &StoredSecret) -> [Param; 3] {
         s.lookup.as_str().into(),
         s.hash.as_str().into(),
     ]
+}
+
+/// A key found by a secret it rotated out for good: that secret as its current one, no
+/// previous one, revoked at its revocation or else at its creation.
+fn decode_retired<R: RowGet>(r: &R) -> StoreResult<KeyRecord> {
+    let mut key = decode_key(r)?;
+    key.secret = decode_secret(r, "retired_")?;
+    key.previous = None;
+    key.revoked_at = Some(key.revoked_at.unwrap_or(key.created_at));
+    Ok(key)
 }
 
 fn decode_secret<R: RowGet>(r: &R, prefix: &str) -> StoreResult<StoredSecret> {
@@ -1229,27 +1248,18 @@ impl<B: Backend> Store for B {
 
     async fn find_keys_by_lookup(&self, lookup: &str) -> StoreResult<Vec<KeyRecord>> {
         let mut c = read(self).await?;
-        all(&mut *c, &SQL.key_by_lookup, &params![lookup], decode_key).await
-    }
-
-    async fn find_retired_keys(&self, lookup: &str) -> StoreResult<Vec<KeyRecord>> {
-        let mut c = read(self).await?;
-        let retired = all(&mut *c, RETIRED_BY_LOOKUP, &params![lookup], |r| {
-            Ok((r.text("key_id")?, decode_secret(r, "")?))
-        })
-        .await?;
-        let mut keys = Vec::with_capacity(retired.len());
-        for (key_id, secret) in retired {
-            let Some(mut key) = first(&mut *c, &SQL.key_get, &params![key_id], decode_key).await?
-            else {
-                continue;
-            };
-            key.secret = secret;
-            key.previous = None;
-            key.revoked_at = Some(key.revoked_at.unwrap_or(key.created_at));
-            keys.push(key);
+        let found = all(&mut *c, &SQL.key_by_lookup, &params![lookup], decode_key).await?;
+        if !found.is_empty() {
+            return Ok(found);
         }
-        Ok(keys)
+        // No key has this secret now; a key may have rotated it out for good.
+        all(
+            &mut *c,
+            &SQL.key_by_retired,
+            &params![lookup],
+            decode_retired,
+        )
+        .await
     }
 
     async fn list_keys(

@@ -172,12 +172,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Keys whose current or previous (rotated-out) secret has this lookup value: one
     /// indexed query whatever the number of keys. Usually zero or one row; slow-hash lookup
     /// segments can in principle collide, so the caller verifies each.
+    ///
+    /// When no key has it now: the keys that rotated a secret with this lookup out for good
+    /// (a later rotation replaced it as the previous secret), each with that secret as its
+    /// current one, no previous one, and revoked (at its revocation, or else at its
+    /// creation), so a retired secret is answered `api_key_revoked`. A second indexed query,
+    /// paid only by lookups no key has.
     async fn find_keys_by_lookup(&self, lookup: &str) -> StoreResult<Vec<KeyRecord>>;
-    /// Keys that once had a secret with this lookup value and rotated it out for good (a
-    /// later rotation replaced it as the previous secret). Each record carries that secret
-    /// as its current one, no previous one, and is revoked (at its revocation, or else at
-    /// its creation), so a retired secret is answered `api_key_revoked`. Usually empty.
-    async fn find_retired_keys(&self, lookup: &str) -> StoreResult<Vec<KeyRecord>>;
     /// An account's keys (of one mode, when given), by id ascending, revoked ones included.
     async fn list_keys(
         &self,
