@@ -1167,3 +1167,89 @@ async fn limits_are_shared_again_when_redis_comes_back() {
     b.stop().await;
     db.drop_database().await;
 }
+
+// ---- replicas on one PostgreSQL ----------------------------------------------------------
+
+/// Asks `check` every 20 ms for up to 3 s; whether it came true. The caches' TTL is 60 s,
+/// so within that time only the notification from the other replica can make it true.
+async fn soon<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_on_one_replica_is_enforced_by_the_others_at_once() {
+    let db = SharedDb::new().await;
+    if db.pg.is_none() {
+        eprintln!("KEYWARDEN_TEST_DATABASE_URL is not set: skipping this PostgreSQL test");
+        return;
+    }
+    let a = start_on("", &Backend::Local, &db.url, db.dir()).await;
+    let b = start_on("", &Backend::Local, &db.url, db.dir()).await;
+    let acc = a.account("Acme").await;
+    let (id, token) = a.live_key(&acc).await;
+    let (rotated_id, rotated) = a.live_key(&acc).await;
+    let (_, other) = a.live_key(&acc).await;
+    // B knows an unknown key as unknown, and has the others cached.
+    for key in [&token, &rotated, &other] {
+        b.assert_key_works(key).await;
+    }
+
+    // Revoked on A: refused on B.
+    a.admin_call(
+        Method::POST,
+        &format!("/v1/admin/keys/{id}/revoke"),
+        Some(json!({})),
+    )
+    .await
+    .ok(200);
+    assert!(
+        soon(|| async { b.whoami(&token).await.code() == "api_key_revoked" }).await,
+        "B still accepts a key revoked on A"
+    );
+
+    // Rolled on A: the old secret is refused on B, the new one works there.
+    let new = a
+        .admin_call(
+            Method::POST,
+            &format!("/v1/admin/keys/{rotated_id}/rotate"),
+            Some(json!({ "grace_period_seconds": 0 })),
+        )
+        .await
+        .ok(200)["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        soon(|| async { b.whoami(&rotated).await.code() == "api_key_revoked" }).await,
+        "B still accepts a secret rolled on A"
+    );
+    b.assert_key_works(&new).await;
+
+    // The account suspended on A: B refuses its keys.
+    a.admin_call(
+        Method::PATCH,
+        &format!("/v1/admin/accounts/{acc}"),
+        Some(json!({ "status": "suspended" })),
+    )
+    .await
+    .ok(200);
+    assert!(
+        soon(|| async { b.whoami(&other).await.code() == "account_inactive" }).await,
+        "B still serves an account suspended on A"
+    );
+
+    a.stop().await;
+    b.stop().await;
+    db.drop_database().await;
+}

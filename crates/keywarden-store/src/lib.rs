@@ -5,8 +5,8 @@
 pub mod store;
 
 pub use store::{
-    ErasureCounts, EventFilter, KeyTouch, Page, Store, StoreError, StoreResult, UsageDelta,
-    WriteBatch,
+    ErasureCounts, EventFilter, Invalidation, KeyTouch, Page, Store, StoreError, StoreResult,
+    UsageDelta, WriteBatch,
 };
 
 mod open;

@@ -4,13 +4,29 @@
 //! depends on rows another transaction could be inserting at the same moment (counting an
 //! account's active keys before adding one, or erasing the account), the transaction first
 //! takes a per-account advisory lock, held until it ends.
+//!
+//! Replicas keep their caches in step through LISTEN/NOTIFY: every write to a key, an
+//! account or an application notifies [`CHANNEL`] in its own transaction (so the
+//! notification goes out exactly when the write commits), and the store's
+//! `invalidations` feed brings what any replica wrote to this one's caches, well within a
+//! second. When the
+//! listening connection drops, the feed says [`Invalidation::All`] once it is back, since
+//! notifications may have been missed meanwhile; the caches' TTL remains the backstop.
 
 use crate::rows::{sqlx_driver, Backend};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{Invalidation, StoreError, StoreResult};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// The notification channel writes are announced on.
+pub const CHANNEL: &str = "keywarden_invalidate";
+
+/// Invalidations buffered for a slow subscriber; past that it is told to forget everything.
+const FEED_CAPACITY: usize = 4_096;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -26,6 +42,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PgStore {
     /// Serves reads and writes alike: PostgreSQL handles concurrent writers itself.
     pool: PgPool,
+    /// The invalidation feed, started by the first subscriber.
+    feed: Mutex<Option<broadcast::Sender<Invalidation>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -56,7 +74,10 @@ impl PgStore {
         MIGRATOR.run(&pool).await.map_err(|e| {
             StoreError::Database(format!("cannot migrate the PostgreSQL schema: {e}"))
         })?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            feed: Mutex::new(None),
+        })
     }
 
     /// The connection pool, for what needs PostgreSQL itself rather than the [`Store`]
@@ -81,6 +102,7 @@ impl Backend for PgStore {
     // the one-key form. A hash collision only makes two accounts wait for each other.
     const LOCK_ACCOUNT: Option<&'static str> =
         Some("SELECT pg_advisory_xact_lock(7301, hashtext($1))");
+    const NOTIFY: Option<&'static str> = Some("SELECT pg_notify('keywarden_invalidate', $1)");
 
     fn reader(&self) -> &PgPool {
         &self.pool
@@ -88,6 +110,74 @@ impl Backend for PgStore {
 
     fn writer(&self) -> &PgPool {
         &self.pool
+    }
+
+    fn feed(&self) -> Option<broadcast::Receiver<Invalidation>> {
+        let mut feed = self.feed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = feed.as_ref().filter(|tx| tx.receiver_count() > 0) {
+            return Some(tx.subscribe());
+        }
+        // A listener stops once nobody subscribes, so a new subscriber after that gets a new
+        // one; its first subscriber exists before it starts.
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = broadcast::channel(FEED_CAPACITY);
+        runtime.spawn(listen(self.pool.clone(), tx.clone()));
+        *feed = Some(tx);
+        Some(rx)
+    }
+}
+
+/// Forwards the notifications of [`CHANNEL`] to `tx` until nobody subscribes any more or
+/// the pool is closed. Reconnects after a failure, and then announces
+/// [`Invalidation::All`]: what was written meanwhile is unknown.
+async fn listen(pool: PgPool, tx: broadcast::Sender<Invalidation>) {
+    let done = |tx: &broadcast::Sender<Invalidation>| tx.receiver_count() == 0 || pool.is_closed();
+    let mut reconnect = false;
+    while !done(&tx) {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for other replicas' writes; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                reconnect = true;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %e, "cannot listen for other replicas' writes; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            reconnect = true;
+            continue;
+        }
+        if reconnect {
+            tracing::info!("listening for other replicas' writes again");
+            let _ = tx.send(Invalidation::All);
+        }
+        loop {
+            tokio::select! {
+                n = listener.try_recv() => match n {
+                    Ok(Some(n)) => {
+                        for item in Invalidation::decode(n.payload()) {
+                            let _ = tx.send(item);
+                        }
+                    }
+                    // The connection dropped; the listener reconnects on the next call.
+                    Ok(None) => {
+                        let _ = tx.send(Invalidation::All);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lost the feed of other replicas' writes");
+                        reconnect = true;
+                        break;
+                    }
+                },
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if done(&tx) {
+                        return;
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -8,8 +8,8 @@
 //! what makes "same behaviour, same tests" (SPEC §14) true by construction.
 
 use crate::store::{
-    ErasureCounts, EventFilter, KeyTouch, Page, Store, StoreError, StoreResult, UsageDelta,
-    WriteBatch,
+    ErasureCounts, EventFilter, Invalidation, KeyTouch, Page, Store, StoreError, StoreResult,
+    UsageDelta, WriteBatch,
 };
 use async_trait::async_trait;
 use keywarden_core::model::{
@@ -1112,11 +1112,56 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// A statement (bound to an account id) that serialises writers on one account until
     /// the transaction ends, when the write transaction alone does not already do so.
     const LOCK_ACCOUNT: Option<&'static str>;
+    /// A statement (bound to a payload) that tells every process on the database what a
+    /// write changed, delivered when the transaction commits; `None` when no other process
+    /// shares the database.
+    const NOTIFY: Option<&'static str>;
     /// The pool reads are served from.
     fn reader(&self) -> &Pool<Self::Db>;
     /// The pool writes go through.
     fn writer(&self) -> &Pool<Self::Db>;
+    /// The feed of [`Backend::NOTIFY`] payloads, decoded.
+    fn feed(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        None
+    }
 }
+
+/// Tells the other processes on the database what a write changed (see
+/// [`Backend::NOTIFY`]); nothing when the database is not shared.
+async fn notify<B: Backend>(c: &mut B::Conn, items: &[Invalidation]) -> StoreResult<()> {
+    if let (Some(sql), false) = (B::NOTIFY, items.is_empty()) {
+        let payload = Invalidation::encode(items);
+        c.run(sql, &params![payload.as_str()]).await?;
+    }
+    Ok(())
+}
+
+/// The lookups under which a key may be cached, as invalidations.
+fn key_lookups(key: &KeyRecord) -> impl Iterator<Item = Invalidation> + '_ {
+    std::iter::once(&key.secret)
+        .chain(key.previous.as_ref().map(|p| &p.secret))
+        .map(|s| Invalidation::Lookup(s.lookup.clone()))
+}
+
+/// The lookup values stored for the keys a statement selects (`lookup`, `prev_lookup`).
+async fn stored_lookups<C: Exec + ?Sized>(
+    c: &mut C,
+    sql: &str,
+    params: &[Param],
+) -> StoreResult<Vec<Invalidation>> {
+    let rows = c.rows(sql, params).await?;
+    let mut out = Vec::new();
+    for r in &rows {
+        out.push(Invalidation::Lookup(r.text("lookup")?));
+        if let Some(prev) = r.opt_text("prev_lookup")? {
+            out.push(Invalidation::Lookup(prev));
+        }
+    }
+    Ok(out)
+}
+
+const KEY_LOOKUPS: &str = "SELECT lookup, prev_lookup FROM api_keys WHERE id = $1";
+const ACCOUNT_KEY_LOOKUPS: &str = "SELECT lookup, prev_lookup FROM api_keys WHERE account_id = $1";
 
 /// A connection for reads.
 async fn read<B: Backend>(b: &B) -> StoreResult<PoolConnection<B::Db>> {
@@ -1178,6 +1223,8 @@ async fn insert_key<B: Backend>(
         }
     }
     tx.run(&SQL.key_insert, &values).await?;
+    // Other replicas may remember this lookup as unknown.
+    notify::<B>(&mut tx, &key_lookups(key).collect::<Vec<_>>()).await?;
     commit(tx).await
 }
 
@@ -1185,6 +1232,10 @@ async fn insert_key<B: Backend>(
 impl<B: Backend> Store for B {
     async fn ping(&self) -> StoreResult<()> {
         read(self).await?.run("SELECT 1", &[]).await.map(drop)
+    }
+
+    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        self.feed()
     }
 
     async fn create_account(&self, account: &Account) -> StoreResult<()> {
@@ -1206,7 +1257,11 @@ impl<B: Backend> Store for B {
 
     async fn update_account(&self, account: &Account) -> StoreResult<()> {
         let p = ACCOUNTS.update_params(account_params(account)?);
-        found(write_one(self, &SQL.account_update, &p).await?)
+        let mut tx = write(self).await?;
+        let changed = tx.run(&SQL.account_update, &p).await?;
+        notify::<B>(&mut tx, &[Invalidation::Account(account.id.clone())]).await?;
+        commit(tx).await?;
+        found(changed)
     }
 
     async fn erase_account(&self, id: &str) -> StoreResult<ErasureCounts> {
@@ -1216,6 +1271,9 @@ impl<B: Backend> Store for B {
         if count(&mut *tx, ACCOUNT_EXISTS, &p).await? == 0 {
             return Err(StoreError::NotFound);
         }
+        let mut gone = stored_lookups(&mut *tx, ACCOUNT_KEY_LOOKUPS, &p).await?;
+        gone.push(Invalidation::Account(id.to_string()));
+        notify::<B>(&mut tx, &gone).await?;
         let counts = ErasureCounts {
             deleted_activity: tx.run(ERASE_ACTIVITY, &p).await?,
             deleted_events: tx.run(ERASE_EVENTS, &p).await?,
@@ -1293,14 +1351,18 @@ impl<B: Backend> Store for B {
             .as_ref()
             .map_or("", |p| p.secret.lookup.as_str());
         let mut tx = write(self).await?;
+        // What other replicas may have cached under the key's lookups before and after.
+        let mut changed = stored_lookups(&mut *tx, KEY_LOOKUPS, &params![key.id.as_str()]).await?;
+        changed.extend(key_lookups(key));
+        notify::<B>(&mut tx, &changed).await?;
         tx.run(
             RETIRE_PREVIOUS,
             &params![key.id.as_str(), previous, key.secret.lookup.as_str()],
         )
         .await?;
-        let changed = tx.run(&SQL.key_update, &p).await?;
+        let updated = tx.run(&SQL.key_update, &p).await?;
         commit(tx).await?;
-        found(changed)
+        found(updated)
     }
 
     async fn touch_keys(&self, touches: &[KeyTouch]) -> StoreResult<()> {
@@ -1331,7 +1393,11 @@ impl<B: Backend> Store for B {
 
     async fn update_app(&self, app: &Application) -> StoreResult<()> {
         let p = APPS.update_params(app_params(app)?);
-        found(write_one(self, &SQL.app_update, &p).await?)
+        let mut tx = write(self).await?;
+        let changed = tx.run(&SQL.app_update, &p).await?;
+        notify::<B>(&mut tx, &[Invalidation::App(app.id.clone())]).await?;
+        commit(tx).await?;
+        found(changed)
     }
 
     async fn create_grant(&self, grant: &Grant) -> StoreResult<()> {
@@ -1358,6 +1424,8 @@ impl<B: Backend> Store for B {
         tx.run(REVOKE_GRANT_KEYS, &params![id, at, GRANT_DELETED])
             .await?;
         let keys = all(&mut *tx, &SQL.key_by_grant, &params![id], decode_key).await?;
+        let revoked: Vec<Invalidation> = keys.iter().flat_map(key_lookups).collect();
+        notify::<B>(&mut tx, &revoked).await?;
         tx.run(DELETE_GRANT, &params![id]).await?;
         commit(tx).await?;
         Ok(keys)

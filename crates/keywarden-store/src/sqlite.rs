@@ -185,6 +185,8 @@ impl Backend for SqliteStore {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     // `BEGIN IMMEDIATE` already serialises every writer on the whole database.
     const LOCK_ACCOUNT: Option<&'static str> = None;
+    // One process serves a SQLite file: its own writes invalidate its own caches.
+    const NOTIFY: Option<&'static str> = None;
 
     fn reader(&self) -> &SqlitePool {
         &self.reader

@@ -134,6 +134,61 @@ pub struct ErasureCounts {
     pub deleted_grants: u64,
 }
 
+/// A write another process made to the shared database, which this process's caches must
+/// forget (SPEC §14: several replicas on one PostgreSQL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Whatever is cached under this key lookup value.
+    Lookup(String),
+    /// The cached account with this id.
+    Account(String),
+    /// The cached application with this id.
+    App(String),
+    /// Everything: the feed was interrupted, or the write touched too much to list.
+    All,
+}
+
+impl Invalidation {
+    /// The notification payload for a list of invalidations: one per line (`k <lookup>`,
+    /// `a <account id>`, `p <app id>`), or `*` for everything when the list would not fit
+    /// in one notification.
+    pub fn encode(items: &[Invalidation]) -> String {
+        const MAX_PAYLOAD: usize = 7_000;
+        let mut out = String::new();
+        for item in items {
+            let line = match item {
+                Invalidation::Lookup(l) => format!("k {l}"),
+                Invalidation::Account(a) => format!("a {a}"),
+                Invalidation::App(p) => format!("p {p}"),
+                Invalidation::All => return "*".into(),
+            };
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&line);
+            if out.len() > MAX_PAYLOAD {
+                return "*".into();
+            }
+        }
+        out
+    }
+
+    /// Reads a payload written by [`Invalidation::encode`]. Anything it does not know
+    /// forgets everything, which is always safe.
+    pub fn decode(payload: &str) -> Vec<Invalidation> {
+        let mut out = Vec::new();
+        for line in payload.lines() {
+            match line.split_once(' ') {
+                Some(("k", l)) => out.push(Invalidation::Lookup(l.to_string())),
+                Some(("a", a)) => out.push(Invalidation::Account(a.to_string())),
+                Some(("p", p)) => out.push(Invalidation::App(p.to_string())),
+                _ => return vec![Invalidation::All],
+            }
+        }
+        out
+    }
+}
+
 /// Everything Keywarden remembers, behind one async interface.
 ///
 /// Implementations must make each method atomic; methods that read then write
@@ -143,6 +198,13 @@ pub struct ErasureCounts {
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Is the database reachable? Used by `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Writes to keys, accounts and applications committed by any process on this database
+    /// (this one included), as they commit, for keeping caches in step across replicas.
+    /// `None` when the store has no such feed (SQLite serves one process).
+    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
+        None
+    }
 
     // ---- accounts ----
 
@@ -240,4 +302,35 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         unit: &str,
         period_start: Millis,
     ) -> StoreResult<u64>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Invalidation;
+
+    #[test]
+    fn invalidations_survive_the_notification_payload() {
+        let items = vec![
+            Invalidation::Lookup("9f86d081884c7d65".into()),
+            Invalidation::Account("acc_01J".into()),
+            Invalidation::App("app_01J".into()),
+        ];
+        let payload = Invalidation::encode(&items);
+        assert_eq!(payload, "k 9f86d081884c7d65\na acc_01J\np app_01J");
+        assert_eq!(Invalidation::decode(&payload), items);
+    }
+
+    #[test]
+    fn too_much_or_anything_unknown_means_everything() {
+        let many: Vec<Invalidation> = (0..1_000)
+            .map(|i| Invalidation::Lookup(format!("{i:064x}")))
+            .collect();
+        assert_eq!(Invalidation::encode(&many), "*");
+        assert_eq!(Invalidation::decode("*"), vec![Invalidation::All]);
+        assert_eq!(
+            Invalidation::decode("k abc\nx what"),
+            vec![Invalidation::All]
+        );
+        assert_eq!(Invalidation::encode(&[]), "");
+    }
 }

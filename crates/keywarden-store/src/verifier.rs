@@ -9,7 +9,7 @@
 
 use crate::cache::{KeyCache, KeyResolver};
 use crate::limiter::{Limiter, QuotaKey};
-use crate::store::{KeyTouch, Store, StoreResult, UsageDelta};
+use crate::store::{Invalidation, KeyTouch, Store, StoreResult, UsageDelta};
 use crate::writer::Writer;
 use keywarden_core::codes::Code;
 use keywarden_core::decision::{
@@ -175,6 +175,18 @@ pub struct Verifier {
     limiter: Limiter,
     writer: Writer,
     clock: Arc<dyn Clock>,
+    /// Applies other replicas' writes to the caches; stopped when the verifier goes.
+    _follower: Option<AbortOnDrop>,
+}
+
+/// A task that ends with its owner.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Verifier {
@@ -189,16 +201,28 @@ impl Verifier {
     ) -> Self {
         let limiter = limiter.into();
         let ttl = cfg.record_ttl;
+        let accounts: Cache<String, Arc<Account>> = Cache::builder()
+            .max_capacity(1_000_000)
+            .time_to_live(ttl)
+            .build();
+        let apps: Cache<String, Arc<Application>> = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(ttl)
+            .build();
+        let follower = match (store.invalidations(), tokio::runtime::Handle::try_current()) {
+            (Some(feed), Ok(runtime)) => Some(AbortOnDrop(runtime.spawn(follow(
+                feed,
+                cache.clone(),
+                accounts.clone(),
+                apps.clone(),
+            )))),
+            _ => None,
+        };
         Verifier {
             keys: KeyResolver::new(store.clone(), cache),
-            accounts: Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(ttl)
-                .build(),
-            apps: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build(),
+            accounts,
+            apps,
+            _follower: follower,
             slow_ok: Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(cfg.slow_hash_ttl)
@@ -746,4 +770,28 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_string()
+}
+
+/// Applies the writes other replicas commit (the store's invalidation feed) to this
+/// process's caches, until the feed ends. A lagging follower forgets everything.
+async fn follow(
+    mut feed: tokio::sync::broadcast::Receiver<Invalidation>,
+    keys: KeyCache<Candidates>,
+    accounts: Cache<String, Arc<Account>>,
+    apps: Cache<String, Arc<Application>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match feed.recv().await {
+            Ok(Invalidation::Lookup(l)) => keys.invalidate(&[l.as_str()]),
+            Ok(Invalidation::Account(id)) => accounts.invalidate(&id),
+            Ok(Invalidation::App(id)) => apps.invalidate(&id),
+            Ok(Invalidation::All) | Err(RecvError::Lagged(_)) => {
+                keys.invalidate_all();
+                accounts.invalidate_all();
+                apps.invalidate_all();
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
