@@ -1249,6 +1249,15 @@ async fn a_write_on_one_replica_is_enforced_by_the_others_at_once() {
         "B still serves an account suspended on A"
     );
 
+    // Erased on A: B no longer knows the keys at all.
+    a.admin_call(Method::DELETE, &format!("/v1/admin/accounts/{acc}"), None)
+        .await
+        .ok(200);
+    assert!(
+        soon(|| async { b.whoami(&new).await.code() == "invalid_api_key" }).await,
+        "B still knows a key of an account erased on A"
+    );
+
     a.stop().await;
     b.stop().await;
     db.drop_database().await;

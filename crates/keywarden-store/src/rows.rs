@@ -1162,6 +1162,9 @@ async fn stored_lookups<C: Exec + ?Sized>(
 
 const KEY_LOOKUPS: &str = "SELECT lookup, prev_lookup FROM api_keys WHERE id = $1";
 const ACCOUNT_KEY_LOOKUPS: &str = "SELECT lookup, prev_lookup FROM api_keys WHERE account_id = $1";
+/// The retired secrets of an account's keys, in the shape [`stored_lookups`] reads.
+const ACCOUNT_RETIRED_LOOKUPS: &str = "SELECT r.lookup AS lookup, r.lookup AS prev_lookup \
+     FROM retired_secrets r JOIN api_keys k ON k.id = r.key_id WHERE k.account_id = $1";
 
 /// A connection for reads.
 async fn read<B: Backend>(b: &B) -> StoreResult<PoolConnection<B::Db>> {
@@ -1272,6 +1275,7 @@ impl<B: Backend> Store for B {
             return Err(StoreError::NotFound);
         }
         let mut gone = stored_lookups(&mut *tx, ACCOUNT_KEY_LOOKUPS, &p).await?;
+        gone.extend(stored_lookups(&mut *tx, ACCOUNT_RETIRED_LOOKUPS, &p).await?);
         gone.push(Invalidation::Account(id.to_string()));
         notify::<B>(&mut tx, &gone).await?;
         let counts = ErasureCounts {
