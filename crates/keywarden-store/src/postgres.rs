@@ -9,9 +9,9 @@
 //! account or an application notifies [`CHANNEL`] in its own transaction (so the
 //! notification goes out exactly when the write commits), and the store's
 //! `invalidations` feed brings what any replica wrote to this one's caches, well within a
-//! second. When the
-//! listening connection drops, the feed says [`Invalidation::All`] once it is back, since
-//! notifications may have been missed meanwhile; the caches' TTL remains the backstop.
+//! second. When the listening connection drops, the feed says [`Invalidation::All`] once
+//! it is back, since notifications may have been missed meanwhile; the caches' TTL remains
+//! the backstop.
 
 use crate::rows::{sqlx_driver, Backend};
 use crate::store::{Invalidation, StoreError, StoreResult};
@@ -22,8 +22,15 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
+/// The notification channel, spelled once for both [`CHANNEL`] and the NOTIFY statement.
+macro_rules! channel {
+    () => {
+        "keywarden_invalidate"
+    };
+}
+
 /// The notification channel writes are announced on.
-pub const CHANNEL: &str = "keywarden_invalidate";
+pub const CHANNEL: &str = channel!();
 
 /// Invalidations buffered for a slow subscriber; past that it is told to forget everything.
 const FEED_CAPACITY: usize = 4_096;
@@ -102,7 +109,7 @@ impl Backend for PgStore {
     // the one-key form. A hash collision only makes two accounts wait for each other.
     const LOCK_ACCOUNT: Option<&'static str> =
         Some("SELECT pg_advisory_xact_lock(7301, hashtext($1))");
-    const NOTIFY: Option<&'static str> = Some("SELECT pg_notify('keywarden_invalidate', $1)");
+    const NOTIFY: Option<&'static str> = Some(concat!("SELECT pg_notify('", channel!(), "', $1)"));
 
     fn reader(&self) -> &PgPool {
         &self.pool

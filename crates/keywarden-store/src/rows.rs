@@ -1127,10 +1127,19 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// Tells the other processes on the database what a write changed (see
-/// [`Backend::NOTIFY`]); nothing when the database is not shared.
-async fn notify<B: Backend>(c: &mut B::Conn, items: &[Invalidation]) -> StoreResult<()> {
-    if let (Some(sql), false) = (B::NOTIFY, items.is_empty()) {
-        let payload = Invalidation::encode(items);
+/// [`Backend::NOTIFY`]). `changed` is only called when the database is shared, so an
+/// unshared one pays nothing, not even the reads that list what changed.
+async fn notify<B, F>(c: &mut B::Conn, changed: F) -> StoreResult<()>
+where
+    B: Backend,
+    F: AsyncFnOnce(&mut B::Conn) -> StoreResult<Vec<Invalidation>>,
+{
+    let Some(sql) = B::NOTIFY else {
+        return Ok(());
+    };
+    let items = changed(&mut *c).await?;
+    if !items.is_empty() {
+        let payload = Invalidation::encode(&items);
         c.run(sql, &params![payload.as_str()]).await?;
     }
     Ok(())
@@ -1227,7 +1236,7 @@ async fn insert_key<B: Backend>(
     }
     tx.run(&SQL.key_insert, &values).await?;
     // Other replicas may remember this lookup as unknown.
-    notify::<B>(&mut tx, &key_lookups(key).collect::<Vec<_>>()).await?;
+    notify::<B, _>(&mut tx, async |_| Ok(key_lookups(key).collect())).await?;
     commit(tx).await
 }
 
@@ -1262,7 +1271,10 @@ impl<B: Backend> Store for B {
         let p = ACCOUNTS.update_params(account_params(account)?);
         let mut tx = write(self).await?;
         let changed = tx.run(&SQL.account_update, &p).await?;
-        notify::<B>(&mut tx, &[Invalidation::Account(account.id.clone())]).await?;
+        notify::<B, _>(&mut tx, async |_| {
+            Ok(vec![Invalidation::Account(account.id.clone())])
+        })
+        .await?;
         commit(tx).await?;
         found(changed)
     }
@@ -1274,10 +1286,13 @@ impl<B: Backend> Store for B {
         if count(&mut *tx, ACCOUNT_EXISTS, &p).await? == 0 {
             return Err(StoreError::NotFound);
         }
-        let mut gone = stored_lookups(&mut *tx, ACCOUNT_KEY_LOOKUPS, &p).await?;
-        gone.extend(stored_lookups(&mut *tx, ACCOUNT_RETIRED_LOOKUPS, &p).await?);
-        gone.push(Invalidation::Account(id.to_string()));
-        notify::<B>(&mut tx, &gone).await?;
+        notify::<B, _>(&mut tx, async |c| {
+            let mut gone = stored_lookups(c, ACCOUNT_KEY_LOOKUPS, &p).await?;
+            gone.extend(stored_lookups(c, ACCOUNT_RETIRED_LOOKUPS, &p).await?);
+            gone.push(Invalidation::Account(id.to_string()));
+            Ok(gone)
+        })
+        .await?;
         let counts = ErasureCounts {
             deleted_activity: tx.run(ERASE_ACTIVITY, &p).await?,
             deleted_events: tx.run(ERASE_EVENTS, &p).await?,
@@ -1356,9 +1371,12 @@ impl<B: Backend> Store for B {
             .map_or("", |p| p.secret.lookup.as_str());
         let mut tx = write(self).await?;
         // What other replicas may have cached under the key's lookups before and after.
-        let mut changed = stored_lookups(&mut *tx, KEY_LOOKUPS, &params![key.id.as_str()]).await?;
-        changed.extend(key_lookups(key));
-        notify::<B>(&mut tx, &changed).await?;
+        notify::<B, _>(&mut tx, async |c| {
+            let mut changed = stored_lookups(c, KEY_LOOKUPS, &params![key.id.as_str()]).await?;
+            changed.extend(key_lookups(key));
+            Ok(changed)
+        })
+        .await?;
         tx.run(
             RETIRE_PREVIOUS,
             &params![key.id.as_str(), previous, key.secret.lookup.as_str()],
@@ -1399,7 +1417,10 @@ impl<B: Backend> Store for B {
         let p = APPS.update_params(app_params(app)?);
         let mut tx = write(self).await?;
         let changed = tx.run(&SQL.app_update, &p).await?;
-        notify::<B>(&mut tx, &[Invalidation::App(app.id.clone())]).await?;
+        notify::<B, _>(&mut tx, async |_| {
+            Ok(vec![Invalidation::App(app.id.clone())])
+        })
+        .await?;
         commit(tx).await?;
         found(changed)
     }
@@ -1428,8 +1449,10 @@ impl<B: Backend> Store for B {
         tx.run(REVOKE_GRANT_KEYS, &params![id, at, GRANT_DELETED])
             .await?;
         let keys = all(&mut *tx, &SQL.key_by_grant, &params![id], decode_key).await?;
-        let revoked: Vec<Invalidation> = keys.iter().flat_map(key_lookups).collect();
-        notify::<B>(&mut tx, &revoked).await?;
+        notify::<B, _>(&mut tx, async |_| {
+            Ok(keys.iter().flat_map(key_lookups).collect())
+        })
+        .await?;
         tx.run(DELETE_GRANT, &params![id]).await?;
         commit(tx).await?;
         Ok(keys)
