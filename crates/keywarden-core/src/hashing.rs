@@ -342,6 +342,11 @@ pub fn sha256_hex(data: &[u8]) -> String {
     digest_hex(&Sha256::digest(data))
 }
 
+/// The SHA-256 of `data`, as bytes.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
 /// A new pepper: 32 bytes from the OS CSPRNG, hex-encoded (64 characters), for the embedded
 /// store's first start when no pepper is configured (SPEC §5).
 ///

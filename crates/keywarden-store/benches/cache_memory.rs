@@ -52,11 +52,10 @@ fn main() {
         };
         let rec = common::record(i, secret, "acc_01JBENCHACCOUNT000000000000");
         cache.insert(
-            lookup,
+            &lookup,
             Arc::new(vec![Arc::new(CompiledKey::compile(rec, &catalog))]),
         );
     }
-    cache.run_pending_tasks();
     let after = rss_bytes();
     assert_eq!(cache.entry_count(), n as u64);
     let per_key = after.saturating_sub(before) as f64 / n as f64;

@@ -12,12 +12,13 @@
 //! store, and concurrent misses for one lookup share a single store call.
 
 use crate::store::{Store, StoreError};
+use keywarden_core::hashing::sha256;
 use keywarden_core::model::KeyRecord;
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 /// Sizes and lifetimes of the key cache.
@@ -59,22 +60,59 @@ pub enum Lookup<V> {
     Miss,
 }
 
+/// A lookup value as the cache holds it: 32 bytes. The fast schemes' lookups are hex
+/// digests and are kept as the digest's bytes; anything else (a slow-hash lookup segment)
+/// as its SHA-256. Both are one-to-one in practice, so two lookups never share an entry.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LookupKey([u8; 32]);
+
+impl LookupKey {
+    /// The cache key of a lookup value.
+    pub fn of(lookup: &str) -> Self {
+        let mut bytes = [0u8; 32];
+        let hex_digest = lookup.len() == 64
+            && lookup.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && hex::decode_to_slice(lookup, &mut bytes).is_ok();
+        if hex_digest {
+            LookupKey(bytes)
+        } else {
+            LookupKey(sha256(lookup.as_bytes()))
+        }
+    }
+}
+
+impl std::fmt::Debug for LookupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A digest of a secret: never printed.
+        f.write_str("LookupKey(..)")
+    }
+}
+
 /// One store call in progress for a lookup, shared by every request that misses on it
 /// meanwhile. The cell holds the outcome: the value (or `None` for no key) or the error.
 type Flight<V> = Arc<OnceCell<Result<Option<V>, Arc<StoreError>>>>;
 
 /// A bounded cache of lookup values to built key values, with a negative cache of lookups
 /// known to match nothing. Clones share the same entries.
+///
+/// Both maps are `quick_cache` maps (a few dozen bytes of overhead per entry, so a million
+/// cached keys stay small); each entry carries the instant it stops being trusted, checked
+/// on every read.
 pub struct KeyCache<V: Clone + Send + Sync + 'static> {
-    positive: Cache<String, V>,
-    negative: Cache<String, ()>,
+    /// Value and expiry (milliseconds since `epoch`) by lookup.
+    positive: Arc<Cache<LookupKey, (V, u64)>>,
+    /// Expiry by lookup known to match nothing.
+    negative: Arc<Cache<LookupKey, u64>>,
+    ttl_ms: u64,
+    negative_ttl_ms: u64,
+    epoch: Instant,
     /// Bumped by every invalidation, before entries are dropped. A fill that started before
     /// an invalidation may carry a record read before the write it reflects; comparing
     /// generations lets the fill drop what it cached instead of keeping a stale key until
     /// the TTL.
     generation: Arc<AtomicU64>,
     /// Store calls in progress, by lookup, so concurrent misses make one call.
-    flights: Arc<Mutex<HashMap<String, Flight<V>>>>,
+    flights: Arc<Mutex<HashMap<LookupKey, Flight<V>>>>,
 }
 
 impl<V: Clone + Send + Sync + 'static> Clone for KeyCache<V> {
@@ -82,6 +120,9 @@ impl<V: Clone + Send + Sync + 'static> Clone for KeyCache<V> {
         KeyCache {
             positive: self.positive.clone(),
             negative: self.negative.clone(),
+            ttl_ms: self.ttl_ms,
+            negative_ttl_ms: self.negative_ttl_ms,
+            epoch: self.epoch,
             generation: self.generation.clone(),
             flights: self.flights.clone(),
         }
@@ -92,8 +133,8 @@ impl<V: Clone + Send + Sync + 'static> std::fmt::Debug for KeyCache<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Lookup values are digests of secrets: count entries, never print them.
         f.debug_struct("KeyCache")
-            .field("entries", &self.positive.entry_count())
-            .field("negative_entries", &self.negative.entry_count())
+            .field("entries", &self.positive.len())
+            .field("negative_entries", &self.negative.len())
             .finish_non_exhaustive()
     }
 }
@@ -104,46 +145,72 @@ impl<V: Clone + Send + Sync + 'static> Default for KeyCache<V> {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl<V: Clone + Send + Sync + 'static> KeyCache<V> {
     /// Makes an empty cache with these bounds.
     pub fn new(cfg: CacheConfig) -> Self {
+        let capacity = |n: u64| usize::try_from(n.max(1)).unwrap_or(usize::MAX);
         KeyCache {
-            positive: Cache::builder()
-                .max_capacity(cfg.max_keys)
-                .time_to_live(cfg.ttl)
-                .build(),
-            negative: Cache::builder()
-                .max_capacity(cfg.negative_max)
-                .time_to_live(cfg.negative_ttl)
-                .build(),
+            positive: Arc::new(Cache::new(capacity(cfg.max_keys))),
+            negative: Arc::new(Cache::new(capacity(cfg.negative_max))),
+            ttl_ms: millis(cfg.ttl),
+            negative_ttl_ms: millis(cfg.negative_ttl),
+            epoch: Instant::now(),
             generation: Arc::new(AtomicU64::new(0)),
             flights: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        millis(self.epoch.elapsed())
+    }
+
     /// What the cache knows about `lookup`, without touching the store. A hit allocates
-    /// nothing: it is a probe of the concurrent map, the cache's record of the read (for
-    /// eviction), and a clone of `V` (an `Arc` for the server).
+    /// nothing: it is a probe of the concurrent map and a clone of `V` (an `Arc` for the
+    /// server). An expired entry is dropped and reads as a miss.
     pub fn get(&self, lookup: &str) -> Lookup<V> {
-        if let Some(v) = self.positive.get(lookup) {
-            Lookup::Hit(v)
-        } else if self.negative.contains_key(lookup) {
-            Lookup::KnownMissing
-        } else {
-            Lookup::Miss
+        self.get_key(&LookupKey::of(lookup))
+    }
+
+    fn get_key(&self, key: &LookupKey) -> Lookup<V> {
+        let now = self.now_ms();
+        if let Some((v, until)) = self.positive.get(key) {
+            if now < until {
+                return Lookup::Hit(v);
+            }
+            self.positive.remove_if(key, |(_, u)| *u <= now);
+        } else if let Some(until) = self.negative.get(key) {
+            if now < until {
+                return Lookup::KnownMissing;
+            }
+            self.negative.remove_if(key, |u| *u <= now);
         }
+        Lookup::Miss
     }
 
     /// Caches `v` under `lookup`, replacing any entry and any negative entry.
-    pub fn insert(&self, lookup: String, v: V) {
-        self.negative.invalidate(&lookup);
-        self.positive.insert(lookup, v);
+    pub fn insert(&self, lookup: &str, v: V) {
+        self.insert_key(LookupKey::of(lookup), v);
+    }
+
+    fn insert_key(&self, key: LookupKey, v: V) {
+        self.negative.remove(&key);
+        let until = self.now_ms().saturating_add(self.ttl_ms);
+        self.positive.insert(key, (v, until));
     }
 
     /// Remembers that `lookup` matches no key, replacing any cached value.
-    pub fn insert_missing(&self, lookup: String) {
-        self.positive.invalidate(&lookup);
-        self.negative.insert(lookup, ());
+    pub fn insert_missing(&self, lookup: &str) {
+        self.insert_missing_key(LookupKey::of(lookup));
+    }
+
+    fn insert_missing_key(&self, key: LookupKey) {
+        self.positive.remove(&key);
+        let until = self.now_ms().saturating_add(self.negative_ttl_ms);
+        self.negative.insert(key, until);
     }
 
     /// Forgets everything about these lookups (cached values and negative entries alike),
@@ -155,11 +222,12 @@ impl<V: Clone + Send + Sync + 'static> KeyCache<V> {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
         for lookup in lookups {
+            let key = LookupKey::of(lookup);
             // A store call already in flight may have read the old record: later requests
             // must start their own instead of joining it.
-            flights.remove(*lookup);
-            self.positive.invalidate(*lookup);
-            self.negative.invalidate(*lookup);
+            flights.remove(&key);
+            self.positive.remove(&key);
+            self.negative.remove(&key);
         }
     }
 
@@ -170,55 +238,43 @@ impl<V: Clone + Send + Sync + 'static> KeyCache<V> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
-        self.positive.invalidate_all();
-        self.negative.invalidate_all();
+        self.positive.clear();
+        self.negative.clear();
     }
 
-    /// Number of cached lookups with a value, for metrics. Approximate: the cache settles
-    /// its counts lazily, so recent inserts and removals may not show yet.
+    /// Number of cached lookups with a value, for metrics (expired entries count until a
+    /// read or an eviction drops them).
     pub fn entry_count(&self) -> u64 {
-        self.positive.entry_count()
+        self.positive.len() as u64
     }
 
-    /// Number of lookups remembered as unknown, for metrics; approximate like
+    /// Number of lookups remembered as unknown, for metrics; counted like
     /// [`entry_count`](Self::entry_count).
     pub fn negative_entry_count(&self) -> u64 {
-        self.negative.entry_count()
+        self.negative.len() as u64
     }
 
-    /// Settles pending evictions and counts, so that [`entry_count`](Self::entry_count) is
-    /// exact. Only tests and metrics need it; the cache does this by itself over time.
-    pub fn run_pending_tasks(&self) {
-        self.positive.run_pending_tasks();
-        self.negative.run_pending_tasks();
-    }
-
-    /// The flight for `lookup`, joining the one in progress or starting one.
-    fn flight(&self, lookup: &str) -> Flight<V> {
+    /// The flight for `key`, joining the one in progress or starting one.
+    fn flight(&self, key: LookupKey) -> Flight<V> {
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(f) = flights.get(lookup) {
-            return f.clone();
-        }
-        let f = Flight::default();
-        flights.insert(lookup.to_owned(), f.clone());
-        f
+        flights.entry(key).or_default().clone()
     }
 
     /// Caches the outcome of a fill that started at generation `started`, unless an
     /// invalidation happened since.
-    fn fill(&self, lookup: &str, outcome: &Option<V>, started: u64) {
+    fn fill(&self, key: LookupKey, outcome: &Option<V>, started: u64) {
         if self.generation.load(Ordering::SeqCst) != started {
             return;
         }
         match outcome {
-            Some(v) => self.insert(lookup.to_owned(), v.clone()),
-            None => self.insert_missing(lookup.to_owned()),
+            Some(v) => self.insert_key(key, v.clone()),
+            None => self.insert_missing_key(key),
         }
         // An invalidation between the check above and the insert did not see the new entry;
         // it moved the generation before its removals, so looking again catches it.
         if self.generation.load(Ordering::SeqCst) != started {
-            self.positive.invalidate(lookup);
-            self.negative.invalidate(lookup);
+            self.positive.remove(&key);
+            self.negative.remove(&key);
         }
     }
 }
@@ -227,7 +283,7 @@ impl<V: Clone + Send + Sync + 'static> KeyCache<V> {
 /// completes or its request is dropped midway; a later miss then starts afresh.
 struct Landing<'a, V: Clone + Send + Sync + 'static> {
     cache: &'a KeyCache<V>,
-    lookup: &'a str,
+    key: LookupKey,
     flight: &'a Flight<V>,
 }
 
@@ -240,10 +296,10 @@ impl<V: Clone + Send + Sync + 'static> Drop for Landing<'_, V> {
             .unwrap_or_else(PoisonError::into_inner);
         // The table may already hold a newer flight (after an invalidation): leave that one.
         if flights
-            .get(self.lookup)
+            .get(&self.key)
             .is_some_and(|f| Arc::ptr_eq(f, self.flight))
         {
-            flights.remove(self.lookup);
+            flights.remove(&self.key);
         }
     }
 }
@@ -302,12 +358,13 @@ impl<V: Clone + Send + Sync + 'static> KeyResolver<V> {
         lookup: &str,
         build: impl FnOnce(Vec<KeyRecord>) -> Option<V>,
     ) -> Result<Option<V>, StoreError> {
-        match self.cache.get(lookup) {
+        let key = LookupKey::of(lookup);
+        match self.cache.get_key(&key) {
             Lookup::Hit(v) => return Ok(Some(v)),
             Lookup::KnownMissing => return Ok(None),
             Lookup::Miss => {}
         }
-        let flight = self.cache.flight(lookup);
+        let flight = self.cache.flight(key);
         let (cache, store, joined) = (&self.cache, &self.store, &flight);
         let outcome = flight
             .get_or_init(move || async move {
@@ -315,7 +372,7 @@ impl<V: Clone + Send + Sync + 'static> KeyResolver<V> {
                 // dropped midway, a waiting request runs its own copy instead.
                 let _landing = Landing {
                     cache,
-                    lookup,
+                    key,
                     flight: joined,
                 };
                 let started = cache.generation.load(Ordering::SeqCst);
@@ -326,7 +383,7 @@ impl<V: Clone + Send + Sync + 'static> KeyResolver<V> {
                         } else {
                             build(records)
                         };
-                        cache.fill(lookup, &value, started);
+                        cache.fill(key, &value, started);
                         Ok(value)
                     }
                     Err(e) => Err(Arc::new(e)),

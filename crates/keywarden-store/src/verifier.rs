@@ -259,7 +259,6 @@ impl Verifier {
     /// Cached key lookups: (known keys, known-unknown lookups).
     pub fn cache_entries(&self) -> (u64, u64) {
         let c = self.keys.cache();
-        c.run_pending_tasks();
         (c.entry_count(), c.negative_entry_count())
     }
 

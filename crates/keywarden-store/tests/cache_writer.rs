@@ -421,17 +421,16 @@ async fn cache_bounds_are_enforced() {
         ..CacheConfig::default()
     });
     for n in 0..1_000 {
-        cache.insert(lookup(n), n);
-        cache.insert_missing(lookup(100_000 + n));
+        cache.insert(&lookup(n), n);
+        cache.insert_missing(&lookup(100_000 + n));
     }
-    cache.run_pending_tasks();
     assert!(cache.entry_count() <= 100, "{}", cache.entry_count());
     assert!(cache.negative_entry_count() <= 10);
 
     // A value replaces a negative entry and the other way round.
-    cache.insert_missing(lookup(5));
+    cache.insert_missing(&lookup(5));
     assert_eq!(cache.get(&lookup(5)), Lookup::KnownMissing);
-    cache.insert(lookup(5), 5);
+    cache.insert(&lookup(5), 5);
     assert_eq!(cache.get(&lookup(5)), Lookup::Hit(5));
 }
 
