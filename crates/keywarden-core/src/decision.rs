@@ -12,19 +12,93 @@ use crate::codes::Code;
 use crate::hashing::SecretHasher;
 use crate::ip::IpAllowlist;
 use crate::limits::{QuotaOutcome, RateOutcome};
-use crate::model::{AccountStatus, Application, KeyRecord, KeyType, Millis, Mode};
+use crate::model::{
+    AccountStatus, Application, KeyRecord, KeyType, Millis, Mode, RateLimitSpec, Role, StoredSecret,
+};
 use crate::scopes::{ScopeCatalog, ScopeSet};
 use std::net::IpAddr;
 
-/// A key ready for the hot path: the record plus everything compiled from it once.
+/// A key ready for the hot path: what the decision reads and what an answer about the key
+/// shows, compiled once from its record and packed small, because a million of them may
+/// sit in the key cache (SPEC §14). What it leaves out (description, owner, scope names as
+/// written, usage and revocation details, the lookups) is in the store's [`KeyRecord`].
 #[derive(Clone, Debug)]
 pub struct CompiledKey {
-    /// The stored record.
-    pub record: KeyRecord,
+    /// `id`, `account_id`, `app_id`, `grant_id`, `name`, `start`, then `prefix` and
+    /// `key_hash` when they cannot be derived (see `prefix_len`, `key_hash`), back to back.
+    text: Box<str>,
+    /// Where each piece of `text` ends.
+    ends: [u16; TEXT_PIECES],
+    /// `prefix` is this many bytes of `start` (always so for keys this service issues);
+    /// `None` when it is kept in `text`.
+    prefix_len: Option<u8>,
+    /// Live or test.
+    pub mode: Mode,
+    /// Secret or publishable.
+    pub key_type: KeyType,
+    /// What the key may manage through the self-service API.
+    pub role: Role,
+    /// Whether the key is enabled.
+    pub enabled: bool,
+    /// When the key expires.
+    pub expires_at: Option<Millis>,
+    /// When the key was revoked.
+    pub revoked_at: Option<Millis>,
+    /// The key's own rate limit, overriding its plan's.
+    pub rate_limit: Option<RateLimitSpec>,
+    /// The SHA-256 in `key_hash` (`sha256_` + hex), when it has that form.
+    key_hash: Option<[u8; 32]>,
+    /// The current secret's stored form when it is a slow hash (bcrypt, argon2id), to check
+    /// a token against; `None` for the fast schemes, whose lookup value is the digest
+    /// itself, so finding the key by it is the match.
+    pub slow_secret: Option<Box<StoredSecret>>,
+    /// The secret before the last rotation, while it is kept.
+    pub previous: Option<Box<CompiledPrevious>>,
+    /// The key's metadata; `None` for an empty object.
+    metadata: Option<Box<serde_json::Value>>,
     /// Effective scopes as a bitset (aliases expanded; publishable keys limited to public).
     pub scopes: ScopeSet,
     /// The parsed IP allowlist.
     pub allowlist: IpAllowlist,
+}
+
+/// The part of a rotated-out secret the decision needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledPrevious {
+    /// End of the grace period.
+    pub valid_until: Millis,
+    /// Its stored form when it is a slow hash (see [`CompiledKey::slow_secret`]).
+    pub slow_secret: Option<Box<StoredSecret>>,
+}
+
+/// The pieces of [`CompiledKey`]'s text, in order.
+const ID: usize = 0;
+const ACCOUNT_ID: usize = 1;
+const APP_ID: usize = 2;
+const GRANT_ID: usize = 3;
+const NAME: usize = 4;
+const START: usize = 5;
+const PREFIX: usize = 6;
+const KEY_HASH: usize = 7;
+const TEXT_PIECES: usize = 8;
+
+/// `hash` when it is `sha256_` and 64 lower-case hex digits.
+fn fingerprint_bytes(hash: &str) -> Option<[u8; 32]> {
+    let hex_part = hash.strip_prefix("sha256_")?;
+    if hex_part.len() != 64
+        || !hex_part
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut out).ok()?;
+    Some(out)
+}
+
+fn slow_secret(secret: &StoredSecret) -> Option<Box<StoredSecret>> {
+    (!secret.hash.is_empty()).then(|| Box::new(secret.clone()))
 }
 
 impl CompiledKey {
@@ -50,10 +124,120 @@ impl CompiledKey {
             // An unparseable stored entry must fail closed: allow nothing.
             IpAllowlist::parse(&["255.255.255.255/32"]).unwrap_or_default()
         });
+        let prefix_len = u8::try_from(record.prefix.len())
+            .ok()
+            .filter(|_| record.start.starts_with(&record.prefix));
+        let key_hash = fingerprint_bytes(&record.key_hash);
+        let mut pieces: [&str; TEXT_PIECES] = [""; TEXT_PIECES];
+        pieces[ID] = &record.id;
+        pieces[ACCOUNT_ID] = &record.account_id;
+        pieces[APP_ID] = record.app_id.as_deref().unwrap_or("");
+        pieces[GRANT_ID] = record.grant_id.as_deref().unwrap_or("");
+        pieces[NAME] = &record.name;
+        pieces[START] = &record.start;
+        if prefix_len.is_none() {
+            pieces[PREFIX] = &record.prefix;
+        }
+        if key_hash.is_none() {
+            pieces[KEY_HASH] = &record.key_hash;
+        }
+        let mut text = String::with_capacity(pieces.iter().map(|p| p.len()).sum());
+        let mut ends = [0u16; TEXT_PIECES];
+        for (end, piece) in ends.iter_mut().zip(pieces) {
+            // Stored fields are bounded far below 64 KiB (names: 100 characters); a piece
+            // that would not fit is left out rather than allowed to corrupt the others.
+            if text.len() + piece.len() <= usize::from(u16::MAX) {
+                text.push_str(piece);
+            }
+            *end = u16::try_from(text.len()).unwrap_or(u16::MAX);
+        }
+        let metadata = match record.metadata {
+            serde_json::Value::Object(ref m) if m.is_empty() => None,
+            other => Some(Box::new(other)),
+        };
         CompiledKey {
-            record,
+            text: text.into_boxed_str(),
+            ends,
+            prefix_len,
+            mode: record.mode,
+            key_type: record.key_type,
+            role: record.role,
+            enabled: record.enabled,
+            expires_at: record.expires_at,
+            revoked_at: record.revoked_at,
+            rate_limit: record.rate_limit,
+            key_hash,
+            slow_secret: slow_secret(&record.secret),
+            previous: record.previous.as_ref().map(|p| {
+                Box::new(CompiledPrevious {
+                    valid_until: p.valid_until,
+                    slow_secret: slow_secret(&p.secret),
+                })
+            }),
+            metadata,
             scopes,
             allowlist,
+        }
+    }
+
+    fn piece(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.text
+            .get(usize::from(start)..usize::from(self.ends[i]))
+            .unwrap_or("")
+    }
+
+    /// `key_` + ULID.
+    pub fn id(&self) -> &str {
+        self.piece(ID)
+    }
+
+    /// The owning account.
+    pub fn account_id(&self) -> &str {
+        self.piece(ACCOUNT_ID)
+    }
+
+    /// The application of a key made under a grant.
+    pub fn app_id(&self) -> Option<&str> {
+        Some(self.piece(APP_ID)).filter(|s| !s.is_empty())
+    }
+
+    /// The grant a key was made under.
+    pub fn grant_id(&self) -> Option<&str> {
+        Some(self.piece(GRANT_ID)).filter(|s| !s.is_empty())
+    }
+
+    /// The key's label.
+    pub fn name(&self) -> &str {
+        self.piece(NAME)
+    }
+
+    /// The displayable start of the token.
+    pub fn start(&self) -> &str {
+        self.piece(START)
+    }
+
+    /// The fixed start of the token (`kw_sk_live_`).
+    pub fn prefix(&self) -> &str {
+        match self.prefix_len {
+            Some(n) => self.start().get(..usize::from(n)).unwrap_or(""),
+            None => self.piece(PREFIX),
+        }
+    }
+
+    /// The public fingerprint of the current token (`sha256_…`).
+    pub fn key_hash(&self) -> String {
+        match &self.key_hash {
+            Some(bytes) => format!("sha256_{}", hex::encode(bytes)),
+            None => self.piece(KEY_HASH).to_owned(),
+        }
+    }
+
+    /// The key's metadata (an empty object when it has none).
+    pub fn metadata(&self) -> serde_json::Value {
+        match &self.metadata {
+            Some(m) => (**m).clone(),
+            None => serde_json::Value::Object(serde_json::Map::new()),
         }
     }
 }
@@ -197,7 +381,7 @@ pub fn authorize(f: &Facts<'_>) -> Result<(), Denial> {
         KeyLookup::Invalid => return Err(Denial::new(Code::InvalidApiKey)),
         KeyLookup::Found { key, matched } => (key, matched),
     };
-    let r = &key.record;
+    let r = key;
     if r.revoked_at.is_some_and(|at| at <= f.now_ms) {
         return Err(Denial::new(Code::ApiKeyRevoked));
     }
@@ -567,6 +751,52 @@ mod tests {
             ..f
         };
         assert_eq!(authorize(&f).unwrap_err().code, Code::InsufficientScope);
+    }
+
+    #[test]
+    fn a_compiled_key_answers_with_its_records_fields() {
+        let cat = catalog();
+        let mut r = record();
+        r.app_id = Some("app_1".into());
+        r.grant_id = Some("grt_1".into());
+        r.name = "Zahlungsdienst – Ünïcode".into();
+        r.key_hash = format!("sha256_{}", "ab".repeat(32));
+        r.metadata = serde_json::json!({"team": "billing"});
+        r.rate_limit = Some(crate::model::RateLimitSpec {
+            requests: 5,
+            per_seconds: 60,
+        });
+        let k = CompiledKey::compile(r.clone(), &cat);
+        assert_eq!(k.id(), "key_1");
+        assert_eq!(k.account_id(), "acc_1");
+        assert_eq!(k.app_id(), Some("app_1"));
+        assert_eq!(k.grant_id(), Some("grt_1"));
+        assert_eq!(k.name(), r.name);
+        assert_eq!(k.start(), "kw_sk_live_abcd");
+        assert_eq!(k.prefix(), "kw_sk_live_");
+        assert_eq!(k.key_hash(), r.key_hash);
+        assert_eq!(k.metadata(), r.metadata);
+        assert_eq!(k.rate_limit, r.rate_limit);
+        assert_eq!(k.previous.as_ref().map(|p| p.valid_until), Some(NOW + 1000));
+        assert_eq!(k.slow_secret, None);
+
+        // Fields that cannot be derived are kept as they are.
+        let mut odd = record();
+        odd.prefix = "other_".into();
+        odd.key_hash = "sha256_x".into();
+        odd.metadata = serde_json::json!({});
+        odd.secret.hash = "$2b$12$abc".into();
+        let k = CompiledKey::compile(odd, &cat);
+        assert_eq!(k.prefix(), "other_");
+        assert_eq!(k.start(), "kw_sk_live_abcd");
+        assert_eq!(k.key_hash(), "sha256_x");
+        assert_eq!(k.app_id(), None);
+        assert_eq!(k.grant_id(), None);
+        assert_eq!(k.metadata(), serde_json::json!({}));
+        assert_eq!(
+            k.slow_secret.as_ref().map(|s| s.hash.as_str()),
+            Some("$2b$12$abc")
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use keywarden_core::codes::Code;
 use keywarden_core::decision::CompiledKey;
-use keywarden_core::model::{Account, KeyType, Role};
+use keywarden_core::model::{Account, KeyRecord, KeyType, Role};
 use keywarden_core::{ct_eq, Secret};
 use keywarden_store::verifier::{VerifyOutcome, VerifyRequest};
 use std::net::IpAddr;
@@ -101,7 +101,18 @@ pub struct Caller {
 impl Caller {
     /// The audit actor for this caller.
     pub fn actor(&self) -> crate::manage::Actor {
-        crate::manage::Actor::key(&self.key.record.id, self.ip.map(|i| i.to_string()))
+        crate::manage::Actor::key(self.key.id(), self.ip.map(|i| i.to_string()))
+    }
+
+    /// The calling key's whole stored record, read fresh: the verified key carries only
+    /// what the decision and a verify answer need. A key erased since it was verified is
+    /// refused like an unknown one.
+    pub async fn record(&self, state: &AppState) -> Result<KeyRecord, ApiError> {
+        state
+            .store
+            .get_key(self.key.id())
+            .await?
+            .ok_or_else(|| ApiError::new(Code::InvalidApiKey))
     }
 }
 
@@ -164,7 +175,7 @@ pub async fn self_service(
     let (Some(key), Some(account)) = (outcome.key.clone(), outcome.account.clone()) else {
         return Err(ApiError::new(Code::InvalidApiKey));
     };
-    if key.record.key_type == KeyType::Publishable {
+    if key.key_type == KeyType::Publishable {
         return Err(ApiError::with(
             Code::InsufficientScope,
             "publishable keys cannot use the self-service API",
@@ -172,8 +183,8 @@ pub async fn self_service(
     }
     let allowed = match role {
         RoleNeed::Any => true,
-        RoleNeed::KeyManager => key.record.role.can_manage_keys(),
-        RoleNeed::Owner => key.record.role == Role::Owner,
+        RoleNeed::KeyManager => key.role.can_manage_keys(),
+        RoleNeed::Owner => key.role == Role::Owner,
     };
     if !allowed {
         return Err(ApiError::with(

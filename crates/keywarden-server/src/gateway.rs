@@ -35,7 +35,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use keywarden_core::codes::Code;
-use keywarden_core::model::KeyRecord;
+use keywarden_core::decision::CompiledKey;
 use keywarden_store::verifier::{Admit, VerifyOutcome, VerifyRequest};
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -193,7 +193,7 @@ impl Gateway {
             // and before the quota, so a refused request consumes no quota.
             let held: std::sync::Mutex<Option<InFlight>> = std::sync::Mutex::new(None);
             let admit =
-                |key: &KeyRecord, limit: u32| match self.in_flight.try_acquire(&key.id, limit) {
+                |key: &CompiledKey, limit: u32| match self.in_flight.try_acquire(key.id(), limit) {
                     Some(h) => {
                         *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
                         true

@@ -1,18 +1,21 @@
-//! Resident memory per cached key: fills the key cache with compiled records shaped like the
-//! service's and measures the growth of the process's resident set.
+//! Resident memory per cached key: fills the key cache with what the verifier caches for
+//! records shaped like the service's (built by the verifier's own code) and measures the
+//! growth of the process's resident set. The allocator is the service binary's (mimalloc).
 //!
 //! Prints `BENCH cache_bytes_per_key <bytes> bytes` (1 000 000 keys; 100 000 with
 //! `KEYWARDEN_BENCH_QUICK=1`).
 
 mod common;
 
-use keywarden_core::decision::CompiledKey;
 use keywarden_core::model::{HashScheme, StoredSecret};
 use keywarden_core::scopes::{CatalogEntry, ScopeCatalog};
+use keywarden_store::verifier::Candidates;
 use keywarden_store::{CacheConfig, KeyCache};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -37,7 +40,7 @@ fn main() {
         true,
     )
     .unwrap();
-    let cache: KeyCache<Arc<Vec<Arc<CompiledKey>>>> = KeyCache::new(CacheConfig {
+    let cache: KeyCache<Candidates> = KeyCache::new(CacheConfig {
         max_keys: n as u64 * 2,
         ttl: Duration::from_secs(3600),
         ..CacheConfig::default()
@@ -51,10 +54,8 @@ fn main() {
             hash: String::new(),
         };
         let rec = common::record(i, secret, "acc_01JBENCHACCOUNT000000000000");
-        cache.insert(
-            &lookup,
-            Arc::new(vec![Arc::new(CompiledKey::compile(rec, &catalog))]),
-        );
+        let built = Candidates::build(&lookup, vec![rec], &catalog).expect("the lookup is its own");
+        cache.insert(&lookup, built);
     }
     let after = rss_bytes();
     assert_eq!(cache.entry_count(), n as u64);

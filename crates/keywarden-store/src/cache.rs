@@ -71,7 +71,9 @@ impl LookupKey {
     pub fn of(lookup: &str) -> Self {
         let mut bytes = [0u8; 32];
         let hex_digest = lookup.len() == 64
-            && lookup.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && lookup
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             && hex::decode_to_slice(lookup, &mut bytes).is_ok();
         if hex_digest {
             LookupKey(bytes)

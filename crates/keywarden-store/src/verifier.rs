@@ -16,7 +16,7 @@ use keywarden_core::decision::{
     authorize, check_app_secret, limit_verdict, AppSecretCheck, CompiledKey, Denial, Facts,
     KeyLookup, Requirement, SecretMatch,
 };
-use keywarden_core::hashing::{sha256_hex, SecretHasher};
+use keywarden_core::hashing::{sha256, SecretHasher};
 use keywarden_core::ip::lockout_bucket;
 use keywarden_core::limits::{Period, QuotaOutcome, QuotaSpec, RateLimit, RateOutcome};
 use keywarden_core::model::{
@@ -81,7 +81,7 @@ pub struct VerifierConfig {
 /// `concurrency`; `false` refuses the request with `concurrency_limit_exceeded` before any
 /// quota is consumed. The caller keeps whatever slot it took until the request ends.
 #[derive(Clone, Copy)]
-pub struct Admit<'a>(pub &'a (dyn Fn(&KeyRecord, u32) -> bool + Send + Sync));
+pub struct Admit<'a>(pub &'a (dyn Fn(&CompiledKey, u32) -> bool + Send + Sync));
 
 impl std::fmt::Debug for Admit<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,8 +158,54 @@ impl VerifyOutcome {
     }
 }
 
-/// The candidates a lookup value resolves to (usually one key).
-type Candidates = Arc<Vec<Arc<CompiledKey>>>;
+/// A key a lookup value found, and which of its secrets that lookup belongs to.
+pub type Candidate = (Arc<CompiledKey>, SecretMatch);
+
+/// What the key cache holds for one lookup value: the keys it found (one, unless slow-hash
+/// lookup segments collide), each with the secret the lookup belongs to. Sixteen bytes.
+#[derive(Clone, Debug)]
+pub enum Candidates {
+    /// The usual case.
+    One(Candidate),
+    /// Several keys share the lookup.
+    Many(Arc<Vec<Candidate>>),
+}
+
+impl Candidates {
+    /// Compiles the records `lookup` found; `None` when none of their secrets has it.
+    pub fn build(lookup: &str, records: Vec<KeyRecord>, catalog: &ScopeCatalog) -> Option<Self> {
+        let mut found: Vec<Candidate> = records
+            .into_iter()
+            .filter_map(|r| {
+                let which = if r.secret.lookup == lookup {
+                    SecretMatch::Current
+                } else if r
+                    .previous
+                    .as_ref()
+                    .is_some_and(|p| p.secret.lookup == lookup)
+                {
+                    SecretMatch::Previous
+                } else {
+                    return None;
+                };
+                Some((Arc::new(CompiledKey::compile(r, catalog)), which))
+            })
+            .collect();
+        match found.len() {
+            0 => None,
+            1 => found.pop().map(Candidates::One),
+            _ => Some(Candidates::Many(Arc::new(found))),
+        }
+    }
+
+    /// The candidates, in the store's order.
+    pub fn as_slice(&self) -> &[Candidate] {
+        match self {
+            Candidates::One(c) => std::slice::from_ref(c),
+            Candidates::Many(v) => v.as_slice(),
+        }
+    }
+}
 
 /// The verification engine. Cheap to share behind an `Arc`.
 #[derive(Debug)]
@@ -331,19 +377,6 @@ impl Verifier {
             .find_map(|t| t.parse(token).ok())
     }
 
-    fn compile(&self, records: Vec<KeyRecord>) -> Option<Candidates> {
-        if records.is_empty() {
-            return None;
-        }
-        let catalog = &self.cfg.catalog;
-        Some(Arc::new(
-            records
-                .into_iter()
-                .map(|r| Arc::new(CompiledKey::compile(r, catalog)))
-                .collect(),
-        ))
-    }
-
     /// Finds the key a token belongs to and which of its secrets matched.
     async fn find(
         &self,
@@ -352,9 +385,10 @@ impl Verifier {
     ) -> StoreResult<Option<(Arc<CompiledKey>, SecretMatch)>> {
         let segment = parsed.lookup_segment();
         let current = self.cfg.hasher.lookup(token, segment);
-        let build = |records: Vec<KeyRecord>| self.compile(records);
+        let catalog = &self.cfg.catalog;
+        let build = |records| Candidates::build(&current, records, catalog);
         if let Some(cands) = self.keys.resolve(&current, build).await? {
-            if let Some(hit) = self.match_secret(token, &current, &cands).await {
+            if let Some(hit) = self.match_secret(token, &cands).await {
                 return Ok(Some(hit));
             }
             return Ok(None);
@@ -364,13 +398,13 @@ impl Verifier {
         }
         // A miss under the current pepper: try the previous ones, and re-hash a hit.
         for old in self.cfg.hasher.lookups(token, segment).into_iter().skip(1) {
-            let build = |records: Vec<KeyRecord>| self.compile(records);
+            let build = |records| Candidates::build(&old, records, catalog);
             if let Some(cands) = self.keys.resolve(&old, build).await? {
-                if let Some(hit) = self.match_secret(token, &old, &cands).await {
+                if let Some(hit) = self.match_secret(token, &cands).await {
                     // A revoked key (or a retired secret) is never re-hashed: it must not
                     // come back as a key's current secret.
-                    if hit.0.record.revoked_at.is_none() {
-                        self.rehash_later(token, parsed, &hit.0.record, hit.1);
+                    if hit.0.revoked_at.is_none() {
+                        self.rehash_later(token, parsed, hit.0.id(), hit.1);
                     }
                     return Ok(Some(hit));
                 }
@@ -380,7 +414,7 @@ impl Verifier {
     }
 
     /// Re-hashes a secret found under a previous pepper, off the request path.
-    fn rehash_later(&self, token: &str, parsed: &ParsedToken<'_>, rec: &KeyRecord, m: SecretMatch) {
+    fn rehash_later(&self, token: &str, parsed: &ParsedToken<'_>, key_id: &str, m: SecretMatch) {
         let Ok(stored) = self
             .cfg
             .hasher
@@ -389,17 +423,18 @@ impl Verifier {
             return;
         };
         let store = self.store.clone();
-        let id = rec.id.clone();
+        let id = key_id.to_owned();
         let cache = self.keys.cache().clone();
-        // The new lookup too: the request that found the key missed it and cached the miss.
-        let old_lookups: Vec<String> = std::iter::once(rec.secret.lookup.clone())
-            .chain(rec.previous.as_ref().map(|p| p.secret.lookup.clone()))
-            .chain(std::iter::once(stored.lookup.clone()))
-            .collect();
         tokio::spawn(async move {
             let Ok(Some(mut fresh)) = store.get_key(&id).await else {
                 return;
             };
+            // The new lookup too: the request that found the key missed it and cached the
+            // miss.
+            let old_lookups: Vec<String> = std::iter::once(fresh.secret.lookup.clone())
+                .chain(fresh.previous.as_ref().map(|p| p.secret.lookup.clone()))
+                .chain(std::iter::once(stored.lookup.clone()))
+                .collect();
             match m {
                 SecretMatch::Current => fresh.secret = stored,
                 SecretMatch::Previous => match fresh.previous.as_mut() {
@@ -414,34 +449,30 @@ impl Verifier {
         });
     }
 
-    async fn match_secret(
-        &self,
-        token: &str,
-        lookup: &str,
-        cands: &Candidates,
-    ) -> Option<(Arc<CompiledKey>, SecretMatch)> {
-        for cand in cands.iter() {
-            let rec = &cand.record;
-            let pairs = std::iter::once((&rec.secret, SecretMatch::Current)).chain(
-                rec.previous
-                    .as_ref()
-                    .map(|p| (&p.secret, SecretMatch::Previous)),
-            );
-            for (stored, which) in pairs {
-                if self.secret_matches(token, lookup, stored).await {
-                    return Some((cand.clone(), which));
+    /// The first candidate whose secret the token matches. Finding a key by a fast
+    /// scheme's lookup value already is the match (the value is the digest); a slow hash is
+    /// checked.
+    async fn match_secret(&self, token: &str, cands: &Candidates) -> Option<Candidate> {
+        for (key, which) in cands.as_slice() {
+            let slow = match which {
+                SecretMatch::Current => key.slow_secret.as_deref(),
+                SecretMatch::Previous => {
+                    key.previous.as_ref().and_then(|p| p.slow_secret.as_deref())
                 }
+            };
+            let matched = match slow {
+                None => true,
+                Some(stored) => self.slow_secret_matches(token, stored).await,
+            };
+            if matched {
+                return Some((key.clone(), *which));
             }
         }
         None
     }
 
-    async fn secret_matches(&self, token: &str, lookup: &str, stored: &StoredSecret) -> bool {
-        if stored.hash.is_empty() {
-            // Fast schemes: the lookup value is the digest itself.
-            return ct_eq(stored.lookup.as_bytes(), lookup.as_bytes());
-        }
-        let digest = sha256_bytes(token);
+    async fn slow_secret_matches(&self, token: &str, stored: &StoredSecret) -> bool {
+        let digest = sha256(token.as_bytes());
         if let Some(h) = self.slow_ok.get(&digest) {
             if ct_eq(h.as_bytes(), stored.hash.as_bytes()) {
                 return true;
@@ -493,7 +524,7 @@ impl Verifier {
             Some(token) => match self.parse(token) {
                 None => Ok(None),
                 Some(parsed) => match self.find(token, &parsed).await {
-                    Ok(Some((key, m))) if tags_match(&parsed, &key.record) => Ok(Some((key, m))),
+                    Ok(Some((key, m))) if tags_match(&parsed, &key) => Ok(Some((key, m))),
                     Ok(_) => Ok(None),
                     Err(e) => Err(e),
                 },
@@ -518,7 +549,7 @@ impl Verifier {
         let mut account = None;
         let mut app_check = AppSecretCheck::NotRequired;
         if let Some((key, _)) = &found {
-            match self.account(&key.record.account_id).await {
+            match self.account(key.account_id()).await {
                 Ok(a) => account = a,
                 Err(e) => {
                     tracing::error!(error = %e, "account lookup failed");
@@ -526,12 +557,12 @@ impl Verifier {
                 }
             }
             if self.cfg.app_secret_required {
-                if let Some(app_id) = &key.record.app_id {
+                if let Some(app_id) = key.app_id() {
                     let app = self.app(app_id).await.ok().flatten();
                     app_check = check_app_secret(
                         &self.cfg.hasher,
                         app.as_deref(),
-                        key.record.mode,
+                        key.mode,
                         req.app_secret,
                     );
                 }
@@ -576,17 +607,17 @@ impl Verifier {
             }
             let mut out = VerifyOutcome::deny(denial);
             if let Some((key, _)) = found {
-                self.record_use(&key.record, req, &out, now, false);
+                self.record_use(key.id(), req, &out, now, false);
                 if denial.code == Code::IpNotAllowed {
                     self.writer.event(AuditEvent {
                         id: new_id("evt"),
-                        account_id: Some(key.record.account_id.clone()),
-                        mode: Some(key.record.mode),
+                        account_id: Some(key.account_id().to_owned()),
+                        mode: Some(key.mode),
                         kind: "key.ip_denied".into(),
-                        actor: key.record.id.clone(),
+                        actor: key.id().to_owned(),
                         ip: req.client_ip.map(|i| i.to_string()),
                         at: now,
-                        data: serde_json::json!({ "key_id": key.record.id }),
+                        data: serde_json::json!({ "key_id": key.id() }),
                     });
                 }
                 out.key = Some(key);
@@ -603,7 +634,6 @@ impl Verifier {
         };
         let plan = self.plan(&account.plan);
         let rate_limit = key
-            .record
             .rate_limit
             .map(|r| RateLimit {
                 limit: r.requests,
@@ -611,19 +641,19 @@ impl Verifier {
             })
             .or(plan.rate);
         let rate = match rate_limit {
-            Some(l) => Some(self.limiter.rate(&key.record.id, l, 1, now).await),
+            Some(l) => Some(self.limiter.rate(key.id(), l, 1, now).await),
             None => None,
         };
         let mut quotas = Vec::new();
         let mut admitted = true;
         if rate.as_ref().is_none_or(|r| r.allowed) {
             if let (Some(admit), Some(limit)) = (req.admit, plan.concurrency) {
-                admitted = (admit.0)(&key.record, limit);
+                admitted = (admit.0)(&key, limit);
             }
         }
         if admitted && rate.as_ref().is_none_or(|r| r.allowed) {
             match self
-                .consume_quotas(&account, key.record.mode, &plan, req.cost, now)
+                .consume_quotas(&account, key.mode, &plan, req.cost, now)
                 .await
             {
                 Ok(q) => quotas = q,
@@ -641,7 +671,7 @@ impl Verifier {
         out.rate = rate;
         out.rate_limit = rate_limit;
         out.quotas = quotas;
-        self.record_use(&key.record, req, &out, now, out.is_valid());
+        self.record_use(key.id(), req, &out, now, out.is_valid());
         out.key = Some(key);
         out.account = Some(account);
         out
@@ -721,7 +751,7 @@ impl Verifier {
 
     fn record_use(
         &self,
-        rec: &KeyRecord,
+        key_id: &str,
         req: &VerifyRequest<'_>,
         out: &VerifyOutcome,
         now: i64,
@@ -730,13 +760,13 @@ impl Verifier {
         let ip = req.client_ip.map(|i| i.to_string());
         if success {
             self.writer.touch(KeyTouch {
-                key_id: rec.id.clone(),
+                key_id: key_id.to_owned(),
                 at: now,
                 ip: ip.clone(),
             });
         }
         self.writer.activity(Activity {
-            key_id: rec.id.clone(),
+            key_id: key_id.to_owned(),
             at: now,
             ip,
             method: truncate(req.method, 16),
@@ -749,15 +779,8 @@ impl Verifier {
 
 /// The template's mode and type tags, when present, must agree with the record: a token
 /// re-tagged by hand is not the key that was issued.
-fn tags_match(parsed: &ParsedToken<'_>, rec: &KeyRecord) -> bool {
+fn tags_match(parsed: &ParsedToken<'_>, rec: &CompiledKey) -> bool {
     parsed.mode.is_none_or(|m| m == rec.mode) && parsed.key_type.is_none_or(|t| t == rec.key_type)
-}
-
-fn sha256_bytes(token: &str) -> [u8; 32] {
-    let hex = sha256_hex(token.as_bytes());
-    let mut out = [0u8; 32];
-    let _ = hex::decode_to_slice(hex, &mut out);
-    out
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -179,7 +179,7 @@ where
                     tracing::debug!(
                         request_id = %request_id,
                         code = code.as_str(),
-                        key_id = out.key.as_ref().map(|k| k.record.id.as_str()),
+                        key_id = out.key.as_ref().map(|k| k.id()),
                         "request denied"
                     );
                     let mut res = shared

@@ -30,14 +30,13 @@ impl Principal {
     /// The principal of an allowed outcome; `None` when the outcome names no caller.
     pub(crate) fn from_outcome(out: &VerifyOutcome, catalog: &ScopeCatalog) -> Option<Self> {
         if let Some(key) = &out.key {
-            let r = &key.record;
             return Some(Principal {
-                key_id: r.id.clone(),
-                account_id: Some(r.account_id.clone()),
-                mode: Some(r.mode),
-                key_type: r.key_type,
+                key_id: key.id().to_owned(),
+                account_id: Some(key.account_id().to_owned()),
+                mode: Some(key.mode),
+                key_type: key.key_type,
                 scopes: catalog.iter_names(&key.scopes).map(str::to_owned).collect(),
-                app_id: r.app_id.clone(),
+                app_id: key.app_id().map(str::to_owned),
             });
         }
         out.global.then(|| Principal {

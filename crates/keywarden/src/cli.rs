@@ -607,8 +607,8 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                 "valid": out.is_valid(),
                 "code": out.code.as_str(),
                 "status": out.code.status(),
-                "key_id": out.key.as_ref().map(|k| k.record.id.clone()),
-                "account_id": out.key.as_ref().map(|k| k.record.account_id.clone()),
+                "key_id": out.key.as_ref().map(|k| k.id()),
+                "account_id": out.key.as_ref().map(|k| k.account_id()),
             });
             print_one(
                 json_out,

@@ -456,7 +456,7 @@ fn with_limits(caller: &Caller, res: impl IntoResponse) -> Response {
 /// manages grants, its own or another's.
 async fn grant_manager(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
     let c = self_service(state, parts, None, RoleNeed::Owner).await?;
-    if c.key.record.app_id.is_some() {
+    if c.key.app_id().is_some() {
         return Err(ApiError::with(
             Code::InsufficientRole,
             "keys of an application cannot manage grants",
@@ -505,7 +505,7 @@ pub async fn create_grant(
             &c.account,
             &body.app_id,
             body.scopes,
-            c.key.record.mode,
+            c.key.mode,
             Some(&c.key.scopes),
         )
         .await?;

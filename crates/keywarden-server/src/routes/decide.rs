@@ -54,9 +54,9 @@ pub fn identity_headers(state: &AppState, headers: &mut HeaderMap, out: &VerifyO
         }
     };
     if let Some(k) = &out.key {
-        set("x-keywarden-key-id", &k.record.id);
-        set("x-keywarden-account-id", &k.record.account_id);
-        set("x-keywarden-mode", k.record.mode.as_str());
+        set("x-keywarden-key-id", k.id());
+        set("x-keywarden-account-id", k.account_id());
+        set("x-keywarden-mode", k.mode.as_str());
         let names = state.settings.catalog.names(&k.scopes).join(" ");
         set("x-keywarden-scopes", &names);
     } else if out.global {

@@ -45,13 +45,9 @@ pub async fn get_account(
     parts: Parts,
 ) -> Result<Response, ApiError> {
     let c = self_service(&state, &parts, Some("account:read"), RoleNeed::Any).await?;
-    let k = &c.key.record;
-    // Uses are recorded in the store off the request path; the cached record never sees them.
-    let last_used_at = state
-        .store
-        .get_key(&k.id)
-        .await?
-        .map_or(k.last_used_at, |fresh| fresh.last_used_at);
+    // Read fresh: uses are recorded in the store off the request path, and the verified
+    // key carries no usage.
+    let k = c.record(&state).await?;
     let body = json!({
         "account_id": c.account.id,
         "account_name": c.account.name,
@@ -67,7 +63,7 @@ pub async fn get_account(
             "scopes": state.settings.catalog.names(&c.key.scopes),
             "tier": c.account.plan,
             "created_at": views::ts(k.created_at),
-            "last_used_at": views::ts_opt(last_used_at),
+            "last_used_at": views::ts_opt(k.last_used_at),
             "expires_at": views::ts_opt(k.expires_at),
         },
     });
@@ -172,7 +168,7 @@ pub async fn patch_plan(
 )]
 pub async fn get_usage(State(state): State<AppState>, parts: Parts) -> Result<Response, ApiError> {
     let c = self_service(&state, &parts, Some("usage:read"), RoleNeed::Any).await?;
-    let body = usage_body(&state, &c.account, c.key.record.mode).await?;
+    let body = usage_body(&state, &c.account, c.key.mode).await?;
     Ok(with_limits(&c, Json(body)))
 }
 
@@ -287,21 +283,23 @@ pub async fn create_key(
         .map(views::parse_ts)
         .transpose()
         .map_err(|e| ApiError::invalid(format!("expires_at: {e}")))?;
-    let mode = c.key.record.mode;
-    // Without explicit scopes the new key inherits the caller's own grants, which can
-    // never exceed them; explicit scopes are checked against the caller's.
-    let scopes = body.scopes.or_else(|| Some(c.key.record.scopes.clone()));
+    let mode = c.key.mode;
+    let caller = c.record(&state).await?;
+    // Without explicit scopes the new key inherits the caller's own grants (as written,
+    // aliases unexpanded), which can never exceed them; explicit scopes are checked
+    // against the caller's.
+    let scopes = body.scopes.or(Some(caller.scopes));
     let new = NewKey {
         scopes,
         expires_at,
         ip_allowlist: body.ip_allowlist.unwrap_or_default(),
         description: body.description.unwrap_or_default(),
         // A key never creates a key with a stronger role than its own.
-        role: c.key.record.role,
+        role: c.key.role,
         key_type: KeyType::Secret,
         // A key of an application makes keys of that application, under the same grant.
-        app_id: c.key.record.app_id.clone(),
-        grant_id: c.key.record.grant_id.clone(),
+        app_id: caller.app_id,
+        grant_id: caller.grant_id,
         ..NewKey::named(mode, &body.name)
     };
     let (rec, token) = Manager::new(&state)
@@ -366,7 +364,7 @@ pub async fn list_keys(
         .store
         .list_keys(
             &c.account.id,
-            Some(c.key.record.mode),
+            Some(c.key.mode),
             &Page {
                 after_id: q.starting_after.clone(),
                 limit: limit + 1,
@@ -415,7 +413,7 @@ pub async fn get_key(
 ) -> Result<Response, ApiError> {
     let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
     let k = Manager::new(&state)
-        .key_of(Some(&c.account.id), Some(c.key.record.mode), &id)
+        .key_of(Some(&c.account.id), Some(c.key.mode), &id)
         .await?;
     Ok(with_limits(&c, Json(views::key(&k))))
 }
@@ -446,9 +444,7 @@ pub async fn delete_key(
     )
     .await?;
     let m = Manager::new(&state);
-    let k = m
-        .key_of(Some(&c.account.id), Some(c.key.record.mode), &id)
-        .await?;
+    let k = m.key_of(Some(&c.account.id), Some(c.key.mode), &id).await?;
     m.revoke_key(&c.actor(), k, Some("revoked through the API".into()))
         .await?;
     Ok(with_limits(&c, StatusCode::NO_CONTENT))
@@ -488,9 +484,7 @@ pub async fn rotate_key(
     // The caller is checked before the body is read, so a stranger learns nothing from it.
     let JsonBody(body) = body?;
     let m = Manager::new(&state);
-    let k = m
-        .key_of(Some(&c.account.id), Some(c.key.record.mode), &id)
-        .await?;
+    let k = m.key_of(Some(&c.account.id), Some(c.key.mode), &id).await?;
     let (rec, token) = m
         .rotate_key(&c.actor(), k, body.grace_period_seconds.unwrap_or(0))
         .await?;
@@ -519,7 +513,7 @@ pub async fn key_activity(
 ) -> Result<Response, ApiError> {
     let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
     let k = Manager::new(&state)
-        .key_of(Some(&c.account.id), Some(c.key.record.mode), &id)
+        .key_of(Some(&c.account.id), Some(c.key.mode), &id)
         .await?;
     let rows = state.store.list_activity(&k.id, 100).await?;
     let items: Vec<Value> = rows.iter().map(views::activity).collect();
@@ -550,7 +544,7 @@ pub async fn events(
         .store
         .list_events(&EventFilter {
             account_id: Some(c.account.id.clone()),
-            mode: Some(c.key.record.mode),
+            mode: Some(c.key.mode),
             include_modeless: true,
             before_id: q.starting_after,
             limit: page_limit(q.limit)?,

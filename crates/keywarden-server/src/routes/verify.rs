@@ -160,20 +160,19 @@ pub async fn verify(
     });
     if out.is_valid() || out.code.status() >= 403 {
         if let Some(k) = &out.key {
-            let r = &k.record;
             resp["key"] = json!({
-                "id": r.id,
-                "name": r.name,
-                "mode": r.mode,
-                "type": r.key_type,
-                "role": r.role,
+                "id": k.id(),
+                "name": k.name(),
+                "mode": k.mode,
+                "type": k.key_type,
+                "role": k.role,
                 "scopes": s.catalog.names(&k.scopes),
-                "prefix": r.prefix,
-                "start": r.start,
-                "key_hash": r.key_hash,
-                "app_id": r.app_id,
-                "expires_at": views::ts_opt(r.expires_at),
-                "metadata": r.metadata,
+                "prefix": k.prefix(),
+                "start": k.start(),
+                "key_hash": k.key_hash(),
+                "app_id": k.app_id(),
+                "expires_at": views::ts_opt(k.expires_at),
+                "metadata": k.metadata(),
             });
         }
         if let Some(a) = &out.account {
