@@ -5,6 +5,7 @@ use crate::config::{Config, ConfigError};
 use crate::routes::{admin_router, public_router};
 use crate::settings::Settings;
 use crate::state::AppState;
+use crate::workers::Workers;
 use keywarden_core::hashing::generate_pepper;
 use keywarden_core::model::HashScheme;
 use keywarden_core::{Clock, Secret};
@@ -187,8 +188,6 @@ impl Service {
                 let _ = rx.recv().await;
             }
         };
-        let pub_app =
-            public_router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let adm_app =
             admin_router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         tracing::info!(
@@ -196,11 +195,13 @@ impl Service {
             admin = %admin.local_addr()?,
             "keywarden listening"
         );
-        let p = tokio::spawn(
-            axum::serve(public, pub_app)
-                .with_graceful_shutdown(signal(&tx))
-                .into_future(),
-        );
+        let state = &self.state;
+        let workers = Workers::start(
+            public,
+            crate::workers::default_workers(),
+            || public_router(state.clone()),
+            || signal(&tx),
+        )?;
         let a = tokio::spawn(
             axum::serve(admin, adm_app)
                 .with_graceful_shutdown(signal(&tx))
@@ -209,10 +210,10 @@ impl Service {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = tx.send(());
-        let (r1, r2) = (p.await, a.await);
+        let (r1, r2) = (workers.wait().await, a.await);
         self.writer.shutdown().await;
         tracing::info!("writer flushed; bye");
-        r1.map_err(std::io::Error::other)??;
+        r1?;
         r2.map_err(std::io::Error::other)??;
         Ok(())
     }

@@ -133,7 +133,7 @@ pub fn with_fallback(router: Router<AppState>, state: &AppState) -> Router<AppSt
     match &state.settings.gateway {
         None => router.fallback(not_found),
         Some(upstream) => {
-            let gateway = Arc::new(Gateway::new(upstream.clone()));
+            let gateway = Arc::new(Gateway::new(upstream.clone(), state.in_flight.clone()));
             router.fallback(move |State(state): State<AppState>, req: Request| {
                 let gateway = gateway.clone();
                 async move { gateway.handle(&state, req).await }
@@ -142,7 +142,9 @@ pub fn with_fallback(router: Router<AppState>, state: &AppState) -> Router<AppSt
     }
 }
 
-/// The proxy: a pooled HTTP/1 client and the per-key in-flight counters.
+/// The proxy: a pooled HTTP/1 client and the per-key in-flight counters. Each public worker
+/// builds its own (so its upstream connections are driven on its own thread) around the
+/// service's one in-flight table.
 #[derive(Debug)]
 pub struct Gateway {
     upstream: Upstream,
@@ -152,7 +154,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway to `upstream` with a keep-alive connection pool.
-    pub fn new(upstream: Upstream) -> Self {
+    pub fn new(upstream: Upstream, in_flight: Arc<InFlightTable>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_nodelay(true);
@@ -165,7 +167,7 @@ impl Gateway {
         Gateway {
             upstream,
             client,
-            in_flight: Arc::new(InFlightTable::default()),
+            in_flight,
         }
     }
 
@@ -458,9 +460,10 @@ fn error_chain(e: &dyn StdError) -> String {
     out
 }
 
-/// Requests in flight per key.
+/// Requests in flight through the gateway, per key: one table per service, shared by
+/// every public worker, so a key's `concurrency` limit holds whichever thread serves it.
 #[derive(Debug, Default)]
-struct InFlightTable(Mutex<HashMap<String, u32>>);
+pub struct InFlightTable(Mutex<HashMap<String, u32>>);
 
 impl InFlightTable {
     fn try_acquire(self: &Arc<Self>, key: &str, limit: u32) -> Option<InFlight> {

@@ -16,3 +16,4 @@ pub mod secretbox;
 pub mod settings;
 pub mod state;
 pub mod views;
+pub mod workers;

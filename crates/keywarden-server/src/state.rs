@@ -21,6 +21,8 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     /// The clock (movable in tests).
     pub clock: Arc<dyn Clock>,
+    /// Gateway requests in flight per key (the plan's `concurrency`).
+    pub in_flight: Arc<crate::gateway::InFlightTable>,
 }
 
 impl AppState {
@@ -32,6 +34,7 @@ impl AppState {
             verifier,
             store,
             clock,
+            in_flight: Arc::default(),
         }))
     }
 }

@@ -1,0 +1,167 @@
+//! The public listener's workers: one thread per CPU, each with its own single-threaded
+//! runtime, and one acceptor that hands each new connection to the next worker in turn.
+//!
+//! A connection lives on one thread from its first byte to its last, and so does the
+//! gateway's pool of upstream connections that thread uses: a proxied request wakes no
+//! other thread, where a work-stealing runtime moves the client side, the upstream side
+//! and the pool's connection task between threads (SPEC §1; `BENCHMARKS.md` has the
+//! figures). Everything else — the admin listener, the writer, the limiter, cache
+//! invalidations — stays on the main runtime; the workers share the service state.
+
+use axum::serve::{Listener, ListenerExt};
+use axum::Router;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
+
+/// An accepted connection on its way to a worker.
+type Handoff = (std::net::TcpStream, SocketAddr);
+
+/// How many public workers to run: one per CPU the process may use.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// The public workers, running until the shutdown signal each was given.
+#[derive(Debug)]
+pub struct Workers {
+    acceptor: tokio::task::JoinHandle<()>,
+    done: Vec<oneshot::Receiver<io::Result<()>>>,
+}
+
+impl Workers {
+    /// Starts `count` workers serving `router` (one copy each, built by `router`) and an
+    /// acceptor on the current runtime feeding them from `listener`. Each stops accepting
+    /// when its `stop` future resolves and finishes its in-flight requests.
+    pub fn start<S>(
+        listener: TcpListener,
+        count: usize,
+        router: impl Fn() -> Router,
+        stop: impl Fn() -> S,
+    ) -> io::Result<Workers>
+    where
+        S: Future<Output = ()> + Send + 'static,
+    {
+        let local = listener.local_addr()?;
+        let mut queues = Vec::new();
+        let mut done = Vec::new();
+        for i in 0..count.max(1) {
+            let (queue, incoming) = unbounded_channel();
+            let (finished, finish) = oneshot::channel();
+            let app = router().into_make_service_with_connect_info::<SocketAddr>();
+            let stop = stop();
+            std::thread::Builder::new()
+                .name(format!("keywarden-public-{i}"))
+                .spawn(move || {
+                    let served = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .and_then(|rt| {
+                            rt.block_on(async move {
+                                let conns = Connections { incoming, local }.tap_io(|_| ());
+                                axum::serve(conns, app).with_graceful_shutdown(stop).await
+                            })
+                        });
+                    let _ = finished.send(served);
+                })?;
+            queues.push(queue);
+            done.push(finish);
+        }
+        let acceptor = tokio::spawn(accept(listener, queues, stop()));
+        Ok(Workers { acceptor, done })
+    }
+
+    /// Waits for the acceptor and every worker to finish (after their stop signal).
+    pub async fn wait(self) -> io::Result<()> {
+        let _ = self.acceptor.await;
+        let mut result = Ok(());
+        for finish in self.done {
+            match finish.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(io::Error::other("a public worker stopped unexpectedly")),
+            }
+        }
+        result
+    }
+}
+
+/// Accepts connections until `stop` resolves, handing them to the workers in turn (a
+/// worker that has gone is skipped).
+async fn accept(listener: TcpListener, queues: Vec<UnboundedSender<Handoff>>, stop: impl Future) {
+    tokio::pin!(stop);
+    let mut next = 0usize;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    pause_after(&e).await;
+                    continue;
+                }
+            },
+        };
+        // Responses go out as soon as they are written.
+        let _ = stream.set_nodelay(true);
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let mut handoff = (stream, peer);
+        for _ in 0..queues.len() {
+            let queue = &queues[next % queues.len()];
+            next = next.wrapping_add(1);
+            match queue.send(handoff) {
+                Ok(()) => break,
+                Err(back) => handoff = back.0,
+            }
+        }
+    }
+}
+
+/// After a failed accept: nothing for a connection-level error (the client gave up),
+/// a short pause for anything else (out of file descriptors, say) so the loop does not spin.
+async fn pause_after(e: &io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a public connection failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// One worker's side of the acceptor: connections handed over to this thread.
+struct Connections {
+    incoming: UnboundedReceiver<Handoff>,
+    local: SocketAddr,
+}
+
+impl Listener for Connections {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.incoming.recv().await {
+                // Registered with this thread's runtime from here on.
+                Some((stream, peer)) => match TcpStream::from_std(stream) {
+                    Ok(s) => return (s, peer),
+                    Err(e) => tracing::warn!(error = %e, "a handed-over connection was lost"),
+                },
+                // The acceptor has stopped: so does the service, by its stop signal.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
