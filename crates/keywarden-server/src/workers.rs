@@ -165,3 +165,61 @@ impl Listener for Connections {
         Ok(self.local)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use std::collections::BTreeSet;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The body of `GET /` on a fresh connection.
+    async fn get_root(addr: SocketAddr) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn connections_are_spread_over_the_workers_and_shutdown_waits_for_them() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let router = || {
+            Router::new().route(
+                "/",
+                get(|| async {
+                    std::thread::current()
+                        .name()
+                        .unwrap_or_default()
+                        .to_string()
+                }),
+            )
+        };
+        let stop = || {
+            let mut rx = tx.subscribe();
+            async move {
+                let _ = rx.recv().await;
+            }
+        };
+        let workers = Workers::start(listener, 3, router, stop).unwrap();
+
+        let mut seen = BTreeSet::new();
+        for _ in 0..6 {
+            seen.insert(get_root(addr).await);
+        }
+        let want: BTreeSet<String> = (0..3).map(|i| format!("keywarden-public-{i}")).collect();
+        assert_eq!(seen, want, "each worker serves its turn");
+
+        tx.send(()).unwrap();
+        workers.wait().await.unwrap();
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listener is closed once the workers have stopped"
+        );
+    }
+}
