@@ -314,13 +314,20 @@ impl Verifier {
     }
 
     /// The plan limits of `plan` (the default plan's when unknown).
-    pub fn plan(&self, plan: &str) -> PlanLimits {
+    pub fn plan(&self, plan: &str) -> &PlanLimits {
+        /// What an account gets when not even the default plan is configured.
+        static UNLIMITED: PlanLimits = PlanLimits {
+            max_keys: None,
+            rate: None,
+            concurrency: None,
+            quotas: Vec::new(),
+            features: Vec::new(),
+        };
         self.cfg
             .plans
             .get(plan)
             .or_else(|| self.cfg.plans.get(&self.cfg.default_plan))
-            .cloned()
-            .unwrap_or_default()
+            .unwrap_or(&UNLIMITED)
     }
 
     /// Drops every cached trace of a key (call after any write to it).
@@ -653,7 +660,7 @@ impl Verifier {
         }
         if admitted && rate.as_ref().is_none_or(|r| r.allowed) {
             match self
-                .consume_quotas(&account, key.mode, &plan, req.cost, now)
+                .consume_quotas(&account, key.mode, plan, req.cost, now)
                 .await
             {
                 Ok(q) => quotas = q,
