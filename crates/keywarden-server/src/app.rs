@@ -15,7 +15,7 @@ use keywarden_store::pepper::{load_or_create_pepper_file, pepper_path_for};
 use keywarden_store::redis_limiter::{RedisConfig, RedisLimiter};
 use keywarden_store::verifier::Verifier;
 use keywarden_store::writer::{Writer, WriterConfig, WriterHandle};
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -188,34 +188,26 @@ impl Service {
                 let _ = rx.recv().await;
             }
         };
-        let adm_app =
-            admin_router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         tracing::info!(
             public = %public.local_addr()?,
             admin = %admin.local_addr()?,
             "keywarden listening"
         );
         let state = &self.state;
+        let public_app = || public_router(state.clone());
+        let admin_app = || admin_router(state.clone());
         let workers = Workers::start(
-            public,
+            vec![(public, &public_app), (admin, &admin_app)],
             crate::workers::default_workers(),
-            || public_router(state.clone()),
             || signal(&tx),
         )?;
-        let a = tokio::spawn(
-            axum::serve(admin, adm_app)
-                .with_graceful_shutdown(signal(&tx))
-                .into_future(),
-        );
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = tx.send(());
-        let (r1, r2) = (workers.wait().await, a.await);
+        let served = workers.wait().await;
         self.writer.shutdown().await;
         tracing::info!("writer flushed; bye");
-        r1?;
-        r2.map_err(std::io::Error::other)??;
-        Ok(())
+        served
     }
 }
 

@@ -459,8 +459,9 @@ impl Manager {
     }
 
     /// Makes a new token for `mode`/`key_type`: (token, stored secret, prefix, start,
-    /// fingerprint).
-    fn mint(
+    /// fingerprint). A slow hash (bcrypt, argon2id: tenths of a second) runs on the
+    /// blocking pool, so the thread serving other connections never waits for it.
+    async fn mint(
         &self,
         mode: Mode,
         key_type: KeyType,
@@ -482,10 +483,16 @@ impl Manager {
             .map_err(|_| ApiError::new(Code::InternalError))?;
         let prefix = s.template.prefix(mode, key_type);
         let start = parsed.start();
-        let stored = s
-            .hasher
-            .store(&token, parsed.lookup_segment())
-            .map_err(|_| ApiError::new(Code::InternalError))?;
+        let segment = parsed.lookup_segment().to_owned();
+        let stored = if s.hasher.is_slow() {
+            let (hasher, copy) = (s.hasher.clone(), token.clone());
+            tokio::task::spawn_blocking(move || hasher.store(&copy, &segment))
+                .await
+                .map_err(|_| ApiError::new(Code::InternalError))?
+        } else {
+            s.hasher.store(&token, &segment)
+        }
+        .map_err(|_| ApiError::new(Code::InternalError))?;
         let fp = fingerprint(token.expose());
         Ok((token, stored, prefix, start, fp))
     }
@@ -523,7 +530,7 @@ impl Manager {
                 format!("the {} plan does not include API keys", account.plan),
             ));
         }
-        let (token, secret, prefix, start, key_hash) = self.mint(new.mode, new.key_type)?;
+        let (token, secret, prefix, start, key_hash) = self.mint(new.mode, new.key_type).await?;
         let id = new_id("key");
         let recoverable = crate::manage_apps::seal_recoverable(self.s(), new.mode, &id, &token)?;
         let rec = KeyRecord {
@@ -616,7 +623,7 @@ impl Manager {
         }
         let before = key.clone();
         let now = self.now();
-        let (token, secret, prefix, start, key_hash) = self.mint(key.mode, key.key_type)?;
+        let (token, secret, prefix, start, key_hash) = self.mint(key.mode, key.key_type).await?;
         // The rotated-out secret is kept even with no grace (it ends now), so presenting it
         // answers `api_key_revoked` rather than `invalid_api_key`.
         key.previous = Some(PreviousSecret {

@@ -1,16 +1,18 @@
-//! The public listener's workers: one thread per CPU, each with its own single-threaded
-//! runtime, and one acceptor that hands each new connection to the next worker in turn.
+//! The listeners' workers: one thread per CPU, each with its own single-threaded runtime
+//! serving both listeners, and one acceptor per listener that hands each new connection to
+//! the next worker in turn.
 //!
 //! A connection lives on one thread from its first byte to its last, and so does the
 //! gateway's pool of upstream connections that thread uses: a proxied request wakes no
 //! other thread, where a work-stealing runtime moves the client side, the upstream side
 //! and the pool's connection task between threads (SPEC §1; `BENCHMARKS.md` has the
-//! figures). Everything else — the admin listener, the writer, the limiter, cache
-//! invalidations — stays on the main runtime; the workers share the service state.
+//! figures), and a forward-auth or verify call is answered on the thread that read it.
+//! The background tasks — the writer, cache invalidations, the limiter's reconnections —
+//! stay on the main runtime; the workers share the service state.
 
 use axum::serve::{Listener, ListenerExt};
 use axum::Router;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,69 +23,92 @@ use tokio::sync::oneshot;
 /// An accepted connection on its way to a worker.
 type Handoff = (std::net::TcpStream, SocketAddr);
 
-/// How many public workers to run: one per CPU the process may use.
+/// How many workers to run: one per CPU the process may use.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
-/// The public workers, running until the shutdown signal each was given.
+/// A listener and how to build the router that serves it (once per worker).
+pub type Site<'a> = (TcpListener, &'a dyn Fn() -> Router);
+
+/// The workers, running until the shutdown signal each was given.
 #[derive(Debug)]
 pub struct Workers {
-    acceptor: tokio::task::JoinHandle<()>,
+    acceptors: Vec<tokio::task::JoinHandle<()>>,
     done: Vec<oneshot::Receiver<io::Result<()>>>,
 }
 
 impl Workers {
-    /// Starts `count` workers serving `router` (one copy each, built by `router`) and an
-    /// acceptor on the current runtime feeding them from `listener`. Each stops accepting
-    /// when its `stop` future resolves and finishes its in-flight requests.
-    pub fn start<S>(
-        listener: TcpListener,
-        count: usize,
-        router: impl Fn() -> Router,
-        stop: impl Fn() -> S,
-    ) -> io::Result<Workers>
+    /// Starts `count` workers, each serving every site with its own copy of the site's
+    /// router, and one acceptor per site on the current runtime feeding them. Each stops
+    /// accepting when its `stop` future resolves and finishes its in-flight requests.
+    pub fn start<S>(sites: Vec<Site<'_>>, count: usize, stop: impl Fn() -> S) -> io::Result<Workers>
     where
         S: Future<Output = ()> + Send + 'static,
     {
-        let local = listener.local_addr()?;
-        let mut queues = Vec::new();
+        let count = count.max(1);
+        let mut queues: Vec<Vec<UnboundedSender<Handoff>>> = vec![Vec::new(); sites.len()];
         let mut done = Vec::new();
-        for i in 0..count.max(1) {
-            let (queue, incoming) = unbounded_channel();
+        for i in 0..count {
+            let mut served = Vec::new();
+            for (site, (listener, router)) in sites.iter().enumerate() {
+                let (queue, incoming) = unbounded_channel();
+                queues[site].push(queue);
+                let conns = Connections {
+                    incoming,
+                    local: listener.local_addr()?,
+                };
+                let app = router().into_make_service_with_connect_info::<SocketAddr>();
+                served.push((conns, app, stop()));
+            }
             let (finished, finish) = oneshot::channel();
-            let app = router().into_make_service_with_connect_info::<SocketAddr>();
-            let stop = stop();
             std::thread::Builder::new()
-                .name(format!("keywarden-public-{i}"))
+                .name(format!("keywarden-worker-{i}"))
                 .spawn(move || {
-                    let served = tokio::runtime::Builder::new_current_thread()
+                    let result = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
                         .and_then(|rt| {
                             rt.block_on(async move {
-                                let conns = Connections { incoming, local }.tap_io(|_| ());
-                                axum::serve(conns, app).with_graceful_shutdown(stop).await
+                                let tasks: Vec<_> = served
+                                    .into_iter()
+                                    .map(|(conns, app, stop)| {
+                                        tokio::spawn(
+                                            axum::serve(conns.tap_io(|_| ()), app)
+                                                .with_graceful_shutdown(stop)
+                                                .into_future(),
+                                        )
+                                    })
+                                    .collect();
+                                for task in tasks {
+                                    task.await.map_err(io::Error::other)??;
+                                }
+                                Ok(())
                             })
                         });
-                    let _ = finished.send(served);
+                    let _ = finished.send(result);
                 })?;
-            queues.push(queue);
             done.push(finish);
         }
-        let acceptor = tokio::spawn(accept(listener, queues, stop()));
-        Ok(Workers { acceptor, done })
+        let acceptors = sites
+            .into_iter()
+            .zip(queues)
+            .map(|((listener, _), queues)| tokio::spawn(accept(listener, queues, stop())))
+            .collect();
+        Ok(Workers { acceptors, done })
     }
 
-    /// Waits for the acceptor and every worker to finish (after their stop signal).
+    /// Waits for the acceptors and every worker to finish (after their stop signal).
     pub async fn wait(self) -> io::Result<()> {
-        let _ = self.acceptor.await;
+        for acceptor in self.acceptors {
+            let _ = acceptor.await;
+        }
         let mut result = Ok(());
         for finish in self.done {
             match finish.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => result = Err(e),
-                Err(_) => result = Err(io::Error::other("a public worker stopped unexpectedly")),
+                Err(_) => result = Err(io::Error::other("a worker stopped unexpectedly")),
             }
         }
         result
@@ -206,13 +231,13 @@ mod tests {
                 let _ = rx.recv().await;
             }
         };
-        let workers = Workers::start(listener, 3, router, stop).unwrap();
+        let workers = Workers::start(vec![(listener, &router)], 3, stop).unwrap();
 
         let mut seen = BTreeSet::new();
         for _ in 0..6 {
             seen.insert(get_root(addr).await);
         }
-        let want: BTreeSet<String> = (0..3).map(|i| format!("keywarden-public-{i}")).collect();
+        let want: BTreeSet<String> = (0..3).map(|i| format!("keywarden-worker-{i}")).collect();
         assert_eq!(seen, want, "each worker serves its turn");
 
         tx.send(()).unwrap();
