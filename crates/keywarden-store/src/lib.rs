@@ -25,7 +25,7 @@ pub mod writer;
 
 pub use cache::{CacheConfig, KeyCache, KeyResolver, Lookup, LookupKey};
 pub use counting::{CountingStore, Pause};
-pub use writer::{Writer, WriterConfig, WriterHandle};
+pub use writer::{KeyUse, Writer, WriterConfig, WriterHandle};
 
 pub mod limiter;
 pub mod redis_limiter;

@@ -9,8 +9,8 @@
 
 use crate::cache::{KeyCache, KeyResolver};
 use crate::limiter::{Limiter, QuotaKey};
-use crate::store::{Invalidation, KeyTouch, Store, StoreResult, UsageDelta};
-use crate::writer::Writer;
+use crate::store::{Invalidation, Store, StoreResult, UsageDelta};
+use crate::writer::{KeyUse, Writer};
 use keywarden_core::codes::Code;
 use keywarden_core::decision::{
     authorize, check_app_secret, limit_verdict, AppSecretCheck, CompiledKey, Denial, Facts,
@@ -20,7 +20,7 @@ use keywarden_core::hashing::{sha256, SecretHasher};
 use keywarden_core::ip::lockout_bucket;
 use keywarden_core::limits::{Period, QuotaOutcome, QuotaSpec, RateLimit, RateOutcome};
 use keywarden_core::model::{
-    new_id, Account, Activity, Application, AuditEvent, KeyRecord, Mode, StoredSecret,
+    new_id, Account, Application, AuditEvent, KeyRecord, Mode, StoredSecret,
 };
 use keywarden_core::scopes::{ScopeCatalog, ScopeSet};
 use keywarden_core::template::{KeyTemplate, ParsedToken};
@@ -764,23 +764,18 @@ impl Verifier {
         now: i64,
         success: bool,
     ) {
-        let ip = req.client_ip.map(|i| i.to_string());
-        if success {
-            self.writer.touch(KeyTouch {
-                key_id: key_id.to_owned(),
+        self.writer.used(
+            &KeyUse {
+                key_id,
                 at: now,
-                ip: ip.clone(),
-            });
-        }
-        self.writer.activity(Activity {
-            key_id: key_id.to_owned(),
-            at: now,
-            ip,
-            method: truncate(req.method, 16),
-            path: truncate(req.path, 512),
-            status: out.code.status(),
-            code: out.code.as_str().to_string(),
-        });
+                ip: req.client_ip,
+                method: req.method,
+                path: req.path,
+                status: out.code.status(),
+                code: out.code.as_str(),
+            },
+            success,
+        );
     }
 }
 
@@ -788,17 +783,6 @@ impl Verifier {
 /// re-tagged by hand is not the key that was issued.
 fn tags_match(parsed: &ParsedToken<'_>, rec: &CompiledKey) -> bool {
     parsed.mode.is_none_or(|m| m == rec.mode) && parsed.key_type.is_none_or(|t| t == rec.key_type)
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 /// Applies the writes other replicas commit (the store's invalidation feed) to this

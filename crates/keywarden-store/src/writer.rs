@@ -221,6 +221,53 @@ impl Writer {
         (writer, handle)
     }
 
+    /// Records one use of a key from the request path: its activity row, and its last use
+    /// when `success`. One lock for both; a busy key's row reuses the buffers of the queued
+    /// row it replaces, so a request allocates nothing here once its key is in the queue.
+    pub fn used(&self, u: &KeyUse<'_>, success: bool) {
+        let queue = self.shared.activity_queue;
+        let retain = self.shared.activity_retain;
+        let mut ip_buf = [0u8; 48];
+        let ip = u.ip.map(|ip| format_ip(ip, &mut ip_buf));
+        let mut dropped = false;
+        self.shared.with_pending(|p| {
+            if success {
+                match p.touches.get_mut(u.key_id) {
+                    Some(latest) if latest.0 > u.at => {}
+                    Some(latest) => {
+                        latest.0 = u.at;
+                        set_opt(&mut latest.1, ip);
+                    }
+                    None => {
+                        p.touches
+                            .insert(u.key_id.to_owned(), (u.at, ip.map(str::to_owned)));
+                    }
+                }
+            }
+            match p.activity.get_mut(u.key_id) {
+                Some(rows) if retain > 0 && rows.len() >= retain => {
+                    if let Some(mut row) = rows.pop_front() {
+                        u.fill(&mut row, ip);
+                        rows.push_back(row);
+                    }
+                }
+                Some(rows) if p.activity_len < queue => {
+                    rows.push_back(u.row(ip));
+                    p.activity_len += 1;
+                }
+                None if p.activity_len < queue => {
+                    p.activity
+                        .insert(u.key_id.to_owned(), VecDeque::from([u.row(ip)]));
+                    p.activity_len += 1;
+                }
+                _ => dropped = true,
+            }
+        });
+        if dropped {
+            self.shared.dropped_activity.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Records a successful use of a key. Uses of one key coalesce until the next flush:
     /// the one with the latest `at` is written.
     pub fn touch(&self, touch: KeyTouch) {
@@ -528,4 +575,85 @@ impl Flusher {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
+}
+
+/// One use of a key, borrowed from the request (see [`Writer::used`]).
+#[derive(Clone, Copy, Debug)]
+pub struct KeyUse<'a> {
+    /// The key used.
+    pub key_id: &'a str,
+    /// When.
+    pub at: Millis,
+    /// The client IP, if known.
+    pub ip: Option<std::net::IpAddr>,
+    /// The original request's method (the first 16 bytes are kept).
+    pub method: &'a str,
+    /// The original request's path (the first 512 bytes are kept).
+    pub path: &'a str,
+    /// The status answered.
+    pub status: u16,
+    /// The decision code.
+    pub code: &'a str,
+}
+
+/// Longest method and path an activity row keeps.
+const METHOD_MAX: usize = 16;
+const PATH_MAX: usize = 512;
+
+impl KeyUse<'_> {
+    /// A new activity row.
+    fn row(&self, ip: Option<&str>) -> Activity {
+        Activity {
+            key_id: self.key_id.to_owned(),
+            at: self.at,
+            ip: ip.map(str::to_owned),
+            method: prefix(self.method, METHOD_MAX).to_owned(),
+            path: prefix(self.path, PATH_MAX).to_owned(),
+            status: self.status,
+            code: self.code.to_owned(),
+        }
+    }
+
+    /// Overwrites a row of the same key in place, reusing its buffers.
+    fn fill(&self, row: &mut Activity, ip: Option<&str>) {
+        row.at = self.at;
+        set_opt(&mut row.ip, ip);
+        set(&mut row.method, prefix(self.method, METHOD_MAX));
+        set(&mut row.path, prefix(self.path, PATH_MAX));
+        row.status = self.status;
+        set(&mut row.code, self.code);
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn set(buf: &mut String, value: &str) {
+    buf.clear();
+    buf.push_str(value);
+}
+
+fn set_opt(buf: &mut Option<String>, value: Option<&str>) {
+    match (buf.as_mut(), value) {
+        (Some(b), Some(v)) => set(b, v),
+        (_, v) => *buf = v.map(str::to_owned),
+    }
+}
+
+/// `ip` written into `buf` (large enough for any IPv6 address), without allocating.
+fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    std::str::from_utf8(&buf[..len]).unwrap_or("")
 }

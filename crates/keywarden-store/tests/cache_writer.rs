@@ -7,8 +7,8 @@ use keywarden_core::model::{
     Role, StoredSecret,
 };
 use keywarden_store::{
-    open, CacheConfig, CountingStore, EventFilter, KeyCache, KeyResolver, KeyTouch, Lookup, Store,
-    StoreError, UsageDelta, Writer, WriterConfig, WriterHandle,
+    open, CacheConfig, CountingStore, EventFilter, KeyCache, KeyResolver, KeyTouch, KeyUse, Lookup,
+    Store, StoreError, UsageDelta, Writer, WriterConfig, WriterHandle,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -688,6 +688,75 @@ async fn a_busy_key_queues_only_the_activity_it_keeps() {
         db.store.list_activity(&other.id, 100).await.unwrap().len(),
         1
     );
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn uses_from_the_request_path_keep_each_field_of_the_newest_rows() {
+    let (db, key, writer, handle) = writing(WriterConfig {
+        activity_retain_per_key: 2,
+        ..manual()
+    })
+    .await;
+    let long_path = format!("/{}é", "p".repeat(510));
+    let ips: [std::net::IpAddr; 3] = [
+        "192.0.2.1".parse().unwrap(),
+        "2001:db8::ffff:1:2:3".parse().unwrap(),
+        "198.51.100.7".parse().unwrap(),
+    ];
+    let uses = [
+        (ips[0], "GET", "/a", 200, "valid", true),
+        (
+            ips[1],
+            "OVERLONGMETHODNAME",
+            long_path.as_str(),
+            403,
+            "ip_not_allowed",
+            false,
+        ),
+        (ips[2], "POST", "/c", 429, "rate_limit_exceeded", false),
+    ];
+    for (n, (ip, method, path, status, code, success)) in uses.into_iter().enumerate() {
+        let u = KeyUse {
+            key_id: &key.id,
+            at: 1_000 + n as i64,
+            ip: Some(ip),
+            method,
+            path,
+            status,
+            code,
+        };
+        writer.used(&u, success);
+    }
+    writer.flush_now().await.unwrap();
+    let rows = db.store.list_activity(&key.id, 10).await.unwrap();
+    // The third use took the place of the first in the queue, reusing its buffers.
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].at, 1_002);
+    assert_eq!(rows[0].ip.as_deref(), Some("198.51.100.7"));
+    assert_eq!(
+        (rows[0].method.as_str(), rows[0].path.as_str()),
+        ("POST", "/c")
+    );
+    assert_eq!(
+        (rows[0].status, rows[0].code.as_str()),
+        (429, "rate_limit_exceeded")
+    );
+    assert_eq!(rows[1].ip.as_deref(), Some("2001:db8::ffff:1:2:3"));
+    assert_eq!(rows[1].method, "OVERLONGMETHODNAM"[..16]);
+    assert_eq!(
+        rows[1].path.len(),
+        511,
+        "cut at 512 bytes, on a character boundary"
+    );
+    assert_eq!(
+        (rows[1].status, rows[1].code.as_str()),
+        (403, "ip_not_allowed")
+    );
+    // Only the successful use counts as the last use.
+    let stored = db.store.get_key(&key.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_used_at, Some(1_000));
+    assert_eq!(stored.last_used_ip.as_deref(), Some("192.0.2.1"));
     handle.shutdown().await;
 }
 
