@@ -46,21 +46,36 @@ pub fn rate_limit_headers(headers: &mut HeaderMap, out: &VerifyOutcome) {
     }
 }
 
+/// `X-Keywarden-Key-Id` (names checked at compile time, not per request).
+const KEY_ID: HeaderName = HeaderName::from_static("x-keywarden-key-id");
+/// `X-Keywarden-Account-Id`.
+const ACCOUNT_ID: HeaderName = HeaderName::from_static("x-keywarden-account-id");
+/// `X-Keywarden-Mode`.
+const MODE: HeaderName = HeaderName::from_static("x-keywarden-mode");
+/// `X-Keywarden-Scopes`.
+const SCOPES: HeaderName = HeaderName::from_static("x-keywarden-scopes");
+
 /// The identity headers of an allowed request.
 pub fn identity_headers(state: &AppState, headers: &mut HeaderMap, out: &VerifyOutcome) {
-    let mut set = |name: &'static str, value: &str| {
+    let mut set = |name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), v);
+            headers.insert(name, v);
         }
     };
     if let Some(k) = &out.key {
-        set("x-keywarden-key-id", k.id());
-        set("x-keywarden-account-id", k.account_id());
-        set("x-keywarden-mode", k.mode.as_str());
-        let names = state.settings.catalog.names(&k.scopes).join(" ");
-        set("x-keywarden-scopes", &names);
+        set(KEY_ID, k.id());
+        set(ACCOUNT_ID, k.account_id());
+        set(MODE, k.mode.as_str());
+        let mut names = String::with_capacity(64);
+        for name in state.settings.catalog.iter_names(&k.scopes) {
+            if !names.is_empty() {
+                names.push(' ');
+            }
+            names.push_str(name);
+        }
+        set(SCOPES, &names);
     } else if out.global {
-        set("x-keywarden-key-id", "global");
-        set("x-keywarden-scopes", "*");
+        set(KEY_ID, "global");
+        set(SCOPES, "*");
     }
 }

@@ -15,7 +15,7 @@ use crate::middleware::DecisionCode;
 use crate::routes::decide::{identity_headers, rate_limit_headers, route_needs, Needs};
 use crate::state::AppState;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use keywarden_core::codes::Code;
 use keywarden_store::verifier::VerifyRequest;
@@ -132,10 +132,12 @@ pub async fn forward_auth(State(state): State<AppState>, req: Request) -> Respon
 /// Adds the decision's real status and wire code: `X-Keywarden-Status` and
 /// `X-Keywarden-Code`.
 fn stamp(res: &mut Response, status: u16, code: &str) {
+    const STATUS: HeaderName = HeaderName::from_static("x-keywarden-status");
+    const CODE: HeaderName = HeaderName::from_static("x-keywarden-code");
     let h = res.headers_mut();
-    h.insert("x-keywarden-status", HeaderValue::from(status));
+    h.insert(STATUS, HeaderValue::from(status));
     if let Ok(v) = HeaderValue::from_str(code) {
-        h.insert("x-keywarden-code", v);
+        h.insert(CODE, v);
     }
 }
 
