@@ -106,6 +106,60 @@ impl Pending {
     fn len(&self) -> usize {
         self.touches.len() + self.usage.len() + self.activity_len + self.events.len()
     }
+
+    /// Keeps a key's latest use (`at`, client IP): an earlier one is ignored.
+    fn touch(&mut self, key_id: &str, at: Millis, ip: Option<&str>) {
+        match self.touches.get_mut(key_id) {
+            Some(latest) if latest.0 > at => {}
+            Some(latest) => {
+                latest.0 = at;
+                set_opt(&mut latest.1, ip);
+            }
+            None => {
+                self.touches
+                    .insert(key_id.to_owned(), (at, ip.map(str::to_owned)));
+            }
+        }
+    }
+
+    /// Where a key's next activity row goes. A key's queued rows never outnumber the rows
+    /// kept per key (`retain`; 0: no such bound): once it holds that many, a new row takes
+    /// the place of its oldest, which the next write would have trimmed anyway. Otherwise
+    /// the row is added while the whole queue holds fewer than `queue` rows, and counted
+    /// here, so the caller must add exactly one row for `Append` and `First`.
+    fn place(&mut self, key_id: &str, queue: usize, retain: usize) -> Place<'_> {
+        let room = self.activity_len < queue;
+        match self.activity.get_mut(key_id) {
+            Some(rows) if retain > 0 && rows.len() >= retain => {
+                rows.rotate_left(1);
+                match rows.back_mut() {
+                    Some(oldest) => Place::Replace(oldest),
+                    None => Place::Full,
+                }
+            }
+            Some(rows) if room => {
+                self.activity_len += 1;
+                Place::Append(rows)
+            }
+            None if room => {
+                self.activity_len += 1;
+                Place::First
+            }
+            _ => Place::Full,
+        }
+    }
+}
+
+/// Where a key's next activity row goes (see [`Pending::place`]).
+enum Place<'a> {
+    /// Overwrite this row, the key's oldest, now moved to the back of its queue.
+    Replace(&'a mut Activity),
+    /// Append to the key's queue.
+    Append(&'a mut VecDeque<Activity>),
+    /// Start the key's queue.
+    First,
+    /// The queue is full: drop the row and count it.
+    Full,
 }
 
 /// State shared by every [`Writer`] clone and the flusher task.
@@ -232,35 +286,16 @@ impl Writer {
         let mut dropped = false;
         self.shared.with_pending(|p| {
             if success {
-                match p.touches.get_mut(u.key_id) {
-                    Some(latest) if latest.0 > u.at => {}
-                    Some(latest) => {
-                        latest.0 = u.at;
-                        set_opt(&mut latest.1, ip);
-                    }
-                    None => {
-                        p.touches
-                            .insert(u.key_id.to_owned(), (u.at, ip.map(str::to_owned)));
-                    }
-                }
+                p.touch(u.key_id, u.at, ip);
             }
-            match p.activity.get_mut(u.key_id) {
-                Some(rows) if retain > 0 && rows.len() >= retain => {
-                    if let Some(mut row) = rows.pop_front() {
-                        u.fill(&mut row, ip);
-                        rows.push_back(row);
-                    }
-                }
-                Some(rows) if p.activity_len < queue => {
-                    rows.push_back(u.row(ip));
-                    p.activity_len += 1;
-                }
-                None if p.activity_len < queue => {
+            match p.place(u.key_id, queue, retain) {
+                Place::Replace(oldest) => u.fill(oldest, ip),
+                Place::Append(rows) => rows.push_back(u.row(ip)),
+                Place::First => {
                     p.activity
                         .insert(u.key_id.to_owned(), VecDeque::from([u.row(ip)]));
-                    p.activity_len += 1;
                 }
-                _ => dropped = true,
+                Place::Full => dropped = true,
             }
         });
         if dropped {
@@ -271,46 +306,28 @@ impl Writer {
     /// Records a successful use of a key. Uses of one key coalesce until the next flush:
     /// the one with the latest `at` is written.
     pub fn touch(&self, touch: KeyTouch) {
-        self.shared.with_pending(|p| {
-            let KeyTouch { key_id, at, ip } = touch;
-            match p.touches.get_mut(&key_id) {
-                Some(latest) if latest.0 > at => {}
-                Some(latest) => *latest = (at, ip),
-                None => {
-                    p.touches.insert(key_id, (at, ip));
-                }
-            }
-        });
+        self.shared
+            .with_pending(|p| p.touch(&touch.key_id, touch.at, touch.ip.as_deref()));
     }
 
     /// Queues an activity row, or drops and counts it when the activity queue is full.
     ///
     /// A key's queued rows never outnumber the rows kept per key: a newer row replaces the
-    /// key's oldest queued one, which the next write would have trimmed anyway. So a busy
-    /// key costs at most `activity_retain_per_key` rows per flush, whatever its traffic.
+    /// key's oldest queued one. So a busy key costs at most `activity_retain_per_key` rows
+    /// per flush, whatever its traffic.
     pub fn activity(&self, row: Activity) {
         let queue = self.shared.activity_queue;
         let retain = self.shared.activity_retain;
         let mut dropped = false;
-        self.shared.with_pending(|p| {
-            if let Some(rows) = p.activity.get_mut(&row.key_id) {
-                if retain > 0 && rows.len() >= retain {
-                    rows.pop_front();
-                    rows.push_back(row);
-                    return;
+        self.shared
+            .with_pending(|p| match p.place(&row.key_id, queue, retain) {
+                Place::Replace(oldest) => *oldest = row,
+                Place::Append(rows) => rows.push_back(row),
+                Place::First => {
+                    p.activity.insert(row.key_id.clone(), VecDeque::from([row]));
                 }
-                if p.activity_len < queue {
-                    rows.push_back(row);
-                    p.activity_len += 1;
-                    return;
-                }
-            } else if p.activity_len < queue {
-                p.activity.insert(row.key_id.clone(), VecDeque::from([row]));
-                p.activity_len += 1;
-                return;
-            }
-            dropped = true;
-        });
+                Place::Full => dropped = true,
+            });
         if dropped {
             self.shared.dropped_activity.fetch_add(1, Ordering::Relaxed);
         }
