@@ -31,9 +31,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use keywarden_core::codes::Code;
 use keywarden_core::decision::CompiledKey;
 use keywarden_store::verifier::{Admit, VerifyOutcome, VerifyRequest};
@@ -45,6 +42,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+mod pool;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -109,7 +108,8 @@ impl Upstream {
         }))
     }
 
-    /// The upstream URI for a request path and (already filtered) query.
+    /// The request target on the upstream (origin form) for a request path and (already
+    /// filtered) query.
     fn target(&self, path: &str, query: Option<&str>) -> Option<Uri> {
         let mut pq = String::with_capacity(self.base_path.len() + path.len() + 64);
         pq.push_str(&self.base_path);
@@ -118,12 +118,17 @@ impl Upstream {
             pq.push('?');
             pq.push_str(q);
         }
+        Some(Uri::from(PathAndQuery::try_from(pq).ok()?))
+    }
+
+    /// `http://authority/`, where connections go.
+    fn origin(&self) -> Uri {
         Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.authority.clone())
-            .path_and_query(PathAndQuery::try_from(pq).ok()?)
+            .path_and_query("/")
             .build()
-            .ok()
+            .unwrap_or_default()
     }
 }
 
@@ -142,31 +147,27 @@ pub fn with_fallback(router: Router<AppState>, state: &AppState) -> Router<AppSt
     }
 }
 
-/// The proxy: a pooled HTTP/1 client and the per-key in-flight counters. Each public worker
-/// builds its own (so its upstream connections are driven on its own thread) around the
-/// service's one in-flight table.
+/// The proxy: a pool of HTTP/1.1 connections to the upstream and the per-key in-flight
+/// counters. Each public worker builds its own (so its upstream connections are driven on
+/// its own thread) around the service's one in-flight table.
 #[derive(Debug)]
 pub struct Gateway {
     upstream: Upstream,
-    client: Client<HttpConnector, RequestBody>,
+    pool: Arc<pool::Pool>,
     in_flight: Arc<InFlightTable>,
 }
 
 impl Gateway {
     /// A gateway to `upstream` with a keep-alive connection pool.
     pub fn new(upstream: Upstream, in_flight: Arc<InFlightTable>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(upstream.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let pool = pool::Pool::new(
+            upstream.origin(),
+            upstream.connect_timeout,
+            Duration::from_secs(60),
+        );
         Gateway {
             upstream,
-            client,
+            pool: Arc::new(pool),
             in_flight,
         }
     }
@@ -237,6 +238,9 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             headers.insert(HeaderName::from_static("x-request-id"), v);
         }
+        if let Ok(v) = HeaderValue::from_str(self.upstream.authority.as_str()) {
+            headers.insert(header::HOST, v);
+        }
 
         let activity = Arc::new(Activity::new());
         let mut upstream_req = hyper::Request::new(RequestBody {
@@ -248,7 +252,7 @@ impl Gateway {
         *upstream_req.headers_mut() = headers;
 
         let timeout = self.upstream.timeout;
-        let sent = self.client.request(upstream_req);
+        let sent = self.pool.send(upstream_req);
         tokio::pin!(sent);
         let result = loop {
             let deadline = activity.last() + timeout;
@@ -262,15 +266,15 @@ impl Gateway {
                 }
             }
         };
-        let res = match result {
-            Ok(res) => res,
+        let (res, lease) = match result {
+            Ok(sent) => sent,
             Err(e) => {
-                let code = if is_timeout(&e) {
+                let code = if is_timeout(&*e) {
                     Code::UpstreamTimeout
                 } else {
                     Code::UpstreamUnavailable
                 };
-                tracing::warn!(request_id = %request_id, error = %error_chain(&e), "upstream request failed");
+                tracing::warn!(request_id = %request_id, error = %error_chain(&*e), "upstream request failed");
                 return ApiError::new(code).into_response();
             }
         };
@@ -283,6 +287,7 @@ impl Gateway {
             sleep: Box::pin(tokio::time::sleep(timeout)),
             waiting: false,
             slot,
+            lease: Some(lease),
             request_id,
         };
         let mut response = Response::from_parts(rparts, Body::new(body));
@@ -436,8 +441,8 @@ fn strip_query_sources(s: &Settings, query: &str) -> String {
         .join("&")
 }
 
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = e.source();
+fn is_timeout(e: &(dyn StdError + 'static)) -> bool {
+    let mut source = Some(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
@@ -561,14 +566,27 @@ impl HttpBody for RequestBody {
 }
 
 /// The upstream's body on its way down: holds the key's in-flight slot until it ends or
-/// is dropped, and gives up when the upstream sends nothing for the timeout.
+/// is dropped, gives up when the upstream sends nothing for the timeout, and gives the
+/// connection back to the pool once the body has been read to its end.
 struct ResponseBody {
     inner: Incoming,
     idle: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
     waiting: bool,
     slot: Option<InFlight>,
+    lease: Option<pool::Lease>,
     request_id: String,
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // A body not read to its end leaves its connection unusable: it closes with it.
+        if let Some(lease) = self.lease.take() {
+            if self.inner.is_end_stream() {
+                lease.give_back();
+            }
+        }
+    }
 }
 
 impl HttpBody for ResponseBody {
@@ -594,6 +612,9 @@ impl HttpBody for ResponseBody {
             }
             Poll::Ready(None) => {
                 this.slot = None;
+                if let Some(lease) = this.lease.take() {
+                    lease.give_back();
+                }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
@@ -641,10 +662,11 @@ mod tests {
         let u = upstream("http://127.0.0.1:9000/api/").unwrap().unwrap();
         assert_eq!(
             u.target("/v1/x", Some("a=1")).unwrap().to_string(),
-            "http://127.0.0.1:9000/api/v1/x?a=1"
+            "/api/v1/x?a=1"
         );
         let u = upstream("http://up:9000").unwrap().unwrap();
-        assert_eq!(u.target("/", None).unwrap().to_string(), "http://up:9000/");
+        assert_eq!(u.target("/", None).unwrap().to_string(), "/");
+        assert_eq!(u.origin().to_string(), "http://up:9000/");
         for bad in [
             "https://up",
             "up:9000",

@@ -1,0 +1,311 @@
+//! The gateway's keep-alive connections to its upstream.
+//!
+//! Each connection carries one request at a time. A request leases a connection (an idle
+//! one, else a new one) and gives it back when its response body has ended; a response
+//! abandoned before its end takes its connection with it, which is then closed. Each
+//! public worker has its own pool, so a connection is driven by the thread that uses it
+//! and a lease costs one uncontended lock, no task and no channel beyond hyper's own.
+
+use super::RequestBody;
+use axum::http::Uri;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::Response;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::error::Error as StdError;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tower::Service;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Connections kept idle, at most.
+const MAX_IDLE: usize = 256;
+
+/// The idle connections to one upstream, and how to open more.
+#[derive(Debug)]
+pub(super) struct Pool {
+    connector: HttpConnector,
+    /// `http://authority/`: where the connector connects.
+    origin: Uri,
+    idle_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// A connection one request is using; [`Lease::give_back`] returns it to its pool.
+#[derive(Debug)]
+pub(super) struct Lease {
+    sender: SendRequest<RequestBody>,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    /// Returns the connection for the next request (its response has been read whole).
+    pub(super) fn give_back(self) {
+        self.pool.put(self.sender);
+    }
+}
+
+impl Pool {
+    pub(super) fn new(origin: Uri, connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        Pool {
+            connector,
+            origin,
+            idle_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sends `req` on an idle connection, or a new one. A request that never left because
+    /// its idle connection had closed meanwhile goes on the next one.
+    pub(super) async fn send(
+        self: &Arc<Self>,
+        mut req: hyper::Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), BoxError> {
+        loop {
+            let (mut sender, reused) = match self.take_idle().await {
+                Some(s) => (s, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(res) => {
+                    let lease = Lease {
+                        sender,
+                        pool: self.clone(),
+                    };
+                    return Ok((res, lease));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(Box::new(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open and ready.
+    async fn take_idle(&self) -> Option<SendRequest<RequestBody>> {
+        loop {
+            let Idle { mut sender, since } = self.lock().pop()?;
+            if sender.is_closed() || since.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            // Ready as soon as hyper has seen the previous response end.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, BoxError> {
+        let io = self.connector.clone().call(self.origin.clone()).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<_, RequestBody>(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn put(&self, sender: SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.lock();
+        // The least recently used sit at the front: those idle too long are closed.
+        let stale = idle
+            .iter()
+            .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+            .count();
+        idle.drain(..stale);
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle { sender, since: now });
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[cfg(test)]
+    pub(super) fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::Activity;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// An upstream answering each request with a 2-byte body; counts its connections and
+    /// closes each one after `close_after` requests when set.
+    async fn upstream(close_after: Option<usize>) -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut served = 0;
+                    let mut seen = Vec::new();
+                    while let Ok(n) = tcp.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let res = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if tcp.write_all(res).await.is_err() {
+                                return;
+                            }
+                            served += 1;
+                            if close_after == Some(served) {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/").parse().unwrap(), accepted)
+    }
+
+    fn pool(origin: Uri) -> Arc<Pool> {
+        Arc::new(Pool::new(
+            origin,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        ))
+    }
+
+    fn get() -> hyper::Request<RequestBody> {
+        let mut req = hyper::Request::new(RequestBody {
+            inner: Body::empty(),
+            activity: Arc::new(Activity::new()),
+        });
+        *req.uri_mut() = Uri::from_static("/");
+        req
+    }
+
+    /// Sends one request and reads its body to the end, giving the connection back.
+    async fn round_trip(pool: &Arc<Pool>) -> Vec<u8> {
+        let (res, lease) = pool.send(get()).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        lease.give_back();
+        body.to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_connection_serves_request_after_request() {
+        let (origin, accepted) = upstream(None).await;
+        let pool = pool(origin);
+        for _ in 0..5 {
+            assert_eq!(round_trip(&pool).await, b"ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_response_left_unread_takes_its_connection_with_it() {
+        let (origin, accepted) = upstream(None).await;
+        let pool = pool(origin);
+        let (res, lease) = pool.send(get()).await.unwrap();
+        drop((res, lease));
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(round_trip(&pool).await, b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_replaced() {
+        let (origin, accepted) = upstream(Some(1)).await;
+        let pool = pool(origin);
+        assert_eq!(round_trip(&pool).await, b"ok");
+        // The upstream has closed that connection while it sat idle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(round_trip(&pool).await, b"ok");
+        assert_eq!(round_trip(&pool).await, b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_too_long_are_not_used() {
+        let (origin, accepted) = upstream(None).await;
+        let pool = Arc::new(Pool::new(
+            origin,
+            Duration::from_secs(1),
+            Duration::from_millis(20),
+        ));
+        assert_eq!(round_trip(&pool).await, b"ok");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(round_trip(&pool).await, b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    /// The body the gateway answers with, around an upstream response.
+    async fn proxied(pool: &Arc<Pool>) -> crate::gateway::ResponseBody {
+        let (res, lease) = pool.send(get()).await.unwrap();
+        crate::gateway::ResponseBody {
+            inner: res.into_body(),
+            idle: Duration::from_secs(5),
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(5))),
+            waiting: false,
+            slot: None,
+            lease: Some(lease),
+            request_id: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_proxied_body_gives_its_connection_back_when_read_to_its_end() {
+        let (origin, accepted) = upstream(None).await;
+        let pool = pool(origin);
+        for _ in 0..3 {
+            let body = proxied(&pool).await.collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+            assert_eq!(pool.idle_count(), 1);
+        }
+        // Dropped before it was read: that connection is not reused.
+        drop(proxied(&pool).await);
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(round_trip(&pool).await, b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_refusing_connections_is_an_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let pool = pool(format!("http://{addr}/").parse().unwrap());
+        assert!(pool.send(get()).await.is_err());
+        assert_eq!(pool.idle_count(), 0);
+    }
+}
