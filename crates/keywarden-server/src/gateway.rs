@@ -233,10 +233,10 @@ impl Gateway {
         let Some(uri) = self.upstream.target(&path, query.as_deref()) else {
             return ApiError::invalid("the request path cannot be forwarded").into_response();
         };
-        let mut headers = std::mem::take(&mut parts.headers);
-        self.upstream_headers(state, &mut headers, &parts.extensions, outcome.as_ref());
+        let client = std::mem::take(&mut parts.headers);
+        let mut headers = self.upstream_headers(state, client, &parts.extensions, outcome.as_ref());
         if let Ok(v) = HeaderValue::from_str(&request_id) {
-            headers.insert(HeaderName::from_static("x-request-id"), v);
+            headers.insert(X_REQUEST_ID, v);
         }
         if let Ok(v) = HeaderValue::from_str(self.upstream.authority.as_str()) {
             headers.insert(header::HOST, v);
@@ -298,69 +298,110 @@ impl Gateway {
         response
     }
 
-    /// Turns the client's headers into the upstream's.
+    /// Turns the client's headers into the upstream's, in one pass over them: hop-by-hop
+    /// headers, credentials, `Host`, `Expect`, every `X-Keywarden-*` header and (from a
+    /// peer that is not a trusted proxy) the client's own forwarding claims stay behind;
+    /// the forwarding and identity headers are added.
     fn upstream_headers(
         &self,
         state: &AppState,
-        headers: &mut HeaderMap,
+        client: HeaderMap,
         extensions: &axum::http::Extensions,
         outcome: Option<&VerifyOutcome>,
-    ) {
+    ) -> HeaderMap {
         let s = &state.settings;
-        strip_hop_by_hop(headers);
-        // hyper sets Host from the upstream URI; the client's goes in X-Forwarded-Host.
-        let host = headers.remove(header::HOST);
-        headers.remove(header::EXPECT);
-        strip_credentials(s, headers);
-        let forged: Vec<HeaderName> = headers
-            .keys()
-            .filter(|n| n.as_str().starts_with("x-keywarden-"))
-            .cloned()
-            .collect();
-        for name in forged {
-            headers.remove(name);
+        let connection_named = connection_named(&client);
+        let peer = peer_ip(extensions);
+        // None when the peer is unknown: the client's forwarding headers then pass as sent.
+        let trusted = peer.map(|p| s.trusted_proxies.contains(p));
+        let mut headers = HeaderMap::with_capacity(client.len() + 8);
+        let mut host = None;
+        let mut prior_for = String::new();
+        let mut last: Option<HeaderName> = None;
+        for (name, value) in client {
+            // Later values of a repeated header come without their name.
+            let name = match name {
+                Some(n) => {
+                    last = Some(n.clone());
+                    n
+                }
+                None => match &last {
+                    Some(n) => n.clone(),
+                    None => continue,
+                },
+            };
+            if is_hop_by_hop(&name)
+                || connection_named.contains(&name)
+                || name == header::EXPECT
+                || is_credential(s, &name)
+                || name.as_str().starts_with("x-keywarden-")
+            {
+                continue;
+            }
+            if name == header::HOST {
+                host = Some(value);
+                continue;
+            }
+            if peer.is_some() && name == X_FORWARDED_FOR {
+                if trusted == Some(true) {
+                    if let Ok(v) = value.to_str() {
+                        if !prior_for.is_empty() {
+                            prior_for.push_str(", ");
+                        }
+                        prior_for.push_str(v);
+                    }
+                }
+                continue;
+            }
+            // A client's own forwarding claims are not passed on.
+            if trusted == Some(false)
+                && (name == X_FORWARDED_PROTO
+                    || name == X_FORWARDED_HOST
+                    || name == header::FORWARDED)
+            {
+                continue;
+            }
+            headers.append(name, value);
         }
 
-        if let Some(peer) = peer_ip(extensions) {
-            let trusted = s.trusted_proxies.contains(peer);
-            let prior = if trusted {
-                let v: Vec<&str> = headers
-                    .get_all("x-forwarded-for")
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .collect();
-                v.join(", ")
-            } else {
-                // A client's own forwarding claims are not passed on.
-                for n in ["x-forwarded-proto", "x-forwarded-host", "forwarded"] {
-                    headers.remove(n);
-                }
-                String::new()
-            };
-            let chain = if prior.is_empty() {
+        if let Some(peer) = peer {
+            let chain = if prior_for.is_empty() {
                 peer.to_string()
             } else {
-                format!("{prior}, {peer}")
+                format!("{prior_for}, {peer}")
             };
             if let Ok(v) = HeaderValue::from_str(&chain) {
-                headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+                headers.insert(X_FORWARDED_FOR, v);
             }
         }
         if let Some(h) = host {
-            if !headers.contains_key("x-forwarded-host") {
-                headers.insert(HeaderName::from_static("x-forwarded-host"), h);
+            if !headers.contains_key(X_FORWARDED_HOST) {
+                headers.insert(X_FORWARDED_HOST, h);
             }
         }
-        if !headers.contains_key("x-forwarded-proto") {
-            headers.insert(
-                HeaderName::from_static("x-forwarded-proto"),
-                HeaderValue::from_static("http"),
-            );
+        if !headers.contains_key(X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
         if let Some(out) = outcome {
-            identity_headers(state, headers, out);
+            identity_headers(state, &mut headers, out);
         }
+        headers
     }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Whether `name` is a header a credential may be presented in.
+fn is_credential(s: &Settings, name: &HeaderName) -> bool {
+    let named = |h: &str| name.as_str() == h;
+    s.sources.iter().any(|source| match source {
+        KeySource::Bearer => name == header::AUTHORIZATION,
+        KeySource::Header(h) => named(h),
+        KeySource::Query(_) => false,
+    }) || s.app_secret_header.as_deref().is_some_and(named)
 }
 
 /// A refusal, with the rate-limit figures when a limit applied.
@@ -371,50 +412,43 @@ fn denied(err: ApiError, out: &VerifyOutcome) -> Response {
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
-/// Removes the hop-by-hop headers and those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// The headers the `Connection` header names (hop-by-hop as well).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        headers.remove(n);
-    }
+        .collect()
 }
 
-/// Removes every header a credential may be presented in.
-fn strip_credentials(s: &Settings, headers: &mut HeaderMap) {
-    for source in &s.sources {
-        match source {
-            KeySource::Bearer => {
-                headers.remove(header::AUTHORIZATION);
-            }
-            KeySource::Header(name) => {
-                headers.remove(name.as_str());
-            }
-            KeySource::Query(_) => {}
-        }
+/// Removes the hop-by-hop headers and those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
     }
-    if let Some(name) = &s.app_secret_header {
-        headers.remove(name.as_str());
+    for n in connection_named(headers) {
+        headers.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        headers.remove(n);
     }
 }
 

@@ -211,6 +211,81 @@ async fn forged_keywarden_headers_never_reach_the_upstream() {
 }
 
 #[tokio::test]
+async fn connection_and_forwarding_headers_are_rewritten_for_the_upstream() {
+    let _s = SERIAL.read().await;
+    let up = spawn_upstream().await;
+    // The test client is not a trusted proxy: its forwarding claims are replaced.
+    let app = gateway(&up, 5, "").await;
+    let acc = app.account("Acme").await;
+    let (_, token) = app.live_key(&acc).await;
+    let send = |app: &TestApp| {
+        app.client
+            .get(format!("{}/anything", app.public))
+            .bearer_auth(&token)
+            .header("Connection", "keep-alive, x-private")
+            .header("X-Private", "hop")
+            .header("TE", "trailers")
+            .header("Expect", "nothing")
+            .header("X-Forwarded-For", "203.0.113.9")
+            .header("X-Forwarded-Proto", "https")
+            .header("X-Forwarded-Host", "claimed.example")
+            .header("Forwarded", "for=203.0.113.9")
+            .header("X-Multi", "one")
+            .header("X-Multi", "two")
+            .header("Accept", "application/json")
+    };
+    assert_eq!(send(&app).send().await.unwrap().status(), 200);
+    let seen = up.last();
+    for gone in ["x-private", "te", "expect", "forwarded", "authorization"] {
+        assert!(seen.header(gone).is_none(), "{gone} reached the upstream");
+    }
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(app.public.trim_start_matches("http://"))
+    );
+    let multi: Vec<&str> = seen
+        .headers
+        .get_all("x-multi")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(multi, ["one", "two"]);
+    assert_eq!(seen.header("accept"), Some("application/json"));
+    assert_eq!(seen.header("host"), Some(up.addr.to_string().as_str()));
+    app.stop().await;
+
+    // Behind a trusted proxy, its forwarding headers are kept and the chain extended.
+    let app = spawn_app_with(&format!(
+        "{}\n[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        config(&up.url(), 5, "")
+    ))
+    .await;
+    let acc = app.account("Acme").await;
+    let (_, token) = app.live_key(&acc).await;
+    let res = app
+        .client
+        .get(format!("{}/anything", app.public))
+        .bearer_auth(&token)
+        .header("X-Forwarded-For", "203.0.113.9, 198.51.100.2")
+        .header("X-Forwarded-Proto", "https")
+        .header("X-Forwarded-Host", "api.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = up.last();
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9, 198.51.100.2, 127.0.0.1")
+    );
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("api.example"));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn denied_requests_get_keywarden_errors_and_never_reach_the_upstream() {
     let _s = SERIAL.read().await;
     let up = spawn_upstream().await;
