@@ -25,19 +25,17 @@ pub async fn request_context(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let id = format!("req_{}", ulid::Ulid::new());
+    let id = request_id();
     req.extensions_mut().insert(RequestId(id.clone()));
     let locale = state.settings.renderer.locale_for(req.headers());
-    let method = req.method().clone();
     // The path without its query string: a query may carry a key (`query:NAME` sources).
-    let path = req.uri().path().to_string();
+    let logged = tracing::enabled!(tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().path().to_string()));
 
     let mut res = next.run(req).await;
 
-    let mut code: Option<String> = res
-        .extensions()
-        .get::<DecisionCode>()
-        .map(|c| c.0.to_string());
+    let mut code: Option<std::borrow::Cow<'static, str>> =
+        res.extensions().get::<DecisionCode>().map(|c| c.0.into());
     if let Some(PendingError(err)) = res.extensions_mut().remove::<PendingError>() {
         let rendered = state.settings.renderer.response(&err, locale, &id);
         code = Some(
@@ -47,7 +45,8 @@ pub async fn request_context(
                 .overrides
                 .present(err.code)
                 .name
-                .to_string(),
+                .to_string()
+                .into(),
         );
         let mut new = rendered;
         // Keep headers a handler set on the error response (e.g. rate-limit figures).
@@ -61,16 +60,28 @@ pub async fn request_context(
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);
     }
-    tracing::info!(
-        request_id = %id,
-        method = %method,
-        path = %path,
-        status = res.status().as_u16(),
-        code = code.as_deref().unwrap_or("-"),
-        latency_us = started.elapsed().as_micros() as u64,
-        "request"
-    );
+    if let Some((method, path)) = logged {
+        tracing::info!(
+            request_id = %id,
+            method = %method,
+            path = %path,
+            status = res.status().as_u16(),
+            code = code.as_deref().unwrap_or("-"),
+            latency_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+    }
     res
+}
+
+/// A new request id, `req_<ULID>`.
+fn request_id() -> String {
+    let mut buf = [0u8; ulid::ULID_LEN];
+    let ulid = ulid::Ulid::new();
+    let mut id = String::with_capacity(4 + ulid::ULID_LEN);
+    id.push_str("req_");
+    id.push_str(ulid.array_to_str(&mut buf));
+    id
 }
 
 /// The answer to any path no route matches.

@@ -90,6 +90,77 @@ impl std::fmt::Debug for LookupKey {
     }
 }
 
+/// A bounded cache of records by id (accounts, applications) with a time-to-live, checked
+/// on every read. Clones share the same entries.
+pub struct RecordCache<V: Clone + Send + Sync + 'static> {
+    /// Value and expiry (milliseconds since `epoch`) by id.
+    entries: Arc<Cache<String, (V, u64)>>,
+    ttl_ms: u64,
+    epoch: Instant,
+}
+
+impl<V: Clone + Send + Sync + 'static> Clone for RecordCache<V> {
+    fn clone(&self) -> Self {
+        RecordCache {
+            entries: self.entries.clone(),
+            ttl_ms: self.ttl_ms,
+            epoch: self.epoch,
+        }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> std::fmt::Debug for RecordCache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordCache")
+            .field("entries", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> RecordCache<V> {
+    /// An empty cache of at most `max` records, each trusted for `ttl`.
+    pub fn new(max: u64, ttl: Duration) -> Self {
+        RecordCache {
+            entries: Arc::new(Cache::new(
+                usize::try_from(max.max(1)).unwrap_or(usize::MAX),
+            )),
+            ttl_ms: millis(ttl),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        millis(self.epoch.elapsed())
+    }
+
+    /// The record cached under `id`, unless it has expired.
+    pub fn get(&self, id: &str) -> Option<V> {
+        let (v, until) = self.entries.get(id)?;
+        let now = self.now_ms();
+        if now < until {
+            return Some(v);
+        }
+        self.entries.remove_if(id, |(_, u)| *u <= now);
+        None
+    }
+
+    /// Caches `v` under `id` for the time-to-live.
+    pub fn insert(&self, id: &str, v: V) {
+        let until = self.now_ms().saturating_add(self.ttl_ms);
+        self.entries.insert(id.to_owned(), (v, until));
+    }
+
+    /// Forgets `id`.
+    pub fn invalidate(&self, id: &str) {
+        self.entries.remove(id);
+    }
+
+    /// Forgets everything.
+    pub fn invalidate_all(&self) {
+        self.entries.clear();
+    }
+}
+
 /// One store call in progress for a lookup, shared by every request that misses on it
 /// meanwhile. The cell holds the outcome: the value (or `None` for no key) or the error.
 type Flight<V> = Arc<OnceCell<Result<Option<V>, Arc<StoreError>>>>;

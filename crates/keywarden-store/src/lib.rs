@@ -23,7 +23,7 @@ pub mod cache;
 pub mod counting;
 pub mod writer;
 
-pub use cache::{CacheConfig, KeyCache, KeyResolver, Lookup, LookupKey};
+pub use cache::{CacheConfig, KeyCache, KeyResolver, Lookup, LookupKey, RecordCache};
 pub use counting::{CountingStore, Pause};
 pub use writer::{KeyUse, Writer, WriterConfig, WriterHandle};
 

@@ -7,7 +7,7 @@
 //! application come from memory, and what must be remembered (last use, activity, usage,
 //! `key.ip_denied` incidents) goes to the batched [`Writer`].
 
-use crate::cache::{KeyCache, KeyResolver};
+use crate::cache::{KeyCache, KeyResolver, RecordCache};
 use crate::limiter::{Limiter, QuotaKey};
 use crate::store::{Invalidation, Store, StoreResult, UsageDelta};
 use crate::writer::{KeyUse, Writer};
@@ -213,8 +213,8 @@ pub struct Verifier {
     cfg: VerifierConfig,
     store: Arc<dyn Store>,
     keys: KeyResolver<Candidates>,
-    accounts: Cache<String, Arc<Account>>,
-    apps: Cache<String, Arc<Application>>,
+    accounts: RecordCache<Arc<Account>>,
+    apps: RecordCache<Arc<Application>>,
     /// SHA-256 of a token → the slow hash it was verified against.
     slow_ok: Cache<[u8; 32], Arc<str>>,
     slow_gate: Arc<Semaphore>,
@@ -247,14 +247,8 @@ impl Verifier {
     ) -> Self {
         let limiter = limiter.into();
         let ttl = cfg.record_ttl;
-        let accounts: Cache<String, Arc<Account>> = Cache::builder()
-            .max_capacity(1_000_000)
-            .time_to_live(ttl)
-            .build();
-        let apps: Cache<String, Arc<Application>> = Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(ttl)
-            .build();
+        let accounts = RecordCache::new(1_000_000, ttl);
+        let apps = RecordCache::new(100_000, ttl);
         let follower = match (store.invalidations(), tokio::runtime::Handle::try_current()) {
             (Some(feed), Ok(runtime)) => Some(AbortOnDrop(runtime.spawn(follow(
                 feed,
@@ -361,7 +355,7 @@ impl Verifier {
         }
         let found = self.store.get_account(id).await?.map(Arc::new);
         if let Some(a) = &found {
-            self.accounts.insert(id.to_string(), a.clone());
+            self.accounts.insert(id, a.clone());
         }
         Ok(found)
     }
@@ -372,7 +366,7 @@ impl Verifier {
         }
         let found = self.store.get_app(id).await?.map(Arc::new);
         if let Some(a) = &found {
-            self.apps.insert(id.to_string(), a.clone());
+            self.apps.insert(id, a.clone());
         }
         Ok(found)
     }
@@ -790,8 +784,8 @@ fn tags_match(parsed: &ParsedToken<'_>, rec: &CompiledKey) -> bool {
 async fn follow(
     mut feed: tokio::sync::broadcast::Receiver<Invalidation>,
     keys: KeyCache<Candidates>,
-    accounts: Cache<String, Arc<Account>>,
-    apps: Cache<String, Arc<Application>>,
+    accounts: RecordCache<Arc<Account>>,
+    apps: RecordCache<Arc<Application>>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     loop {

@@ -8,7 +8,7 @@ use keywarden_core::model::{
 };
 use keywarden_store::{
     open, CacheConfig, CountingStore, EventFilter, KeyCache, KeyResolver, KeyTouch, KeyUse, Lookup,
-    Store, StoreError, UsageDelta, Writer, WriterConfig, WriterHandle,
+    RecordCache, Store, StoreError, UsageDelta, Writer, WriterConfig, WriterHandle,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -865,4 +865,34 @@ async fn recording_never_waits_for_the_flusher() {
     counting.set_unavailable(false);
     handle.shutdown().await;
     assert_eq!(used(&db, "requests").await, 10_000);
+}
+
+#[test]
+fn cached_records_expire_and_are_forgotten_on_invalidation() {
+    let cache: RecordCache<Arc<String>> = RecordCache::new(10, Duration::from_millis(30));
+    cache.insert("acc_1", Arc::new("Acme".into()));
+    cache.insert("acc_2", Arc::new("Globex".into()));
+    assert_eq!(
+        cache.get("acc_1").as_deref().map(String::as_str),
+        Some("Acme")
+    );
+    cache.invalidate("acc_1");
+    assert!(cache.get("acc_1").is_none());
+    assert!(cache.get("acc_2").is_some());
+    std::thread::sleep(Duration::from_millis(40));
+    assert!(cache.get("acc_2").is_none(), "past its time-to-live");
+
+    cache.insert("acc_3", Arc::new("Initech".into()));
+    cache.invalidate_all();
+    assert!(cache.get("acc_3").is_none());
+    // Bounded: more records than it holds leave at most its capacity behind.
+    for i in 0..100 {
+        cache.insert(&format!("acc_{i}"), Arc::new(i.to_string()));
+    }
+    assert!(
+        (0..100)
+            .filter(|i| cache.get(&format!("acc_{i}")).is_some())
+            .count()
+            <= 10
+    );
 }
