@@ -246,8 +246,66 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         .map(normalize)
 }
 
+/// Room for any IP address in text form.
+pub const IP_TEXT_MAX: usize = 48;
+
+/// `ip` in its usual text form, written into `buf` without allocating: what a log line or a
+/// header carries for each request.
+pub fn ip_text(ip: IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> &str {
+    let len = match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for d in &digits[skip..] {
+                    buf[len] = b'0' + d;
+                    len += 1;
+                }
+            }
+            len
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{ip}");
+            usize::try_from(cursor.position()).unwrap_or(0)
+        }
+    };
+    std::str::from_utf8(&buf[..len]).unwrap_or("")
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn addresses_are_written_as_their_display_form() {
+        let mut buf = [0u8; IP_TEXT_MAX];
+        for text in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "1.99.100.9",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_text(ip, &mut buf), ip.to_string(), "{text}");
+        }
+    }
     use super::*;
     use std::fmt::Debug;
 

@@ -33,6 +33,7 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use keywarden_core::codes::Code;
 use keywarden_core::decision::CompiledKey;
+use keywarden_core::ip::{ip_text, IP_TEXT_MAX};
 use keywarden_store::verifier::{Admit, VerifyOutcome, VerifyRequest};
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -254,15 +255,20 @@ impl Gateway {
         let timeout = self.upstream.timeout;
         let sent = self.pool.send(upstream_req);
         tokio::pin!(sent);
+        // One timer per request: it bounds the wait for the response head here, then the
+        // waits for each chunk of the response body.
+        let mut sleep = Box::pin(tokio::time::sleep(timeout));
         let result = loop {
-            let deadline = activity.last() + timeout;
             tokio::select! {
+                biased;
                 r = &mut sent => break r,
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    if activity.last() + timeout <= Instant::now() {
+                () = sleep.as_mut() => {
+                    let deadline = activity.last() + timeout;
+                    if deadline <= Instant::now() {
                         tracing::warn!(request_id = %request_id, "upstream timed out");
                         return ApiError::new(Code::UpstreamTimeout).into_response();
                     }
+                    sleep.as_mut().reset(deadline.into());
                 }
             }
         };
@@ -284,7 +290,7 @@ impl Gateway {
         let body = ResponseBody {
             inner: incoming,
             idle: timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep,
             waiting: false,
             slot,
             lease: Some(lease),
@@ -365,12 +371,14 @@ impl Gateway {
         }
 
         if let Some(peer) = peer {
-            let chain = if prior_for.is_empty() {
-                peer.to_string()
+            let mut buf = [0u8; IP_TEXT_MAX];
+            let peer = ip_text(peer, &mut buf);
+            let value = if prior_for.is_empty() {
+                HeaderValue::from_str(peer)
             } else {
-                format!("{prior_for}, {peer}")
+                HeaderValue::from_str(&format!("{prior_for}, {peer}"))
             };
-            if let Ok(v) = HeaderValue::from_str(&chain) {
+            if let Ok(v) = value {
                 headers.insert(X_FORWARDED_FOR, v);
             }
         }
@@ -435,20 +443,31 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .map(str::trim)
+        // The usual options, not header names.
+        .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
+        .filter_map(|n| HeaderName::try_from(n).ok())
         .collect()
 }
 
 /// Removes the hop-by-hop headers and those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     for n in connection_named(headers) {
         headers.remove(n);
     }
-    for n in &HOP_BY_HOP {
-        headers.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(n);
+        }
     }
 }
 

@@ -281,8 +281,8 @@ impl Writer {
     pub fn used(&self, u: &KeyUse<'_>, success: bool) {
         let queue = self.shared.activity_queue;
         let retain = self.shared.activity_retain;
-        let mut ip_buf = [0u8; 48];
-        let ip = u.ip.map(|ip| format_ip(ip, &mut ip_buf));
+        let mut ip_buf = [0u8; keywarden_core::ip::IP_TEXT_MAX];
+        let ip = u.ip.map(|ip| keywarden_core::ip::ip_text(ip, &mut ip_buf));
         let mut dropped = false;
         self.shared.with_pending(|p| {
             if success {
@@ -664,13 +664,4 @@ fn set_opt(buf: &mut Option<String>, value: Option<&str>) {
         (Some(b), Some(v)) => set(b, v),
         (_, v) => *buf = v.map(str::to_owned),
     }
-}
-
-/// `ip` written into `buf` (large enough for any IPv6 address), without allocating.
-fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> &str {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{ip}");
-    let len = usize::try_from(cursor.position()).unwrap_or(0);
-    std::str::from_utf8(&buf[..len]).unwrap_or("")
 }
