@@ -27,6 +27,21 @@ fn header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// The first of `names` present with a non-empty value (names fixed at compile time, so a
+/// request pays no name parsing).
+fn header_of<'a>(headers: &'a HeaderMap, names: &[HeaderName]) -> Option<&'a str> {
+    names
+        .iter()
+        .find_map(|n| headers.get(n).and_then(|v| v.to_str().ok()))
+        .filter(|v| !v.is_empty())
+}
+
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const RENDER: HeaderName = HeaderName::from_static(RENDER_HEADER);
+
 /// The path this endpoint is served at; Envoy's `path_prefix` puts the original path after it.
 pub const FORWARD_AUTH_PATH: &str = "/v1/forward-auth";
 
@@ -65,21 +80,24 @@ pub async fn forward_auth(State(state): State<AppState>, req: Request) -> Respon
         return res;
     }
     let h = &parts.headers;
-    if let Some(code) = header(h, &[RENDER_HEADER]) {
+    if let Some(code) = header_of(h, &[RENDER]) {
         return render(&state, h, code);
     }
-    let method = header(h, &["x-original-method", "x-forwarded-method"])
-        .unwrap_or(parts.method.as_str())
-        .to_ascii_uppercase();
-    let original_uri = header(h, &["x-original-uri", "x-forwarded-uri"])
-        .map(str::to_string)
-        .unwrap_or_else(|| original_from_path(&parts.uri));
-    let uri: Uri = original_uri
-        .parse()
-        .unwrap_or_else(|_| Uri::from_static("/"));
-    let path = uri.path().to_string();
+    let method =
+        header_of(h, &[X_ORIGINAL_METHOD, X_FORWARDED_METHOD]).unwrap_or(parts.method.as_str());
+    let method: std::borrow::Cow<'_, str> = if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        method.to_ascii_uppercase().into()
+    } else {
+        method.into()
+    };
+    let uri: Uri = match header_of(h, &[X_ORIGINAL_URI, X_FORWARDED_URI]) {
+        Some(original) => original.parse(),
+        None => original_from_path(&parts.uri).parse(),
+    }
+    .unwrap_or_else(|_| Uri::from_static("/"));
+    let path = uri.path();
 
-    let needs = route_needs(&state, &method, &path);
+    let needs = route_needs(&state, &method, path);
     if matches!(needs, Needs::Public) {
         let mut res = ().into_response();
         stamp(&mut res, 200, "valid");
@@ -108,7 +126,7 @@ pub async fn forward_auth(State(state): State<AppState>, req: Request) -> Respon
             scopes_all: scopes,
             impossible: matches!(needs, Needs::Impossible),
             method: &method,
-            path: &path,
+            path,
             ..VerifyRequest::default()
         })
         .await;
