@@ -651,13 +651,6 @@ impl HttpBody for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        // The clock runs only while waiting for the upstream, not while the client is slow
-        // to take what was already sent.
-        if !this.waiting {
-            this.waiting = true;
-            let deadline = tokio::time::Instant::now() + this.idle;
-            this.sleep.as_mut().reset(deadline);
-        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.waiting = false;
@@ -675,17 +668,17 @@ impl HttpBody for ResponseBody {
                 tracing::warn!(request_id = %this.request_id, error = %e, "upstream response body failed");
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.slot = None;
-                    tracing::warn!(request_id = %this.request_id, "upstream stopped sending the response body");
-                    Poll::Ready(Some(Err(Box::new(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the upstream stopped sending the response body",
-                    )))))
+            Poll::Pending => {
+                // The clock runs only while waiting for the upstream, not while the client
+                // is slow to take what was already sent; a chunk already at hand starts no
+                // clock at all.
+                if !this.waiting {
+                    this.waiting = true;
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    this.sleep.as_mut().reset(deadline);
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                this.poll_idle(cx)
+            }
         }
     }
 
@@ -695,6 +688,23 @@ impl HttpBody for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl ResponseBody {
+    /// Whether the upstream has now been silent for the whole idle timeout.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.slot = None;
+                tracing::warn!(request_id = %self.request_id, "upstream stopped sending the response body");
+                Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the upstream stopped sending the response body",
+                )))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
