@@ -287,6 +287,8 @@ pub fn ip_text(ip: IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::fmt::Debug;
 
     #[test]
     fn addresses_are_written_as_their_display_form() {
@@ -306,8 +308,6 @@ mod tests {
             assert_eq!(ip_text(ip, &mut buf), ip.to_string(), "{text}");
         }
     }
-    use super::*;
-    use std::fmt::Debug;
 
     /// Asserts one table row, naming the case when it fails.
     fn check<T: PartialEq + Debug>(case: &str, got: T, want: T) {

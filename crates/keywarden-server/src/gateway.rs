@@ -52,6 +52,8 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 #[derive(Clone, Debug)]
 pub struct Upstream {
     authority: Authority,
+    /// The `Host` header every forwarded request carries: the upstream's authority.
+    host: HeaderValue,
     /// The upstream URL's path without its trailing `/` (`""` for none); requests are
     /// forwarded below it.
     base_path: String,
@@ -101,7 +103,10 @@ impl Upstream {
                 "must be at least 1",
             ));
         }
+        let host =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| err("names no valid host"))?;
         Ok(Some(Upstream {
+            host,
             authority,
             base_path: uri.path().trim_end_matches('/').to_string(),
             timeout: Duration::from_secs(c.timeout_seconds),
@@ -239,9 +244,7 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             headers.insert(X_REQUEST_ID, v);
         }
-        if let Ok(v) = HeaderValue::from_str(self.upstream.authority.as_str()) {
-            headers.insert(header::HOST, v);
-        }
+        headers.insert(header::HOST, self.upstream.host.clone());
 
         let activity = Arc::new(Activity::new());
         let mut upstream_req = hyper::Request::new(RequestBody {

@@ -160,6 +160,18 @@ mod tests {
     /// An upstream answering each request with a 2-byte body; counts its connections and
     /// closes each one after `close_after` requests when set.
     async fn upstream(close_after: Option<usize>) -> (Uri, Arc<AtomicUsize>) {
+        upstream_answering(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            close_after,
+        )
+        .await
+    }
+
+    /// Like [`upstream`], answering every request with `res`.
+    async fn upstream_answering(
+        res: &'static [u8],
+        close_after: Option<usize>,
+    ) -> (Uri, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -178,7 +190,6 @@ mod tests {
                         seen.extend_from_slice(&buf[..n]);
                         while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                             seen.drain(..end + 4);
-                            let res = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                             if tcp.write_all(res).await.is_err() {
                                 return;
                             }
@@ -297,6 +308,20 @@ mod tests {
         assert_eq!(pool.idle_count(), 0);
         assert_eq!(round_trip(&pool).await, b"ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_gives_its_connection_back_without_being_read() {
+        let (origin, accepted) = upstream_answering(b"HTTP/1.1 204 No Content\r\n\r\n", None).await;
+        let pool = pool(origin);
+        for _ in 0..3 {
+            // A server answering with no body never polls it: dropping it is its end.
+            let body = proxied(&pool).await;
+            assert!(hyper::body::Body::is_end_stream(&body.inner));
+            drop(body);
+            assert_eq!(pool.idle_count(), 1);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -20,13 +20,6 @@ use axum::response::{IntoResponse, Response};
 use keywarden_core::codes::Code;
 use keywarden_store::verifier::VerifyRequest;
 
-fn header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
-    names
-        .iter()
-        .find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok()))
-        .filter(|v| !v.is_empty())
-}
-
 /// The first of `names` present with a non-empty value (names fixed at compile time, so a
 /// request pays no name parsing).
 fn header_of<'a>(headers: &'a HeaderMap, names: &[HeaderName]) -> Option<&'a str> {
@@ -41,6 +34,9 @@ const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-meth
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const RENDER: HeaderName = HeaderName::from_static(RENDER_HEADER);
+const STATUS: HeaderName = HeaderName::from_static("x-keywarden-status");
+const CODE: HeaderName = HeaderName::from_static("x-keywarden-code");
+const RETRY_AFTER: HeaderName = HeaderName::from_static("x-keywarden-retry-after");
 
 /// The path this endpoint is served at; Envoy's `path_prefix` puts the original path after it.
 pub const FORWARD_AUTH_PATH: &str = "/v1/forward-auth";
@@ -150,8 +146,6 @@ pub async fn forward_auth(State(state): State<AppState>, req: Request) -> Respon
 /// Adds the decision's real status and wire code: `X-Keywarden-Status` and
 /// `X-Keywarden-Code`.
 fn stamp(res: &mut Response, status: u16, code: &str) {
-    const STATUS: HeaderName = HeaderName::from_static("x-keywarden-status");
-    const CODE: HeaderName = HeaderName::from_static("x-keywarden-code");
     let h = res.headers_mut();
     h.insert(STATUS, HeaderValue::from(status));
     if let Ok(v) = HeaderValue::from_str(code) {
@@ -171,7 +165,7 @@ pub const RENDER_HEADER: &str = "x-keywarden-render";
 /// `docs/integrations/nginx.conf`).
 fn render(state: &AppState, h: &HeaderMap, wire: &str) -> Response {
     let overrides = &state.settings.renderer.overrides;
-    let status: Option<u16> = header(h, &["x-keywarden-status"]).and_then(|v| v.parse().ok());
+    let status: Option<u16> = header_of(h, &[STATUS]).and_then(|v| v.parse().ok());
     // Two codes may share a wire name after a rename; they then render alike, and the
     // status tells them apart when an override changed one's.
     let code = Code::ALL.iter().copied().find(|&c| {
@@ -181,7 +175,7 @@ fn render(state: &AppState, h: &HeaderMap, wire: &str) -> Response {
     let Some(code) = code else {
         return ApiError::invalid("X-Keywarden-Render does not name an error code").into_response();
     };
-    let retry_after = header(h, &["x-keywarden-retry-after"]).and_then(|v| v.parse().ok());
+    let retry_after = header_of(h, &[RETRY_AFTER]).and_then(|v| v.parse().ok());
     let presented = overrides.present(code);
     let mut res = ApiError::new(code).retry_after(retry_after).into_response();
     stamp(&mut res, presented.status, presented.name);
