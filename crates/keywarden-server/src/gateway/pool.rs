@@ -5,6 +5,9 @@
 //! abandoned before its end takes its connection with it, which is then closed. Each
 //! public worker has its own pool, so a connection is driven by the thread that uses it
 //! and a lease costs one uncontended lock, no task and no channel beyond hyper's own.
+//! Connections idle for `idle_timeout` are closed: by the next lease or return that meets
+//! them, and otherwise by a reaper task that runs while the pool lives, so a burst of
+//! traffic does not leave its connections open once it has passed.
 
 use super::RequestBody;
 use axum::http::Uri;
@@ -13,7 +16,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::Response;
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::error::Error as StdError;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tower::Service;
 
@@ -30,6 +34,8 @@ pub(super) struct Pool {
     origin: Uri,
     idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
+    /// Whether the reaper task has been started (on the first connection given back).
+    reaping: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -63,6 +69,7 @@ impl Pool {
             origin,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
+            reaping: AtomicBool::new(false),
         }
     }
 
@@ -120,21 +127,54 @@ impl Pool {
         Ok(sender)
     }
 
-    fn put(&self, sender: SendRequest<RequestBody>) {
+    fn put(self: &Arc<Self>, sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.lock();
-        // The least recently used sit at the front: those idle too long are closed.
-        let stale = idle
-            .iter()
-            .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
-            .count();
-        idle.drain(..stale);
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle { sender, since: now });
+        {
+            let mut idle = self.lock();
+            // The least recently used sit at the front: those idle too long are closed.
+            let stale = idle
+                .iter()
+                .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+                .count();
+            idle.drain(..stale);
+            if idle.len() < MAX_IDLE {
+                idle.push(Idle { sender, since: now });
+            }
         }
+        if !self.reaping.load(Ordering::Relaxed) {
+            self.start_reaper();
+        }
+    }
+
+    /// Starts the task that closes connections left idle too long when no request comes
+    /// to meet them. It holds the pool weakly and ends with it.
+    fn start_reaper(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.reaping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool: Weak<Pool> = Arc::downgrade(self);
+        // A connection is closed at most half a timeout late.
+        let every = self.idle_timeout / 2;
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.reap(Instant::now());
+            }
+        });
+    }
+
+    /// Closes the idle connections that have been idle for `idle_timeout` or that the
+    /// upstream has closed.
+    fn reap(&self, now: Instant) {
+        self.lock()
+            .retain(|i| !i.sender.is_closed() && now.duration_since(i.since) < self.idle_timeout);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
@@ -278,6 +318,64 @@ mod tests {
         assert_eq!(round_trip(&pool).await, b"ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn connections_left_idle_are_closed_without_another_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        // The upstream answers one request, then reports when the client closes.
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tcp.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            let n = tcp.read(&mut buf).await.unwrap_or(0);
+            let _ = closed_tx.send(n);
+        });
+        let pool = Arc::new(Pool::new(
+            origin,
+            Duration::from_secs(1),
+            Duration::from_millis(40),
+        ));
+        assert_eq!(round_trip(&pool).await, b"ok");
+        assert_eq!(pool.idle_count(), 1);
+        let eof = tokio::time::timeout(Duration::from_secs(5), closed_rx)
+            .await
+            .expect("the idle connection is closed by the reaper")
+            .unwrap();
+        assert_eq!(
+            eof, 0,
+            "the upstream sees the connection end, not a request"
+        );
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_reaper_ends_with_its_pool() {
+        let (origin, _) = upstream(None).await;
+        let pool = Arc::new(Pool::new(
+            origin,
+            Duration::from_secs(1),
+            Duration::from_millis(10),
+        ));
+        assert_eq!(round_trip(&pool).await, b"ok");
+        let weak = Arc::downgrade(&pool);
+        drop(pool);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            weak.upgrade().is_none(),
+            "the reaper holds no strong reference"
+        );
     }
 
     /// The body the gateway answers with, around an upstream response.
