@@ -246,11 +246,12 @@ mod tests {
     }
 
     fn pool(origin: Uri) -> Arc<Pool> {
-        Arc::new(Pool::new(
-            origin,
-            Duration::from_secs(1),
-            Duration::from_secs(60),
-        ))
+        pool_idle_for(origin, Duration::from_secs(60))
+    }
+
+    /// A pool whose connections are closed after `idle` without a request.
+    fn pool_idle_for(origin: Uri, idle: Duration) -> Arc<Pool> {
+        Arc::new(Pool::new(origin, Duration::from_secs(1), idle))
     }
 
     fn get() -> hyper::Request<RequestBody> {
@@ -308,11 +309,7 @@ mod tests {
     #[tokio::test]
     async fn connections_idle_too_long_are_not_used() {
         let (origin, accepted) = upstream(None).await;
-        let pool = Arc::new(Pool::new(
-            origin,
-            Duration::from_secs(1),
-            Duration::from_millis(20),
-        ));
+        let pool = pool_idle_for(origin, Duration::from_millis(20));
         assert_eq!(round_trip(&pool).await, b"ok");
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert_eq!(round_trip(&pool).await, b"ok");
@@ -342,11 +339,7 @@ mod tests {
             let n = tcp.read(&mut buf).await.unwrap_or(0);
             let _ = closed_tx.send(n);
         });
-        let pool = Arc::new(Pool::new(
-            origin,
-            Duration::from_secs(1),
-            Duration::from_millis(40),
-        ));
+        let pool = pool_idle_for(origin, Duration::from_millis(40));
         assert_eq!(round_trip(&pool).await, b"ok");
         assert_eq!(pool.idle_count(), 1);
         let eof = tokio::time::timeout(Duration::from_secs(5), closed_rx)
@@ -363,11 +356,7 @@ mod tests {
     #[tokio::test]
     async fn the_reaper_ends_with_its_pool() {
         let (origin, _) = upstream(None).await;
-        let pool = Arc::new(Pool::new(
-            origin,
-            Duration::from_secs(1),
-            Duration::from_millis(10),
-        ));
+        let pool = pool_idle_for(origin, Duration::from_millis(10));
         assert_eq!(round_trip(&pool).await, b"ok");
         let weak = Arc::downgrade(&pool);
         drop(pool);
