@@ -37,7 +37,12 @@ const FEED_CAPACITY: usize = 4_096;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
-sqlx_driver!(Postgres, PgConnection, sqlx::postgres::PgRow);
+sqlx_driver!(
+    Postgres,
+    PgConnection,
+    sqlx::postgres::PgRow,
+    crate::rows::Placeholders::Numbered
+);
 
 /// Most connections one process opens.
 const MAX_CONNECTIONS: u32 = 16;

@@ -165,6 +165,8 @@ fn narrow<T: TryFrom<i64>>(col: &str, v: i64) -> StoreResult<T> {
 pub(crate) trait Exec: Send {
     /// The driver's row type.
     type Row: RowGet + Send;
+    /// How the driver's multi-row statements write their placeholders.
+    const PLACEHOLDERS: Placeholders;
     /// Runs a statement and returns how many rows it changed.
     async fn run(&mut self, sql: &str, params: &[Param]) -> StoreResult<u64>;
     /// Runs a query and returns every row.
@@ -189,14 +191,26 @@ where
     })
 }
 
+/// How a multi-row `VALUES` list writes its placeholders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Placeholders {
+    /// `$1, $2, …` (PostgreSQL).
+    Numbered,
+    /// `?, ?, …`, numbered by position (SQLite). SQLite keeps named and numbered
+    /// placeholders in a list that sqlx searches once per parameter when it binds, so a
+    /// statement of n `$N` placeholders costs n² steps to bind; anonymous ones cost none.
+    Anonymous,
+}
+
 /// Implements [`Exec`] and [`RowGet`] for one sqlx driver. The bodies are identical for
 /// every driver; only the concrete types differ, and sqlx's executor traits are far
 /// simpler to satisfy on concrete types than generically.
 macro_rules! sqlx_driver {
-    ($db:ty, $conn:ty, $row:ty) => {
+    ($db:ty, $conn:ty, $row:ty, $placeholders:expr) => {
         #[async_trait::async_trait]
         impl $crate::rows::Exec for $conn {
             type Row = $row;
+            const PLACEHOLDERS: $crate::rows::Placeholders = $placeholders;
 
             async fn run(
                 &mut self,
@@ -876,14 +890,23 @@ fn chunk_sizes(mut n: usize) -> impl Iterator<Item = usize> {
     })
 }
 
-/// `($1, $2, $3), ($4, $5, $6)` for `rows` rows of `width` values.
-fn values_list(rows: usize, width: usize) -> String {
+/// `($1, $2, $3), ($4, $5, $6)` (or `(?, ?, ?), (?, ?, ?)`) for `rows` rows of `width`
+/// values. A statement built with it has no other placeholder.
+fn values_list(rows: usize, width: usize, style: Placeholders) -> String {
     let mut out = String::new();
     for r in 0..rows {
         out.push_str(if r == 0 { "(" } else { ", (" });
         for c in 0..width {
             let sep = if c == 0 { "" } else { ", " };
-            let _ = write!(out, "{sep}${}", r * width + c + 1);
+            match style {
+                Placeholders::Numbered => {
+                    let _ = write!(out, "{sep}${}", r * width + c + 1);
+                }
+                Placeholders::Anonymous => {
+                    out.push_str(sep);
+                    out.push('?');
+                }
+            }
         }
         out.push(')');
     }
@@ -901,7 +924,8 @@ async fn run_chunked<C: Exec + ?Sized>(
     for size in chunk_sizes(rows.len()) {
         let params: Vec<Param> = rows.by_ref().take(size).flatten().collect();
         debug_assert_eq!(params.len(), size * width);
-        c.run(&make(&values_list(size, width)), &params).await?;
+        c.run(&make(&values_list(size, width, C::PLACEHOLDERS)), &params)
+            .await?;
     }
     Ok(())
 }
@@ -1543,7 +1567,14 @@ mod tests {
 
     #[test]
     fn values_lists_number_parameters_row_by_row() {
-        assert_eq!(values_list(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(
+            values_list(2, 3, Placeholders::Numbered),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(
+            values_list(2, 3, Placeholders::Anonymous),
+            "(?, ?, ?), (?, ?, ?)"
+        );
     }
 
     #[test]

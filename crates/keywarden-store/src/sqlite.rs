@@ -22,7 +22,12 @@ use std::time::Duration;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
-sqlx_driver!(Sqlite, SqliteConnection, sqlx::sqlite::SqliteRow);
+sqlx_driver!(
+    Sqlite,
+    SqliteConnection,
+    sqlx::sqlite::SqliteRow,
+    crate::rows::Placeholders::Anonymous
+);
 
 /// How long a statement waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
