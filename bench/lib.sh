@@ -74,7 +74,11 @@ TOML
   ( cd "$OUT" && KEYWARDEN_ROOT_KEY=$ROOT RUST_LOG=warn exec "$KW" --config "$OUT/keywarden.toml" serve >"$OUT/serve.log" 2>&1 ) &
   KW_PID=$!
   pids+=($KW_PID)
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$ADM/healthz" >/dev/null && break; sleep 0.1; done
+  local up=0
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$ADM/healthz" >/dev/null && { up=1; break; }; sleep 0.1; done
+  if [ "$up" = 0 ]; then
+    echo "Keywarden did not start; its log:" >&2; tail -20 "$OUT/serve.log" >&2; return 1
+  fi
   local json='import sys,json;print(json.load(sys.stdin)[sys.argv[1]])'
   ACC=$(curl -s -X POST "http://127.0.0.1:$ADM/v1/admin/accounts" -H "Authorization: Bearer $ROOT" \
     -H 'Content-Type: application/json' -d '{"name":"bench"}' | python3 -c "$json" id)
