@@ -17,7 +17,7 @@ use axum::Json;
 use keywarden_core::limits::Period;
 use keywarden_core::model::KeyType;
 use keywarden_store::limiter::QuotaKey;
-use keywarden_store::{EventFilter, Page};
+use keywarden_store::EventFilter;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -285,14 +285,16 @@ pub async fn create_key(
         .map_err(|e| ApiError::invalid(format!("expires_at: {e}")))?;
     let mode = c.key.mode;
     let caller = c.record(&state).await?;
+    // The new key is made within the caller (docs/self-service.md): what the body leaves
+    // out it inherits, and what it asks for is checked against the caller's own.
     // Without explicit scopes the new key inherits the caller's own grants (as written,
-    // aliases unexpanded), which can never exceed them; explicit scopes are checked
-    // against the caller's.
+    // aliases unexpanded), which can never exceed them.
     let scopes = body.scopes.or(Some(caller.scopes));
     let new = NewKey {
         scopes,
-        expires_at,
-        ip_allowlist: body.ip_allowlist.unwrap_or_default(),
+        expires_at: expires_at.or(caller.expires_at),
+        ip_allowlist: body.ip_allowlist.unwrap_or(caller.ip_allowlist),
+        rate_limit: caller.rate_limit,
         description: body.description.unwrap_or_default(),
         // A key never creates a key with a stronger role than its own.
         role: c.key.role,
@@ -302,8 +304,10 @@ pub async fn create_key(
         grant_id: caller.grant_id,
         ..NewKey::named(mode, &body.name)
     };
-    let (rec, token) = Manager::new(&state)
-        .create_key(&c.actor(), &c.account, new, Some(&c.key.scopes))
+    let m = Manager::new(&state);
+    let within = m.ceiling(c.key.clone(), &c.account);
+    let (rec, token) = m
+        .create_key(&c.actor(), &c.account, new, Some(&within))
         .await?;
     let out = json!({
         "api_key": token.expose(),
@@ -360,15 +364,13 @@ pub async fn list_keys(
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
     let limit = page_limit(q.limit)?;
-    let keys = state
-        .store
-        .list_keys(
-            &c.account.id,
-            Some(c.key.mode),
-            &Page {
-                after_id: q.starting_after.clone(),
-                limit: limit + 1,
-            },
+    // Only the keys the caller reaches are listed (docs/self-service.md).
+    let m = Manager::new(&state);
+    let keys = m
+        .keys_within(
+            &m.ceiling(c.key.clone(), &c.account),
+            q.starting_after.clone(),
+            limit + 1,
         )
         .await?;
     let more = keys.len() > limit as usize;
@@ -412,8 +414,9 @@ pub async fn get_key(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
-    let k = Manager::new(&state)
-        .key_of(Some(&c.account.id), Some(c.key.mode), &id)
+    let m = Manager::new(&state);
+    let k = m
+        .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
         .await?;
     Ok(with_limits(&c, Json(views::key(&k))))
 }
@@ -444,7 +447,9 @@ pub async fn delete_key(
     )
     .await?;
     let m = Manager::new(&state);
-    let k = m.key_of(Some(&c.account.id), Some(c.key.mode), &id).await?;
+    let k = m
+        .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
+        .await?;
     m.revoke_key(&c.actor(), k, Some("revoked through the API".into()))
         .await?;
     Ok(with_limits(&c, StatusCode::NO_CONTENT))
@@ -484,7 +489,9 @@ pub async fn rotate_key(
     // The caller is checked before the body is read, so a stranger learns nothing from it.
     let JsonBody(body) = body?;
     let m = Manager::new(&state);
-    let k = m.key_of(Some(&c.account.id), Some(c.key.mode), &id).await?;
+    let k = m
+        .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
+        .await?;
     let (rec, token) = m
         .rotate_key(&c.actor(), k, body.grace_period_seconds.unwrap_or(0))
         .await?;
@@ -512,8 +519,9 @@ pub async fn key_activity(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
-    let k = Manager::new(&state)
-        .key_of(Some(&c.account.id), Some(c.key.mode), &id)
+    let m = Manager::new(&state);
+    let k = m
+        .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
         .await?;
     let rows = state.store.list_activity(&k.id, 100).await?;
     let items: Vec<Value> = rows.iter().map(views::activity).collect();
