@@ -302,10 +302,12 @@ impl Manager {
         }
         if let Some(limit) = own.expires_at {
             match expires_at {
-                None => return Err(ApiError::invalid(format!(
+                None => {
+                    return Err(ApiError::invalid(format!(
                     "expires_at: must be set, at the latest to {}, when the calling key expires",
                     crate::views::ts(limit)
-                ))),
+                )))
+                }
                 Some(t) if t > limit => {
                     return Err(ApiError::invalid(format!(
                         "expires_at: {} is later than {}, when the calling key expires",

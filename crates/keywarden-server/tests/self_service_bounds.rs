@@ -5,10 +5,15 @@
 
 mod common;
 
-use common::{spawn_app_with, TestApp};
+use common::{spawn_app_with, TestApp, T0};
+use keywarden_core::codes::Code;
+use keywarden_core::decision::CompiledKey;
 use keywarden_core::hashing::fingerprint;
+use keywarden_core::model::{RateLimitSpec, Role};
+use keywarden_server::manage::{Actor, KeyPatch, Manager};
 use reqwest::Method;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// A catalog with scopes of the customer's own API beside the built-in ones.
 const CATALOG: &str = r#"
@@ -223,6 +228,39 @@ async fn keys_of_the_same_or_a_lower_role_are_reached_and_listed() {
     .ok(204);
     // The owner reaches everything.
     rotate(&app, &owner, &admin_id).await;
+}
+
+#[tokio::test]
+async fn the_list_pages_through_the_keys_in_reach_only() {
+    let app = spawn().await;
+    let acc = app.account("Acme").await;
+    let (dev_id, developer) = key(&app, &acc, json!({ "role": "developer" })).await;
+    let mut expected = vec![dev_id];
+    for _ in 0..4 {
+        // Keys out of reach between those in reach, so that a page must look past them.
+        for _ in 0..3 {
+            key(&app, &acc, json!({ "role": "owner" })).await;
+        }
+        expected.push(key(&app, &acc, json!({ "role": "member" })).await.0);
+    }
+    let mut seen = Vec::new();
+    let mut url = "/v1/api-keys?limit=2".to_string();
+    for page in 1.. {
+        assert!(page <= 3, "too many pages");
+        let a = app.call(Method::GET, &url, &developer, None).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let items = a.body.as_array().unwrap();
+        seen.extend(items.iter().map(|k| k["id"].as_str().unwrap().to_string()));
+        match a.header("link") {
+            Some(link) => {
+                assert_eq!(items.len(), 2);
+                let start = link.find('<').unwrap() + 1;
+                url = link[start..link.find('>').unwrap()].to_string();
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
 }
 
 #[tokio::test]
@@ -478,4 +516,130 @@ async fn rotation_keeps_the_key_s_restrictions() {
     app.whoami(&new).await.err(429, "rate_limit_exceeded");
     app.clock.advance_secs(2 * 3600 + 1);
     app.assert_key_refused(&new, "api_key_expired").await;
+}
+
+// ---- what a key changes ---------------------------------------------------------------------
+
+/// The management layer's bounds for a change made by a customer's key: the self-service
+/// API has no endpoint changing a key's restrictions, so this is checked one level down.
+#[tokio::test]
+async fn a_change_made_by_a_key_cannot_lift_a_restriction_beyond_its_own() {
+    let app = spawn().await;
+    let acc = app.account("Acme").await;
+    let restricted = json!({
+        "role": "developer",
+        "expires_at": T0_PLUS_2H,
+        "ip_allowlist": ["127.0.0.1/32"],
+        "rate_limit": { "requests": 5, "per_seconds": 3600 },
+    });
+    let (caller_id, _) = key(&app, &acc, restricted.clone()).await;
+    let (sibling_id, _) = key(&app, &acc, restricted).await;
+
+    let state = &app.state;
+    let m = Manager::new(state);
+    let record = state.store.get_key(&caller_id).await.unwrap().unwrap();
+    let account = m.account(&acc).await.unwrap();
+    let within = m.ceiling(
+        Arc::new(CompiledKey::compile(record, &state.settings.catalog)),
+        &account,
+    );
+    let actor = Actor::key(&caller_id, None);
+    let hour = 3_600_000;
+    for id in [&caller_id, &sibling_id] {
+        let k = m.key_within(&within, id).await.unwrap();
+        let before = app.admin_key(id).await;
+        let lifts = [
+            (
+                "expires_at",
+                KeyPatch {
+                    expires_at: Some(None),
+                    ..KeyPatch::default()
+                },
+            ),
+            (
+                "expires_at",
+                KeyPatch {
+                    expires_at: Some(Some(T0 + 3 * hour)),
+                    ..KeyPatch::default()
+                },
+            ),
+            (
+                "ip_allowlist",
+                KeyPatch {
+                    ip_allowlist: Some(vec![]),
+                    ..KeyPatch::default()
+                },
+            ),
+            (
+                "ip_allowlist",
+                KeyPatch {
+                    ip_allowlist: Some(vec!["10.0.0.1".into()]),
+                    ..KeyPatch::default()
+                },
+            ),
+            (
+                "rate_limit",
+                KeyPatch {
+                    rate_limit: Some(None),
+                    ..KeyPatch::default()
+                },
+            ),
+            (
+                "rate_limit",
+                KeyPatch {
+                    rate_limit: Some(Some(RateLimitSpec {
+                        requests: 6,
+                        per_seconds: 3600,
+                    })),
+                    ..KeyPatch::default()
+                },
+            ),
+        ];
+        for (field, patch) in lifts {
+            let e = m
+                .update_key(&actor, k.clone(), patch, Some(&within))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, Code::InvalidRequest, "{field}");
+            let detail = e.detail.unwrap_or_default();
+            assert!(detail.starts_with(field), "{field}: {detail}");
+        }
+        let e = m
+            .update_key(
+                &actor,
+                k.clone(),
+                KeyPatch {
+                    role: Some(Role::Admin),
+                    ..KeyPatch::default()
+                },
+                Some(&within),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::InsufficientRole);
+        assert_eq!(
+            app.admin_key(id).await,
+            before,
+            "a refused change changed the key"
+        );
+
+        // Narrowing is fine.
+        let k = m
+            .update_key(
+                &actor,
+                k,
+                KeyPatch {
+                    expires_at: Some(Some(T0 + hour)),
+                    rate_limit: Some(Some(RateLimitSpec {
+                        requests: 1,
+                        per_seconds: 3600,
+                    })),
+                    ..KeyPatch::default()
+                },
+                Some(&within),
+            )
+            .await
+            .unwrap();
+        assert_eq!(k.expires_at, Some(T0 + hour));
+    }
 }

@@ -1,6 +1,7 @@
 //! The self-service API (SPEC §9) on the public listener: customers manage their own
 //! account and keys with one of their own secret keys. Everything is confined to the
-//! caller's account and mode; another account's object is a 404, exactly like a missing one.
+//! caller's account and mode, and among keys to those the caller could have made and its
+//! own (docs/self-service.md); any other is a 404, exactly like a missing one.
 
 use crate::auth::{self_service, Caller, RoleNeed};
 use crate::errors::ApiError;
@@ -247,9 +248,10 @@ pub struct CreateKeyBody {
     /// Scopes (default: the caller's own effective scopes are the ceiling; `default_scopes`
     /// when omitted, capped to the caller's).
     pub scopes: Option<Vec<String>>,
-    /// RFC 3339 expiry.
+    /// RFC 3339 expiry, no later than the caller's own (default: the caller's).
     pub expires_at: Option<String>,
-    /// IPs and CIDRs.
+    /// IPs and CIDRs, each inside one of the caller's own networks when it has an
+    /// allowlist (default: the caller's).
     pub ip_allowlist: Option<Vec<String>>,
     /// Where the key will be stored, ≤ 500 characters.
     pub description: Option<String>,
@@ -257,7 +259,7 @@ pub struct CreateKeyBody {
 
 /// `POST /v1/api-keys`: a new key of the caller's mode with at most the caller's scopes.
 #[utoipa::path(
-    post, path = "/v1/api-keys", request_body = CreateKeyBody, description = "Needs a key with role `owner`, `admin` or `developer`. The new key has the caller's mode and at most the caller's effective scopes (else `insufficient_scope`); the plan's `max_keys` counts active keys (else `plan_limit_reached`).",
+    post, path = "/v1/api-keys", request_body = CreateKeyBody, description = "Needs a key with role `owner`, `admin` or `developer`. The new key has the caller's mode, its role, and at most the caller's effective scopes (else `insufficient_scope`); it inherits the caller's `expires_at`, `ip_allowlist` and rate limit, and may narrow but not widen them (else `invalid_request` naming the field); the plan's `max_keys` counts active keys (else `plan_limit_reached`).",
     responses(
         (status = 201, description = "The key, with `api_key` shown once", body = crate::openapi::CreatedApiKey),
         (status = 400, response = crate::openapi::BadRequest),
@@ -347,7 +349,7 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
 #[utoipa::path(
     get, path = "/v1/api-keys", params(ListQuery),
     responses(
-        (status = 200, description = "Key metadata of the caller's mode, never a secret", body = Vec<crate::openapi::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))),
+        (status = 200, description = "Metadata of the keys of the caller's mode that it could have made, and its own; never a secret", body = Vec<crate::openapi::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::Forbidden),
@@ -397,7 +399,7 @@ pub async fn list_keys(
 
 /// `GET /v1/api-keys/{id or key_hash}`.
 #[utoipa::path(
-    get, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")),
+    get, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 200, description = "Key metadata, never a secret", body = crate::openapi::ApiKey),
         (status = 401, response = crate::openapi::Unauthorized),
@@ -423,7 +425,7 @@ pub async fn get_key(
 
 /// `DELETE /v1/api-keys/{id or key_hash}`: revoked at once.
 #[utoipa::path(
-    delete, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`.",
+    delete, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 204, description = "Revoked at once"),
         (status = 401, response = crate::openapi::Unauthorized),
@@ -465,7 +467,7 @@ pub struct RotateBody {
 
 /// `POST /v1/api-keys/{id or key_hash}/rotate`.
 #[utoipa::path(
-    post, path = "/v1/api-keys/{id}/rotate", request_body = RotateBody, params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`.",
+    post, path = "/v1/api-keys/{id}/rotate", request_body = RotateBody, params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::openapi::ApiKeyWithSecret),
         (status = 400, response = crate::openapi::BadRequest),
@@ -502,7 +504,7 @@ pub async fn rotate_key(
 
 /// `GET /v1/api-keys/{id}/activity`.
 #[utoipa::path(
-    get, path = "/v1/api-keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")),
+    get, path = "/v1/api-keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")), description = "Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::openapi::Activity>),
         (status = 401, response = crate::openapi::Unauthorized),
