@@ -301,18 +301,17 @@ impl Manager {
             ));
         }
         if let Some(limit) = own.expires_at {
+            let latest = crate::views::ts(limit);
             match expires_at {
                 None => {
                     return Err(ApiError::invalid(format!(
-                    "expires_at: must be set, at the latest to {}, when the calling key expires",
-                    crate::views::ts(limit)
-                )))
+                        "expires_at: must be set, at the latest to {latest}, when the calling key expires"
+                    )))
                 }
                 Some(t) if t > limit => {
                     return Err(ApiError::invalid(format!(
-                        "expires_at: {} is later than {}, when the calling key expires",
-                        crate::views::ts(t),
-                        crate::views::ts(limit)
+                        "expires_at: {} is later than {latest}, when the calling key expires",
+                        crate::views::ts(t)
                     )))
                 }
                 Some(_) => {}
