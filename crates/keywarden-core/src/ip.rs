@@ -73,6 +73,20 @@ impl IpAllowlist {
     pub fn networks(&self) -> &[IpNet] {
         &self.nets
     }
+
+    /// Whether every address this list admits, `outer` admits too: `outer` is empty (it
+    /// admits any address), or this list is not empty and each of its networks lies inside
+    /// one of `outer`'s. A network that only several of `outer`'s cover together does not.
+    pub fn is_within(&self, outer: &Self) -> bool {
+        outer.nets.is_empty() || (!self.nets.is_empty() && self.outside(outer).next().is_none())
+    }
+
+    /// This list's networks that lie inside none of `outer`'s; none when `outer` is empty.
+    pub fn outside<'a>(&'a self, outer: &'a Self) -> impl Iterator<Item = &'a IpNet> + 'a {
+        self.nets
+            .iter()
+            .filter(move |n| !outer.nets.is_empty() && !outer.nets.iter().any(|o| o.contains(*n)))
+    }
 }
 
 /// The proxies whose `X-Forwarded-For` header is believed (`trusted_proxies` in the config).
@@ -357,6 +371,34 @@ mod tests {
             let list = IpAllowlist::parse(entries).unwrap();
             check(case, list.allows(ip(client)), want);
             check(case, list.is_empty(), entries.is_empty());
+        }
+    }
+
+    #[test]
+    fn one_allowlist_within_another() {
+        #[rustfmt::skip]
+        let cases: &[(&str, &[&str], &[&str], bool)] = &[
+            // The case, the inner list, the outer list, and whether inner is within outer.
+            ("anything within empty", &["10.0.0.0/8"], &[], true),
+            ("empty within empty", &[], &[], true),
+            ("empty (any) not within a list", &[], &["10.0.0.0/8"], false),
+            ("same", &["10.0.0.0/8"], &["10.0.0.0/8"], true),
+            ("address inside", &["10.1.2.3"], &["10.0.0.0/8"], true),
+            ("narrower network", &["10.1.0.0/16"], &["10.0.0.0/8"], true),
+            ("wider network", &["10.0.0.0/7"], &["10.0.0.0/8"], false),
+            ("one entry outside", &["10.1.2.3", "11.0.0.1"], &["10.0.0.0/8"], false),
+            ("covered only by two together", &["10.0.0.0/23"], &["10.0.0.0/24", "10.0.1.0/24"], false),
+            ("each in a different one", &["10.0.0.1", "2001:db8::1"], &["10.0.0.0/24", "2001:db8::/32"], true),
+            ("v4 not within v6 any", &["10.0.0.1"], &["::/0"], false),
+            ("mapped inside v4", &["::ffff:10.0.0.1"], &["10.0.0.0/8"], true),
+        ];
+        for &(case, inner, outer, want) in cases {
+            let inner = IpAllowlist::parse(inner).unwrap();
+            let outer = IpAllowlist::parse(outer).unwrap();
+            check(case, inner.is_within(&outer), want);
+            if !inner.is_empty() {
+                check(case, inner.outside(&outer).next().is_none(), want);
+            }
         }
     }
 

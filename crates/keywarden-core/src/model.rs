@@ -104,6 +104,16 @@ impl Role {
     pub fn can_manage_keys(self) -> bool {
         matches!(self, Role::Owner | Role::Admin | Role::Developer)
     }
+
+    /// The order of roles, highest first: `owner` > `admin` > `developer` > `member`.
+    pub fn rank(self) -> u8 {
+        match self {
+            Role::Owner => 3,
+            Role::Admin => 2,
+            Role::Developer => 1,
+            Role::Member => 0,
+        }
+    }
 }
 
 /// Makes a new identifier: `prefix` + `_` + a ULID (`key_01J…`).

@@ -6,8 +6,10 @@
 use crate::errors::ApiError;
 use crate::settings::Settings;
 use keywarden_core::codes::Code;
+use keywarden_core::decision::CompiledKey;
 use keywarden_core::hashing::fingerprint;
 use keywarden_core::ip::IpAllowlist;
+use keywarden_core::limits::RateLimit;
 use keywarden_core::model::{
     new_id, Account, AccountStatus, AuditEvent, KeyRecord, KeyType, Millis, Mode, PreviousSecret,
     RateLimitSpec, Role,
@@ -97,6 +99,52 @@ pub fn check_metadata(field: &str, v: Option<Value>) -> Result<Value, ApiError> 
         )));
     }
     Ok(v)
+}
+
+/// What a key may reach and give through the self-service API: its own role, effective
+/// scopes and restrictions. It sees and manages only the keys it could have made, and
+/// itself; a key it makes or changes stays within it (docs/self-service.md).
+#[derive(Clone, Debug)]
+pub struct Ceiling {
+    /// The calling key.
+    key: Arc<CompiledKey>,
+    /// The rate limit of its account's plan, which holds every key without its own.
+    plan_rate: Option<RateLimit>,
+}
+
+impl Ceiling {
+    /// The bounds of `key`, a key of an account on a plan with `plan_rate`.
+    pub fn new(key: Arc<CompiledKey>, plan_rate: Option<RateLimit>) -> Self {
+        Ceiling { key, plan_rate }
+    }
+
+    /// The rate limit a key is held to: its own, else its plan's (`None`: unlimited).
+    fn rate_of(&self, own: Option<RateLimitSpec>) -> Option<RateLimit> {
+        own.map(|r| RateLimit::new(r.requests, u64::from(r.per_seconds) * 1000))
+            .or(self.plan_rate)
+    }
+}
+
+/// Whether `inner` admits no more than `outer`: no larger burst and no faster rate. `None`
+/// is unlimited.
+fn rate_within(inner: Option<RateLimit>, outer: Option<RateLimit>) -> bool {
+    match (inner, outer) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(i), Some(o)) => {
+            i.limit <= o.limit
+                && u128::from(i.limit) * u128::from(o.window_ms)
+                    <= u128::from(o.limit) * u128::from(i.window_ms)
+        }
+    }
+}
+
+/// A rate limit in words, for errors.
+fn rate_text(r: Option<RateLimit>) -> String {
+    match r {
+        None => "unlimited".into(),
+        Some(r) => format!("{} per {} s", r.limit, r.window_ms.div_ceil(1000)),
+    }
 }
 
 /// The management service.
@@ -224,6 +272,154 @@ impl Manager {
         };
         self.store().append_events(&[ev]).await?;
         Ok(())
+    }
+
+    /// The bounds of a self-service caller: its key, on its account's plan.
+    pub fn ceiling(&self, key: Arc<CompiledKey>, account: &Account) -> Ceiling {
+        Ceiling::new(key, self.verifier().plan(&account.plan).rate)
+    }
+
+    /// Checks that a key with this role and these restrictions stays within `c`: role not
+    /// above, expiry not later, allowlist inside, rate limit not above (the plan's when the
+    /// key has none of its own). Scopes are checked with the rest of their rules.
+    fn check_bounds(
+        &self,
+        c: &Ceiling,
+        role: Role,
+        expires_at: Option<Millis>,
+        ip_allowlist: &[String],
+        rate_limit: Option<RateLimitSpec>,
+    ) -> Result<(), ApiError> {
+        let own = &c.key;
+        if role.rank() > own.role.rank() {
+            return Err(ApiError::with(
+                Code::InsufficientRole,
+                format!(
+                    "role: a key cannot give a role above its own ({})",
+                    own.role
+                ),
+            ));
+        }
+        if let Some(limit) = own.expires_at {
+            let latest = crate::views::ts(limit);
+            match expires_at {
+                None => {
+                    return Err(ApiError::invalid(format!(
+                        "expires_at: must be set, at the latest to {latest}, when the calling key expires"
+                    )))
+                }
+                Some(t) if t > limit => {
+                    return Err(ApiError::invalid(format!(
+                        "expires_at: {} is later than {latest}, when the calling key expires",
+                        crate::views::ts(t)
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let list = IpAllowlist::parse(ip_allowlist)
+            .map_err(|e| ApiError::invalid(format!("ip_allowlist: {:?}: {}", e.entry, e.reason)))?;
+        if !list.is_within(&own.allowlist) {
+            let allowed: Vec<String> = own
+                .allowlist
+                .networks()
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            let outside: Vec<String> = list
+                .outside(&own.allowlist)
+                .map(|n| n.to_string())
+                .collect();
+            return Err(ApiError::invalid(if outside.is_empty() {
+                format!(
+                    "ip_allowlist: an empty list admits any address; the calling key admits only {}",
+                    allowed.join(", ")
+                )
+            } else {
+                format!(
+                    "ip_allowlist: {} outside the calling key's own allowlist ({})",
+                    outside.join(", ") + if outside.len() == 1 { " is" } else { " are" },
+                    allowed.join(", ")
+                )
+            }));
+        }
+        let (rate, limit) = (c.rate_of(rate_limit), c.rate_of(own.rate_limit));
+        if !rate_within(rate, limit) {
+            return Err(ApiError::invalid(format!(
+                "rate_limit: {} is above the calling key's own rate limit ({})",
+                rate_text(rate),
+                rate_text(limit)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether `c` reaches `k`: its own key, or one it could have made — of its account,
+    /// mode and application, with role, effective scopes and restrictions within its own.
+    pub fn reaches(&self, c: &Ceiling, k: &KeyRecord) -> bool {
+        let own = &c.key;
+        if k.id == own.id() {
+            return true;
+        }
+        if k.account_id != own.account_id() || k.mode != own.mode {
+            return false;
+        }
+        if own.app_id().is_some()
+            && (k.app_id.as_deref() != own.app_id() || k.grant_id.as_deref() != own.grant_id())
+        {
+            return false;
+        }
+        // The scopes the key acts with, as the decision sees them.
+        let scopes = CompiledKey::compile(k.clone(), &self.s().catalog).scopes;
+        scopes.is_subset_of(&own.scopes)
+            && self
+                .check_bounds(c, k.role, k.expires_at, &k.ip_allowlist, k.rate_limit)
+                .is_ok()
+    }
+
+    /// A key `c` reaches, by id or `key_hash`; any other is 404, like an unknown one.
+    pub async fn key_within(&self, c: &Ceiling, id_or_hash: &str) -> Result<KeyRecord, ApiError> {
+        let k = self
+            .key_of(Some(c.key.account_id()), Some(c.key.mode), id_or_hash)
+            .await?;
+        if self.reaches(c, &k) {
+            Ok(k)
+        } else {
+            Err(ApiError::not_found())
+        }
+    }
+
+    /// Up to `limit` keys `c` reaches, in id order after `after_id`.
+    pub async fn keys_within(
+        &self,
+        c: &Ceiling,
+        after_id: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, ApiError> {
+        let mut out = Vec::new();
+        let mut page = keywarden_store::Page {
+            after_id,
+            limit: limit.max(100),
+        };
+        loop {
+            let batch = self
+                .store()
+                .list_keys(c.key.account_id(), Some(c.key.mode), &page)
+                .await?;
+            let done = batch.len() < page.limit as usize;
+            page.after_id = batch.last().map(|k| k.id.clone());
+            for k in batch {
+                if self.reaches(c, &k) {
+                    out.push(k);
+                    if out.len() == limit as usize {
+                        return Ok(out);
+                    }
+                }
+            }
+            if done {
+                return Ok(out);
+            }
+        }
     }
 
     /// Checks a plan name against the configured tiers.
@@ -497,22 +693,40 @@ impl Manager {
         Ok((token, stored, prefix, start, fp))
     }
 
-    /// Creates a key for `account`. `limit_to` is the creating key's effective scopes
-    /// (self-service): the new key may not exceed them.
+    /// Creates a key for `account`. `within` is the creating key's bounds (self-service):
+    /// the new key may not exceed its role, effective scopes or restrictions.
     pub async fn create_key(
         &self,
         actor: &Actor,
         account: &Account,
         new: NewKey,
-        limit_to: Option<&ScopeSet>,
+        within: Option<&Ceiling>,
     ) -> Result<(KeyRecord, Secret), ApiError> {
         let name = check_name("name", &new.name)?;
         check_len("description", &new.description, MAX_DESCRIPTION)?;
         check_len("owner", &new.owner, MAX_TEXT)?;
-        let scopes = self.check_scopes(new.key_type, new.scopes, limit_to)?;
+        let scopes = self.check_scopes(new.key_type, new.scopes, within.map(|c| &c.key.scopes))?;
         Self::check_allowlist(&new.ip_allowlist)?;
         Self::check_rate_limit(new.rate_limit)?;
         self.check_expiry(new.expires_at)?;
+        if let Some(c) = within {
+            self.check_bounds(
+                c,
+                new.role,
+                new.expires_at,
+                &new.ip_allowlist,
+                new.rate_limit,
+            )?;
+            if c.key.app_id().is_some()
+                && (new.app_id.as_deref() != c.key.app_id()
+                    || new.grant_id.as_deref() != c.key.grant_id())
+            {
+                return Err(ApiError::with(
+                    Code::InsufficientScope,
+                    "a key of an application makes keys of that application only",
+                ));
+            }
+        }
         let metadata = check_metadata("metadata", new.metadata)?;
         if new.mode == Mode::Live && account.status != AccountStatus::Active {
             return Err(ApiError::with(
@@ -684,13 +898,14 @@ impl Manager {
         Ok(key)
     }
 
-    /// Updates a key's mutable fields.
+    /// Updates a key's mutable fields. `within` is the changing key's bounds (self-service):
+    /// the key must stay within them.
     pub async fn update_key(
         &self,
         actor: &Actor,
         mut key: KeyRecord,
         patch: KeyPatch,
-        limit_to: Option<&ScopeSet>,
+        within: Option<&Ceiling>,
     ) -> Result<KeyRecord, ApiError> {
         let mut changed = Vec::new();
         if let Some(n) = patch.name {
@@ -712,7 +927,7 @@ impl Manager {
             changed.push("role");
         }
         if let Some(s) = patch.scopes {
-            key.scopes = self.check_scopes(key.key_type, Some(s), limit_to)?;
+            key.scopes = self.check_scopes(key.key_type, Some(s), within.map(|c| &c.key.scopes))?;
             changed.push("scopes");
         }
         if let Some(e) = patch.expires_at {
@@ -737,6 +952,15 @@ impl Manager {
         if patch.metadata.is_some() {
             key.metadata = check_metadata("metadata", patch.metadata)?;
             changed.push("metadata");
+        }
+        if let Some(c) = within {
+            self.check_bounds(
+                c,
+                key.role,
+                key.expires_at,
+                &key.ip_allowlist,
+                key.rate_limit,
+            )?;
         }
         self.store().update_key(&key).await?;
         self.verifier().invalidate_key(&key);

@@ -1,6 +1,7 @@
 //! The self-service API (SPEC §9) on the public listener: customers manage their own
 //! account and keys with one of their own secret keys. Everything is confined to the
-//! caller's account and mode; another account's object is a 404, exactly like a missing one.
+//! caller's account and mode, and among keys to those the caller could have made and its
+//! own (docs/self-service.md); any other is a 404, exactly like a missing one.
 
 use crate::auth::{self_service, Caller, RoleNeed};
 use crate::errors::ApiError;
@@ -17,7 +18,7 @@ use axum::Json;
 use keywarden_core::limits::Period;
 use keywarden_core::model::KeyType;
 use keywarden_store::limiter::QuotaKey;
-use keywarden_store::{EventFilter, Page};
+use keywarden_store::EventFilter;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -247,9 +248,10 @@ pub struct CreateKeyBody {
     /// Scopes (default: the caller's own effective scopes are the ceiling; `default_scopes`
     /// when omitted, capped to the caller's).
     pub scopes: Option<Vec<String>>,
-    /// RFC 3339 expiry.
+    /// RFC 3339 expiry, no later than the caller's own (default: the caller's).
     pub expires_at: Option<String>,
-    /// IPs and CIDRs.
+    /// IPs and CIDRs, each inside one of the caller's own networks when it has an
+    /// allowlist (default: the caller's).
     pub ip_allowlist: Option<Vec<String>>,
     /// Where the key will be stored, ≤ 500 characters.
     pub description: Option<String>,
@@ -257,7 +259,7 @@ pub struct CreateKeyBody {
 
 /// `POST /v1/api-keys`: a new key of the caller's mode with at most the caller's scopes.
 #[utoipa::path(
-    post, path = "/v1/api-keys", request_body = CreateKeyBody, description = "Needs a key with role `owner`, `admin` or `developer`. The new key has the caller's mode and at most the caller's effective scopes (else `insufficient_scope`); the plan's `max_keys` counts active keys (else `plan_limit_reached`).",
+    post, path = "/v1/api-keys", request_body = CreateKeyBody, description = "Needs a key with role `owner`, `admin` or `developer`. The new key has the caller's mode, its role, and at most the caller's effective scopes (else `insufficient_scope`); it inherits the caller's `expires_at`, `ip_allowlist` and rate limit, and may narrow but not widen them (else `invalid_request` naming the field); the plan's `max_keys` counts active keys (else `plan_limit_reached`).",
     responses(
         (status = 201, description = "The key, with `api_key` shown once", body = crate::openapi::CreatedApiKey),
         (status = 400, response = crate::openapi::BadRequest),
@@ -285,14 +287,16 @@ pub async fn create_key(
         .map_err(|e| ApiError::invalid(format!("expires_at: {e}")))?;
     let mode = c.key.mode;
     let caller = c.record(&state).await?;
+    // The new key is made within the caller (docs/self-service.md): what the body leaves
+    // out it inherits, and what it asks for is checked against the caller's own.
     // Without explicit scopes the new key inherits the caller's own grants (as written,
-    // aliases unexpanded), which can never exceed them; explicit scopes are checked
-    // against the caller's.
+    // aliases unexpanded), which can never exceed them.
     let scopes = body.scopes.or(Some(caller.scopes));
     let new = NewKey {
         scopes,
-        expires_at,
-        ip_allowlist: body.ip_allowlist.unwrap_or_default(),
+        expires_at: expires_at.or(caller.expires_at),
+        ip_allowlist: body.ip_allowlist.unwrap_or(caller.ip_allowlist),
+        rate_limit: caller.rate_limit,
         description: body.description.unwrap_or_default(),
         // A key never creates a key with a stronger role than its own.
         role: c.key.role,
@@ -302,8 +306,10 @@ pub async fn create_key(
         grant_id: caller.grant_id,
         ..NewKey::named(mode, &body.name)
     };
-    let (rec, token) = Manager::new(&state)
-        .create_key(&c.actor(), &c.account, new, Some(&c.key.scopes))
+    let m = Manager::new(&state);
+    let within = m.ceiling(c.key.clone(), &c.account);
+    let (rec, token) = m
+        .create_key(&c.actor(), &c.account, new, Some(&within))
         .await?;
     let out = json!({
         "api_key": token.expose(),
@@ -343,7 +349,7 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
 #[utoipa::path(
     get, path = "/v1/api-keys", params(ListQuery),
     responses(
-        (status = 200, description = "Key metadata of the caller's mode, never a secret", body = Vec<crate::openapi::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))),
+        (status = 200, description = "Metadata of the keys of the caller's mode that it could have made, and its own; never a secret", body = Vec<crate::openapi::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::Forbidden),
@@ -360,15 +366,13 @@ pub async fn list_keys(
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
     let limit = page_limit(q.limit)?;
-    let keys = state
-        .store
-        .list_keys(
-            &c.account.id,
-            Some(c.key.mode),
-            &Page {
-                after_id: q.starting_after.clone(),
-                limit: limit + 1,
-            },
+    // Only the keys the caller reaches are listed (docs/self-service.md).
+    let m = Manager::new(&state);
+    let keys = m
+        .keys_within(
+            &m.ceiling(c.key.clone(), &c.account),
+            q.starting_after.clone(),
+            limit + 1,
         )
         .await?;
     let more = keys.len() > limit as usize;
@@ -395,7 +399,7 @@ pub async fn list_keys(
 
 /// `GET /v1/api-keys/{id or key_hash}`.
 #[utoipa::path(
-    get, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")),
+    get, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 200, description = "Key metadata, never a secret", body = crate::openapi::ApiKey),
         (status = 401, response = crate::openapi::Unauthorized),
@@ -412,15 +416,16 @@ pub async fn get_key(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
-    let k = Manager::new(&state)
-        .key_of(Some(&c.account.id), Some(c.key.mode), &id)
+    let m = Manager::new(&state);
+    let k = m
+        .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
         .await?;
     Ok(with_limits(&c, Json(views::key(&k))))
 }
 
 /// `DELETE /v1/api-keys/{id or key_hash}`: revoked at once.
 #[utoipa::path(
-    delete, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`.",
+    delete, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 204, description = "Revoked at once"),
         (status = 401, response = crate::openapi::Unauthorized),
@@ -444,7 +449,9 @@ pub async fn delete_key(
     )
     .await?;
     let m = Manager::new(&state);
-    let k = m.key_of(Some(&c.account.id), Some(c.key.mode), &id).await?;
+    let k = m
+        .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
+        .await?;
     m.revoke_key(&c.actor(), k, Some("revoked through the API".into()))
         .await?;
     Ok(with_limits(&c, StatusCode::NO_CONTENT))
@@ -460,7 +467,7 @@ pub struct RotateBody {
 
 /// `POST /v1/api-keys/{id or key_hash}/rotate`.
 #[utoipa::path(
-    post, path = "/v1/api-keys/{id}/rotate", request_body = RotateBody, params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`.",
+    post, path = "/v1/api-keys/{id}/rotate", request_body = RotateBody, params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::openapi::ApiKeyWithSecret),
         (status = 400, response = crate::openapi::BadRequest),
@@ -484,7 +491,9 @@ pub async fn rotate_key(
     // The caller is checked before the body is read, so a stranger learns nothing from it.
     let JsonBody(body) = body?;
     let m = Manager::new(&state);
-    let k = m.key_of(Some(&c.account.id), Some(c.key.mode), &id).await?;
+    let k = m
+        .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
+        .await?;
     let (rec, token) = m
         .rotate_key(&c.actor(), k, body.grace_period_seconds.unwrap_or(0))
         .await?;
@@ -495,7 +504,7 @@ pub async fn rotate_key(
 
 /// `GET /v1/api-keys/{id}/activity`.
 #[utoipa::path(
-    get, path = "/v1/api-keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")),
+    get, path = "/v1/api-keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")), description = "Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::openapi::Activity>),
         (status = 401, response = crate::openapi::Unauthorized),
@@ -512,8 +521,9 @@ pub async fn key_activity(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
-    let k = Manager::new(&state)
-        .key_of(Some(&c.account.id), Some(c.key.mode), &id)
+    let m = Manager::new(&state);
+    let k = m
+        .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
         .await?;
     let rows = state.store.list_activity(&k.id, 100).await?;
     let items: Vec<Value> = rows.iter().map(views::activity).collect();
