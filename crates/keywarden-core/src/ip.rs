@@ -551,7 +551,11 @@ mod tests {
             ("v6 hop in brackets", &trusted, "10.0.0.1", Some("[2001:db8::1]"), "2001:db8::1"),
         ];
         for &(case, proxies, peer, xff, want) in cases {
-            check(case, client_ip(ip(peer), xff, proxies), ClientAddr::Ip(ip(want)));
+            check(
+                case,
+                client_ip(ip(peer), xff, proxies),
+                ClientAddr::Ip(ip(want)),
+            );
         }
     }
 
@@ -584,8 +588,16 @@ mod tests {
             client_ip(ip("198.51.100.9"), Some("unknown"), &trusted),
             ClientAddr::Ip(ip("198.51.100.9")),
         );
-        check("display", ClientAddr::Unknown.to_string(), "unknown".to_owned());
-        check("bucket display", LockoutBucket::Unknown.to_string(), "unknown".to_owned());
+        check(
+            "display",
+            ClientAddr::Unknown.to_string(),
+            "unknown".to_owned(),
+        );
+        check(
+            "bucket display",
+            LockoutBucket::Unknown.to_string(),
+            "unknown".to_owned(),
+        );
     }
 
     #[test]

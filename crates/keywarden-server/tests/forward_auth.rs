@@ -501,9 +501,14 @@ async fn envoy_original_path_in_the_request_path() {
         ("X-Forwarded-Method", "GET"),
         ("X-Forwarded-Uri", "/public/x"),
     ];
-    call(&app, Method::DELETE, "/v1/forward-auth/v1/invoices/3", &forged)
-        .await
-        .assert_denied(401, "missing_api_key");
+    call(
+        &app,
+        Method::DELETE,
+        "/v1/forward-auth/v1/invoices/3",
+        &forged,
+    )
+    .await
+    .assert_denied(401, "missing_api_key");
     // With no original path after the prefix there is nothing to decide about.
     let a = call(&app, Method::GET, "/v1/forward-auth", &forged).await;
     a.assert_denied(400, "invalid_request");
@@ -657,12 +662,18 @@ async fn an_original_uri_that_cannot_be_read_is_refused_not_replaced() {
         .assert_allowed();
 
     // Percent-encoded, the same requests are decided about their own paths.
-    for uri in ["/admin/secret?q=%3Cx%3E", "/admin/secret/%C3%A9", "/admin/%60id%60"] {
+    for uri in [
+        "/admin/secret?q=%3Cx%3E",
+        "/admin/secret/%C3%A9",
+        "/admin/%60id%60",
+    ] {
         nginx(&app, "GET", uri, &[])
             .await
             .assert_denied(401, "missing_api_key");
     }
-    nginx(&app, "GET", "/?q=%3Cx%3E", &[]).await.assert_allowed();
+    nginx(&app, "GET", "/?q=%3Cx%3E", &[])
+        .await
+        .assert_allowed();
     app.stop().await;
 }
 
@@ -674,7 +685,10 @@ async fn nginx_is_the_default_convention_and_the_only_one_read() {
         &app,
         Method::GET,
         "/v1/forward-auth",
-        &[("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/public/x")],
+        &[
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/public/x"),
+        ],
     )
     .await;
     a.assert_denied(400, "invalid_request");
@@ -776,9 +790,7 @@ async fn a_client_a_trusted_proxy_cannot_name_matches_no_allowlist() {
         b"client.example.com",
         b"127.0.0.1\xff",
     ] {
-        with_xff(xff)
-            .await
-            .assert_denied(401, "ip_not_allowed");
+        with_xff(xff).await.assert_denied(401, "ip_not_allowed");
     }
     app.flush_writer().await;
     let rows = app

@@ -399,7 +399,9 @@ async fn a_client_a_trusted_proxy_cannot_name_is_locked_out_apart(backend: Backe
     let (_, _, token) = customer(&app, None).await;
     let bad = "kw_sk_live_0000000000000000000000000000000000";
     let call = |key: &str, xff: &[u8]| {
-        let mut req = app.public_request(Method::GET, "/v1/account").bearer_auth(key);
+        let mut req = app
+            .public_request(Method::GET, "/v1/account")
+            .bearer_auth(key);
         if !xff.is_empty() {
             req = req.header(
                 "x-forwarded-for",
@@ -409,7 +411,11 @@ async fn a_client_a_trusted_proxy_cannot_name_is_locked_out_apart(backend: Backe
         req.send()
     };
     // Three failures (the lockout's limit) from clients the proxy could not name...
-    for xff in [&b"unknown"[..], b"203.0.113.7, garbage", b"198.51.100.1\xff"] {
+    for xff in [
+        &b"unknown"[..],
+        b"203.0.113.7, garbage",
+        b"198.51.100.1\xff",
+    ] {
         let a = Answer::of(call(bad, xff).await.unwrap()).await;
         assert_eq!(a.status, 401, "{}", a.body);
     }
@@ -420,7 +426,13 @@ async fn a_client_a_trusted_proxy_cannot_name_is_locked_out_apart(backend: Backe
     // ...and neither the proxy itself nor any client with an address.
     for xff in [&b""[..], b"127.0.0.1", b"198.51.100.1", b"203.0.113.7"] {
         let a = Answer::of(call(&token, xff).await.unwrap()).await;
-        assert_eq!(a.status, 200, "{}: {}", String::from_utf8_lossy(xff), a.body);
+        assert_eq!(
+            a.status,
+            200,
+            "{}: {}",
+            String::from_utf8_lossy(xff),
+            a.body
+        );
     }
     clear_redis(&app).await;
     app.stop().await;

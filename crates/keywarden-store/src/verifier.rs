@@ -618,7 +618,10 @@ impl Verifier {
                         mode: Some(key.mode),
                         kind: "key.ip_denied".into(),
                         actor: key.id().to_owned(),
-                        ip: req.client_ip.and_then(ClientAddr::ip).map(|i| i.to_string()),
+                        ip: req
+                            .client_ip
+                            .and_then(ClientAddr::ip)
+                            .map(|i| i.to_string()),
                         at: now,
                         data: serde_json::json!({ "key_id": key.id() }),
                     });

@@ -23,9 +23,9 @@ use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
-use std::borrow::Cow;
 use keywarden_core::codes::Code;
 use keywarden_store::verifier::VerifyRequest;
+use std::borrow::Cow;
 
 /// The first of `names` present with a non-empty value (names fixed at compile time, so a
 /// request pays no name parsing).
@@ -52,8 +52,8 @@ pub const FORWARD_AUTH_PATH: &str = "/v1/forward-auth";
 /// answer's path is `raw` up to its first `?` and its query the rest, byte for byte, or the
 /// target is refused with the reason (to follow the header's name in a 400). Only the
 /// origin form is accepted, in visible ASCII, without a fragment and with every character
-/// a URI may carry unencoded: raw UTF-8, spaces, `<`, `>`, a backtick and the like must
-/// come percent-encoded, as a well-behaved client sends them. A target that does not parse
+/// a URI may carry unencoded where it stands: raw UTF-8, spaces, `<`, `>`, a backtick in
+/// the path and the like must come percent-encoded, as a well-behaved client sends them. A target that does not parse
 /// is never replaced by another (such as `/`): that would decide about a request nobody
 /// made.
 pub fn original_target(raw: &[u8]) -> Result<Uri, String> {
@@ -163,7 +163,7 @@ fn refuse(state: &AppState, e: ApiError) -> Response {
 
 /// Decides about the original request described by the headers.
 #[utoipa::path(
-    method(get, post, put, delete, patch, head, options, trace), path = "/v1/forward-auth", description = "The client's own headers carry its credential. The original method and path are read as `forward_auth.convention` says, and only so: X-Original-Method and X-Original-URI (`nginx`, the default), X-Forwarded-Method and X-Forwarded-Uri (`traefik`), or this request's own method and its path after `/v1/forward-auth` (`envoy`, ext_authz's `path_prefix`). A missing or unreadable original request (a URI with raw UTF-8, `<`, `>` or a backtick unencoded, for example) is refused with 400 and nothing is decided. A denial answers with the decision's status (a profile may change it) and the error body.",
+    method(get, post, put, delete, patch, head, options, trace), path = "/v1/forward-auth", description = "The client's own headers carry its credential. The original method and path are read as `forward_auth.convention` says, and only so: X-Original-Method and X-Original-URI (`nginx`, the default), X-Forwarded-Method and X-Forwarded-Uri (`traefik`), or this request's own method and its path after `/v1/forward-auth` (`envoy`, ext_authz's `path_prefix`). A missing or unreadable original request (a URI with raw UTF-8 or an unencoded `<`, for example) is refused with 400 and nothing is decided. A denial answers with the decision's status (a profile may change it) and the error body.",
     responses(
         (status = 200, description = "Allowed (or a route that needs no key); the identity is in the X-Keywarden-* headers", headers(("X-Keywarden-Status" = String, description = "The decision's real status (nginx passes only 401 and 403 on)"), ("X-Keywarden-Key-Id" = String, description = "The key's id (`global` for the global key)"), ("X-Keywarden-Account-Id" = String, description = "The key's account"), ("X-Keywarden-Mode" = String, description = "`live` or `test`"), ("X-Keywarden-Scopes" = String, description = "The key's effective scopes, space-separated"))),
         (status = 400, description = "The original method or URI is missing, sent twice or cannot be read exactly (`invalid_request`); nothing was decided", headers(("X-Keywarden-Status" = String, description = "400")), content((crate::openapi::ErrorBody = "application/json"), (crate::openapi::ProblemDetails = "application/problem+json"))),
@@ -336,7 +336,12 @@ mod tests {
         ];
         for &(raw, ok) in cases {
             let got = original_target(raw);
-            assert_eq!(got.is_ok(), ok, "{:?}: {got:?}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                got.is_ok(),
+                ok,
+                "{:?}: {got:?}",
+                String::from_utf8_lossy(raw)
+            );
             exact_or_refused(raw).unwrap();
         }
     }
@@ -360,9 +365,7 @@ mod tests {
             ("x-forwarded-uri", b"/traefik/path?x=1"),
         ];
         let parts = asked("/v1/forward-auth/envoy/path?y=2", all);
-        let read = |c| {
-            original(c, &parts).map(|(m, u)| (m.into_owned(), u.to_string()))
-        };
+        let read = |c| original(c, &parts).map(|(m, u)| (m.into_owned(), u.to_string()));
         assert_eq!(
             read(ProxyConvention::Nginx),
             Ok(("GET".into(), "/nginx/path".into()))
@@ -396,7 +399,10 @@ mod tests {
             .unwrap_err()
             .contains("must follow /v1/forward-auth"));
         for bad in ["/v1/forward-auth?x=1", "/v1/forward-authx"] {
-            assert!(original(ProxyConvention::Envoy, &asked(bad, &[])).is_err(), "{bad}");
+            assert!(
+                original(ProxyConvention::Envoy, &asked(bad, &[])).is_err(),
+                "{bad}"
+            );
         }
 
         // Sent twice, or not a method: refused, naming the header.
@@ -422,7 +428,10 @@ mod tests {
         );
         let unreadable = asked(
             "/v1/forward-auth",
-            &[("x-original-method", b"GET"), ("x-original-uri", b"/admin?q=<x>")],
+            &[
+                ("x-original-method", b"GET"),
+                ("x-original-uri", b"/admin?q=<x>"),
+            ],
         );
         assert!(original(ProxyConvention::Nginx, &unreadable)
             .unwrap_err()
