@@ -129,47 +129,121 @@ pub fn normalize(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
-/// The client IP of a request (SPEC §8).
+/// A request's client as its addresses tell it: an address, or unknown because a trusted
+/// proxy named it with something that is not one.
+///
+/// An unknown client is never taken for the proxy that forwarded it: it matches no
+/// allowlist, and its authentication failures are counted in a lockout bucket of their own
+/// ([`LockoutBucket::Unknown`]), apart from every address's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientAddr {
+    /// The client's address, normalised.
+    Ip(IpAddr),
+    /// A trusted proxy forwarded the request for a client whose address does not parse
+    /// (`unknown`, a hostname, an obfuscated identifier, garbage).
+    Unknown,
+}
+
+impl ClientAddr {
+    /// The address, when it is known.
+    pub fn ip(self) -> Option<IpAddr> {
+        match self {
+            ClientAddr::Ip(ip) => Some(ip),
+            ClientAddr::Unknown => None,
+        }
+    }
+
+    /// The lockout bucket this client's authentication failures count in.
+    pub fn lockout_bucket(self) -> LockoutBucket {
+        match self {
+            ClientAddr::Ip(ip) => lockout_bucket(ip),
+            ClientAddr::Unknown => LockoutBucket::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientAddr::Ip(ip) => ip.fmt(f),
+            ClientAddr::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+impl From<IpAddr> for ClientAddr {
+    fn from(ip: IpAddr) -> Self {
+        ClientAddr::Ip(normalize(ip))
+    }
+}
+
+/// The client of a request (SPEC §8).
 ///
 /// It is the peer address, unless the peer is a trusted proxy. Then `X-Forwarded-For` is
 /// read right to left, skipping trusted hops, and the first untrusted address is the client;
-/// if every hop is trusted, the leftmost one is. An entry that is not an address stops the
-/// walk, and the last good address (the peer, if none) is used: nothing left of garbage can
-/// be believed. Entries are trimmed, empty ones are skipped, and an address may carry a port
-/// (`203.0.113.7:4711`, `[2001:db8::1]:443`) or brackets. The caller joins repeated headers
-/// with commas. The result is normalised.
-pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &TrustedProxies) -> IpAddr {
+/// if every hop is trusted, the leftmost one is. An entry that is not an address, reached
+/// before the first untrusted one, makes the client [`ClientAddr::Unknown`]: a trusted
+/// proxy vouched for a client it could not name, and nothing left of it can be believed,
+/// nor is the proxy the client. Entries are trimmed, empty ones are skipped, and an address
+/// may carry a port (`203.0.113.7:4711`, `[2001:db8::1]:443`) or brackets. The caller joins
+/// repeated headers with commas. The result is normalised.
+pub fn client_ip(
+    peer: IpAddr,
+    forwarded_for: Option<&str>,
+    trusted: &TrustedProxies,
+) -> ClientAddr {
     let peer = normalize(peer);
     let Some(header) = forwarded_for else {
-        return peer;
+        return ClientAddr::Ip(peer);
     };
     if !trusted.contains(peer) {
         // An untrusted peer can write anything in the header.
-        return peer;
+        return ClientAddr::Ip(peer);
     }
     let mut client = peer;
     for hop in header.rsplit(',').map(str::trim).filter(|h| !h.is_empty()) {
         let Some(addr) = parse_hop(hop) else {
-            break;
+            return ClientAddr::Unknown;
         };
         client = addr;
         if !trusted.contains(addr) {
             break;
         }
     }
-    client
+    ClientAddr::Ip(client)
+}
+
+/// What a client's authentication failures are counted and locked by (SPEC §8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LockoutBucket {
+    /// A known client's network: see [`lockout_bucket`].
+    Net(IpNet),
+    /// Every client a trusted proxy could not name, together: apart from every address
+    /// (the proxy's included), so that failures sent under a made-up address lock out
+    /// neither the proxy nor anyone with a real one.
+    Unknown,
+}
+
+impl std::fmt::Display for LockoutBucket {
+    /// The network in CIDR form, or `unknown` (which no network is written as).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockoutBucket::Net(net) => net.fmt(f),
+            LockoutBucket::Unknown => f.write_str("unknown"),
+        }
+    }
 }
 
 /// The network a client's authentication failures are counted and locked by (SPEC §8): the
 /// address itself for IPv4 (`/32`), its `/64` for IPv6, since one IPv6 subscriber usually
 /// holds a whole `/64` and could otherwise rotate addresses to escape the lockout.
-pub fn lockout_bucket(ip: IpAddr) -> IpNet {
-    match normalize(ip) {
+pub fn lockout_bucket(ip: IpAddr) -> LockoutBucket {
+    LockoutBucket::Net(match normalize(ip) {
         IpAddr::V4(v4) => IpNet::V4(Ipv4Net::from(v4)),
         IpAddr::V6(v6) => Ipv6Net::new(v6, 64)
             .map(|net| IpNet::V6(net.trunc()))
             .unwrap_or_else(|_| IpNet::V6(Ipv6Net::from(v6))),
-    }
+    })
 }
 
 /// Parses every entry of a list.
@@ -506,8 +580,7 @@ mod tests {
             ("forged left entries ignored", &trusted, "10.0.0.1", Some("198.51.100.1, 203.0.113.7"), "203.0.113.7"),
             ("trusted hops skipped", &trusted, "10.0.0.1", Some("203.0.113.7, 10.0.0.3, 10.0.0.2"), "203.0.113.7"),
             ("every hop trusted, leftmost", &trusted, "10.0.0.1", Some("10.0.0.3, 10.0.0.2"), "10.0.0.3"),
-            ("garbage stops the walk", &trusted, "10.0.0.1", Some("203.0.113.7, garbage, 10.0.0.2"), "10.0.0.2"),
-            ("garbage rightmost, peer", &trusted, "10.0.0.1", Some("203.0.113.7, unknown"), "10.0.0.1"),
+            ("garbage left of the client is never reached", &trusted, "10.0.0.1", Some("garbage, 203.0.113.7"), "203.0.113.7"),
             ("spaces tolerated", &trusted, "10.0.0.1", Some("  203.0.113.7 ,10.0.0.2  "), "203.0.113.7"),
             ("empty elements skipped", &trusted, "10.0.0.1", Some("203.0.113.7,, 10.0.0.2,"), "203.0.113.7"),
             ("mapped trusted peer", &trusted, "::ffff:10.0.0.1", Some("203.0.113.7"), "203.0.113.7"),
@@ -520,8 +593,53 @@ mod tests {
             ("v6 hop in brackets", &trusted, "10.0.0.1", Some("[2001:db8::1]"), "2001:db8::1"),
         ];
         for &(case, proxies, peer, xff, want) in cases {
-            check(case, client_ip(ip(peer), xff, proxies), ip(want));
+            check(
+                case,
+                client_ip(ip(peer), xff, proxies),
+                ClientAddr::Ip(ip(want)),
+            );
         }
+    }
+
+    #[test]
+    fn a_trusted_hop_that_is_no_address_makes_the_client_unknown() {
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, &str)] = &[
+            // Each row holds the case, the peer and the X-Forwarded-For header.
+            ("the proxy says unknown", "10.0.0.1", "unknown"),
+            ("garbage rightmost", "10.0.0.1", "203.0.113.7, unknown"),
+            ("garbage behind a trusted hop", "10.0.0.1", "203.0.113.7, garbage, 10.0.0.2"),
+            ("a hostname", "10.0.0.1", "client.example.com"),
+            ("an obfuscated identifier", "10.0.0.1", "_hidden"),
+            ("a replacement character", "10.0.0.1", "203.0.113.7\u{fffd}"),
+            ("a bad port", "10.0.0.1", "203.0.113.7:http"),
+            ("a zone id", "10.0.0.1", "fe80::1%eth0"),
+            ("an address with a prefix", "10.0.0.1", "203.0.113.0/24"),
+        ];
+        for &(case, peer, xff) in cases {
+            let got = client_ip(ip(peer), Some(xff), &trusted);
+            check(case, got, ClientAddr::Unknown);
+            check(case, got.ip(), None);
+            check(case, got.lockout_bucket(), LockoutBucket::Unknown);
+            assert_ne!(got.lockout_bucket(), lockout_bucket(ip(peer)), "{case}");
+        }
+        // An untrusted peer's header is not read at all, garbage or not.
+        check(
+            "untrusted peer",
+            client_ip(ip("198.51.100.9"), Some("unknown"), &trusted),
+            ClientAddr::Ip(ip("198.51.100.9")),
+        );
+        check(
+            "display",
+            ClientAddr::Unknown.to_string(),
+            "unknown".to_owned(),
+        );
+        check(
+            "bucket display",
+            LockoutBucket::Unknown.to_string(),
+            "unknown".to_owned(),
+        );
     }
 
     #[test]
@@ -554,7 +672,7 @@ mod tests {
             check(
                 case,
                 lockout_bucket(ip(addr)),
-                want.parse::<IpNet>().unwrap(),
+                LockoutBucket::Net(want.parse::<IpNet>().unwrap()),
             );
         }
     }

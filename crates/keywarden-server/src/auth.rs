@@ -94,7 +94,7 @@ pub struct Caller {
     pub account: Arc<Account>,
     /// The full verification outcome (rate-limit figures for headers).
     pub outcome: VerifyOutcome,
-    /// The client IP.
+    /// The client IP (`None` when unknown).
     pub ip: Option<IpAddr>,
 }
 
@@ -202,6 +202,6 @@ pub async fn self_service(
         key,
         account,
         outcome,
-        ip,
+        ip: ip.and_then(|c| c.ip()),
     })
 }

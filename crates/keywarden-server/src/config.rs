@@ -37,6 +37,8 @@ pub struct Config {
     pub default_route: DefaultRoute,
     /// Gateway mode.
     pub gateway: GatewayConfig,
+    /// Which proxy asks `/v1/forward-auth`, and so which headers describe the request.
+    pub forward_auth: ForwardAuthConfig,
 }
 
 /// `[server]`.
@@ -373,6 +375,30 @@ impl Default for GatewayConfig {
             connect_timeout_seconds: 5,
         }
     }
+}
+
+/// `[forward_auth]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardAuthConfig {
+    /// The proxy whose convention describes the original request; only its headers are
+    /// read (see `docs/integrations/README.md`).
+    pub convention: ProxyConvention,
+}
+
+/// How a proxy tells `/v1/forward-auth` which request it asks about. Each reads its own
+/// headers only: another proxy's are ignored, since a client may send them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyConvention {
+    /// nginx `auth_request`: `X-Original-Method` and `X-Original-URI` (the shipped recipe).
+    #[default]
+    Nginx,
+    /// Traefik ForwardAuth: `X-Forwarded-Method` and `X-Forwarded-Uri`.
+    Traefik,
+    /// Envoy ext_authz (HTTP service): the request's own method, and its own path after
+    /// `/v1/forward-auth` (`path_prefix`).
+    Envoy,
 }
 
 /// A configuration problem, naming the field and the reason.

@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, Request};
 use axum::http::{header, HeaderMap, Uri};
 use keywarden_core::codes::Code;
-use keywarden_core::ip::client_ip as walk_forwarded_for;
+use keywarden_core::ip::{client_ip as walk_forwarded_for, ClientAddr};
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, SocketAddr};
 
@@ -138,15 +138,27 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The client IP: the peer, or through `X-Forwarded-For` when the peer is trusted.
-pub fn client_ip(settings: &Settings, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+/// The client: the peer, or through `X-Forwarded-For` when the peer is trusted (unknown
+/// when a trusted hop is not an address; see [`keywarden_core::ip::client_ip`]). `None`
+/// without a peer address. A header value that is not text (raw bytes above ASCII) is read
+/// as a hop that is not an address, never skipped: skipping it would make the proxy the
+/// client.
+pub fn client_ip(
+    settings: &Settings,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+) -> Option<ClientAddr> {
     let peer = peer?;
-    let xff: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let joined = xff.join(",");
+    let mut joined = String::new();
+    for v in headers.get_all("x-forwarded-for") {
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        match v.to_str() {
+            Ok(text) => joined.push_str(text),
+            Err(_) => joined.push_str(&String::from_utf8_lossy(v.as_bytes())),
+        }
+    }
     Some(walk_forwarded_for(
         peer,
         (!joined.is_empty()).then_some(joined.as_str()),

@@ -1191,7 +1191,7 @@ fn finish(doc: &mut Value) {
                         "in": "path",
                         "required": true,
                         "description": "The original request's path and query (may contain `/`), \
-                                        used when no X-Original-URI or X-Forwarded-Uri header is sent.",
+                                        read with `forward_auth.convention = \"envoy\"` only.",
                         "schema": {"type": "string"},
                     }));
                 }

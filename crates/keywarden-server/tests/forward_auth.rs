@@ -6,7 +6,11 @@
 mod common;
 
 use common::{spawn_app, spawn_app_with, TestApp};
-use reqwest::header::HeaderMap;
+use keywarden_server::routes::decide::{route_needs, Needs};
+use keywarden_server::routes::forward_auth::original_target;
+use proptest::prelude::*;
+use proptest::test_runner::{Config as Cases, TestRunner};
+use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -33,6 +37,10 @@ scopes = ["invoices:read"]
 path = "/api/{resource}/**"
 method_scopes = { GET = "{resource}:read", POST = "{resource}:write" }
 "#;
+
+/// `forward_auth.convention` for Traefik and for Envoy (nginx is the default).
+const TRAEFIK: &str = "[forward_auth]\nconvention = \"traefik\"\n";
+const ENVOY: &str = "[forward_auth]\nconvention = \"envoy\"\n";
 
 /// What a proxy gets back.
 struct Answer {
@@ -74,9 +82,15 @@ impl Answer {
 
 /// `method` on `path` of the admin listener with `headers`.
 async fn call(app: &TestApp, method: Method, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let raw: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    call_raw(app, method, path, &raw).await
+}
+
+/// [`call`] with header values as bytes, which need not be text.
+async fn call_raw(app: &TestApp, method: Method, path: &str, headers: &[(&str, &[u8])]) -> Answer {
     let mut req = app.client.request(method, format!("{}{path}", app.admin));
     for (k, v) in headers {
-        req = req.header(*k, *v);
+        req = req.header(*k, HeaderValue::from_bytes(v).unwrap());
     }
     let res = req.send().await.unwrap();
     let status = res.status().as_u16();
@@ -335,7 +349,7 @@ async fn repeated_failures_lock_out_the_client_with_429() {
 #[tokio::test]
 async fn traefik_headers_and_trusted_forwarded_for() {
     let app = spawn_app_with(&format!(
-        "{ROUTES}\n[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n"
+        "{ROUTES}\n[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{TRAEFIK}"
     ))
     .await;
     let acc = app.account("Acme").await;
@@ -382,6 +396,32 @@ async fn traefik_headers_and_trusted_forwarded_for() {
     traefik("POST", "/v1/invoices/1", "203.0.113.7")
         .await
         .assert_denied(403, "insufficient_scope");
+
+    // Traefik passes the client's own headers on: an X-Original-* pair the client wrote
+    // chooses nothing.
+    let forged = |uri: &'static str, extra: &'static [(&'static str, &'static str)]| {
+        let app = &app;
+        async move {
+            let mut h = vec![
+                ("X-Original-Method", "GET"),
+                ("X-Original-URI", "/public/x"),
+                ("X-Forwarded-Method", "GET"),
+                ("X-Forwarded-For", "203.0.113.7"),
+            ];
+            if !uri.is_empty() {
+                h.push(("X-Forwarded-Uri", uri));
+            }
+            h.extend_from_slice(extra);
+            call(app, Method::GET, "/v1/forward-auth", &h).await
+        }
+    };
+    forged("/v1/invoices/1", &[])
+        .await
+        .assert_denied(401, "missing_api_key");
+    // Without Traefik's own header, the client's does not stand in: 400, naming it.
+    let a = forged("", &[]).await;
+    a.assert_denied(400, "invalid_request");
+    assert_eq!(a.body["error"]["message"], "X-Forwarded-Uri is missing");
     app.stop().await;
 }
 
@@ -426,26 +466,15 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
 }
 
 #[tokio::test]
-async fn envoy_original_path_in_header_or_in_the_request_path() {
-    let app = spawn_app_with(ROUTES).await;
+async fn envoy_original_path_in_the_request_path() {
+    let app = spawn_app_with(&format!("{ROUTES}\n{ENVOY}")).await;
     let acc = app.account("Acme").await;
     let reader = scoped_key(&app, &acc, &["invoices:read"]).await;
     let bearer = format!("Bearer {reader}");
     let auth = [("Authorization", bearer.as_str())];
 
-    // ext_authz with the method kept and the path in X-Original-URI.
-    let h = [
-        ("Authorization", bearer.as_str()),
-        ("X-Original-URI", "/api/invoices/3"),
-    ];
-    call(&app, Method::GET, "/v1/forward-auth", &h)
-        .await
-        .assert_allowed();
-    call(&app, Method::POST, "/v1/forward-auth", &h)
-        .await
-        .assert_denied(403, "insufficient_scope");
-
-    // ext_authz with `path_prefix: /v1/forward-auth`: the original path follows it.
+    // ext_authz with `path_prefix: /v1/forward-auth`: the original path follows it, and
+    // the method is the request's own.
     let a = call(
         &app,
         Method::GET,
@@ -464,6 +493,32 @@ async fn envoy_original_path_in_header_or_in_the_request_path() {
     call(&app, Method::GET, "/v1/forward-auth/v1/invoices/3", &[])
         .await
         .assert_denied(401, "missing_api_key");
+
+    // The other proxies' headers, which the client may send through Envoy, choose nothing.
+    let forged = [
+        ("X-Original-Method", "GET"),
+        ("X-Original-URI", "/public/x"),
+        ("X-Forwarded-Method", "GET"),
+        ("X-Forwarded-Uri", "/public/x"),
+    ];
+    call(
+        &app,
+        Method::DELETE,
+        "/v1/forward-auth/v1/invoices/3",
+        &forged,
+    )
+    .await
+    .assert_denied(401, "missing_api_key");
+    // With no original path after the prefix there is nothing to decide about.
+    let a = call(&app, Method::GET, "/v1/forward-auth", &forged).await;
+    a.assert_denied(400, "invalid_request");
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("must follow /v1/forward-auth")),
+        "{}",
+        a.body
+    );
     app.stop().await;
 }
 
@@ -518,6 +573,8 @@ async fn forward_auth_needs_no_root_key() {
     let res = app
         .client
         .get(format!("{}/v1/forward-auth", app.admin))
+        .header("X-Original-Method", "GET")
+        .header("X-Original-URI", "/v1/x")
         .header("X-API-Key", &token)
         .send()
         .await
@@ -525,4 +582,303 @@ async fn forward_auth_needs_no_root_key() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["x-keywarden-status"], "200");
     app.stop().await;
+}
+
+/// A public `/` and `/public/**`; every other path needs a key. Three failures lock.
+const PUBLIC_ROOT: &str = r#"
+[auth]
+lockout = { max_failures = 3, window_seconds = 300, lock_seconds = 300 }
+
+[[routes]]
+path = "/"
+auth = "none"
+
+[[routes]]
+path = "/public/**"
+auth = "none"
+"#;
+
+#[tokio::test]
+async fn an_original_uri_that_cannot_be_read_is_refused_not_replaced() {
+    let app = spawn_app_with(PUBLIC_ROOT).await;
+    let acc = app.account("Acme").await;
+    let (_, token) = app.live_key(&acc).await;
+
+    // Once replaced by the public `/`, each of these went through without a key.
+    let unreadable: [&[u8]; 8] = [
+        b"/admin/secret?q=<x>",
+        b"/admin/<script>",
+        b"/admin/`id`",
+        "/admin/secret/é".as_bytes(),
+        "/admin?q=é".as_bytes(),
+        b"/admin/\xff",
+        b"/admin/a b",
+        b"admin/secret",
+    ];
+    for raw in unreadable {
+        let a = call_raw(
+            &app,
+            Method::GET,
+            "/v1/forward-auth",
+            &[("X-Original-Method", b"GET"), ("X-Original-URI", raw)],
+        )
+        .await;
+        a.assert_denied(400, "invalid_request");
+        let message = a.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("X-Original-URI "), "{message}");
+        assert_eq!(a.header("x-keywarden-code"), Some("invalid_request"));
+        // Nor does another family's header stand in for it.
+        call_raw(
+            &app,
+            Method::GET,
+            "/v1/forward-auth",
+            &[
+                ("X-Original-Method", b"GET"),
+                ("X-Original-URI", raw),
+                ("X-Forwarded-Uri", b"/"),
+            ],
+        )
+        .await
+        .assert_denied(400, "invalid_request");
+    }
+    // Nothing was decided: no key was checked, no failure counted toward the lockout
+    // (three lock here).
+    for _ in 0..4 {
+        call_raw(
+            &app,
+            Method::GET,
+            "/v1/forward-auth",
+            &[
+                ("X-Original-Method", b"GET"),
+                ("X-Original-URI", b"/admin?q=<x>"),
+                ("X-API-Key", b"kw_sk_live_not_a_key"),
+            ],
+        )
+        .await
+        .assert_denied(400, "invalid_request");
+    }
+    nginx(&app, "GET", "/admin", &[("X-API-Key", &token)])
+        .await
+        .assert_allowed();
+
+    // Percent-encoded, the same requests are decided about their own paths.
+    for uri in [
+        "/admin/secret?q=%3Cx%3E",
+        "/admin/secret/%C3%A9",
+        "/admin/%60id%60",
+    ] {
+        nginx(&app, "GET", uri, &[])
+            .await
+            .assert_denied(401, "missing_api_key");
+    }
+    nginx(&app, "GET", "/?q=%3Cx%3E", &[])
+        .await
+        .assert_allowed();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nginx_is_the_default_convention_and_the_only_one_read() {
+    let app = spawn_app_with(PUBLIC_ROOT).await;
+    // Traefik's headers are not nginx's: the missing one is named.
+    let a = call(
+        &app,
+        Method::GET,
+        "/v1/forward-auth",
+        &[
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/public/x"),
+        ],
+    )
+    .await;
+    a.assert_denied(400, "invalid_request");
+    assert_eq!(a.body["error"]["message"], "X-Original-Method is missing");
+    let a = nginx(&app, "GET", "", &[]).await;
+    a.assert_denied(400, "invalid_request");
+    let a = call(
+        &app,
+        Method::GET,
+        "/v1/forward-auth/public/x",
+        &[("X-Original-Method", "GET")],
+    )
+    .await;
+    a.assert_denied(400, "invalid_request");
+    assert_eq!(a.body["error"]["message"], "X-Original-URI is missing");
+    // With nginx's headers present, another family's (or the request's own path) chooses
+    // nothing.
+    let a = call(
+        &app,
+        Method::GET,
+        "/v1/forward-auth/public/x",
+        &[
+            ("X-Original-Method", "GET"),
+            ("X-Original-URI", "/admin"),
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/public/x"),
+        ],
+    )
+    .await;
+    a.assert_denied(401, "missing_api_key");
+    // Sent twice: which one nginx set cannot be told, so neither is used.
+    let a = call(
+        &app,
+        Method::GET,
+        "/v1/forward-auth",
+        &[
+            ("X-Original-Method", "GET"),
+            ("X-Original-URI", "/public/x"),
+            ("X-Original-URI", "/admin"),
+        ],
+    )
+    .await;
+    a.assert_denied(400, "invalid_request");
+    assert_eq!(
+        a.body["error"]["message"],
+        "X-Original-URI is sent more than once"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_convention_is_refused_at_startup() {
+    let err = keywarden_server::config::Config::from_parts(
+        "[forward_auth]\nconvention = \"haproxy\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "forward_auth.convention");
+    assert!(err.reason.contains("nginx"), "{}", err.reason);
+}
+
+/// A client a trusted proxy could not name (a hop that is no address) is unknown: it is
+/// not the proxy, so it matches no allowlist, and its use is logged without an address.
+#[tokio::test]
+async fn a_client_a_trusted_proxy_cannot_name_matches_no_allowlist() {
+    let app = spawn_app_with("[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n").await;
+    let acc = app.account("Acme").await;
+    // The proxy's own address is on the allowlist, as when nginx runs beside the API.
+    let created = app
+        .key(
+            &acc,
+            json!({ "mode": "live", "name": "local", "ip_allowlist": ["127.0.0.1"] }),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let token = created["api_key"].as_str().unwrap().to_string();
+    let with_xff = |xff: &'static [u8]| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            let mut h: Vec<(&str, &[u8])> = vec![
+                ("X-Original-Method", b"GET"),
+                ("X-Original-URI", b"/v1/x"),
+                ("X-API-Key", token.as_bytes()),
+            ];
+            if !xff.is_empty() {
+                h.push(("X-Forwarded-For", xff));
+            }
+            call_raw(app, Method::GET, "/v1/forward-auth", &h).await
+        }
+    };
+    // The proxy itself, and a client it names as 127.0.0.1, are allowed.
+    with_xff(b"").await.assert_allowed();
+    with_xff(b"127.0.0.1").await.assert_allowed();
+    // A client it cannot name is not the proxy.
+    for xff in [
+        &b"unknown"[..],
+        b"203.0.113.7, garbage",
+        b"client.example.com",
+        b"127.0.0.1\xff",
+    ] {
+        with_xff(xff).await.assert_denied(401, "ip_not_allowed");
+    }
+    app.flush_writer().await;
+    let rows = app
+        .admin(Method::GET, &format!("/v1/admin/keys/{id}/activity"), None)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    // Newest first: the four unknown clients, logged without an address.
+    for row in &rows[..4] {
+        assert_eq!(row["code"], "ip_not_allowed", "{row}");
+        assert_eq!(row["ip"], Value::Null, "{row}");
+    }
+    assert_eq!(rows[4]["ip"], "127.0.0.1");
+    let events = app
+        .admin(Method::GET, "/v1/admin/events?type=key.ip_denied", None)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let events = events.as_array().unwrap();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(events.iter().all(|e| e["ip"].is_null()), "{events:?}");
+    app.stop().await;
+}
+
+/// Bytes a proxy may put in a header, biased towards what makes a path interesting.
+fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let interesting = prop::sample::select(
+        b"/?#%.;=&<>`\"{}|\\^ aApublicdmin~-_:@!$'()*+,\t\x80\xc3\xa9\xff".to_vec(),
+    );
+    let byte = prop_oneof![4 => interesting, 1 => any::<u8>()];
+    (
+        prop::sample::select(vec!["", "/", "/public/", "/admin/"]),
+        prop::collection::vec(byte, 0..24),
+    )
+        .prop_map(|(start, rest)| {
+            let mut raw = start.as_bytes().to_vec();
+            raw.extend(rest);
+            raw.retain(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+            raw
+        })
+}
+
+/// Over HTTP, for any original URI: a 400 refusal, or a decision about exactly the path
+/// it names (public paths pass without a key, every other one asks for it).
+#[test]
+fn any_original_uri_is_refused_or_decided_on_exactly_its_path() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Every case without a key fails authentication: the lockout must not get in the way.
+    let config = PUBLIC_ROOT.replace("max_failures = 3", "max_failures = 1000000");
+    let app = rt.block_on(spawn_app_with(&config));
+    let mut runner = TestRunner::new(Cases {
+        cases: 96,
+        failure_persistence: None,
+        ..Cases::default()
+    });
+    runner
+        .run(&header_bytes(), |raw| {
+            let a = rt.block_on(call_raw(
+                &app,
+                Method::GET,
+                "/v1/forward-auth",
+                &[("X-Original-Method", b"GET"), ("X-Original-URI", &raw)],
+            ));
+            let shown = String::from_utf8_lossy(&raw);
+            match original_target(&raw) {
+                Err(_) => {
+                    prop_assert_eq!(a.status, 400, "{}: {}", shown, a.body);
+                    prop_assert_eq!(&a.body["error"]["code"], "invalid_request");
+                }
+                Ok(uri) => {
+                    let text = std::str::from_utf8(&raw).unwrap();
+                    let path = text.split('?').next().unwrap();
+                    prop_assert_eq!(uri.path(), path);
+                    let public = matches!(route_needs(&app.state, "GET", path), Needs::Public);
+                    let want = if public { 200 } else { 401 };
+                    prop_assert_eq!(a.status, want, "{}: {}", shown, a.body);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    rt.block_on(app.stop());
 }

@@ -183,6 +183,7 @@ quotas = [ { unit = "words", limit = 1000, period = "month" } ]
     let res = app
         .client
         .get(format!("{}/v1/forward-auth", app.admin))
+        .header("X-Original-Method", "GET")
         .header("X-Original-URI", format!("/v1/invoices?api_key={live_key}"))
         .header("Authorization", format!("Bearer {live_key}"))
         .send()

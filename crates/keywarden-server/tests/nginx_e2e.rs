@@ -25,6 +25,10 @@ catalog = [{ name = "invoices:read", description = "Read invoices" }]
 methods = ["GET"]
 path = "/invoices/**"
 scopes = ["invoices:read"]
+
+[[routes]]
+path = "/"
+auth = "none"
 "#;
 
 fn find_nginx() -> Option<PathBuf> {
@@ -160,6 +164,32 @@ impl Got {
     }
 }
 
+/// `GET <target>` sent to `base` byte for byte (an HTTP client would percent-encode what a
+/// browser or a script may send raw): the status and the body.
+async fn get_raw(base: &str, target: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let mut request = b"GET ".to_vec();
+    request.extend_from_slice(target);
+    request.extend_from_slice(b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    conn.write_all(&request).await.unwrap();
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
 async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Got {
     let mut req = client.get(url);
     for (k, v) in headers {
@@ -244,7 +274,24 @@ async fn nginx_recipe_end_to_end() {
     let seen = up.last();
     assert!(seen.header("x-api-key").is_none());
     assert_eq!(seen.header("x-keywarden-key-id"), Some(id.as_str()));
+
+    // The public `/` passes without a key...
+    let (status, _) = get_raw(&base, b"/?q=%3Cx%3E").await;
+    assert_eq!(status, 200, "{}", nginx.error_log());
+    assert_eq!(up.last().uri, "/?q=%3Cx%3E");
     let proxied = up.seen().len();
+    // ...but a URI Keywarden cannot read exactly is refused (400 and Keywarden's body),
+    // never decided as that `/`: nothing reaches the upstream.
+    for target in [
+        &b"/admin/secret?q=<x>"[..],
+        b"/admin/`id`",
+        "/admin/secret/é".as_bytes(),
+    ] {
+        let (status, body) = get_raw(&base, target).await;
+        assert_eq!(status, 400, "{body}\n{}", nginx.error_log());
+        assert!(body.contains("invalid_request"), "{body}");
+    }
+    assert_eq!(up.seen().len(), proxied, "an unreadable URI went upstream");
 
     // A key without the route's scope: 403 with Keywarden's body.
     let narrow = app
@@ -370,7 +417,12 @@ rename = { api_key_expired = "api_key_revoked" }
     let (_, token) = app.live_key(&acc).await;
 
     // A decision carries its wire code next to its status.
-    let got = get(&client, &url, &[("X-Original-URI", "/x")]).await;
+    let got = get(
+        &client,
+        &url,
+        &[("X-Original-Method", "GET"), ("X-Original-URI", "/x")],
+    )
+    .await;
     got.assert_error(401, "missing_api_key");
     assert_eq!(got.header("x-keywarden-code"), Some("missing_api_key"));
     assert_eq!(got.header("x-keywarden-status"), Some("401"));
@@ -421,7 +473,11 @@ rename = { api_key_expired = "api_key_revoked" }
     let got = get(
         &client,
         &url,
-        &[("X-Original-URI", "/x"), ("Authorization", bearer.as_str())],
+        &[
+            ("X-Original-Method", "GET"),
+            ("X-Original-URI", "/x"),
+            ("Authorization", bearer.as_str()),
+        ],
     )
     .await;
     assert_eq!(got.status, 200, "{}", got.body);

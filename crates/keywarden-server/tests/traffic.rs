@@ -129,6 +129,7 @@ both!(
     the_verify_api_reports_the_same_figures,
     lockout_locks_the_address_until_it_expires,
     a_forged_forwarded_for_from_an_untrusted_peer_changes_nothing,
+    a_client_a_trusted_proxy_cannot_name_is_locked_out_apart,
     quotas_roll_over_at_the_end_of_the_utc_month_and_day,
     a_plan_change_applies_at_once_mid_period,
     unknown_keys_and_addresses_leave_no_unbounded_state,
@@ -386,6 +387,53 @@ async fn a_forged_forwarded_for_from_an_untrusted_peer_changes_nothing(backend: 
         .err(429, "too_many_auth_failures");
     let a = Answer::of(call(&token, "198.51.100.1, 198.51.100.2").await.unwrap()).await;
     assert_eq!(a.status, 200, "{}", a.body);
+    clear_redis(&app).await;
+    app.stop().await;
+}
+
+async fn a_client_a_trusted_proxy_cannot_name_is_locked_out_apart(backend: Backend) {
+    // The proxy (127.0.0.1) forwards clients; some it names with something that is no
+    // address. They are unknown, not the proxy.
+    let toml = format!("{LOCKOUT}[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n");
+    let app = start(&toml, &backend).await;
+    let (_, _, token) = customer(&app, None).await;
+    let bad = "kw_sk_live_0000000000000000000000000000000000";
+    let call = |key: &str, xff: &[u8]| {
+        let mut req = app
+            .public_request(Method::GET, "/v1/account")
+            .bearer_auth(key);
+        if !xff.is_empty() {
+            req = req.header(
+                "x-forwarded-for",
+                reqwest::header::HeaderValue::from_bytes(xff).unwrap(),
+            );
+        }
+        req.send()
+    };
+    // Three failures (the lockout's limit) from clients the proxy could not name...
+    for xff in [
+        &b"unknown"[..],
+        b"203.0.113.7, garbage",
+        b"198.51.100.1\xff",
+    ] {
+        let a = Answer::of(call(bad, xff).await.unwrap()).await;
+        assert_eq!(a.status, 401, "{}", a.body);
+    }
+    // ...lock out every client it cannot name...
+    Answer::of(call(&token, b"_hidden").await.unwrap())
+        .await
+        .err(429, "too_many_auth_failures");
+    // ...and neither the proxy itself nor any client with an address.
+    for xff in [&b""[..], b"127.0.0.1", b"198.51.100.1", b"203.0.113.7"] {
+        let a = Answer::of(call(&token, xff).await.unwrap()).await;
+        assert_eq!(
+            a.status,
+            200,
+            "{}: {}",
+            String::from_utf8_lossy(xff),
+            a.body
+        );
+    }
     clear_redis(&app).await;
     app.stop().await;
 }

@@ -10,7 +10,7 @@
 
 use crate::redis_limiter::{QuotaStep, RedisLimiter, RedisStats};
 use crate::store::{Store, StoreResult};
-use ipnet::IpNet;
+use keywarden_core::ip::LockoutBucket;
 use keywarden_core::limits::{
     check_quota, GcraState, Lockout, LockoutState, Period, QuotaOutcome, QuotaSpec, RateLimit,
     RateOutcome,
@@ -38,7 +38,7 @@ pub struct QuotaKey {
 #[derive(Clone, Debug)]
 pub struct LocalLimiter {
     rates: Cache<String, Arc<Mutex<GcraState>>>,
-    lockouts: Cache<IpNet, Arc<Mutex<LockoutState>>>,
+    lockouts: Cache<LockoutBucket, Arc<Mutex<LockoutState>>>,
     quotas: Cache<QuotaKey, Arc<Mutex<QuotaCell>>>,
     lockout: Option<Lockout>,
 }
@@ -130,7 +130,7 @@ impl LocalLimiter {
     }
 
     /// `Some(retry_after)` while `bucket` is locked out.
-    pub fn locked(&self, bucket: &IpNet, now_ms: Millis) -> Option<u64> {
+    pub fn locked(&self, bucket: &LockoutBucket, now_ms: Millis) -> Option<u64> {
         let policy = self.lockout?;
         let cell = self.lockouts.get(bucket)?;
         let state = cell.lock().unwrap_or_else(|p| p.into_inner());
@@ -138,7 +138,7 @@ impl LocalLimiter {
     }
 
     /// Counts an authentication failure from `bucket`; `Some(retry_after)` if now locked.
-    pub fn fail(&self, bucket: &IpNet, now_ms: Millis) -> Option<u64> {
+    pub fn fail(&self, bucket: &LockoutBucket, now_ms: Millis) -> Option<u64> {
         let policy = self.lockout?;
         let cell = self
             .lockouts
@@ -391,7 +391,7 @@ impl Limiter {
     }
 
     /// `Some(retry_after)` while `bucket` is locked out.
-    pub async fn locked(&self, bucket: &IpNet, now_ms: Millis) -> Option<u64> {
+    pub async fn locked(&self, bucket: &LockoutBucket, now_ms: Millis) -> Option<u64> {
         let policy = self.local.lockout_policy()?;
         if let Some(r) = &self.redis {
             match r.locked(bucket, policy, now_ms).await {
@@ -406,7 +406,7 @@ impl Limiter {
     }
 
     /// Counts an authentication failure from `bucket`; `Some(retry_after)` if now locked.
-    pub async fn fail(&self, bucket: &IpNet, now_ms: Millis) -> Option<u64> {
+    pub async fn fail(&self, bucket: &LockoutBucket, now_ms: Millis) -> Option<u64> {
         let policy = self.local.lockout_policy()?;
         if let Some(r) = &self.redis {
             match r.fail(bucket, policy, now_ms).await {

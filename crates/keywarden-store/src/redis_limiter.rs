@@ -25,7 +25,7 @@
 //! as it is back.
 
 use crate::limiter::QuotaKey;
-use ipnet::IpNet;
+use keywarden_core::ip::LockoutBucket;
 use keywarden_core::limits::{
     GcraState, Lockout, LockoutState, Period, QuotaSpec, RateLimit, RateOutcome,
 };
@@ -423,7 +423,7 @@ impl RedisLimiter {
     /// `Some(retry_after)` while `bucket` is locked, exactly as [`Lockout::is_locked`].
     pub async fn locked(
         &self,
-        bucket: &IpNet,
+        bucket: &LockoutBucket,
         policy: Lockout,
         now_ms: Millis,
     ) -> Result<Option<u64>, Unavailable> {
@@ -448,7 +448,7 @@ impl RedisLimiter {
     /// [`Lockout::record_failure`]; `Some(retry_after)` when the bucket is locked after it.
     pub async fn fail(
         &self,
-        bucket: &IpNet,
+        bucket: &LockoutBucket,
         policy: Lockout,
         now_ms: Millis,
     ) -> Result<Option<u64>, Unavailable> {

@@ -17,7 +17,7 @@ use keywarden_core::decision::{
     KeyLookup, Requirement, SecretMatch,
 };
 use keywarden_core::hashing::{sha256, SecretHasher};
-use keywarden_core::ip::lockout_bucket;
+use keywarden_core::ip::ClientAddr;
 use keywarden_core::limits::{Period, QuotaOutcome, QuotaSpec, RateLimit, RateOutcome};
 use keywarden_core::model::{
     new_id, Account, Application, AuditEvent, KeyRecord, Mode, StoredSecret,
@@ -27,7 +27,6 @@ use keywarden_core::template::{KeyTemplate, ParsedToken};
 use keywarden_core::{ct_eq, Clock, Secret};
 use moka::sync::Cache;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -96,8 +95,11 @@ pub struct VerifyRequest<'a> {
     pub token: Option<&'a str>,
     /// The presented application secret, if any.
     pub app_secret: Option<&'a str>,
-    /// The client IP, if known.
-    pub client_ip: Option<IpAddr>,
+    /// The client: `None` when the request came without a peer address (the CLI, an
+    /// embedder's in-process call), which is neither matched by an allowlist nor locked out;
+    /// [`ClientAddr::Unknown`] when a trusted proxy forwarded it for a client it could not
+    /// name, which is matched by no allowlist and locked out in a bucket of its own.
+    pub client_ip: Option<ClientAddr>,
     /// The mode of the object touched, if the request touches one.
     pub object_mode: Option<Mode>,
     /// Scopes that are all required.
@@ -498,7 +500,7 @@ impl Verifier {
     /// Verifies one request: the whole of SPEC §8.
     pub async fn verify(&self, req: &VerifyRequest<'_>) -> VerifyOutcome {
         let now = self.clock.now_ms();
-        let bucket = req.client_ip.map(lockout_bucket);
+        let bucket = req.client_ip.map(ClientAddr::lockout_bucket);
         let locked_out = match &bucket {
             Some(b) => self.limiter.locked(b, now).await,
             None => None,
@@ -585,7 +587,7 @@ impl Verifier {
             key: key_lookup,
             account_status: account.as_ref().map(|a| a.status),
             app_secret: app_check,
-            client_ip: req.client_ip,
+            client_ip: req.client_ip.and_then(ClientAddr::ip),
             object_mode: req.object_mode,
             required,
             now_ms: now,
@@ -616,7 +618,10 @@ impl Verifier {
                         mode: Some(key.mode),
                         kind: "key.ip_denied".into(),
                         actor: key.id().to_owned(),
-                        ip: req.client_ip.map(|i| i.to_string()),
+                        ip: req
+                            .client_ip
+                            .and_then(ClientAddr::ip)
+                            .map(|i| i.to_string()),
                         at: now,
                         data: serde_json::json!({ "key_id": key.id() }),
                     });
@@ -762,7 +767,7 @@ impl Verifier {
             &KeyUse {
                 key_id,
                 at: now,
-                ip: req.client_ip,
+                ip: req.client_ip.and_then(ClientAddr::ip),
                 method: req.method,
                 path: req.path,
                 status: out.code.status(),

@@ -6,8 +6,7 @@
 //! The Redis cases run when `KEYWARDEN_TEST_REDIS_URL` names a server (CI sets it), each
 //! under its own random key prefix, and print a note and pass otherwise.
 
-use ipnet::IpNet;
-use keywarden_core::ip::lockout_bucket;
+use keywarden_core::ip::{lockout_bucket, LockoutBucket};
 use keywarden_core::limits::{
     check_quota, GcraState, Lockout, LockoutState, Period, QuotaSpec, RateLimit,
 };
@@ -306,7 +305,7 @@ async fn the_lockout_script_decides_exactly_as_the_core() {
         },
     ];
     for (n, policy) in policies.into_iter().enumerate() {
-        let bucket: IpNet = lockout_bucket(ip(&format!("2001:db8:{n:x}::1")));
+        let bucket: LockoutBucket = lockout_bucket(ip(&format!("2001:db8:{n:x}::1")));
         let mut state = LockoutState::default();
         let mut now = T0;
         for step in 0..300 {

@@ -6,7 +6,7 @@
 
 use http::header::AUTHORIZATION;
 use http::{Extensions, HeaderMap, HeaderName, Uri};
-use keywarden_core::ip::{client_ip as walk_forwarded_for, normalize, TrustedProxies};
+use keywarden_core::ip::{client_ip as walk_forwarded_for, normalize, ClientAddr, TrustedProxies};
 use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -147,27 +147,33 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
-/// The client IP a decision is made with: [`ClientIp`] when the application set one, else
+/// The client a decision is made with: [`ClientIp`] when the application set one, else
 /// the peer (axum's `ConnectInfo<SocketAddr>`, or a plain `SocketAddr` extension), read
-/// through `X-Forwarded-For` only when the peer is a trusted proxy.
+/// through `X-Forwarded-For` only when the peer is a trusted proxy. A trusted hop that is
+/// not an address (a header value that is not text included) makes the client unknown,
+/// never the proxy.
 pub(crate) fn client_ip(
     extensions: &Extensions,
     headers: &HeaderMap,
     trusted: &TrustedProxies,
-) -> Option<IpAddr> {
+) -> Option<ClientAddr> {
     if let Some(ClientIp(ip)) = extensions.get::<ClientIp>() {
-        return Some(normalize(*ip));
+        return Some(ClientAddr::Ip(normalize(*ip)));
     }
     let peer = peer_ip(extensions)?;
     if trusted.is_empty() {
-        return Some(normalize(peer));
+        return Some(ClientAddr::Ip(normalize(peer)));
     }
-    let xff: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let joined = xff.join(",");
+    let mut joined = String::new();
+    for v in headers.get_all("x-forwarded-for") {
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        match v.to_str() {
+            Ok(text) => joined.push_str(text),
+            Err(_) => joined.push_str(&String::from_utf8_lossy(v.as_bytes())),
+        }
+    }
     Some(walk_forwarded_for(
         peer,
         (!joined.is_empty()).then_some(joined.as_str()),
@@ -273,19 +279,23 @@ mod tests {
         assert_eq!(client_ip(&ext, &h, &TrustedProxies::default()), None);
         ext.insert("10.0.0.1:4000".parse::<SocketAddr>().unwrap());
         let none = TrustedProxies::default();
-        assert_eq!(
-            client_ip(&ext, &h, &none),
-            Some("10.0.0.1".parse().unwrap())
-        );
+        let ip = |s: &str| Some(ClientAddr::Ip(s.parse().unwrap()));
+        assert_eq!(client_ip(&ext, &h, &none), ip("10.0.0.1"));
         let trusted = TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
+        assert_eq!(client_ip(&ext, &h, &trusted), ip("203.0.113.9"));
+        // A trusted hop that is no address: the client is unknown, not the proxy.
+        let garbage = headers(&[("x-forwarded-for", "203.0.113.9, unknown")]);
         assert_eq!(
-            client_ip(&ext, &h, &trusted),
-            Some("203.0.113.9".parse().unwrap())
+            client_ip(&ext, &garbage, &trusted),
+            Some(ClientAddr::Unknown)
         );
+        let mut raw = HeaderMap::new();
+        raw.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"203.0.113.9\xff").unwrap(),
+        );
+        assert_eq!(client_ip(&ext, &raw, &trusted), Some(ClientAddr::Unknown));
         ext.insert(ClientIp("192.0.2.7".parse().unwrap()));
-        assert_eq!(
-            client_ip(&ext, &h, &trusted),
-            Some("192.0.2.7".parse().unwrap())
-        );
+        assert_eq!(client_ip(&ext, &h, &trusted), ip("192.0.2.7"));
     }
 }

@@ -596,7 +596,7 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                 .verifier
                 .verify(&VerifyRequest {
                     token: Some(&token),
-                    client_ip: ip,
+                    client_ip: ip.map(keywarden_core::ip::ClientAddr::from),
                     scopes_all: required.as_ref(),
                     method: "CLI",
                     path: "-",

@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 fn root(state: &AppState, parts: &Parts) -> Result<Actor, ApiError> {
     require_root(state, &parts.headers)?;
     let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions));
-    Ok(Actor::root(ip.map(|i| i.to_string())))
+    Ok(Actor::root(ip.and_then(|c| c.ip()).map(|i| i.to_string())))
 }
 
 /// Refuses an admin call without a root key before its body or query is read.

@@ -60,7 +60,7 @@ pub fn self_service_routes() -> Router<AppState> {
 fn root(state: &AppState, parts: &Parts) -> Result<Actor, ApiError> {
     require_root(state, &parts.headers)?;
     let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions));
-    Ok(Actor::root(ip.map(|i| i.to_string())))
+    Ok(Actor::root(ip.and_then(|c| c.ip()).map(|i| i.to_string())))
 }
 
 fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::Json;
 use keywarden_core::codes::Code;
+use keywarden_core::ip::ClientAddr;
 use keywarden_core::model::Mode;
 use keywarden_store::verifier::VerifyRequest;
 use serde::Deserialize;
@@ -138,7 +139,7 @@ pub async fn verify(
         .verify(&VerifyRequest {
             token: token.as_deref(),
             app_secret: app_secret.as_deref(),
-            client_ip: ip,
+            client_ip: ip.map(ClientAddr::from),
             object_mode: body.mode,
             scopes_all: all.as_ref().or(route_scopes),
             scopes_any: any.as_ref(),
