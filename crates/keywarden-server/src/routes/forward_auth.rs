@@ -91,9 +91,20 @@ pub async fn forward_auth(State(state): State<AppState>, req: Request) -> Respon
         None => original_from_path(&parts.uri).parse(),
     }
     .unwrap_or_else(|_| Uri::from_static("/"));
-    let path = uri.path();
-
-    let needs = route_needs(&state, &method, path);
+    // Decided on the canonical path; one that has none is refused, never guessed at.
+    let (needs, path) = match route_needs(&state, &method, uri.path()) {
+        Ok(routed) => routed,
+        Err(e) => {
+            let presented = state
+                .settings
+                .renderer
+                .overrides
+                .present(Code::InvalidRequest);
+            let mut res = ApiError::invalid(e.to_string()).into_response();
+            stamp(&mut res, presented.status, presented.name);
+            return res;
+        }
+    };
     if matches!(needs, Needs::Public) {
         let mut res = ().into_response();
         stamp(&mut res, 200, "valid");
@@ -122,7 +133,7 @@ pub async fn forward_auth(State(state): State<AppState>, req: Request) -> Respon
             scopes_all: scopes,
             impossible: matches!(needs, Needs::Impossible),
             method: &method,
-            path,
+            path: &path,
             ..VerifyRequest::default()
         })
         .await;
