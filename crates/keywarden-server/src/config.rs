@@ -661,6 +661,28 @@ mod tests {
     }
 
     #[test]
+    fn route_matching_and_method_override_options() {
+        let c = Config::from_parts("", &[]).unwrap();
+        assert!(!c.case_sensitive_paths);
+        assert_eq!(c.gateway.method_override, MethodOverride::Strip);
+        let c = Config::from_parts(
+            "case_sensitive_paths = true\n[gateway]\nmethod_override = \"decide\"\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert!(c.case_sensitive_paths);
+        assert_eq!(c.gateway.method_override, MethodOverride::Decide);
+        let c = Config::from_parts(
+            "",
+            &env(&[("KEYWARDEN_GATEWAY__METHOD_OVERRIDE", "decide")]),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.method_override, MethodOverride::Decide);
+        let e = Config::from_parts("[gateway]\nmethod_override = \"honour\"\n", &[]).unwrap_err();
+        assert_eq!(e.field, "gateway.method_override", "{e}");
+    }
+
+    #[test]
     fn init_template_parses() {
         Config::from_parts(INIT_TEMPLATE, &[]).unwrap();
     }

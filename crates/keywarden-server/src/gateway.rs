@@ -191,7 +191,11 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         let s = &state.settings;
         if let Err(e) = check_transfer_coding(&parts.headers) {
-            return e.into_response();
+            // The body's framing is in doubt: nothing more is read from this connection.
+            let mut res = e.into_response();
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return res;
         }
         let strip_overrides = self.upstream.method_override == MethodOverride::Strip;
         let overridden = if strip_overrides {
@@ -535,14 +539,21 @@ fn strip_query(s: &Settings, query: &str, strip_overrides: bool) -> String {
             _ => None,
         })
         .collect();
-    if names.is_empty() && !(strip_overrides && query.contains("method")) {
+    let may_override = strip_overrides
+        && (query.contains('%')
+            || query
+                .as_bytes()
+                .windows(7)
+                .any(|w| w.eq_ignore_ascii_case(b"_method")));
+    if names.is_empty() && !may_override {
         return query.to_string();
     }
     query
         .split('&')
         .filter(|pair| {
             let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            !names.contains(&name) && !(strip_overrides && is_method_param(name))
+            let stripped = strip_overrides && is_method_param(name);
+            !(names.contains(&name) || stripped)
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -884,6 +895,68 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn method_overrides_are_found_and_must_agree() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let none = HeaderMap::new();
+        assert_eq!(overridden_method(&none, None).unwrap(), None);
+        assert_eq!(
+            overridden_method(&none, Some("a=1&method=x")).unwrap(),
+            None
+        );
+        let h = headers(&[("x-http-method-override", "delete")]);
+        assert_eq!(
+            overridden_method(&h, Some("_method=DELETE"))
+                .unwrap()
+                .as_deref(),
+            Some("DELETE")
+        );
+        assert_eq!(
+            overridden_method(&none, Some("a=1&%5Fmethod=put"))
+                .unwrap()
+                .as_deref(),
+            Some("PUT")
+        );
+        for (h, q) in [
+            (
+                headers(&[("x-method-override", "GET")]),
+                Some("_method=DELETE"),
+            ),
+            (
+                headers(&[("x-http-method", "GET"), ("x-http-method", "PUT")]),
+                None,
+            ),
+            (headers(&[("x-http-method-override", "GET, PUT")]), None),
+            (headers(&[("x-http-method-override", "")]), None),
+            (none.clone(), Some("_method=")),
+        ] {
+            assert!(overridden_method(&h, q).is_err(), "{h:?} {q:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_single_chunked_coding_is_accepted() {
+        let with = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
+            }
+            check_transfer_coding(&h).is_ok()
+        };
+        assert!(with(&[]));
+        assert!(with(&["chunked"]));
+        assert!(with(&[" Chunked "]));
+        assert!(!with(&["gzip, chunked"]));
+        assert!(!with(&["chunked", "chunked"]));
+        assert!(!with(&["identity"]));
     }
 
     #[test]

@@ -500,7 +500,7 @@ async fn method_overrides_are_stripped_by_default() {
         "X-HTTP-Method-Override: DELETE\r\nX-Method-Override: DELETE\r\nX-HTTP-Method: DELETE\r\n";
     let raw = request(
         "POST",
-        "/invoices/1?a=1&_method=DELETE&%5Fmethod=DELETE&b=2",
+        "/invoices/1?a=1&_method=DELETE&%5Fmethod=DELETE&_%6Dethod=DELETE&_METHOD=DELETE&b=2",
         Some(&reader),
         &format!("{overrides}Content-Length: 0\r\n"),
     );
@@ -516,6 +516,15 @@ async fn method_overrides_are_stripped_by_default() {
     ] {
         assert!(seen.header(name).is_none(), "{name} reached the upstream");
     }
+    // However the parameter's name is spelled.
+    let raw = request(
+        "POST",
+        "/x?_%6D%65thod=DELETE",
+        Some(&reader),
+        "Content-Length: 0\r\n",
+    );
+    assert_eq!(status_of(&app, &raw).await, 200);
+    assert_eq!(up.last().uri, "/base/x");
     app.stop().await;
 }
 
