@@ -7,16 +7,23 @@
 //! (first match wins) without allocating, except to hand back the matched route's scope
 //! names, and to build a scope name from a path capture for `method_scopes` templates.
 //!
-//! Paths are matched the way an upstream server is likely to route them, and paths that
-//! servers disagree about are denied rather than guessed at:
-//! - the query string and fragment are ignored;
-//! - empty segments are ignored, so `/v1//invoices/` matches like `/v1/invoices` (as with
-//!   nginx's `merge_slashes` and most routers' trailing-slash handling);
-//! - each segment is percent-decoded before comparison, so `/v1/%69nvoices` cannot slip
-//!   past a rule for `/v1/invoices`;
-//! - a path with a `.` or `..` segment (raw or encoded), an encoded `/` or `\`, a raw `\`,
-//!   or a malformed `%` escape resolves to [`RouteDecision::Deny`], because some servers
-//!   would resolve it to a different resource than the one the rules see.
+//! A request path is first brought to one canonical form by [`canonical_path`], and only
+//! that form is matched — and, in gateway mode, forwarded — so the path that is decided
+//! and the path the upstream serves are the same string (`docs/routes.md`):
+//! - escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded and other
+//!   escapes written with upper-case hex, so `/%61dmin` is `/admin`;
+//! - empty segments are dropped (`//` is `/`, as nginx's `merge_slashes` does), then `.`
+//!   and `..` segments resolved, encoded or not, so `/public/%2e%2e/admin` is `/admin`;
+//! - a path servers could read in different ways is refused rather than guessed at
+//!   ([`PathError`]): a `;` (path parameters, which Tomcat, Jetty and Spring strip before
+//!   routing), an encoded `/`, `\` or `;`, a raw `\`, a malformed escape, a control
+//!   character, raw non-ASCII, an escape that is not UTF-8 or that stands for a look-alike
+//!   of `.`, `/` or `\` (fullwidth forms and the like), or a `..` above the root;
+//! - the query string and fragment are not part of the path.
+//!
+//! Literal segments then match ignoring ASCII case, as case-insensitive upstreams route
+//! them, unless the table is made [`case_sensitive`](RouteTable::case_sensitive): a rule
+//! is never weaker than the upstream it fronts.
 //!
 //! A `HEAD` request is matched like a `GET` when a route lists `GET` but not `HEAD` (and
 //! uses the `GET` entry of `method_scopes`), because servers answer `HEAD` from the `GET`
@@ -272,6 +279,18 @@ pub struct RouteTable {
     default: DefaultRoute,
     /// The catalog, to look up scope names built from path captures.
     catalog: ScopeCatalog,
+    /// Whether literal segments must match in case too.
+    case_sensitive: bool,
+}
+
+/// A request path brought to its canonical form and decided: what [`RouteTable::route`]
+/// returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routed<'a> {
+    /// What the request needs.
+    pub decision: RouteDecision,
+    /// The canonical path the decision was made on: the one to forward.
+    pub path: Cow<'a, str>,
 }
 
 impl RouteTable {
@@ -297,20 +316,44 @@ impl RouteTable {
             routes,
             default,
             catalog: catalog.clone(),
+            case_sensitive: false,
         })
     }
 
-    /// Decides what a request needs. `path` may carry a query string, which is ignored.
+    /// Makes literal segments match in case too (`case_sensitive_paths`); by default
+    /// `/ADMIN` matches a rule for `/admin`.
+    #[must_use]
+    pub fn case_sensitive(mut self, yes: bool) -> Self {
+        self.case_sensitive = yes;
+        self
+    }
+
+    /// Decides what a request needs. `path` may carry a query string, which is ignored; a
+    /// path that has no canonical form ([`canonical_path`]) is denied.
     ///
     /// A route with static scopes costs no allocation beyond cloning its `names`; the
     /// set itself is inline. A `method_scopes` template with a capture builds its name.
     pub fn resolve(&self, method: &str, path: &str) -> RouteDecision {
         let path = path.find(['?', '#']).map_or(path, |end| &path[..end]);
-        if !is_unambiguous(path) {
-            return RouteDecision::Deny;
+        match self.route(method, path) {
+            Ok(routed) => routed.decision,
+            Err(_) => RouteDecision::Deny,
         }
+    }
+
+    /// Brings `path` (without its query string) to its canonical form and decides on it;
+    /// the canonical path is the one to forward. A path that has none is an error for the
+    /// caller to refuse (400).
+    pub fn route<'a>(&self, method: &str, path: &'a str) -> Result<Routed<'a>, PathError> {
+        let path = canonical_path(path)?;
+        let decision = self.resolve_canonical(method, &path);
+        Ok(Routed { decision, path })
+    }
+
+    /// Decides about a path already in canonical form.
+    fn resolve_canonical(&self, method: &str, path: &str) -> RouteDecision {
         for route in &self.routes {
-            if route.matches_method(method) && route.matches_path(path) {
+            if route.matches_method(method) && route.matches_path(path, self.case_sensitive) {
                 return route.decide(method, path, &self.catalog);
             }
         }
@@ -318,6 +361,11 @@ impl RouteTable {
             DefaultRoute::Authenticated => RouteDecision::Authenticated,
             DefaultRoute::Deny => RouteDecision::Deny,
         }
+    }
+
+    /// Whether literal segments match in case too.
+    pub fn is_case_sensitive(&self) -> bool {
+        self.case_sensitive
     }
 
     /// What an unmatched request needs.
@@ -344,15 +392,15 @@ impl Route {
             || (method.eq_ignore_ascii_case("HEAD") && listed(&self.methods, "GET"))
     }
 
-    /// Whether the path glob matches `path` (query already removed, path unambiguous).
-    fn matches_path(&self, path: &str) -> bool {
+    /// Whether the path glob matches `path` (canonical, without its query).
+    fn matches_path(&self, path: &str, case_sensitive: bool) -> bool {
         let mut segments = segments(path);
         for pattern in &self.segments {
             let Some(segment) = segments.next() else {
                 return false;
             };
             if let Segment::Literal(literal) = pattern {
-                if !decoded_eq(segment, literal) {
+                if !decoded_eq(segment, literal, case_sensitive) {
                     return false;
                 }
             }
@@ -446,7 +494,7 @@ fn escape_at(bytes: &[u8], at: usize) -> Option<u8> {
 }
 
 /// The percent-decoded bytes of a segment. A malformed escape stays as written, though
-/// [`is_unambiguous`] has already turned such paths away.
+/// a canonical path has none.
 fn decoded_bytes(segment: &str) -> impl Iterator<Item = u8> + '_ {
     let bytes = segment.as_bytes();
     let mut at = 0;
@@ -463,12 +511,15 @@ fn decoded_bytes(segment: &str) -> impl Iterator<Item = u8> + '_ {
     })
 }
 
-/// Whether a raw segment decodes to `literal`, without allocating.
-fn decoded_eq(segment: &str, literal: &str) -> bool {
-    if segment.contains('%') {
-        decoded_bytes(segment).eq(literal.bytes())
-    } else {
-        segment == literal
+/// Whether a canonical segment decodes to `literal`, without allocating.
+fn decoded_eq(segment: &str, literal: &str, case_sensitive: bool) -> bool {
+    match (segment.contains('%'), case_sensitive) {
+        (false, true) => segment == literal,
+        (false, false) => segment.eq_ignore_ascii_case(literal),
+        (true, true) => decoded_bytes(segment).eq(literal.bytes()),
+        (true, false) => decoded_bytes(segment)
+            .map(|b| b.to_ascii_lowercase())
+            .eq(literal.bytes().map(|b| b.to_ascii_lowercase())),
     }
 }
 
@@ -482,42 +533,166 @@ fn decode(segment: &str) -> Cow<'_, str> {
     }
 }
 
-/// Whether every server would read `path` the same way: no `.`/`..` segment (raw or
-/// encoded), no encoded `/` or `\`, no raw `\`, no malformed escape.
-fn is_unambiguous(path: &str) -> bool {
-    if path.contains('\\') {
+/// Why a request path has no canonical form: servers could read it in different ways, so
+/// the request is refused (400) rather than decided on a guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path does not start with `/`.
+    #[error("the path must start with '/'")]
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    #[error("the path has a malformed percent-escape")]
+    MalformedEscape,
+    /// `%2F` or `%5C`: a separator some servers decode and others do not.
+    #[error("the path has an encoded '/' or '\\' (%2F, %5C)")]
+    EncodedSeparator,
+    /// A raw `\`, which some servers read as `/`.
+    #[error("the path has a '\\'")]
+    Backslash,
+    /// A `;` (raw or `%3B`): path parameters, which some servers strip before routing.
+    #[error("the path has a ';' (path parameters are not accepted)")]
+    PathParameter,
+    /// A control character (raw or encoded), a raw space, `?` or `#`, or raw non-ASCII.
+    #[error(
+        "the path has a control character, a raw space or raw non-ASCII text (percent-encode it)"
+    )]
+    InvalidChar,
+    /// Escapes that are not UTF-8 (overlong forms of `.` and `/` among them) or that
+    /// decode to a character read as `.`, `/` or `\` after normalisation.
+    #[error("the path has an escape that is not UTF-8 or that stands for a look-alike of '.', '/' or '\\'")]
+    Confusable,
+    /// More `..` segments than there are segments to climb.
+    #[error("the path climbs above the root with '..'")]
+    AboveRoot,
+}
+
+/// Whether `byte` is an unreserved character (RFC 3986 §2.3), which an escape never needs.
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Whether `byte` may stand in a canonical path as itself: printable ASCII other than
+/// `%`, `;`, `\`, `?` and `#`.
+fn is_plain(byte: u8) -> bool {
+    (0x21..0x7f).contains(&byte) && !matches!(byte, b'%' | b';' | b'\\' | b'?' | b'#')
+}
+
+/// Characters that Unicode normalisation (NFKC) or a legacy code page's best-fit mapping
+/// turns into `.`, `/` or `\`.
+const CONFUSABLES: [char; 11] = [
+    '\u{2024}', // ONE DOT LEADER
+    '\u{FE52}', // SMALL FULL STOP
+    '\u{FF0E}', // FULLWIDTH FULL STOP
+    '\u{2044}', // FRACTION SLASH
+    '\u{2215}', // DIVISION SLASH
+    '\u{29F8}', // BIG SOLIDUS
+    '\u{FF0F}', // FULLWIDTH SOLIDUS
+    '\u{2216}', // SET MINUS
+    '\u{29F9}', // BIG REVERSE SOLIDUS
+    '\u{FE68}', // SMALL REVERSE SOLIDUS
+    '\u{FF3C}', // FULLWIDTH REVERSE SOLIDUS
+];
+
+/// Whether a path is canonical already, so it can be used as it is: every byte plain, and
+/// no empty (but a last), `.` or `..` segment.
+fn is_canonical(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    if !rest.bytes().all(is_plain) {
         return false;
     }
-    path.split('/').all(|segment| {
-        if !segment.contains('%') {
-            return segment != "." && segment != "..";
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if (segment.is_empty() && !last) || segment == "." || segment == ".." {
+            return false;
         }
-        let bytes = segment.as_bytes();
-        let mut dots = 0;
-        let mut only_dots = true;
+    }
+    true
+}
+
+/// Brings a request path (without its query string) to its canonical form, or says why it
+/// has none; see the module documentation and `docs/routes.md`. The canonical form of a
+/// canonical path is itself, and an already canonical path is returned without copying.
+///
+/// An empty path is `/`. A trailing `/` is kept (a last `.` or `..` segment leaves one),
+/// since upstreams may tell `/a/` from `/a`; rules match either.
+pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+    if path.is_empty() {
+        return Ok(Cow::Borrowed("/"));
+    }
+    if is_canonical(path) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
+    // Each kept segment in its canonical spelling, and whether a `/` ends the path.
+    let mut kept: Vec<String> = Vec::new();
+    let mut trailing = false;
+    let mut decoded: Vec<u8> = Vec::new();
+    for raw in rest.split('/') {
+        let bytes = raw.as_bytes();
+        let mut segment = String::with_capacity(raw.len());
+        let mut non_ascii = false;
+        decoded.clear();
         let mut at = 0;
         while at < bytes.len() {
-            let byte = if bytes[at] == b'%' {
-                match escape_at(bytes, at) {
-                    Some(b'/' | b'\\') | None => return false,
-                    Some(decoded) => {
-                        at += 3;
-                        decoded
+            let byte = bytes[at];
+            if byte == b'%' {
+                let value = escape_at(bytes, at).ok_or(PathError::MalformedEscape)?;
+                at += 3;
+                decoded.push(value);
+                match value {
+                    b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                    b';' => return Err(PathError::PathParameter),
+                    0..=0x1f | 0x7f => return Err(PathError::InvalidChar),
+                    v if is_unreserved(v) => segment.push(char::from(v)),
+                    v => {
+                        non_ascii |= v >= 0x80;
+                        segment.push('%');
+                        segment.push(char::from(HEX_UPPER[usize::from(v >> 4)]));
+                        segment.push(char::from(HEX_UPPER[usize::from(v & 0xf)]));
                     }
                 }
-            } else {
-                at += 1;
-                bytes[at - 1]
-            };
-            if byte == b'.' {
-                dots += 1;
-            } else {
-                only_dots = false;
+                continue;
+            }
+            at += 1;
+            decoded.push(byte);
+            match byte {
+                b';' => return Err(PathError::PathParameter),
+                b'\\' => return Err(PathError::Backslash),
+                b if is_plain(b) => segment.push(char::from(b)),
+                _ => return Err(PathError::InvalidChar),
             }
         }
-        !(only_dots && dots <= 2)
-    })
+        if non_ascii {
+            let text = std::str::from_utf8(&decoded).map_err(|_| PathError::Confusable)?;
+            if text.contains(CONFUSABLES) {
+                return Err(PathError::Confusable);
+            }
+        }
+        trailing = matches!(segment.as_str(), "" | "." | "..");
+        match segment.as_str() {
+            "" | "." => {}
+            ".." => {
+                kept.pop().ok_or(PathError::AboveRoot)?;
+            }
+            _ => kept.push(segment),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &kept {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing || kept.is_empty() {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
 }
+
+/// Upper-case hex digits, for the canonical spelling of an escape.
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Compiles one route, or names the field at fault.
 fn compile_route(
@@ -674,7 +849,10 @@ fn parse_path(path: &str) -> Result<ParsedPath, RouteErrorKind> {
     if !path.starts_with('/') {
         return Err(RouteErrorKind::PathNotAbsolute);
     }
-    if let Some(ch) = path.chars().find(|c| matches!(c, '?' | '#' | '%' | '\\')) {
+    if let Some(ch) = path
+        .chars()
+        .find(|c| matches!(c, '?' | '#' | '%' | '\\' | ';'))
+    {
         return Err(RouteErrorKind::PathInvalidChar { ch });
     }
     let raw: Vec<&str> = segments(path).collect();
@@ -990,12 +1168,29 @@ mod tests {
                 ("GET", "/v1/invoices/a.b", "require invoices:read"),
                 ("GET", "/v1/invoices/...", "require invoices:read"),
                 ("GET", "/v1/invoices/in%201", "require invoices:read"),
+                // Dot segments are resolved, encoded or not, before the rules see the path.
+                (
+                    "GET",
+                    "/v1/public/../invoices/in_1",
+                    "require invoices:read",
+                ),
+                ("GET", "/v1/public/./x", "public"),
+                ("GET", "/v1/public/%2e%2e/invoices", "require invoices:read"),
+                ("GET", "/v1/public/.%2E/invoices", "require invoices:read"),
+                ("GET", "/v1/public/%2E", "public"),
+                ("GET", "/v1/public//../invoices", "require invoices:read"),
+                // Case does not matter by default.
+                ("GET", "/V1/INVOICES/in_1", "require invoices:read"),
+                ("GET", "/Healthz", "public"),
+                ("GET", "/v1/%49nvoices", "require invoices:read"),
                 // Paths servers read differently are denied, whatever the rules say.
-                ("GET", "/v1/public/../invoices/in_1", "deny"),
-                ("GET", "/v1/public/./x", "deny"),
-                ("GET", "/v1/public/%2e%2e/invoices", "deny"),
-                ("GET", "/v1/public/.%2E/invoices", "deny"),
-                ("GET", "/v1/public/%2E", "deny"),
+                ("GET", "/v1/public/..;/invoices", "deny"),
+                ("GET", "/v1/public;x=1", "deny"),
+                ("GET", "/v1/public%3Bx", "deny"),
+                ("GET", "/v1/public/%c0%ae%c0%ae/invoices", "deny"),
+                ("GET", "/v1/public/%EF%BC%8Finvoices", "deny"),
+                ("GET", "/v1/public/%00", "deny"),
+                ("GET", "/../v1/public", "deny"),
                 ("GET", "/v1%2Finvoices/in_1", "deny"),
                 ("GET", "/v1/public%2finvoices", "deny"),
                 ("GET", "/v1/public%5Cx", "deny"),
@@ -1004,6 +1199,126 @@ mod tests {
                 ("GET", "/v1/invoices/in_1%2", "deny"),
                 // A query string is not part of the path, whatever it holds.
                 ("GET", "/v1/public?next=/../x%2F", "public"),
+            ],
+        );
+    }
+
+    #[test]
+    fn canonical_paths() {
+        let ok: &[(&str, &str)] = &[
+            ("/", "/"),
+            ("", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("//a///b//", "/a/b/"),
+            ("/a/./b/.", "/a/b/"),
+            ("/a/../b", "/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/..", "/"),
+            ("/a//../b", "/b"),
+            ("/x/%2e%2E/", "/"),
+            ("/x/.%2e/y", "/y"),
+            ("/%61%62%2D%5f%7e%2E", "/ab-_~."),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/a%3fb%23c%20d", "/a%3Fb%23c%20d"),
+            ("/ADMIN/Secret", "/ADMIN/Secret"),
+            ("/a:b@c!$&'()*+,=", "/a:b@c!$&'()*+,="),
+            ("/...", "/..."),
+            ("/a..b/.c", "/a..b/.c"),
+        ];
+        for (raw, want) in ok {
+            let got = canonical_path(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(got, *want, "{raw}");
+            assert_eq!(canonical_path(&got).unwrap(), got, "{raw} is a fixed point");
+        }
+        assert!(matches!(canonical_path("/a/b"), Ok(Cow::Borrowed(_))));
+        let bad: &[(&str, PathError)] = &[
+            ("a/b", PathError::NotAbsolute),
+            ("*", PathError::NotAbsolute),
+            ("/a%2fb", PathError::EncodedSeparator),
+            ("/a%2F..", PathError::EncodedSeparator),
+            ("/a%5cb", PathError::EncodedSeparator),
+            ("/a\\b", PathError::Backslash),
+            ("/a;b", PathError::PathParameter),
+            ("/..;/a", PathError::PathParameter),
+            ("/a%3bb", PathError::PathParameter),
+            ("/a%zz", PathError::MalformedEscape),
+            ("/a%2", PathError::MalformedEscape),
+            ("/a%", PathError::MalformedEscape),
+            ("/a%00", PathError::InvalidChar),
+            ("/a%0a", PathError::InvalidChar),
+            ("/a%7F", PathError::InvalidChar),
+            ("/a b", PathError::InvalidChar),
+            ("/a?b", PathError::InvalidChar),
+            ("/caf\u{e9}", PathError::InvalidChar),
+            ("/%c0%ae%c0%ae/a", PathError::Confusable),
+            ("/%ff", PathError::Confusable),
+            ("/%ef%bc%8f", PathError::Confusable),
+            ("/a%e2%88%95b", PathError::Confusable),
+            ("/%ef%bc%8e%ef%bc%8e", PathError::Confusable),
+            ("/..", PathError::AboveRoot),
+            ("/a/../..", PathError::AboveRoot),
+            ("/%2e%2e/a", PathError::AboveRoot),
+        ];
+        for (raw, want) in bad {
+            assert_eq!(canonical_path(raw), Err(*want), "{raw}");
+        }
+    }
+
+    /// The requests of an attack on a gateway in front of Express and Tomcat upstreams:
+    /// each is `/admin/secret` to some upstream, so none may pass on weaker rules.
+    #[test]
+    fn no_spelling_of_a_protected_path_passes_on_weaker_rules() {
+        let table = RouteTable::compile(
+            &routes(
+                r#"[
+                    {"path": "/public/**", "auth": "none"},
+                    {"path": "/admin/**", "scopes": ["reports:read"]}
+                ]"#,
+            ),
+            DefaultRoute::Authenticated,
+            &catalog(),
+        )
+        .unwrap();
+        for path in [
+            "/ADMIN/secret",
+            "/Admin/secret",
+            "/%41dmin/secret",
+            "/public/../admin/secret",
+            "/public/%2e%2e/Admin/secret",
+            "//admin//secret",
+        ] {
+            let routed = table.route("GET", path).unwrap();
+            assert_eq!(
+                describe(routed.decision, &catalog()),
+                "require reports:read",
+                "{path}"
+            );
+            assert!(
+                routed.path.eq_ignore_ascii_case("/admin/secret"),
+                "{path} is forwarded as {}",
+                routed.path
+            );
+        }
+        for path in [
+            "/admin;x=1/secret",
+            "/public/..;/admin/secret",
+            "/public/..%2fadmin/secret",
+        ] {
+            assert!(table.route("GET", path).is_err(), "{path}");
+            assert_eq!(table.resolve("GET", path), RouteDecision::Deny, "{path}");
+        }
+
+        // Case-sensitive matching, when asked for: `/ADMIN` is then another path.
+        let table = table.case_sensitive(true);
+        assert!(table.is_case_sensitive());
+        check(
+            &table,
+            &[
+                ("GET", "/ADMIN/secret", "authenticated"),
+                ("GET", "/admin/secret", "require reports:read"),
+                ("GET", "/%61dmin/secret", "require reports:read"),
+                ("GET", "/Public/x", "authenticated"),
             ],
         );
     }
@@ -1048,6 +1363,7 @@ mod tests {
             (r#"[{"path": "/a/{x}/{x}"}]"#, "routes[0].path: capture {x} appears twice"),
             (r#"[{"path": "/a?x=1"}]"#, "routes[0].path: the path may not contain '?'"),
             (r#"[{"path": "/a%20b"}]"#, "routes[0].path: the path may not contain '%'"),
+            (r#"[{"path": "/a;b"}]"#, "routes[0].path: the path may not contain ';'"),
             (r#"[{"methods": ["GE T"], "path": "/a"}]"#, "routes[0].methods: \"GE T\" is not an HTTP method"),
             (r#"[{"methods": [""], "path": "/a"}]"#, "routes[0].methods: \"\" is not an HTTP method"),
             (r#"[{"path": "/a", "scopes": ["nope", "invoices:read", "zip"]}]"#, "routes[0].scopes: unknown scopes: nope, zip"),

@@ -35,6 +35,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// What an unmatched request needs: a valid key (`authenticated`) or nothing (`deny`).
     pub default_route: DefaultRoute,
+    /// Whether route paths match case-sensitively; by default `/ADMIN/x` matches a rule
+    /// for `/admin/**`, as a case-insensitive upstream would serve it (`docs/routes.md`).
+    pub case_sensitive_paths: bool,
     /// Gateway mode.
     pub gateway: GatewayConfig,
     /// Which proxy asks `/v1/forward-auth`, and so which headers describe the request.
@@ -365,6 +368,22 @@ pub struct GatewayConfig {
     pub timeout_seconds: u64,
     /// How long connecting to the upstream may take.
     pub connect_timeout_seconds: u64,
+    /// What happens to method overrides (`X-HTTP-Method-Override`, `X-Method-Override`,
+    /// `X-HTTP-Method`, `?_method=`): `strip` or `decide` (`docs/gateway.md`).
+    pub method_override: MethodOverride,
+}
+
+/// `gateway.method_override`: what the gateway does with a request that names another
+/// method than its own in a method-override header or a `_method` query parameter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodOverride {
+    /// Remove the overrides before forwarding, and decide on the request's own method.
+    #[default]
+    Strip,
+    /// Decide on the method the overrides name (all must agree), and forward them as sent:
+    /// for an upstream that honours every one of them.
+    Decide,
 }
 
 impl Default for GatewayConfig {
@@ -373,6 +392,7 @@ impl Default for GatewayConfig {
             upstream: String::new(),
             timeout_seconds: 30,
             connect_timeout_seconds: 5,
+            method_override: MethodOverride::Strip,
         }
     }
 }
@@ -664,6 +684,28 @@ mod tests {
             assert!(!out.contains(s), "{s} leaked:\n{out}");
         }
         assert!(out.contains("<redacted>"));
+    }
+
+    #[test]
+    fn route_matching_and_method_override_options() {
+        let c = Config::from_parts("", &[]).unwrap();
+        assert!(!c.case_sensitive_paths);
+        assert_eq!(c.gateway.method_override, MethodOverride::Strip);
+        let c = Config::from_parts(
+            "case_sensitive_paths = true\n[gateway]\nmethod_override = \"decide\"\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert!(c.case_sensitive_paths);
+        assert_eq!(c.gateway.method_override, MethodOverride::Decide);
+        let c = Config::from_parts(
+            "",
+            &env(&[("KEYWARDEN_GATEWAY__METHOD_OVERRIDE", "decide")]),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.method_override, MethodOverride::Decide);
+        let e = Config::from_parts("[gateway]\nmethod_override = \"honour\"\n", &[]).unwrap_err();
+        assert_eq!(e.field, "gateway.method_override", "{e}");
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //! headers (`X-Keywarden-Key-Id`, `-Account-Id`, `-Mode`, `-Scopes`) and `X-Request-Id`
 //! added. Bodies are streamed both ways, never collected.
 //!
+//! What is decided is what is forwarded (`docs/gateway.md`): the path is brought to its
+//! canonical form before the rules see it and forwarded in that form, a path that has none
+//! is refused with 400; method overrides are stripped (or, with
+//! `gateway.method_override = "decide"`, decided on); a request body goes up as the client
+//! sent it, a `GET`'s included, and one that turns out malformed answers 400.
+//!
 //! Limits: the plan's `concurrency` caps the requests of one key in flight (a request
 //! holds its slot until its response body has been sent or dropped); more are refused
 //! with 429 `concurrency_limit_exceeded`. An upstream that cannot be reached gives 502
@@ -16,9 +22,9 @@
 //! headers, not reading the request body, or not sending the response body) gives 504
 //! `upstream_timeout`, or a cut-off body once the response has started.
 
-use crate::config::{ConfigError, GatewayConfig};
+use crate::config::{ConfigError, GatewayConfig, MethodOverride};
 use crate::errors::ApiError;
-use crate::extract::{client_ip, peer_ip, presented_key};
+use crate::extract::{client_ip, peer_ip, percent_decode, presented_key};
 use crate::middleware::{not_found, DecisionCode, RequestId};
 use crate::routes::decide::{identity_headers, rate_limit_headers, route_needs, Needs};
 use crate::settings::{KeySource, Settings};
@@ -39,7 +45,7 @@ use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -59,6 +65,7 @@ pub struct Upstream {
     base_path: String,
     timeout: Duration,
     connect_timeout: Duration,
+    method_override: MethodOverride,
 }
 
 impl Upstream {
@@ -111,6 +118,7 @@ impl Upstream {
             base_path: uri.path().trim_end_matches('/').to_string(),
             timeout: Duration::from_secs(c.timeout_seconds),
             connect_timeout: Duration::from_secs(c.connect_timeout_seconds),
+            method_override: c.method_override,
         }))
     }
 
@@ -182,8 +190,28 @@ impl Gateway {
     pub async fn handle(&self, state: &AppState, req: Request) -> Response {
         let (mut parts, body) = req.into_parts();
         let s = &state.settings;
-        let path = parts.uri.path().to_string();
-        let needs = route_needs(state, parts.method.as_str(), &path);
+        if let Err(e) = check_transfer_coding(&parts.headers) {
+            // The body's framing is in doubt: nothing more is read from this connection.
+            let mut res = e.into_response();
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return res;
+        }
+        let strip_overrides = self.upstream.method_override == MethodOverride::Strip;
+        let overridden = if strip_overrides {
+            None
+        } else {
+            match overridden_method(&parts.headers, parts.uri.query()) {
+                Ok(m) => m,
+                Err(e) => return e.into_response(),
+            }
+        };
+        let method = overridden.as_deref().unwrap_or(parts.method.as_str());
+        // The canonical path is decided, and it is what the upstream gets.
+        let (needs, path) = match route_needs(state, method, parts.uri.path()) {
+            Ok(routed) => routed,
+            Err(e) => return ApiError::invalid(e.to_string()).into_response(),
+        };
 
         let mut outcome = None;
         let mut slot = None;
@@ -217,7 +245,7 @@ impl Gateway {
                     client_ip: client_ip(s, &parts.headers, peer_ip(&parts.extensions)),
                     scopes_all: scopes,
                     impossible: matches!(needs, Needs::Impossible),
-                    method: parts.method.as_str(),
+                    method,
                     path: &path,
                     admit: Some(Admit(&admit)),
                     ..VerifyRequest::default()
@@ -235,12 +263,29 @@ impl Gateway {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default();
-        let query = parts.uri.query().map(|q| strip_query_sources(s, q));
+        let query = parts
+            .uri
+            .query()
+            .map(|q| strip_query(s, q, strip_overrides));
         let Some(uri) = self.upstream.target(&path, query.as_deref()) else {
             return ApiError::invalid("the request path cannot be forwarded").into_response();
         };
         let client = std::mem::take(&mut parts.headers);
-        let mut headers = self.upstream_headers(state, client, &parts.extensions, outcome.as_ref());
+        let mut headers = self.upstream_headers(
+            state,
+            client,
+            &parts.extensions,
+            outcome.as_ref(),
+            strip_overrides,
+        );
+        // A body of unknown length goes up chunked whatever the method: left to itself,
+        // the client would send a GET's as empty.
+        if !body.is_end_stream() && body.size_hint().exact().is_none() {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             headers.insert(X_REQUEST_ID, v);
         }
@@ -277,6 +322,12 @@ impl Gateway {
         };
         let (res, lease) = match result {
             Ok(sent) => sent,
+            Err(_) if activity.client_failed() => {
+                // The client's body broke off or was malformed (a bad chunk size): its
+                // fault, not the upstream's.
+                return ApiError::invalid("the request body is malformed or incomplete")
+                    .into_response();
+            }
             Err(e) => {
                 let code = if is_timeout(&*e) {
                     Code::UpstreamTimeout
@@ -308,15 +359,17 @@ impl Gateway {
     }
 
     /// Turns the client's headers into the upstream's, in one pass over them: hop-by-hop
-    /// headers, credentials, `Host`, `Expect`, every `X-Keywarden-*` header and (from a
-    /// peer that is not a trusted proxy) the client's own forwarding claims stay behind;
-    /// the forwarding and identity headers are added.
+    /// headers, credentials, `Host`, `Expect`, every `X-Keywarden-*` header, method
+    /// overrides when `strip_overrides`, and (from a peer that is not a trusted proxy) the
+    /// client's own forwarding claims stay behind; the forwarding and identity headers are
+    /// added.
     fn upstream_headers(
         &self,
         state: &AppState,
         client: HeaderMap,
         extensions: &axum::http::Extensions,
         outcome: Option<&VerifyOutcome>,
+        strip_overrides: bool,
     ) -> HeaderMap {
         let s = &state.settings;
         let connection_named = connection_named(&client);
@@ -344,6 +397,7 @@ impl Gateway {
                 || name == header::EXPECT
                 || is_credential(s, &name)
                 || name.as_str().starts_with("x-keywarden-")
+                || (strip_overrides && METHOD_OVERRIDES.contains(&name))
             {
                 continue;
             }
@@ -474,8 +528,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The query string without the parameters of `query:NAME` sources.
-fn strip_query_sources(s: &Settings, query: &str) -> String {
+/// The query string without the parameters of `query:NAME` sources and, when
+/// `strip_overrides`, without `_method` parameters (however their name is encoded).
+fn strip_query(s: &Settings, query: &str, strip_overrides: bool) -> String {
     let names: Vec<&str> = s
         .sources
         .iter()
@@ -484,17 +539,90 @@ fn strip_query_sources(s: &Settings, query: &str) -> String {
             _ => None,
         })
         .collect();
-    if names.is_empty() {
+    let may_override = strip_overrides
+        && (query.contains('%')
+            || query
+                .as_bytes()
+                .windows(7)
+                .any(|w| w.eq_ignore_ascii_case(b"_method")));
+    if names.is_empty() && !may_override {
         return query.to_string();
     }
     query
         .split('&')
         .filter(|pair| {
             let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            !names.contains(&name)
+            let stripped = strip_overrides && is_method_param(name);
+            !(names.contains(&name) || stripped)
         })
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// The headers that ask an upstream framework to take the request for another method.
+const METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-http-method"),
+];
+
+/// Whether a query parameter's (raw) name is `_method`, in any encoding or case.
+fn is_method_param(raw: &str) -> bool {
+    raw.len() >= 7 && percent_decode(raw).eq_ignore_ascii_case("_method")
+}
+
+/// The method a request's overrides name, upper-cased; `None` when it has none. Every
+/// override must name one and the same method.
+fn overridden_method(headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>, ApiError> {
+    let mut found: Option<String> = None;
+    let mut add = |what: &str, value: &str| {
+        let value = value.trim();
+        let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if value.is_empty() || !value.chars().all(is_tchar) {
+            return Err(ApiError::invalid(format!("{what}: not an HTTP method")));
+        }
+        let value = value.to_ascii_uppercase();
+        match &found {
+            Some(f) if *f != value => Err(ApiError::invalid(
+                "the method overrides name different methods",
+            )),
+            Some(_) => Ok(()),
+            None => {
+                found = Some(value);
+                Ok(())
+            }
+        }
+    };
+    for name in &METHOD_OVERRIDES {
+        for value in headers.get_all(name) {
+            add(name.as_str(), value.to_str().unwrap_or_default())?;
+        }
+    }
+    for pair in query.unwrap_or_default().split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if is_method_param(k) {
+            add("_method", &percent_decode(v))?;
+        }
+    }
+    Ok(found)
+}
+
+/// Refuses a `Transfer-Encoding` other than a single `chunked`: the header does not go up
+/// (it is hop-by-hop), so any other coding would reach the upstream undeclared.
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ApiError> {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(ApiError::invalid(
+            "Transfer-Encoding: only \"chunked\" is accepted",
+        )),
+    }
 }
 
 fn is_timeout(e: &(dyn StdError + 'static)) -> bool {
@@ -563,11 +691,13 @@ impl Drop for InFlight {
     }
 }
 
-/// When the upstream last made progress taking the request.
+/// When the upstream last made progress taking the request, and whether the client's
+/// body failed on the way.
 #[derive(Debug)]
 struct Activity {
     base: Instant,
     last_ms: AtomicU64,
+    client_failed: AtomicBool,
 }
 
 impl Activity {
@@ -575,7 +705,12 @@ impl Activity {
         Activity {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
+            client_failed: AtomicBool::new(false),
         }
+    }
+
+    fn client_failed(&self) -> bool {
+        self.client_failed.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {
@@ -606,8 +741,10 @@ impl HttpBody for RequestBody {
         // Being asked for more is progress: the upstream is taking the body.
         self.activity.touch();
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = &polled {
-            self.activity.touch();
+        match &polled {
+            Poll::Ready(None) => self.activity.touch(),
+            Poll::Ready(Some(Err(_))) => self.activity.client_failed.store(true, Ordering::Relaxed),
+            _ => {}
         }
         polled
     }
@@ -758,6 +895,68 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn method_overrides_are_found_and_must_agree() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let none = HeaderMap::new();
+        assert_eq!(overridden_method(&none, None).unwrap(), None);
+        assert_eq!(
+            overridden_method(&none, Some("a=1&method=x")).unwrap(),
+            None
+        );
+        let h = headers(&[("x-http-method-override", "delete")]);
+        assert_eq!(
+            overridden_method(&h, Some("_method=DELETE"))
+                .unwrap()
+                .as_deref(),
+            Some("DELETE")
+        );
+        assert_eq!(
+            overridden_method(&none, Some("a=1&%5Fmethod=put"))
+                .unwrap()
+                .as_deref(),
+            Some("PUT")
+        );
+        for (h, q) in [
+            (
+                headers(&[("x-method-override", "GET")]),
+                Some("_method=DELETE"),
+            ),
+            (
+                headers(&[("x-http-method", "GET"), ("x-http-method", "PUT")]),
+                None,
+            ),
+            (headers(&[("x-http-method-override", "GET, PUT")]), None),
+            (headers(&[("x-http-method-override", "")]), None),
+            (none.clone(), Some("_method=")),
+        ] {
+            assert!(overridden_method(&h, q).is_err(), "{h:?} {q:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_single_chunked_coding_is_accepted() {
+        let with = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
+            }
+            check_transfer_coding(&h).is_ok()
+        };
+        assert!(with(&[]));
+        assert!(with(&["chunked"]));
+        assert!(with(&[" Chunked "]));
+        assert!(!with(&["gzip, chunked"]));
+        assert!(!with(&["chunked", "chunked"]));
+        assert!(!with(&["identity"]));
     }
 
     #[test]

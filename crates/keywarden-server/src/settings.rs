@@ -262,7 +262,8 @@ impl Settings {
             return Err(ConfigError::new("keys.default_scopes", e.to_string()));
         }
         let routes = RouteTable::compile(&c.routes, c.default_route.clone(), &catalog)
-            .map_err(|e| ConfigError::new("routes", e.to_string()))?;
+            .map_err(|e| ConfigError::new("routes", e.to_string()))?
+            .case_sensitive(c.case_sensitive_paths);
 
         let gateway = crate::gateway::Upstream::from_config(&c.gateway)?;
 

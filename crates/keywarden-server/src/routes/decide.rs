@@ -3,9 +3,10 @@
 
 use crate::state::AppState;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use keywarden_core::routes::RouteDecision;
+use keywarden_core::routes::{PathError, RouteDecision};
 use keywarden_core::scopes::ScopeSet;
 use keywarden_store::verifier::VerifyOutcome;
+use std::borrow::Cow;
 
 /// What a route requires, owned so it can be borrowed by a `VerifyRequest`.
 #[derive(Debug)]
@@ -20,15 +21,24 @@ pub enum Needs {
     Impossible,
 }
 
-/// Resolves the route rules for a method and path.
-pub fn route_needs(state: &AppState, method: &str, path: &str) -> Needs {
-    match state.settings.routes.resolve(method, path) {
+/// Resolves the route rules for a method and a request path (without its query string):
+/// what the request needs, and the canonical path that was decided, which is the one to
+/// forward. A path with no canonical form is an error, to be refused with 400
+/// (`docs/routes.md`).
+pub fn route_needs<'a>(
+    state: &AppState,
+    method: &str,
+    path: &'a str,
+) -> Result<(Needs, Cow<'a, str>), PathError> {
+    let routed = state.settings.routes.route(method, path)?;
+    let needs = match routed.decision {
         RouteDecision::Public => Needs::Public,
         RouteDecision::Authenticated => Needs::Key,
         RouteDecision::Deny => Needs::Impossible,
         RouteDecision::Require { set, .. } => Needs::Scopes(set),
         RouteDecision::Unsatisfiable { .. } => Needs::Impossible,
-    }
+    };
+    Ok((needs, routed.path))
 }
 
 /// Adds the IETF rate-limit headers (draft 11) when a rate limit applied.

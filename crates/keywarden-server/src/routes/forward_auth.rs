@@ -187,9 +187,11 @@ pub async fn forward_auth(State(state): State<AppState>, req: Request) -> Respon
         Ok(found) => found,
         Err(why) => return refuse(&state, ApiError::invalid(why)),
     };
-    let path = uri.path();
-
-    let needs = route_needs(&state, &method, path);
+    // Decided on the canonical path; one that has none is refused, never guessed at.
+    let (needs, path) = match route_needs(&state, &method, uri.path()) {
+        Ok(routed) => routed,
+        Err(e) => return refuse(&state, ApiError::invalid(e.to_string())),
+    };
     if matches!(needs, Needs::Public) {
         let mut res = ().into_response();
         stamp(&mut res, 200, "valid");
@@ -218,7 +220,7 @@ pub async fn forward_auth(State(state): State<AppState>, req: Request) -> Respon
             scopes_all: scopes,
             impossible: matches!(needs, Needs::Impossible),
             method: &method,
-            path,
+            path: &path,
             ..VerifyRequest::default()
         })
         .await;

@@ -120,6 +120,8 @@ pub async fn verify(
     let method = body.method.clone().unwrap_or_else(|| "GET".into());
     let needs = if all.is_none() && any.is_none() && body.path.is_some() {
         route_needs(&state, &method, &path)
+            .map_err(|e| ApiError::invalid(format!("path: {e}")))?
+            .0
     } else {
         Needs::Key
     };
