@@ -116,7 +116,11 @@ impl Service {
         Settings::from_config(config.clone(), resolve_pepper_readonly(&config)?)?;
         let pepper = resolve_pepper(&config)?;
         let (settings, vcfg) = Settings::from_config(config, pepper)?;
-        let store = keywarden_store::open(&settings.config.store.database_url).await?;
+        let store = keywarden_store::open_with(
+            &settings.config.store.database_url,
+            Duration::from_millis(settings.config.store.timeout_ms),
+        )
+        .await?;
         let st = &settings.config.store;
         let cache = KeyCache::new(CacheConfig {
             max_keys: st.cache_max_keys.max(1),
