@@ -40,7 +40,7 @@ pub fn default_workers() -> usize {
 }
 
 /// How long a listener's connections may keep it waiting, and how many it holds at once
-/// (`docs/connections.md`).
+/// (`docs/faults.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnLimits {
     /// A request's head must arrive within this of the connection opening, or of the end
