@@ -112,7 +112,10 @@ fn addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
 /// connection or fail every call), the timeouts at most an hour.
 fn check_bounds(c: &Config) -> Result<(), ConfigError> {
     let timeouts = [
-        ("server.header_read_timeout_ms", c.server.header_read_timeout_ms),
+        (
+            "server.header_read_timeout_ms",
+            c.server.header_read_timeout_ms,
+        ),
         ("server.idle_timeout_ms", c.server.idle_timeout_ms),
         ("store.timeout_ms", c.store.timeout_ms),
     ];
@@ -126,7 +129,10 @@ fn check_bounds(c: &Config) -> Result<(), ConfigError> {
     }
     let bounds = [
         ("server.max_connections", c.server.max_connections),
-        ("server.admin_max_connections", c.server.admin_max_connections),
+        (
+            "server.admin_max_connections",
+            c.server.admin_max_connections,
+        ),
     ];
     for (field, n) in bounds {
         if n == 0 {

@@ -473,7 +473,12 @@ pub fn fit_open_files(public: usize, admin: usize) -> (usize, usize) {
     let Some(limit) = open_files_limit() else {
         return (public, admin);
     };
-    if public.saturating_mul(2).saturating_add(admin).saturating_add(RESERVED) <= limit {
+    if public
+        .saturating_mul(2)
+        .saturating_add(admin)
+        .saturating_add(RESERVED)
+        <= limit
+    {
         return (public, admin);
     }
     let admin_fit = admin.min((limit / 8).max(1));

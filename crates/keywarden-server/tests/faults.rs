@@ -82,7 +82,10 @@ async fn a_flood_of_partial_requests_is_bounded_and_the_admin_listener_keeps_ser
             early += 1;
         }
     }
-    assert!(early >= 48 - 16, "only {early} were closed before the timeout");
+    assert!(
+        early >= 48 - 16,
+        "only {early} were closed before the timeout"
+    );
     // The listener serves again.
     answers(&app, &app.public, "/healthz").await;
     app.stop().await;
@@ -90,11 +93,14 @@ async fn a_flood_of_partial_requests_is_bounded_and_the_admin_listener_keeps_ser
 
 #[tokio::test]
 async fn a_head_sent_slowly_or_a_connection_left_idle_is_closed() {
-    let app = spawn_app_with("[server]\nheader_read_timeout_ms = 500\nidle_timeout_ms = 500\n").await;
+    let app =
+        spawn_app_with("[server]\nheader_read_timeout_ms = 500\nidle_timeout_ms = 500\n").await;
 
     // Bytes keep coming, one every 100 ms, but the head does not end.
     let mut s = TcpStream::connect(host(&app.public)).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let trickle = async {
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -106,13 +112,18 @@ async fn a_head_sent_slowly_or_a_connection_left_idle_is_closed() {
         false
     };
     assert!(
-        tokio::time::timeout(BOUND * 2, trickle).await.unwrap_or(false),
+        tokio::time::timeout(BOUND * 2, trickle)
+            .await
+            .unwrap_or(false),
         "a head trickled byte by byte was never cut off"
     );
 
     // A connection that says nothing at all.
     let mut silent = TcpStream::connect(host(&app.public)).await.unwrap();
-    assert!(closed_within(&mut silent, BOUND).await, "a silent connection stayed open");
+    assert!(
+        closed_within(&mut silent, BOUND).await,
+        "a silent connection stayed open"
+    );
 
     // A keep-alive connection left idle after its answer.
     let mut idle = TcpStream::connect(host(&app.admin)).await.unwrap();
@@ -122,12 +133,20 @@ async fn a_head_sent_slowly_or_a_connection_left_idle_is_closed() {
     let mut buf = [0u8; 512];
     let n = idle.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    assert!(closed_within(&mut idle, BOUND).await, "an idle connection stayed open");
+    assert!(
+        closed_within(&mut idle, BOUND).await,
+        "an idle connection stayed open"
+    );
     app.stop().await;
 }
 
 /// A root-key admin call, with how long it took.
-async fn timed_call(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> (u16, Value, Duration) {
+async fn timed_call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value, Duration) {
     let started = Instant::now();
     let res = tokio::time::timeout(BOUND * 3, app.admin(method, path, body))
         .await
@@ -142,14 +161,22 @@ async fn verifies(app: &TestApp, token: &str) {
     let started = Instant::now();
     let v = app.verify(json!({ "key": token })).await;
     assert_eq!(v["valid"], true, "{v}");
-    assert!(started.elapsed() < BOUND, "verify took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < BOUND,
+        "verify took {:?}",
+        started.elapsed()
+    );
 }
 
 /// Management calls while the store cannot answer: 503 `service_unavailable`, within the
 /// bound; cached keys still verify.
 async fn store_outage_answers(app: &TestApp, acc: &str, token: &str) {
     for (method, path, body) in [
-        (Method::POST, "/v1/admin/accounts".to_string(), Some(json!({"name": "B"}))),
+        (
+            Method::POST,
+            "/v1/admin/accounts".to_string(),
+            Some(json!({"name": "B"})),
+        ),
         (
             Method::POST,
             format!("/v1/admin/accounts/{acc}/keys"),
@@ -188,12 +215,21 @@ async fn a_locked_sqlite_database_answers_503_and_cached_keys_keep_verifying() {
     let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE").execute(&mut other).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
     store_outage_answers(&app, &acc, &token).await;
 
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
     other.close().await.unwrap();
-    let (status, v, _) = timed_call(&app, Method::POST, "/v1/admin/accounts", Some(json!({"name": "C"}))).await;
+    let (status, v, _) = timed_call(
+        &app,
+        Method::POST,
+        "/v1/admin/accounts",
+        Some(json!({"name": "C"})),
+    )
+    .await;
     assert_eq!(status, 201, "{v}");
     app.stop().await;
 }
@@ -309,7 +345,10 @@ async fn a_silent_postgresql_answers_503_within_the_bound_and_cached_keys_keep_v
     let vars = vec![
         ("KEYWARDEN_ROOT_KEY".to_string(), ROOT.to_string()),
         ("KEYWARDEN_DATABASE_URL".to_string(), url),
-        ("KEYWARDEN_PEPPER".to_string(), "pepper-for-the-cut-test-0123456789".to_string()),
+        (
+            "KEYWARDEN_PEPPER".to_string(),
+            "pepper-for-the-cut-test-0123456789".to_string(),
+        ),
     ];
     let mut config = Config::from_parts("[store]\ntimeout_ms = 1000\n", &vars).unwrap();
     config.server.public_listen = "127.0.0.1:0".into();
@@ -322,25 +361,72 @@ async fn a_silent_postgresql_answers_503_within_the_bound_and_cached_keys_keep_v
     proxy.cut(true);
     store_outage_answers(&app, &acc, &token).await;
     let started = Instant::now();
-    let res = app.client.get(format!("{}/readyz", app.admin)).send().await.unwrap();
+    let res = app
+        .client
+        .get(format!("{}/readyz", app.admin))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 503);
-    assert!(started.elapsed() < BOUND, "readyz took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < BOUND,
+        "readyz took {:?}",
+        started.elapsed()
+    );
 
     // Back: the service recovers by itself.
     proxy.cut(false);
     let mut recovered = false;
     for _ in 0..50 {
-        let (status, _, _) = timed_call(&app, Method::POST, "/v1/admin/accounts", Some(json!({"name": "C"}))).await;
+        let (status, _, _) = timed_call(
+            &app,
+            Method::POST,
+            "/v1/admin/accounts",
+            Some(json!({"name": "C"})),
+        )
+        .await;
         if status == 201 {
             recovered = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(recovered, "the service did not recover after the network came back");
+    assert!(
+        recovered,
+        "the service did not recover after the network came back"
+    );
     app.stop().await;
     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&pool)
         .await;
     pool.close().await;
+}
+
+#[tokio::test]
+async fn a_zero_timeout_or_bound_is_refused_naming_the_field() {
+    for (toml, field) in [
+        (
+            "[server]\nheader_read_timeout_ms = 0\n",
+            "server.header_read_timeout_ms",
+        ),
+        ("[server]\nidle_timeout_ms = 0\n", "server.idle_timeout_ms"),
+        ("[server]\nmax_connections = 0\n", "server.max_connections"),
+        (
+            "[server]\nadmin_max_connections = 0\n",
+            "server.admin_max_connections",
+        ),
+        ("[store]\ntimeout_ms = 0\n", "store.timeout_ms"),
+    ] {
+        let vars = vec![(
+            "KEYWARDEN_DATABASE_URL".to_string(),
+            "sqlite::memory:".to_string(),
+        )];
+        let config = Config::from_parts(toml, &vars).unwrap();
+        let clock = Arc::new(keywarden_core::ManualClock::new(common::T0));
+        let err = keywarden_server::app::Service::build(config, clock)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(field), "{toml}: {err}");
+    }
 }

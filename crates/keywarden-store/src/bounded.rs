@@ -60,10 +60,7 @@ impl BoundedStore {
 
 /// `call`, or [`StoreError::Unavailable`] once `limit` has passed. Dropping the call on
 /// expiry cancels it: its transaction, if any, is rolled back.
-async fn bounded<T>(
-    limit: Duration,
-    call: impl Future<Output = StoreResult<T>>,
-) -> StoreResult<T> {
+async fn bounded<T>(limit: Duration, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
     match tokio::time::timeout(limit, call).await {
         Ok(result) => result,
         Err(_) => Err(StoreError::Unavailable(format!(

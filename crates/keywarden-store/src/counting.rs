@@ -63,7 +63,9 @@ impl CountingStore {
         self.calls.fetch_add(1, Ordering::SeqCst);
         drop(self.gate.read().await);
         if self.unavailable.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("the database is unavailable".into()));
+            return Err(StoreError::Unavailable(
+                "the database is unavailable".into(),
+            ));
         }
         Ok(())
     }

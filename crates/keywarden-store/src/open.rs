@@ -1,9 +1,9 @@
 //! Opening the configured store from `database_url` (SPEC §13, §14).
 
+use crate::bounded::{BoundedStore, Bounds};
 use crate::postgres::PgStore;
 use crate::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
-use crate::bounded::{BoundedStore, Bounds};
 use std::sync::Arc;
 use std::time::Duration;
 

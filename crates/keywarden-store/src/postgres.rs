@@ -81,9 +81,8 @@ impl PgStore {
     /// that a connection given back still answers (a connection that does not is dropped,
     /// so a silent network does not hold the pool's connections).
     pub async fn open_with(database_url: &str, timeout: Duration) -> StoreResult<Self> {
-        let cannot = |e: sqlx::Error| {
-            StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"))
-        };
+        let cannot =
+            |e: sqlx::Error| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"));
         let base = PgConnectOptions::from_str(database_url)
             .map_err(|e| StoreError::Database(format!("invalid PostgreSQL URL: {e}")))?;
         // Migrations may legitimately take longer than one call: they run on a connection
