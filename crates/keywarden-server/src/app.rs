@@ -5,7 +5,7 @@ use crate::config::{Config, ConfigError};
 use crate::routes::{admin_router, public_router};
 use crate::settings::Settings;
 use crate::state::AppState;
-use crate::workers::Workers;
+use crate::workers::{fit_open_files, ConnLimits, Workers};
 use keywarden_core::hashing::generate_pepper;
 use keywarden_core::model::HashScheme;
 use keywarden_core::{Clock, Secret};
@@ -116,7 +116,11 @@ impl Service {
         Settings::from_config(config.clone(), resolve_pepper_readonly(&config)?)?;
         let pepper = resolve_pepper(&config)?;
         let (settings, vcfg) = Settings::from_config(config, pepper)?;
-        let store = keywarden_store::open(&settings.config.store.database_url).await?;
+        let store = keywarden_store::open_with(
+            &settings.config.store.database_url,
+            Duration::from_millis(settings.config.store.timeout_ms),
+        )
+        .await?;
         let st = &settings.config.store;
         let cache = KeyCache::new(CacheConfig {
             max_keys: st.cache_max_keys.max(1),
@@ -196,8 +200,19 @@ impl Service {
         let state = &self.state;
         let public_app = || public_router(state.clone());
         let admin_app = || admin_router(state.clone());
+        let server = &state.settings.config.server;
+        let (public_max, admin_max) =
+            fit_open_files(server.max_connections, server.admin_max_connections);
+        let limits = |max_connections| ConnLimits {
+            header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(server.idle_timeout_ms),
+            max_connections,
+        };
         let workers = Workers::start(
-            vec![(public, &public_app), (admin, &admin_app)],
+            vec![
+                (public, &public_app, limits(public_max)),
+                (admin, &admin_app, limits(admin_max)),
+            ],
             crate::workers::default_workers(),
             || signal(&tx),
         )?;

@@ -60,6 +60,17 @@ pub struct ServerConfig {
     pub base_path: String,
     /// Root keys. Usually from `KEYWARDEN_ROOT_KEY` (comma-separated), never logged.
     pub root_keys: Vec<String>,
+    /// A request's head must arrive within this many ms of the connection opening or of its
+    /// previous response (so an HTTP/1.1 keep-alive connection idle this long is closed).
+    pub header_read_timeout_ms: u64,
+    /// A connection handling no request that moves no byte for this many ms is closed
+    /// (HTTP/2 included).
+    pub idle_timeout_ms: u64,
+    /// At most this many open connections on the public listener; more are closed at once.
+    pub max_connections: usize,
+    /// At most this many open connections on the admin listener, counted apart, so a flood
+    /// of the public listener leaves the admin one serving.
+    pub admin_max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +82,10 @@ impl Default for ServerConfig {
             api_enabled: true,
             base_path: "/v1".into(),
             root_keys: Vec::new(),
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 10_000,
+            admin_max_connections: 1_000,
         }
     }
 }
@@ -101,6 +116,10 @@ pub struct StoreConfig {
     pub cache_max_keys: u64,
     /// Keep at most this many activity rows per key.
     pub activity_retain_per_key: u32,
+    /// The longest a call waits for the database, in ms: each statement, the wait for a
+    /// connection, and the whole call (ten times this for calls that write many rows).
+    /// Past it the caller gets 503 `service_unavailable`.
+    pub timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -116,6 +135,7 @@ impl Default for StoreConfig {
             cache_ttl_seconds: 60,
             cache_max_keys: 1_000_000,
             activity_retain_per_key: 1000,
+            timeout_ms: 2_000,
         }
     }
 }

@@ -110,6 +110,11 @@ impl From<keywarden_store::StoreError> for ApiError {
                 Code::PlanLimitReached,
                 format!("the plan allows at most {max_active} active API keys"),
             ),
+            E::Unavailable(m) => {
+                tracing::warn!(error = %m, "store unavailable");
+                ApiError::with(Code::ServiceUnavailable, "the store is not reachable")
+                    .retry_after(Some(1))
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 ApiError::new(Code::InternalError)

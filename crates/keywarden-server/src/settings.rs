@@ -108,6 +108,43 @@ fn addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// The timeouts and connection bounds: each at least 1 (a timeout of 0 would close every
+/// connection or fail every call), the timeouts at most an hour.
+fn check_bounds(c: &Config) -> Result<(), ConfigError> {
+    let timeouts = [
+        (
+            "server.header_read_timeout_ms",
+            c.server.header_read_timeout_ms,
+        ),
+        ("server.idle_timeout_ms", c.server.idle_timeout_ms),
+        ("store.timeout_ms", c.store.timeout_ms),
+    ];
+    for (field, ms) in timeouts {
+        if !(1..=3_600_000).contains(&ms) {
+            return Err(ConfigError::new(
+                field,
+                format!("{ms} is out of range: a timeout is 1 to 3600000 ms"),
+            ));
+        }
+    }
+    let bounds = [
+        ("server.max_connections", c.server.max_connections),
+        (
+            "server.admin_max_connections",
+            c.server.admin_max_connections,
+        ),
+    ];
+    for (field, n) in bounds {
+        if n == 0 {
+            return Err(ConfigError::new(
+                field,
+                "0 would refuse every connection: at least 1",
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Settings {
     /// Compiles `config`; `pepper` is the resolved pepper (from config, env or file).
     /// Returns the settings and the verifier's part of them.
@@ -124,6 +161,7 @@ impl Settings {
                 format!("{:?}: {}", e.entry, e.reason),
             )
         })?;
+        check_bounds(c)?;
         let root_keys: Vec<Secret> = c
             .server
             .root_keys

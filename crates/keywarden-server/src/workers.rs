@@ -10,26 +10,61 @@
 //! The background tasks — the writer, cache invalidations, the limiter's reconnections —
 //! stay on the main runtime; the workers share the service state.
 
-use axum::serve::{Listener, ListenerExt};
+use axum::extract::ConnectInfo;
 use axum::Router;
-use std::future::{Future, IntoFuture};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tower::Service;
 
-/// An accepted connection on its way to a worker.
-type Handoff = (std::net::TcpStream, SocketAddr);
+/// An accepted connection on its way to a worker, with its place among the listener's
+/// open connections (given back when the connection closes).
+type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
 
 /// How many workers to run: one per CPU the process may use.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
-/// A listener and how to build the router that serves it (once per worker).
-pub type Site<'a> = (TcpListener, &'a dyn Fn() -> Router);
+/// How long a listener's connections may keep it waiting, and how many it holds at once
+/// (`docs/faults.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// A request's head must arrive within this of the connection opening, or of the end
+    /// of its previous response (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// A connection that handles no request and moves no byte for this long is closed.
+    pub idle_timeout: Duration,
+    /// At most this many open connections; further ones are closed as soon as accepted.
+    pub max_connections: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// A listener, how to build the router that serves it (once per worker), and the bounds
+/// of its connections.
+pub type Site<'a> = (TcpListener, &'a dyn Fn() -> Router, ConnLimits);
 
 /// The workers, running until the shutdown signal each was given.
 #[derive(Debug)]
@@ -51,15 +86,10 @@ impl Workers {
         let mut done = Vec::new();
         for i in 0..count {
             let mut served = Vec::new();
-            for (site, (listener, router)) in sites.iter().enumerate() {
+            for (site, (_, router, limits)) in sites.iter().enumerate() {
                 let (queue, incoming) = unbounded_channel();
                 queues[site].push(queue);
-                let conns = Connections {
-                    incoming,
-                    local: listener.local_addr()?,
-                };
-                let app = router().into_make_service_with_connect_info::<SocketAddr>();
-                served.push((conns, app, stop()));
+                served.push((incoming, router(), *limits, stop()));
             }
             let (finished, finish) = oneshot::channel();
             std::thread::Builder::new()
@@ -72,16 +102,12 @@ impl Workers {
                             rt.block_on(async move {
                                 let tasks: Vec<_> = served
                                     .into_iter()
-                                    .map(|(conns, app, stop)| {
-                                        tokio::spawn(
-                                            axum::serve(conns.tap_io(|_| ()), app)
-                                                .with_graceful_shutdown(stop)
-                                                .into_future(),
-                                        )
+                                    .map(|(incoming, app, limits, stop)| {
+                                        tokio::spawn(serve(incoming, app, limits, stop))
                                     })
                                     .collect();
                                 for task in tasks {
-                                    task.await.map_err(io::Error::other)??;
+                                    task.await.map_err(io::Error::other)?;
                                 }
                                 Ok(())
                             })
@@ -93,7 +119,10 @@ impl Workers {
         let acceptors = sites
             .into_iter()
             .zip(queues)
-            .map(|((listener, _), queues)| tokio::spawn(accept(listener, queues, stop())))
+            .map(|((listener, _, limits), queues)| {
+                let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+                tokio::spawn(accept(listener, queues, slots, stop()))
+            })
             .collect();
         Ok(Workers { acceptors, done })
     }
@@ -116,10 +145,18 @@ impl Workers {
 }
 
 /// Accepts connections until `stop` resolves, handing them to the workers in turn (a
-/// worker that has gone is skipped).
-async fn accept(listener: TcpListener, queues: Vec<UnboundedSender<Handoff>>, stop: impl Future) {
+/// worker that has gone is skipped). A connection beyond the listener's bound is closed at
+/// once, so a flood of one listener cannot take the file descriptors the other needs.
+async fn accept(
+    listener: TcpListener,
+    queues: Vec<UnboundedSender<Handoff>>,
+    slots: Arc<Semaphore>,
+    stop: impl Future,
+) {
     tokio::pin!(stop);
     let mut next = 0usize;
+    let mut full = false;
+    let local = listener.local_addr().ok();
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut stop => return,
@@ -131,12 +168,31 @@ async fn accept(listener: TcpListener, queues: Vec<UnboundedSender<Handoff>>, st
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !full {
+                full = true;
+                tracing::warn!(
+                    listener = ?local,
+                    "too many open connections: closing new ones until some close"
+                );
+            }
+            // A plain HTTP/1.1 client learns why; anything else sees the connection close.
+            let _ = stream.try_write(
+                b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            );
+            drop(stream);
+            continue;
+        };
+        if full {
+            full = false;
+            tracing::info!(listener = ?local, "accepting connections again");
+        }
         // Responses go out as soon as they are written.
         let _ = stream.set_nodelay(true);
         let Ok(stream) = stream.into_std() else {
             continue;
         };
-        let mut handoff = (stream, peer);
+        let mut handoff = (stream, peer, slot);
         for _ in 0..queues.len() {
             let queue = &queues[next % queues.len()];
             next = next.wrapping_add(1);
@@ -158,37 +214,284 @@ async fn pause_after(e: &io::Error) {
     ) {
         return;
     }
-    tracing::error!(error = %e, "accepting a public connection failed");
+    tracing::error!(error = %e, "accepting a connection failed");
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// One worker's side of the acceptor: connections handed over to this thread.
-struct Connections {
-    incoming: UnboundedReceiver<Handoff>,
-    local: SocketAddr,
+/// Serves the connections handed to this worker for one listener until `stop` resolves,
+/// then lets each finish what it is doing and waits for them all.
+async fn serve(
+    mut incoming: UnboundedReceiver<Handoff>,
+    router: Router,
+    limits: ConnLimits,
+    stop: impl Future<Output = ()>,
+) {
+    let (stopping, stop_seen) = watch::channel(false);
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    let mut stop = pin!(stop);
+    loop {
+        let (stream, peer, slot) = tokio::select! {
+            () = &mut stop => break,
+            handoff = incoming.recv() => match handoff {
+                Some(h) => h,
+                // The acceptor has stopped: so does the service, by its stop signal.
+                None => {
+                    stop.as_mut().await;
+                    break;
+                }
+            },
+        };
+        // Registered with this thread's runtime from here on.
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "a handed-over connection was lost");
+                continue;
+            }
+        };
+        tokio::spawn(connection(
+            stream,
+            peer,
+            router.clone(),
+            limits,
+            stop_seen.clone(),
+            (slot, open.clone()),
+        ));
+    }
+    let _ = stopping.send(true);
+    drop(open);
+    let _ = all_closed.recv().await;
 }
 
-impl Listener for Connections {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
+/// What a connection's watchdog knows: when a byte last moved, how many requests are being
+/// handled, and whether one has been received.
+#[derive(Debug)]
+struct Activity {
+    /// When the connection was opened; `last` counts from here.
+    opened: Instant,
+    /// Nanoseconds from `opened` to the last byte read or written, or the last response.
+    last: AtomicU64,
+    /// Requests being handled.
+    busy: AtomicUsize,
+    /// Whether a request was received.
+    served: AtomicBool,
+}
 
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            opened: Instant::now(),
+            last: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+        })
+    }
+
+    fn touch(&self) {
+        let nanos = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(nanos, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+
+    /// Resolves once the connection has handled no request and moved no byte for as long
+    /// as it may: the header-read timeout before its first request, the idle timeout after.
+    async fn expired(&self, limits: ConnLimits) {
         loop {
-            match self.incoming.recv().await {
-                // Registered with this thread's runtime from here on.
-                Some((stream, peer)) => match TcpStream::from_std(stream) {
-                    Ok(s) => return (s, peer),
-                    Err(e) => tracing::warn!(error = %e, "a handed-over connection was lost"),
-                },
-                // The acceptor has stopped: so does the service, by its stop signal.
-                None => std::future::pending::<()>().await,
+            let allowed = if self.served.load(Ordering::Relaxed) {
+                limits.idle_timeout
+            } else {
+                limits.header_read_timeout
+            };
+            let deadline = self.last() + allowed;
+            if Instant::now() >= deadline {
+                if self.busy.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                // A handler is at work: look again once it may have finished.
+                tokio::time::sleep(allowed).await;
+            } else {
+                tokio::time::sleep_until(deadline).await;
             }
         }
     }
+}
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
+/// Counts a request as being handled while it lives.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn enter(activity: &Arc<Activity>) -> Busy {
+        activity.served.store(true, Ordering::Relaxed);
+        activity.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(activity.clone())
     }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one connection: HTTP/1.1 (head read within the header-read timeout) or HTTP/2,
+/// closed by its watchdog once idle too long, shut down gracefully when the service stops.
+/// `held` is given back when it ends: its place among the listener's open connections,
+/// and the worker's count of open connections.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: ConnLimits,
+    mut stop: watch::Receiver<bool>,
+    held: (OwnedSemaphorePermit, tokio::sync::mpsc::Sender<()>),
+) {
+    let activity = Activity::new();
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let seen = activity.clone();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let busy = Busy::enter(&seen);
+        let answer = router.clone().call(req.map(axum::body::Body::new));
+        async move {
+            let res = answer.await;
+            drop(busy);
+            res
+        }
+    });
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    // CONNECT protocol, for HTTP/2 websockets.
+    builder.http2().enable_connect_protocol();
+    let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
+    let mut expired = pin!(activity.expired(limits));
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            () = &mut expired => {
+                tracing::debug!(%peer, "closing an idle connection");
+                break;
+            }
+            changed = stop.wait_for(|s| *s), if !stopping => {
+                stopping = true;
+                if changed.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+    drop(held);
+}
+
+/// A connection's socket, noting in its [`Activity`] each time a byte moves.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The open-file limit of this process (its soft limit), when the system says.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// The connection bounds of the public and admin listeners, lowered when the process may
+/// not open enough files for them (a proxied public connection also holds one to the
+/// upstream; a few hundred are kept for the database, logs and the like), so the
+/// listeners refuse connections before the process runs out of file descriptors.
+pub fn fit_open_files(public: usize, admin: usize) -> (usize, usize) {
+    const RESERVED: usize = 256;
+    let Some(limit) = open_files_limit() else {
+        return (public, admin);
+    };
+    if public
+        .saturating_mul(2)
+        .saturating_add(admin)
+        .saturating_add(RESERVED)
+        <= limit
+    {
+        return (public, admin);
+    }
+    let admin_fit = admin.min((limit / 8).max(1));
+    let public_fit = public.min((limit.saturating_sub(RESERVED + admin_fit) / 2).max(1));
+    tracing::warn!(
+        open_files = limit,
+        public = public_fit,
+        admin = admin_fit,
+        "the open-file limit is too low for server.max_connections and \
+         server.admin_max_connections: the listeners hold at most this many connections \
+         (raise the limit, e.g. LimitNOFILE in a systemd unit)"
+    );
+    (public_fit, admin_fit)
 }
 
 #[cfg(test)]
@@ -231,7 +534,8 @@ mod tests {
                 let _ = rx.recv().await;
             }
         };
-        let workers = Workers::start(vec![(listener, &router)], 3, stop).unwrap();
+        let workers =
+            Workers::start(vec![(listener, &router, ConnLimits::default())], 3, stop).unwrap();
 
         let mut seen = BTreeSet::new();
         for _ in 0..6 {

@@ -479,6 +479,7 @@ pub(crate) fn duplicate(e: &StoreError) -> StoreError {
             max_active: *max_active,
         },
         StoreError::Database(m) => StoreError::Database(m.clone()),
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
     }
 }

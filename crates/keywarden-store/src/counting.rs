@@ -52,7 +52,7 @@ impl CountingStore {
         }
     }
 
-    /// While set, every call is counted but fails with [`StoreError::Database`] without
+    /// While set, every call is counted but fails with [`StoreError::Unavailable`] without
     /// reaching the wrapped store, as if the database could not be reached.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.unavailable.store(unavailable, Ordering::SeqCst);
@@ -63,7 +63,9 @@ impl CountingStore {
         self.calls.fetch_add(1, Ordering::SeqCst);
         drop(self.gate.read().await);
         if self.unavailable.load(Ordering::SeqCst) {
-            return Err(StoreError::Database("the database is unavailable".into()));
+            return Err(StoreError::Unavailable(
+                "the database is unavailable".into(),
+            ));
         }
         Ok(())
     }

@@ -9,13 +9,15 @@ pub use store::{
     UsageDelta, WriteBatch,
 };
 
+pub mod bounded;
 mod open;
 pub mod pepper;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
 
-pub use open::{migrate, open};
+pub use bounded::{BoundedStore, Bounds};
+pub use open::{migrate, open, open_with};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

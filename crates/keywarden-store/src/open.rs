@@ -1,9 +1,11 @@
 //! Opening the configured store from `database_url` (SPEC §13, §14).
 
+use crate::bounded::{BoundedStore, Bounds};
 use crate::postgres::PgStore;
 use crate::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The databases a URL can name.
 enum Kind {
@@ -31,12 +33,25 @@ fn kind(database_url: &str) -> Result<Kind, StoreError> {
 
 /// Opens the store a URL names (`sqlite://path`, `sqlite:path`, `sqlite::memory:`,
 /// `postgres://…` or `postgresql://…`) and brings its schema up to date, so a server can
-/// start on an empty database with no separate step.
+/// start on an empty database with no separate step. Each call is bounded by two seconds;
+/// [`open_with`] chooses the bound.
 pub async fn open(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(match kind(database_url)? {
+    open_with(database_url, Duration::from_secs(2)).await
+}
+
+/// Like [`open`], with every call bounded by `timeout` (the calls that may write many rows
+/// by ten times that), so a database that stops answering costs a caller that long and a
+/// [`StoreError::Unavailable`]; on PostgreSQL it is also each statement's timeout and the
+/// longest wait for a connection.
+pub async fn open_with(
+    database_url: &str,
+    timeout: Duration,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let store: Arc<dyn Store> = match kind(database_url)? {
         Kind::Sqlite => Arc::new(SqliteStore::open(database_url).await?),
-        Kind::Postgres => Arc::new(PgStore::open(database_url).await?),
-    })
+        Kind::Postgres => Arc::new(PgStore::open_with(database_url, timeout).await?),
+    };
+    Ok(Arc::new(BoundedStore::new(store, Bounds::new(timeout))))
 }
 
 /// Brings the schema of the database a URL names up to date and closes it again, for

@@ -16,8 +16,9 @@
 use crate::rows::{sqlx_driver, Backend};
 use crate::store::{Invalidation, StoreError, StoreResult};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
-use sqlx::{PgConnection, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection, Postgres};
+use std::str::FromStr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -47,8 +48,9 @@ sqlx_driver!(
 /// Most connections one process opens.
 const MAX_CONNECTIONS: u32 = 16;
 
-/// How long a call waits for a free connection before failing (and `/readyz` with it).
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a statement may run, and a call wait for a free (or new) connection, unless
+/// the caller says otherwise ([`PgStore::open_with`]).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Keywarden's store on PostgreSQL.
 pub struct PgStore {
@@ -71,21 +73,61 @@ impl PgStore {
     /// Connects to the database a `postgres://` URL names and brings its schema up to date.
     /// Several replicas may do this at once: sqlx serialises migrations with a lock.
     pub async fn open(database_url: &str) -> StoreResult<Self> {
+        Self::open_with(database_url, DEFAULT_TIMEOUT).await
+    }
+
+    /// Like [`PgStore::open`], with `timeout` bounding each statement (PostgreSQL's
+    /// `statement_timeout`), the wait for a connection (connecting included), and the check
+    /// that a connection given back still answers (a connection that does not is dropped,
+    /// so a silent network does not hold the pool's connections).
+    pub async fn open_with(database_url: &str, timeout: Duration) -> StoreResult<Self> {
+        let cannot =
+            |e: sqlx::Error| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}"));
+        let base = PgConnectOptions::from_str(database_url)
+            .map_err(|e| StoreError::Database(format!("invalid PostgreSQL URL: {e}")))?;
+        // Migrations may legitimately take longer than one call: they run on a connection
+        // of their own, without the statement timeout.
+        let mut migrating = tokio::time::timeout(timeout, PgConnection::connect_with(&base))
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "cannot connect to PostgreSQL within {} ms",
+                    timeout.as_millis()
+                ))
+            })?
+            .map_err(cannot)?;
+        migrate(&mut migrating).await?;
+        let _ = migrating.close().await;
+        let ms = timeout.as_millis().max(1).to_string();
+        let options = base.options([("statement_timeout", ms.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(database_url)
+            .acquire_timeout(timeout)
+            .after_release(move |conn, _| {
+                Box::pin(async move {
+                    match tokio::time::timeout(timeout, conn.ping()).await {
+                        Ok(Ok(())) => Ok(true),
+                        Ok(Err(e)) => Err(e),
+                        // Dropped without a goodbye: the network may be silent.
+                        Err(_) => Err(sqlx::Error::PoolTimedOut),
+                    }
+                })
+            })
+            .connect_with(options)
             .await
-            .map_err(|e| StoreError::Database(format!("cannot connect to PostgreSQL: {e}")))?;
-        Self::with_pool(pool).await
+            .map_err(cannot)?;
+        Ok(Self {
+            pool,
+            feed: Mutex::new(None),
+        })
     }
 
     /// Uses an existing pool (its owner chose the size and timeouts) and brings the
     /// schema up to date.
     pub async fn with_pool(pool: PgPool) -> StoreResult<Self> {
-        MIGRATOR.run(&pool).await.map_err(|e| {
-            StoreError::Database(format!("cannot migrate the PostgreSQL schema: {e}"))
-        })?;
+        let mut conn = pool.acquire().await.map_err(crate::rows::db_error)?;
+        migrate(&mut conn).await?;
+        drop(conn);
         Ok(Self {
             pool,
             feed: Mutex::new(None),
@@ -137,6 +179,14 @@ impl Backend for PgStore {
         *feed = Some(tx);
         Some(rx)
     }
+}
+
+/// Brings the schema up to date on one connection.
+async fn migrate(conn: &mut PgConnection) -> StoreResult<()> {
+    MIGRATOR
+        .run(conn)
+        .await
+        .map_err(|e| StoreError::Database(format!("cannot migrate the PostgreSQL schema: {e}")))
 }
 
 /// Forwards the notifications of [`CHANNEL`] to `tx` until nobody subscribes any more or

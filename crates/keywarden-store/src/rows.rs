@@ -263,11 +263,43 @@ pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
             StoreError::Conflict(format!("{} already exists", conflict_target(d.as_ref())))
         }
         sqlx::Error::Database(d) if d.is_foreign_key_violation() => StoreError::NotFound,
+        sqlx::Error::Database(d) if unavailable(d.as_ref()) => {
+            StoreError::Unavailable(e.to_string())
+        }
         sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::ColumnNotFound(_)
         | sqlx::Error::Decode(_) => StoreError::Corrupt(e.to_string()),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
         _ => StoreError::Database(e.to_string()),
     }
+}
+
+/// Whether a database's error says it cannot serve now rather than that the statement is
+/// wrong: on PostgreSQL a lost or refused connection (class 08), a cancelled statement
+/// (the statement timeout), a server shutting down or out of connections, a lock not
+/// available; on SQLite a busy or locked database, an I/O error, a full disk, a file that
+/// cannot be opened.
+fn unavailable(d: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        let code = pg.code();
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || matches!(code, "57014" | "57P01" | "57P02" | "57P03" | "55P03");
+    }
+    if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // Extended result codes keep the primary code in their low byte.
+        let primary = d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .map(|c| c & 0xff);
+        // BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+        return matches!(primary, Some(5 | 6 | 10 | 13 | 14));
+    }
+    false
 }
 
 /// Names what a uniqueness violation was about as `table.column`: SQLite says it in the

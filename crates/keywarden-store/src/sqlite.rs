@@ -106,8 +106,14 @@ impl SqliteStore {
                 path.display()
             ))
         };
-        // The writer connects first: it creates the file and switches it to WAL, which is a
-        // property of the file that every later connection then shares.
+        create_private(path).map_err(|e| {
+            StoreError::Database(format!(
+                "cannot create SQLite database {}: {e}",
+                path.display()
+            ))
+        })?;
+        // The writer connects first: it switches the file to WAL, which is a property of the
+        // file that every later connection then shares.
         let writer = Self::pool(1)
             .connect_with(options.clone())
             .await
@@ -177,6 +183,22 @@ impl SqliteStore {
     }
 }
 
+/// Creates an empty database file readable and writable by its owner only (mode 0600,
+/// whatever the umask), unless it exists. SQLite gives the WAL and shared-memory files it
+/// creates beside a database the database file's mode, so they are private too; left to
+/// itself, it would create all three 0644.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 async fn run_migrations(pool: &SqlitePool) -> StoreResult<()> {
     MIGRATOR
         .run(pool)
@@ -226,6 +248,27 @@ mod tests {
         assert_eq!(target("sqlite::memory:"), None);
         assert_eq!(target("sqlite://?mode=memory"), None);
         assert!(SqliteTarget::parse("postgres://x").is_none());
+    }
+
+    /// The database, its WAL and its shared-memory file hold every key's hash and the
+    /// audit trail: only their owner may read them.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_database_and_its_wal_and_shm_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("kw.db");
+        let store = SqliteStore::open_file(&db).await.unwrap();
+        sqlx::query("INSERT INTO accounts VALUES ('acc_1', 'a', 'default', 'active', '{}', 0)")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.path().join(format!("kw.db{suffix}"));
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} has mode {mode:o}", file.display());
+        }
+        store.close().await;
     }
 
     /// The lookup query must be answered from the two lookup indexes, never by a scan.

@@ -26,9 +26,14 @@ pub enum StoreError {
         /// The limit that was hit.
         max_active: u64,
     },
-    /// The database failed or could not be reached.
+    /// The database failed.
     #[error("database error: {0}")]
     Database(String),
+    /// The database could not be reached or did not answer in time (connection refused or
+    /// lost, no connection free within the bound, statement timed out, file locked): the
+    /// call may succeed when retried later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// A stored value could not be decoded (corrupt row or unknown enum value).
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
