@@ -96,6 +96,12 @@ pub struct StoreConfig {
     pub cache_max_keys: u64,
     /// Keep at most this many activity rows per key.
     pub activity_retain_per_key: u32,
+    /// Usage is written at least this often, in ms (1 to 1000): in the batched mode, the
+    /// most a crash can lose of it (`docs/usage-durability.md`).
+    pub usage_flush_ms: u64,
+    /// `batched` (default): usage is written within `usage_flush_ms`, off the request path.
+    /// `strict`: a request that consumes quota is answered only once its usage is committed.
+    pub usage_durability: String,
 }
 
 impl Default for StoreConfig {
@@ -111,6 +117,8 @@ impl Default for StoreConfig {
             cache_ttl_seconds: 60,
             cache_max_keys: 1_000_000,
             activity_retain_per_key: 1000,
+            usage_flush_ms: 100,
+            usage_durability: "batched".into(),
         }
     }
 }

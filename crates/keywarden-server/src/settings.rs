@@ -108,6 +108,24 @@ fn addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// The writer's usage settings from `[store]`, each checked.
+pub fn usage_writer(
+    st: &crate::config::StoreConfig,
+) -> Result<(Duration, keywarden_store::UsageDurability), ConfigError> {
+    let max = keywarden_store::writer::MAX_FLUSH_INTERVAL.as_millis();
+    if st.usage_flush_ms == 0 || u128::from(st.usage_flush_ms) > max {
+        return Err(ConfigError::new(
+            "store.usage_flush_ms",
+            format!("{} is not between 1 and {max}", st.usage_flush_ms),
+        ));
+    }
+    let durability = st
+        .usage_durability
+        .parse()
+        .map_err(|e| ConfigError::new("store.usage_durability", e))?;
+    Ok((Duration::from_millis(st.usage_flush_ms), durability))
+}
+
 impl Settings {
     /// Compiles `config`; `pepper` is the resolved pepper (from config, env or file).
     /// Returns the settings and the verifier's part of them.
@@ -116,6 +134,7 @@ impl Settings {
         pepper: Option<Secret>,
     ) -> Result<(Settings, VerifierConfig), ConfigError> {
         let c = &config;
+        usage_writer(&c.store)?;
         let public_listen = addr("server.public_listen", &c.server.public_listen)?;
         let admin_listen = addr("server.admin_listen", &c.server.admin_listen)?;
         let trusted_proxies = TrustedProxies::parse(&c.server.trusted_proxies).map_err(|e| {
