@@ -608,9 +608,7 @@ impl Backlog {
     }
 
     fn is_empty(&self) -> bool {
-        self.events.is_empty()
-            && self.touches.is_empty()
-            && self.activity.is_empty()
+        self.events.is_empty() && self.touches.is_empty() && self.activity.is_empty()
     }
 
     /// Splits off at most `max` records as one batch: events first, as the records that
