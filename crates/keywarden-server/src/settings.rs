@@ -381,3 +381,47 @@ impl Settings {
         Ok((settings, verifier))
     }
 }
+
+#[cfg(test)]
+mod usage_writer_tests {
+    use super::*;
+    use crate::config::StoreConfig;
+
+    #[test]
+    fn usage_settings_are_checked_naming_the_field() {
+        let ok = usage_writer(&StoreConfig::default()).unwrap();
+        assert_eq!(
+            ok,
+            (
+                Duration::from_millis(100),
+                keywarden_store::UsageDurability::Batched
+            )
+        );
+        for ms in [0, 1_001] {
+            let st = StoreConfig {
+                usage_flush_ms: ms,
+                ..StoreConfig::default()
+            };
+            let e = usage_writer(&st).unwrap_err().to_string();
+            assert!(e.contains("store.usage_flush_ms"), "{e}");
+        }
+        let st = StoreConfig {
+            usage_durability: "eventually".into(),
+            ..StoreConfig::default()
+        };
+        let e = usage_writer(&st).unwrap_err().to_string();
+        assert!(
+            e.contains("store.usage_durability") && e.contains("eventually"),
+            "{e}"
+        );
+        let st = StoreConfig {
+            usage_durability: "strict".into(),
+            usage_flush_ms: 1_000,
+            ..StoreConfig::default()
+        };
+        assert_eq!(
+            usage_writer(&st).unwrap().1,
+            keywarden_store::UsageDurability::Strict
+        );
+    }
+}
