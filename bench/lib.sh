@@ -53,31 +53,38 @@ start_upstream() {
 
 # Keywarden (binary $KW) on SQLite in $OUT, proxying to $UP, started with an account
 # ($ACC) and a live key ($KEY): listeners on $PUB and $ADM, root key $ROOT, process $KW_PID.
-# Sets FORWARD_AUTH and GATEWAY, wrk's arguments for the two HTTP subjects.
+# Sets FORWARD_AUTH and GATEWAY, wrk's arguments for the two HTTP subjects. $1 is
+# store.usage_durability (default batched); each mode gets a directory and database of its
+# own, so a second service can run beside the first.
 start_keywarden() {
+  local mode=${1:-batched}
+  local dir="$OUT/kw-$mode"
+  mkdir -p "$dir"
   PUB=$(port); ADM=$(port)
   ROOT=bench-root-key-0123456789abcdef
-  cat > "$OUT/keywarden.toml" <<TOML
+  cat > "$dir/keywarden.toml" <<TOML
 [server]
 public_listen = "127.0.0.1:$PUB"
 admin_listen = "127.0.0.1:$ADM"
 [store]
-database_url = "sqlite://$OUT/kw.db"
+database_url = "sqlite://$dir/kw.db"
+usage_durability = "$mode"
 [auth]
 lockout = { max_failures = 0, window_seconds = 300, lock_seconds = 300 }
 [plans]
 default = "bench"
 [plans.tiers.bench]
+quotas = [ { unit = "tokens", limit = 1000000000000, period = "month" } ]
 [gateway]
 upstream = "http://127.0.0.1:$UP"
 TOML
-  ( cd "$OUT" && KEYWARDEN_ROOT_KEY=$ROOT RUST_LOG=warn exec "$KW" --config "$OUT/keywarden.toml" serve >"$OUT/serve.log" 2>&1 ) &
+  ( cd "$dir" && KEYWARDEN_ROOT_KEY=$ROOT RUST_LOG=warn exec "$KW" --config "$dir/keywarden.toml" serve >"$dir/serve.log" 2>&1 ) &
   KW_PID=$!
   pids+=($KW_PID)
   local up=0
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$ADM/healthz" >/dev/null && { up=1; break; }; sleep 0.1; done
   if [ "$up" = 0 ]; then
-    echo "Keywarden did not start; its log:" >&2; tail -20 "$OUT/serve.log" >&2; return 1
+    echo "Keywarden did not start; its log:" >&2; tail -20 "$dir/serve.log" >&2; return 1
   fi
   local json='import sys,json;print(json.load(sys.stdin)[sys.argv[1]])'
   ACC=$(curl -s -X POST "http://127.0.0.1:$ADM/v1/admin/accounts" -H "Authorization: Bearer $ROOT" \

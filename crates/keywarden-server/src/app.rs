@@ -122,6 +122,7 @@ impl Service {
         )
         .await?;
         let st = &settings.config.store;
+        let (usage_flush_interval, usage_durability) = crate::settings::usage_writer(st)?;
         let cache = KeyCache::new(CacheConfig {
             max_keys: st.cache_max_keys.max(1),
             ttl: Duration::from_secs(st.cache_ttl_seconds.max(1)),
@@ -131,6 +132,8 @@ impl Service {
             store.clone(),
             WriterConfig {
                 activity_retain_per_key: st.activity_retain_per_key,
+                usage_flush_interval,
+                usage_durability,
                 ..WriterConfig::default()
             },
         );

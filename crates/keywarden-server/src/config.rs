@@ -120,6 +120,12 @@ pub struct StoreConfig {
     /// connection, and the whole call (ten times this for calls that write many rows).
     /// Past it the caller gets 503 `service_unavailable`.
     pub timeout_ms: u64,
+    /// Usage is written at least this often, in ms (1 to 1000): in the batched mode, the
+    /// most a crash can lose of it (`docs/usage-durability.md`).
+    pub usage_flush_ms: u64,
+    /// `batched` (default): usage is written within `usage_flush_ms`, off the request path.
+    /// `strict`: a request that consumes quota is answered only once its usage is committed.
+    pub usage_durability: String,
 }
 
 impl Default for StoreConfig {
@@ -136,6 +142,8 @@ impl Default for StoreConfig {
             cache_max_keys: 1_000_000,
             activity_retain_per_key: 1000,
             timeout_ms: 2_000,
+            usage_flush_ms: 100,
+            usage_durability: "batched".into(),
         }
     }
 }

@@ -145,6 +145,24 @@ fn check_bounds(c: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The writer's usage settings from `[store]`, each checked.
+pub fn usage_writer(
+    st: &crate::config::StoreConfig,
+) -> Result<(Duration, keywarden_store::UsageDurability), ConfigError> {
+    let max = keywarden_store::writer::MAX_FLUSH_INTERVAL.as_millis();
+    if st.usage_flush_ms == 0 || u128::from(st.usage_flush_ms) > max {
+        return Err(ConfigError::new(
+            "store.usage_flush_ms",
+            format!("{} is not between 1 and {max}", st.usage_flush_ms),
+        ));
+    }
+    let durability = st
+        .usage_durability
+        .parse()
+        .map_err(|e| ConfigError::new("store.usage_durability", e))?;
+    Ok((Duration::from_millis(st.usage_flush_ms), durability))
+}
+
 impl Settings {
     /// Compiles `config`; `pepper` is the resolved pepper (from config, env or file).
     /// Returns the settings and the verifier's part of them.
@@ -153,6 +171,7 @@ impl Settings {
         pepper: Option<Secret>,
     ) -> Result<(Settings, VerifierConfig), ConfigError> {
         let c = &config;
+        usage_writer(&c.store)?;
         let public_listen = addr("server.public_listen", &c.server.public_listen)?;
         let admin_listen = addr("server.admin_listen", &c.server.admin_listen)?;
         let trusted_proxies = TrustedProxies::parse(&c.server.trusted_proxies).map_err(|e| {
@@ -399,5 +418,49 @@ impl Settings {
             config,
         };
         Ok((settings, verifier))
+    }
+}
+
+#[cfg(test)]
+mod usage_writer_tests {
+    use super::*;
+    use crate::config::StoreConfig;
+
+    #[test]
+    fn usage_settings_are_checked_naming_the_field() {
+        let ok = usage_writer(&StoreConfig::default()).unwrap();
+        assert_eq!(
+            ok,
+            (
+                Duration::from_millis(100),
+                keywarden_store::UsageDurability::Batched
+            )
+        );
+        for ms in [0, 1_001] {
+            let st = StoreConfig {
+                usage_flush_ms: ms,
+                ..StoreConfig::default()
+            };
+            let e = usage_writer(&st).unwrap_err().to_string();
+            assert!(e.contains("store.usage_flush_ms"), "{e}");
+        }
+        let st = StoreConfig {
+            usage_durability: "eventually".into(),
+            ..StoreConfig::default()
+        };
+        let e = usage_writer(&st).unwrap_err().to_string();
+        assert!(
+            e.contains("store.usage_durability") && e.contains("eventually"),
+            "{e}"
+        );
+        let st = StoreConfig {
+            usage_durability: "strict".into(),
+            usage_flush_ms: 1_000,
+            ..StoreConfig::default()
+        };
+        assert_eq!(
+            usage_writer(&st).unwrap().1,
+            keywarden_store::UsageDurability::Strict
+        );
     }
 }

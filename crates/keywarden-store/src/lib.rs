@@ -27,7 +27,7 @@ pub mod writer;
 
 pub use cache::{CacheConfig, KeyCache, KeyResolver, Lookup, LookupKey, RecordCache};
 pub use counting::{CountingStore, Pause};
-pub use writer::{KeyUse, Writer, WriterConfig, WriterHandle};
+pub use writer::{KeyUse, UsageDurability, Writer, WriterConfig, WriterHandle};
 
 pub mod limiter;
 pub mod redis_limiter;

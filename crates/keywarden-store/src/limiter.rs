@@ -208,6 +208,15 @@ impl LocalLimiter {
         }
     }
 
+    /// Takes back units consumed by a request that could not be counted after all (never
+    /// below zero).
+    pub fn give_back(&self, key: &QuotaKey, amount: u64) {
+        if let Some(cell) = self.quotas.get(key) {
+            let mut c = cell.lock().unwrap_or_else(|p| p.into_inner());
+            c.used = c.used.saturating_sub(amount);
+        }
+    }
+
     /// The counter's current value, if loaded.
     pub fn quota_used(&self, key: &QuotaKey) -> Option<u64> {
         self.quotas
@@ -540,6 +549,20 @@ impl Limiter {
         }
         self.load_local(store, qk).await?;
         Ok(self.local.quota_used(qk).unwrap_or(0))
+    }
+
+    /// Takes back the units a request consumed when its usage could not be recorded (a
+    /// strict charge that failed), so the request is neither counted nor answered: in Redis
+    /// when it answers, in this process otherwise.
+    pub async fn give_back(&self, items: &[(QuotaKey, u64)]) {
+        for (qk, amount) in items {
+            if let Some(r) = &self.redis {
+                if r.take_back(qk, *amount).await.is_ok() {
+                    continue;
+                }
+            }
+            self.local.give_back(qk, *amount);
+        }
     }
 
     /// Loads a local counter from the store the first time this process uses it.

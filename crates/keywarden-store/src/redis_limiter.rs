@@ -562,6 +562,23 @@ impl RedisLimiter {
         Ok(reply.first().is_some_and(|ok| ok == "1"))
     }
 
+    /// Takes `amount` back from a quota counter if it exists (a consumption that could not
+    /// be recorded).
+    pub async fn take_back(&self, qk: &QuotaKey, amount: u64) -> Result<(), Unavailable> {
+        let key = self.quota_key(qk);
+        let _: Vec<String> = self
+            .run(|mut c| async move {
+                ADD.key(key)
+                    .arg(format!("-{amount}"))
+                    .arg(1_000)
+                    .arg("")
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Deletes the quota counters of an account (after its erasure).
     pub async fn forget_account(&self, account_id: &str) -> Result<u64, Unavailable> {
         let pattern = format!(

@@ -664,7 +664,7 @@ impl Verifier {
             {
                 Ok(q) => quotas = q,
                 Err(e) => {
-                    tracing::error!(error = %e, "quota lookup failed");
+                    tracing::error!(error = %e, "quota lookup or usage write failed");
                     return VerifyOutcome::deny(Denial::new(Code::ServiceUnavailable));
                 }
             }
@@ -718,14 +718,24 @@ impl Verifier {
             .consume_quotas(self.store.as_ref(), &items, now)
             .await?;
         if outcomes.iter().all(|o| o.allowed) {
-            for (qk, _, amount) in items {
-                self.writer.usage(UsageDelta {
-                    account_id: qk.account_id,
+            let deltas = items
+                .iter()
+                .map(|(qk, _, amount)| UsageDelta {
+                    account_id: qk.account_id.clone(),
                     mode: qk.mode,
-                    unit: qk.unit,
+                    unit: qk.unit.clone(),
                     period_start: qk.period_start,
-                    amount,
-                });
+                    amount: *amount,
+                })
+                .collect();
+            // Batched: queued at once. Strict: committed before the request is answered; if
+            // that fails, the units are given back and the request is not answered as
+            // allowed (see docs/usage-durability.md).
+            if let Err(e) = self.writer.charge(deltas).await {
+                let taken: Vec<(QuotaKey, u64)> =
+                    items.into_iter().map(|(qk, _, n)| (qk, n)).collect();
+                self.limiter.give_back(&taken).await;
+                return Err(e);
             }
         }
         Ok(outcomes)

@@ -2,9 +2,15 @@
 //!
 //! The request path hands what it must remember to a [`Writer`] with calls that neither wait
 //! nor fail: key uses (`last_used_at` / `last_used_ip`), activity rows, usage increments and
-//! request-path audit events such as `key.ip_denied`. A task started by [`Writer::spawn`]
-//! writes them every `flush_interval` (at most one second), or sooner once `max_batch`
-//! records are waiting, each batch as one [`Store::write_batch`] transaction.
+//! request-path audit events such as `key.ip_denied`. Two tasks started by [`Writer::spawn`]
+//! write them, each batch as one [`Store::write_batch`] transaction:
+//! - the usage lane writes usage increments every `usage_flush_interval` (100 ms by
+//!   default), apart from everything else, so a backlog of activity never holds usage
+//!   back;
+//! - the main lane writes key uses, activity and events every `flush_interval` (at most one
+//!   second).
+//!
+//! Either lane writes sooner once `max_batch` of its records are waiting.
 //!
 //! What is kept while waiting:
 //! - key uses coalesce per key (the latest use wins) and usage increments coalesce per
@@ -19,11 +25,19 @@
 //! after its transaction had in fact committed (a connection lost on commit) is written again
 //! on retry, so delivery is at least once.
 //!
-//! Durability: [`WriterHandle::shutdown`] writes everything pending before it returns, so a
-//! graceful restart loses nothing. After a crash (or a kill), at most one flush interval of
-//! usage increments, key uses, activity and request-path events may be missing: whatever
-//! was queued since the last successful flush. While the database refuses writes, that is
-//! everything queued since it began to, which [`Writer::pending`] shows.
+//! Durability of usage (see `docs/usage-durability.md`):
+//! - [`UsageDurability::Batched`]: after a crash (or a kill), at most one
+//!   `usage_flush_interval` of usage increments may be missing, plus the time one usage
+//!   write takes; key uses, activity and request-path events, at most one `flush_interval`.
+//!   While the database refuses writes, that is everything queued since it began to, which
+//!   [`Writer::pending`] shows.
+//! - [`UsageDurability::Strict`]: [`Writer::charge`] returns only once the increments are
+//!   committed. Requests that arrive while a write is under way are committed together in
+//!   the next one (a group commit), so a busy service pays one transaction per write, not per
+//!   request. A charge that cannot be committed fails, and its increments are not retried.
+//!
+//! [`WriterHandle::shutdown`] writes everything pending before it returns, so a graceful
+//! restart loses nothing in either mode.
 
 use crate::cache::duplicate;
 use crate::store::{KeyTouch, Store, StoreError, StoreResult, UsageDelta, WriteBatch};
@@ -40,6 +54,44 @@ use tokio::time::Instant;
 /// the interval bounds what a crash can lose.
 pub const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often usage increments are written unless configured otherwise: what a crash can
+/// lose of them in the batched mode.
+pub const DEFAULT_USAGE_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// When a usage increment is durable (`store.usage_durability`; see
+/// `docs/usage-durability.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UsageDurability {
+    /// Written within `usage_flush_interval`, off the request path: a crash loses at most
+    /// that window's worth.
+    #[default]
+    Batched,
+    /// Committed before the request that consumed it is answered.
+    Strict,
+}
+
+impl UsageDurability {
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageDurability::Batched => "batched",
+            UsageDurability::Strict => "strict",
+        }
+    }
+}
+
+impl std::str::FromStr for UsageDurability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "batched" => Ok(UsageDurability::Batched),
+            "strict" => Ok(UsageDurability::Strict),
+            other => Err(format!("{other:?} is not \"batched\" or \"strict\"")),
+        }
+    }
+}
+
 /// First delay before retrying a failed write; it doubles on each further failure.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -50,10 +102,16 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How the writer batches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriterConfig {
-    /// How often pending records are written. Values above [`MAX_FLUSH_INTERVAL`] are
-    /// lowered to it: this interval bounds both how stale `last_used_at` is and what a crash
-    /// can lose.
+    /// How often pending key uses, activity and events are written. Values above
+    /// [`MAX_FLUSH_INTERVAL`] are lowered to it: this interval bounds both how stale
+    /// `last_used_at` is and what a crash can lose of them.
     pub flush_interval: Duration,
+    /// How often pending usage increments are written, apart from the rest; values above
+    /// [`MAX_FLUSH_INTERVAL`] are lowered to it. In the batched mode this is what a crash
+    /// can lose of usage.
+    pub usage_flush_interval: Duration,
+    /// Whether [`Writer::charge`] waits for the commit.
+    pub usage_durability: UsageDurability,
     /// Most records per transaction; reaching it also triggers a flush before the interval
     /// ends, so a burst is written promptly in bounded transactions.
     pub max_batch: usize,
@@ -71,6 +129,8 @@ impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
             flush_interval: MAX_FLUSH_INTERVAL,
+            usage_flush_interval: DEFAULT_USAGE_FLUSH_INTERVAL,
+            usage_durability: UsageDurability::Batched,
             max_batch: 5_000,
             activity_queue: 100_000,
             activity_retain_per_key: 1_000,
@@ -93,8 +153,6 @@ struct UsageKey {
 struct Pending {
     /// Latest use per key id: when and from where.
     touches: HashMap<String, (Millis, Option<String>)>,
-    /// Summed increments per counter.
-    usage: HashMap<UsageKey, u64>,
     /// Activity rows per key id, oldest first, at most `activity_retain_per_key` each.
     activity: HashMap<String, VecDeque<Activity>>,
     /// Activity rows held in `activity`.
@@ -104,7 +162,7 @@ struct Pending {
 
 impl Pending {
     fn len(&self) -> usize {
-        self.touches.len() + self.usage.len() + self.activity_len + self.events.len()
+        self.touches.len() + self.activity_len + self.events.len()
     }
 
     /// Keeps a key's latest use (`at`, client IP): an earlier one is ignored.
@@ -162,9 +220,53 @@ enum Place<'a> {
     Full,
 }
 
+/// Usage increments accepted and not yet handed to the usage lane.
+#[derive(Default)]
+struct UsageQueue {
+    /// Summed increments per counter, written within the usage interval.
+    batched: HashMap<UsageKey, u64>,
+    /// Summed increments of strict charges, written at once; their callers wait in
+    /// `waiters`.
+    strict: HashMap<UsageKey, u64>,
+    waiters: Vec<oneshot::Sender<StoreResult<()>>>,
+    /// The usage lane has stopped: a strict charge fails at once instead of waiting.
+    stopped: bool,
+}
+
+impl UsageQueue {
+    fn len(&self) -> usize {
+        self.batched.len() + self.strict.len()
+    }
+}
+
+/// Adds `delta` to its counter's sum in `sums`.
+fn add_to(sums: &mut HashMap<UsageKey, u64>, delta: UsageDelta) {
+    let UsageDelta {
+        account_id,
+        mode,
+        unit,
+        period_start,
+        amount,
+    } = delta;
+    let key = UsageKey {
+        account_id,
+        mode,
+        unit,
+        period_start,
+    };
+    let sum = sums.entry(key).or_insert(0);
+    *sum = sum.saturating_add(amount);
+}
+
 /// State shared by every [`Writer`] clone and the flusher task.
 struct Shared {
     pending: Mutex<Pending>,
+    usage: Mutex<UsageQueue>,
+    /// Wakes the usage lane: a strict charge waits, or `max_batch` counters do.
+    usage_due: Notify,
+    /// Counters taken by the usage lane and not yet written.
+    usage_in_flight: AtomicUsize,
+    usage_durability: UsageDurability,
     /// Wakes the flusher when `max_batch` records are waiting.
     full: Notify,
     /// Records taken by the flusher and not yet written.
@@ -197,6 +299,10 @@ impl Shared {
         self.in_flight.fetch_add(p.len(), Ordering::SeqCst);
         std::mem::take(&mut *p)
     }
+
+    fn usage_queue(&self) -> std::sync::MutexGuard<'_, UsageQueue> {
+        self.usage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// What the flusher is asked to do besides its periodic flush.
@@ -213,6 +319,7 @@ enum Command {
 pub struct Writer {
     shared: Arc<Shared>,
     commands: mpsc::UnboundedSender<Command>,
+    usage_commands: mpsc::UnboundedSender<Command>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -230,6 +337,7 @@ impl std::fmt::Debug for Writer {
 pub struct WriterHandle {
     writer: Writer,
     task: JoinHandle<()>,
+    usage_task: JoinHandle<()>,
 }
 
 impl Writer {
@@ -240,11 +348,18 @@ impl Writer {
             flush_interval: cfg
                 .flush_interval
                 .clamp(Duration::from_millis(1), MAX_FLUSH_INTERVAL),
+            usage_flush_interval: cfg
+                .usage_flush_interval
+                .clamp(Duration::from_millis(1), MAX_FLUSH_INTERVAL),
             max_batch: cfg.max_batch.max(1),
             ..cfg
         };
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
+            usage: Mutex::new(UsageQueue::default()),
+            usage_due: Notify::new(),
+            usage_in_flight: AtomicUsize::new(0),
+            usage_durability: cfg.usage_durability,
             full: Notify::new(),
             in_flight: AtomicUsize::new(0),
             flushed_batches: AtomicU64::new(0),
@@ -255,6 +370,15 @@ impl Writer {
             activity_retain: cfg.activity_retain_per_key as usize,
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        let (usage_tx, usage_rx) = mpsc::unbounded_channel();
+        let lane = UsageLane {
+            shared: shared.clone(),
+            store: store.clone(),
+            cfg,
+            commands: usage_rx,
+            held: HashMap::new(),
+        };
+        let usage_task = tokio::spawn(lane.run());
         let flusher = Flusher {
             shared: shared.clone(),
             store,
@@ -267,10 +391,12 @@ impl Writer {
         let writer = Writer {
             shared,
             commands: tx,
+            usage_commands: usage_tx,
         };
         let handle = WriterHandle {
             writer: writer.clone(),
             task,
+            usage_task,
         };
         (writer, handle)
     }
@@ -333,29 +459,57 @@ impl Writer {
         }
     }
 
-    /// Adds a usage increment. Increments of one counter are summed until the next flush;
-    /// none is ever dropped.
+    /// Adds a usage increment, written within the usage interval whatever the durability
+    /// mode. Increments of one counter are summed until the next write; none is ever
+    /// dropped.
     pub fn usage(&self, delta: UsageDelta) {
         if delta.amount == 0 {
             return;
         }
-        let UsageDelta {
-            account_id,
-            mode,
-            unit,
-            period_start,
-            amount,
-        } = delta;
-        let key = UsageKey {
-            account_id,
-            mode,
-            unit,
-            period_start,
+        let len = {
+            let mut q = self.shared.usage_queue();
+            add_to(&mut q.batched, delta);
+            q.len()
         };
-        self.shared.with_pending(|p| {
-            let sum = p.usage.entry(key).or_insert(0);
-            *sum = sum.saturating_add(amount);
-        });
+        if len >= self.shared.max_batch {
+            self.shared.usage_due.notify_one();
+        }
+    }
+
+    /// The usage durability this writer was started with.
+    pub fn usage_durability(&self) -> UsageDurability {
+        self.shared.usage_durability
+    }
+
+    /// Records the usage a request consumed, as the durability mode says: batched, it is
+    /// queued like [`Writer::usage`] and this returns at once; strict, this returns once the
+    /// increments are committed, together with those of every other charge that came
+    /// meanwhile. A strict charge that fails is not retried: its caller should give the units
+    /// back and answer that the request could not be counted.
+    pub async fn charge(&self, deltas: Vec<UsageDelta>) -> StoreResult<()> {
+        let deltas = deltas.into_iter().filter(|d| d.amount > 0);
+        if self.shared.usage_durability == UsageDurability::Batched {
+            deltas.for_each(|d| self.usage(d));
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = self.shared.usage_queue();
+            if q.stopped {
+                return Err(stopped());
+            }
+            let mut any = false;
+            for d in deltas {
+                add_to(&mut q.strict, d);
+                any = true;
+            }
+            if !any {
+                return Ok(());
+            }
+            q.waiters.push(tx);
+        }
+        self.shared.usage_due.notify_one();
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Queues an audit event raised on the request path; it is never dropped.
@@ -367,12 +521,16 @@ impl Writer {
     /// read their own writes. Fails with the store's error when the write fails (the batch is
     /// kept and retried later) or when the writer has stopped.
     pub async fn flush_now(&self) -> StoreResult<()> {
-        let stopped = || StoreError::Database("the background writer has stopped".into());
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Flush(tx))
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        let ask = |commands: &mpsc::UnboundedSender<Command>| {
+            let (tx, rx) = oneshot::channel();
+            let sent = commands.send(Command::Flush(tx));
+            async move {
+                sent.map_err(|_| stopped())?;
+                rx.await.map_err(|_| stopped())?
+            }
+        };
+        let (usage, rest) = tokio::join!(ask(&self.usage_commands), ask(&self.commands));
+        usage.and(rest)
     }
 
     /// Records accepted and not yet written (including a batch being written or retried).
@@ -384,7 +542,11 @@ impl Writer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len();
-        queued + self.shared.in_flight.load(Ordering::SeqCst)
+        let usage = self.shared.usage_queue().len();
+        queued
+            + usage
+            + self.shared.in_flight.load(Ordering::SeqCst)
+            + self.shared.usage_in_flight.load(Ordering::SeqCst)
     }
 
     /// Batches written successfully since the start.
@@ -415,8 +577,11 @@ impl WriterHandle {
     pub async fn shutdown(self) {
         // A send error means the flusher already stopped; waiting for it is still right.
         let _ = self.writer.commands.send(Command::Shutdown);
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "the background writer ended abnormally");
+        let _ = self.writer.usage_commands.send(Command::Shutdown);
+        for task in [self.task, self.usage_task] {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the background writer ended abnormally");
+            }
         }
     }
 }
@@ -424,7 +589,6 @@ impl WriterHandle {
 /// Records taken from [`Pending`] and waiting to be written, in chunks of `max_batch`.
 #[derive(Default)]
 struct Backlog {
-    usage: Vec<UsageDelta>,
     events: Vec<AuditEvent>,
     touches: Vec<KeyTouch>,
     activity: Vec<Activity>,
@@ -433,17 +597,6 @@ struct Backlog {
 impl Backlog {
     fn from_pending(p: Pending) -> Self {
         Backlog {
-            usage: p
-                .usage
-                .into_iter()
-                .map(|(k, amount)| UsageDelta {
-                    account_id: k.account_id,
-                    mode: k.mode,
-                    unit: k.unit,
-                    period_start: k.period_start,
-                    amount,
-                })
-                .collect(),
             events: p.events,
             touches: p
                 .touches
@@ -455,18 +608,15 @@ impl Backlog {
     }
 
     fn is_empty(&self) -> bool {
-        self.usage.is_empty()
-            && self.events.is_empty()
-            && self.touches.is_empty()
-            && self.activity.is_empty()
+        self.events.is_empty() && self.touches.is_empty() && self.activity.is_empty()
     }
 
-    /// Splits off at most `max` records as one batch: usage and events first, as the
-    /// records that matter most. Taken from the tail, so each chunk costs only its own size.
+    /// Splits off at most `max` records as one batch: events first, as the records that
+    /// matter most. Taken from the tail, so each chunk costs only its own size.
     fn chunk(&mut self, max: usize, retain: u32) -> (WriteBatch, usize) {
         let mut room = max;
         let batch = WriteBatch {
-            usage: tail(&mut self.usage, &mut room),
+            usage: Vec::new(),
             events: tail(&mut self.events, &mut room),
             touches: tail(&mut self.touches, &mut room),
             activity: tail(&mut self.activity, &mut room),
@@ -552,7 +702,7 @@ impl Flusher {
                     tracing::warn!(
                         error = %e,
                         records,
-                        "writing a batch of key uses, activity, usage and events failed; \
+                        "writing a batch of key uses, activity and events failed; \
                          it is kept and retried"
                     );
                     self.held = Some((batch, records));
@@ -591,6 +741,181 @@ impl Flusher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+}
+
+/// The error of a call to a writer that has stopped.
+fn stopped() -> StoreError {
+    StoreError::Database("the background writer has stopped".into())
+}
+
+/// The task that writes usage increments, apart from everything else (see the module
+/// documentation).
+struct UsageLane {
+    shared: Arc<Shared>,
+    store: Arc<dyn Store>,
+    cfg: WriterConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Batched increments whose write failed, summed with later ones until one lands.
+    held: HashMap<UsageKey, u64>,
+}
+
+impl UsageLane {
+    async fn run(mut self) {
+        let mut backoff: Option<Duration> = None;
+        let mut next = Instant::now() + self.cfg.usage_flush_interval;
+        loop {
+            let command = tokio::select! {
+                c = self.commands.recv() => Some(c),
+                () = tokio::time::sleep_until(next) => None,
+                () = self.shared.usage_due.notified() => None,
+            };
+            let result = match command {
+                None => {
+                    // During a retry delay only a strict charge (its caller waits) is worth
+                    // an early attempt; a full batch waits for the delay to end.
+                    if backoff.is_some() && Instant::now() < next && !self.strict_waiting() {
+                        continue;
+                    }
+                    self.write().await
+                }
+                Some(Some(Command::Flush(reply))) => {
+                    let result = self.write().await;
+                    let _ = reply.send(result.as_ref().map_err(duplicate).copied());
+                    result
+                }
+                Some(Some(Command::Shutdown) | None) => {
+                    self.drain_for_shutdown().await;
+                    return;
+                }
+            };
+            backoff = match result {
+                Ok(()) => None,
+                Err(_) => Some(backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF))),
+            };
+            next = Instant::now() + backoff.unwrap_or(self.cfg.usage_flush_interval);
+        }
+    }
+
+    fn strict_waiting(&self) -> bool {
+        !self.shared.usage_queue().waiters.is_empty()
+    }
+
+    /// Writes the increments held from a failed write and everything queued, strict charges
+    /// first, in transactions of at most `max_batch` counters. Strict callers learn whether
+    /// their increments were committed; batched increments that were not are held for the
+    /// next attempt.
+    async fn write(&mut self) -> StoreResult<()> {
+        let (batched, strict, waiters) = {
+            let mut q = self.shared.usage_queue();
+            let taken = (
+                std::mem::take(&mut q.batched),
+                std::mem::take(&mut q.strict),
+                std::mem::take(&mut q.waiters),
+            );
+            // Counted in flight while still under the lock, so `pending` never misses them.
+            self.shared.usage_in_flight.store(
+                self.held.len() + taken.0.len() + taken.1.len(),
+                Ordering::SeqCst,
+            );
+            taken
+        };
+        for (k, n) in batched {
+            let sum = self.held.entry(k).or_insert(0);
+            *sum = sum.saturating_add(n);
+        }
+        let strict_len = strict.len();
+        let rows: Vec<(UsageKey, u64)> = strict
+            .into_iter()
+            .chain(std::mem::take(&mut self.held))
+            .collect();
+        let delta = |(k, amount): &(UsageKey, u64)| UsageDelta {
+            account_id: k.account_id.clone(),
+            mode: k.mode,
+            unit: k.unit.clone(),
+            period_start: k.period_start,
+            amount: *amount,
+        };
+        let mut written = 0;
+        let mut failure = None;
+        for chunk in rows.chunks(self.cfg.max_batch) {
+            let batch = WriteBatch {
+                usage: chunk.iter().map(delta).collect(),
+                activity_retain_per_key: self.cfg.activity_retain_per_key,
+                ..WriteBatch::default()
+            };
+            match self.store.write_batch(&batch).await {
+                Ok(()) => {
+                    written += chunk.len();
+                    self.shared.flushed_batches.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    self.shared.failed_flushes.fetch_add(1, Ordering::SeqCst);
+                    // The error comes from the database and names no record content.
+                    tracing::warn!(
+                        error = %e,
+                        counters = rows.len() - written,
+                        "writing usage failed; batched usage is kept and retried"
+                    );
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        // What was not written: batched increments wait for the next attempt; strict ones
+        // are given up, their callers told.
+        let strict_result = match &failure {
+            Some(e) if written < strict_len => Err(duplicate(e)),
+            _ => Ok(()),
+        };
+        for (k, n) in rows.into_iter().skip(written.max(strict_len)) {
+            self.held.insert(k, n);
+        }
+        self.shared
+            .usage_in_flight
+            .store(self.held.len(), Ordering::SeqCst);
+        for w in waiters {
+            let _ = w.send(strict_result.as_ref().map_err(duplicate).copied());
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes until nothing is queued or held, retrying failures until `shutdown_grace`
+    /// runs out; then refuses further strict charges.
+    async fn drain_for_shutdown(&mut self) {
+        let deadline = Instant::now() + self.cfg.shutdown_grace;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let ok = self.write().await.is_ok();
+            let left = self.held.len() + self.shared.usage_queue().len();
+            if left == 0 {
+                break;
+            }
+            if ok {
+                // More arrived while writing: write it too, without waiting.
+                continue;
+            }
+            if Instant::now() + backoff > deadline {
+                tracing::error!(
+                    counters = left,
+                    "the background writer is stopping with usage it could not write"
+                );
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        let waiters = {
+            let mut q = self.shared.usage_queue();
+            q.stopped = true;
+            std::mem::take(&mut q.waiters)
+        };
+        for w in waiters {
+            let _ = w.send(Err(stopped()));
+        }
     }
 }
 

@@ -8,7 +8,8 @@ use keywarden_core::model::{
 };
 use keywarden_store::{
     open, CacheConfig, CountingStore, EventFilter, KeyCache, KeyResolver, KeyTouch, KeyUse, Lookup,
-    RecordCache, Store, StoreError, UsageDelta, Writer, WriterConfig, WriterHandle,
+    RecordCache, Store, StoreError, UsageDelta, UsageDurability, Writer, WriterConfig,
+    WriterHandle,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -475,6 +476,7 @@ fn event(account_id: &str) -> AuditEvent {
 fn manual() -> WriterConfig {
     WriterConfig {
         flush_interval: Duration::from_secs(1),
+        usage_flush_interval: Duration::from_secs(1),
         ..WriterConfig::default()
     }
 }
@@ -800,7 +802,8 @@ async fn a_failed_flush_keeps_its_batch_and_is_retried() {
 
     counting.set_unavailable(true);
     assert!(writer.flush_now().await.is_err());
-    assert_eq!(writer.failed_flushes(), 1);
+    // Usage and the event are written apart, and both attempts failed.
+    assert_eq!(writer.failed_flushes(), 2);
     assert_eq!(writer.pending(), 2, "the failed batch is still pending");
     writer.usage(usage(&db.account_id, "requests", 1));
     assert_eq!(writer.pending(), 3);
@@ -817,6 +820,59 @@ async fn a_failed_flush_keeps_its_batch_and_is_retried() {
     }
     assert_eq!(used(&db, "requests").await, 6, "written exactly once");
     handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_strict_charge_returns_once_committed_and_a_failed_one_is_not_written() {
+    let db = db().await;
+    let counting = Arc::new(CountingStore::new(db.store.clone()));
+    let (writer, handle) = Writer::spawn(
+        counting.clone(),
+        WriterConfig {
+            usage_durability: UsageDurability::Strict,
+            ..manual()
+        },
+    );
+    // The intervals never fire here: only the charge itself can have written this.
+    writer
+        .charge(vec![usage(&db.account_id, "tokens", 7)])
+        .await
+        .unwrap();
+    assert_eq!(
+        used(&db, "tokens").await,
+        7,
+        "committed before charge returned"
+    );
+
+    counting.set_unavailable(true);
+    assert!(writer
+        .charge(vec![usage(&db.account_id, "tokens", 5)])
+        .await
+        .is_err());
+    assert_eq!(writer.pending(), 0, "a failed strict charge is not kept");
+    counting.set_unavailable(false);
+    writer.flush_now().await.unwrap();
+    assert_eq!(
+        used(&db, "tokens").await,
+        7,
+        "its caller was told it failed: it is never written later"
+    );
+
+    // Batched usage queued meanwhile is written with the next strict charge.
+    writer.usage(usage(&db.account_id, "tokens", 2));
+    writer
+        .charge(vec![usage(&db.account_id, "tokens", 1)])
+        .await
+        .unwrap();
+    assert_eq!(used(&db, "tokens").await, 10);
+    handle.shutdown().await;
+    assert!(
+        writer
+            .charge(vec![usage(&db.account_id, "tokens", 1)])
+            .await
+            .is_err(),
+        "a stopped writer refuses strict charges at once"
+    );
 }
 
 #[tokio::test]

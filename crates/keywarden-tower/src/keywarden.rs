@@ -186,6 +186,7 @@ pub struct KeywardenBuilder {
     cache: CacheConfig,
     /// Limits shared through Redis, when set.
     redis: Option<RedisConfig>,
+    writer: WriterConfig,
     /// The time source.
     clock: Arc<dyn Clock>,
 }
@@ -242,6 +243,7 @@ impl Default for KeywardenBuilder {
             api_enabled: true,
             cache: CacheConfig::default(),
             redis: None,
+            writer: WriterConfig::default(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -380,6 +382,14 @@ impl KeywardenBuilder {
         self
     }
 
+    /// How the background writer batches, and when usage is durable (default: as the
+    /// server's defaults, usage written every 100 ms; `usage_durability: Strict` commits a
+    /// request's usage before it is answered).
+    pub fn writer(mut self, cfg: WriterConfig) -> Self {
+        self.writer = cfg;
+        self
+    }
+
     /// The time source (default the system clock); tests pass a manual one.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -464,7 +474,7 @@ impl KeywardenBuilder {
             slow_hash_concurrency: 4,
             record_ttl: self.cache.ttl.max(Duration::from_secs(1)),
         };
-        let (writer, handle) = Writer::spawn(store.clone(), WriterConfig::default());
+        let (writer, handle) = Writer::spawn(store.clone(), self.writer);
         let verifier = Verifier::new(
             config,
             store,
