@@ -61,11 +61,12 @@ where
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     /// 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// A configured plan (default: `plans.default`).
     pub plan: Option<String>,
     /// `pending`, `active` (default) or `suspended`.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::AccountStatus>)]
     pub status: Option<AccountStatus>,
     /// A JSON object ≤ 4 KiB.
     pub metadata: Option<Value>,
@@ -154,12 +155,13 @@ pub async fn get_account(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchAccount {
-    /// New name.
+    /// New name, 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
     /// New plan (takes effect at once).
     pub plan: Option<String>,
     /// New status.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::AccountStatus>)]
     pub status: Option<AccountStatus>,
     /// New metadata.
     pub metadata: Option<Value>,
@@ -247,20 +249,23 @@ pub async fn approve_account(
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// `live` or `test`.
-    #[schema(value_type = String)]
+    #[schema(value_type = crate::openapi::Mode)]
     pub mode: Mode,
     /// `secret` (default) or `publishable`.
     #[serde(rename = "type")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::KeyType>)]
     pub key_type: Option<KeyType>,
     /// 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// Where the key is stored, ≤ 500 characters.
+    #[schema(max_length = 500)]
     pub description: Option<String>,
-    /// The person responsible.
+    /// The person responsible, ≤ 200 characters.
+    #[schema(max_length = 200)]
     pub owner: Option<String>,
     /// `owner` (default), `admin`, `developer` or `member`.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::Role>)]
     pub role: Option<Role>,
     /// Scopes (default: `keys.default_scopes`).
     pub scopes: Option<Vec<String>>,
@@ -269,7 +274,7 @@ pub struct CreateKey {
     /// IPs and CIDRs.
     pub ip_allowlist: Option<Vec<String>>,
     /// Per-key rate limit `{requests, per_seconds}`.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::RateLimit>)]
     pub rate_limit: Option<RateLimitSpec>,
     /// A JSON object ≤ 4 KiB.
     pub metadata: Option<Value>,
@@ -334,11 +339,13 @@ pub async fn create_key(
 /// Query of `GET /v1/admin/accounts/{id}/keys`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct KeysQuery {
     /// Only keys of this mode.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<crate::openapi::Mode>)]
     pub mode: Option<Mode>,
-    /// Page size 1–100.
+    /// Page size 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// Keys after this id.
     pub starting_after: Option<String>,
@@ -406,14 +413,17 @@ pub async fn get_key(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchKey {
-    /// New label.
+    /// New label, 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
-    /// New description.
+    /// New description, ≤ 500 characters.
+    #[schema(max_length = 500)]
     pub description: Option<String>,
-    /// New owner.
+    /// New owner, ≤ 200 characters.
+    #[schema(max_length = 200)]
     pub owner: Option<String>,
     /// New role.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::Role>)]
     pub role: Option<Role>,
     /// New scopes.
     pub scopes: Option<Vec<String>>,
@@ -425,7 +435,7 @@ pub struct PatchKey {
     pub ip_allowlist: Option<Vec<String>>,
     /// New rate limit, or `null` to use the plan's.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::RateLimit>)]
     pub rate_limit: Option<Option<RateLimitSpec>>,
     /// Enable or disable the key.
     pub enabled: Option<bool>,
@@ -523,6 +533,7 @@ pub async fn rotate_key(
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {
     /// Why (≤ 200 characters).
+    #[schema(max_length = 200)]
     pub reason: Option<String>,
 }
 
@@ -585,13 +596,14 @@ pub struct ImportKey {
     /// The account.
     pub account_id: String,
     /// `live` or `test`.
-    #[schema(value_type = String)]
+    #[schema(value_type = crate::openapi::Mode)]
     pub mode: Mode,
     /// `secret` (default) or `publishable`.
     #[serde(rename = "type")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::KeyType>)]
     pub key_type: Option<KeyType>,
-    /// Label.
+    /// Label, 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// `sha256`, `bcrypt`, `argon2id` or `hmac-sha256` (under the current pepper).
     pub scheme: String,
@@ -606,7 +618,7 @@ pub struct ImportKey {
     /// Scopes (default: `keys.default_scopes`).
     pub scopes: Option<Vec<String>>,
     /// Role (default owner).
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::Role>)]
     pub role: Option<Role>,
 }
 
@@ -695,7 +707,7 @@ pub struct ReportUsage {
     /// How much was consumed.
     pub amount: u64,
     /// `live` (default) or `test`.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::Mode>)]
     pub mode: Option<Mode>,
 }
 
@@ -754,6 +766,7 @@ pub async fn report_usage(
 /// Query of `GET /v1/admin/events`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only this account's events.
     pub account_id: Option<String>,
@@ -763,6 +776,7 @@ pub struct EventsQuery {
     /// Only events at or after this RFC 3339 time.
     pub since: Option<String>,
     /// 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// Events older than this event id.
     pub starting_after: Option<String>,

@@ -75,6 +75,7 @@ pub async fn get_account(
 #[serde(deny_unknown_fields)]
 pub struct AccountPatch {
     /// The new name, 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub account_name: String,
 }
 
@@ -243,6 +244,7 @@ pub async fn erase(State(state): State<AppState>, parts: Parts) -> Result<Respon
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyBody {
     /// Label, 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// Scopes (default: the caller's own effective scopes are the ceiling; `default_scopes`
     /// when omitted, capped to the caller's).
@@ -252,6 +254,7 @@ pub struct CreateKeyBody {
     /// IPs and CIDRs.
     pub ip_allowlist: Option<Vec<String>>,
     /// Where the key will be stored, ≤ 500 characters.
+    #[schema(max_length = 500)]
     pub description: Option<String>,
 }
 
@@ -323,8 +326,10 @@ pub async fn create_key(
 /// Paging of lists.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// Return items after this id.
     pub starting_after: Option<String>,
@@ -455,6 +460,7 @@ pub async fn delete_key(
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {
     /// How long the old secret keeps working, 0–604800 s (default 0).
+    #[schema(maximum = 604800)]
     pub grace_period_seconds: Option<u64>,
 }
 
