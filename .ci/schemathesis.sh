@@ -144,7 +144,7 @@ EOF
 
   local common=(--checks "$CHECKS" --max-examples "$MAX_EXAMPLES" --seed "$SEED"
     --phases examples,coverage,fuzzing --generation-database none --no-color
-    --request-timeout 10 --workers 2 --suppress-health-check all --warnings off)
+    --request-timeout 10 --workers 1 --suppress-health-check all --warnings off)
   local status=0
   echo "== schemathesis: $store, admin listener"
   "$ST" run "$admin/openapi.json" "${common[@]}" -H "Authorization: Bearer $ROOT_KEY" \
