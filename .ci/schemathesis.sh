@@ -146,6 +146,8 @@ EOF
     --phases examples,coverage,fuzzing --generation-database none --no-color
     --request-timeout 10 --workers 1 --suppress-health-check all --warnings off)
   local status=0
+  # Schemathesis keeps a cache in its working directory.
+  pushd "$WORK" >/dev/null
   echo "== schemathesis: $store, admin listener"
   "$ST" run "$admin/openapi.json" "${common[@]}" -H "Authorization: Bearer $ROOT_KEY" \
     || status=1
@@ -155,6 +157,7 @@ EOF
     --exclude-path /v1/account/data || status=1
   "$ST" run "$public/openapi.json" "${common[@]}" -H "Authorization: Bearer $key" \
     --include-path /v1/account/data || status=1
+  popd >/dev/null
 
   if ! kill -0 "$KW_PID" 2>/dev/null; then
     echo "keywarden ($store) is no longer running" >&2
