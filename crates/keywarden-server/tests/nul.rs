@@ -6,57 +6,10 @@
 mod common;
 
 use common::api::Answer;
-use common::{spawn_app, spawn_config, TestApp, ROOT};
-use keywarden_server::config::Config;
+use common::pg::spawn_pg_app;
+use common::{spawn_app, TestApp, ROOT};
 use reqwest::Method;
 use serde_json::{json, Value};
-
-/// A service on a fresh PostgreSQL database, with the database's name and the server's URL
-/// to drop it afterwards; `None` when no server is configured.
-async fn spawn_pg() -> Option<(TestApp, String, String)> {
-    let admin = std::env::var("KEYWARDEN_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())?;
-    let name = format!("kw_nul_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let vars = vec![
-        ("KEYWARDEN_ROOT_KEY".to_string(), ROOT.to_string()),
-        ("KEYWARDEN_DATABASE_URL".to_string(), with_database(&admin, &name)),
-        ("KEYWARDEN_PEPPER".to_string(), "ab".repeat(32)),
-    ];
-    let mut config = Config::from_parts("", &vars).expect("test config");
-    config.server.public_listen = "127.0.0.1:0".into();
-    config.server.admin_listen = "127.0.0.1:0".into();
-    let app = spawn_config(config, tempfile::tempdir().unwrap()).await;
-    Some((app, admin, name))
-}
-
-async fn drop_database(admin: &str, name: &str) {
-    if let Ok(pool) = sqlx::PgPool::connect(admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&pool)
-            .await;
-        pool.close().await;
-    }
-}
-
-/// `postgres://user@host:port/db?query` with the database replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority = base.find("://").map_or(0, |i| i + 3);
-    let base = base[authority..]
-        .find('/')
-        .map_or(base, |slash| &base[..authority + slash]);
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    }
-}
 
 /// A raw call, so bodies and paths are sent exactly as written.
 async fn raw(app: &TestApp, admin: bool, method: Method, path: &str, key: &str, body: Option<&str>) -> Answer {
@@ -195,13 +148,12 @@ async fn nul_is_refused_naming_the_field_on_sqlite() {
 
 #[tokio::test]
 async fn nul_is_refused_naming_the_field_on_postgres() {
-    let Some((app, admin, name)) = spawn_pg().await else {
+    let Some(pg) = spawn_pg_app().await else {
         eprintln!("KEYWARDEN_TEST_DATABASE_URL is not set: skipping");
         return;
     };
-    refuses_nul_everywhere(&app).await;
-    app.stop().await;
-    drop_database(&admin, &name).await;
+    refuses_nul_everywhere(&pg.app).await;
+    pg.stop().await;
 }
 
 /// A path id that is not UTF-8 once percent-decoded is refused in the configured error

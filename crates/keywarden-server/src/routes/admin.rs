@@ -704,7 +704,8 @@ pub async fn import_key(
 pub struct ReportUsage {
     /// The unit.
     pub unit: String,
-    /// How much was consumed.
+    /// How much was consumed, at most 2⁶³ − 1 (what a usage counter can hold).
+    #[schema(maximum = 9_223_372_036_854_775_807_i64)]
     pub amount: u64,
     /// `live` (default) or `test`.
     #[schema(value_type = Option<crate::openapi::Mode>)]
@@ -732,6 +733,13 @@ pub async fn report_usage(
     JsonBody(b): JsonBody<ReportUsage>,
 ) -> Result<Json<Value>, ApiError> {
     root(&state, &parts)?;
+    if i64::try_from(b.amount).is_err() {
+        return Err(ApiError::invalid(format!(
+            "amount: {} is more than a usage counter holds (at most {})",
+            b.amount,
+            i64::MAX
+        )));
+    }
     let account = Manager::new(&state).account(&id).await?;
     let mode = b.mode.unwrap_or(Mode::Live);
     let plan = state.verifier.plan(&account.plan);
