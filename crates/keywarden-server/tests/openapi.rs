@@ -1364,6 +1364,20 @@ async fn request_fields_state_their_enums_and_lengths() {
         }
     }
     assert_eq!(seen.len(), 6, "{seen:?}");
+    // Plans are the configured ones; metadata is an object.
+    let schemas = &admin["components"]["schemas"];
+    assert_eq!(schemas["CreateAccount"]["properties"]["plan"]["enum"], json!(["default", null]));
+    assert_eq!(
+        public["components"]["schemas"]["PlanPatch"]["properties"]["plan"]["enum"],
+        json!(["default"])
+    );
+    for schema in ["CreateAccount", "PatchAccount", "CreateKey", "PatchKey"] {
+        assert_eq!(
+            schemas[schema]["properties"]["metadata"]["type"],
+            json!(["object", "null"]),
+            "{schema}"
+        );
+    }
 
     // Every documented value is accepted, and one outside them is refused naming the field.
     for status in &expected["status"] {

@@ -69,6 +69,7 @@ pub struct CreateAccount {
     #[schema(value_type = Option<crate::openapi::AccountStatus>)]
     pub status: Option<AccountStatus>,
     /// A JSON object ≤ 4 KiB.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
@@ -163,7 +164,8 @@ pub struct PatchAccount {
     /// New status.
     #[schema(value_type = Option<crate::openapi::AccountStatus>)]
     pub status: Option<AccountStatus>,
-    /// New metadata.
+    /// New metadata, a JSON object ≤ 4 KiB.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
@@ -270,6 +272,7 @@ pub struct CreateKey {
     /// Scopes (default: `keys.default_scopes`).
     pub scopes: Option<Vec<String>>,
     /// RFC 3339 expiry.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     /// IPs and CIDRs.
     pub ip_allowlist: Option<Vec<String>>,
@@ -277,6 +280,7 @@ pub struct CreateKey {
     #[schema(value_type = Option<crate::openapi::RateLimit>)]
     pub rate_limit: Option<RateLimitSpec>,
     /// A JSON object ≤ 4 KiB.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     /// The application the key is bound to.
     pub app_id: Option<String>,
@@ -429,7 +433,7 @@ pub struct PatchKey {
     pub scopes: Option<Vec<String>>,
     /// New expiry (RFC 3339), or `null` to remove it.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<String>>,
     /// New allowlist.
     pub ip_allowlist: Option<Vec<String>>,
@@ -439,7 +443,8 @@ pub struct PatchKey {
     pub rate_limit: Option<Option<RateLimitSpec>>,
     /// Enable or disable the key.
     pub enabled: Option<bool>,
-    /// New metadata.
+    /// New metadata, a JSON object ≤ 4 KiB.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
@@ -782,6 +787,7 @@ pub struct EventsQuery {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     /// Only events at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// 1–100 (default 20).
     #[param(minimum = 1, maximum = 100)]

@@ -250,6 +250,7 @@ pub struct CreateKeyBody {
     /// when omitted, capped to the caller's).
     pub scopes: Option<Vec<String>>,
     /// RFC 3339 expiry.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     /// IPs and CIDRs.
     pub ip_allowlist: Option<Vec<String>>,
