@@ -12,7 +12,14 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 /// A raw call, so bodies and paths are sent exactly as written.
-async fn raw(app: &TestApp, admin: bool, method: Method, path: &str, key: &str, body: Option<&str>) -> Answer {
+async fn raw(
+    app: &TestApp,
+    admin: bool,
+    method: Method,
+    path: &str,
+    key: &str,
+    body: Option<&str>,
+) -> Answer {
     let base = if admin { &app.admin } else { &app.public };
     let mut req = app
         .client
@@ -50,7 +57,15 @@ async fn refuses_nul_everywhere(app: &TestApp) {
     let events = count(app, "/v1/admin/events?limit=100").await;
 
     // An account name, on its own and beside valid fields.
-    let a = raw(app, true, Method::POST, "/v1/admin/accounts", ROOT, Some(r#"{"name":"Ac\u0000me"}"#)).await;
+    let a = raw(
+        app,
+        true,
+        Method::POST,
+        "/v1/admin/accounts",
+        ROOT,
+        Some(r#"{"name":"Ac\u0000me"}"#),
+    )
+    .await;
     refused(a, "name");
     // A metadata string, however deep, and a metadata key.
     let a = raw(
@@ -84,7 +99,15 @@ async fn refuses_nul_everywhere(app: &TestApp) {
     )
     .await;
     refused(a, "name");
-    let a = raw(app, false, Method::POST, "/v1/api-keys", &token, Some(r#"{"name":"a\u0000"}"#)).await;
+    let a = raw(
+        app,
+        false,
+        Method::POST,
+        "/v1/api-keys",
+        &token,
+        Some(r#"{"name":"a\u0000"}"#),
+    )
+    .await;
     refused(a, "name");
     // A change to an existing key and account.
     let a = raw(
@@ -97,43 +120,132 @@ async fn refuses_nul_everywhere(app: &TestApp) {
     )
     .await;
     refused(a, "description");
-    let a = raw(app, false, Method::PATCH, "/v1/account", &token, Some(r#"{"account_name":"\u0000"}"#)).await;
+    let a = raw(
+        app,
+        false,
+        Method::PATCH,
+        "/v1/account",
+        &token,
+        Some(r#"{"account_name":"\u0000"}"#),
+    )
+    .await;
     refused(a, "account_name");
     // Verify's fields.
-    let a = raw(app, true, Method::POST, "/v1/verify", ROOT, Some(r#"{"key":"kw\u0000"}"#)).await;
+    let a = raw(
+        app,
+        true,
+        Method::POST,
+        "/v1/verify",
+        ROOT,
+        Some(r#"{"key":"kw\u0000"}"#),
+    )
+    .await;
     refused(a, "key");
     // Path ids, on both listeners.
-    let a = raw(app, true, Method::GET, "/v1/admin/accounts/acc_%00", ROOT, None).await;
+    let a = raw(
+        app,
+        true,
+        Method::GET,
+        "/v1/admin/accounts/acc_%00",
+        ROOT,
+        None,
+    )
+    .await;
     refused(a, "id");
-    let a = raw(app, true, Method::PATCH, "/v1/admin/keys/%00", ROOT, Some(r#"{"name":"n"}"#)).await;
+    let a = raw(
+        app,
+        true,
+        Method::PATCH,
+        "/v1/admin/keys/%00",
+        ROOT,
+        Some(r#"{"name":"n"}"#),
+    )
+    .await;
     refused(a, "id");
-    let a = raw(app, false, Method::GET, "/v1/api-keys/key_%00", &token, None).await;
+    let a = raw(
+        app,
+        false,
+        Method::GET,
+        "/v1/api-keys/key_%00",
+        &token,
+        None,
+    )
+    .await;
     refused(a, "id");
     // Query parameters.
-    let a = raw(app, true, Method::GET, "/v1/admin/accounts?starting_after=%00", ROOT, None).await;
+    let a = raw(
+        app,
+        true,
+        Method::GET,
+        "/v1/admin/accounts?starting_after=%00",
+        ROOT,
+        None,
+    )
+    .await;
     refused(a, "starting_after");
-    let a = raw(app, true, Method::GET, "/v1/admin/events?type=key.%00", ROOT, None).await;
+    let a = raw(
+        app,
+        true,
+        Method::GET,
+        "/v1/admin/events?type=key.%00",
+        ROOT,
+        None,
+    )
+    .await;
     refused(a, "type");
-    let a = raw(app, false, Method::GET, "/v1/api-keys?starting_after=x%00", &token, None).await;
+    let a = raw(
+        app,
+        false,
+        Method::GET,
+        "/v1/api-keys?starting_after=x%00",
+        &token,
+        None,
+    )
+    .await;
     refused(a, "starting_after");
 
     // An escaped backslash before `u0000` is no NUL.
-    let a = raw(app, true, Method::POST, "/v1/admin/accounts", ROOT, Some(r#"{"name":"C:\\u0000"}"#)).await;
+    let a = raw(
+        app,
+        true,
+        Method::POST,
+        "/v1/admin/accounts",
+        ROOT,
+        Some(r#"{"name":"C:\\u0000"}"#),
+    )
+    .await;
     assert_eq!(a.ok(201)["name"], json!("C:\\u0000"));
 
     // Nothing else was made or changed.
-    assert_eq!(count(app, "/v1/admin/accounts?limit=100").await, accounts + 1);
+    assert_eq!(
+        count(app, "/v1/admin/accounts?limit=100").await,
+        accounts + 1
+    );
     assert_eq!(
         count(app, &format!("/v1/admin/accounts/{acc}/keys?limit=100")).await,
         keys
     );
-    let k: Value = raw(app, true, Method::GET, &format!("/v1/admin/keys/{key_id}"), ROOT, None)
-        .await
-        .ok(200);
+    let k: Value = raw(
+        app,
+        true,
+        Method::GET,
+        &format!("/v1/admin/keys/{key_id}"),
+        ROOT,
+        None,
+    )
+    .await
+    .ok(200);
     assert_eq!(k["description"], json!(""));
-    let a: Value = raw(app, true, Method::GET, &format!("/v1/admin/accounts/{acc}"), ROOT, None)
-        .await
-        .ok(200);
+    let a: Value = raw(
+        app,
+        true,
+        Method::GET,
+        &format!("/v1/admin/accounts/{acc}"),
+        ROOT,
+        None,
+    )
+    .await
+    .ok(200);
     assert_eq!(a["name"], json!("Acme"));
     // The one account created above made its one event.
     assert_eq!(count(app, "/v1/admin/events?limit=100").await, events + 1);

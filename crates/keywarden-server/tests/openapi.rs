@@ -1251,7 +1251,10 @@ fn enum_values(doc: &Value, schema: &Value) -> Option<Vec<String>> {
 }
 
 /// A request body's properties, by name.
-fn body_properties<'a>(doc: &'a Value, op: &'a Value) -> Option<&'a serde_json::Map<String, Value>> {
+fn body_properties<'a>(
+    doc: &'a Value,
+    op: &'a Value,
+) -> Option<&'a serde_json::Map<String, Value>> {
     let schema = &op["requestBody"]["content"]["application/json"]["schema"];
     let schema = match schema.get("$ref").and_then(Value::as_str) {
         Some(r) => resolve(doc, r),
@@ -1277,7 +1280,10 @@ async fn parameters_are_where_the_handlers_read_them() {
                 let name = param["name"].as_str().unwrap().to_string();
                 match param["in"].as_str().unwrap() {
                     "path" => {
-                        assert!(in_path.contains(&name), "{m} {p}: `{name}` is not in the path");
+                        assert!(
+                            in_path.contains(&name),
+                            "{m} {p}: `{name}` is not in the path"
+                        );
                         assert_eq!(param["required"], json!(true), "{m} {p} {name}");
                         declared.insert(name);
                     }
@@ -1296,8 +1302,18 @@ async fn parameters_are_where_the_handlers_read_them() {
             assert_eq!(declared, in_path, "{m} {p}: path parameters");
         }
     }
-    for name in ["limit", "starting_after", "mode", "account_id", "type", "since"] {
-        assert!(query_params.contains(name), "query parameter {name} is documented");
+    for name in [
+        "limit",
+        "starting_after",
+        "mode",
+        "account_id",
+        "type",
+        "since",
+    ] {
+        assert!(
+            query_params.contains(name),
+            "query parameter {name} is documented"
+        );
     }
     let limit = admin["paths"]["/v1/admin/accounts"]["get"]["parameters"]
         .as_array()
@@ -1306,7 +1322,13 @@ async fn parameters_are_where_the_handlers_read_them() {
         .find(|p| p["name"] == "limit")
         .unwrap()
         .clone();
-    assert_eq!((limit["schema"]["minimum"].clone(), limit["schema"]["maximum"].clone()), (json!(1), json!(100)));
+    assert_eq!(
+        (
+            limit["schema"]["minimum"].clone(),
+            limit["schema"]["maximum"].clone()
+        ),
+        (json!(1), json!(100))
+    );
 
     // The documented query parameters are served as query parameters.
     let acc = app.account("Acme").await;
@@ -1325,7 +1347,10 @@ async fn parameters_are_where_the_handlers_read_them() {
         .find(|p| p["name"] == "mode")
         .unwrap()
         .clone();
-    assert_eq!(enum_values(&admin, &keys_mode["schema"]), Some(vec!["live".into(), "test".into()]));
+    assert_eq!(
+        enum_values(&admin, &keys_mode["schema"]),
+        Some(vec!["live".into(), "test".into()])
+    );
     app.stop().await;
 }
 
@@ -1366,7 +1391,10 @@ async fn request_fields_state_their_enums_and_lengths() {
     assert_eq!(seen.len(), 6, "{seen:?}");
     // Plans are the configured ones; metadata is an object.
     let schemas = &admin["components"]["schemas"];
-    assert_eq!(schemas["CreateAccount"]["properties"]["plan"]["enum"], json!(["default", null]));
+    assert_eq!(
+        schemas["CreateAccount"]["properties"]["plan"]["enum"],
+        json!(["default", null])
+    );
     assert_eq!(
         public["components"]["schemas"]["PlanPatch"]["properties"]["plan"]["enum"],
         json!(["default"])
@@ -1382,7 +1410,11 @@ async fn request_fields_state_their_enums_and_lengths() {
     // Every documented value is accepted, and one outside them is refused naming the field.
     for status in &expected["status"] {
         let res = app
-            .admin(Method::POST, "/v1/admin/accounts", Some(json!({"name": "A", "status": status})))
+            .admin(
+                Method::POST,
+                "/v1/admin/accounts",
+                Some(json!({"name": "A", "status": status})),
+            )
             .await;
         assert_eq!(res.status(), 201, "status {status}");
     }
@@ -1390,21 +1422,36 @@ async fn request_fields_state_their_enums_and_lengths() {
     for role in &expected["role"] {
         for kind in &expected["type"] {
             let v = app
-                .key(&acc, json!({"mode": "test", "name": "k", "role": role, "type": kind, "scopes": []}))
+                .key(
+                    &acc,
+                    json!({"mode": "test", "name": "k", "role": role, "type": kind, "scopes": []}),
+                )
                 .await;
             assert_eq!(v["type"].as_str(), Some(*kind));
             // A publishable key only identifies its account: it is always a member.
-            let role = if *kind == "publishable" { "member" } else { role };
+            let role = if *kind == "publishable" {
+                "member"
+            } else {
+                role
+            };
             assert_eq!(v["role"].as_str(), Some(role));
         }
     }
     let res = app
-        .admin(Method::POST, "/v1/admin/accounts", Some(json!({"name": "A", "status": "closed"})))
+        .admin(
+            Method::POST,
+            "/v1/admin/accounts",
+            Some(json!({"name": "A", "status": "closed"})),
+        )
         .await;
     assert_eq!(res.status(), 400);
     assert!(res.text().await.unwrap().contains("status"));
     let res = app
-        .admin(Method::POST, "/v1/admin/accounts", Some(json!({"name": ""})))
+        .admin(
+            Method::POST,
+            "/v1/admin/accounts",
+            Some(json!({"name": ""})),
+        )
         .await;
     assert_eq!(res.status(), 400);
     app.stop().await;
