@@ -8,8 +8,9 @@
 # response whose status, content type or body the document does not describe, and on a
 # panic in the service's log.
 #
-# Knobs: SCHEMATHESIS_MAX_EXAMPLES (per operation and phase, default 10: the stage takes about two minutes on two cores), SCHEMATHESIS_SEED
-# (default fixed, so a run can be repeated), KEYWARDEN_BIN (default: built here).
+# Knobs: SCHEMATHESIS_MAX_EXAMPLES (per operation and phase; default 10, about two minutes
+# for both stores on two cores), SCHEMATHESIS_SEED (default fixed, so a run can be
+# repeated), KEYWARDEN_BIN (default: built here).
 # Schemathesis is installed, pinned, into a virtualenv under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

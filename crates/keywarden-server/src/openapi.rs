@@ -65,8 +65,9 @@ no answer ever contains a stored hash (`key_hash` is a public fingerprint).
 Every answer carries `X-Request-Id: req_<ULID>`. Errors have the shape chosen by \
 `errors.style`: `envelope` (default, `ErrorEnvelope`), `problem` (RFC 9457 \
 `application/problem+json`, `ProblemDetails`) or `detail` (`DetailError`). Bad input \
-(malformed JSON, unknown fields, wrong types, over-long strings) is answered with 400 naming \
-the field, bodies over 64 KiB with 413; neither changes anything.";
+(malformed JSON, unknown fields, wrong types, over-long strings, the NUL character U+0000 in \
+any string, path id or query parameter) is answered with 400 naming the field, bodies over \
+64 KiB with 413; neither changes anything.";
 
 /// The whole API. Each listener serves its part through [`document`].
 #[derive(OpenApi)]
