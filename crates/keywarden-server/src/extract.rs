@@ -1,12 +1,15 @@
 //! Reading requests strictly: JSON bodies with unknown fields or wrong types refused with
-//! the field named, bodies over 64 KiB refused with 413, the presented key found in the
-//! configured sources, and the client IP taken through trusted proxies only.
+//! the field named, bodies over 64 KiB refused with 413, the NUL character (U+0000) refused
+//! in every string of a body, a path and a query with the field named (no store can keep it
+//! alike: PostgreSQL refuses it in text), the presented key found in the configured
+//! sources, and the client IP taken through trusted proxies only.
 
 use crate::errors::ApiError;
 use crate::settings::{KeySource, Settings};
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::{header, HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
 use keywarden_core::codes::Code;
 use keywarden_core::ip::{client_ip as walk_forwarded_for, ClientAddr};
 use serde::de::DeserializeOwned;
@@ -45,6 +48,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     } else {
         bytes
     };
+    refuse_nul_in_json(bytes)?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -63,6 +67,97 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     de.end()
         .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
     Ok(value)
+}
+
+/// What a field holding U+0000 is told.
+pub const NUL_REFUSED: &str = "must not contain the NUL character (U+0000)";
+
+/// Refuses a JSON document with U+0000 in any string or object key, naming where. JSON can
+/// only carry it escaped (`\u0000`), so a document without that escape costs one scan.
+fn refuse_nul_in_json(bytes: &[u8]) -> Result<(), ApiError> {
+    let escaped = bytes
+        .windows(6)
+        .any(|w| w[0] == b'\\' && &w[1..] == b"u0000");
+    if !escaped {
+        return Ok(());
+    }
+    // Malformed JSON is left to the strict parse, which names the problem.
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Ok(());
+    };
+    match nul_at(&value, String::new()) {
+        Some(at) if at.is_empty() => Err(ApiError::invalid(format!("a field name {NUL_REFUSED}"))),
+        Some(at) => Err(ApiError::invalid(format!("{at}: {NUL_REFUSED}"))),
+        None => Ok(()),
+    }
+}
+
+/// The path (`a.b[2]`, as serde_path_to_error writes it) of the first string holding
+/// U+0000; for an object key holding it, the object's path.
+fn nul_at(value: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0').then_some(at),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, format!("{at}[{i}]"))),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                return Some(at);
+            }
+            map.iter().find_map(|(k, v)| {
+                let inner = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                nul_at(v, inner)
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Refuses, before the handler runs, a path parameter or query parameter holding U+0000
+/// once percent-decoded (`%00`), or a path parameter that is not UTF-8 once decoded, naming
+/// the parameter. Applied with `route_layer`, so the route's parameters are known.
+pub async fn refuse_nul_in_uri(req: Request, next: axum::middleware::Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    if let Err(e) = check_uri(&mut parts).await {
+        return e.into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+async fn check_uri(parts: &mut axum::http::request::Parts) -> Result<(), ApiError> {
+    match RawPathParams::from_request_parts(parts, &()).await {
+        Ok(params) => {
+            if let Some((name, _)) = params.iter().find(|(_, v)| v.contains('\0')) {
+                return Err(ApiError::invalid(format!("{name}: {NUL_REFUSED}")));
+            }
+        }
+        Err(axum::extract::rejection::RawPathParamsRejection::InvalidUtf8InPathParam(e)) => {
+            return Err(ApiError::invalid(e.body_text()));
+        }
+        // A route without parameters.
+        Err(_) => {}
+    }
+    if let Some(query) = parts.uri.query() {
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = percent_decode(k);
+            if name.contains('\0') {
+                return Err(ApiError::invalid(format!(
+                    "a query parameter name {NUL_REFUSED}"
+                )));
+            }
+            if percent_decode(v).contains('\0') {
+                return Err(ApiError::invalid(format!("{name}: {NUL_REFUSED}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn strip_position(msg: &str) -> String {

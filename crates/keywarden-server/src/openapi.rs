@@ -65,8 +65,9 @@ no answer ever contains a stored hash (`key_hash` is a public fingerprint).
 Every answer carries `X-Request-Id: req_<ULID>`. Errors have the shape chosen by \
 `errors.style`: `envelope` (default, `ErrorEnvelope`), `problem` (RFC 9457 \
 `application/problem+json`, `ProblemDetails`) or `detail` (`DetailError`). Bad input \
-(malformed JSON, unknown fields, wrong types, over-long strings) is answered with 400 naming \
-the field, bodies over 64 KiB with 413; neither changes anything.";
+(malformed JSON, unknown fields, wrong types, over-long strings, the NUL character U+0000 in \
+any string, path id or query parameter) is answered with 400 naming the field, bodies over \
+64 KiB with 413; neither changes anything.";
 
 /// The whole API. Each listener serves its part through [`document`].
 #[derive(OpenApi)]
@@ -1079,6 +1080,7 @@ pub fn document(listener: Listener, settings: &Settings) -> Value {
     doc["components"]["securitySchemes"] = Value::Object(schemes);
 
     apply_error_style(&mut doc, settings.renderer.style);
+    apply_plans(&mut doc, settings);
     if let Some(list) = doc.get_mut("tags").and_then(Value::as_array_mut) {
         list.retain(|t| t["name"].as_str().is_some_and(|n| tags.contains(&n)));
     }
@@ -1270,6 +1272,33 @@ fn self_service_security(current: &Value, schemes: &[(String, Value)]) -> Value 
             .map(|(name, _)| json!({ name.clone(): scopes.clone() }))
             .collect(),
     )
+}
+
+/// The request fields naming a plan: the configured plans are their values.
+const PLAN_FIELDS: [(&str, &str); 3] = [
+    ("CreateAccount", "plan"),
+    ("PatchAccount", "plan"),
+    ("PlanPatch", "plan"),
+];
+
+/// Lists the configured plans as the values of every field that names one.
+fn apply_plans(doc: &mut Value, settings: &Settings) {
+    for (schema, field) in PLAN_FIELDS {
+        let Some(prop) = doc["components"]["schemas"][schema]["properties"]
+            .get_mut(field)
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        let nullable = prop["type"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("null")));
+        let mut values: Vec<Value> = settings.plans.keys().map(|p| json!(p)).collect();
+        if nullable {
+            values.push(Value::Null);
+        }
+        prop.insert("enum".into(), Value::Array(values));
+    }
 }
 
 /// Keeps, in every error response, only the body of the configured style.

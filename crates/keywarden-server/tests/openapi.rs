@@ -1228,3 +1228,231 @@ async fn documented_shapes_match_what_the_handlers_send() {
     assert_documented(&public, "delete", "/v1/account/data", s, &b);
     app.stop().await;
 }
+
+/// The values an enum schema allows, through `$ref`s and a nullable `oneOf`.
+fn enum_values(doc: &Value, schema: &Value) -> Option<Vec<String>> {
+    let schema = match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => resolve(doc, r),
+        None => schema,
+    };
+    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+        return Some(
+            values
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+        );
+    }
+    schema
+        .get("oneOf")
+        .and_then(Value::as_array)?
+        .iter()
+        .find_map(|o| enum_values(doc, o))
+}
+
+/// A request body's properties, by name.
+fn body_properties<'a>(
+    doc: &'a Value,
+    op: &'a Value,
+) -> Option<&'a serde_json::Map<String, Value>> {
+    let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+    let schema = match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => resolve(doc, r),
+        None => schema,
+    };
+    schema["properties"].as_object()
+}
+
+#[tokio::test]
+async fn parameters_are_where_the_handlers_read_them() {
+    let app = spawn_app().await;
+    let (public, admin) = docs(&app).await;
+    let mut query_params = BTreeSet::new();
+    for doc in [&public, &admin] {
+        for (m, p, op) in operations(doc) {
+            let in_path: BTreeSet<String> = p
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+                .map(str::to_string)
+                .collect();
+            let mut declared = BTreeSet::new();
+            for param in op["parameters"].as_array().into_iter().flatten() {
+                let name = param["name"].as_str().unwrap().to_string();
+                match param["in"].as_str().unwrap() {
+                    "path" => {
+                        assert!(
+                            in_path.contains(&name),
+                            "{m} {p}: `{name}` is not in the path"
+                        );
+                        assert_eq!(param["required"], json!(true), "{m} {p} {name}");
+                        declared.insert(name);
+                    }
+                    "query" => {
+                        assert_ne!(param["required"], json!(true), "{m} {p} {name}");
+                        let types = &param["schema"]["type"];
+                        assert!(
+                            !types.as_array().is_some_and(|t| t.contains(&json!("null"))),
+                            "{m} {p}: query parameter {name} cannot be null"
+                        );
+                        query_params.insert(name);
+                    }
+                    other => panic!("{m} {p} {name}: unexpected `in: {other}`"),
+                }
+            }
+            assert_eq!(declared, in_path, "{m} {p}: path parameters");
+        }
+    }
+    for name in [
+        "limit",
+        "starting_after",
+        "mode",
+        "account_id",
+        "type",
+        "since",
+    ] {
+        assert!(
+            query_params.contains(name),
+            "query parameter {name} is documented"
+        );
+    }
+    let limit = admin["paths"]["/v1/admin/accounts"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            limit["schema"]["minimum"].clone(),
+            limit["schema"]["maximum"].clone()
+        ),
+        (json!(1), json!(100))
+    );
+
+    // The documented query parameters are served as query parameters.
+    let acc = app.account("Acme").await;
+    for path in [
+        "/v1/admin/accounts?limit=1&starting_after=acc_0".to_string(),
+        format!("/v1/admin/accounts/{acc}/keys?mode=test&limit=2&starting_after=key_0"),
+        format!("/v1/admin/events?account_id={acc}&type=key.*&since=2026-01-01T00:00:00Z&limit=3&starting_after=evt_z"),
+    ] {
+        let res = app.admin(Method::GET, &path, None).await;
+        assert_eq!(res.status(), 200, "{path}: {}", res.text().await.unwrap());
+    }
+    let keys_mode = admin["paths"]["/v1/admin/accounts/{id}/keys"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "mode")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        enum_values(&admin, &keys_mode["schema"]),
+        Some(vec!["live".into(), "test".into()])
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn request_fields_state_their_enums_and_lengths() {
+    let app = spawn_app().await;
+    let (public, admin) = docs(&app).await;
+    let expected: BTreeMap<&str, Vec<&str>> = BTreeMap::from([
+        ("status", vec!["pending", "active", "suspended"]),
+        ("mode", vec!["live", "test"]),
+        ("role", vec!["owner", "admin", "developer", "member"]),
+        ("type", vec!["secret", "publishable"]),
+    ]);
+    let mut seen = BTreeSet::new();
+    for doc in [&public, &admin] {
+        for (m, p, op) in operations(doc) {
+            let Some(props) = body_properties(doc, op) else {
+                continue;
+            };
+            for (field, schema) in props {
+                if let Some(values) = expected.get(field.as_str()) {
+                    let got = enum_values(doc, schema)
+                        .unwrap_or_else(|| panic!("{m} {p}: `{field}` has no enum"));
+                    assert_eq!(&got, values, "{m} {p} {field}");
+                    seen.insert(field.clone());
+                }
+                if field == "name" || field == "account_name" {
+                    assert_eq!(
+                        (schema["minLength"].clone(), schema["maxLength"].clone()),
+                        (json!(1), json!(100)),
+                        "{m} {p} {field}"
+                    );
+                    seen.insert(field.clone());
+                }
+            }
+        }
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    // Plans are the configured ones; metadata is an object.
+    let schemas = &admin["components"]["schemas"];
+    assert_eq!(
+        schemas["CreateAccount"]["properties"]["plan"]["enum"],
+        json!(["default", null])
+    );
+    assert_eq!(
+        public["components"]["schemas"]["PlanPatch"]["properties"]["plan"]["enum"],
+        json!(["default"])
+    );
+    for schema in ["CreateAccount", "PatchAccount", "CreateKey", "PatchKey"] {
+        assert_eq!(
+            schemas[schema]["properties"]["metadata"]["type"],
+            json!(["object", "null"]),
+            "{schema}"
+        );
+    }
+
+    // Every documented value is accepted, and one outside them is refused naming the field.
+    for status in &expected["status"] {
+        let res = app
+            .admin(
+                Method::POST,
+                "/v1/admin/accounts",
+                Some(json!({"name": "A", "status": status})),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "status {status}");
+    }
+    let acc = app.account("Acme").await;
+    for role in &expected["role"] {
+        for kind in &expected["type"] {
+            let v = app
+                .key(
+                    &acc,
+                    json!({"mode": "test", "name": "k", "role": role, "type": kind, "scopes": []}),
+                )
+                .await;
+            assert_eq!(v["type"].as_str(), Some(*kind));
+            // A publishable key only identifies its account: it is always a member.
+            let role = if *kind == "publishable" {
+                "member"
+            } else {
+                role
+            };
+            assert_eq!(v["role"].as_str(), Some(role));
+        }
+    }
+    let res = app
+        .admin(
+            Method::POST,
+            "/v1/admin/accounts",
+            Some(json!({"name": "A", "status": "closed"})),
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("status"));
+    let res = app
+        .admin(
+            Method::POST,
+            "/v1/admin/accounts",
+            Some(json!({"name": ""})),
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    app.stop().await;
+}

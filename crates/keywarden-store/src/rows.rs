@@ -1051,33 +1051,27 @@ async fn write_usage<C: Exec + ?Sized>(c: &mut C, deltas: &[UsageDelta]) -> Stor
             d.period_start,
         );
         let sum = sums.entry(key).or_insert(0);
-        *sum = sum.checked_add(d.amount).ok_or_else(usage_overflow)?;
+        *sum = sum.saturating_add(d.amount);
     }
+    // A counter saturates at what it can hold rather than failing the batch: a failed batch
+    // is retried, so an overflowing one would hold up every later write.
     let rows = sums
         .into_iter()
         .map(|((account, mode, unit, start), amount)| {
-            let amount = i64::try_from(amount).map_err(|_| usage_overflow())?;
-            Ok(Vec::from(params![
-                account,
-                mode.as_str(),
-                unit,
-                start,
-                amount
-            ]))
+            let amount = i64::try_from(amount).unwrap_or(i64::MAX);
+            Vec::from(params![account, mode.as_str(), unit, start, amount])
         })
-        .collect::<StoreResult<_>>()?;
+        .collect();
     run_chunked(c, 5, rows, |values| {
         format!(
             "INSERT INTO usage (account_id, mode, unit, period_start, used) VALUES {values} \
              ON CONFLICT (account_id, mode, unit, period_start) \
-             DO UPDATE SET used = usage.used + excluded.used"
+             DO UPDATE SET used = CASE WHEN usage.used > {max} - excluded.used \
+             THEN {max} ELSE usage.used + excluded.used END",
+            max = i64::MAX
         )
     })
     .await
-}
-
-fn usage_overflow() -> StoreError {
-    StoreError::Database("a usage increment exceeds the storable range".into())
 }
 
 /// Appends audit events. An event whose id is already stored is skipped: ids are fresh

@@ -61,13 +61,15 @@ where
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     /// 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// A configured plan (default: `plans.default`).
     pub plan: Option<String>,
     /// `pending`, `active` (default) or `suspended`.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::AccountStatus>)]
     pub status: Option<AccountStatus>,
     /// A JSON object ≤ 4 KiB.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
@@ -154,14 +156,16 @@ pub async fn get_account(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchAccount {
-    /// New name.
+    /// New name, 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
     /// New plan (takes effect at once).
     pub plan: Option<String>,
     /// New status.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::AccountStatus>)]
     pub status: Option<AccountStatus>,
-    /// New metadata.
+    /// New metadata, a JSON object ≤ 4 KiB.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
@@ -247,31 +251,36 @@ pub async fn approve_account(
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// `live` or `test`.
-    #[schema(value_type = String)]
+    #[schema(value_type = crate::openapi::Mode)]
     pub mode: Mode,
     /// `secret` (default) or `publishable`.
     #[serde(rename = "type")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::KeyType>)]
     pub key_type: Option<KeyType>,
     /// 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// Where the key is stored, ≤ 500 characters.
+    #[schema(max_length = 500)]
     pub description: Option<String>,
-    /// The person responsible.
+    /// The person responsible, ≤ 200 characters.
+    #[schema(max_length = 200)]
     pub owner: Option<String>,
     /// `owner` (default), `admin`, `developer` or `member`.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::Role>)]
     pub role: Option<Role>,
     /// Scopes (default: `keys.default_scopes`).
     pub scopes: Option<Vec<String>>,
     /// RFC 3339 expiry.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     /// IPs and CIDRs.
     pub ip_allowlist: Option<Vec<String>>,
     /// Per-key rate limit `{requests, per_seconds}`.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::RateLimit>)]
     pub rate_limit: Option<RateLimitSpec>,
     /// A JSON object ≤ 4 KiB.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     /// The application the key is bound to.
     pub app_id: Option<String>,
@@ -334,11 +343,13 @@ pub async fn create_key(
 /// Query of `GET /v1/admin/accounts/{id}/keys`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct KeysQuery {
     /// Only keys of this mode.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<crate::openapi::Mode>)]
     pub mode: Option<Mode>,
-    /// Page size 1–100.
+    /// Page size 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// Keys after this id.
     pub starting_after: Option<String>,
@@ -406,30 +417,34 @@ pub async fn get_key(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchKey {
-    /// New label.
+    /// New label, 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
-    /// New description.
+    /// New description, ≤ 500 characters.
+    #[schema(max_length = 500)]
     pub description: Option<String>,
-    /// New owner.
+    /// New owner, ≤ 200 characters.
+    #[schema(max_length = 200)]
     pub owner: Option<String>,
     /// New role.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::Role>)]
     pub role: Option<Role>,
     /// New scopes.
     pub scopes: Option<Vec<String>>,
     /// New expiry (RFC 3339), or `null` to remove it.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<String>>,
     /// New allowlist.
     pub ip_allowlist: Option<Vec<String>>,
     /// New rate limit, or `null` to use the plan's.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::openapi::RateLimit>)]
     pub rate_limit: Option<Option<RateLimitSpec>>,
     /// Enable or disable the key.
     pub enabled: Option<bool>,
-    /// New metadata.
+    /// New metadata, a JSON object ≤ 4 KiB.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
@@ -523,6 +538,7 @@ pub async fn rotate_key(
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {
     /// Why (≤ 200 characters).
+    #[schema(max_length = 200)]
     pub reason: Option<String>,
 }
 
@@ -585,13 +601,14 @@ pub struct ImportKey {
     /// The account.
     pub account_id: String,
     /// `live` or `test`.
-    #[schema(value_type = String)]
+    #[schema(value_type = crate::openapi::Mode)]
     pub mode: Mode,
     /// `secret` (default) or `publishable`.
     #[serde(rename = "type")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::KeyType>)]
     pub key_type: Option<KeyType>,
-    /// Label.
+    /// Label, 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// `sha256`, `bcrypt`, `argon2id` or `hmac-sha256` (under the current pepper).
     pub scheme: String,
@@ -606,7 +623,7 @@ pub struct ImportKey {
     /// Scopes (default: `keys.default_scopes`).
     pub scopes: Option<Vec<String>>,
     /// Role (default owner).
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::Role>)]
     pub role: Option<Role>,
 }
 
@@ -692,10 +709,11 @@ pub async fn import_key(
 pub struct ReportUsage {
     /// The unit.
     pub unit: String,
-    /// How much was consumed.
+    /// How much was consumed, at most 2⁶³ − 1 (what a usage counter can hold).
+    #[schema(maximum = 9_223_372_036_854_775_807_i64)]
     pub amount: u64,
     /// `live` (default) or `test`.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::Mode>)]
     pub mode: Option<Mode>,
 }
 
@@ -720,6 +738,13 @@ pub async fn report_usage(
     JsonBody(b): JsonBody<ReportUsage>,
 ) -> Result<Json<Value>, ApiError> {
     root(&state, &parts)?;
+    if i64::try_from(b.amount).is_err() {
+        return Err(ApiError::invalid(format!(
+            "amount: {} is more than a usage counter holds (at most {})",
+            b.amount,
+            i64::MAX
+        )));
+    }
     let account = Manager::new(&state).account(&id).await?;
     let mode = b.mode.unwrap_or(Mode::Live);
     let plan = state.verifier.plan(&account.plan);
@@ -754,6 +779,7 @@ pub async fn report_usage(
 /// Query of `GET /v1/admin/events`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only this account's events.
     pub account_id: Option<String>,
@@ -761,8 +787,10 @@ pub struct EventsQuery {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     /// Only events at or after this RFC 3339 time.
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// Events older than this event id.
     pub starting_after: Option<String>,

@@ -110,8 +110,10 @@ pub fn account_with_keys(a: &Account, keys: &[IssuedKey]) -> Value {
 #[serde(deny_unknown_fields)]
 pub struct CreateApplication {
     /// 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// Short description of the integration, ≤ 500 characters.
+    #[schema(max_length = 500)]
     pub description: Option<String>,
     /// Public page about the integration (`http://` or `https://`).
     pub url: Option<String>,
@@ -209,9 +211,11 @@ pub async fn get_application(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchApplication {
-    /// New name.
+    /// New name, 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
-    /// New description.
+    /// New description, ≤ 500 characters.
+    #[schema(max_length = 500)]
     pub description: Option<String>,
     /// New URL, or `null` to remove it.
     #[serde(default, deserialize_with = "nullable")]
@@ -257,7 +261,7 @@ pub async fn patch_application(
 /// `POST /v1/admin/applications/{id}/secrets/{production|sandbox}/rotate`: the new secret
 /// is shown once; the old one stops working at once.
 #[utoipa::path(
-    post, path = "/v1/admin/applications/{id}/secrets/{environment}/rotate", params(("id" = String, Path, description = "Application id"), ("environment" = String, Path, description = "`production` or `sandbox`")),
+    post, path = "/v1/admin/applications/{id}/secrets/{environment}/rotate", params(("id" = String, Path, description = "Application id"), ("environment" = crate::openapi::AppEnvironment, Path, description = "`production` or `sandbox`")),
     responses(
         (status = 200, description = "The application with `environment` and its new `secret`, shown once", body = crate::openapi::RotatedApplicationSecret),
         (status = 401, response = crate::openapi::RootKeyRequired),
@@ -299,7 +303,7 @@ pub struct AdminCreateGrant {
     /// The granted scopes, within what the application requested (default: all of them).
     pub scopes: Option<Vec<String>>,
     /// The mode of the key made under the grant: `live` (default) or `test`.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::Mode>)]
     pub mode: Option<Mode>,
 }
 

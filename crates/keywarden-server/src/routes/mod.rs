@@ -9,7 +9,7 @@ pub mod metrics;
 pub mod self_service;
 pub mod verify;
 
-use crate::extract::MAX_BODY_BYTES;
+use crate::extract::{refuse_nul_in_uri, MAX_BODY_BYTES};
 use crate::middleware::{not_found, request_context};
 use crate::state::AppState;
 use axum::extract::DefaultBodyLimit;
@@ -37,7 +37,8 @@ pub fn public_router(state: AppState) -> Router {
         .route("/api-keys/{id}/rotate", post(self_service::rotate_key))
         .route("/api-keys/{id}/activity", get(self_service::key_activity))
         .route("/events", get(self_service::events))
-        .merge(apps::self_service_routes());
+        .merge(apps::self_service_routes())
+        .route_layer(axum::middleware::from_fn(refuse_nul_in_uri));
     let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -88,6 +89,8 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/v1/admin/keys/{id}/activity", get(admin::key_activity))
         .route("/v1/admin/events", get(admin::events))
         .merge(apps::admin_routes())
+        // Inside the root-key guard: a caller without a root key learns nothing of input.
+        .route_layer(axum::middleware::from_fn(refuse_nul_in_uri))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::root_guard,

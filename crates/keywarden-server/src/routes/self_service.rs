@@ -76,6 +76,7 @@ pub async fn get_account(
 #[serde(deny_unknown_fields)]
 pub struct AccountPatch {
     /// The new name, 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub account_name: String,
 }
 
@@ -244,16 +245,19 @@ pub async fn erase(State(state): State<AppState>, parts: Parts) -> Result<Respon
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyBody {
     /// Label, 1–100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// Scopes (default: the caller's own effective scopes are the ceiling; `default_scopes`
     /// when omitted, capped to the caller's).
     pub scopes: Option<Vec<String>>,
     /// RFC 3339 expiry, no later than the caller's own (default: the caller's).
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
     /// IPs and CIDRs, each inside one of the caller's own networks when it has an
     /// allowlist (default: the caller's).
     pub ip_allowlist: Option<Vec<String>>,
     /// Where the key will be stored, ≤ 500 characters.
+    #[schema(max_length = 500)]
     pub description: Option<String>,
 }
 
@@ -329,8 +333,10 @@ pub async fn create_key(
 /// Paging of lists.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// Return items after this id.
     pub starting_after: Option<String>,
@@ -462,6 +468,7 @@ pub async fn delete_key(
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {
     /// How long the old secret keeps working, 0–604800 s (default 0).
+    #[schema(maximum = 604800)]
     pub grace_period_seconds: Option<u64>,
 }
 

@@ -40,7 +40,7 @@ pub struct VerifyBody {
     /// The original path.
     pub path: Option<String>,
     /// The mode of the object the request touches.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::openapi::Mode>)]
     pub mode: Option<Mode>,
     /// Quota units consumed by the request.
     pub cost: Option<BTreeMap<String, u64>>,

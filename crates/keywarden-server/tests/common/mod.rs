@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod pg;
 pub mod upstream;
 #[allow(unused_imports)]
 pub use api::Answer;
