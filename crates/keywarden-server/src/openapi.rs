@@ -949,7 +949,8 @@ error_response!(
     "`invalid_signature` (GitHub: the signature is missing, malformed, made by another key \
      or over another body, or the key identifier is unknown) or `invalid_revocation_token` \
      (GitLab: the token is missing or wrong; counts toward the per-IP lockout). Nothing \
-     changed."
+     changed.",
+    ("WWW-Authenticate", "`Bearer realm=\"keywarden\"`."),
 );
 error_response!(
     /// 403.

@@ -146,11 +146,11 @@ fn scan_finds_exactly_the_planted_keys_in_ten_thousand_files() {
     let out = keywarden(dir.path(), &["scan", "tree/pkg10"]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    let (rel, line, token) = &planted[1];
+    let (rel, line, token) = &planted[0];
     assert_eq!(
         text.trim(),
         format!(
-            "{}:{line}:24: {}… (test)",
+            "{}:{line}:24: {}… (live)",
             Path::new("tree").join(rel).display(),
             &token[..15]
         )
