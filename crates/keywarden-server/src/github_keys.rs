@@ -89,7 +89,9 @@ impl GithubKeys {
         let path = self.path.as_ref().ok_or(SignatureError::NotConfigured)?;
         let identifier = identifier
             .map(str::trim)
-            .ok_or(SignatureError::MissingHeader("Github-Public-Key-Identifier"))?;
+            .ok_or(SignatureError::MissingHeader(
+                "Github-Public-Key-Identifier",
+            ))?;
         let signature = signature
             .map(str::trim)
             .ok_or(SignatureError::MissingHeader("Github-Public-Key-Signature"))?;
@@ -117,7 +119,10 @@ impl GithubKeys {
 /// read or parsed leaves the keys as they were, with a warning.
 fn refresh(path: &PathBuf, loaded: &mut Loaded) {
     let now = Instant::now();
-    if loaded.checked.is_some_and(|t| now.duration_since(t) < RECHECK) {
+    if loaded
+        .checked
+        .is_some_and(|t| now.duration_since(t) < RECHECK)
+    {
         return;
     }
     loaded.checked = Some(now);
@@ -136,7 +141,9 @@ fn refresh(path: &PathBuf, loaded: &mut Loaded) {
             loaded.keys = keys;
             loaded.stamp = stamp;
         }
-        Err(e) => tracing::warn!(path = %path.display(), error = %e, "GitHub public keys file refused"),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "GitHub public keys file refused")
+        }
     }
 }
 

@@ -43,9 +43,11 @@ pub fn templates(config: &Config) -> Result<Vec<KeyTemplate>, ConfigError> {
     let mut out = vec![KeyTemplate::compile(&k.template, &tags)
         .map_err(|e| ConfigError::new("keys.template", e.to_string()))?];
     for (i, t) in k.legacy_templates.iter().enumerate() {
-        out.push(KeyTemplate::compile(t, &tags).map_err(|e| {
-            ConfigError::new(format!("keys.legacy_templates[{i}]"), e.to_string())
-        })?);
+        out.push(
+            KeyTemplate::compile(t, &tags).map_err(|e| {
+                ConfigError::new(format!("keys.legacy_templates[{i}]"), e.to_string())
+            })?,
+        );
     }
     Ok(out)
 }
@@ -221,9 +223,7 @@ impl Leaks {
                 continue;
             }
             let key = match action {
-                LeakAction::Revoke => {
-                    m.revoke_key(actor, key, Some(LEAK_REASON.into())).await?
-                }
+                LeakAction::Revoke => m.revoke_key(actor, key, Some(LEAK_REASON.into())).await?,
                 LeakAction::Notify => key,
             };
             m.audit(

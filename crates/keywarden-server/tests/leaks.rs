@@ -76,7 +76,12 @@ async fn events(app: &TestApp, kind: &str) -> Vec<Value> {
         .admin(Method::GET, &format!("/v1/admin/events?type={kind}"), None)
         .await;
     assert_eq!(res.status(), 200);
-    res.json::<Value>().await.unwrap().as_array().unwrap().clone()
+    res.json::<Value>()
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 async fn verify_code(app: &TestApp, token: &str) -> String {
@@ -101,7 +106,12 @@ async fn github_app(dir: &Path, keys: &[(&str, &SigningKey)], extra: &str) -> Te
 async fn a_signed_github_report_revokes_the_key_within_a_second_and_is_audited() {
     let dir = tempfile::tempdir().unwrap();
     let (current, older) = (signing_key(), signing_key());
-    let app = github_app(dir.path(), &[("k-current", &current), ("k-old", &older)], "").await;
+    let app = github_app(
+        dir.path(),
+        &[("k-current", &current), ("k-old", &older)],
+        "",
+    )
+    .await;
     let acc = app.account("Leaky").await;
     let (key_id, token) = app.live_key(&acc).await;
     assert_eq!(verify_code(&app, &token).await, "valid");
@@ -114,7 +124,13 @@ async fn a_signed_github_report_revokes_the_key_within_a_second_and_is_audited()
         { "token": token, "type": "someone_elses_token", "url": url, "source": "content" },
     ])
     .to_string();
-    let (status, answer) = github(&app, Some("k-current"), Some(&sign(&current, body.as_bytes())), &body).await;
+    let (status, answer) = github(
+        &app,
+        Some("k-current"),
+        Some(&sign(&current, body.as_bytes())),
+        &body,
+    )
+    .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
         answer,
@@ -147,13 +163,21 @@ async fn a_signed_github_report_revokes_the_key_within_a_second_and_is_audited()
     assert_eq!(leaked[0]["data"]["action"], "revoked");
     let revoked = events(&app, "key.revoked").await;
     assert_eq!(revoked[0]["data"]["reason"], "leaked");
-    let k = app.admin(Method::GET, &format!("/v1/admin/keys/{key_id}"), None).await;
+    let k = app
+        .admin(Method::GET, &format!("/v1/admin/keys/{key_id}"), None)
+        .await;
     assert_eq!(k.json::<Value>().await.unwrap()["revoked_reason"], "leaked");
 
     // A key signed with the older key is still accepted; the same token again is now a
     // false positive and records nothing more.
     let again = report(&token, url);
-    let (status, answer) = github(&app, Some("k-old"), Some(&sign(&older, again.as_bytes())), &again).await;
+    let (status, answer) = github(
+        &app,
+        Some("k-old"),
+        Some(&sign(&older, again.as_bytes())),
+        &again,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(answer[0]["label"], "false_positive");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -173,12 +197,32 @@ async fn github_reports_not_signed_by_a_listed_key_over_this_body_are_refused() 
     let tampered = report(&token, "https://github.com/x/z");
 
     for (what, id, sig, body) in [
-        ("signed by another key", Some("k1"), Some(sign(&other, body.as_bytes())), body.clone()),
-        ("body changed after signing", Some("k1"), Some(good.clone()), tampered),
-        ("unknown identifier", Some("k2"), Some(good.clone()), body.clone()),
+        (
+            "signed by another key",
+            Some("k1"),
+            Some(sign(&other, body.as_bytes())),
+            body.clone(),
+        ),
+        (
+            "body changed after signing",
+            Some("k1"),
+            Some(good.clone()),
+            tampered,
+        ),
+        (
+            "unknown identifier",
+            Some("k2"),
+            Some(good.clone()),
+            body.clone(),
+        ),
         ("no signature", Some("k1"), None, body.clone()),
         ("no identifier", None, Some(good.clone()), body.clone()),
-        ("not base64 DER", Some("k1"), Some("bm90IGEgc2lnbmF0dXJl".into()), body.clone()),
+        (
+            "not base64 DER",
+            Some("k1"),
+            Some("bm90IGEgc2lnbmF0dXJl".into()),
+            body.clone(),
+        ),
     ] {
         let (status, answer) = github(&app, id, sig.as_deref(), &body).await;
         assert_eq!(status, 401, "{what}: {answer}");
@@ -196,18 +240,36 @@ async fn a_replaced_github_keys_file_is_used_within_five_seconds() {
     let (first, second) = (signing_key(), signing_key());
     let app = github_app(dir.path(), &[("k1", &first)], "").await;
     let body = "[]";
-    let (status, _) = github(&app, Some("k2"), Some(&sign(&second, body.as_bytes())), body).await;
+    let (status, _) = github(
+        &app,
+        Some("k2"),
+        Some(&sign(&second, body.as_bytes())),
+        body,
+    )
+    .await;
     assert_eq!(status, 401);
 
-    write_keys(&dir.path().join("github_keys.json"), &[("k2", &second), ("k1", &first)]);
+    write_keys(
+        &dir.path().join("github_keys.json"),
+        &[("k2", &second), ("k1", &first)],
+    );
     let changed = Instant::now();
     loop {
-        let (status, answer) = github(&app, Some("k2"), Some(&sign(&second, body.as_bytes())), body).await;
+        let (status, answer) = github(
+            &app,
+            Some("k2"),
+            Some(&sign(&second, body.as_bytes())),
+            body,
+        )
+        .await;
         if status == 200 {
             assert_eq!(answer, json!([]));
             break;
         }
-        assert!(changed.elapsed() < Duration::from_secs(5), "new key not used after 5 s");
+        assert!(
+            changed.elapsed() < Duration::from_secs(5),
+            "new key not used after 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     app.stop().await;
@@ -222,13 +284,18 @@ async fn under_notify_a_leaked_key_keeps_working_and_repeats_record_one_event() 
     let (key_id, token) = app.live_key(&acc).await;
     let body = report(&token, "https://github.com/a/b");
     for _ in 0..2 {
-        let (status, answer) = github(&app, Some("k1"), Some(&sign(&key, body.as_bytes())), &body).await;
+        let (status, answer) =
+            github(&app, Some("k1"), Some(&sign(&key, body.as_bytes())), &body).await;
         assert_eq!(status, 200);
         assert_eq!(answer[0]["label"], "true_positive");
     }
     // The same token by the admin API too: still one event.
     let res = app
-        .admin(Method::POST, "/v1/admin/leaks", Some(json!({ "tokens": [token] })))
+        .admin(
+            Method::POST,
+            "/v1/admin/leaks",
+            Some(json!({ "tokens": [token] })),
+        )
         .await;
     assert_eq!(res.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -259,10 +326,19 @@ const GITLAB_TOKEN: &str = "gitlab-revocation-token-0123456789";
 async fn gitlab_app(extra: &str) -> TestApp {
     // One value for every test of this file, so setting it from several tests is harmless.
     std::env::set_var(GITLAB_ENV, GITLAB_TOKEN);
-    spawn_app_with(&format!("[leaks]\ngitlab_token_env = \"{GITLAB_ENV}\"\n{extra}")).await
+    spawn_app_with(&format!(
+        "[leaks]\ngitlab_token_env = \"{GITLAB_ENV}\"\n{extra}"
+    ))
+    .await
 }
 
-async fn gitlab(app: &TestApp, method: Method, path: &str, auth: Option<&str>, body: Option<Value>) -> (u16, Value) {
+async fn gitlab(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut req = app.client.request(method, format!("{}{path}", app.public));
     if let Some(a) = auth {
         req = req.header("Authorization", a);
@@ -283,7 +359,14 @@ async fn gitlab_lists_the_token_types_and_revokes_tokens_idempotently() {
 
     // GitLab sends the bare token; a Bearer works too.
     for auth in [GITLAB_TOKEN.to_string(), format!("Bearer {GITLAB_TOKEN}")] {
-        let (status, body) = gitlab(&app, Method::GET, "/v1/revocable_token_types", Some(&auth), None).await;
+        let (status, body) = gitlab(
+            &app,
+            Method::GET,
+            "/v1/revocable_token_types",
+            Some(&auth),
+            None,
+        )
+        .await;
         assert_eq!(status, 200);
         assert_eq!(body, json!({ "types": ["keywarden_api_key", "acme_key"] }));
     }
@@ -294,7 +377,14 @@ async fn gitlab_lists_the_token_types_and_revokes_tokens_idempotently() {
         { "type": "acme_key", "token": look_alike(&token), "location": location },
     ]);
     for _ in 0..2 {
-        let (status, body) = gitlab(&app, Method::POST, "/v1/revoke_tokens", Some(GITLAB_TOKEN), Some(revocation.clone())).await;
+        let (status, body) = gitlab(
+            &app,
+            Method::POST,
+            "/v1/revoke_tokens",
+            Some(GITLAB_TOKEN),
+            Some(revocation.clone()),
+        )
+        .await;
         assert_eq!(status, 204, "{body}");
     }
     assert_eq!(verify_code(&app, &token).await, "api_key_revoked");
@@ -312,7 +402,12 @@ async fn gitlab_calls_without_the_token_are_refused_and_change_nothing() {
     let acc = app.account("Lab").await;
     let (_, token) = app.live_key(&acc).await;
     let revocation = json!([{ "type": "keywarden_api_key", "token": token, "location": "x" }]);
-    for auth in [None, Some("wrong-token"), Some("Bearer wrong-token"), Some("Basic Zm9vOmJhcg==")] {
+    for auth in [
+        None,
+        Some("wrong-token"),
+        Some("Bearer wrong-token"),
+        Some("Basic Zm9vOmJhcg=="),
+    ] {
         for (method, path, body) in [
             (Method::GET, "/v1/revocable_token_types", None),
             (Method::POST, "/v1/revoke_tokens", Some(revocation.clone())),
@@ -326,9 +421,23 @@ async fn gitlab_calls_without_the_token_are_refused_and_change_nothing() {
 
     // Wrong tokens count toward the per-IP lockout like wrong keys.
     for _ in 0..20 {
-        gitlab(&app, Method::GET, "/v1/revocable_token_types", Some("wrong"), None).await;
+        gitlab(
+            &app,
+            Method::GET,
+            "/v1/revocable_token_types",
+            Some("wrong"),
+            None,
+        )
+        .await;
     }
-    let (status, answer) = gitlab(&app, Method::GET, "/v1/revocable_token_types", Some(GITLAB_TOKEN), None).await;
+    let (status, answer) = gitlab(
+        &app,
+        Method::GET,
+        "/v1/revocable_token_types",
+        Some(GITLAB_TOKEN),
+        None,
+    )
+    .await;
     assert_eq!(status, 429);
     assert_eq!(answer["error"]["code"], "too_many_auth_failures");
     app.stop().await;
@@ -339,7 +448,14 @@ async fn gitlab_calls_are_rate_limited_per_client() {
     let app = gitlab_app("").await;
     let mut limited = None;
     for i in 0..70 {
-        let (status, _) = gitlab(&app, Method::GET, "/v1/revocable_token_types", Some(GITLAB_TOKEN), None).await;
+        let (status, _) = gitlab(
+            &app,
+            Method::GET,
+            "/v1/revocable_token_types",
+            Some(GITLAB_TOKEN),
+            None,
+        )
+        .await;
         if status == 429 {
             limited = Some(i);
             break;
@@ -391,12 +507,18 @@ async fn the_admin_api_answers_each_token_in_order_and_refuses_bad_input() {
         (json!({ "tokens": [] }), "tokens"),
         (json!({ "tokens": ["x"], "extra": 1 }), "extra"),
         (json!({ "tokens": "x" }), "tokens"),
-        (json!({ "tokens": ["x"], "source": "s".repeat(3000) }), "source"),
+        (
+            json!({ "tokens": ["x"], "source": "s".repeat(3000) }),
+            "source",
+        ),
     ] {
         let res = app.admin(Method::POST, "/v1/admin/leaks", Some(body)).await;
         assert_eq!(res.status(), 400);
         let v: Value = res.json().await.unwrap();
-        assert!(v["error"]["message"].as_str().unwrap().contains(field), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(field),
+            "{v}"
+        );
     }
     app.stop().await;
 }

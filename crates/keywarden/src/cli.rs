@@ -393,7 +393,10 @@ fn print_pattern(cfg: &Config, json_out: bool) -> anyhow::Result<()> {
     let templates = keywarden_server::leaks::templates(cfg)?;
     let pattern = templates[0].regex();
     if json_out {
-        println!("{}", json!({ "template": templates[0].source(), "pattern": pattern }));
+        println!(
+            "{}",
+            json!({ "template": templates[0].source(), "pattern": pattern })
+        );
     } else {
         println!("{pattern}");
     }
@@ -477,7 +480,10 @@ async fn run_scan(
                 Some(keywarden_server::leaks::Label::FalsePositive) => " [not an active key]",
                 None => "",
             };
-            println!("{}:{}:{}: {}…{mode}{label}", v.path, v.line, v.column, v.start);
+            println!(
+                "{}:{}:{}: {}…{mode}{label}",
+                v.path, v.line, v.column, v.start
+            );
         }
     }
     eprintln!(
@@ -760,7 +766,10 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                 bail!("the key is not valid: {}", out.code);
             }
         }
-        Command::Serve | Command::Init { .. } | Command::Migrate | Command::Config { .. }
+        Command::Serve
+        | Command::Init { .. }
+        | Command::Migrate
+        | Command::Config { .. }
         | Command::Scan { .. } => {}
     }
     Ok(())

@@ -84,9 +84,7 @@ pub fn scan(finder: &KeyFinder, paths: &[PathBuf], threads: usize) -> Scan {
         })
     });
     let mut findings = findings.into_inner().unwrap_or_else(|p| p.into_inner());
-    findings.sort_by(|a, b| {
-        (&a.path, a.found.offset).cmp(&(&b.path, b.found.offset))
-    });
+    findings.sort_by(|a, b| (&a.path, a.found.offset).cmp(&(&b.path, b.found.offset)));
     let mut errors = errors.into_inner().unwrap_or_else(|p| p.into_inner());
     errors.sort();
     Scan {

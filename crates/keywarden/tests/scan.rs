@@ -66,7 +66,11 @@ fn plant_tree(root: &Path) -> Vec<(PathBuf, usize, String)> {
         let mut text = filler(n);
         let rel = PathBuf::from(format!("pkg{:02}/file{n:05}.rs", n / 100));
         if n % 2000 == 1000 {
-            let mode = if n % 4000 == 1000 { Mode::Live } else { Mode::Test };
+            let mode = if n % 4000 == 1000 {
+                Mode::Live
+            } else {
+                Mode::Test
+            };
             let key = t.generate(mode, KeyType::Secret);
             let line = text.lines().count() + 1;
             text.push_str(&format!("const API_KEY: &str = \"{}\";\n", key.expose()));
@@ -110,7 +114,12 @@ fn scan_finds_exactly_the_planted_keys_in_ten_thousand_files() {
     std::fs::write(tree.join("pkg00/tool.bin"), binary).unwrap();
 
     let out = keywarden(dir.path(), &["--json", "scan", "tree"]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let found: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let found = found.as_array().unwrap();
     let got: Vec<(String, u64, String)> = found
@@ -180,7 +189,10 @@ fn a_clean_tree_exits_zero_and_a_missing_path_is_an_error() {
     assert_eq!(stdout(&out), "");
     let out = keywarden(dir.path(), &["--json", "scan", "."]);
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(serde_json::from_str::<Value>(&stdout(&out)).unwrap(), Value::Array(vec![]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&out)).unwrap(),
+        Value::Array(vec![])
+    );
     let out = keywarden(dir.path(), &["scan", "nowhere"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
@@ -196,9 +208,11 @@ fn legacy_templates_are_found_too_and_keys_pattern_prints_the_configured_one() {
     .unwrap();
     let out = keywarden(dir.path(), &["keys", "pattern"]);
     assert!(out.status.success());
-    let current =
-        KeyTemplate::compile("acme_{mode}_{random:40}{checksum}", &TemplateTags::default())
-            .unwrap();
+    let current = KeyTemplate::compile(
+        "acme_{mode}_{random:40}{checksum}",
+        &TemplateTags::default(),
+    )
+    .unwrap();
     assert_eq!(stdout(&out).trim(), current.regex());
     assert_eq!(
         current.regex(),
@@ -224,12 +238,21 @@ fn legacy_templates_are_found_too_and_keys_pattern_prints_the_configured_one() {
 fn scan_report_hands_active_keys_to_the_leak_policy() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| keywarden(dir.path(), args);
-    let acc: Value =
-        serde_json::from_str(&stdout(&run(&["--json", "accounts", "create", "--name", "Acme"])))
-            .unwrap();
+    let acc: Value = serde_json::from_str(&stdout(&run(&[
+        "--json", "accounts", "create", "--name", "Acme",
+    ])))
+    .unwrap();
     let acc = acc["id"].as_str().unwrap();
     let key: Value = serde_json::from_str(&stdout(&run(&[
-        "--json", "keys", "create", "--account", acc, "--mode", "live", "--name", "k",
+        "--json",
+        "keys",
+        "create",
+        "--account",
+        acc,
+        "--mode",
+        "live",
+        "--name",
+        "k",
     ])))
     .unwrap();
     let token = key["api_key"].as_str().unwrap();
@@ -240,18 +263,20 @@ fn scan_report_hands_active_keys_to_the_leak_policy() {
     .unwrap();
 
     let out = run(&["--json", "scan", "--report", "leak.txt"]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let found: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(found.as_array().unwrap().len(), 1);
     assert_eq!(found[0]["label"], "true_positive");
 
-    let verdict: Value =
-        serde_json::from_str(&stdout(&run(&["--json", "verify", token]))).unwrap();
+    let verdict: Value = serde_json::from_str(&stdout(&run(&["--json", "verify", token]))).unwrap();
     assert_eq!(verdict["code"], "api_key_revoked");
-    let events: Value = serde_json::from_str(&stdout(&run(&[
-        "--json", "events", "--type", "key.leaked",
-    ])))
-    .unwrap();
+    let events: Value =
+        serde_json::from_str(&stdout(&run(&["--json", "events", "--type", "key.leaked"]))).unwrap();
     assert_eq!(events.as_array().unwrap().len(), 1);
     assert_eq!(events[0]["data"]["source"], "leak.txt:1");
 

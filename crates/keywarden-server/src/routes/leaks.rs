@@ -15,10 +15,10 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use keywarden_core::codes::Code;
+use keywarden_core::ct_eq;
 use keywarden_core::hashing::sha256;
 use keywarden_core::ip::lockout_bucket;
 use keywarden_core::limits::RateLimit;
-use keywarden_core::ct_eq;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -248,7 +248,10 @@ pub async fn admin_report(
         return Err(ApiError::invalid("tokens: name at least one token"));
     }
     check_count(b.tokens.len())?;
-    if b.source.as_ref().is_some_and(|s| s.chars().count() > MAX_SOURCE) {
+    if b.source
+        .as_ref()
+        .is_some_and(|s| s.chars().count() > MAX_SOURCE)
+    {
         return Err(ApiError::invalid(format!(
             "source: longer than {MAX_SOURCE} characters"
         )));
@@ -280,12 +283,13 @@ async fn gitlab_guard(state: &AppState, parts: &Parts) -> Result<Actor, ApiError
             return Err(ApiError::new(Code::TooManyAuthFailures).retry_after(Some(wait)));
         }
     }
-    let rate_key = format!("gitlab-revocation:{}", ip.map(|i| i.to_string()).unwrap_or_default());
+    let rate_key = format!(
+        "gitlab-revocation:{}",
+        ip.map(|i| i.to_string()).unwrap_or_default()
+    );
     let rate = limiter.rate(&rate_key, GITLAB_RATE, 1, now).await;
     if !rate.allowed {
-        return Err(
-            ApiError::new(Code::RateLimitExceeded).retry_after(Some(rate.retry_after_secs))
-        );
+        return Err(ApiError::new(Code::RateLimitExceeded).retry_after(Some(rate.retry_after_secs)));
     }
     let env = &state.settings.config.leaks.gitlab_token_env;
     let expected = (!env.is_empty())
