@@ -200,6 +200,12 @@ codes! {
         "El rol de la clave de API no permite esta acción.";
     RootKeyRequired = "root_key_required", 401, AuthenticationError,
         "This endpoint needs a valid root key.", "Este punto de acceso necesita una clave raíz válida.";
+    InvalidSignature = "invalid_signature", 401, AuthenticationError,
+        "The report's signature is missing or does not verify against the named public key.",
+        "La firma del informe falta o no se verifica con la clave pública indicada.";
+    InvalidRevocationToken = "invalid_revocation_token", 401, AuthenticationError,
+        "The revocation token is missing or wrong.",
+        "El token de revocación falta o es incorrecto.";
     AdminDisabled = "admin_disabled", 503, ApiError,
         "No root key is configured; set KEYWARDEN_ROOT_KEY to use the admin API.",
         "No hay ninguna clave raíz configurada; define KEYWARDEN_ROOT_KEY para usar la API de administración.";

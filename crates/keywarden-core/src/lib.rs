@@ -6,6 +6,7 @@ pub mod codes;
 pub mod decision;
 pub mod hashing;
 pub mod ip;
+pub mod leaks;
 pub mod limits;
 pub mod model;
 pub mod routes;

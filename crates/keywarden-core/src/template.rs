@@ -642,6 +642,35 @@ impl KeyTemplate {
         self.shapes.iter().map(|s| s.len).max().unwrap_or(0)
     }
 
+    /// A regular expression that matches every token this template makes, and nothing
+    /// of another shape: one alternative per mode/type combination, fixed text escaped,
+    /// the random part as its alphabet's class, the checksum as six base62 characters. It
+    /// is what secret-scanning programs are given (`keywarden keys pattern`) and what the
+    /// offline scanner searches with before each match's checksum is verified. Its syntax
+    /// (escapes, classes, counted repetition, non-capturing groups) is common to RE2,
+    /// Hyperscan, PCRE and Rust's `regex`.
+    pub fn regex(&self) -> String {
+        let class = match self.alphabet {
+            Alphabet::Base62 => "[0-9A-Za-z]",
+            Alphabet::Hex => "[0-9a-f]",
+            Alphabet::Base32 => "[a-z2-7]",
+        };
+        let alternatives: Vec<String> = self
+            .shapes
+            .iter()
+            .map(|shape| {
+                let mut re = escape_regex(&shape.prefix);
+                re.push_str(&format!("{class}{{{}}}", self.random_len));
+                re.push_str(&escape_regex(&shape.suffix));
+                if self.checksum {
+                    re.push_str(&format!("[0-9A-Za-z]{{{CHECKSUM_LEN}}}"));
+                }
+                re
+            })
+            .collect();
+        format!("(?:{})", alternatives.join("|"))
+    }
+
     fn shape(&self, mode: Mode, key_type: KeyType) -> &Shape {
         self.shapes
             .iter()
@@ -687,6 +716,19 @@ impl fmt::Debug for ParsedToken<'_> {
             .field("random", &"***")
             .finish()
     }
+}
+
+/// `text` with every character that means something in a regular expression escaped. A
+/// template's literal text is printable ASCII, so nothing else needs care.
+fn escape_regex(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~/".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The first `n` characters of `s` (all of it when shorter).

@@ -42,6 +42,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// Which proxy asks `/v1/forward-auth`, and so which headers describe the request.
     pub forward_auth: ForwardAuthConfig,
+    /// Leaked keys: secret-scanning reports and what they do (docs/leaked-keys.md).
+    pub leaks: LeaksConfig,
 }
 
 /// `[server]`.
@@ -447,6 +449,49 @@ pub enum ProxyConvention {
     /// Envoy ext_authz (HTTP service): the request's own method, and its own path after
     /// `/v1/forward-auth` (`path_prefix`).
     Envoy,
+}
+
+/// `[leaks]` (docs/leaked-keys.md).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaksConfig {
+    /// GitHub's secret-scanning public keys, in the shape of GitHub's meta endpoint
+    /// (`{"public_keys": [{"key_identifier", "key", "is_current"}]}`); re-read within 5 s of
+    /// a change. Empty = `POST /v1/secret-scanning/github` refuses every report.
+    pub github_public_keys_file: String,
+    /// The environment variable holding the token GitLab presents to
+    /// `/v1/revocable_token_types` and `/v1/revoke_tokens`. Empty or unset = both refuse.
+    pub gitlab_token_env: String,
+    /// The token type names reports may use (registered with GitHub and GitLab).
+    pub token_types: Vec<String>,
+    /// What a leaked live key gets: `revoke` (with reason `leaked`) or `notify` (the
+    /// `key.leaked` event only).
+    pub action_live: LeakAction,
+    /// What a leaked test key gets.
+    pub action_test: LeakAction,
+}
+
+impl Default for LeaksConfig {
+    fn default() -> Self {
+        Self {
+            github_public_keys_file: String::new(),
+            gitlab_token_env: String::new(),
+            token_types: vec!["keywarden_api_key".into()],
+            action_live: LeakAction::Revoke,
+            action_test: LeakAction::Revoke,
+        }
+    }
+}
+
+/// What happens to a key found leaked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeakAction {
+    /// Revoke it at once (reason `leaked`) and record `key.leaked`.
+    #[default]
+    Revoke,
+    /// Only record `key.leaked`; the key keeps working.
+    Notify,
 }
 
 /// A configuration problem, naming the field and the reason.

@@ -7,6 +7,8 @@ pub mod config;
 pub mod errors;
 pub mod extract;
 pub mod gateway;
+pub mod github_keys;
+pub mod leaks;
 pub mod manage;
 pub mod manage_apps;
 pub mod middleware;

@@ -19,7 +19,7 @@
 //! helpers in [`crate::views`], and `tests/openapi.rs` checks that both agree.
 
 use crate::errors::ErrorStyle;
-use crate::routes::{admin, apps, forward_auth, health, metrics, self_service, verify};
+use crate::routes::{admin, apps, forward_auth, health, leaks, metrics, self_service, verify};
 use crate::settings::{KeySource, Settings};
 use crate::state::AppState;
 use axum::extract::State;
@@ -39,6 +39,8 @@ pub const TAG_SELF_SERVICE: &str = "self-service";
 pub const TAG_ADMIN: &str = "admin";
 /// Tag of verify and forward-auth (admin listener).
 pub const TAG_VERIFY: &str = "verify";
+/// Tag of the secret-scanning reports (public listener).
+pub const TAG_SECRET_SCANNING: &str = "secret-scanning";
 /// Tag of health checks and this document (both listeners).
 pub const TAG_SERVICE: &str = "service";
 
@@ -109,6 +111,10 @@ any string, path id or query parameter) is answered with 400 naming the field, b
         admin::revoke_key,
         admin::key_activity,
         admin::events,
+        leaks::admin_report,
+        leaks::github_report,
+        leaks::gitlab_token_types,
+        leaks::gitlab_revoke,
         apps::create_application,
         apps::list_applications,
         apps::get_application,
@@ -141,6 +147,13 @@ any string, path id or query parameter) is answered with 400 naming the field, b
             apps::AdminCreateGrant,
             apps::CreateGrantBody,
             verify::VerifyBody,
+            leaks::LeakReport,
+            leaks::LeakVerdict,
+            leaks::GithubMatch,
+            leaks::GithubVerdict,
+            leaks::RevocableTokenTypes,
+            leaks::GitlabRevocation,
+            crate::leaks::Label,
             Mode,
             KeyType,
             Role,
@@ -190,12 +203,14 @@ any string, path id or query parameter) is answered with 400 naming the field, b
             PayloadTooLarge,
             TooManyRequests,
             Unavailable,
+            ReportUnauthorized,
         ),
     ),
     tags(
         (name = "self-service", description = "The self-service API (public listener): an account manages itself with its own secret keys. Paths start with the configured `server.base_path` (default `/v1`)."),
         (name = "admin", description = "The admin API (admin listener): the operator manages every account and key with a root key."),
         (name = "verify", description = "Verify and forward-auth (admin listener): backends and proxies ask whether a request may pass."),
+        (name = "secret-scanning", description = "Leaked-key reports (public listener): GitHub's secret-scanning partner endpoint, signed by GitHub, and GitLab's token revocation API, authenticated by the token in the variable named by `leaks.gitlab_token_env`. See docs/leaked-keys.md."),
         (name = "service", description = "Health checks and this document (both listeners, no credential)."),
     ),
 )]
@@ -930,6 +945,15 @@ error_response!(
     ("WWW-Authenticate", "`Bearer realm=\"keywarden\"`."),
 );
 error_response!(
+    /// 401 for a leak report.
+    ReportUnauthorized,
+    "`invalid_signature` (GitHub: the signature is missing, malformed, made by another key \
+     or over another body, or the key identifier is unknown) or `invalid_revocation_token` \
+     (GitLab: the token is missing or wrong; counts toward the per-IP lockout). Nothing \
+     changed.",
+    ("WWW-Authenticate", "`Bearer realm=\"keywarden\"`."),
+);
+error_response!(
     /// 403.
     Forbidden,
     "The key is valid but may not do this: `api_disabled`, `account_inactive`, \
@@ -983,7 +1007,7 @@ pub enum Listener {
 impl Listener {
     fn tags(self) -> &'static [&'static str] {
         match self {
-            Listener::Public => &[TAG_SELF_SERVICE, TAG_SERVICE],
+            Listener::Public => &[TAG_SELF_SERVICE, TAG_SECRET_SCANNING, TAG_SERVICE],
             Listener::Admin => &[TAG_ADMIN, TAG_VERIFY, TAG_SERVICE],
         }
     }
@@ -1058,6 +1082,16 @@ pub fn document(listener: Listener, settings: &Settings) -> Value {
             for (name, scheme) in &public_schemes {
                 schemes.insert(name.clone(), scheme.clone());
             }
+            schemes.insert(
+                "github_signature".into(),
+                json!({"type": "apiKey", "in": "header", "name": "Github-Public-Key-Signature",
+                       "description": "GitHub's ECDSA P-256 signature over the raw body, checked against the key named in `Github-Public-Key-Identifier` from `leaks.github_public_keys_file`."}),
+            );
+            schemes.insert(
+                "gitlab_token".into(),
+                json!({"type": "apiKey", "in": "header", "name": "Authorization",
+                       "description": "The token held in the variable named by `leaks.gitlab_token_env`, as `Authorization: <token>` or `Authorization: Bearer <token>`."}),
+            );
         }
         Listener::Admin => {
             schemes.insert(

@@ -23,13 +23,18 @@ pub struct Inner {
     pub clock: Arc<dyn Clock>,
     /// Gateway requests in flight per key (the plan's `concurrency`).
     pub in_flight: Arc<crate::gateway::InFlightTable>,
+    /// GitHub's secret-scanning public keys (`leaks.github_public_keys_file`).
+    pub github_keys: crate::github_keys::GithubKeys,
 }
 
 impl AppState {
     /// Wraps the parts.
     pub fn new(settings: Settings, verifier: Arc<Verifier>, clock: Arc<dyn Clock>) -> Self {
         let store = verifier.store().clone();
+        let github_keys =
+            crate::github_keys::GithubKeys::new(&settings.config.leaks.github_public_keys_file);
         AppState(Arc::new(Inner {
+            github_keys,
             settings,
             verifier,
             store,

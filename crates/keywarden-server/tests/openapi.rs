@@ -35,6 +35,9 @@ const PUBLIC_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/grants"),
     ("get", "/v1/grants/{id}"),
     ("delete", "/v1/grants/{id}"),
+    ("post", "/v1/secret-scanning/github"),
+    ("get", "/v1/revocable_token_types"),
+    ("post", "/v1/revoke_tokens"),
 ];
 
 /// Every route of the admin listener but forward-auth (which answers every method).
@@ -61,6 +64,7 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/admin/keys/{id}/activity"),
     ("post", "/v1/admin/keys/{id}/reveal"),
     ("get", "/v1/admin/events"),
+    ("post", "/v1/admin/leaks"),
     ("post", "/v1/admin/applications"),
     ("get", "/v1/admin/applications"),
     ("get", "/v1/admin/applications/{id}"),
@@ -97,6 +101,10 @@ const REQUEST_BODIES: &[(&str, &str, &str)] = &[
     ("patch", "/v1/admin/applications/{id}", "PatchApplication"),
     ("post", "/v1/admin/accounts/{id}/grants", "AdminCreateGrant"),
     ("post", "/v1/verify", "VerifyBody"),
+    ("post", "/v1/admin/leaks", "LeakReport"),
+    // Arrays of the named object: the reporters' own formats.
+    ("post", "/v1/secret-scanning/github", "GithubMatch"),
+    ("post", "/v1/revoke_tokens", "GitlabRevocation"),
 ];
 
 /// The operations whose success answer shows a secret once.
@@ -611,6 +619,10 @@ lockout = { max_failures = 0, window_seconds = 60, lock_seconds = 60 }
                 assert_eq!(status, 200, "{m} {p}: {body}");
             } else if p.starts_with("/v1/admin/") || p == "/v1/verify" {
                 assert_eq!((status, code), (401, "root_key_required"), "{m} {p}");
+            } else if p == "/v1/secret-scanning/github" {
+                assert_eq!((status, code), (401, "invalid_signature"), "{m} {p}");
+            } else if p == "/v1/revocable_token_types" || p == "/v1/revoke_tokens" {
+                assert_eq!((status, code), (401, "invalid_revocation_token"), "{m} {p}");
             } else {
                 assert_eq!((status, code), (401, "missing_api_key"), "{m} {p}");
             }
@@ -641,7 +653,10 @@ async fn request_bodies_and_every_reference_resolve() {
             let key = (m.clone(), p.clone());
             match (op.get("requestBody"), want.get(&key)) {
                 (Some(body), Some(name)) => {
-                    let schema = &body["content"]["application/json"]["schema"];
+                    let mut schema = &body["content"]["application/json"]["schema"];
+                    if schema["type"] == "array" {
+                        schema = &schema["items"];
+                    }
                     let r = schema["$ref"].as_str().unwrap_or_else(|| {
                         panic!("{m} {p}: request body is not a component: {body}")
                     });
@@ -791,8 +806,10 @@ async fn responses_never_document_a_stored_hash_and_secrets_only_where_shown_onc
                 let mut names = BTreeSet::new();
                 property_names(doc, &r["content"], &mut BTreeSet::new(), &mut names);
                 for n in &names {
+                    // `token_hash` is a reported token's public fingerprint (GitHub's name
+                    // for it), like `key_hash`; neither is a stored hash.
                     assert!(
-                        !n.contains("hash") || n == "key_hash",
+                        !n.contains("hash") || n == "key_hash" || n == "token_hash",
                         "{m} {p} {status} documents `{n}`"
                     );
                     assert!(
@@ -854,6 +871,10 @@ async fn security_schemes_match_each_listener() {
                 assert!(alts[0]["api_key"].is_array(), "{m} {p}");
                 assert_eq!(alts[0]["api_key"], alts[1]["api_key_header"], "{m} {p}");
             }
+            "secret-scanning" if p == "/v1/secret-scanning/github" => {
+                assert_eq!(security, &json!([{"github_signature": []}]), "{m} {p}")
+            }
+            "secret-scanning" => assert_eq!(security, &json!([{"gitlab_token": []}]), "{m} {p}"),
             "verify" if p == "/v1/verify" => assert_eq!(
                 security,
                 &json!([{"root_key": []}, {"verify_token": []}]),
@@ -897,10 +918,16 @@ style = "problem"
         "{paths:?}"
     );
     assert!(public["paths"]["/api/v2/api-keys/{id}/rotate"]["post"].is_object());
+    // The reporters' endpoints keep the paths GitHub and GitLab are registered with.
+    let reporters = [
+        "/v1/secret-scanning/github",
+        "/v1/revocable_token_types",
+        "/v1/revoke_tokens",
+    ];
     assert!(
-        paths
-            .iter()
-            .all(|p| p.starts_with("/api/v2/") || !p.starts_with("/v1")),
+        paths.iter().all(|p| p.starts_with("/api/v2/")
+            || !p.starts_with("/v1")
+            || reporters.contains(&p.as_str())),
         "{paths:?}"
     );
     // The documented path is the served one.
@@ -1221,6 +1248,18 @@ async fn documented_shapes_match_what_the_handlers_send() {
     .await;
     assert_eq!(s, 200, "{b}");
     assert_documented(&admin, "delete", "/v1/admin/grants/{id}", s, &b);
+
+    // A leak report answers one verdict per token.
+    let (s, b) = send(
+        a,
+        Method::POST,
+        "/v1/admin/leaks",
+        ROOT,
+        Some(json!({"tokens": ["not a key"], "source": "a test"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_documented(&admin, "post", "/v1/admin/leaks", s, &b);
 
     // Erasure last.
     let (s, b) = send(p, Method::DELETE, "/v1/account/data", &token, None).await;

@@ -95,6 +95,22 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Find this deployment's keys (the configured template and the legacy ones) in files
+    /// and directories, offline, each verified by its checksum. Prints file:line:column and
+    /// the key's displayable start, never the key. Exits 1 when it finds one, 0 otherwise:
+    /// usable as a pre-commit hook or a CI step (docs/leaked-keys.md).
+    Scan {
+        /// Files and directories to search (`.git` directories and binary files are skipped).
+        #[arg(default_value = ".")]
+        paths: Vec<PathBuf>,
+        /// Also hand what was found to the configured store's leak policy (revoke or
+        /// notify, as `leaks.action_live` / `leaks.action_test` say).
+        #[arg(long)]
+        report: bool,
+        /// Threads to search with (default: one per CPU).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Check a key as the service would.
     Verify {
         /// The key.
@@ -218,6 +234,9 @@ pub enum KeysCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Print the regular expression of the configured key template, for registering with
+    /// secret-scanning programs (docs/leaked-keys.md).
+    Pattern,
     /// Print a test key's secret again (needs keys.recoverable_test_secrets; live secrets
     /// are never recoverable).
     Reveal {
@@ -333,6 +352,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             println!("migrations applied to {}", redact(&cfg.store.database_url));
             Ok(())
         }
+        Command::Keys {
+            command: KeysCommand::Pattern,
+        } => {
+            let cfg = Config::load(path.as_deref())?;
+            print_pattern(&cfg, json_out)
+        }
+        Command::Scan {
+            paths,
+            report,
+            threads,
+        } => {
+            let cfg = Config::load(path.as_deref())?;
+            let found = run_scan(cfg, &paths, report, threads, json_out).await?;
+            if found {
+                std::io::Write::flush(&mut std::io::stdout())?;
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Serve => {
             let cfg = Config::load(path.as_deref())?;
             let service = Service::build(cfg, Arc::new(SystemClock)).await?;
@@ -348,6 +386,114 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             result
         }
     }
+}
+
+/// `keywarden keys pattern`.
+fn print_pattern(cfg: &Config, json_out: bool) -> anyhow::Result<()> {
+    let templates = keywarden_server::leaks::templates(cfg)?;
+    let pattern = templates[0].regex();
+    if json_out {
+        println!(
+            "{}",
+            json!({ "template": templates[0].source(), "pattern": pattern })
+        );
+    } else {
+        println!("{pattern}");
+    }
+    Ok(())
+}
+
+/// One finding as printed.
+#[derive(serde::Serialize)]
+struct FindingView {
+    path: String,
+    line: usize,
+    column: usize,
+    start: String,
+    mode: Option<Mode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<keywarden_server::leaks::Label>,
+}
+
+/// `keywarden scan`: whether anything was found.
+async fn run_scan(
+    cfg: Config,
+    paths: &[PathBuf],
+    report: bool,
+    threads: usize,
+    json_out: bool,
+) -> anyhow::Result<bool> {
+    for p in paths {
+        if !p.exists() {
+            bail!("{}: no such file or directory", p.display());
+        }
+    }
+    let finder = keywarden_core::leaks::KeyFinder::new(keywarden_server::leaks::templates(&cfg)?);
+    let started = std::time::Instant::now();
+    let scan = tokio::task::block_in_place(|| crate::scan::scan(&finder, paths, threads));
+    let elapsed = started.elapsed();
+    for e in &scan.errors {
+        eprintln!("warning: {e}");
+    }
+    let mut views: Vec<FindingView> = scan
+        .findings
+        .iter()
+        .map(|f| FindingView {
+            path: f.path.display().to_string(),
+            line: f.found.line,
+            column: f.found.column,
+            start: f.found.start.clone(),
+            mode: f.found.mode,
+            label: None,
+        })
+        .collect();
+    if report && !scan.findings.is_empty() {
+        use keywarden_server::leaks::{Leak, Leaks, Reporter};
+        let service = Service::build(cfg, Arc::new(SystemClock)).await?;
+        let leaks = Leaks::new(&service.state);
+        let result = async {
+            let mut to_act = Vec::new();
+            for (f, view) in scan.findings.iter().zip(views.iter_mut()) {
+                let c = leaks.classify(f.found.token.expose()).await?;
+                view.label = Some(c.label());
+                if let Some(key) = c.key {
+                    to_act.push(Leak {
+                        key,
+                        source: Some(format!("{}:{}", view.path, view.line)),
+                    });
+                }
+            }
+            leaks.act(&Actor::root(None), Reporter::Scan, to_act).await
+        }
+        .await;
+        service.close().await;
+        let acted = result.map_err(|e| anyhow::anyhow!("{}: {:?}", e.code, e.detail))?;
+        eprintln!("reported: {acted} active key(s) handed to the leak policy");
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+    } else {
+        for v in &views {
+            let mode = v.mode.map(|m| format!(" ({m})")).unwrap_or_default();
+            let label = match v.label {
+                Some(keywarden_server::leaks::Label::TruePositive) => " [active key]",
+                Some(keywarden_server::leaks::Label::FalsePositive) => " [not an active key]",
+                None => "",
+            };
+            println!(
+                "{}:{}:{}: {}…{mode}{label}",
+                v.path, v.line, v.column, v.start
+            );
+        }
+    }
+    eprintln!(
+        "{} key(s) found in {} file(s) searched ({} binary skipped) in {:.2} s",
+        views.len(),
+        scan.files,
+        scan.binary,
+        elapsed.as_secs_f64()
+    );
+    Ok(!views.is_empty())
 }
 
 fn redact(url: &str) -> String {
@@ -473,6 +619,7 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                 let k = m.revoke_key(&actor, k, reason).await.map_err(fail)?;
                 print_one(json_out, &views::key(&k), &KEY_COLS);
             }
+            KeysCommand::Pattern => print_pattern(&state.settings.config, json_out)?,
             KeysCommand::Reveal { id } => {
                 let k = m.key_of(None, None, &id).await.map_err(fail)?;
                 let token = apps.reveal(&actor, &k).await.map_err(fail)?;
@@ -619,7 +766,11 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                 bail!("the key is not valid: {}", out.code);
             }
         }
-        Command::Serve | Command::Init { .. } | Command::Migrate | Command::Config { .. } => {}
+        Command::Serve
+        | Command::Init { .. }
+        | Command::Migrate
+        | Command::Config { .. }
+        | Command::Scan { .. } => {}
     }
     Ok(())
 }

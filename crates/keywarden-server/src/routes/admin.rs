@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
 /// Checks the root key and returns the audit actor.
-fn root(state: &AppState, parts: &Parts) -> Result<Actor, ApiError> {
+pub(crate) fn root(state: &AppState, parts: &Parts) -> Result<Actor, ApiError> {
     require_root(state, &parts.headers)?;
     let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions));
     Ok(Actor::root(ip.and_then(|c| c.ip()).map(|i| i.to_string())))

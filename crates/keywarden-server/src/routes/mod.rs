@@ -5,6 +5,7 @@ pub mod apps;
 pub mod decide;
 pub mod forward_auth;
 pub mod health;
+pub mod leaks;
 pub mod metrics;
 pub mod self_service;
 pub mod verify;
@@ -43,6 +44,9 @@ pub fn public_router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(crate::openapi::openapi_json))
+        .route("/v1/secret-scanning/github", post(leaks::github_report))
+        .route("/v1/revocable_token_types", get(leaks::gitlab_token_types))
+        .route("/v1/revoke_tokens", post(leaks::gitlab_revoke))
         .nest(&state.settings.base_path.clone(), api);
     // Gateway mode: what no route above matches goes to the upstream (else 404).
     crate::gateway::with_fallback(routes, &state)
@@ -88,6 +92,7 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/v1/admin/keys/{id}/revoke", post(admin::revoke_key))
         .route("/v1/admin/keys/{id}/activity", get(admin::key_activity))
         .route("/v1/admin/events", get(admin::events))
+        .route("/v1/admin/leaks", post(leaks::admin_report))
         .merge(apps::admin_routes())
         // Inside the root-key guard: a caller without a root key learns nothing of input.
         .route_layer(axum::middleware::from_fn(refuse_nul_in_uri))
