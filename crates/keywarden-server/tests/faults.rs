@@ -356,6 +356,9 @@ async fn a_silent_postgresql_answers_503_within_the_bound_and_cached_keys_keep_v
     let app = spawn_config(config, dir).await;
     let acc = app.account("Acme").await;
     let (_, token) = app.live_key(&acc).await;
+    // The key's creation is announced to every replica, this one too, which drops the
+    // lookup from the cache: let that notification land before the key is cached.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     verifies(&app, &token).await;
 
     proxy.cut(true);

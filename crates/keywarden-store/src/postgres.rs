@@ -223,9 +223,13 @@ async fn listen(pool: PgPool, tx: broadcast::Sender<Invalidation>) {
                             let _ = tx.send(item);
                         }
                     }
-                    // The connection dropped; the listener reconnects on the next call.
+                    // The connection dropped. What was written meanwhile is forgotten once
+                    // the feed is back, not now: while the database cannot be reached,
+                    // cached keys keep verifying (docs/faults.md).
                     Ok(None) => {
-                        let _ = tx.send(Invalidation::All);
+                        tracing::warn!("lost the feed of other replicas' writes; reconnecting");
+                        reconnect = true;
+                        break;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "lost the feed of other replicas' writes");
