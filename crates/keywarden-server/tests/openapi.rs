@@ -619,7 +619,7 @@ lockout = { max_failures = 0, window_seconds = 60, lock_seconds = 60 }
                 assert_eq!(status, 200, "{m} {p}: {body}");
             } else if p.starts_with("/v1/admin/") || p == "/v1/verify" {
                 assert_eq!((status, code), (401, "root_key_required"), "{m} {p}");
-            } else if p == "/v1/forward-auth" {
+            } else if p.starts_with("/v1/forward-auth") {
                 // Without the proxy's description of the original request nothing is decided.
                 assert_eq!((status, code), (400, "invalid_request"), "{m} {p}");
             } else if p == "/v1/secret-scanning/github" {

@@ -1108,7 +1108,10 @@ async fn case_write_batch_lands_whole(store: Arc<dyn Store>) {
         12
     );
     assert_eq!(
-        store.get_usage(&a.id, Mode::Live, "words", 0).await.unwrap(),
+        store
+            .get_usage(&a.id, Mode::Live, "words", 0)
+            .await
+            .unwrap(),
         i64::MAX as u64
     );
     assert_eq!(store.list_events(&filter).await.unwrap(), vec![ev]);
