@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-/// The error families of SPEC §11; clients switch on these before the code.
+/// The error families of `docs/errors.md`; clients switch on these before the code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorType {
@@ -99,7 +99,7 @@ impl FromStr for Locale {
 macro_rules! codes {
     ($($variant:ident = $text:literal, $status:literal, $etype:ident, $en:literal, $es:literal;)+) => {
         /// Every decision and error code. The first rows follow the order of the
-        /// decision (SPEC §8); the rest are request and service errors.
+        /// decision (`docs/decision.md`); the rest are request and service errors.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Code { $(
             #[doc = $en]
@@ -227,7 +227,7 @@ codes! {
 }
 
 impl Code {
-    /// Whether a failure with this code counts toward the per-IP lockout (SPEC §8: the rows
+    /// Whether a failure with this code counts toward the per-IP lockout (`docs/decision.md`: the rows
     /// `missing_api_key` through `invalid_app_secret`).
     pub fn counts_toward_lockout(self) -> bool {
         matches!(
@@ -282,7 +282,7 @@ pub struct Presented<'a> {
     pub message_code: Code,
 }
 
-/// The shape of error bodies (`errors.style`, SPEC §11).
+/// The shape of error bodies (`errors.style`, `docs/errors.md`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ErrorStyle {
     /// `{"error": {"type", "code", "message", "request_id", "doc_url"?}}` (the default).

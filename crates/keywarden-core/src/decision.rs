@@ -1,4 +1,4 @@
-//! The decision of SPEC §8: a pure function from what was found (the key record, its
+//! The decision of `docs/decision.md`: a pure function from what was found (the key record, its
 //! account, the request's facts) and the time to a verdict. The checks run in the spec's
 //! order and the first failure wins, so the code a client sees never depends on anything
 //! but that order.
@@ -20,7 +20,7 @@ use std::net::IpAddr;
 
 /// A key ready for the hot path: what the decision reads and what an answer about the key
 /// shows, compiled once from its record and packed small, because a million of them may
-/// sit in the key cache (SPEC §14). What it leaves out (description, owner, scope names as
+/// sit in the key cache (`docs/operations.md#storage`). What it leaves out (description, owner, scope names as
 /// written, usage and revocation details, the lookups) is in the store's [`KeyRecord`].
 #[derive(Clone, Debug)]
 pub struct CompiledKey {
@@ -267,7 +267,7 @@ pub enum KeyLookup<'a> {
     },
 }
 
-/// The outcome of checking the application secret (SPEC §6).
+/// The outcome of checking the application secret (`docs/concepts.md#presenting-a-key`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AppSecretCheck {
     /// No app secret is needed (no header configured, or the key has no application).
@@ -365,7 +365,7 @@ impl Denial {
     }
 }
 
-/// Runs checks 1–12 of SPEC §8 (everything but the limits) in order.
+/// Runs checks 1–12 of `docs/decision.md` (everything but the limits) in order.
 pub fn authorize(f: &Facts<'_>) -> Result<(), Denial> {
     if !f.api_enabled {
         return Err(Denial::new(Code::ApiDisabled));
@@ -434,7 +434,7 @@ pub fn authorize(f: &Facts<'_>) -> Result<(), Denial> {
     Ok(())
 }
 
-/// Runs checks 13–15 of SPEC §8 on outcomes the caller computed after [`authorize`]
+/// Runs checks 13–15 of `docs/decision.md` on outcomes the caller computed after [`authorize`]
 /// passed: the rate limit, then the concurrency limit, then each quota.
 pub fn limit_verdict(
     rate: Option<&RateOutcome>,

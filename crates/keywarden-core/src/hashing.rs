@@ -1,4 +1,4 @@
-//! Secret hashing (SPEC §5): how a token becomes the value the store keeps, which values the
+//! Secret hashing (`docs/concepts.md#secret-storage`): how a token becomes the value the store keeps, which values the
 //! store is searched with, and how a presented token is checked against what was found.
 //!
 //! Four schemes exist:
@@ -39,7 +39,7 @@ pub const BCRYPT_MIN_COST: u32 = 4;
 /// The largest bcrypt cost the bcrypt algorithm defines.
 pub const BCRYPT_MAX_COST: u32 = 31;
 
-/// The bcrypt cost SPEC §5 prescribes when the configuration names none.
+/// The bcrypt cost `docs/concepts.md#secret-storage` prescribes when the configuration names none.
 pub const DEFAULT_BCRYPT_COST: u32 = 12;
 
 /// The longest token bcrypt can hash without losing part of it: bcrypt reads at most 72
@@ -203,7 +203,7 @@ impl SecretHasher {
     }
 
     /// Whether the configured scheme is a slow hash (`bcrypt` or `argon2id`), whose checks
-    /// the caller must cache and bound with a semaphore (SPEC §5).
+    /// the caller must cache and bound with a semaphore (`docs/concepts.md#secret-storage`).
     pub fn is_slow(&self) -> bool {
         is_slow(self.scheme)
     }
@@ -276,7 +276,7 @@ impl SecretHasher {
     }
 
     /// Whether `token` matches an `hmac-sha256` digest made under a previous pepper, so the
-    /// caller re-stores it under the current one (SPEC §5).
+    /// caller re-stores it under the current one (`docs/concepts.md#secret-storage`).
     ///
     /// The token is needed: an HMAC digest reveals nothing about its key, so only recomputing
     /// it under each pepper tells which pepper made it. Callers that also need the match
@@ -328,7 +328,7 @@ pub fn is_slow(scheme: HashScheme) -> bool {
     matches!(scheme, HashScheme::Bcrypt | HashScheme::Argon2id)
 }
 
-/// The public fingerprint of a token (the key's `key_hash`, SPEC §3): `sha256_` followed by
+/// The public fingerprint of a token (the key's `key_hash`, `docs/concepts.md#objects`): `sha256_` followed by
 /// the lower-case hex SHA-256 of the whole token. It identifies a key without revealing it.
 pub fn fingerprint(token: &str) -> String {
     let mut out = String::with_capacity("sha256_".len() + DIGEST_HEX_LEN);
@@ -348,7 +348,7 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// A new pepper: 32 bytes from the OS CSPRNG, hex-encoded (64 characters), for the embedded
-/// store's first start when no pepper is configured (SPEC §5).
+/// store's first start when no pepper is configured (`docs/concepts.md#secret-storage`).
 ///
 /// # Panics
 ///

@@ -1,5 +1,5 @@
-//! Client addresses: per-key IP allowlists (SPEC §3 `ip_allowlist`), the trusted proxies whose
-//! `X-Forwarded-For` is believed, the client IP derived from them (SPEC §8), and the bucket a
+//! Client addresses: per-key IP allowlists (`docs/concepts.md#objects` `ip_allowlist`), the trusted proxies whose
+//! `X-Forwarded-For` is believed, the client IP derived from them (`docs/decision.md`), and the bucket a
 //! client IP is locked out by after repeated failures.
 //!
 //! Rules shared by every function here:
@@ -42,7 +42,7 @@ impl IpListError {
 }
 
 /// The addresses a key may be used from. Empty (the default) admits any address, because a
-/// key without an allowlist is unrestricted (SPEC §3).
+/// key without an allowlist is unrestricted (`docs/concepts.md#objects`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IpAllowlist {
     /// The parsed networks, IPv4-mapped ones already turned into IPv4.
@@ -177,7 +177,7 @@ impl From<IpAddr> for ClientAddr {
     }
 }
 
-/// The client of a request (SPEC §8).
+/// The client of a request (`docs/decision.md`).
 ///
 /// It is the peer address, unless the peer is a trusted proxy. Then `X-Forwarded-For` is
 /// read right to left, skipping trusted hops, and the first untrusted address is the client;
@@ -213,7 +213,7 @@ pub fn client_ip(
     ClientAddr::Ip(client)
 }
 
-/// What a client's authentication failures are counted and locked by (SPEC §8).
+/// What a client's authentication failures are counted and locked by (`docs/decision.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LockoutBucket {
     /// A known client's network: see [`lockout_bucket`].
@@ -234,7 +234,7 @@ impl std::fmt::Display for LockoutBucket {
     }
 }
 
-/// The network a client's authentication failures are counted and locked by (SPEC §8): the
+/// The network a client's authentication failures are counted and locked by (`docs/decision.md`): the
 /// address itself for IPv4 (`/32`), its `/64` for IPv6, since one IPv6 subscriber usually
 /// holds a whole `/64` and could otherwise rotate addresses to escape the lockout.
 pub fn lockout_bucket(ip: IpAddr) -> LockoutBucket {

@@ -1,5 +1,5 @@
-//! Rate limits, the per-IP lockout and quota periods (SPEC §3 plans, §8 lockout, §9 usage,
-//! §11 headers), as pure arithmetic over an injected time.
+//! Rate limits, the per-IP lockout and quota periods (plans in `docs/concepts.md#objects`,
+//! the lockout and limits in `docs/decision.md`, headers in `docs/errors.md`), as pure arithmetic over an injected time.
 //!
 //! Every function takes the current time as `now_ms` (Unix milliseconds, UTC, as given by a
 //! [`crate::clock::Clock`]) and the caller keeps the state, so the same math runs in
@@ -297,7 +297,7 @@ impl RateOutcome {
     }
 }
 
-/// The per-IP lockout policy after repeated authentication failures (SPEC §8).
+/// The per-IP lockout policy after repeated authentication failures (`docs/decision.md`).
 ///
 /// Semantics, exactly: the first failure opens a fixed window of `window_ms`; failures at
 /// `now` with `now - window_start < window_ms` count in it, and the first failure at or after
@@ -320,7 +320,7 @@ pub struct Lockout {
 }
 
 impl Default for Lockout {
-    /// SPEC §8: 20 failures in 5 minutes lock the IP for 5 minutes.
+    /// `docs/decision.md`: 20 failures in 5 minutes lock the IP for 5 minutes.
     fn default() -> Self {
         Self {
             max_failures: 20,
@@ -384,7 +384,7 @@ impl Lockout {
     }
 }
 
-/// A quota period: a UTC calendar day or month (SPEC §3 plans, §9 usage).
+/// A quota period: a UTC calendar day or month (plans in `docs/concepts.md#objects`).
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
@@ -454,7 +454,7 @@ fn year_month_from_days(days: i64) -> (i64, u32) {
     (year, u32::try_from(month).unwrap_or(1))
 }
 
-/// One quota of a plan: at most `limit` units of `unit` per `period` (SPEC §3).
+/// One quota of a plan: at most `limit` units of `unit` per `period` (`docs/concepts.md#objects`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaSpec {

@@ -1,4 +1,4 @@
-//! The entities Keywarden remembers (SPEC §3), shared by the store and the server.
+//! The entities Keywarden remembers (`docs/concepts.md#objects`), shared by the store and the server.
 //!
 //! Timestamps are Unix milliseconds (`i64`, UTC) everywhere below the HTTP edge: they
 //! compare and store cheaply in both SQLite and PostgreSQL, and the server renders them
@@ -81,7 +81,7 @@ string_enum!(
     AccountStatus { Pending = "pending", Active = "active", Suspended = "suspended" }
 );
 string_enum!(
-    /// How a secret is stored (SPEC §5).
+    /// How a secret is stored (`docs/concepts.md#secret-storage`).
     HashScheme { HmacSha256 = "hmac-sha256", Sha256 = "sha256", Bcrypt = "bcrypt", Argon2id = "argon2id" }
 );
 string_enum!(
@@ -283,7 +283,7 @@ pub struct Grant {
     pub created_at: Millis,
 }
 
-/// An append-only audit record (SPEC §12).
+/// An append-only audit record (`docs/operations.md#what-is-recorded`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// `evt_` + ULID.

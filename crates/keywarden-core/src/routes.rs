@@ -1,4 +1,4 @@
-//! Route rules (SPEC §7, `[[routes]]` in §13): which scopes a request needs, decided from
+//! Route rules (`docs/concepts.md#scopes-and-routes`, `[[routes]]` in `docs/configuration.md`): which scopes a request needs, decided from
 //! its method and path, for forward-auth and the gateway.
 //!
 //! The rules are compiled once by [`RouteTable::compile`]: path globs are split into

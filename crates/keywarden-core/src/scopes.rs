@@ -1,4 +1,4 @@
-//! Scopes (SPEC §7): the closed catalog, aliases, wildcards and the bitsets the hot path
+//! Scopes (`docs/concepts.md#scopes-and-routes`): the closed catalog, aliases, wildcards and the bitsets the hot path
 //! tests.
 //!
 //! Everything expensive happens once, in [`ScopeCatalog::build`]: names are validated,
@@ -30,7 +30,7 @@ const WORDS: usize = MAX_SCOPES / 64;
 /// The super-scope grant: every catalog scope, unless the deployment turned it off.
 pub const SUPER_SCOPE: &str = "*";
 
-/// The platform scopes the self-service API (SPEC §9) checks. They exist in every
+/// The platform scopes the self-service API (`docs/api.md#self-service-api`) checks. They exist in every
 /// catalog so that those endpoints work whatever the deployment configures.
 pub const BUILTIN_SCOPES: &[(&str, &str)] = &[
     (

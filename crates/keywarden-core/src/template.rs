@@ -1,4 +1,4 @@
-//! Key templates (SPEC §4): what a deployment's API keys look like, how new ones are made
+//! Key templates (`docs/concepts.md#key-format-and-templates`): what a deployment's API keys look like, how new ones are made
 //! and how a presented token is taken apart again.
 //!
 //! A template such as `kw_{type}_{mode}_{random:32}{checksum}` is compiled once, at startup.
@@ -13,7 +13,7 @@ use crate::secret::Secret;
 use std::fmt;
 use zeroize::Zeroizing;
 
-/// The fewest bits of randomness a template may carry (SPEC §4).
+/// The fewest bits of randomness a template may carry (`docs/concepts.md#key-format-and-templates`).
 pub const MIN_RANDOM_BITS: f64 = 112.0;
 
 /// The longest random part a template may ask for. Past this a token gains nothing but
@@ -293,7 +293,7 @@ pub enum TemplateError {
     /// anything after it would go unchecked.
     #[error("{{checksum}} must be the last part of the template")]
     ChecksumNotLast,
-    /// Too short a random part to resist guessing (SPEC §4).
+    /// Too short a random part to resist guessing (`docs/concepts.md#key-format-and-templates`).
     #[error(
         "template has {bits:.1} bits of randomness; at least {min} are required",
         min = MIN_RANDOM_BITS
@@ -701,7 +701,7 @@ impl ParsedToken<'_> {
     }
 
     /// The first 8 random characters, stored in plain text so that a key with a slow hash
-    /// can be found without hashing against every key (SPEC §5).
+    /// can be found without hashing against every key (`docs/concepts.md#secret-storage`).
     pub fn lookup_segment(&self) -> &str {
         first_chars(self.random, LOOKUP_LEN)
     }

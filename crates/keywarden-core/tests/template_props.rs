@@ -6,7 +6,7 @@ use keywarden_core::template::{KeyTemplate, TemplateTags, TokenError};
 use proptest::prelude::*;
 use std::sync::LazyLock;
 
-/// The templates of SPEC §4 and of the profiles, with the tags each is used with.
+/// The templates of `docs/concepts.md#key-format-and-templates` and of the profiles, with the tags each is used with.
 static TEMPLATES: LazyLock<Vec<KeyTemplate>> = LazyLock::new(|| {
     let falco = TemplateTags {
         live: "l".into(),

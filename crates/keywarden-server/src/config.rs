@@ -1,4 +1,4 @@
-//! The configuration file (SPEC §13): its schema, environment overrides, validation
+//! The configuration file (`docs/configuration.md`): its schema, environment overrides, validation
 //! messages that name the field, and the redacted view `keywarden config check` prints.
 //!
 //! Loading happens in three steps: read the TOML file (or nothing), overlay every
@@ -586,7 +586,7 @@ fn redact_url_password(url: &str) -> String {
 
 /// Lays environment variables over the parsed file. `KEYWARDEN_A__B__C=v` sets `a.b.c`;
 /// the value is read as a TOML value when it parses as one (`true`, `8080`, `["x"]`) and
-/// as a string otherwise. The short forms of SPEC §13 map onto their fields.
+/// as a string otherwise. The short forms of `docs/configuration.md` map onto their fields.
 fn apply_env(root: &mut toml::Table, vars: &[(String, String)]) -> Result<(), ConfigError> {
     for (name, value) in vars {
         let path: Vec<String> = match name.as_str() {

@@ -1,4 +1,4 @@
-//! How errors leave the service (SPEC §11): one [`ApiError`] type every handler returns,
+//! How errors leave the service (`docs/errors.md`): one [`ApiError`] type every handler returns,
 //! rendered in the configured style (`envelope`, `problem`, `detail`), in the request's
 //! language, with the code renamed as the profile asks, and always with the request id.
 

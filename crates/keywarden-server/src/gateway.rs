@@ -1,4 +1,4 @@
-//! Gateway mode (SPEC §1): with `gateway.upstream` set, every public request that no
+//! Gateway mode (`docs/concepts.md#ways-to-use-it`): with `gateway.upstream` set, every public request that no
 //! self-service route matches is decided by the route rules and, when allowed, proxied to
 //! the upstream.
 //!

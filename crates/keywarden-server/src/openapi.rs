@@ -1,4 +1,4 @@
-//! `/openapi.json` (SPEC §2): the OpenAPI 3.1 description of both listeners, derived from
+//! `/openapi.json` (`docs/concepts.md#listeners`): the OpenAPI 3.1 description of both listeners, derived from
 //! the handlers' `#[utoipa::path]` attributes and the request and response types.
 //!
 //! One document describes everything ([`ApiDoc`]); each listener serves its own part of it
@@ -715,7 +715,7 @@ pub struct Activity {
 pub struct VerifyResponse {
     /// Whether the request may pass.
     pub valid: bool,
-    /// `valid` or the failure code (SPEC §8), as the profile names it.
+    /// `valid` or the failure code (`docs/decision.md`), as the profile names it.
     #[schema(example = "valid")]
     pub code: String,
     /// The HTTP status a gateway should answer with.
@@ -827,7 +827,7 @@ pub struct HealthStatus {
 }
 
 // ---------------------------------------------------------------------------------------
-// Errors (SPEC §11).
+// Errors (`docs/errors.md`).
 
 /// `errors.style = "envelope"` (default).
 #[derive(ToSchema)]
@@ -848,7 +848,7 @@ pub struct ErrorObject {
     /// The family.
     #[serde(rename = "type")]
     pub error_type: ErrorType,
-    /// The code (SPEC §8 and §11), as the profile names it.
+    /// The code (`docs/decision.md`, `docs/errors.md`), as the profile names it.
     #[schema(example = "invalid_api_key")]
     pub code: String,
     /// Human-readable, in the request's language; names the offending field for bad input.

@@ -5,7 +5,7 @@
 //! A connection lives on one thread from its first byte to its last, and so does the
 //! gateway's pool of upstream connections that thread uses: a proxied request wakes no
 //! other thread, where a work-stealing runtime moves the client side, the upstream side
-//! and the pool's connection task between threads (SPEC §1; `BENCHMARKS.md` has the
+//! and the pool's connection task between threads (`docs/concepts.md#ways-to-use-it`; `BENCHMARKS.md` has the
 //! figures), and a forward-auth or verify call is answered on the thread that read it.
 //! The background tasks — the writer, cache invalidations, the limiter's reconnections —
 //! stay on the main runtime; the workers share the service state.

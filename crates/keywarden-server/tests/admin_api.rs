@@ -1,4 +1,4 @@
-//! The admin API (SPEC §10) as the operator uses it with a root key: accounts, keys,
+//! The admin API (`docs/api.md#admin-api`) as the operator uses it with a root key: accounts, keys,
 //! imports, usage reports and the audit trail, with every refusal that applies.
 
 mod common;

@@ -1,5 +1,5 @@
-//! The self-service API (SPEC §9) as a customer uses it with one of its own keys: each
-//! endpoint's answer, each way a key is refused (SPEC §8), bad input (SPEC §11), paging,
+//! The self-service API (`docs/api.md#self-service-api`) as a customer uses it with one of its own keys: each
+//! endpoint's answer, each way a key is refused (`docs/decision.md`), bad input (`docs/errors.md`), paging,
 //! rotation and revocation, erasure, and how errors look in every style and language.
 
 mod common;
@@ -107,7 +107,7 @@ async fn the_key_can_be_presented_in_x_api_key() {
     Answer::of(res).await.ok(200);
 }
 
-// ---- credential failures (SPEC §8) ----------------------------------------------------
+// ---- credential failures (`docs/decision.md`) ----------------------------------------------------
 
 #[tokio::test]
 async fn a_missing_key_is_401_missing_api_key() {
@@ -1222,7 +1222,7 @@ async fn events_are_the_account_s_of_the_caller_s_mode() {
     assert!(theirs.iter().all(|e| e["account_id"] != acc.as_str()));
 }
 
-// ---- error styles, languages, renames, request ids (SPEC §11) -------------------------
+// ---- error styles, languages, renames, request ids (`docs/errors.md`) -------------------------
 
 #[tokio::test]
 async fn envelope_errors_carry_type_code_message_request_id_and_doc_url() {

@@ -1,4 +1,4 @@
-//! The in-memory key cache that keeps database reads off the request path (SPEC §5, §14).
+//! The in-memory key cache that keeps database reads off the request path (`docs/concepts.md#secret-storage`, `docs/operations.md#storage`).
 //!
 //! [`KeyCache`] maps a lookup value (the indexed form of a presented token: an HMAC or SHA-256
 //! digest, or a slow-hash lookup segment) to whatever the caller builds from the matching key

@@ -1,5 +1,5 @@
 //! A store wrapper that counts calls, so tests can prove that a path does no store I/O
-//! (SPEC §14: no database read on a cache hit) instead of inferring it from timings. It can
+//! (`docs/operations.md#storage`: no database read on a cache hit) instead of inferring it from timings. It can
 //! also play an unreachable database, or hold calls back, so tests can show what callers do
 //! when the database fails or is slow, without depending on timing.
 

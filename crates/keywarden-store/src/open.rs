@@ -1,4 +1,4 @@
-//! Opening the configured store from `database_url` (SPEC §13, §14).
+//! Opening the configured store from `database_url` (`docs/configuration.md`, `docs/operations.md#storage`).
 
 use crate::bounded::{BoundedStore, Bounds};
 use crate::postgres::PgStore;

@@ -1,4 +1,4 @@
-//! The pepper file (SPEC §5): when no pepper is configured for the embedded store, one is
+//! The pepper file (`docs/concepts.md#secret-storage`): when no pepper is configured for the embedded store, one is
 //! generated on first start and kept beside the database, readable by its owner only.
 //!
 //! Losing the pepper makes every `hmac-sha256` key unusable, and leaking it weakens them,

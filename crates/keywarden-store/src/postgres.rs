@@ -1,4 +1,4 @@
-//! The PostgreSQL store, for several replicas sharing one database (SPEC §14).
+//! The PostgreSQL store, for several replicas sharing one database (`docs/operations.md#storage`).
 //!
 //! Transactions run at PostgreSQL's default isolation (read committed). Where a decision
 //! depends on rows another transaction could be inserting at the same moment (counting an

@@ -1,4 +1,4 @@
-//! Limit state shared by every replica through Redis (SPEC §14 `redis_url`): per-key rate
+//! Limit state shared by every replica through Redis (`docs/operations.md#storage` `redis_url`): per-key rate
 //! limits, the per-IP lockout and quota counters.
 //!
 //! Each decision is one Lua script, so it runs atomically on the server and two replicas

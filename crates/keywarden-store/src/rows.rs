@@ -5,7 +5,7 @@
 //! placeholders, so every statement below runs unchanged on either database. A backend
 //! only supplies its pools, the statement that opens a write transaction and, where it
 //! needs one, a per-account lock (see [`Backend`]). Keeping a single implementation is
-//! what makes "same behaviour, same tests" (SPEC §14) true by construction.
+//! what makes "same behaviour, same tests" (`docs/operations.md#storage`) true by construction.
 
 use crate::store::{
     ErasureCounts, EventFilter, Invalidation, KeyTouch, Page, Store, StoreError, StoreResult,

@@ -1,4 +1,4 @@
-//! The embedded store: one SQLite file in WAL mode (SPEC §14).
+//! The embedded store: one SQLite file in WAL mode (`docs/operations.md#storage`).
 //!
 //! Writes go through a pool of exactly one connection, and every write transaction starts
 //! with `BEGIN IMMEDIATE`. Writers in this process therefore queue in the pool instead of

@@ -1,4 +1,4 @@
-//! The one interface to everything Keywarden remembers (SPEC §3, §12).
+//! The one interface to everything Keywarden remembers (`docs/concepts.md#objects`, `docs/operations.md#what-is-recorded`).
 //!
 //! Two implementations live beside it: [`crate::sqlite::SqliteStore`] (the embedded
 //! default) and [`crate::postgres::PgStore`]. Both pass the same behavioural suite.
@@ -140,7 +140,7 @@ pub struct ErasureCounts {
 }
 
 /// A write another process made to the shared database, which this process's caches must
-/// forget (SPEC §14: several replicas on one PostgreSQL).
+/// forget (`docs/operations.md#storage`: several replicas on one PostgreSQL).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Invalidation {
     /// Whatever is cached under this key lookup value.

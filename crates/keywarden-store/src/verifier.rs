@@ -75,7 +75,7 @@ pub struct VerifierConfig {
     pub record_ttl: Duration,
 }
 
-/// Admits a request by its key's concurrency limit, at its place in the decision (SPEC §8:
+/// Admits a request by its key's concurrency limit, at its place in the decision (`docs/decision.md`:
 /// after the rate limit, before the quota). Called with the key and its plan's
 /// `concurrency`; `false` refuses the request with `concurrency_limit_exceeded` before any
 /// quota is consumed. The caller keeps whatever slot it took until the request ends.
@@ -497,7 +497,7 @@ impl Verifier {
         ok
     }
 
-    /// Verifies one request: the whole of SPEC §8.
+    /// Verifies one request: the whole of `docs/decision.md`.
     pub async fn verify(&self, req: &VerifyRequest<'_>) -> VerifyOutcome {
         let now = self.clock.now_ms();
         let bucket = req.client_ip.map(ClientAddr::lockout_bucket);

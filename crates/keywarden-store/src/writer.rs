@@ -1,4 +1,4 @@
-//! The background writer that keeps database writes off the request path (SPEC §12, §14).
+//! The background writer that keeps database writes off the request path (`docs/operations.md#what-is-recorded`, `docs/operations.md#storage`).
 //!
 //! The request path hands what it must remember to a [`Writer`] with calls that neither wait
 //! nor fail: key uses (`last_used_at` / `last_used_ip`), activity rows, usage increments and

@@ -1,5 +1,5 @@
 //! A key the SQLite store acknowledged survives the process being killed at any moment
-//! (SPEC §12: "never lost on restart").
+//! (`docs/operations.md#what-is-recorded`: "never lost on restart").
 //!
 //! The test binary runs itself again as a child that inserts keys one at a time and
 //! prints each id only after `insert_key` returned. The parent kills the child with

@@ -1,4 +1,4 @@
-//! The behavioural suite every [`Store`] must pass (SPEC §14: "same behaviour, same
+//! The behavioural suite every [`Store`] must pass (`docs/operations.md#storage`: "same behaviour, same
 //! tests"). Each case is written once against `Arc<dyn Store>` and runs on a fresh SQLite
 //! file always, and on a fresh PostgreSQL database when `KEYWARDEN_TEST_DATABASE_URL` names
 //! a server (each test creates its own database and drops it afterwards, so tests can run

@@ -1,4 +1,4 @@
-//! Denied requests, answered the way the Keywarden server answers them (SPEC §11): the
+//! Denied requests, answered the way the Keywarden server answers them (`docs/errors.md`): the
 //! status from the code table (after profile overrides), a body in the configured style
 //! and the request's language, `WWW-Authenticate` on 401 and `Retry-After` on 429.
 //!

@@ -97,7 +97,7 @@ impl Keywarden {
         self.inner.app_secret_header.as_ref()
     }
 
-    /// Verifies one request directly, without the layer (SPEC §8, the whole decision).
+    /// Verifies one request directly, without the layer (`docs/decision.md`, the whole decision).
     pub async fn verify(&self, req: &VerifyRequest<'_>) -> VerifyOutcome {
         self.inner.verifier.verify(req).await
     }

@@ -28,7 +28,7 @@ pub(crate) struct Presentation {
     pub(crate) locale: Locale,
 }
 
-/// Verifies API keys with a [`Keywarden`] handle (SPEC §8) before the wrapped service
+/// Verifies API keys with a [`Keywarden`] handle (`docs/decision.md`) before the wrapped service
 /// runs.
 ///
 /// An allowed request reaches the service with a [`Principal`] and a [`RequestId`] in its
@@ -38,7 +38,7 @@ pub(crate) struct Presentation {
 /// Scopes can be required in two ways:
 /// - on this layer with [`require_scopes`](Self::require_scopes), typically as an axum
 ///   `route_layer`: the scopes are part of the one decision, checked before the rate limit
-///   as SPEC §8 orders, so a request refused for a scope costs no rate-limit budget;
+///   as `docs/decision.md` orders, so a request refused for a scope costs no rate-limit budget;
 /// - with [`RequireScopes`](crate::RequireScopes) inside a layer that requires none: a
 ///   check on the principal after the decision, which has then already counted the request
 ///   against the key's rate limit and quota.

@@ -1,13 +1,13 @@
-//! Keywarden embedded (SPEC §1, "Embedded"): a [`tower::Layer`] that verifies API keys in
+//! Keywarden embedded (`docs/concepts.md#ways-to-use-it`, "Embedded"): a [`tower::Layer`] that verifies API keys in
 //! process, on the same store, caches and decision as the Keywarden server, with no HTTP
 //! hop.
 //!
 //! - [`Keywarden`] holds the verification engine; [`Keywarden::builder`] makes one with
 //!   the server's defaults, so an application and `keywarden serve` on the same database
 //!   accept the same keys (keys are managed through the server's admin API or CLI).
-//! - [`KeywardenLayer`] verifies each request (SPEC §8) and passes the caller on as a
+//! - [`KeywardenLayer`] verifies each request (`docs/decision.md`) and passes the caller on as a
 //!   [`Principal`] in the request extensions, or answers the denial itself in Keywarden's
-//!   error format (SPEC §11) with `X-Request-Id`, `WWW-Authenticate` on 401, `Retry-After`
+//!   error format (`docs/errors.md`) with `X-Request-Id`, `WWW-Authenticate` on 401, `Retry-After`
 //!   on 429 and the rate-limit headers.
 //! - [`RequireScopes`] requires scopes on a route, answering 403 `insufficient_scope`.
 //!

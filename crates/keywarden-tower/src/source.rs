@@ -1,4 +1,4 @@
-//! Reading a request: where its key is presented (SPEC §6) and which client sent it (§8).
+//! Reading a request: where its key is presented (`docs/concepts.md#presenting-a-key`) and which client sent it (`docs/decision.md`).
 //!
 //! The key is borrowed from the request whenever possible, so it is never copied into a
 //! buffer that outlives the verification; only a percent-encoded query value is decoded

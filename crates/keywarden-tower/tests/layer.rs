@@ -416,7 +416,7 @@ async fn scopes_required_on_the_layer_are_checked_before_the_rate_limit() {
         ..key_spec(&["invoices:read"])
     };
 
-    // Within the decision (SPEC §8): a scope refusal consumes no rate-limit budget.
+    // Within the decision (`docs/decision.md`): a scope refusal consumes no rate-limit budget.
     let ordered = Router::new().route(
         "/write",
         post(|| async { "written" }).route_layer(

@@ -1,4 +1,4 @@
-//! The admin API (SPEC §10) on the admin listener: the operator, with a root key, manages
+//! The admin API (`docs/api.md#admin-api`) on the admin listener: the operator, with a root key, manages
 //! every account and key.
 
 use crate::auth::require_root;

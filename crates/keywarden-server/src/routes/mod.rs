@@ -103,7 +103,7 @@ pub fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        // Open like the health checks (SPEC §2): outside the root-key guard.
+        // Open like the health checks (`docs/concepts.md#listeners`): outside the root-key guard.
         .route("/openapi.json", get(crate::openapi::admin_openapi_json))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/verify", post(verify::verify))

@@ -1,4 +1,4 @@
-//! The self-service API (SPEC §9) on the public listener: customers manage their own
+//! The self-service API (`docs/api.md#self-service-api`) on the public listener: customers manage their own
 //! account and keys with one of their own secret keys. Everything is confined to the
 //! caller's account and mode, and among keys to those the caller could have made and its
 //! own (docs/self-service.md); any other is a 404, exactly like a missing one.

@@ -1,4 +1,4 @@
--- Keywarden's schema for PostgreSQL (SPEC §3, §12). It mirrors the SQLite schema column for
+-- Keywarden's schema for PostgreSQL (`docs/concepts.md#objects`, `docs/operations.md#what-is-recorded`). It mirrors the SQLite schema column for
 -- column so both backends run the same statements: timestamps are BIGINT Unix
 -- milliseconds and JSON values are text. Identifiers use the "C" collation so that
 -- `id > $1` paging and `ORDER BY id` follow byte order (ULID order) whatever the

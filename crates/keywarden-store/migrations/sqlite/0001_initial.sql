@@ -1,4 +1,4 @@
--- Keywarden's schema for SQLite (SPEC §3, §12). Timestamps are Unix milliseconds; JSON
+-- Keywarden's schema for SQLite (`docs/concepts.md#objects`, `docs/operations.md#what-is-recorded`). Timestamps are Unix milliseconds; JSON
 -- values (scopes, allowlists, metadata, event data) are stored as text. STRICT tables make
 -- SQLite refuse a value of the wrong type instead of storing it silently.
 
