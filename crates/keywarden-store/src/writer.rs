@@ -669,10 +669,7 @@ impl Flusher {
                     return;
                 }
             };
-            backoff = match result {
-                Ok(()) => None,
-                Err(_) => Some(backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF))),
-            };
+            backoff = backoff_after(backoff, result.is_ok());
             next = Instant::now() + backoff.unwrap_or(self.cfg.flush_interval);
         }
     }
@@ -789,10 +786,7 @@ impl UsageLane {
                     return;
                 }
             };
-            backoff = match result {
-                Ok(()) => None,
-                Err(_) => Some(backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF))),
-            };
+            backoff = backoff_after(backoff, result.is_ok());
             next = Instant::now() + backoff.unwrap_or(self.cfg.usage_flush_interval);
         }
     }
@@ -988,5 +982,15 @@ fn set_opt(buf: &mut Option<String>, value: Option<&str>) {
     match (buf.as_mut(), value) {
         (Some(b), Some(v)) => set(b, v),
         (_, v) => *buf = v.map(str::to_owned),
+    }
+}
+
+/// The retry delay after a write: none after a success, else doubled from the last one (from
+/// `FIRST_BACKOFF`, up to `MAX_BACKOFF`).
+fn backoff_after(last: Option<Duration>, ok: bool) -> Option<Duration> {
+    if ok {
+        None
+    } else {
+        Some(last.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF)))
     }
 }
