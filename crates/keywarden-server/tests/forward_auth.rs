@@ -837,6 +837,17 @@ fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// A field value without the spaces and tabs around it, as HTTP reads it.
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
 /// Over HTTP, for any original URI: a 400 refusal, or a decision about exactly the path
 /// it names (public paths pass without a key, every other one asks for it, and one with no
 /// canonical form is refused).
@@ -864,6 +875,9 @@ fn any_original_uri_is_refused_or_decided_on_exactly_its_path() {
                 &[("X-Original-Method", b"GET"), ("X-Original-URI", &raw)],
             ));
             let shown = String::from_utf8_lossy(&raw);
+            // HTTP drops a field value's leading and trailing spaces and tabs on the wire, so
+            // the service is asked about the value without them.
+            let raw = trim_ows(&raw).to_vec();
             match original_target(&raw) {
                 Err(_) => {
                     prop_assert_eq!(a.status, 400, "{}: {}", shown, a.body);
