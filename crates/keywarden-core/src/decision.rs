@@ -280,6 +280,9 @@ pub enum AppSecretCheck {
     Wrong,
     /// It is the application's secret for the other environment.
     OtherEnvironment,
+    /// The deployment binds every key to an application (`keys.require_app`) and this
+    /// key has none: it is not a valid key here, whatever secret comes with it.
+    Unbound,
 }
 
 /// Checks a presented application secret against the application's stored secrets: the
@@ -412,6 +415,7 @@ pub fn authorize(f: &Facts<'_>) -> Result<(), Denial> {
         AppSecretCheck::Missing | AppSecretCheck::Wrong | AppSecretCheck::OtherEnvironment => {
             return Err(Denial::new(Code::InvalidAppSecret))
         }
+        AppSecretCheck::Unbound => return Err(Denial::new(Code::InvalidApiKey)),
     }
     if !key.allowlist.is_empty() {
         let allowed = f.client_ip.is_some_and(|ip| key.allowlist.allows(ip));

@@ -103,6 +103,57 @@ pub fn resolve_pepper_readonly(config: &Config) -> Result<Option<Secret>, Config
     }
 }
 
+/// Where the generated master key of recoverable test secrets lives: beside an embedded
+/// database, as `<database file>.master_key`, when recoverable test secrets are on and
+/// neither `keys.master_key_file` nor the variable `keys.master_key_env` names gives one.
+fn generated_master_key_path(config: &Config) -> Option<std::path::PathBuf> {
+    let k = &config.keys;
+    let from_env = !k.master_key_env.is_empty()
+        && std::env::var(&k.master_key_env).is_ok_and(|v| !v.trim().is_empty());
+    if !k.recoverable_test_secrets || !k.master_key_file.is_empty() || from_env {
+        return None;
+    }
+    pepper_path_for(&config.store.database_url).map(|p| p.with_extension("master_key"))
+}
+
+/// Makes sure recoverable test secrets have a master key: with none configured and the
+/// embedded store, one is generated on first start and kept beside the database (mode
+/// 0600, never overwritten), like the pepper, and `keys.master_key_file` names it.
+pub fn resolve_master_key(config: &mut Config) -> Result<(), ConfigError> {
+    if let Some(path) = generated_master_key_path(config) {
+        let (_, created) = load_or_create_pepper_file(&path)
+            .map_err(|e| ConfigError::new("keys.master_key_file", e.to_string()))?;
+        if created {
+            tracing::info!(path = %path.display(), "generated a new master key file for recoverable test secrets (mode 0600); back it up with the database");
+        }
+        config.keys.master_key_file = path.display().to_string();
+    }
+    Ok(())
+}
+
+/// Like [`resolve_master_key`], but never creates a file: for validating, which must not
+/// change anything. A master key file still to be generated counts as valid.
+pub fn resolve_master_key_readonly(config: &mut Config) {
+    if let Some(path) = generated_master_key_path(config) {
+        if path.exists() {
+            config.keys.master_key_file = path.display().to_string();
+        } else {
+            // Generated on first start: nothing about it to check now.
+            config.keys.recoverable_test_secrets = false;
+        }
+    }
+}
+
+/// Validates `config` as `serve` would start on it, without writing anything: the pepper
+/// and the master key are read when they exist and taken as generated otherwise.
+pub fn check_config(config: &Config) -> Result<(), ConfigError> {
+    let mut c = config.clone();
+    resolve_master_key_readonly(&mut c);
+    let pepper = resolve_pepper_readonly(&c)?;
+    Settings::from_config(c, pepper)?;
+    Ok(())
+}
+
 impl Service {
     /// Flushes pending writes without serving (for CLI commands).
     pub async fn close(self) {
@@ -110,11 +161,12 @@ impl Service {
     }
 
     /// Builds the service from a loaded configuration.
-    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Service, StartError> {
+    pub async fn build(mut config: Config, clock: Arc<dyn Clock>) -> Result<Service, StartError> {
         // Validate everything before touching the disk, so a bad config leaves no new
-        // pepper file behind.
-        Settings::from_config(config.clone(), resolve_pepper_readonly(&config)?)?;
+        // pepper or master key file behind.
+        check_config(&config)?;
         let pepper = resolve_pepper(&config)?;
+        resolve_master_key(&mut config)?;
         let (settings, vcfg) = Settings::from_config(config, pepper)?;
         let store = keywarden_store::open_with(
             &settings.config.store.database_url,

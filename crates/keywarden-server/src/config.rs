@@ -44,6 +44,26 @@ pub struct Config {
     pub forward_auth: ForwardAuthConfig,
     /// Leaked keys: secret-scanning reports and what they do (docs/leaked-keys.md).
     pub leaks: LeaksConfig,
+    /// New accounts.
+    pub accounts: AccountsConfig,
+}
+
+/// `[accounts]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountsConfig {
+    /// The status of accounts created without one: `active`, or `pending` when accounts
+    /// wait for the operator's approval (`POST /v1/admin/accounts/{id}/approve`) before
+    /// they may have live keys.
+    pub default_status: keywarden_core::model::AccountStatus,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        Self {
+            default_status: keywarden_core::model::AccountStatus::Active,
+        }
+    }
 }
 
 /// `[server]`.
@@ -234,6 +254,9 @@ pub struct KeysConfig {
     pub master_key_env: String,
     /// A file holding that master key instead (takes precedence over the variable).
     pub master_key_file: String,
+    /// Every key must belong to an application: a key made without `app_id` is refused,
+    /// and a key bound to none fails verification with `invalid_api_key`.
+    pub require_app: bool,
 }
 
 impl Default for KeysConfig {
@@ -253,6 +276,7 @@ impl Default for KeysConfig {
             recoverable_test_secrets: false,
             master_key_env: "KEYWARDEN_MASTER_KEY".into(),
             master_key_file: String::new(),
+            require_app: false,
         }
     }
 }
@@ -538,6 +562,13 @@ impl Config {
             None => String::new(),
         };
         Config::from_parts(&text, &vars)
+    }
+
+    /// Parses TOML text (a built-in profile, say) with the process environment laid over
+    /// it, as [`Config::load`] does for a file.
+    pub fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Config::from_parts(text, &vars)
     }
 
     /// Parses TOML text with `vars` (environment pairs) laid over it.

@@ -450,7 +450,7 @@ impl Manager {
             id: new_id("acc"),
             name,
             plan,
-            status: status.unwrap_or(AccountStatus::Active),
+            status: status.unwrap_or(self.s().config.accounts.default_status),
             metadata: check_metadata("metadata", metadata)?,
             created_at: self.now(),
         };
@@ -727,6 +727,11 @@ impl Manager {
                 ));
             }
         }
+        if self.s().config.keys.require_app && new.app_id.is_none() {
+            return Err(ApiError::invalid(
+                "app_id: every key here belongs to an application; name the application the account has granted",
+            ));
+        }
         let metadata = check_metadata("metadata", new.metadata)?;
         if new.mode == Mode::Live && account.status != AccountStatus::Active {
             return Err(ApiError::with(
@@ -993,6 +998,11 @@ impl Manager {
         key_hash: String,
     ) -> Result<(KeyRecord, ()), ApiError> {
         let name = check_name("name", name)?;
+        if self.s().config.keys.require_app {
+            return Err(ApiError::invalid(
+                "every key here belongs to an application, and imported keys belong to none",
+            ));
+        }
         let scopes = self.check_scopes(key_type, scopes, None)?;
         let rec = KeyRecord {
             id: new_id("key"),

@@ -239,10 +239,21 @@ impl Settings {
                 .map(Secret::new)
                 .collect())
         };
-        let global_keys = env_secrets("auth.global_keys_env", &c.auth.global_keys_env)?;
+        // Global keys are optional even when the variable is named: unset means none (a
+        // profile names the variable so that setting it is all a deployment does).
+        let global_keys = match std::env::var_os(&c.auth.global_keys_env) {
+            Some(_) => env_secrets("auth.global_keys_env", &c.auth.global_keys_env)?,
+            None => Vec::new(),
+        };
         let verify_token = env_secrets("auth.verify_token_env", &c.auth.verify_token_env)?
             .into_iter()
             .next();
+        if c.keys.require_app && c.keys.default_sets {
+            return Err(ConfigError::new(
+                "keys.default_sets",
+                "default key sets belong to no application, so they cannot be made with keys.require_app",
+            ));
+        }
         let l = &c.auth.lockout;
         let lockout = (l.max_failures > 0).then_some(Lockout {
             max_failures: l.max_failures,
@@ -388,6 +399,7 @@ impl Settings {
             hasher: hasher.clone(),
             catalog: catalog.clone(),
             app_secret_required: app_secret_header.is_some(),
+            app_required: c.keys.require_app,
             global_keys,
             plans: plans.clone(),
             default_plan: c.plans.default.clone(),

@@ -68,6 +68,7 @@ async fn verifier_for(scheme: HashScheme, store: Arc<dyn Store>) -> (Verifier, S
         hasher,
         catalog,
         app_secret_required: false,
+        app_required: false,
         global_keys: vec![],
         plans: BTreeMap::from([("bench".to_string(), PlanLimits::default())]),
         default_plan: "bench".into(),

@@ -61,6 +61,9 @@ pub struct VerifierConfig {
     pub catalog: Arc<ScopeCatalog>,
     /// Whether keys bound to an application need its secret too.
     pub app_secret_required: bool,
+    /// Every key must belong to an application (`keys.require_app`): a key bound to none
+    /// is refused as `invalid_api_key`.
+    pub app_required: bool,
     /// Full-access tokens that belong to no account.
     pub global_keys: Vec<Secret>,
     /// Plans by name.
@@ -559,7 +562,9 @@ impl Verifier {
                     return VerifyOutcome::deny(Denial::new(Code::ServiceUnavailable));
                 }
             }
-            if self.cfg.app_secret_required {
+            if self.cfg.app_required && key.app_id().is_none() {
+                app_check = AppSecretCheck::Unbound;
+            } else if self.cfg.app_secret_required {
                 if let Some(app_id) = key.app_id() {
                     let app = self.app(app_id).await.ok().flatten();
                     app_check = check_app_secret(

@@ -467,6 +467,7 @@ impl KeywardenBuilder {
             hasher,
             catalog: Arc::new(catalog),
             app_secret_required: app_secret_header.is_some(),
+            app_required: false,
             global_keys: self.global_keys,
             plans: self.plans,
             default_plan: self.default_plan,

@@ -1,6 +1,7 @@
 //! Command-line parsing and the commands themselves. Management commands work on the
 //! configured store directly, print human-readable tables by default and JSON with `--json`.
 
+use crate::profiles::{Profile, PROFILES};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use keywarden_core::model::{AccountStatus, AppEnvironment, KeyType, Mode, Role};
@@ -23,6 +24,10 @@ pub struct Args {
     /// The config file (default: $KEYWARDEN_CONFIG, else ./keywarden.toml if present).
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
+    /// Run on a built-in profile instead of a config file (`keywarden profiles` lists
+    /// them); environment overrides still apply.
+    #[arg(long, global = true, conflicts_with = "config")]
+    pub profile: Option<String>,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -48,7 +53,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the public and admin listeners.
     Serve,
-    /// Write a commented starting config.
+    /// Write a commented starting config (with --profile, that profile's file).
     Init {
         /// Where to write it.
         #[arg(default_value = "keywarden.toml")]
@@ -57,6 +62,8 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// List the built-in profiles, one per line.
+    Profiles,
     /// Apply database migrations.
     Migrate,
     /// Configuration tools.
@@ -324,30 +331,53 @@ pub fn init_logging(args: &Args) {
 
 /// Runs a command.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let profile = args.profile.as_deref().map(Profile::find).transpose()?;
     let path = config::locate(args.config.as_deref());
+    let load = || -> anyhow::Result<Config> {
+        Ok(match profile {
+            Some(p) => Config::load_text(p.text)
+                .with_context(|| format!("the built-in profile {}", p.name))?,
+            None => Config::load(path.as_deref())?,
+        })
+    };
     let json_out = args.json;
     match args.command {
         Command::Init { path, force } => {
             if path.exists() && !force {
                 bail!("{} exists; pass --force to overwrite it", path.display());
             }
-            std::fs::write(&path, INIT_TEMPLATE)
+            let text = profile.map_or(INIT_TEMPLATE, |p| p.text);
+            std::fs::write(&path, text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             println!("wrote {}", path.display());
+            Ok(())
+        }
+        Command::Profiles => {
+            if json_out {
+                let list: Vec<Value> = PROFILES
+                    .iter()
+                    .map(|p| json!({ "name": p.name, "summary": p.summary() }))
+                    .collect();
+                println!("{}", Value::Array(list));
+            } else {
+                let w = PROFILES.iter().map(|p| p.name.len()).max().unwrap_or(0);
+                for p in PROFILES {
+                    println!("{:<w$}  {}", p.name, p.summary());
+                }
+            }
             Ok(())
         }
         Command::Config {
             command: ConfigCommand::Check,
         } => {
-            let cfg = Config::load(path.as_deref())?;
-            let pepper = keywarden_server::app::resolve_pepper_readonly(&cfg)?;
-            keywarden_server::settings::Settings::from_config(cfg.clone(), pepper)?;
+            let cfg = load()?;
+            keywarden_server::app::check_config(&cfg)?;
             println!("# config is valid");
             print!("{}", cfg.redacted_toml());
             Ok(())
         }
         Command::Migrate => {
-            let cfg = Config::load(path.as_deref())?;
+            let cfg = load()?;
             keywarden_store::migrate(&cfg.store.database_url).await?;
             println!("migrations applied to {}", redact(&cfg.store.database_url));
             Ok(())
@@ -355,7 +385,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Keys {
             command: KeysCommand::Pattern,
         } => {
-            let cfg = Config::load(path.as_deref())?;
+            let cfg = load()?;
             print_pattern(&cfg, json_out)
         }
         Command::Scan {
@@ -363,7 +393,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             report,
             threads,
         } => {
-            let cfg = Config::load(path.as_deref())?;
+            let cfg = load()?;
             let found = run_scan(cfg, &paths, report, threads, json_out).await?;
             if found {
                 std::io::Write::flush(&mut std::io::stdout())?;
@@ -372,14 +402,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            let cfg = Config::load(path.as_deref())?;
+            let cfg = load()?;
             let service = Service::build(cfg, Arc::new(SystemClock)).await?;
             let (public, admin) = service.bind().await?;
             service.run(public, admin, shutdown_signal()).await?;
             Ok(())
         }
         other => {
-            let cfg = Config::load(path.as_deref())?;
+            let cfg = load()?;
             let service = Service::build(cfg, Arc::new(SystemClock)).await?;
             let result = manage(&service, other, json_out).await;
             service.close().await;
@@ -768,6 +798,7 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
         }
         Command::Serve
         | Command::Init { .. }
+        | Command::Profiles
         | Command::Migrate
         | Command::Config { .. }
         | Command::Scan { .. } => {}

@@ -2,6 +2,7 @@
 //! store directly.
 
 mod cli;
+mod profiles;
 mod scan;
 
 use clap::Parser;

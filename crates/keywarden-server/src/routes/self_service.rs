@@ -353,7 +353,7 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
 
 /// `GET /v1/api-keys`: the caller's mode's keys, never a secret; `Link: rel="next"` pages.
 #[utoipa::path(
-    get, path = "/v1/api-keys", params(ListQuery),
+    get, path = "/v1/api-keys", params(ListQuery), description = "Needs a key with role `owner`, `admin` or `developer`.",
     responses(
         (status = 200, description = "Metadata of the keys of the caller's mode that it could have made, and its own; never a secret", body = Vec<crate::openapi::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))),
         (status = 400, response = crate::openapi::BadRequest),
@@ -370,7 +370,7 @@ pub async fn list_keys(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
+    let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::KeyManager).await?;
     let limit = page_limit(q.limit)?;
     // Only the keys the caller reaches are listed (docs/self-service.md).
     let m = Manager::new(&state);
@@ -405,7 +405,7 @@ pub async fn list_keys(
 
 /// `GET /v1/api-keys/{id or key_hash}`.
 #[utoipa::path(
-    get, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
+    get, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 200, description = "Key metadata, never a secret", body = crate::openapi::ApiKey),
         (status = 401, response = crate::openapi::Unauthorized),
@@ -421,7 +421,7 @@ pub async fn get_key(
     parts: Parts,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
+    let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::KeyManager).await?;
     let m = Manager::new(&state);
     let k = m
         .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
@@ -511,7 +511,7 @@ pub async fn rotate_key(
 
 /// `GET /v1/api-keys/{id}/activity`.
 #[utoipa::path(
-    get, path = "/v1/api-keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")), description = "Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
+    get, path = "/v1/api-keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::openapi::Activity>),
         (status = 401, response = crate::openapi::Unauthorized),
@@ -527,7 +527,7 @@ pub async fn key_activity(
     parts: Parts,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
+    let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::KeyManager).await?;
     let m = Manager::new(&state);
     let k = m
         .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
