@@ -650,6 +650,12 @@ mod tests {
             Code::Valid,
         );
         check(
+            none,
+            |f| f.app_secret = AppSecretCheck::Unbound,
+            CUR,
+            Code::InvalidApiKey,
+        );
+        check(
             |r| r.ip_allowlist = vec!["10.0.0.0/8".into()],
             same,
             CUR,

@@ -302,3 +302,68 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, extra: &str) -> Config {
+        let db = dir.join("kw.db");
+        let text = format!(
+            "[server]\nroot_keys = [\"root-key-0123456789\"]\n[store]\ndatabase_url = \"sqlite://{}\"\n[keys]\nrecoverable_test_secrets = true\nmaster_key_env = \"KEYWARDEN_UNIT_TEST_NO_SUCH_VARIABLE\"\n{extra}",
+            db.display()
+        );
+        Config::from_parts(&text, &[]).unwrap()
+    }
+
+    #[test]
+    fn a_master_key_is_generated_beside_the_database_once_and_checking_makes_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), "");
+        let path = dir.path().join("kw.db.master_key");
+        // Checking takes it as generated and writes nothing.
+        check_config(&c).unwrap();
+        assert!(!path.exists());
+        resolve_master_key(&mut c).unwrap();
+        assert_eq!(c.keys.master_key_file, path.display().to_string());
+        let first = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(first.trim().len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        // The next start reads the same key.
+        let mut again = config(dir.path(), "");
+        resolve_master_key(&mut again).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+        check_config(&again).unwrap();
+        let pepper = resolve_pepper(&again).unwrap();
+        let (s, _) = Settings::from_config(again, pepper).unwrap();
+        assert!(s.secretbox.is_some());
+        // A configured file is used as it is.
+        let mut own = config(dir.path(), "master_key_file = \"/nonexistent/key\"\n");
+        resolve_master_key(&mut own).unwrap();
+        assert_eq!(own.keys.master_key_file, "/nonexistent/key");
+        assert!(check_config(&own).is_err());
+    }
+
+    #[test]
+    fn required_applications_exclude_default_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), "require_app = true\ndefault_sets = true\n");
+        let e = check_config(&c).unwrap_err();
+        assert_eq!(e.field, "keys.default_sets", "{e}");
+        let c = config(dir.path(), "require_app = true\n");
+        check_config(&c).unwrap();
+    }
+
+    #[test]
+    fn an_unset_global_keys_variable_means_no_global_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), "");
+        c.auth.global_keys_env = "KEYWARDEN_UNIT_TEST_NO_SUCH_VARIABLE".into();
+        check_config(&c).unwrap();
+    }
+}

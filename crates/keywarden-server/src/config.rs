@@ -257,6 +257,21 @@ pub struct KeysConfig {
     /// Every key must belong to an application: a key made without `app_id` is refused,
     /// and a key bound to none fails verification with `invalid_api_key`.
     pub require_app: bool,
+    /// What a key given an empty scope list holds: `none` (nothing), or `default`
+    /// (`default_scopes`, its type's defaults), so clearing a key's restrictions makes it
+    /// unrestricted again when the defaults are `["*"]`.
+    pub empty_scopes: EmptyScopes,
+}
+
+/// `keys.empty_scopes`: what an empty scope list on a key means.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmptyScopes {
+    /// No scope at all.
+    #[default]
+    None,
+    /// The defaults a key gets when created without scopes.
+    Default,
 }
 
 impl Default for KeysConfig {
@@ -277,6 +292,7 @@ impl Default for KeysConfig {
             master_key_env: "KEYWARDEN_MASTER_KEY".into(),
             master_key_file: String::new(),
             require_app: false,
+            empty_scopes: EmptyScopes::None,
         }
     }
 }
@@ -810,6 +826,37 @@ mod tests {
         assert_eq!(c.gateway.method_override, MethodOverride::Decide);
         let e = Config::from_parts("[gateway]\nmethod_override = \"honour\"\n", &[]).unwrap_err();
         assert_eq!(e.field, "gateway.method_override", "{e}");
+    }
+
+    #[test]
+    fn new_accounts_status_and_required_applications() {
+        let c = Config::from_parts("", &[]).unwrap();
+        assert_eq!(
+            c.accounts.default_status,
+            keywarden_core::model::AccountStatus::Active
+        );
+        assert!(!c.keys.require_app);
+        let c = Config::from_parts(
+            "[accounts]\ndefault_status = \"pending\"\n[keys]\nrequire_app = true\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.accounts.default_status,
+            keywarden_core::model::AccountStatus::Pending
+        );
+        assert!(c.keys.require_app);
+        let c = Config::from_parts(
+            "",
+            &env(&[("KEYWARDEN_ACCOUNTS__DEFAULT_STATUS", "suspended")]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.accounts.default_status,
+            keywarden_core::model::AccountStatus::Suspended
+        );
+        let e = Config::from_parts("[accounts]\ndefault_status = \"waiting\"\n", &[]).unwrap_err();
+        assert_eq!(e.field, "accounts.default_status", "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! no privilege escalation, an audit event for every change, and cache invalidation after
 //! every write to a key or account.
 
+use crate::config::EmptyScopes;
 use crate::errors::ApiError;
 use crate::settings::Settings;
 use keywarden_core::codes::Code;
@@ -579,6 +580,10 @@ impl Manager {
         limit_to: Option<&ScopeSet>,
     ) -> Result<Vec<String>, ApiError> {
         let catalog = &self.s().catalog;
+        // An empty list is the defaults when the deployment says so (clearing a key's
+        // permissions makes it unrestricted again).
+        let scopes = scopes
+            .filter(|s| !s.is_empty() || self.s().config.keys.empty_scopes != EmptyScopes::Default);
         let scopes = match (scopes, key_type) {
             (Some(s), _) => s,
             (None, KeyType::Publishable) => catalog

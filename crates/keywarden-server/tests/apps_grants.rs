@@ -1562,14 +1562,11 @@ async fn without_recoverable_test_secrets_nothing_is_revealed() {
 #[tokio::test]
 async fn a_wrong_or_missing_master_key_stops_the_service_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let build = |extra: &str| {
-        let db = dir.path().join("kw.db");
+    let file_db = format!("sqlite://{}", dir.path().join("kw.db").display());
+    let build_on = |db: String, extra: &str| {
         let vars = vec![
             ("KEYWARDEN_ROOT_KEY".to_string(), ROOT.to_string()),
-            (
-                "KEYWARDEN_DATABASE_URL".to_string(),
-                format!("sqlite://{}", db.display()),
-            ),
+            ("KEYWARDEN_DATABASE_URL".to_string(), db),
             ("KEYWARDEN_PEPPER".to_string(), MASTER_KEY.to_string()),
         ];
         let config = Config::from_parts(
@@ -1585,9 +1582,19 @@ async fn a_wrong_or_missing_master_key_stops_the_service_naming_the_field() {
                 .unwrap_or_default()
         }
     };
-    let e = build("master_key_env = \"KW_TEST_MASTER_KEY_THAT_IS_NEVER_SET\"\n").await;
+    let build = |extra: &str| build_on(file_db.clone(), extra);
+    // No master key anywhere and no database file to keep one beside: refused.
+    let e = build_on(
+        "sqlite::memory:".into(),
+        "master_key_env = \"KW_TEST_MASTER_KEY_THAT_IS_NEVER_SET\"\n",
+    )
+    .await;
     assert!(e.contains("keys.recoverable_test_secrets"), "{e}");
     assert!(e.contains("KW_TEST_MASTER_KEY_THAT_IS_NEVER_SET"), "{e}");
+    // With the embedded store, one is generated beside the database instead.
+    let e = build("master_key_env = \"KW_TEST_MASTER_KEY_THAT_IS_NEVER_SET\"\n").await;
+    assert_eq!(e, "");
+    assert!(dir.path().join("kw.db.master_key").exists());
 
     let missing = dir.path().join("missing.key");
     let e = build(&format!("master_key_file = \"{}\"\n", missing.display())).await;

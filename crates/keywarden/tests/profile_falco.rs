@@ -99,6 +99,12 @@ async fn both_headers_are_required_and_the_secret_matches_the_environment() {
     let live_key = live["api_key"].as_str().unwrap();
     let test = grant(&r, &acc, &app, &["customers:read"], "test").await;
     let test_key = test["api_key"].as_str().unwrap();
+    // The profile's own shape: the environment, 32 random characters and a checksum.
+    for (key, prefix) in [(live_key, "falco_prod_"), (test_key, "falco_sandbox_")] {
+        let rest = key.strip_prefix(prefix).unwrap_or_else(|| panic!("{key}"));
+        assert_eq!(rest.len(), 38, "{key}");
+        assert!(rest.bytes().all(|b| b.is_ascii_alphanumeric()), "{key}");
+    }
 
     // Both headers, the production secret with a live key: through to the upstream.
     let ok = gw(&r, "GET", "/v1/customers", live_key, Some(&app.production)).await;

@@ -303,7 +303,7 @@ async fn secret_keys_can_be_restricted_to_permissions_and_networks() {
             "{list}"
         );
     }
-    // Permissions back to unrestricted.
+    // Clearing all permissions makes the key unrestricted again.
     let k = new_key(
         &r,
         &acc,
@@ -317,11 +317,22 @@ async fn secret_keys_can_be_restricted_to_permissions_and_networks() {
         .admin_call(
             "PATCH",
             &format!("/v1/admin/keys/{id}"),
-            Some(json!({ "scopes": ["*"] })),
+            Some(json!({ "scopes": [] })),
         )
         .await;
     assert_eq!(p.status, 200, "{:?}", p.body);
+    assert_eq!(p.body["scopes"], json!(["*"]));
     assert_eq!(gw(&r, "POST", "/v1/files", token).await.status, 200);
+    assert_eq!(gw(&r, "GET", "/v1/events", token).await.status, 200);
+    // Created with none, likewise.
+    let k = new_key(
+        &r,
+        &acc,
+        json!({ "mode": "test", "name": "open", "scopes": [] }),
+    )
+    .await;
+    assert_eq!(k.status, 201, "{:?}", k.body);
+    assert_eq!(k.body["scopes"], json!(["*"]));
 }
 
 #[tokio::test]
