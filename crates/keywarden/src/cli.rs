@@ -210,6 +210,10 @@ pub enum KeysCommand {
         /// Where the key will be stored.
         #[arg(long, default_value = "")]
         description: String,
+        /// The application the key belongs to, under the account's grant to it (its
+        /// scopes default to, and stay within, the granted ones).
+        #[arg(long = "app")]
+        app_id: Option<String>,
     },
     /// List an account's keys.
     List {
@@ -600,6 +604,7 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                 ips,
                 expires_at,
                 description,
+                app_id,
             } => {
                 let acc = m.account(&account).await.map_err(fail)?;
                 let expires_at = expires_at
@@ -607,7 +612,7 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                     .map(views::parse_ts)
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("--expires-at: {e}"))?;
-                let new = NewKey {
+                let mut new = NewKey {
                     key_type,
                     role,
                     scopes: (!scopes.is_empty()).then_some(scopes),
@@ -616,6 +621,11 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                     description,
                     ..NewKey::named(mode, &name)
                 };
+                if let Some(app) = &app_id {
+                    apps.bind_to_grant(&acc, app, &mut new)
+                        .await
+                        .map_err(fail)?;
+                }
                 let (rec, token) = m.create_key(&actor, &acc, new, None).await.map_err(fail)?;
                 print_secret(json_out, views::key(&rec), token.expose());
             }

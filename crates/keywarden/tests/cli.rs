@@ -162,6 +162,66 @@ fn init_writes_a_config_and_refuses_to_overwrite_it() {
 }
 
 #[test]
+fn built_in_profiles_are_listed_written_out_checked_and_refused_by_unknown_names() {
+    let cli = Cli::new().with_env("KEYWARDEN_ROOT_KEY", "cli-root-key-0123456789");
+    let out = cli.ok(&["profiles"]);
+    let names: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    for p in ["falco", "falu", "facturascripts"] {
+        assert!(names.contains(&p), "{out}");
+    }
+    // One line each, with a summary.
+    assert!(
+        out.lines().all(|l| l.split_whitespace().count() > 1),
+        "{out}"
+    );
+    let listed = cli.json(&["profiles"]);
+    assert_eq!(listed.as_array().unwrap().len(), names.len());
+
+    for p in ["falco", "falu", "facturascripts"] {
+        let out = cli.ok(&["config", "check", "--profile", p]);
+        assert!(out.starts_with("# config is valid"), "{p}: {out}");
+        // Written out, it is a file that runs the same.
+        let file = format!("{p}.toml");
+        cli.ok(&["init", "--profile", p, &file]);
+        let text = std::fs::read_to_string(cli.path().join(&file)).unwrap();
+        assert!(text.starts_with(&format!("# {p}:")), "{text}");
+        let checked = cli.ok(&["--config", &file, "config", "check"]);
+        assert_eq!(checked, out, "{p}");
+    }
+    // Environment overrides apply on top of a profile.
+    let out = Cli::new()
+        .with_env("KEYWARDEN_ROOT_KEY", "cli-root-key-0123456789")
+        .with_env("KEYWARDEN_SERVER__PUBLIC_LISTEN", "127.0.0.1:18080")
+        .ok(&["config", "check", "--profile", "falu"]);
+    assert!(out.contains("127.0.0.1:18080"), "{out}");
+    // Checking made nothing but the files written above.
+    let mut files: Vec<String> = std::fs::read_dir(cli.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["facturascripts.toml", "falco.toml", "falu.toml"]);
+
+    let (_, err) = cli.fails(&["serve", "--profile", "nope"]);
+    assert!(err.contains("nope") && err.contains("falco"), "{err}");
+    let (_, err) = cli.fails(&[
+        "--config",
+        "falu.toml",
+        "--profile",
+        "falu",
+        "config",
+        "check",
+    ]);
+    assert!(
+        err.contains("--profile") || err.contains("--config"),
+        "{err}"
+    );
+}
+
+#[test]
 fn config_check_prints_the_effective_config_with_secrets_redacted() {
     let root = "super_secret_root_key_42";
     let pepper = "super_secret_pepper_value_42";
