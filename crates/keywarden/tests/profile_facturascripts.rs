@@ -92,7 +92,7 @@ async fn keys_are_20_random_characters_sent_in_x_auth_token_or_token() {
         assert_eq!(ok.body["path"], "/api/3");
         assert!(
             ok.body["headers"]
-                .get(&header.to_ascii_lowercase())
+                .get(header.to_ascii_lowercase())
                 .is_none(),
             "the key reached the upstream"
         );
