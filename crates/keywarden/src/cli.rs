@@ -553,7 +553,14 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
             }
             AccountsCommand::SetPlan { id, plan } => {
                 let a = m
-                    .update_account(&actor, &id, None, Some(plan), None, None)
+                    .update_account(
+                        &actor,
+                        &id,
+                        keywarden_server::manage::AccountPatch {
+                            plan: Some(plan),
+                            ..Default::default()
+                        },
+                    )
                     .await
                     .map_err(fail)?;
                 print_one(json_out, &views::account(&a), &ACCOUNT_COLS);
