@@ -931,4 +931,43 @@ mod tests {
         assert_eq!(parse_ts(&s).unwrap(), ms);
         assert!(parse_ts("yesterday").unwrap_err().contains("RFC 3339"));
     }
+
+    /// The values a documented enum lists.
+    fn documented<T: utoipa::PartialSchema>() -> Vec<String> {
+        let schema = serde_json::to_value(T::schema()).unwrap();
+        schema["enum"]
+            .as_array()
+            .expect("an enum schema")
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The values the model's enum sends.
+    fn sent<T: serde::Serialize>(all: &[T]) -> Vec<String> {
+        all.iter()
+            .map(|v| {
+                serde_json::to_value(v)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn documented_enums_list_what_the_model_sends() {
+        assert_eq!(documented::<schema::Mode>(), sent(Mode::ALL));
+        assert_eq!(documented::<schema::KeyType>(), sent(KeyType::ALL));
+        assert_eq!(documented::<schema::Role>(), sent(Role::ALL));
+        assert_eq!(
+            documented::<schema::AccountStatus>(),
+            sent(AccountStatus::ALL)
+        );
+        assert_eq!(
+            documented::<schema::AppEnvironment>(),
+            sent(AppEnvironment::ALL)
+        );
+    }
 }
