@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponseParts, ResponseParts};
 use keywarden_core::codes::Code;
 use keywarden_core::decision::CompiledKey;
-use keywarden_core::model::{Account, KeyRecord, KeyType, Role};
+use keywarden_core::model::{Account, KeyRecord};
 use keywarden_core::scopes::{ScopeCatalog, ScopeSet};
 use keywarden_core::{ct_eq, Secret};
 use keywarden_store::verifier::{VerifyOutcome, VerifyRequest};
@@ -79,16 +79,7 @@ pub fn require_forward_auth_token(state: &AppState, headers: &HeaderMap) -> Resu
     }
 }
 
-/// What a self-service endpoint needs from its caller's key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RoleNeed {
-    /// Any role.
-    Any,
-    /// `owner`, `admin` or `developer` (key management).
-    KeyManager,
-    /// `owner` only.
-    Owner,
-}
+pub use keywarden_core::decision::RoleNeed;
 
 /// A customer authenticated by one of its own secret keys.
 #[derive(Clone, Debug)]
@@ -151,7 +142,9 @@ pub trait Need: Send + Sync + 'static {
     const SCOPE: Option<&'static str>;
     /// The role it must have.
     const ROLE: RoleNeed;
-    /// Any further condition on the caller.
+    /// A further condition on the caller. It runs after the decision, when the call has
+    /// already spent its rate budget: only for what the decision cannot know (a role or
+    /// key type belongs in [`RoleNeed`]).
     fn check(_caller: &Caller) -> Result<(), ApiError> {
         Ok(())
     }
@@ -169,7 +162,7 @@ macro_rules! needs {
             }
         )*
         /// Every scope a self-service route needs.
-        const NEEDED_SCOPES: &[Option<&str>] = &[$($scope,)* GrantManager::SCOPE];
+        const NEEDED_SCOPES: &[Option<&str>] = &[$($scope,)*];
     };
 }
 
@@ -188,25 +181,8 @@ needs! {
     KeysWrite = (Some("api_keys:write"), RoleNeed::KeyManager);
     /// Revokes keys: `api_keys:delete`, a key manager.
     KeysDelete = (Some("api_keys:delete"), RoleNeed::KeyManager);
-}
-
-/// Manages grants: an owner key of the account itself, not one an application holds (an
-/// application never manages grants, its own or another's).
-#[derive(Debug)]
-pub struct GrantManager;
-
-impl Need for GrantManager {
-    const SCOPE: Option<&'static str> = None;
-    const ROLE: RoleNeed = RoleNeed::Owner;
-    fn check(caller: &Caller) -> Result<(), ApiError> {
-        if caller.key.app_id().is_some() {
-            return Err(ApiError::with(
-                Code::InsufficientRole,
-                "keys of an application cannot manage grants",
-            ));
-        }
-        Ok(())
-    }
+    /// Manages grants: an owner key of the account itself, not one an application holds.
+    GrantManager = (None, RoleNeed::AccountOwner);
 }
 
 /// The scopes of every [`Need`], compiled once against the configured catalog.
@@ -318,6 +294,8 @@ pub async fn self_service(
         ),
         None => None,
     };
+    // The decision refuses global keys, publishable keys and keys without the role before
+    // any limit is spent (`docs/self-service.md`).
     let outcome = state
         .verifier
         .verify(&VerifyRequest {
@@ -327,48 +305,22 @@ pub async fn self_service(
             scopes_all: required,
             method: parts.method.as_str(),
             path,
+            self_service: Some(role),
             ..VerifyRequest::default()
         })
         .await;
-    if outcome.global {
-        return Err(ApiError::with(
-            Code::InsufficientScope,
-            "global keys belong to no account and cannot use the self-service API",
-        ));
-    }
     if !outcome.is_valid() {
         let mut headers = HeaderMap::new();
         crate::routes::decide::rate_limit_headers(&mut headers, &outcome);
-        return Err(ApiError::new(outcome.code)
-            .retry_after(outcome.retry_after)
-            .with_headers(headers));
+        let error = match outcome.detail {
+            Some(detail) => ApiError::with(outcome.code, detail),
+            None => ApiError::new(outcome.code),
+        };
+        return Err(error.retry_after(outcome.retry_after).with_headers(headers));
     }
     let (Some(key), Some(account)) = (outcome.key.clone(), outcome.account.clone()) else {
         return Err(ApiError::new(Code::InvalidApiKey));
     };
-    if key.key_type == KeyType::Publishable {
-        return Err(ApiError::with(
-            Code::InsufficientScope,
-            "publishable keys cannot use the self-service API",
-        ));
-    }
-    let allowed = match role {
-        RoleNeed::Any => true,
-        RoleNeed::KeyManager => key.role.can_manage_keys(),
-        RoleNeed::Owner => key.role == Role::Owner,
-    };
-    if !allowed {
-        return Err(ApiError::with(
-            Code::InsufficientRole,
-            format!(
-                "this needs a key with role {}",
-                match role {
-                    RoleNeed::Owner => "owner",
-                    _ => "owner, admin or developer",
-                }
-            ),
-        ));
-    }
     Ok(Caller {
         key,
         account,

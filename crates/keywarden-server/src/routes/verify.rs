@@ -154,6 +154,7 @@ pub async fn verify(
             method: &method,
             path: &path,
             admit: None,
+            self_service: None,
         })
         .await;
 
