@@ -4,7 +4,7 @@
 
 use http::HeaderName;
 use keywarden_core::hashing::{generate_pepper, SecretHasher};
-use keywarden_core::limits::{Lockout, RateLimit};
+use keywarden_core::limits::Lockout;
 use keywarden_core::model::HashScheme;
 use keywarden_core::scopes::{CatalogEntry, ScopeCatalog};
 use keywarden_core::template::{KeyTemplate, TemplateTags};
