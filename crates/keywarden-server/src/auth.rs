@@ -2,7 +2,7 @@
 //! for the self-service API. Every comparison with a configured secret is constant-time.
 
 use crate::errors::ApiError;
-use crate::extract::{client_ip, peer_ip, presented_key};
+use crate::extract::{client_ip, credentials, peer_ip};
 use crate::manage::Actor;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
@@ -272,13 +272,7 @@ pub async fn self_service(
     scope: Option<&str>,
     role: RoleNeed,
 ) -> Result<Caller, ApiError> {
-    let token = presented_key(&state.settings, &parts.headers, &parts.uri);
-    let app_secret = state
-        .settings
-        .app_secret_header
-        .as_deref()
-        .and_then(|h| parts.headers.get(h))
-        .and_then(|v| v.to_str().ok());
+    let creds = credentials(&state.settings, &parts.headers, &parts.uri);
     let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions));
     // The path as the client sent it: the router strips the base path before the handler.
     let path = parts
@@ -299,14 +293,12 @@ pub async fn self_service(
     let outcome = state
         .verifier
         .verify(&VerifyRequest {
-            token: token.as_deref(),
-            app_secret,
             client_ip: ip,
             scopes_all: required,
             method: parts.method.as_str(),
             path,
             self_service: Some(role),
-            ..VerifyRequest::default()
+            ..creds.request()
         })
         .await;
     if !outcome.is_valid() {

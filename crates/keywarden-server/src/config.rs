@@ -9,6 +9,7 @@
 use keywarden_core::limits::QuotaSpec;
 use keywarden_core::routes::{DefaultRoute, RouteConfig};
 use keywarden_core::scopes::CatalogEntry;
+use keywarden_store::defaults;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -153,7 +154,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            database_url: "sqlite://keywarden.db".into(),
+            database_url: defaults::DATABASE_URL.into(),
             redis_url: String::new(),
             redis_prefix: "kw".into(),
             redis_timeout_ms: 250,
@@ -277,7 +278,7 @@ pub enum EmptyScopes {
 impl Default for KeysConfig {
     fn default() -> Self {
         Self {
-            template: "kw_{type}_{mode}_{random:32}{checksum}".into(),
+            template: defaults::TEMPLATE.into(),
             legacy_templates: Vec::new(),
             mode_tags: ModeTags::default(),
             type_tags: TypeTags::default(),
@@ -399,15 +400,15 @@ impl Default for PlansConfig {
     fn default() -> Self {
         // With no `[plans]` at all, one tier with the limits of the documented example.
         let default_tier = PlanConfig {
-            max_keys: Some(100),
-            requests_per_minute: Some(600),
-            concurrency: Some(50),
+            max_keys: Some(defaults::PLAN_MAX_KEYS),
+            requests_per_minute: Some(defaults::PLAN_REQUESTS_PER_MINUTE),
+            concurrency: Some(defaults::PLAN_CONCURRENCY),
             quotas: Vec::new(),
             features: Vec::new(),
         };
         Self {
-            default: "default".into(),
-            tiers: BTreeMap::from([("default".to_string(), default_tier)]),
+            default: defaults::PLAN.into(),
+            tiers: BTreeMap::from([(defaults::PLAN.to_string(), default_tier)]),
         }
     }
 }
@@ -862,5 +863,40 @@ mod tests {
     #[test]
     fn init_template_parses() {
         Config::from_parts(INIT_TEMPLATE, &[]).unwrap();
+    }
+
+    /// `keywarden init` writes what a configuration without those lines would mean, and the
+    /// embedded layer's builder starts from the same: one set of defaults.
+    #[test]
+    fn init_template_config_defaults_and_the_builder_agree() {
+        let written = Config::from_parts(INIT_TEMPLATE, &[]).unwrap();
+        let omitted = Config::default();
+        for c in [&written, &omitted] {
+            assert_eq!(c.store.database_url, defaults::DATABASE_URL);
+            assert_eq!(c.keys.template, defaults::TEMPLATE);
+            assert_eq!(c.plans.default, defaults::PLAN);
+            let tier = &c.plans.tiers[defaults::PLAN];
+            assert_eq!(tier.max_keys, Some(defaults::PLAN_MAX_KEYS));
+            assert_eq!(
+                tier.requests_per_minute,
+                Some(defaults::PLAN_REQUESTS_PER_MINUTE)
+            );
+            assert_eq!(tier.concurrency, Some(defaults::PLAN_CONCURRENCY));
+            assert!(tier.quotas.is_empty() && tier.features.is_empty());
+        }
+        assert_eq!(written.plans.tiers.len(), omitted.plans.tiers.len());
+        assert_eq!(keywarden_tower::DEFAULT_TEMPLATE, omitted.keys.template);
+        assert_eq!(
+            keywarden_tower::DEFAULT_DATABASE_URL,
+            omitted.store.database_url
+        );
+        assert_eq!(keywarden_tower::DEFAULT_PLAN, omitted.plans.default);
+        // The builder's plan is the server's compiled default tier.
+        let tier = &omitted.plans.tiers[defaults::PLAN];
+        assert_eq!(
+            crate::settings::plan_limits(tier),
+            defaults::plan_limits(),
+            "the server compiles its default tier to the builder's plan"
+        );
     }
 }

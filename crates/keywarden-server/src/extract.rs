@@ -5,13 +5,14 @@
 //! sources, and the client IP taken through trusted proxies only.
 
 use crate::errors::ApiError;
-use crate::settings::{KeySource, Settings};
+use crate::settings::Settings;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, Request};
-use axum::http::{header, HeaderMap, Uri};
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use keywarden_core::codes::Code;
 use keywarden_core::ip::{client_ip as walk_forwarded_for, ClientAddr};
+use keywarden_store::request::Credentials;
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, SocketAddr};
 
@@ -185,72 +186,23 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-/// The key presented with a request, from the first configured source that has one.
-/// An `Authorization` header of another scheme is ignored.
-pub fn presented_key(settings: &Settings, headers: &HeaderMap, uri: &Uri) -> Option<String> {
-    for source in &settings.sources {
-        let found = match source {
-            KeySource::Bearer => headers
-                .get_all(header::AUTHORIZATION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .find_map(|v| {
-                    let (scheme, rest) = v.trim().split_once(' ')?;
-                    scheme
-                        .eq_ignore_ascii_case("bearer")
-                        .then(|| rest.trim().to_string())
-                }),
-            KeySource::Header(name) => headers
-                .get(name.as_str())
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.trim().to_string()),
-            KeySource::Query(name) => uri.query().and_then(|q| query_param(q, name)),
-        };
-        if let Some(k) = found.filter(|k| !k.is_empty()) {
-            return Some(k);
-        }
-    }
-    None
+/// What a request presents to be verified, read with the configured key sources and
+/// application-secret header (`keywarden_store::request`, which the embedded layer reads
+/// requests with too).
+pub fn credentials<'r>(
+    settings: &Settings,
+    headers: &'r HeaderMap,
+    uri: &'r Uri,
+) -> Credentials<'r> {
+    Credentials::read(
+        &settings.sources,
+        settings.app_secret_header.as_deref(),
+        headers,
+        uri,
+    )
 }
 
-/// One query parameter's value (percent-decoded for the few characters keys may hold).
-pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-/// `s` percent-decoded (a malformed escape kept as written, invalid UTF-8 replaced).
-pub(crate) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = match bytes[i] {
-            b'%' if i + 2 < bytes.len() => hex(bytes[i + 1])
-                .zip(hex(bytes[i + 2]))
-                .map(|(h, l)| h * 16 + l),
-            _ => None,
-        };
-        match (decoded, bytes[i]) {
-            (Some(b), _) => {
-                out.push(b);
-                i += 3;
-            }
-            (None, b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            (None, b) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use keywarden_store::request::{percent_decode, query_param};
 
 /// The client: the peer, or through `X-Forwarded-For` when the peer is trusted (unknown
 /// when a trusted hop is not an address; see [`keywarden_core::ip::client_ip`]). `None`
@@ -316,15 +268,5 @@ mod tests {
         assert!(err(r#"{"count":1}"#).contains("missing field `name`"));
         assert!(err(r#"{"name":"#).starts_with("malformed JSON"));
         assert!(err(r#"{"name":"a"} trailing"#).starts_with("malformed JSON"));
-    }
-
-    #[test]
-    fn query_params_decode() {
-        assert_eq!(
-            query_param("a=1&api_key=kw%5Fx", "api_key").as_deref(),
-            Some("kw_x")
-        );
-        assert_eq!(query_param("a=1", "api_key"), None);
-        assert_eq!(query_param("k=%zz", "k").as_deref(), Some("%zz"));
     }
 }

@@ -24,7 +24,7 @@
 
 use crate::config::{ConfigError, GatewayConfig, MethodOverride};
 use crate::errors::ApiError;
-use crate::extract::{client_ip, peer_ip, percent_decode, presented_key};
+use crate::extract::{client_ip, credentials, peer_ip, percent_decode};
 use crate::middleware::{not_found, DecisionCode, RequestId};
 use crate::routes::decide::{identity_headers, rate_limit_headers, route_needs, Needs};
 use crate::settings::{KeySource, Settings};
@@ -216,12 +216,7 @@ impl Gateway {
         let mut outcome = None;
         let mut slot = None;
         if !matches!(needs, Needs::Public) {
-            let token = presented_key(s, &parts.headers, &parts.uri);
-            let app_secret = s
-                .app_secret_header
-                .as_deref()
-                .and_then(|n| parts.headers.get(n))
-                .and_then(|v| v.to_str().ok());
+            let creds = credentials(s, &parts.headers, &parts.uri);
             let scopes = match &needs {
                 Needs::Scopes(set) => Some(set),
                 _ => None,
@@ -240,15 +235,13 @@ impl Gateway {
             let out = state
                 .verifier
                 .verify(&VerifyRequest {
-                    token: token.as_deref(),
-                    app_secret,
                     client_ip: client_ip(s, &parts.headers, peer_ip(&parts.extensions)),
                     scopes_all: scopes,
                     impossible: matches!(needs, Needs::Impossible),
                     method,
                     path: &path,
                     admit: Some(Admit(&admit)),
-                    ..VerifyRequest::default()
+                    ..creds.request()
                 })
                 .await;
             if !out.is_valid() {

@@ -19,33 +19,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where a key may be presented.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeySource {
-    /// `Authorization: Bearer …`.
-    Bearer,
-    /// A named header.
-    Header(String),
-    /// A query parameter (discouraged: it ends up in access logs).
-    Query(String),
-}
+pub use keywarden_store::request::KeySource;
 
-impl KeySource {
-    fn parse(s: &str) -> Result<Self, String> {
-        if s == "bearer" {
-            return Ok(KeySource::Bearer);
-        }
-        if let Some(h) = s.strip_prefix("header:") {
-            axum::http::HeaderName::try_from(h)
-                .map_err(|_| format!("{h:?} is not a valid header name"))?;
-            return Ok(KeySource::Header(h.to_ascii_lowercase()));
-        }
-        if let Some(q) = s.strip_prefix("query:").filter(|q| !q.is_empty()) {
-            return Ok(KeySource::Query(q.to_string()));
-        }
-        Err(format!(
-            "{s:?} is not a key source; use \"bearer\", \"header:NAME\" or \"query:NAME\""
-        ))
+/// A configured plan as the verifier holds it.
+pub fn plan_limits(p: &crate::config::PlanConfig) -> PlanLimits {
+    PlanLimits {
+        max_keys: p.max_keys,
+        rate: p.requests_per_minute.map(RateLimit::per_minute),
+        concurrency: p.concurrency,
+        quotas: p.quotas.clone(),
+        features: p.features.clone(),
     }
 }
 
@@ -209,7 +192,7 @@ impl Settings {
             .auth
             .sources
             .iter()
-            .map(|s| KeySource::parse(s))
+            .map(|s| s.parse::<KeySource>().map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(field_err("auth.sources"))?;
         if sources.is_empty() {
@@ -375,16 +358,7 @@ impl Settings {
                     ));
                 }
             }
-            plans.insert(
-                name.clone(),
-                PlanLimits {
-                    max_keys: p.max_keys,
-                    rate: p.requests_per_minute.map(RateLimit::per_minute),
-                    concurrency: p.concurrency,
-                    quotas: p.quotas.clone(),
-                    features: p.features.clone(),
-                },
-            );
+            plans.insert(name.clone(), plan_limits(p));
         }
         if !plans.contains_key(&c.plans.default) {
             return Err(ConfigError::new(

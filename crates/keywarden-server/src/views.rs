@@ -303,7 +303,8 @@ impl From<keywarden_store::ErasureCounts> for ErasureCounts {
 /// An account as the admin API returns it after creating, changing or approving it: when
 /// that made the account's default keys (`keys.default_sets`), they come with it, each with
 /// its secret shown this once.
-#[derive(Debug, Serialize, ToSchema)]
+// No `Debug`: it holds a secret.
+#[derive(Serialize, ToSchema)]
 pub struct AccountWithKeys {
     /// The account.
     #[serde(flatten)]
@@ -431,7 +432,8 @@ impl From<&model::KeyRecord> for ApiKey {
 
 /// A key's metadata with its new secret (admin creation, rotation). The secret is shown
 /// this once and cannot be retrieved again.
-#[derive(Debug, Serialize, ToSchema)]
+// No `Debug`: it holds a secret.
+#[derive(Serialize, ToSchema)]
 pub struct ApiKeyWithSecret {
     /// The metadata.
     #[serde(flatten)]
@@ -452,7 +454,8 @@ impl ApiKeyWithSecret {
 }
 
 /// `POST /v1/api-keys`: the new key, with its secret shown this once.
-#[derive(Debug, Serialize, ToSchema)]
+// No `Debug`: it holds a secret.
+#[derive(Serialize, ToSchema)]
 pub struct CreatedApiKey {
     /// The whole token. Store it now: it is never shown again.
     pub api_key: String,
@@ -531,7 +534,8 @@ impl From<&model::Application> for Application {
 }
 
 /// An application's two secrets, shown once.
-#[derive(Debug, Serialize, ToSchema)]
+// No `Debug`: it holds a secret.
+#[derive(Serialize, ToSchema)]
 pub struct ApplicationSecrets {
     /// Goes with live keys.
     pub production: String,
@@ -540,7 +544,8 @@ pub struct ApplicationSecrets {
 }
 
 /// A new application with its secrets, shown this once.
-#[derive(Debug, Serialize, ToSchema)]
+// No `Debug`: it holds a secret.
+#[derive(Serialize, ToSchema)]
 pub struct CreatedApplication {
     /// The application.
     #[serde(flatten)]
@@ -551,7 +556,8 @@ pub struct CreatedApplication {
 
 /// An application with the secret of one environment just replaced (shown this once); the
 /// old secret stopped working.
-#[derive(Debug, Serialize, ToSchema)]
+// No `Debug`: it holds a secret.
+#[derive(Serialize, ToSchema)]
 pub struct RotatedApplicationSecret {
     /// The application.
     #[serde(flatten)]
@@ -591,7 +597,8 @@ impl From<&model::Grant> for Grant {
 }
 
 /// A new grant with the key made under it (its secret shown this once).
-#[derive(Debug, Serialize, ToSchema)]
+// No `Debug`: it holds a secret.
+#[derive(Serialize, ToSchema)]
 pub struct IssuedGrant {
     /// The grant.
     #[serde(flatten)]

@@ -29,8 +29,10 @@ pub use cache::{CacheConfig, KeyCache, KeyResolver, Lookup, LookupKey, RecordCac
 pub use counting::{CountingStore, Pause};
 pub use writer::{KeyUse, UsageDurability, Writer, WriterConfig, WriterHandle};
 
+pub mod defaults;
 pub mod limiter;
 pub mod redis_limiter;
+pub mod request;
 pub mod verifier;
 
 pub use limiter::{Limiter, LimiterStats, LocalBounds, LocalLimiter, QuotaKey};

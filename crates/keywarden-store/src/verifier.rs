@@ -91,8 +91,9 @@ impl std::fmt::Debug for Admit<'_> {
     }
 }
 
-/// What a caller asks about one request.
-#[derive(Clone, Debug, Default)]
+/// What a caller asks about one request. Its `Debug` never shows the presented token or
+/// application secret.
+#[derive(Clone, Default)]
 pub struct VerifyRequest<'a> {
     /// The presented token, if any.
     pub token: Option<&'a str>,
@@ -123,6 +124,26 @@ pub struct VerifyRequest<'a> {
     /// A call of the self-service API, needing this role: refused before any limit is
     /// spent to a global key, a publishable key or a key without the role.
     pub self_service: Option<RoleNeed>,
+}
+
+impl std::fmt::Debug for VerifyRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: Option<&str>| v.map(|_| "[redacted]");
+        f.debug_struct("VerifyRequest")
+            .field("token", &redacted(self.token))
+            .field("app_secret", &redacted(self.app_secret))
+            .field("client_ip", &self.client_ip)
+            .field("object_mode", &self.object_mode)
+            .field("scopes_all", &self.scopes_all)
+            .field("scopes_any", &self.scopes_any)
+            .field("impossible", &self.impossible)
+            .field("cost", &self.cost)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("admit", &self.admit)
+            .field("self_service", &self.self_service)
+            .finish()
+    }
 }
 
 /// The verdict and what a caller needs to act on it.

@@ -4,7 +4,7 @@
 
 use http::HeaderName;
 use keywarden_core::hashing::{generate_pepper, SecretHasher};
-use keywarden_core::limits::{Lockout, RateLimit};
+use keywarden_core::limits::Lockout;
 use keywarden_core::model::HashScheme;
 use keywarden_core::scopes::{CatalogEntry, ScopeCatalog};
 use keywarden_core::template::{KeyTemplate, TemplateTags};
@@ -22,13 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The server's default key template.
-pub const DEFAULT_TEMPLATE: &str = "kw_{type}_{mode}_{random:32}{checksum}";
+pub const DEFAULT_TEMPLATE: &str = keywarden_store::defaults::TEMPLATE;
 
 /// The server's default database: a SQLite file in the working directory.
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://keywarden.db";
+pub const DEFAULT_DATABASE_URL: &str = keywarden_store::defaults::DATABASE_URL;
 
 /// The name of the plan the builder starts with, and of the default plan.
-pub const DEFAULT_PLAN: &str = "default";
+pub const DEFAULT_PLAN: &str = keywarden_store::defaults::PLAN;
 
 /// A shared handle on the verification engine. Cheap to clone; every clone verifies
 /// against the same caches and limits.
@@ -216,13 +216,7 @@ impl std::fmt::Debug for KeywardenBuilder {
 
 impl Default for KeywardenBuilder {
     fn default() -> Self {
-        let default_plan = PlanLimits {
-            max_keys: Some(100),
-            rate: Some(RateLimit::per_minute(600)),
-            concurrency: Some(50),
-            quotas: Vec::new(),
-            features: Vec::new(),
-        };
+        let default_plan = keywarden_store::defaults::plan_limits();
         KeywardenBuilder {
             store: StoreChoice::Url(DEFAULT_DATABASE_URL.into()),
             pepper: None,

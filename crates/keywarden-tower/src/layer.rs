@@ -4,13 +4,14 @@
 use crate::error::ErrorFormat;
 use crate::principal::{Principal, RequestId};
 use crate::scopes::{Needed, ScopeRequirement};
-use crate::source::{client_ip, presented_key, KeySource};
+use crate::source::{client_ip, KeySource};
 use crate::{Keywarden, KeywardenBody, REQUEST_ID_HEADER};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use keywarden_core::codes::{Code, Locale};
 use keywarden_core::ip::TrustedProxies;
 use keywarden_core::scopes::InvalidScopes;
+use keywarden_store::request::Credentials;
 use keywarden_store::verifier::{VerifyOutcome, VerifyRequest};
 use std::future::Future;
 use std::pin::Pin;
@@ -208,12 +209,12 @@ where
 /// Runs the decision for one request. Everything is borrowed from the request: the key is
 /// never copied (unless it came percent-encoded in the query) and never logged.
 async fn verify(shared: &Shared, req: &Parts) -> VerifyOutcome {
-    let token = presented_key(&shared.sources, &req.headers, &req.uri);
-    let app_secret = shared
-        .kw
-        .app_secret_header()
-        .and_then(|h| req.headers.get(h))
-        .and_then(|v| v.to_str().ok());
+    let creds = Credentials::read(
+        &shared.sources,
+        shared.kw.app_secret_header().map(|h| h.as_str()),
+        &req.headers,
+        &req.uri,
+    );
     let (all, any) = match &shared.need {
         Some(Needed::All(set)) => (Some(set), None),
         Some(Needed::Any(set)) => (None, Some(set)),
@@ -222,15 +223,13 @@ async fn verify(shared: &Shared, req: &Parts) -> VerifyOutcome {
     shared
         .kw
         .verify(&VerifyRequest {
-            token: token.as_deref(),
-            app_secret,
             client_ip: client_ip(&req.extensions, &req.headers, &shared.trusted),
             scopes_all: all,
             scopes_any: any,
             method: req.method.as_str(),
             // The path only: a query string may carry a key (`query:` sources).
             path: req.uri.path(),
-            ..VerifyRequest::default()
+            ..creds.request()
         })
         .await
 }

@@ -15,7 +15,7 @@
 use crate::auth::require_forward_auth_token;
 use crate::config::ProxyConvention;
 use crate::errors::ApiError;
-use crate::extract::{client_ip, peer_ip, presented_key};
+use crate::extract::{client_ip, credentials, peer_ip};
 use crate::middleware::DecisionCode;
 use crate::routes::decide::{identity_headers, rate_limit_headers, route_needs, Needs};
 use crate::state::AppState;
@@ -200,12 +200,7 @@ pub async fn forward_auth(State(state): State<AppState>, req: Request) -> Respon
     }
     let s = &state.settings;
     // The credential may sit in the original query string when a `query:` source is on.
-    let token = presented_key(s, h, &uri);
-    let app_secret = s
-        .app_secret_header
-        .as_deref()
-        .and_then(|n| h.get(n))
-        .and_then(|v| v.to_str().ok());
+    let creds = credentials(s, h, &uri);
     let ip = client_ip(s, h, peer_ip(&parts.extensions));
     let scopes = match &needs {
         Needs::Scopes(set) => Some(set),
@@ -214,14 +209,12 @@ pub async fn forward_auth(State(state): State<AppState>, req: Request) -> Respon
     let out = state
         .verifier
         .verify(&VerifyRequest {
-            token: token.as_deref(),
-            app_secret,
             client_ip: ip,
             scopes_all: scopes,
             impossible: matches!(needs, Needs::Impossible),
             method: &method,
             path: &path,
-            ..VerifyRequest::default()
+            ..creds.request()
         })
         .await;
 

@@ -3,7 +3,7 @@
 
 use crate::auth::require_verifier;
 use crate::errors::ApiError;
-use crate::extract::{presented_key, JsonBody};
+use crate::extract::{credentials, JsonBody};
 use crate::routes::decide::{route_needs, Needs};
 use crate::state::AppState;
 use crate::views::{self, RateLimitState, VerifyAccount, VerifyKey, VerifyResponse};
@@ -18,8 +18,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-/// The verify request body.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+/// The verify request body. Its `Debug` never shows the key, the application secret or the
+/// original headers (which may carry either).
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyBody {
     /// The key to check.
@@ -43,6 +44,24 @@ pub struct VerifyBody {
     pub mode: Option<Mode>,
     /// Quota units consumed by the request.
     pub cost: Option<BTreeMap<String, u64>>,
+}
+
+impl std::fmt::Debug for VerifyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |present: bool| present.then_some("[redacted]");
+        f.debug_struct("VerifyBody")
+            .field("key", &redacted(self.key.is_some()))
+            .field("headers", &redacted(self.headers.is_some()))
+            .field("app_secret", &redacted(self.app_secret.is_some()))
+            .field("scopes", &self.scopes)
+            .field("any_scopes", &self.any_scopes)
+            .field("ip", &self.ip)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("mode", &self.mode)
+            .field("cost", &self.cost)
+            .finish()
+    }
 }
 
 /// Verifies a key.
@@ -91,17 +110,10 @@ pub async fn verify(
         .next()
         .unwrap_or_default()
         .to_string();
-    let token = body
-        .key
-        .clone()
-        .or_else(|| presented_key(s, &original, &uri));
-    let app_secret = body.app_secret.clone().or_else(|| {
-        s.app_secret_header
-            .as_deref()
-            .and_then(|h| original.get(h))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    });
+    // What the body names outright wins over what the original request presents.
+    let creds = credentials(s, &original, &uri);
+    let token = body.key.as_deref().or(creds.token.as_deref());
+    let app_secret = body.app_secret.as_deref().or(creds.app_secret);
     let compile = |field: &str, names: &Option<Vec<String>>| {
         names
             .as_ref()
@@ -143,8 +155,8 @@ pub async fn verify(
     let out = state
         .verifier
         .verify(&VerifyRequest {
-            token: token.as_deref(),
-            app_secret: app_secret.as_deref(),
+            token,
+            app_secret,
             client_ip: ip.map(ClientAddr::from),
             object_mode: body.mode,
             scopes_all: all.as_ref().or(route_scopes),
