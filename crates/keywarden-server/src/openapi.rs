@@ -332,6 +332,8 @@ pub struct AccountSummary {
     pub account_name: String,
     /// The plan, in effect at once.
     pub plan: String,
+    /// The calling key's role, as `GET /v1/account` shows it.
+    pub role: Role,
     /// Lifecycle state.
     pub status: AccountStatus,
     /// Creation time.

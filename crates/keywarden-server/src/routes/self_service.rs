@@ -107,14 +107,17 @@ pub async fn patch_account(
     let a = Manager::new(&state)
         .update_account(&c.actor(), &c.account.id, Some(name), None, None, None)
         .await?;
-    Ok(with_limits(&c, Json(account_body(&a))))
+    Ok(with_limits(&c, Json(account_body(&a, &c))))
 }
 
-fn account_body(a: &keywarden_core::model::Account) -> Value {
+/// The account as `PATCH` answers show it: the fields of `GET /v1/account` that describe
+/// the account, with the caller's role in it.
+fn account_body(a: &keywarden_core::model::Account, caller: &Caller) -> Value {
     json!({
         "account_id": a.id,
         "account_name": a.name,
         "plan": a.plan,
+        "role": caller.key.role,
         "status": a.status,
         "created_at": views::ts(a.created_at),
     })
@@ -153,7 +156,7 @@ pub async fn patch_plan(
     let a = Manager::new(&state)
         .update_account(&c.actor(), &c.account.id, None, Some(body.plan), None, None)
         .await?;
-    Ok(with_limits(&c, Json(account_body(&a))))
+    Ok(with_limits(&c, Json(account_body(&a, &c))))
 }
 
 /// `GET /v1/account/usage`.
@@ -182,6 +185,15 @@ pub async fn usage_body(
 ) -> Result<Value, ApiError> {
     let now = state.clock.now_ms();
     let plan = state.verifier.plan(&account.plan);
+    // The next period's first instant, or this period's last whole second
+    // (`self_service.period_end`).
+    let shown_end = |e: i64| {
+        if state.settings.self_service.period_end_last_second {
+            e - 1000
+        } else {
+            e
+        }
+    };
     let mut quotas = Vec::new();
     let mut top = serde_json::Map::new();
     let (mut start, mut end) = Period::Month.bounds(now);
@@ -201,7 +213,7 @@ pub async fn usage_body(
         quotas.push(json!({
             "unit": spec.unit, "used": used, "limit": spec.limit, "remaining": remaining,
             "period": spec.period.as_str(),
-            "period_start": views::ts(s), "period_end": views::ts(e),
+            "period_start": views::ts(s), "period_end": views::ts(shown_end(e)),
         }));
         top.insert(format!("{}_used", spec.unit), json!(used));
         top.insert(format!("{}_limit", spec.unit), json!(spec.limit));
@@ -211,7 +223,7 @@ pub async fn usage_body(
         "plan": account.plan,
         "mode": mode,
         "period_start": views::ts(start),
-        "period_end": views::ts(end),
+        "period_end": views::ts(shown_end(end)),
         "quotas": quotas,
     });
     if let Value::Object(m) = &mut body {

@@ -159,7 +159,7 @@ pub async fn verify(
         "valid": out.is_valid(),
         "code": presented.name,
         "status": presented.status,
-        "message": presented.message_code.message(locale),
+        "message": s.renderer.overrides.message(out.code, locale),
     });
     if out.is_valid() || out.code.status() >= 403 {
         if let Some(k) = &out.key {
