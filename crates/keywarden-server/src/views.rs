@@ -76,10 +76,7 @@ pub async fn with_timestamp_style<F: std::future::Future>(
 /// Renders Unix milliseconds as RFC 3339 (`2026-03-20T10:00:00.123Z`), in the configured
 /// style when called while answering a request.
 pub fn ts(ms: Millis) -> String {
-    STYLE
-        .try_with(|s| *s)
-        .unwrap_or_default()
-        .format(ms)
+    STYLE.try_with(|s| *s).unwrap_or_default().format(ms)
 }
 
 /// Renders an optional timestamp (`null` when absent).
@@ -208,7 +205,10 @@ mod timestamp_tests {
         let t = 1_774_000_800_123; // 2026-03-20T10:00:00.123Z
         let style = |o, p| TimestampStyle::parse(o, p).unwrap();
         assert_eq!(style("Z", "ms").format(t), "2026-03-20T10:00:00.123Z");
-        assert_eq!(style("+00:00", "ms").format(t), "2026-03-20T10:00:00.123+00:00");
+        assert_eq!(
+            style("+00:00", "ms").format(t),
+            "2026-03-20T10:00:00.123+00:00"
+        );
         assert_eq!(style("+00:00", "s").format(t), "2026-03-20T10:00:00+00:00");
         assert_eq!(style("Z", "s").format(t), "2026-03-20T10:00:00Z");
         assert_eq!(ts(t), "2026-03-20T10:00:00.123Z");

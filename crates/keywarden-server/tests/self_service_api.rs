@@ -1544,13 +1544,24 @@ async fn a_message_for_an_unknown_code_or_language_is_refused_at_startup() {
     for (toml, field) in [
         ("[errors.messages.es]\nnope = \"x\"\n", "nope"),
         ("[errors.messages.fr]\ninvalid_api_key = \"x\"\n", "fr"),
-        ("[self_service]\nendpoints = [\"accounts\"]\n", "self_service.endpoints[0]"),
-        ("[self_service]\nperiod_end = \"end\"\n", "self_service.period_end"),
-        ("[server]\ntimestamp_offset = \"+01:00\"\n", "server.timestamp_offset"),
+        (
+            "[self_service]\nendpoints = [\"accounts\"]\n",
+            "self_service.endpoints[0]",
+        ),
+        (
+            "[self_service]\nperiod_end = \"end\"\n",
+            "self_service.period_end",
+        ),
+        (
+            "[server]\ntimestamp_offset = \"+01:00\"\n",
+            "server.timestamp_offset",
+        ),
     ] {
         let c = Config::from_parts(toml, &[]).unwrap();
         let pepper = keywarden_core::Secret::new("p".repeat(32));
-        let e = Settings::from_config(c, Some(pepper)).unwrap_err().to_string();
+        let e = Settings::from_config(c, Some(pepper))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(field), "{toml}: {e}");
     }
 }

@@ -177,7 +177,9 @@ async fn echo(req: axum::extract::Request) -> axum::Json<Value> {
             )
         })
         .collect();
-    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
     axum::Json(json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
@@ -206,12 +208,7 @@ impl Reply {
 }
 
 /// Sends a request: `headers` as given, `body` as JSON when present.
-pub async fn call(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Option<Value>,
-) -> Reply {
+pub async fn call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<Value>) -> Reply {
     let client = reqwest::Client::new();
     let mut req = client.request(method.parse().unwrap(), url);
     for (k, v) in headers {
