@@ -505,7 +505,7 @@ pub enum LeakAction {
     Notify,
 }
 
-/// `[self_service]` (docs/self-service.md).
+/// `[self_service]` (docs/configuration.md).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SelfServiceConfig {
