@@ -372,10 +372,12 @@ fn registered_routes() -> BTreeSet<(&'static str, String, String)> {
         (&mod_rs[public_at..], &mod_rs[admin_at..public_at])
     };
     let mut out = BTreeSet::new();
-    // The public self-service routes are built in `let api = …;` and nested under the
-    // base path.
-    let api_start = public_src.find("let api").expect("let api");
-    let api_len = public_src[api_start..].find(";").expect("end of api");
+    // The public self-service routes are built from `let mut api` (each group that is
+    // served) up to `let serves_any`, and nested under the base path.
+    let api_start = public_src.find("let mut api").expect("let mut api");
+    let api_len = public_src[api_start..]
+        .find("let serves_any")
+        .expect("end of api");
     let (nested, rest) = (
         &public_src[api_start..api_start + api_len],
         [&public_src[..api_start], &public_src[api_start + api_len..]].concat(),
