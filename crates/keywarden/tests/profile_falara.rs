@@ -525,3 +525,32 @@ async fn fifty_requests_a_minute_then_429_with_retry_after_and_an_upgrade_lifts_
     let a = call(&r, "GET", "/v1/jobs", &worker, None).await;
     assert_eq!(a.status, 200, "{}", a.body);
 }
+
+#[test]
+fn config_check_passes_with_only_the_root_key() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../profiles/falara.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keywarden"));
+    cmd.args(["config", "check", "--config", file])
+        .current_dir(dir.path());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KEYWARDEN_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .env("KEYWARDEN_ROOT_KEY", profile_support::ROOT_KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("config is valid"), "{stdout}");
+    assert!(
+        !stdout.contains(profile_support::ROOT_KEY),
+        "the root key is printed"
+    );
+}
