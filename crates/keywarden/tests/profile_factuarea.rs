@@ -196,12 +196,22 @@ async fn keys_headers_scopes_and_errors_as_the_reference_shows_them() {
     // X-API-Key works the same, and on a test key.
     let a = x_api_key(&r, "GET", "/v1/clients", &live_token).await;
     assert_eq!(a.status, 200, "{}", a.body);
-    assert_eq!(
-        bearer(&r, "GET", "/v1/clients/42", &token(&test))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(a.body["headers"]["x-keywarden-mode"], "live");
+    // The prefix tells the API which environment: a test key reaches it as test mode.
+    let a = bearer(&r, "GET", "/v1/clients/42", &token(&test)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["headers"]["x-keywarden-mode"], "test");
+    // The secret is shown once: the dashboard never shows it again.
+    let a = r
+        .admin_call(
+            "GET",
+            &format!("/v1/admin/keys/{}", live["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.get("api_key").is_none());
+    assert!(!a.body.to_string().contains(&live_token[10..]));
     // Both sent: Bearer wins, whichever of the two is the good one.
     let good_bearer = format!("Bearer {live_token}");
     let a = r
