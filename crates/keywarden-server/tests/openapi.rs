@@ -1502,3 +1502,29 @@ async fn request_fields_state_their_enums_and_lengths() {
     assert_eq!(res.status(), 400);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn only_the_self_service_groups_served_are_documented() {
+    let app = spawn_app_with("[self_service]\nendpoints = [\"account\", \"usage\"]\n").await;
+    let (public, _) = docs(&app).await;
+    let ops = documented(&public);
+    assert!(
+        ops.contains(&("get".into(), "/v1/account".into())),
+        "{ops:?}"
+    );
+    assert!(ops.contains(&("get".into(), "/v1/account/usage".into())));
+    for (m, p) in [
+        ("patch", "/v1/account"),
+        ("patch", "/v1/account/plan"),
+        ("delete", "/v1/account/data"),
+        ("get", "/v1/api-keys"),
+        ("get", "/v1/events"),
+        ("get", "/v1/grants"),
+    ] {
+        assert!(
+            !ops.contains(&(m.into(), p.into())),
+            "{m} {p} is documented"
+        );
+    }
+    app.stop().await;
+}
