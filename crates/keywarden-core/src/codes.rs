@@ -43,7 +43,9 @@ impl ErrorType {
 }
 
 /// A supported message language.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Locale {
     /// English (the default).
@@ -258,7 +260,8 @@ pub struct CodeOverride {
     pub status: u16,
 }
 
-/// Renames and status changes a deployment applies to codes (`[errors] rename`).
+/// Renames, status changes and messages a deployment applies to codes (`[errors] rename`,
+/// `status` and `messages`).
 ///
 /// A rename to another known code takes that code's status, type and message too, so
 /// `api_key_expired = "api_key_revoked"` makes an expired key indistinguishable from a
@@ -267,6 +270,7 @@ pub struct CodeOverride {
 pub struct CodeOverrides {
     renames: BTreeMap<Code, (String, Option<Code>)>,
     statuses: BTreeMap<Code, u16>,
+    messages: BTreeMap<(Code, Locale), String>,
 }
 
 /// What a caller shows for a code after overrides.
@@ -383,6 +387,41 @@ impl CodeOverrides {
         Ok(out)
     }
 
+    /// Adds messages per language and code (`[errors.messages.LANG] CODE = "…"`). Unknown
+    /// languages and codes, and empty messages, are errors naming the entry.
+    pub fn with_messages(
+        mut self,
+        messages: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Result<Self, String> {
+        for (lang, table) in messages {
+            let locale: Locale = lang
+                .parse()
+                .map_err(|e| format!("errors.messages.{lang}: {e}"))?;
+            for (code, text) in table {
+                let c: Code = code
+                    .parse()
+                    .map_err(|e| format!("errors.messages.{lang}: {e}"))?;
+                if text.trim().is_empty() || text.len() > 500 {
+                    return Err(format!(
+                        "errors.messages.{lang}.{code}: a message is 1-500 characters"
+                    ));
+                }
+                self.messages.insert((c, locale), text.clone());
+            }
+        }
+        Ok(self)
+    }
+
+    /// The message shown for `code` in `locale`: the deployment's own for the code, else its
+    /// own for the code it is renamed to, else the table's message of that code.
+    pub fn message(&self, code: Code, locale: Locale) -> &str {
+        let target = self.present(code).message_code;
+        self.messages
+            .get(&(code, locale))
+            .or_else(|| self.messages.get(&(target, locale)))
+            .map_or_else(|| target.message(locale), String::as_str)
+    }
+
     /// How `code` is presented after overrides.
     pub fn present(&self, code: Code) -> Presented<'_> {
         let (name, target) = match self.renames.get(&code) {
@@ -476,6 +515,43 @@ mod tests {
         assert_eq!(o.present(Code::InvalidApiKey).name, "unauthorized");
         assert_eq!(o.present(Code::InvalidApiKey).status, 401);
         assert_eq!(o.present(Code::InsufficientScope).status, 401);
+    }
+
+    #[test]
+    fn messages_replace_the_table_per_language_and_follow_renames() {
+        let rename =
+            BTreeMap::from([("api_key_expired".to_string(), "api_key_revoked".to_string())]);
+        let messages = BTreeMap::from([(
+            "es".to_string(),
+            BTreeMap::from([
+                ("invalid_api_key".to_string(), "Clave mala.".to_string()),
+                ("api_key_revoked".to_string(), "Revocada.".to_string()),
+            ]),
+        )]);
+        let o = CodeOverrides::new(&rename, &BTreeMap::new())
+            .unwrap()
+            .with_messages(&messages)
+            .unwrap();
+        assert_eq!(o.message(Code::InvalidApiKey, Locale::Es), "Clave mala.");
+        assert_eq!(
+            o.message(Code::InvalidApiKey, Locale::En),
+            Code::InvalidApiKey.message(Locale::En)
+        );
+        assert_eq!(o.message(Code::ApiKeyExpired, Locale::Es), "Revocada.");
+        assert_eq!(
+            o.message(Code::MissingApiKey, Locale::Es),
+            Code::MissingApiKey.message(Locale::Es)
+        );
+        let bad = |lang: &str, code: &str, text: &str| {
+            let m = BTreeMap::from([(
+                lang.to_string(),
+                BTreeMap::from([(code.to_string(), text.to_string())]),
+            )]);
+            CodeOverrides::default().with_messages(&m).unwrap_err()
+        };
+        assert!(bad("fr", "invalid_api_key", "x").contains("errors.messages.fr"));
+        assert!(bad("es", "nope", "x").contains("nope"));
+        assert!(bad("es", "invalid_api_key", " ").contains("errors.messages.es.invalid_api_key"));
     }
 
     #[test]

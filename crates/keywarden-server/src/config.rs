@@ -47,6 +47,8 @@ pub struct Config {
     pub leaks: LeaksConfig,
     /// New accounts.
     pub accounts: AccountsConfig,
+    /// Which self-service endpoints are served and how some of their fields read.
+    pub self_service: SelfServiceConfig,
 }
 
 /// `[accounts]`.
@@ -94,6 +96,10 @@ pub struct ServerConfig {
     /// At most this many open connections on the admin listener, counted apart, so a flood
     /// of the public listener leaves the admin one serving.
     pub admin_max_connections: usize,
+    /// How timestamps in answers mark UTC: `"Z"` (`2026-03-20T10:00:00Z`) or `"+00:00"`.
+    pub timestamp_offset: String,
+    /// `"ms"`: milliseconds shown when there are any; `"s"`: whole seconds always.
+    pub timestamp_precision: String,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +115,8 @@ impl Default for ServerConfig {
             idle_timeout_ms: 60_000,
             max_connections: 10_000,
             admin_max_connections: 1_000,
+            timestamp_offset: "Z".into(),
+            timestamp_precision: "ms".into(),
         }
     }
 }
@@ -372,6 +380,8 @@ pub struct ErrorsConfig {
     pub rename: BTreeMap<String, String>,
     /// Code → HTTP status.
     pub status: BTreeMap<String, u16>,
+    /// Language → code → message, in place of the built-in message of that code.
+    pub messages: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Default for ErrorsConfig {
@@ -382,6 +392,7 @@ impl Default for ErrorsConfig {
             locale: "en".into(),
             rename: BTreeMap::new(),
             status: BTreeMap::new(),
+            messages: BTreeMap::new(),
         }
     }
 }
@@ -533,6 +544,43 @@ pub enum LeakAction {
     Revoke,
     /// Only record `key.leaked`; the key keeps working.
     Notify,
+}
+
+/// `[self_service]` (docs/configuration.md).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelfServiceConfig {
+    /// The endpoint groups served under `server.base_path`: `account`, `account_write`,
+    /// `usage`, `erase`, `api_keys`, `events`, `grants`. A path of a group left out is not
+    /// Keywarden's: in gateway mode it goes to the upstream, else it is 404.
+    pub endpoints: Vec<String>,
+    /// Top-level field name → the name self-service answers use instead
+    /// (e.g. `deleted_api_keys = "deleted_api_key"`).
+    pub rename: BTreeMap<String, String>,
+    /// What `period_end` in usage answers shows: `next_start` (the first instant of the next
+    /// period) or `last_second` (the period's last whole second).
+    pub period_end: String,
+}
+
+/// Every self-service endpoint group, in the order of `docs/self-service.md`.
+pub const SELF_SERVICE_GROUPS: &[&str] = &[
+    "account",
+    "account_write",
+    "usage",
+    "erase",
+    "api_keys",
+    "events",
+    "grants",
+];
+
+impl Default for SelfServiceConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: SELF_SERVICE_GROUPS.iter().map(|g| g.to_string()).collect(),
+            rename: BTreeMap::new(),
+            period_end: "next_start".into(),
+        }
+    }
 }
 
 /// A configuration problem, naming the field and the reason.

@@ -166,8 +166,8 @@ impl ErrorRenderer {
         // used, followed by the specifics so the field is still named.
         let message = match (&err.detail, locale) {
             (Some(d), Locale::En) => d.clone(),
-            (Some(d), _) => format!("{} ({d})", p.message_code.message(locale)),
-            (None, _) => p.message_code.message(locale).to_string(),
+            (Some(d), _) => format!("{} ({d})", self.overrides.message(err.code, locale)),
+            (None, _) => self.overrides.message(err.code, locale).to_string(),
         };
         let title = status.canonical_reason().unwrap_or("Error");
         let body = p.body(self.style, &message, request_id, &self.doc_url, title);

@@ -7,7 +7,7 @@ use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use std::time::Instant;
 
 /// The request's id (`req_<ULID>`), in request and response extensions.
@@ -32,7 +32,8 @@ pub async fn request_context(
     let logged = tracing::enabled!(tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().path().to_string()));
 
-    let mut res = next.run(req).await;
+    let style = state.settings.timestamps;
+    let mut res = crate::views::with_timestamp_style(style, next.run(req)).await;
 
     let mut code: Option<std::borrow::Cow<'static, str>> =
         res.extensions().get::<DecisionCode>().map(|c| c.0.into());
@@ -87,4 +88,41 @@ fn request_id() -> String {
 /// The answer to any path no route matches.
 pub async fn not_found() -> ApiError {
     ApiError::not_found()
+}
+
+/// Renames the top-level fields of a self-service JSON answer (and of the objects of a
+/// top-level array) as `self_service.rename` asks (docs/configuration.md).
+pub async fn rename_fields(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let renames = &state.settings.self_service.rename;
+    let is_json = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if renames.is_empty() || !is_json || res.extensions().get::<PendingError>().is_some() {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, crate::extract::MAX_BODY_BYTES * 64).await else {
+        return ApiError::new(keywarden_core::codes::Code::InternalError).into_response();
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    let rename = |v: &mut serde_json::Value| {
+        if let serde_json::Value::Object(map) = v {
+            for (from, to) in renames {
+                if let Some(x) = map.remove(from) {
+                    map.insert(to.clone(), x);
+                }
+            }
+        }
+    };
+    match &mut value {
+        serde_json::Value::Array(items) => items.iter_mut().for_each(rename),
+        other => rename(other),
+    }
+    let out = value.to_string();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(out))
 }

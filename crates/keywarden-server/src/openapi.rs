@@ -492,6 +492,21 @@ pub fn full_document() -> Value {
     FULL.clone()
 }
 
+/// The `self_service.endpoints` group of a self-service operation (`rest` is its path
+/// after the base path); `None` for one that belongs to no group.
+fn self_service_group(method: &str, rest: &str) -> Option<&'static str> {
+    Some(match rest {
+        "/account" if method == "get" => "account",
+        "/account" | "/account/plan" => "account_write",
+        "/account/usage" => "usage",
+        "/account/data" => "erase",
+        "/events" => "events",
+        r if r.starts_with("/api-keys") => "api_keys",
+        r if r.starts_with("/grants") => "grants",
+        _ => return None,
+    })
+}
+
 /// The document a listener serves under `settings`.
 pub fn document(listener: Listener, settings: &Settings) -> Value {
     let mut doc = FULL.clone();
@@ -509,6 +524,20 @@ pub fn document(listener: Listener, settings: &Settings) -> Value {
             continue;
         }
         let self_service = ops.values().any(|op| has_tag(op, &[TAG_SELF_SERVICE]));
+        // Only the self-service endpoint groups the deployment serves.
+        if let Some(rest) = path
+            .strip_prefix(DEFAULT_BASE_PATH)
+            .filter(|_| self_service)
+        {
+            ops.retain(|method, _| {
+                !METHODS.contains(&method.as_str())
+                    || self_service_group(method, rest)
+                        .is_none_or(|g| settings.self_service.serves(g))
+            });
+            if !ops.keys().any(|m| METHODS.contains(&m.as_str())) {
+                continue;
+            }
+        }
         if self_service {
             for op in ops.values_mut() {
                 if let Some(sec) = op.get_mut("security") {

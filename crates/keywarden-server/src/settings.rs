@@ -76,6 +76,74 @@ pub struct Settings {
     pub secretbox: Option<SecretBox>,
     /// Gateway mode's upstream, if configured.
     pub gateway: Option<crate::gateway::Upstream>,
+    /// How timestamps are written.
+    pub timestamps: crate::views::TimestampStyle,
+    /// Which self-service endpoints are served, and how their answers read.
+    pub self_service: SelfService,
+}
+
+/// The compiled `[self_service]` section.
+#[derive(Clone, Debug, Default)]
+pub struct SelfService {
+    /// The endpoint groups served.
+    pub endpoints: std::collections::BTreeSet<String>,
+    /// Top-level field renames of the answers.
+    pub rename: BTreeMap<String, String>,
+    /// `period_end` is the period's last whole second (else the next period's start).
+    pub period_end_last_second: bool,
+}
+
+impl SelfService {
+    /// Whether the endpoint group `group` is served.
+    pub fn serves(&self, group: &str) -> bool {
+        self.endpoints.contains(group)
+    }
+
+    /// Compiles `[self_service]`, naming the field of a bad entry.
+    fn compile(c: &crate::config::SelfServiceConfig) -> Result<Self, ConfigError> {
+        let mut endpoints = std::collections::BTreeSet::new();
+        for (i, g) in c.endpoints.iter().enumerate() {
+            if !crate::config::SELF_SERVICE_GROUPS.contains(&g.as_str()) {
+                return Err(ConfigError::new(
+                    format!("self_service.endpoints[{i}]"),
+                    format!(
+                        "{g:?} is not an endpoint group; expected one of {}",
+                        crate::config::SELF_SERVICE_GROUPS.join(", ")
+                    ),
+                ));
+            }
+            endpoints.insert(g.clone());
+        }
+        for (from, to) in &c.rename {
+            let ok = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 64
+                    && s.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            };
+            if !ok(from) || !ok(to) {
+                return Err(ConfigError::new(
+                    format!("self_service.rename.{from}"),
+                    "field names are 1-64 characters of a-z, 0-9 and _",
+                ));
+            }
+        }
+        let period_end_last_second = match c.period_end.as_str() {
+            "next_start" => false,
+            "last_second" => true,
+            other => {
+                return Err(ConfigError::new(
+                    "self_service.period_end",
+                    format!("{other:?} is neither \"next_start\" nor \"last_second\""),
+                ))
+            }
+        };
+        Ok(Self {
+            endpoints,
+            rename: c.rename.clone(),
+            period_end_last_second,
+        })
+    }
 }
 
 fn field_err(field: &str) -> impl Fn(String) -> ConfigError + '_ {
@@ -325,7 +393,14 @@ impl Settings {
             .parse()
             .map_err(field_err("errors.locale"))?;
         let overrides = CodeOverrides::new(&c.errors.rename, &c.errors.status)
+            .and_then(|o| o.with_messages(&c.errors.messages))
             .map_err(|e| ConfigError::new("errors", e))?;
+        let timestamps = crate::views::TimestampStyle::parse(
+            &c.server.timestamp_offset,
+            &c.server.timestamp_precision,
+        )
+        .map_err(|(field, reason)| ConfigError::new(field, reason))?;
+        let self_service = SelfService::compile(&c.self_service)?;
         let renderer = ErrorRenderer {
             style,
             doc_url: c.errors.doc_url.clone(),
@@ -401,6 +476,8 @@ impl Settings {
             app_hasher,
             secretbox,
             gateway,
+            timestamps,
+            self_service,
             config,
         };
         Ok((settings, verifier))

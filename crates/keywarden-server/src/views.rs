@@ -1,7 +1,8 @@
 //! How stored objects look on the wire: one `#[derive(Serialize, ToSchema)]` type per
 //! response body, built from the model, so the OpenAPI document describes exactly what the
-//! handlers send. Timestamps are RFC 3339 in UTC; no view ever includes a stored hash (only
-//! the public `key_hash` fingerprint), and a secret only in the answer that makes it.
+//! handlers send. Timestamps are RFC 3339 in UTC, marked `Z` or `+00:00` as configured
+//! (`docs/configuration.md`); no view ever includes a stored hash (only the public
+//! `key_hash` fingerprint), and a secret only in the answer that makes it.
 
 use keywarden_core::decision::CompiledKey;
 use keywarden_core::limits::QuotaOutcome;
@@ -16,12 +17,76 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-/// Renders Unix milliseconds as RFC 3339 (`2026-03-20T10:00:00.123Z`).
+/// How timestamps are written (`server.timestamp_offset` and `server.timestamp_precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimestampStyle {
+    /// `+00:00` instead of `Z`.
+    pub offset: bool,
+    /// Whole seconds only (milliseconds dropped).
+    pub seconds: bool,
+}
+
+impl TimestampStyle {
+    /// Reads the two settings, naming the field on a bad value.
+    pub fn parse(offset: &str, precision: &str) -> Result<Self, (&'static str, String)> {
+        let offset = match offset {
+            "Z" => false,
+            "+00:00" => true,
+            other => {
+                return Err((
+                    "server.timestamp_offset",
+                    format!("{other:?} is neither \"Z\" nor \"+00:00\""),
+                ))
+            }
+        };
+        let seconds = match precision {
+            "ms" => false,
+            "s" => true,
+            other => {
+                return Err((
+                    "server.timestamp_precision",
+                    format!("{other:?} is neither \"ms\" nor \"s\""),
+                ))
+            }
+        };
+        Ok(Self { offset, seconds })
+    }
+
+    /// Renders Unix milliseconds in this style.
+    pub fn format(self, ms: Millis) -> String {
+        let ms = if self.seconds {
+            ms.div_euclid(1000) * 1000
+        } else {
+            ms
+        };
+        let text = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_default();
+        match (self.offset, text.strip_suffix('Z')) {
+            (true, Some(head)) => format!("{head}+00:00"),
+            _ => text,
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The style of the request being answered (set by the request middleware).
+    static STYLE: TimestampStyle;
+}
+
+/// Runs `fut` (a request's handling) with timestamps written in `style`.
+pub async fn with_timestamp_style<F: std::future::Future>(
+    style: TimestampStyle,
+    fut: F,
+) -> F::Output {
+    STYLE.scope(style, fut).await
+}
+
+/// Renders Unix milliseconds as RFC 3339 (`2026-03-20T10:00:00.123Z`), in the configured
+/// style when called while answering a request.
 pub fn ts(ms: Millis) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
+    STYLE.try_with(|s| *s).unwrap_or_default().format(ms)
 }
 
 /// Parses an RFC 3339 timestamp into Unix milliseconds.
@@ -179,6 +244,9 @@ pub struct AccountSummary {
     pub account_name: String,
     /// The plan, in effect at once.
     pub plan: String,
+    /// The calling key's role, as `GET /v1/account` shows it.
+    #[schema(value_type = schema::Role)]
+    pub role: Role,
     /// Lifecycle state.
     #[schema(value_type = schema::AccountStatus)]
     pub status: AccountStatus,
@@ -186,12 +254,14 @@ pub struct AccountSummary {
     pub created_at: Timestamp,
 }
 
-impl From<&model::Account> for AccountSummary {
-    fn from(a: &model::Account) -> Self {
+impl AccountSummary {
+    /// The account as a caller with `role` sees it.
+    pub fn new(a: &model::Account, role: Role) -> Self {
         AccountSummary {
             account_id: a.id.clone(),
             account_name: a.name.clone(),
             plan: a.plan.clone(),
+            role,
             status: a.status,
             created_at: a.created_at.into(),
         }
@@ -976,5 +1046,42 @@ mod tests {
             documented::<schema::AppEnvironment>(),
             sent(AppEnvironment::ALL)
         );
+    }
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::*;
+
+    #[test]
+    fn styles_write_utc_as_configured() {
+        let t = 1_774_000_800_123; // 2026-03-20T10:00:00.123Z
+        let style = |o, p| TimestampStyle::parse(o, p).unwrap();
+        assert_eq!(style("Z", "ms").format(t), "2026-03-20T10:00:00.123Z");
+        assert_eq!(
+            style("+00:00", "ms").format(t),
+            "2026-03-20T10:00:00.123+00:00"
+        );
+        assert_eq!(style("+00:00", "s").format(t), "2026-03-20T10:00:00+00:00");
+        assert_eq!(style("Z", "s").format(t), "2026-03-20T10:00:00Z");
+        assert_eq!(ts(t), "2026-03-20T10:00:00.123Z");
+        assert_eq!(
+            TimestampStyle::parse("+01:00", "s").unwrap_err().0,
+            "server.timestamp_offset"
+        );
+        assert_eq!(
+            TimestampStyle::parse("Z", "us").unwrap_err().0,
+            "server.timestamp_precision"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_scope_sets_the_style() {
+        let style = TimestampStyle {
+            offset: true,
+            seconds: true,
+        };
+        let inside = with_timestamp_style(style, async { ts(1_774_000_800_999) }).await;
+        assert_eq!(inside, "2026-03-20T10:00:00+00:00");
     }
 }

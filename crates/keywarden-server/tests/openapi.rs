@@ -373,10 +373,12 @@ fn registered_routes() -> BTreeSet<(&'static str, String, String)> {
         (&mod_rs[public_at..], &mod_rs[admin_at..public_at])
     };
     let mut out = BTreeSet::new();
-    // The public self-service routes are built in `let api = …;` and nested under the
-    // base path.
-    let api_start = public_src.find("let api").expect("let api");
-    let api_len = public_src[api_start..].find(";").expect("end of api");
+    // The public self-service routes are built from `let mut api` (each group that is
+    // served) up to `let serves_any`, and nested under the base path.
+    let api_start = public_src.find("let mut api").expect("let mut api");
+    let api_len = public_src[api_start..]
+        .find("let serves_any")
+        .expect("end of api");
     let (nested, rest) = (
         &public_src[api_start..api_start + api_len],
         [&public_src[..api_start], &public_src[api_start + api_len..]].concat(),
@@ -1214,5 +1216,31 @@ async fn request_fields_state_their_enums_and_lengths() {
         )
         .await;
     assert_eq!(res.status(), 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn only_the_self_service_groups_served_are_documented() {
+    let app = spawn_app_with("[self_service]\nendpoints = [\"account\", \"usage\"]\n").await;
+    let (public, _) = docs(&app).await;
+    let ops = documented(&public);
+    assert!(
+        ops.contains(&("get".into(), "/v1/account".into())),
+        "{ops:?}"
+    );
+    assert!(ops.contains(&("get".into(), "/v1/account/usage".into())));
+    for (m, p) in [
+        ("patch", "/v1/account"),
+        ("patch", "/v1/account/plan"),
+        ("delete", "/v1/account/data"),
+        ("get", "/v1/api-keys"),
+        ("get", "/v1/events"),
+        ("get", "/v1/grants"),
+    ] {
+        assert!(
+            !ops.contains(&(m.into(), p.into())),
+            "{m} {p} is documented"
+        );
+    }
     app.stop().await;
 }

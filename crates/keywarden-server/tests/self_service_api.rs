@@ -1478,6 +1478,262 @@ async fn every_response_has_a_request_id() {
     assert_eq!(unique.len(), ids.len(), "request ids repeat: {ids:?}");
 }
 
+// ---- deployment-chosen wording and shapes ---------------------------------------------
+
+#[tokio::test]
+async fn messages_are_set_per_code_and_language() {
+    let app = spawn_app_with(
+        r#"
+[errors]
+locale = "es"
+[errors.messages.es]
+invalid_api_key = "La API key proporcionada no es válida."
+insufficient_scope = "La API key no tiene el scope requerido para esta operación."
+[errors.messages.en]
+invalid_api_key = "Bad key."
+"#,
+    )
+    .await;
+    let acc = app.account("Acme").await;
+    let (_, narrow) = app
+        .key_pair(
+            &acc,
+            json!({ "mode": "live", "name": "n", "scopes": ["usage:read"] }),
+        )
+        .await;
+    let a = app.whoami("hello").await.err(401, "invalid_api_key");
+    assert_eq!(a.message(), "La API key proporcionada no es válida.");
+    let a = app.whoami(&narrow).await.err(403, "insufficient_scope");
+    assert_eq!(
+        a.message(),
+        "La API key no tiene el scope requerido para esta operación."
+    );
+    // Codes without a message of their own keep the built-in one of the language.
+    let res = app
+        .public_request(Method::GET, "/v1/account")
+        .send()
+        .await
+        .unwrap();
+    let a = Answer::of(res).await.err(401, "missing_api_key");
+    assert_eq!(a.message(), "No se ha proporcionado ninguna clave de API.");
+    // Another language asked for gets that language's own message.
+    let res = app
+        .public_request(Method::GET, "/v1/account")
+        .bearer_auth("hello")
+        .header("Accept-Language", "en")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(Answer::of(res).await.message(), "Bad key.");
+    // The verify API reports the same message.
+    let v = app.verify(json!({ "key": "hello" })).await;
+    assert_eq!(v["message"], "La API key proporcionada no es válida.");
+}
+
+#[tokio::test]
+async fn a_message_for_an_unknown_code_or_language_is_refused_at_startup() {
+    use keywarden_server::config::Config;
+    use keywarden_server::settings::Settings;
+    for (toml, field) in [
+        ("[errors.messages.es]\nnope = \"x\"\n", "nope"),
+        ("[errors.messages.fr]\ninvalid_api_key = \"x\"\n", "fr"),
+        (
+            "[self_service]\nendpoints = [\"accounts\"]\n",
+            "self_service.endpoints[0]",
+        ),
+        (
+            "[self_service]\nperiod_end = \"end\"\n",
+            "self_service.period_end",
+        ),
+        (
+            "[server]\ntimestamp_offset = \"+01:00\"\n",
+            "server.timestamp_offset",
+        ),
+    ] {
+        let c = Config::from_parts(toml, &[]).unwrap();
+        let pepper = keywarden_core::Secret::new("p".repeat(32));
+        let e = Settings::from_config(c, Some(pepper))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{toml}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn timestamps_can_carry_a_plus_zero_offset_in_whole_seconds() {
+    let app = spawn_app_with(
+        r#"
+[server]
+timestamp_offset = "+00:00"
+timestamp_precision = "s"
+"#,
+    )
+    .await;
+    app.clock.advance_ms(123);
+    let (acc, _, owner) = customer(&app, "Acme").await;
+    let me = app.whoami(&owner).await.ok(200);
+    assert_eq!(me["key"]["created_at"], "2026-03-20T10:00:00+00:00");
+    let usage = app
+        .call(Method::GET, "/v1/account/usage", &owner, None)
+        .await
+        .ok(200);
+    assert_eq!(usage["period_start"], "2026-03-01T00:00:00+00:00");
+    let admin = app
+        .admin_call(Method::GET, &format!("/v1/admin/accounts/{acc}"), None)
+        .await
+        .ok(200);
+    assert_eq!(admin["created_at"], "2026-03-20T10:00:00+00:00");
+    // Input in either form is read.
+    let v = app
+        .call(
+            Method::POST,
+            "/v1/api-keys",
+            &owner,
+            Some(json!({ "name": "tmp", "expires_at": "2026-04-01T00:00:00+00:00" })),
+        )
+        .await
+        .ok(201);
+    assert_eq!(v["expires_at"], "2026-04-01T00:00:00+00:00");
+}
+
+#[tokio::test]
+async fn patch_answers_show_the_caller_s_role_like_get() {
+    let app = spawn_app_with(PLANS).await;
+    let (_, _, owner) = customer(&app, "Acme").await;
+    let me = app.whoami(&owner).await.ok(200);
+    let v = app
+        .call(
+            Method::PATCH,
+            "/v1/account",
+            &owner,
+            Some(json!({ "account_name": "Acme Ltd" })),
+        )
+        .await
+        .ok(200);
+    for field in ["account_id", "plan", "role"] {
+        assert_eq!(v[field], me[field], "{field}");
+    }
+    assert_eq!(v["role"], "owner");
+    let v = app
+        .call(
+            Method::PATCH,
+            "/v1/account/plan",
+            &owner,
+            Some(json!({ "plan": "pro" })),
+        )
+        .await
+        .ok(200);
+    assert_eq!((&v["plan"], &v["role"]), (&json!("pro"), &json!("owner")));
+}
+
+#[tokio::test]
+async fn period_end_can_be_the_period_s_last_second() {
+    let app = spawn_app_with(&format!(
+        "{PLANS}\n[self_service]\nperiod_end = \"last_second\"\n"
+    ))
+    .await;
+    let (_, _, owner) = customer(&app, "Acme").await;
+    let v = app
+        .call(Method::GET, "/v1/account/usage", &owner, None)
+        .await
+        .ok(200);
+    assert_eq!(v["period_start"], "2026-03-01T00:00:00Z");
+    assert_eq!(v["period_end"], "2026-03-31T23:59:59Z");
+    assert_eq!(v["quotas"][0]["period_end"], "2026-03-31T23:59:59Z");
+}
+
+#[tokio::test]
+async fn answer_fields_can_be_renamed() {
+    let app = spawn_app_with(
+        r#"
+[self_service]
+rename = { deleted_api_keys = "deleted_api_key", created_at = "created" }
+"#,
+    )
+    .await;
+    let (_, _, owner) = customer(&app, "Acme").await;
+    let list = app
+        .call(Method::GET, "/v1/api-keys", &owner, None)
+        .await
+        .ok(200);
+    assert!(list[0]["created"].is_string(), "{list}");
+    assert!(list[0].get("created_at").is_none(), "{list}");
+    let v = app
+        .call(Method::DELETE, "/v1/account/data", &owner, None)
+        .await
+        .ok(200);
+    assert_eq!(v["deleted_api_key"], 1, "{v}");
+    assert!(v.get("deleted_api_keys").is_none(), "{v}");
+    // Errors keep their shape.
+    app.whoami("hello").await.err(401, "invalid_api_key");
+}
+
+#[tokio::test]
+async fn endpoint_groups_left_out_are_not_served() {
+    let app = spawn_app_with(
+        r#"
+[self_service]
+endpoints = ["account"]
+"#,
+    )
+    .await;
+    let (_, _, owner) = customer(&app, "Acme").await;
+    app.whoami(&owner).await.ok(200);
+    for (method, path) in [
+        (Method::GET, "/v1/api-keys"),
+        (Method::GET, "/v1/events"),
+        (Method::GET, "/v1/account/usage"),
+        (Method::DELETE, "/v1/account/data"),
+    ] {
+        app.call(method, path, &owner, None)
+            .await
+            .err(404, "not_found");
+    }
+    app.call(
+        Method::PATCH,
+        "/v1/account",
+        &owner,
+        Some(json!({ "account_name": "x" })),
+    )
+    .await
+    .err(405, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn an_upgrade_lifts_a_rate_limit_already_hit_at_once() {
+    let app = spawn_app_with(
+        r#"
+[plans]
+default = "small"
+[plans.tiers.small]
+requests_per_minute = 5
+[plans.tiers.large]
+requests_per_minute = 1000
+"#,
+    )
+    .await;
+    let (acc, _, owner) = customer(&app, "Acme").await;
+    for _ in 0..5 {
+        app.whoami(&owner).await.ok(200);
+    }
+    app.whoami(&owner).await.err(429, "rate_limit_exceeded");
+    // The plan change itself goes through the operator (the owner's key is limited).
+    app.admin_call(
+        Method::PATCH,
+        &format!("/v1/admin/accounts/{acc}"),
+        Some(json!({ "plan": "large" })),
+    )
+    .await
+    .ok(200);
+    let a = app.whoami(&owner).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        a.header("ratelimit-policy").unwrap().contains(";q=1000;"),
+        "{:?}",
+        a.header("ratelimit-policy")
+    );
+}
+
 /// The rate budget left to a key and the account's request count, as a verify call reports
 /// them (the call itself spends one of each).
 async fn budget(app: &TestApp, token: &str) -> (Value, Value) {

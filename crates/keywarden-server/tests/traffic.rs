@@ -582,9 +582,9 @@ async fn a_plan_change_applies_at_once_mid_period(backend: Backend) {
     assert_eq!(v["valid"], true, "{v}");
     let q = quota(&v, "words");
     assert_eq!((&q["used"], &q["limit"]), (&json!(101), &json!(1000)));
-    // Two requests of the free plan's 12 s each are behind it; the rest of the 60 s bucket
-    // is open to the pro plan's 1.2 s requests.
-    assert_eq!(figures(&v), (50, 29, 26, 60));
+    // The pro plan's limit starts afresh: what the free plan's bucket holds does not carry
+    // over (so an upgrade lifts a limit already hit), and this request is its first.
+    assert_eq!(figures(&v), (50, 49, 2, 60));
     for _ in 0..5 {
         assert_eq!(words(1).await["valid"], true);
     }

@@ -685,8 +685,14 @@ impl Verifier {
                 window_ms: u64::from(r.per_seconds) * 1000,
             })
             .or(plan.rate);
+        // One bucket per key and policy: a plan change (or a new override) starts the key on
+        // the new policy's own bucket at once, so an upgrade lifts a limit already hit
+        // rather than waiting for the old policy's backlog to drain.
         let rate = match rate_limit {
-            Some(l) => Some(self.limiter.rate(key.id(), l, 1, now).await),
+            Some(l) => {
+                let bucket = format!("{}/{}/{}", key.id(), l.limit, l.window_ms);
+                Some(self.limiter.rate(&bucket, l, 1, now).await)
+            }
             None => None,
         };
         let mut quotas = Vec::new();

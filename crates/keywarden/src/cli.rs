@@ -415,7 +415,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         other => {
             let cfg = load()?;
             let service = Service::build(cfg, Arc::new(SystemClock)).await?;
-            let result = manage(&service, other, json_out).await;
+            // Timestamps are written as the configuration says, as the API writes them.
+            let style = service.state.settings.timestamps;
+            let result =
+                views::with_timestamp_style(style, manage(&service, other, json_out)).await;
             service.close().await;
             result
         }

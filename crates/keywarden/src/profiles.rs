@@ -34,6 +34,8 @@ pub const PROFILES: &[Profile] = &[
     profile!("falco"),
     profile!("falu"),
     profile!("facturascripts"),
+    profile!("factuarea"),
+    profile!("falara"),
 ];
 
 impl Profile {

@@ -476,6 +476,15 @@ fn keys_are_created_once_rotated_revoked_and_verified() {
 }
 
 #[test]
+fn management_commands_write_timestamps_as_configured() {
+    let cli = Cli::new().with_env("KEYWARDEN_ROOT_KEY", ROOT_KEY);
+    cli.write_config("[server]\ntimestamp_offset = \"+00:00\"\ntimestamp_precision = \"s\"\n");
+    let acc = cli.json(&["accounts", "create", "--name", "Acme"]);
+    let at = acc["created_at"].as_str().unwrap();
+    assert!(at.ends_with("+00:00") && at.len() == 25, "{at}");
+}
+
+#[test]
 fn management_commands_do_not_warn_about_the_admin_api() {
     let cli = Cli::new();
     let out = cli.run(&["accounts", "list"]);

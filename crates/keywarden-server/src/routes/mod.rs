@@ -19,35 +19,70 @@ use axum::Router;
 
 /// The public listener: self-service API, health and, in gateway mode, the proxy.
 pub fn public_router(state: AppState) -> Router {
-    let api = Router::new()
-        .route(
-            "/account",
-            get(self_service::get_account).patch(self_service::patch_account),
-        )
-        .route("/account/plan", patch(self_service::patch_plan))
-        .route("/account/usage", get(self_service::get_usage))
-        .route("/account/data", axum::routing::delete(self_service::erase))
-        .route(
-            "/api-keys",
-            post(self_service::create_key).get(self_service::list_keys),
-        )
-        .route(
-            "/api-keys/{id}",
-            get(self_service::get_key).delete(self_service::delete_key),
-        )
-        .route("/api-keys/{id}/rotate", post(self_service::rotate_key))
-        .route("/api-keys/{id}/activity", get(self_service::key_activity))
-        .route("/events", get(self_service::events))
-        .merge(apps::self_service_routes())
-        .route_layer(axum::middleware::from_fn(refuse_nul_in_uri));
+    // Only the endpoint groups the deployment serves (`self_service.endpoints`); any other
+    // path falls through to the gateway or the 404 below.
+    let ss = &state.settings.self_service;
+    let mut api = Router::new();
+    match (ss.serves("account"), ss.serves("account_write")) {
+        (true, true) => {
+            api = api.route(
+                "/account",
+                get(self_service::get_account).patch(self_service::patch_account),
+            )
+        }
+        (true, false) => api = api.route("/account", get(self_service::get_account)),
+        (false, true) => api = api.route("/account", patch(self_service::patch_account)),
+        (false, false) => {}
+    }
+    if ss.serves("account_write") {
+        api = api.route("/account/plan", patch(self_service::patch_plan));
+    }
+    if ss.serves("usage") {
+        api = api.route("/account/usage", get(self_service::get_usage));
+    }
+    if ss.serves("erase") {
+        api = api.route("/account/data", axum::routing::delete(self_service::erase));
+    }
+    if ss.serves("api_keys") {
+        api = api
+            .route(
+                "/api-keys",
+                post(self_service::create_key).get(self_service::list_keys),
+            )
+            .route(
+                "/api-keys/{id}",
+                get(self_service::get_key).delete(self_service::delete_key),
+            )
+            .route("/api-keys/{id}/rotate", post(self_service::rotate_key))
+            .route("/api-keys/{id}/activity", get(self_service::key_activity));
+    }
+    if ss.serves("events") {
+        api = api.route("/events", get(self_service::events));
+    }
+    if ss.serves("grants") {
+        api = api.merge(apps::self_service_routes());
+    }
+    let serves_any = !ss.endpoints.is_empty();
+    if serves_any {
+        api = api
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::middleware::rename_fields,
+            ))
+            .route_layer(axum::middleware::from_fn(refuse_nul_in_uri));
+    }
     let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(crate::openapi::openapi_json))
         .route("/v1/secret-scanning/github", post(leaks::github_report))
         .route("/v1/revocable_token_types", get(leaks::gitlab_token_types))
-        .route("/v1/revoke_tokens", post(leaks::gitlab_revoke))
-        .nest(&state.settings.base_path.clone(), api);
+        .route("/v1/revoke_tokens", post(leaks::gitlab_revoke));
+    let routes = if serves_any {
+        routes.nest(&state.settings.base_path.clone(), api)
+    } else {
+        routes
+    };
     // Gateway mode: what no route above matches goes to the upstream (else 404).
     crate::gateway::with_fallback(routes, &state)
         .method_not_allowed_fallback(method_not_allowed)

@@ -83,7 +83,7 @@ pub async fn patch_account(
     let a = Manager::new(&state)
         .update_account(&c.actor(), &c.account.id, patch)
         .await?;
-    Ok((c.limits(), Json(AccountSummary::from(&a))))
+    Ok((c.limits(), Json(AccountSummary::new(&a, c.key.role))))
 }
 
 /// Body of `PATCH /v1/account/plan`.
@@ -117,7 +117,7 @@ pub async fn patch_plan(
     let a = Manager::new(&state)
         .update_account(&c.actor(), &c.account.id, patch)
         .await?;
-    Ok((c.limits(), Json(AccountSummary::from(&a))))
+    Ok((c.limits(), Json(AccountSummary::new(&a, c.key.role))))
 }
 
 /// `GET /v1/account/usage`.
@@ -146,6 +146,15 @@ pub async fn usage_body(
 ) -> Result<views::UsageResponse, ApiError> {
     let now = state.clock.now_ms();
     let plan = state.verifier.plan(&account.plan);
+    // The next period's first instant, or this period's last whole second
+    // (`self_service.period_end`).
+    let shown_end = |e: i64| {
+        if state.settings.self_service.period_end_last_second {
+            e - 1000
+        } else {
+            e
+        }
+    };
     let mut quotas = Vec::new();
     let mut per_unit = BTreeMap::new();
     let (mut start, mut end) = Period::Month.bounds(now);
@@ -169,7 +178,7 @@ pub async fn usage_body(
             remaining,
             period: Some(spec.period.as_str().to_string()),
             period_start: s.into(),
-            period_end: e.into(),
+            period_end: shown_end(e).into(),
         });
         per_unit.insert(format!("{}_used", spec.unit), used);
         per_unit.insert(format!("{}_limit", spec.unit), spec.limit);
@@ -179,7 +188,7 @@ pub async fn usage_body(
         plan: account.plan.clone(),
         mode,
         period_start: start.into(),
-        period_end: end.into(),
+        period_end: shown_end(end).into(),
         quotas,
         per_unit,
     })

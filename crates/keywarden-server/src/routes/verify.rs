@@ -176,7 +176,7 @@ pub async fn verify(
         valid: out.is_valid(),
         code: presented.name.to_string(),
         status: presented.status,
-        message: presented.message_code.message(locale).to_string(),
+        message: s.renderer.overrides.message(out.code, locale).to_string(),
         key: None,
         account: None,
         ratelimit: None,
