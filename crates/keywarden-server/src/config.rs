@@ -73,6 +73,12 @@ pub struct ServerConfig {
     /// At most this many open connections on the admin listener, counted apart, so a flood
     /// of the public listener leaves the admin one serving.
     pub admin_max_connections: usize,
+    /// How customers reach the public listener, for portal links (`docs/console.md`);
+    /// empty: `http://` + `public_listen`.
+    pub public_url: String,
+    /// Mark the console's and the portal's session cookies `Secure` (set it when a TLS
+    /// proxy serves them).
+    pub secure_cookies: bool,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +94,8 @@ impl Default for ServerConfig {
             idle_timeout_ms: 60_000,
             max_connections: 10_000,
             admin_max_connections: 1_000,
+            public_url: String::new(),
+            secure_cookies: false,
         }
     }
 }

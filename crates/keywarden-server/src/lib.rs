@@ -18,4 +18,5 @@ pub mod secretbox;
 pub mod settings;
 pub mod state;
 pub mod views;
+pub mod web;
 pub mod workers;

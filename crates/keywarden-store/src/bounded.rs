@@ -13,7 +13,7 @@ use crate::store::{
 };
 use async_trait::async_trait;
 use keywarden_core::model::{
-    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode,
+    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode, WebSession,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -120,6 +120,10 @@ delegate! {
     call fn list_activity(&self, key_id: &str, limit: u32) -> StoreResult<Vec<Activity>>;
     long fn write_batch(&self, batch: &WriteBatch) -> StoreResult<()>;
     long fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()>;
+    call fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()>;
+    call fn get_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
+    call fn take_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
+    call fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
     call fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
 }

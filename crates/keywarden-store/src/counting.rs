@@ -9,7 +9,7 @@ use crate::store::{
 };
 use async_trait::async_trait;
 use keywarden_core::model::{
-    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode,
+    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode, WebSession,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -128,6 +128,10 @@ delegate! {
     fn list_activity(&self, key_id: &str, limit: u32) -> StoreResult<Vec<Activity>>;
     fn write_batch(&self, batch: &WriteBatch) -> StoreResult<()>;
     fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()>;
+    fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()>;
+    fn get_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
+    fn take_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
+    fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
     fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
 }

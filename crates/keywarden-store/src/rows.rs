@@ -14,7 +14,7 @@ use crate::store::{
 use async_trait::async_trait;
 use keywarden_core::model::{
     Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode, PreviousSecret,
-    RateLimitSpec, StoredSecret,
+    RateLimitSpec, StoredSecret, WebSession,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -619,6 +619,14 @@ const ERASE_USAGE: &str = "DELETE FROM usage WHERE account_id = $1";
 const ERASE_KEYS: &str = "DELETE FROM api_keys WHERE account_id = $1";
 const ERASE_GRANTS: &str = "DELETE FROM grants WHERE account_id = $1";
 const ERASE_ACCOUNT: &str = "DELETE FROM accounts WHERE id = $1";
+const ERASE_SESSIONS: &str = "DELETE FROM web_sessions WHERE account_id = $1";
+const SESSION_COLUMNS: &str =
+    "id_hash, kind, account_id, mode, role, return_url, created_at, expires_at";
+const SESSION_EXPIRED: &str = "DELETE FROM web_sessions WHERE expires_at <= $1";
+const SESSION_GET: &str = "SELECT id_hash, kind, account_id, mode, role, return_url, \
+     created_at, expires_at FROM web_sessions WHERE id_hash = $1 AND expires_at > $2";
+const SESSION_TAKE: &str = "DELETE FROM web_sessions WHERE id_hash = $1 AND expires_at > $2 \
+     RETURNING id_hash, kind, account_id, mode, role, return_url, created_at, expires_at";
 
 /// Deletes a key's activity older than its `$2 + 1`-th newest row. When the key has no
 /// more rows than that, the subquery is empty, the comparison is NULL and nothing goes.
@@ -889,6 +897,38 @@ fn decode_activity<R: RowGet>(r: &R) -> StoreResult<Activity> {
 }
 
 /// A page's lower bound: the empty string sorts before every id.
+fn session_params(w: &WebSession) -> Vec<Param> {
+    params![
+        w.id_hash.as_str(),
+        w.kind.as_str(),
+        w.account_id.as_deref(),
+        w.mode.map(Mode::as_str),
+        w.role.map(|r| r.as_str()),
+        w.return_url.as_deref(),
+        w.created_at,
+        w.expires_at,
+    ]
+    .to_vec()
+}
+
+fn decode_session<R: RowGet>(r: &R) -> StoreResult<WebSession> {
+    let opt = |col: &str| -> StoreResult<Option<String>> { r.opt_text(col) };
+    Ok(WebSession {
+        id_hash: r.text("id_hash")?,
+        kind: r.parse("kind")?,
+        account_id: opt("account_id")?,
+        mode: opt("mode")?
+            .map(|m| parse_column("mode", &m))
+            .transpose()?,
+        role: opt("role")?
+            .map(|m| parse_column("role", &m))
+            .transpose()?,
+        return_url: opt("return_url")?,
+        created_at: r.int("created_at")?,
+        expires_at: r.int("expires_at")?,
+    })
+}
+
 fn after(page: &Page) -> &str {
     page.after_id.as_deref().unwrap_or("")
 }
@@ -1351,6 +1391,7 @@ impl<B: Backend> Store for B {
             deleted_grants: tx.run(ERASE_GRANTS, &p).await?,
             deleted_accounts: tx.run(ERASE_ACCOUNT, &p).await?,
         };
+        tx.run(ERASE_SESSIONS, &p).await?;
         commit(tx).await?;
         Ok(counts)
     }
@@ -1558,6 +1599,40 @@ impl<B: Backend> Store for B {
         let mut tx = write(self).await?;
         write_usage(&mut *tx, deltas).await?;
         commit(tx).await
+    }
+
+    async fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()> {
+        let mut tx = write(self).await?;
+        tx.run(SESSION_EXPIRED, &params![now]).await?;
+        let sql = format!(
+            "INSERT INTO web_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        );
+        tx.run(&sql, &session_params(session)).await?;
+        commit(tx).await
+    }
+
+    async fn get_web_session(
+        &self,
+        id_hash: &str,
+        now: Millis,
+    ) -> StoreResult<Option<WebSession>> {
+        let mut c = read(self).await?;
+        first(&mut *c, SESSION_GET, &params![id_hash, now], decode_session).await
+    }
+
+    async fn take_web_session(
+        &self,
+        id_hash: &str,
+        now: Millis,
+    ) -> StoreResult<Option<WebSession>> {
+        let mut tx = write(self).await?;
+        let got = first(&mut *tx, SESSION_TAKE, &params![id_hash, now], decode_session).await?;
+        commit(tx).await?;
+        Ok(got)
+    }
+
+    async fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64> {
+        write_one(self, ERASE_SESSIONS, &params![account_id]).await
     }
 
     async fn get_usage(

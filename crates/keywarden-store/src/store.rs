@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 use keywarden_core::model::{
-    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode,
+    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode, WebSession,
 };
 use serde::Serialize;
 
@@ -300,6 +300,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Adds usage increments (upsert-and-add), in one transaction.
     async fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()>;
     /// Usage of an account for one mode, unit and period start (0 when none).
+    /// Stores a web session or portal link, dropping every one expired before `now`.
+    async fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()>;
+    /// The session whose id hashes to `id_hash`, if it has not expired at `now`.
+    async fn get_web_session(&self, id_hash: &str, now: Millis)
+        -> StoreResult<Option<WebSession>>;
+    /// Deletes and returns the session, if it has not expired at `now`: a portal link is
+    /// used by exactly one caller, however many present it at once.
+    async fn take_web_session(&self, id_hash: &str, now: Millis)
+        -> StoreResult<Option<WebSession>>;
+    /// Ends every session and link of an account (suspension, erasure).
+    async fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
     async fn get_usage(
         &self,
         account_id: &str,

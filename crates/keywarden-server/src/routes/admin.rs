@@ -246,6 +246,71 @@ pub async fn approve_account(
     Ok(Json(account_with_keys(&a, &keys)))
 }
 
+/// Body of `POST /v1/admin/accounts/{id}/portal-sessions`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePortalSession {
+    /// Where the portal's "back" link and sign-out lead: an absolute http(s) URL.
+    #[schema(max_length = 2000)]
+    pub return_url: Option<String>,
+    /// Confine the session to `live` or `test` keys (default: both, live first).
+    #[schema(value_type = Option<crate::openapi::Mode>)]
+    pub mode: Option<Mode>,
+    /// The highest role the session acts with (default `owner`).
+    #[schema(value_type = Option<crate::openapi::Role>)]
+    pub role: Option<Role>,
+}
+
+/// A single-use portal link.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PortalSession {
+    /// Open it once, within minutes, to start a portal session for the account.
+    pub url: String,
+    /// After this instant the link is refused.
+    #[schema(value_type = crate::openapi::Timestamp)]
+    pub expires_at: String,
+}
+
+/// `POST /v1/admin/accounts/{id}/portal-sessions`: a single-use link to the customer
+/// portal for this account (`docs/console.md#the-customer-portal`).
+#[utoipa::path(
+    post, path = "/v1/admin/accounts/{id}/portal-sessions", request_body = CreatePortalSession, params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 201, description = "The link, usable once until `expires_at`", body = PortalSession),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn create_portal_session(
+    State(state): State<AppState>,
+    parts: Parts,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<CreatePortalSession>,
+) -> Result<Response, ApiError> {
+    let actor = root(&state, &parts)?;
+    let a = Manager::new(&state).account(&id).await?;
+    let (url, expires_at) = crate::web::portal::create_link(
+        &state,
+        &actor,
+        &a,
+        b.mode,
+        b.role.unwrap_or(Role::Owner),
+        b.return_url,
+    )
+    .await?;
+    let body = PortalSession {
+        url,
+        expires_at: views::ts(expires_at),
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
 /// Body of `POST /v1/admin/accounts/{id}/keys`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -47,6 +47,7 @@ pub fn public_router(state: AppState) -> Router {
         .route("/v1/secret-scanning/github", post(leaks::github_report))
         .route("/v1/revocable_token_types", get(leaks::gitlab_token_types))
         .route("/v1/revoke_tokens", post(leaks::gitlab_revoke))
+        .merge(crate::web::portal::routes())
         .nest(&state.settings.base_path.clone(), api);
     // Gateway mode: what no route above matches goes to the upstream (else 404).
     crate::gateway::with_fallback(routes, &state)
@@ -83,6 +84,10 @@ pub fn admin_router(state: AppState) -> Router {
             post(admin::create_key).get(admin::list_keys),
         )
         .route("/v1/admin/accounts/{id}/usage", post(admin::report_usage))
+        .route(
+            "/v1/admin/accounts/{id}/portal-sessions",
+            post(admin::create_portal_session),
+        )
         .route("/v1/admin/keys/import", post(admin::import_key))
         .route(
             "/v1/admin/keys/{id}",
@@ -113,6 +118,7 @@ pub fn admin_router(state: AppState) -> Router {
             any(forward_auth::forward_auth),
         )
         .merge(admin_api)
+        .merge(crate::web::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
