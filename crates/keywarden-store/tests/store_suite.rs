@@ -6,7 +6,7 @@
 
 use keywarden_core::model::{
     Account, AccountStatus, Activity, Application, AuditEvent, Grant, HashScheme, KeyRecord,
-    KeyType, Mode, PreviousSecret, RateLimitSpec, Role, StoredSecret,
+    KeyType, Mode, PreviousSecret, RateLimitSpec, Role, StoredSecret, WebSession, WebSessionKind,
 };
 use keywarden_store::{
     ErasureCounts, EventFilter, KeyTouch, Page, PgStore, SqliteStore, Store, StoreError,
@@ -1262,6 +1262,61 @@ async fn case_erase_account_removes_everything_of_it(store: Arc<dyn Store>) {
 // ---------------------------------------------------------------------------------------
 
 /// A fresh SQLite file store; the directory lives as long as the returned guard.
+/// A portal link is used by exactly one of many concurrent callers; sessions are found by
+/// their id's hash until they expire; suspension and erasure end an account's sessions.
+async fn case_web_sessions(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let session = |hash: &str, kind, expires_at| WebSession {
+        id_hash: hash.into(),
+        kind,
+        account_id: Some(a.id.clone()),
+        mode: Some(Mode::Live),
+        role: Some(Role::Admin),
+        return_url: Some("https://example.com/back".into()),
+        created_at: 1_000,
+        expires_at,
+    };
+    let link = session("link", WebSessionKind::PortalLink, 10_000);
+    store.create_web_session(&link, 1_000).await.unwrap();
+    assert_eq!(store.get_web_session("link", 2_000).await.unwrap(), Some(link.clone()));
+    assert_eq!(store.get_web_session("link", 10_000).await.unwrap(), None, "expired");
+    let takers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.take_web_session("link", 2_000).await.unwrap() })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for t in takers {
+        taken.extend(t.await.unwrap());
+    }
+    assert_eq!(taken, vec![link], "exactly one caller uses the link");
+    assert_eq!(store.get_web_session("link", 2_000).await.unwrap(), None);
+
+    // Expired sessions go when the next one is made.
+    let old = session("old", WebSessionKind::Portal, 5_000);
+    store.create_web_session(&old, 1_000).await.unwrap();
+    let new = session("new", WebSessionKind::Portal, 90_000);
+    store.create_web_session(&new, 6_000).await.unwrap();
+    assert_eq!(store.take_web_session("old", 0).await.unwrap(), None);
+    assert_eq!(store.end_web_sessions(&a.id).await.unwrap(), 1);
+    assert_eq!(store.get_web_session("new", 7_000).await.unwrap(), None);
+
+    let console = WebSession {
+        account_id: None,
+        mode: None,
+        role: None,
+        return_url: None,
+        ..session("console", WebSessionKind::Console, 90_000)
+    };
+    store.create_web_session(&console, 7_000).await.unwrap();
+    assert_eq!(store.get_web_session("console", 8_000).await.unwrap(), Some(console));
+    let kept = session("kept", WebSessionKind::Portal, 90_000);
+    store.create_web_session(&kept, 7_000).await.unwrap();
+    store.erase_account(&a.id).await.unwrap();
+    assert_eq!(store.get_web_session("kept", 8_000).await.unwrap(), None, "erased with its account");
+}
+
 async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open_file(&dir.path().join("keywarden.db"))
@@ -1392,6 +1447,7 @@ suite!(
     case_write_batch_lands_whole,
     case_a_batch_for_an_erased_account_leaves_nothing,
     case_erase_account_removes_everything_of_it,
+    case_web_sessions,
 );
 
 #[test]

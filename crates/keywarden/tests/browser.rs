@@ -305,6 +305,7 @@ async fn console_key_lifecycle() {
     rig.click("#create-account-submit").await;
     assert!(rig.text("h1").await.contains("Acme Browsers"));
 
+    rig.screenshot("console_account").await;
     rig.fill("#key-name", "billing backend").await;
     rig.fill("#key-description", "vault: prod/billing").await;
     rig.click("#create-key-submit").await;
@@ -413,6 +414,8 @@ async fn portal_link_is_single_use_and_scoped_to_its_account() {
     rig.browser.goto(&link).await.unwrap();
     assert_eq!(rig.browser.current_url().await.unwrap().path(), "/portal");
     assert_eq!(rig.text("#account-name").await, "Customer One");
+    assert!(!rig.source().await.contains("not yours"));
+    rig.screenshot("portal_home").await;
 
     // Make a key in the portal; its secret is shown once.
     rig.fill("#key-name", "portal key").await;
