@@ -136,6 +136,9 @@ pub struct StoreConfig {
     /// `batched` (default): usage is written within `usage_flush_ms`, off the request path.
     /// `strict`: a request that consumes quota is answered only once its usage is committed.
     pub usage_durability: String,
+    /// Days of daily decision counts kept for analytics (`docs/analytics.md`); minute
+    /// buckets are kept two days and hourly ones 31, neither longer than this.
+    pub analytics_retention_days: u64,
 }
 
 impl Default for StoreConfig {
@@ -154,6 +157,7 @@ impl Default for StoreConfig {
             timeout_ms: 2_000,
             usage_flush_ms: 100,
             usage_durability: "batched".into(),
+            analytics_retention_days: 400,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! deleting a grant with its keys) get [`Bounds::long`] instead of [`Bounds::call`].
 
 use crate::store::{
-    ErasureCounts, EventFilter, Invalidation, KeyTouch, Page, Store, StoreError, StoreResult,
+    DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation, KeyTouch, Page, Store, StoreError, StoreResult,
     UsageDelta, WriteBatch,
 };
 use async_trait::async_trait;
@@ -124,6 +124,8 @@ delegate! {
     call fn get_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
     call fn take_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
     call fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
+    call fn decision_counts(&self, q: &DecisionQuery) -> StoreResult<Vec<(Millis, String, u64)>>;
+    call fn prune_decision_counts(&self, granularity: Granularity, before: Millis) -> StoreResult<u64>;
     call fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
 }

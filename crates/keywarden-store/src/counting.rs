@@ -5,7 +5,7 @@
 
 use crate::store::StoreError;
 use crate::store::{
-    ErasureCounts, EventFilter, KeyTouch, Page, Store, StoreResult, UsageDelta, WriteBatch,
+    DecisionQuery, ErasureCounts, EventFilter, Granularity, KeyTouch, Page, Store, StoreResult, UsageDelta, WriteBatch,
 };
 use async_trait::async_trait;
 use keywarden_core::model::{
@@ -132,6 +132,8 @@ delegate! {
     fn get_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
     fn take_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
     fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
+    fn decision_counts(&self, q: &DecisionQuery) -> StoreResult<Vec<(Millis, String, u64)>>;
+    fn prune_decision_counts(&self, granularity: Granularity, before: Millis) -> StoreResult<u64>;
     fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
 }

@@ -5,7 +5,7 @@
 pub mod store;
 
 pub use store::{
-    ErasureCounts, EventFilter, Invalidation, KeyTouch, Page, Store, StoreError, StoreResult,
+    DecisionCount, DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation, KeyTouch, Page, Store, StoreError, StoreResult,
     UsageDelta, WriteBatch,
 };
 

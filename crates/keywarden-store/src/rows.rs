@@ -8,8 +8,8 @@
 //! what makes "same behaviour, same tests" (`docs/operations.md#storage`) true by construction.
 
 use crate::store::{
-    ErasureCounts, EventFilter, Invalidation, KeyTouch, Page, Store, StoreError, StoreResult,
-    UsageDelta, WriteBatch,
+    DecisionCount, DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation, KeyTouch,
+    Page, Store, StoreError, StoreResult, UsageDelta, WriteBatch,
 };
 use async_trait::async_trait;
 use keywarden_core::model::{
@@ -620,6 +620,11 @@ const ERASE_KEYS: &str = "DELETE FROM api_keys WHERE account_id = $1";
 const ERASE_GRANTS: &str = "DELETE FROM grants WHERE account_id = $1";
 const ERASE_ACCOUNT: &str = "DELETE FROM accounts WHERE id = $1";
 const ERASE_SESSIONS: &str = "DELETE FROM web_sessions WHERE account_id = $1";
+const ERASE_DECISIONS: &str = "DELETE FROM decision_counts WHERE account_id = $1";
+/// An account's decision counts, once the account is gone (erased while they waited).
+const ORPHAN_DECISIONS: &str = "DELETE FROM decision_counts WHERE account_id = $1 \
+     AND NOT EXISTS (SELECT 1 FROM accounts WHERE id = $1)";
+const PRUNE_DECISIONS: &str = "DELETE FROM decision_counts WHERE granularity = $1 AND bucket < $2";
 const SESSION_COLUMNS: &str =
     "id_hash, kind, account_id, mode, role, return_url, created_at, expires_at";
 const SESSION_EXPIRED: &str = "DELETE FROM web_sessions WHERE expires_at <= $1";
@@ -1076,7 +1081,81 @@ async fn drop_orphans<C: Exec + ?Sized>(c: &mut C, batch: &WriteBatch) -> StoreR
                 .await?;
         }
     }
+    let accounts: std::collections::BTreeSet<&str> = batch
+        .decisions
+        .iter()
+        .filter_map(|d| d.key.as_ref().map(|(_, a, _)| a.as_str()))
+        .collect();
+    for account in accounts {
+        c.run(ORPHAN_DECISIONS, &params![account]).await?;
+    }
     Ok(())
+}
+
+/// Adds decision counts: each count goes to its key's, its account's and the deployment's
+/// rows (a decision of no known key to the deployment's only), in minute, hour and day
+/// buckets. Summed first, so one statement never upserts a row twice.
+async fn write_decisions<C: Exec + ?Sized>(
+    c: &mut C,
+    counts: &[DecisionCount],
+) -> StoreResult<()> {
+    type Row<'a> = (&'static str, Millis, &'a str, &'a str, &'a str, &'a str);
+    let mut sums: BTreeMap<Row<'_>, u64> = BTreeMap::new();
+    for d in counts {
+        let (key, account, mode) = match &d.key {
+            Some((k, a, m)) => (k.as_str(), a.as_str(), m.as_str()),
+            None => ("", "", ""),
+        };
+        for g in Granularity::ALL {
+            let bucket = g.bucket(d.minute);
+            // The deployment's row, then the account's and the key's when there is a key.
+            let rows = [("", ""), (account, ""), (account, key)];
+            let n = if account.is_empty() { 1 } else { 3 };
+            for &(account, key) in &rows[..n] {
+                let sum = sums
+                    .entry((g.as_str(), bucket, account, key, mode, d.code.as_str()))
+                    .or_insert(0);
+                *sum = sum.saturating_add(d.count);
+            }
+        }
+    }
+    let rows = sums
+        .into_iter()
+        .map(|((g, bucket, account, key, mode, code), n)| {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            Vec::from(params![g, bucket, account, key, mode, code, n])
+        })
+        .collect();
+    run_chunked(c, 7, rows, |values| {
+        format!(
+            "INSERT INTO decision_counts (granularity, bucket, account_id, key_id, mode, code, n) \
+             VALUES {values} ON CONFLICT (granularity, account_id, key_id, bucket, mode, code) \
+             DO UPDATE SET n = decision_counts.n + excluded.n"
+        )
+    })
+    .await
+}
+
+/// The statement and parameters reading decision counts.
+fn decisions_query(q: &DecisionQuery) -> (String, Vec<Param>) {
+    let mut p: Vec<Param> = params![
+        q.granularity.as_str(),
+        q.account_id.as_deref().unwrap_or(""),
+        q.key_id.as_deref().unwrap_or(""),
+        q.from,
+        q.to,
+    ]
+    .to_vec();
+    let mut sql = String::from(
+        "SELECT bucket, code, SUM(n) AS n FROM decision_counts WHERE granularity = $1 \
+         AND account_id = $2 AND key_id = $3 AND bucket >= $4 AND bucket < $5",
+    );
+    if let Some(m) = q.mode {
+        p.push(m.as_str().into());
+        sql.push_str(" AND mode = $6");
+    }
+    sql.push_str(" GROUP BY bucket, code ORDER BY bucket, code");
+    (sql, p)
 }
 
 /// Adds usage increments. Deltas for the same counter are summed first: one statement may
@@ -1392,6 +1471,7 @@ impl<B: Backend> Store for B {
             deleted_accounts: tx.run(ERASE_ACCOUNT, &p).await?,
         };
         tx.run(ERASE_SESSIONS, &p).await?;
+        tx.run(ERASE_DECISIONS, &p).await?;
         commit(tx).await?;
         Ok(counts)
     }
@@ -1588,6 +1668,7 @@ impl<B: Backend> Store for B {
         write_activity(&mut *tx, &batch.activity, batch.activity_retain_per_key).await?;
         write_usage(&mut *tx, &batch.usage).await?;
         write_events(&mut *tx, &batch.events).await?;
+        write_decisions(&mut *tx, &batch.decisions).await?;
         drop_orphans(&mut *tx, batch).await?;
         commit(tx).await
     }
@@ -1599,6 +1680,26 @@ impl<B: Backend> Store for B {
         let mut tx = write(self).await?;
         write_usage(&mut *tx, deltas).await?;
         commit(tx).await
+    }
+
+    async fn decision_counts(
+        &self,
+        q: &DecisionQuery,
+    ) -> StoreResult<Vec<(Millis, String, u64)>> {
+        let (sql, p) = decisions_query(q);
+        let mut c = read(self).await?;
+        all(&mut *c, &sql, &p, |r| {
+            Ok((r.int("bucket")?, r.text("code")?, narrow("n", r.int("n")?)?))
+        })
+        .await
+    }
+
+    async fn prune_decision_counts(
+        &self,
+        granularity: Granularity,
+        before: Millis,
+    ) -> StoreResult<u64> {
+        write_one(self, PRUNE_DECISIONS, &params![granularity.as_str(), before]).await
     }
 
     async fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()> {

@@ -900,3 +900,43 @@ pub async fn events(
         .await?;
     Ok(Json(Value::Array(evs.iter().map(views::event).collect())))
 }
+
+/// `GET /v1/admin/analytics`: decisions by outcome over time, of an account, a key or the
+/// whole deployment (`docs/analytics.md`).
+#[utoipa::path(
+    get, path = "/v1/admin/analytics", params(crate::analytics::AnalyticsQuery),
+    responses(
+        (status = 200, description = "Decision counts per bucket and outcome code", body = crate::analytics::AnalyticsReport),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn analytics(
+    State(state): State<AppState>,
+    parts: Parts,
+    q: Result<Query<crate::analytics::AnalyticsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    root(&state, &parts)?;
+    let q = query(q)?;
+    let range = crate::analytics::range(&state, &q.from, &q.to, q.granularity.as_deref())?;
+    let mode = crate::analytics::mode_param(q.mode.as_deref())?;
+    let m = Manager::new(&state);
+    let mut account_id = q.account_id.filter(|a| !a.is_empty());
+    if let Some(a) = &account_id {
+        m.account(a).await?;
+    }
+    let key_id = match q.key_id.filter(|k| !k.is_empty()) {
+        Some(k) => {
+            let key = m.key_of(account_id.as_deref(), None, &k).await?;
+            account_id = Some(key.account_id.clone());
+            Some(key.id)
+        }
+        None => None,
+    };
+    let r = crate::analytics::report(&state, range, account_id, key_id, mode).await?;
+    Ok(Json(r).into_response())
+}

@@ -38,6 +38,7 @@ pub fn public_router(state: AppState) -> Router {
         .route("/api-keys/{id}/rotate", post(self_service::rotate_key))
         .route("/api-keys/{id}/activity", get(self_service::key_activity))
         .route("/events", get(self_service::events))
+        .route("/analytics", get(self_service::analytics))
         .merge(apps::self_service_routes())
         .route_layer(axum::middleware::from_fn(refuse_nul_in_uri));
     let routes = Router::new()
@@ -97,6 +98,7 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/v1/admin/keys/{id}/revoke", post(admin::revoke_key))
         .route("/v1/admin/keys/{id}/activity", get(admin::key_activity))
         .route("/v1/admin/events", get(admin::events))
+        .route("/v1/admin/analytics", get(admin::analytics))
         .route("/v1/admin/leaks", post(leaks::admin_report))
         .merge(apps::admin_routes())
         // Inside the root-key guard: a caller without a root key learns nothing of input.

@@ -571,3 +571,47 @@ pub async fn events(
     let items: Vec<Value> = evs.iter().map(views::event).collect();
     Ok(with_limits(&c, Json(Value::Array(items))))
 }
+
+/// `GET /v1/analytics`: the caller's account's decisions by outcome over time, in its mode,
+/// or one key's it reaches (`docs/analytics.md`).
+#[utoipa::path(
+    get, path = "/v1/analytics", params(crate::analytics::SelfAnalyticsQuery),
+    responses(
+        (status = 200, description = "Decision counts per bucket and outcome code", body = crate::analytics::AnalyticsReport),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::TooManyRequests),
+    ),
+    security(("api_key" = ["usage:read"]), ("api_key_header" = ["usage:read"])),
+    tag = "self-service"
+)]
+pub async fn analytics(
+    State(state): State<AppState>,
+    parts: Parts,
+    q: Result<Query<crate::analytics::SelfAnalyticsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let c = self_service(&state, &parts, Some("usage:read"), RoleNeed::Any).await?;
+    let q = q
+        .map(|Query(v)| v)
+        .map_err(|e| ApiError::invalid(e.body_text()))?;
+    let range = crate::analytics::range(&state, &q.from, &q.to, q.granularity.as_deref())?;
+    let key_id = match q.key_id.filter(|k| !k.is_empty()) {
+        Some(k) => {
+            let m = Manager::new(&state);
+            let ceiling = m.ceiling(c.key.clone(), &c.account);
+            Some(m.key_within(&ceiling, &k).await?.id)
+        }
+        None => None,
+    };
+    let r = crate::analytics::report(
+        &state,
+        range,
+        Some(c.account.id.clone()),
+        key_id,
+        Some(c.key.mode),
+    )
+    .await?;
+    Ok(with_limits(&c, Json(r)))
+}

@@ -320,8 +320,10 @@ async fn account(
         .await?;
     let keys: Vec<_> = keys.iter().map(key_view).collect();
     let usage = crate::routes::self_service::usage_body(&state, &a, mode).await?;
+    let chart = super::day_chart(&state, &a.id, None, Some(mode)).await?;
     let plans: Vec<&String> = state.settings.plans.keys().collect();
     let ctx = context! { ..ctx_base(&op, "accounts"), ..context! {
+        chart => chart,
         account => crate::views::account(&a),
         mode => mode.as_str(),
         keys => keys,
@@ -520,7 +522,9 @@ async fn key(
         .map_err(|e| WebError::from(e).back("/console/accounts"))?;
     let activity = state.store.list_activity(&k.id, 50).await?;
     let activity: Vec<_> = activity.iter().map(crate::views::activity).collect();
+    let chart = super::day_chart(&state, &k.account_id, Some(&k.id), None).await?;
     let ctx = context! { ..ctx_base(&op, "accounts"), ..context! {
+        chart => chart,
         key => key_view(&k),
         activity => activity,
         action_base => format!("/console/keys/{}", k.id),

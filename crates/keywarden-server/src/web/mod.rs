@@ -35,6 +35,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("key_form.html", include_str!("templates/key_form.html")),
         ("activity.html", include_str!("templates/activity.html")),
         ("usage.html", include_str!("templates/usage.html")),
+        ("chart.html", include_str!("templates/chart.html")),
         ("key_detail.html", include_str!("templates/key_detail.html")),
         ("login.html", include_str!("templates/login.html")),
         ("accounts.html", include_str!("templates/accounts.html")),
@@ -300,6 +301,25 @@ pub fn scope_choices(state: &AppState) -> Vec<minijinja::Value> {
             minijinja::context! { name => name, description => description, checked => checked(name) }
         });
     aliases.chain(units).collect()
+}
+
+/// The chart of the last 24 hours of an account's or a key's decisions, by hour.
+pub async fn day_chart(
+    state: &AppState,
+    account_id: &str,
+    key_id: Option<&str>,
+    mode: Option<keywarden_core::model::Mode>,
+) -> Result<minijinja::Value, ApiError> {
+    let range = crate::analytics::range(state, &None, &None, Some("hour"))?;
+    let r = crate::analytics::report(
+        state,
+        range,
+        Some(account_id.to_string()),
+        key_id.map(str::to_string),
+        mode,
+    )
+    .await?;
+    Ok(crate::analytics::chart(&r))
 }
 
 /// A key as a page shows it: metadata, never a secret.

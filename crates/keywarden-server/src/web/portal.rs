@@ -356,12 +356,14 @@ async fn home(
         .await?;
     let keys: Vec<_> = keys.iter().map(key_view).collect();
     let usage = crate::routes::self_service::usage_body(&state, &c.account, mode).await?;
+    let chart = super::day_chart(&state, &c.account.id, None, Some(mode)).await?;
     let plans: Vec<&String> = state.settings.plans.keys().collect();
     let roles: Vec<&str> = ["owner", "admin", "developer", "member"]
         .into_iter()
         .filter(|r| r.parse::<Role>().is_ok_and(|r| r.rank() <= c.role().rank()))
         .collect();
     let ctx = context! { ..base_ctx(&c, mode), ..context! {
+        chart => chart,
         keys => keys,
         usage => usage,
         plans => plans,
@@ -506,7 +508,9 @@ async fn key(
     let k = c.key(&state, &id).await?;
     let activity = state.store.list_activity(&k.id, 50).await?;
     let activity: Vec<_> = activity.iter().map(crate::views::activity).collect();
+    let chart = super::day_chart(&state, &c.account.id, Some(&k.id), None).await?;
     let ctx = context! { ..base_ctx(&c, k.mode), ..context! {
+        chart => chart,
         key => key_view(&k),
         activity => activity,
         action_base => format!("/portal/keys/{}", k.id),
