@@ -188,7 +188,11 @@ pub async fn report(
     }
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     for (bucket, code, n) in rows {
-        *buckets.entry(bucket).or_default().entry(code.clone()).or_insert(0) += n;
+        *buckets
+            .entry(bucket)
+            .or_default()
+            .entry(code.clone())
+            .or_insert(0) += n;
         *totals.entry(code).or_insert(0) += n;
     }
     Ok(AnalyticsReport {

@@ -62,13 +62,21 @@ async fn counts_equal_requests(app: &TestApp) {
     app.flush_writer().await;
 
     let r = report(app, &format!("account_id={a}&granularity=hour&{range}")).await;
-    assert_eq!(r["totals"], json!({ "valid": 5, "rate_limit_exceeded": 2 }), "{r}");
+    assert_eq!(
+        r["totals"],
+        json!({ "valid": 5, "rate_limit_exceeded": 2 }),
+        "{r}"
+    );
     assert_eq!(r["total"], 7);
     assert_eq!(r["buckets"].as_array().unwrap().len(), 3, "{r}");
 
     let r = report(app, &format!("key_id={k1}&granularity=minute&{range}")).await;
     assert_eq!(r["account_id"], json!(a));
-    assert_eq!(r["totals"], json!({ "valid": 3, "rate_limit_exceeded": 2 }), "{r}");
+    assert_eq!(
+        r["totals"],
+        json!({ "valid": 3, "rate_limit_exceeded": 2 }),
+        "{r}"
+    );
     let busy: Vec<&Value> = r["buckets"]
         .as_array()
         .unwrap()
@@ -96,7 +104,10 @@ async fn counts_equal_requests(app: &TestApp) {
     assert_eq!(
         by_hour,
         vec![
-            (json!(ts(T0)), json!({ "valid": 1, "insufficient_scope": 2 })),
+            (
+                json!(ts(T0)),
+                json!({ "valid": 1, "insufficient_scope": 2 })
+            ),
             (json!(ts(T0 + hour)), json!({ "valid": 1 })),
         ],
         "{r}"
@@ -141,13 +152,9 @@ async fn counts_equal_requests(app: &TestApp) {
     .await
     .err(404, "not_found");
     // Bad input names the field.
-    app.admin_call(
-        Method::GET,
-        "/v1/admin/analytics?granularity=week",
-        None,
-    )
-    .await
-    .invalid("granularity");
+    app.admin_call(Method::GET, "/v1/admin/analytics?granularity=week", None)
+        .await
+        .invalid("granularity");
     app.admin_call(
         Method::GET,
         &format!(

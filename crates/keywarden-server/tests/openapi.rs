@@ -31,6 +31,7 @@ const PUBLIC_ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/api-keys/{id}/rotate"),
     ("get", "/v1/api-keys/{id}/activity"),
     ("get", "/v1/events"),
+    ("get", "/v1/analytics"),
     ("post", "/v1/grants"),
     ("get", "/v1/grants"),
     ("get", "/v1/grants/{id}"),
@@ -56,6 +57,7 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/admin/accounts/{id}/keys"),
     ("get", "/v1/admin/accounts/{id}/keys"),
     ("post", "/v1/admin/accounts/{id}/usage"),
+    ("post", "/v1/admin/accounts/{id}/portal-sessions"),
     ("post", "/v1/admin/keys/import"),
     ("get", "/v1/admin/keys/{id}"),
     ("patch", "/v1/admin/keys/{id}"),
@@ -64,6 +66,7 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/admin/keys/{id}/activity"),
     ("post", "/v1/admin/keys/{id}/reveal"),
     ("get", "/v1/admin/events"),
+    ("get", "/v1/admin/analytics"),
     ("post", "/v1/admin/leaks"),
     ("post", "/v1/admin/applications"),
     ("get", "/v1/admin/applications"),
@@ -93,6 +96,11 @@ const REQUEST_BODIES: &[(&str, &str, &str)] = &[
     ("patch", "/v1/admin/accounts/{id}", "PatchAccount"),
     ("post", "/v1/admin/accounts/{id}/keys", "CreateKey"),
     ("post", "/v1/admin/accounts/{id}/usage", "ReportUsage"),
+    (
+        "post",
+        "/v1/admin/accounts/{id}/portal-sessions",
+        "CreatePortalSession",
+    ),
     ("post", "/v1/admin/keys/import", "ImportKey"),
     ("patch", "/v1/admin/keys/{id}", "PatchKey"),
     ("post", "/v1/admin/keys/{id}/rotate", "RotateBody"),
@@ -1181,6 +1189,37 @@ async fn documented_shapes_match_what_the_handlers_send() {
     assert_documented(&public, "get", "/v1/api-keys/{id}/activity", s, &b);
     let (s, b) = send(a, Method::GET, "/v1/admin/events", ROOT, None).await;
     assert_documented(&admin, "get", "/v1/admin/events", s, &b);
+    app.flush_writer().await;
+    let (s, b) = send(
+        a,
+        Method::GET,
+        "/v1/admin/analytics?granularity=day",
+        ROOT,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["total"].as_u64().unwrap() > 0, "{b}");
+    assert_documented(&admin, "get", "/v1/admin/analytics", s, &b);
+    let (s, b) = send(p, Method::GET, "/v1/analytics", &token, None).await;
+    assert_eq!(s, 200, "{b}");
+    assert_documented(&public, "get", "/v1/analytics", s, &b);
+    let (s, b) = send(
+        a,
+        Method::POST,
+        &format!("/v1/admin/accounts/{id}/portal-sessions"),
+        ROOT,
+        Some(json!({ "mode": "live", "role": "developer" })),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert_documented(
+        &admin,
+        "post",
+        "/v1/admin/accounts/{id}/portal-sessions",
+        s,
+        &b,
+    );
 
     // Applications and grants.
     let (s, created_app) = send(

@@ -8,8 +8,8 @@
 //! deleting a grant with its keys) get [`Bounds::long`] instead of [`Bounds::call`].
 
 use crate::store::{
-    DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation, KeyTouch, Page, Store, StoreError, StoreResult,
-    UsageDelta, WriteBatch,
+    Census, DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation, KeyTouch, Page,
+    Store, StoreError, StoreResult, UsageDelta, WriteBatch,
 };
 use async_trait::async_trait;
 use keywarden_core::model::{
@@ -126,6 +126,7 @@ delegate! {
     call fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
     call fn decision_counts(&self, q: &DecisionQuery) -> StoreResult<Vec<(Millis, String, u64)>>;
     call fn prune_decision_counts(&self, granularity: Granularity, before: Millis) -> StoreResult<u64>;
+    call fn census(&self) -> StoreResult<Census>;
     call fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
 }

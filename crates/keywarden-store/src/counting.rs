@@ -5,7 +5,8 @@
 
 use crate::store::StoreError;
 use crate::store::{
-    DecisionQuery, ErasureCounts, EventFilter, Granularity, KeyTouch, Page, Store, StoreResult, UsageDelta, WriteBatch,
+    Census, DecisionQuery, ErasureCounts, EventFilter, Granularity, KeyTouch, Page, Store,
+    StoreResult, UsageDelta, WriteBatch,
 };
 use async_trait::async_trait;
 use keywarden_core::model::{
@@ -134,6 +135,7 @@ delegate! {
     fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
     fn decision_counts(&self, q: &DecisionQuery) -> StoreResult<Vec<(Millis, String, u64)>>;
     fn prune_decision_counts(&self, granularity: Granularity, before: Millis) -> StoreResult<u64>;
+    fn census(&self) -> StoreResult<Census>;
     fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
 }

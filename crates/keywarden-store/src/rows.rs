@@ -8,8 +8,8 @@
 //! what makes "same behaviour, same tests" (`docs/operations.md#storage`) true by construction.
 
 use crate::store::{
-    DecisionCount, DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation, KeyTouch,
-    Page, Store, StoreError, StoreResult, UsageDelta, WriteBatch,
+    Census, DecisionCount, DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation,
+    KeyTouch, Page, Store, StoreError, StoreResult, UsageDelta, WriteBatch,
 };
 use async_trait::async_trait;
 use keywarden_core::model::{
@@ -604,6 +604,9 @@ const RETIRE_PREVIOUS: &str = "INSERT INTO retired_secrets (key_id, scheme, look
 const ACCOUNT_EXISTS: &str = "SELECT COUNT(*) AS n FROM accounts WHERE id = $1";
 const COUNT_ACTIVE_KEYS: &str =
     "SELECT COUNT(*) AS n FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL";
+const COUNT_ACCOUNTS: &str = "SELECT COUNT(*) AS n FROM accounts";
+const COUNT_KEYS_OF_MODE: &str =
+    "SELECT COUNT(*) AS n FROM api_keys WHERE mode = $1 AND revoked_at IS NULL";
 const GRANT_EXISTS: &str = "SELECT COUNT(*) AS n FROM grants WHERE id = $1";
 const REVOKE_GRANT_KEYS: &str = "UPDATE api_keys SET revoked_at = $2, revoked_reason = $3 \
      WHERE grant_id = $1 AND revoked_at IS NULL";
@@ -922,12 +925,8 @@ fn decode_session<R: RowGet>(r: &R) -> StoreResult<WebSession> {
         id_hash: r.text("id_hash")?,
         kind: r.parse("kind")?,
         account_id: opt("account_id")?,
-        mode: opt("mode")?
-            .map(|m| parse_column("mode", &m))
-            .transpose()?,
-        role: opt("role")?
-            .map(|m| parse_column("role", &m))
-            .transpose()?,
+        mode: opt("mode")?.map(|m| parse_column("mode", &m)).transpose()?,
+        role: opt("role")?.map(|m| parse_column("role", &m)).transpose()?,
         return_url: opt("return_url")?,
         created_at: r.int("created_at")?,
         expires_at: r.int("expires_at")?,
@@ -1095,10 +1094,7 @@ async fn drop_orphans<C: Exec + ?Sized>(c: &mut C, batch: &WriteBatch) -> StoreR
 /// Adds decision counts: each count goes to its key's, its account's and the deployment's
 /// rows (a decision of no known key to the deployment's only), in minute, hour and day
 /// buckets. Summed first, so one statement never upserts a row twice.
-async fn write_decisions<C: Exec + ?Sized>(
-    c: &mut C,
-    counts: &[DecisionCount],
-) -> StoreResult<()> {
+async fn write_decisions<C: Exec + ?Sized>(c: &mut C, counts: &[DecisionCount]) -> StoreResult<()> {
     type Row<'a> = (&'static str, Millis, &'a str, &'a str, &'a str, &'a str);
     let mut sums: BTreeMap<Row<'_>, u64> = BTreeMap::new();
     for d in counts {
@@ -1147,7 +1143,7 @@ fn decisions_query(q: &DecisionQuery) -> (String, Vec<Param>) {
     ]
     .to_vec();
     let mut sql = String::from(
-        "SELECT bucket, code, SUM(n) AS n FROM decision_counts WHERE granularity = $1 \
+        "SELECT bucket, code, CAST(SUM(n) AS BIGINT) AS n FROM decision_counts WHERE granularity = $1 \
          AND account_id = $2 AND key_id = $3 AND bucket >= $4 AND bucket < $5",
     );
     if let Some(m) = q.mode {
@@ -1682,10 +1678,17 @@ impl<B: Backend> Store for B {
         commit(tx).await
     }
 
-    async fn decision_counts(
-        &self,
-        q: &DecisionQuery,
-    ) -> StoreResult<Vec<(Millis, String, u64)>> {
+    async fn census(&self) -> StoreResult<Census> {
+        let mut c = read(self).await?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(Census {
+            accounts: n(count(&mut *c, COUNT_ACCOUNTS, &[]).await?),
+            live_keys: n(count(&mut *c, COUNT_KEYS_OF_MODE, &params!["live"]).await?),
+            test_keys: n(count(&mut *c, COUNT_KEYS_OF_MODE, &params!["test"]).await?),
+        })
+    }
+
+    async fn decision_counts(&self, q: &DecisionQuery) -> StoreResult<Vec<(Millis, String, u64)>> {
         let (sql, p) = decisions_query(q);
         let mut c = read(self).await?;
         all(&mut *c, &sql, &p, |r| {
@@ -1699,7 +1702,12 @@ impl<B: Backend> Store for B {
         granularity: Granularity,
         before: Millis,
     ) -> StoreResult<u64> {
-        write_one(self, PRUNE_DECISIONS, &params![granularity.as_str(), before]).await
+        write_one(
+            self,
+            PRUNE_DECISIONS,
+            &params![granularity.as_str(), before],
+        )
+        .await
     }
 
     async fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()> {
@@ -1712,11 +1720,7 @@ impl<B: Backend> Store for B {
         commit(tx).await
     }
 
-    async fn get_web_session(
-        &self,
-        id_hash: &str,
-        now: Millis,
-    ) -> StoreResult<Option<WebSession>> {
+    async fn get_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>> {
         let mut c = read(self).await?;
         first(&mut *c, SESSION_GET, &params![id_hash, now], decode_session).await
     }
@@ -1727,7 +1731,13 @@ impl<B: Backend> Store for B {
         now: Millis,
     ) -> StoreResult<Option<WebSession>> {
         let mut tx = write(self).await?;
-        let got = first(&mut *tx, SESSION_TAKE, &params![id_hash, now], decode_session).await?;
+        let got = first(
+            &mut *tx,
+            SESSION_TAKE,
+            &params![id_hash, now],
+            decode_session,
+        )
+        .await?;
         commit(tx).await?;
         Ok(got)
     }

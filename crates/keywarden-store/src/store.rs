@@ -163,6 +163,17 @@ pub struct DecisionQuery {
     pub to: Millis,
 }
 
+/// The size of the deployment, for the console's overview.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Census {
+    /// Accounts.
+    pub accounts: u64,
+    /// Unrevoked live keys.
+    pub live_keys: u64,
+    /// Unrevoked test keys.
+    pub test_keys: u64,
+}
+
 /// A successful use of a key, for `last_used_at` / `last_used_ip`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyTouch {
@@ -380,16 +391,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Adds usage increments (upsert-and-add), in one transaction.
     async fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()>;
     /// Usage of an account for one mode, unit and period start (0 when none).
+    /// How many accounts there are, and how many unrevoked keys in each mode (live, test).
+    async fn census(&self) -> StoreResult<Census>;
     /// Decision counts per bucket and code, in bucket order: `(bucket start, code, count)`.
     async fn decision_counts(&self, q: &DecisionQuery) -> StoreResult<Vec<(Millis, String, u64)>>;
     /// Deletes buckets of `granularity` that start before `before`.
-    async fn prune_decision_counts(&self, granularity: Granularity, before: Millis)
-        -> StoreResult<u64>;
+    async fn prune_decision_counts(
+        &self,
+        granularity: Granularity,
+        before: Millis,
+    ) -> StoreResult<u64>;
     /// Stores a web session or portal link, dropping every one expired before `now`.
     async fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()>;
     /// The session whose id hashes to `id_hash`, if it has not expired at `now`.
-    async fn get_web_session(&self, id_hash: &str, now: Millis)
-        -> StoreResult<Option<WebSession>>;
+    async fn get_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
     /// Deletes and returns the session, if it has not expired at `now`: a portal link is
     /// used by exactly one caller, however many present it at once.
     async fn take_web_session(&self, id_hash: &str, now: Millis)

@@ -188,7 +188,11 @@ struct KeyTally {
 }
 
 /// Adds one decision to a list of `(minute, code, count)`; true when it made a new entry.
-fn tally(counts: &mut Vec<(Millis, &'static str, u64)>, minute: Millis, code: &'static str) -> bool {
+fn tally(
+    counts: &mut Vec<(Millis, &'static str, u64)>,
+    minute: Millis,
+    code: &'static str,
+) -> bool {
     match counts
         .iter_mut()
         .find(|(m, c, _)| *m == minute && *c == code)
@@ -680,8 +684,7 @@ impl Backlog {
                 count,
             }
         };
-        let mut decisions: Vec<DecisionCount> =
-            p.unknown.into_iter().map(count(None)).collect();
+        let mut decisions: Vec<DecisionCount> = p.unknown.into_iter().map(count(None)).collect();
         for (key_id, t) in p.decisions {
             let key = Some((key_id, t.account_id, t.mode));
             decisions.extend(t.counts.into_iter().map(count(key)));
@@ -757,7 +760,10 @@ impl Flusher {
             return;
         }
         self.pruned_at = self.newest_decision;
-        for (g, keep) in Granularity::ALL.into_iter().zip(self.cfg.decision_retention) {
+        for (g, keep) in Granularity::ALL
+            .into_iter()
+            .zip(self.cfg.decision_retention)
+        {
             let keep = Millis::try_from(keep.as_millis()).unwrap_or(Millis::MAX);
             let before = self.newest_decision.saturating_sub(keep);
             if let Err(e) = self.store.prune_decision_counts(g, before).await {

@@ -9,8 +9,8 @@ use keywarden_core::model::{
     KeyType, Mode, PreviousSecret, RateLimitSpec, Role, StoredSecret, WebSession, WebSessionKind,
 };
 use keywarden_store::{
-    DecisionCount, DecisionQuery, Granularity, ErasureCounts, EventFilter, KeyTouch, Page, PgStore, SqliteStore, Store, StoreError,
-    UsageDelta, WriteBatch,
+    DecisionCount, DecisionQuery, ErasureCounts, EventFilter, Granularity, KeyTouch, Page, PgStore,
+    SqliteStore, Store, StoreError, UsageDelta, WriteBatch,
 };
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -1031,7 +1031,11 @@ async fn case_a_batch_for_an_erased_account_leaves_nothing(store: Arc<dyn Store>
         from: 0,
         to: 86_400_000,
     };
-    assert!(store.decision_counts(&counts(&a.id)).await.unwrap().is_empty());
+    assert!(store
+        .decision_counts(&counts(&a.id))
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
         store.decision_counts(&counts(&kept.id)).await.unwrap(),
         vec![(0, "valid".to_string(), 3)]
@@ -1237,7 +1241,11 @@ async fn case_erase_account_removes_everything_of_it(store: Arc<dyn Store>) {
         .unwrap()
         .is_empty());
     assert_eq!(
-        store.decision_counts(&decisions_of(&kept.id)).await.unwrap().len(),
+        store
+            .decision_counts(&decisions_of(&kept.id))
+            .await
+            .unwrap()
+            .len(),
         1
     );
     let events_of = |id: &str| EventFilter {
@@ -1346,16 +1354,29 @@ async fn case_decision_counts_roll_up(store: Arc<dyn Store>) {
         v.iter().map(|(b, c, n)| (*b, c.to_string(), *n)).collect()
     };
     assert_eq!(
-        store.decision_counts(&q(Granularity::Minute, Some(&a.id), Some(&k1.id))).await.unwrap(),
+        store
+            .decision_counts(&q(Granularity::Minute, Some(&a.id), Some(&k1.id)))
+            .await
+            .unwrap(),
         rows(&[(0, "valid", 4), (60_000, "rate_limited", 1)])
     );
     assert_eq!(
-        store.decision_counts(&q(Granularity::Hour, Some(&a.id), None)).await.unwrap(),
+        store
+            .decision_counts(&q(Granularity::Hour, Some(&a.id), None))
+            .await
+            .unwrap(),
         rows(&[(0, "rate_limited", 1), (0, "valid", 4), (hour, "valid", 2)])
     );
     assert_eq!(
-        store.decision_counts(&q(Granularity::Day, None, None)).await.unwrap(),
-        rows(&[(0, "invalid_api_key", 5), (0, "rate_limited", 1), (0, "valid", 6)])
+        store
+            .decision_counts(&q(Granularity::Day, None, None))
+            .await
+            .unwrap(),
+        rows(&[
+            (0, "invalid_api_key", 5),
+            (0, "rate_limited", 1),
+            (0, "valid", 6)
+        ])
     );
     let test_only = DecisionQuery {
         mode: Some(Mode::Test),
@@ -1363,7 +1384,10 @@ async fn case_decision_counts_roll_up(store: Arc<dyn Store>) {
     };
     assert!(store.decision_counts(&test_only).await.unwrap().is_empty());
     assert_eq!(
-        store.prune_decision_counts(Granularity::Minute, hour).await.unwrap(),
+        store
+            .prune_decision_counts(Granularity::Minute, hour)
+            .await
+            .unwrap(),
         // Minute rows before the hour: k1's two, the account's two, the deployment's three.
         7
     );
@@ -1374,7 +1398,11 @@ async fn case_decision_counts_roll_up(store: Arc<dyn Store>) {
         .iter()
         .all(|(b, _, _)| *b >= hour));
     assert_eq!(
-        store.decision_counts(&q(Granularity::Day, None, None)).await.unwrap().len(),
+        store
+            .decision_counts(&q(Granularity::Day, None, None))
+            .await
+            .unwrap()
+            .len(),
         3,
         "coarser buckets stay"
     );
@@ -1396,8 +1424,15 @@ async fn case_web_sessions(store: Arc<dyn Store>) {
     };
     let link = session("link", WebSessionKind::PortalLink, 10_000);
     store.create_web_session(&link, 1_000).await.unwrap();
-    assert_eq!(store.get_web_session("link", 2_000).await.unwrap(), Some(link.clone()));
-    assert_eq!(store.get_web_session("link", 10_000).await.unwrap(), None, "expired");
+    assert_eq!(
+        store.get_web_session("link", 2_000).await.unwrap(),
+        Some(link.clone())
+    );
+    assert_eq!(
+        store.get_web_session("link", 10_000).await.unwrap(),
+        None,
+        "expired"
+    );
     let takers: Vec<_> = (0..8)
         .map(|_| {
             let store = store.clone();
@@ -1428,11 +1463,18 @@ async fn case_web_sessions(store: Arc<dyn Store>) {
         ..session("console", WebSessionKind::Console, 90_000)
     };
     store.create_web_session(&console, 7_000).await.unwrap();
-    assert_eq!(store.get_web_session("console", 8_000).await.unwrap(), Some(console));
+    assert_eq!(
+        store.get_web_session("console", 8_000).await.unwrap(),
+        Some(console)
+    );
     let kept = session("kept", WebSessionKind::Portal, 90_000);
     store.create_web_session(&kept, 7_000).await.unwrap();
     store.erase_account(&a.id).await.unwrap();
-    assert_eq!(store.get_web_session("kept", 8_000).await.unwrap(), None, "erased with its account");
+    assert_eq!(
+        store.get_web_session("kept", 8_000).await.unwrap(),
+        None,
+        "erased with its account"
+    );
 }
 
 async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {

@@ -246,13 +246,10 @@ quotas = [ { unit = "requests", limit = 100000, period = "month" } ]
     }
 
     async fn sign_in(&self) {
-        self.browser
-            .goto(&self.console("/console"))
-            .await
-            .unwrap();
+        self.browser.goto(&self.console("/console")).await.unwrap();
         self.fill("#root_key", ROOT_KEY).await;
         self.click("#sign-in").await;
-        assert!(self.browser.current_url().await.unwrap().path() == "/console/accounts");
+        assert_eq!(self.browser.current_url().await.unwrap().path(), "/console");
     }
 
     /// A new account through the admin API: its id.
@@ -287,8 +284,7 @@ quotas = [ { unit = "requests", limit = 100000, period = "month" } ]
     }
 }
 
-fn hyper_util_connector(
-) -> hyper_util::client::legacy::connect::HttpConnector {
+fn hyper_util_connector() -> hyper_util::client::legacy::connect::HttpConnector {
     hyper_util::client::legacy::connect::HttpConnector::new()
 }
 
@@ -300,7 +296,7 @@ async fn console_key_lifecycle() {
         return;
     };
     rig.sign_in().await;
-
+    rig.click("a[href='/console/accounts']").await;
     rig.fill("#account-name", "Acme Browsers").await;
     rig.click("#create-account-submit").await;
     assert!(rig.text("h1").await.contains("Acme Browsers"));
@@ -343,8 +339,18 @@ async fn console_key_lifecycle() {
     rig.fill("#reason", "rotated out").await;
     rig.click_confirmed("#revoke").await;
     assert!(rig.text("#key-state").await.contains("revoked"));
-    assert_eq!(rig.verify(&second).await.0, false);
+    assert!(!rig.verify(&second).await.0);
     rig.screenshot("console_key_revoked").await;
+
+    // The overview counts the account and its key's decisions.
+    rig.browser.goto(&rig.console("/console")).await.unwrap();
+    assert_eq!(rig.text("#census-accounts").await, "1");
+    assert_eq!(
+        rig.text("#census-live").await,
+        "0",
+        "the only live key is revoked"
+    );
+    rig.screenshot("console_overview").await;
     rig.close().await;
 }
 
@@ -355,6 +361,10 @@ async fn console_form_without_csrf_changes_nothing() {
         return;
     };
     rig.sign_in().await;
+    rig.browser
+        .goto(&rig.console("/console/accounts"))
+        .await
+        .unwrap();
     rig.fill("#account-name", "Forged Inc").await;
     // The page's own form, its token taken out.
     rig.browser
@@ -365,7 +375,10 @@ async fn console_form_without_csrf_changes_nothing() {
         .await
         .unwrap();
     rig.click("#create-account-submit").await;
-    assert!(rig.text("#error-message").await.contains("nothing was changed"));
+    assert!(rig
+        .text("#error-message")
+        .await
+        .contains("nothing was changed"));
     let (_, list) = rig.admin_api("GET", "/v1/admin/accounts", None).await;
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
     // A wrong token is refused the same way.
@@ -382,7 +395,10 @@ async fn console_form_without_csrf_changes_nothing() {
         .await
         .unwrap();
     rig.click("#create-account-submit").await;
-    assert!(rig.text("#error-message").await.contains("nothing was changed"));
+    assert!(rig
+        .text("#error-message")
+        .await
+        .contains("nothing was changed"));
     let (_, list) = rig.admin_api("GET", "/v1/admin/accounts", None).await;
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
     rig.screenshot("console_csrf_refused").await;
@@ -409,7 +425,10 @@ async fn portal_link_is_single_use_and_scoped_to_its_account() {
     let other_id = other_key["id"].as_str().unwrap();
 
     let link = rig
-        .portal_link(&mine, json!({ "mode": "live", "return_url": "https://example.com/account" }))
+        .portal_link(
+            &mine,
+            json!({ "mode": "live", "return_url": "https://example.com/account" }),
+        )
         .await;
     rig.browser.goto(&link).await.unwrap();
     assert_eq!(rig.browser.current_url().await.unwrap().path(), "/portal");

@@ -590,7 +590,10 @@ pub async fn events(
 pub async fn analytics(
     State(state): State<AppState>,
     parts: Parts,
-    q: Result<Query<crate::analytics::SelfAnalyticsQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<
+        Query<crate::analytics::SelfAnalyticsQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Result<Response, ApiError> {
     let c = self_service(&state, &parts, Some("usage:read"), RoleNeed::Any).await?;
     let q = q

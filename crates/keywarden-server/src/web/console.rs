@@ -3,8 +3,8 @@
 //! browser nor in the database. Every action calls the manager the admin API calls.
 
 use super::{
-    csrf_ok, csrf_token, expiry_field, id_hash, key_view, list_field, new_session_id,
-    opt_field, rate_field, render, scope_choices, session_cookie, WebError,
+    csrf_ok, csrf_token, expiry_field, id_hash, key_view, list_field, new_session_id, opt_field,
+    rate_field, render, scope_choices, session_cookie, WebError,
 };
 use crate::auth::root_key_matches;
 use crate::errors::ApiError;
@@ -34,7 +34,7 @@ pub const SESSION_SECS: i64 = 8 * 3600;
 /// pages check their own session.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/console", get(|| async { Redirect::to("/console/accounts") }))
+        .route("/console", get(overview))
         .route("/console/assets/{name}", get(super::asset))
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
@@ -86,7 +86,9 @@ impl FromRequestParts<AppState> for Operator {
             .await
             .map_err(|e| WebError::from(e).into_response())?;
         match found {
-            Some(s) if s.kind == WebSessionKind::Console && !state.settings.root_keys.is_empty() => {
+            Some(s)
+                if s.kind == WebSessionKind::Console && !state.settings.root_keys.is_empty() =>
+            {
                 let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions));
                 Ok(Operator {
                     csrf: csrf_token(&sid),
@@ -157,7 +159,7 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
                 "/console",
                 SESSION_SECS,
             ));
-            (jar, Redirect::to("/console/accounts")).into_response()
+            (jar, Redirect::to("/console")).into_response()
         }
         Err(e) => e.into_response(),
     }
@@ -180,14 +182,19 @@ async fn logout(
         .store
         .take_web_session(&id_hash(&op.session_id), now)
         .await?;
-    let jar = CookieJar::new().add(session_cookie(
-        &state,
-        COOKIE,
-        String::new(),
-        "/console",
-        0,
-    ));
+    let jar = CookieJar::new().add(session_cookie(&state, COOKIE, String::new(), "/console", 0));
     Ok((jar, Redirect::to("/console/login")).into_response())
+}
+
+/// `GET /console`: the deployment at a glance: accounts, unrevoked keys per mode, and the
+/// last 24 hours of decisions by outcome.
+async fn overview(State(state): State<AppState>, op: Operator) -> Result<Response, WebError> {
+    let census = state.store.census().await?;
+    let chart = super::day_chart(&state, None, None, None).await?;
+    let ctx = context! { ..ctx_base(&op, "overview"), ..context! {
+        census => census, chart => chart,
+    }};
+    Ok(render("overview.html", ctx))
 }
 
 #[derive(Deserialize, Default)]
@@ -222,7 +229,9 @@ async fn accounts(
                 || a.name.to_lowercase().contains(&needle)
             {
                 if found.len() == 50 {
-                    next = found.last().map(|a: &keywarden_core::model::Account| a.id.clone());
+                    next = found
+                        .last()
+                        .map(|a: &keywarden_core::model::Account| a.id.clone());
                     break 'pages;
                 }
                 found.push(a);
@@ -260,13 +269,13 @@ async fn create_account(
 ) -> Result<Response, WebError> {
     let back = "/console/accounts";
     op.check(&f.csrf, back)?;
-    let status = match opt_field(&f.status) {
-        Some(s) => Some(
-            s.parse::<AccountStatus>()
-                .map_err(|e| WebError::from(ApiError::invalid(format!("status: {e}"))).back(back))?,
-        ),
-        None => None,
-    };
+    let status =
+        match opt_field(&f.status) {
+            Some(s) => Some(s.parse::<AccountStatus>().map_err(|e| {
+                WebError::from(ApiError::invalid(format!("status: {e}"))).back(back)
+            })?),
+            None => None,
+        };
     let (a, _) = AppManager::new(&state)
         .create_account(
             &op.actor,
@@ -320,7 +329,7 @@ async fn account(
         .await?;
     let keys: Vec<_> = keys.iter().map(key_view).collect();
     let usage = crate::routes::self_service::usage_body(&state, &a, mode).await?;
-    let chart = super::day_chart(&state, &a.id, None, Some(mode)).await?;
+    let chart = super::day_chart(&state, Some(&a.id), None, Some(mode)).await?;
     let plans: Vec<&String> = state.settings.plans.keys().collect();
     let ctx = context! { ..ctx_base(&op, "accounts"), ..context! {
         chart => chart,
@@ -403,7 +412,10 @@ async fn erase(
     let back = format!("/console/accounts/{id}");
     op.check(&f.csrf, &back)?;
     let m = Manager::new(&state);
-    let a = m.account(&id).await.map_err(|e| WebError::from(e).back(&back))?;
+    let a = m
+        .account(&id)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
     if f.confirm.trim() != a.name {
         return Err(WebError::new(
             StatusCode::BAD_REQUEST,
@@ -493,7 +505,10 @@ async fn create_key(
     let back = format!("/console/accounts/{id}?mode={}", mode_of(&f.mode));
     op.check(&f.csrf, &back)?;
     let m = Manager::new(&state);
-    let a = m.account(&id).await.map_err(|e| WebError::from(e).back(&back))?;
+    let a = m
+        .account(&id)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
     let new = f.new_key().map_err(|e| WebError::from(e).back(&back))?;
     let (k, token) = m
         .create_key(&op.actor, &a, new, None)
@@ -522,7 +537,7 @@ async fn key(
         .map_err(|e| WebError::from(e).back("/console/accounts"))?;
     let activity = state.store.list_activity(&k.id, 50).await?;
     let activity: Vec<_> = activity.iter().map(crate::views::activity).collect();
-    let chart = super::day_chart(&state, &k.account_id, Some(&k.id), None).await?;
+    let chart = super::day_chart(&state, Some(&k.account_id), Some(&k.id), None).await?;
     let ctx = context! { ..ctx_base(&op, "accounts"), ..context! {
         chart => chart,
         key => key_view(&k),
@@ -662,7 +677,11 @@ async fn audit(
                 s.to_string()
             })
             .map_err(|e| {
-                WebError::new(StatusCode::BAD_REQUEST, format!("since: {e}"), "/console/audit")
+                WebError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("since: {e}"),
+                    "/console/audit",
+                )
             })?,
         ),
         None => None,

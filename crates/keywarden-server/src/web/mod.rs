@@ -42,6 +42,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("account.html", include_str!("templates/account.html")),
         ("key.html", include_str!("templates/key.html")),
         ("audit.html", include_str!("templates/audit.html")),
+        ("overview.html", include_str!("templates/overview.html")),
         ("portal.html", include_str!("templates/portal.html")),
         ("portal_key.html", include_str!("templates/portal_key.html")),
         ("authorize.html", include_str!("templates/authorize.html")),
@@ -69,16 +70,17 @@ pub fn render(name: &str, ctx: minijinja::Value) -> Response {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
             tracing::error!(template = name, error = %e, "page failed to render");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page failed to render").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page failed to render",
+            )
+                .into_response()
         }
     }
 }
 
 /// Adds the security headers to every page and asset of the console and the portal.
-pub async fn page_headers(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+pub async fn page_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
     h.insert(
@@ -90,7 +92,10 @@ pub async fn page_headers(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     res
@@ -286,13 +291,19 @@ pub fn rate_field(
 pub fn scope_choices(state: &AppState) -> Vec<minijinja::Value> {
     let defaults = &state.settings.config.keys.default_scopes;
     let checked = |name: &str| defaults.iter().any(|d| d == name);
-    let aliases = state.settings.config.scopes.aliases.iter().map(|(name, members)| {
-        minijinja::context! {
-            name => name,
-            description => format!("alias: {}", members.join(", ")),
-            checked => checked(name),
-        }
-    });
+    let aliases = state
+        .settings
+        .config
+        .scopes
+        .aliases
+        .iter()
+        .map(|(name, members)| {
+            minijinja::context! {
+                name => name,
+                description => format!("alias: {}", members.join(", ")),
+                checked => checked(name),
+            }
+        });
     let units = state
         .settings
         .catalog
@@ -303,10 +314,11 @@ pub fn scope_choices(state: &AppState) -> Vec<minijinja::Value> {
     aliases.chain(units).collect()
 }
 
-/// The chart of the last 24 hours of an account's or a key's decisions, by hour.
+/// The chart of the last 24 hours of an account's or a key's decisions (or, with neither,
+/// the deployment's), by hour.
 pub async fn day_chart(
     state: &AppState,
-    account_id: &str,
+    account_id: Option<&str>,
     key_id: Option<&str>,
     mode: Option<keywarden_core::model::Mode>,
 ) -> Result<minijinja::Value, ApiError> {
@@ -314,7 +326,7 @@ pub async fn day_chart(
     let r = crate::analytics::report(
         state,
         range,
-        Some(account_id.to_string()),
+        account_id.map(str::to_string),
         key_id.map(str::to_string),
         mode,
     )

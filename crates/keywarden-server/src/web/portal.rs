@@ -102,7 +102,10 @@ pub async fn create_link(
         )
         .await?;
     let base = public_url(state);
-    Ok((format!("{base}/portal/start?token={token}"), link.expires_at))
+    Ok((
+        format!("{base}/portal/start?token={token}"),
+        link.expires_at,
+    ))
 }
 
 /// `server.public_url`, else `http://` + `public_listen`, without a trailing slash.
@@ -255,15 +258,16 @@ impl Customer {
             revoked_reason: None,
             recoverable: None,
         };
-        Manager::new(state).ceiling(Arc::new(CompiledKey::compile(record, catalog)), &self.account)
+        Manager::new(state).ceiling(
+            Arc::new(CompiledKey::compile(record, catalog)),
+            &self.account,
+        )
     }
 
     /// A key this session reaches, else 404 like an unknown one.
     async fn key(&self, state: &AppState, id: &str) -> Result<KeyRecord, WebError> {
         let m = Manager::new(state);
-        let not_found = || {
-            WebError::new(StatusCode::NOT_FOUND, "No such key.", "/portal")
-        };
+        let not_found = || WebError::new(StatusCode::NOT_FOUND, "No such key.", "/portal");
         let k = m
             .key_of(Some(&self.account.id), None, id)
             .await
@@ -292,7 +296,11 @@ async fn start(State(state): State<AppState>, Query(q): Query<StartQuery>) -> Re
         .into_response()
     };
     let now = state.clock.now_ms();
-    let link = match state.store.take_web_session(&id_hash(q.token.trim()), now).await {
+    let link = match state
+        .store
+        .take_web_session(&id_hash(q.token.trim()), now)
+        .await
+    {
         Ok(Some(l)) if l.kind == WebSessionKind::PortalLink => l,
         Ok(_) => return used(),
         Err(e) => return WebError::from(e).into_response(),
@@ -312,13 +320,8 @@ async fn start(State(state): State<AppState>, Query(q): Query<StartQuery>) -> Re
     .await;
     match result {
         Ok(sid) => {
-            let jar = CookieJar::new().add(session_cookie(
-                &state,
-                COOKIE,
-                sid,
-                "/portal",
-                SESSION_SECS,
-            ));
+            let jar =
+                CookieJar::new().add(session_cookie(&state, COOKIE, sid, "/portal", SESSION_SECS));
             (jar, Redirect::to("/portal")).into_response()
         }
         Err(e) => e.into_response(),
@@ -351,12 +354,10 @@ async fn home(
 ) -> Result<Response, WebError> {
     let mode = c.mode(&q.mode)?;
     let m = Manager::new(&state);
-    let keys = m
-        .keys_within(&c.ceiling(&state, mode), None, 200)
-        .await?;
+    let keys = m.keys_within(&c.ceiling(&state, mode), None, 200).await?;
     let keys: Vec<_> = keys.iter().map(key_view).collect();
     let usage = crate::routes::self_service::usage_body(&state, &c.account, mode).await?;
-    let chart = super::day_chart(&state, &c.account.id, None, Some(mode)).await?;
+    let chart = super::day_chart(&state, Some(&c.account.id), None, Some(mode)).await?;
     let plans: Vec<&String> = state.settings.plans.keys().collect();
     let roles: Vec<&str> = ["owner", "admin", "developer", "member"]
         .into_iter()
@@ -508,7 +509,7 @@ async fn key(
     let k = c.key(&state, &id).await?;
     let activity = state.store.list_activity(&k.id, 50).await?;
     let activity: Vec<_> = activity.iter().map(crate::views::activity).collect();
-    let chart = super::day_chart(&state, &c.account.id, Some(&k.id), None).await?;
+    let chart = super::day_chart(&state, Some(&c.account.id), Some(&k.id), None).await?;
     let ctx = context! { ..base_ctx(&c, k.mode), ..context! {
         chart => chart,
         key => key_view(&k),
