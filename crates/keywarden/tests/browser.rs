@@ -402,6 +402,30 @@ async fn console_form_without_csrf_changes_nothing() {
     let (_, list) = rig.admin_api("GET", "/v1/admin/accounts", None).await;
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
     rig.screenshot("console_csrf_refused").await;
+
+    // With its token, a form does its work: an application, its two secrets shown once.
+    rig.browser
+        .goto(&rig.console("/console/applications"))
+        .await
+        .unwrap();
+    rig.fill("#app-name", "Ledger Sync").await;
+    rig.click("#create-app input[value='usage:read']").await;
+    rig.click("#create-app-submit").await;
+    let production = rig
+        .browser
+        .find(Locator::Css("#secret-production"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!production.is_empty());
+    rig.screenshot("console_application_secrets").await;
+    rig.browser.refresh().await.unwrap();
+    assert!(!rig.source().await.contains(&production), "shown once");
+    let (_, apps) = rig.admin_api("GET", "/v1/admin/applications", None).await;
+    assert_eq!(apps[0]["scopes"], json!(["usage:read"]), "{apps}");
     rig.close().await;
 }
 

@@ -48,6 +48,15 @@ pub fn routes() -> Router<AppState> {
         .route("/console/keys/{id}/rotate", post(rotate))
         .route("/console/keys/{id}/revoke", post(revoke))
         .route("/console/keys/{id}/enabled", post(set_enabled))
+        .route("/console/keys/{id}/reveal", post(reveal))
+        .route(
+            "/console/applications",
+            get(applications).post(create_application),
+        )
+        .route(
+            "/console/applications/{id}/secrets/{environment}/rotate",
+            post(rotate_application_secret),
+        )
         .route("/console/audit", get(audit))
         .layer(axum::middleware::from_fn(super::page_headers))
 }
@@ -330,9 +339,12 @@ async fn account(
     let keys: Vec<_> = keys.iter().map(key_view).collect();
     let usage = crate::routes::self_service::usage_body(&state, &a, mode).await?;
     let chart = super::day_chart(&state, Some(&a.id), None, Some(mode)).await?;
+    let grants = AppManager::new(&state).list_grants(&a.id).await?;
+    let grants: Vec<_> = grants.iter().map(crate::views::grant).collect();
     let plans: Vec<&String> = state.settings.plans.keys().collect();
     let ctx = context! { ..ctx_base(&op, "accounts"), ..context! {
         chart => chart,
+        grants => grants,
         account => crate::views::account(&a),
         mode => mode.as_str(),
         keys => keys,
@@ -541,6 +553,7 @@ async fn key(
     let ctx = context! { ..ctx_base(&op, "accounts"), ..context! {
         chart => chart,
         key => key_view(&k),
+        recoverable => k.recoverable.is_some() && state.settings.secretbox.is_some(),
         activity => activity,
         action_base => format!("/console/keys/{}", k.id),
         back => format!("/console/accounts/{}?mode={}", k.account_id, k.mode),
@@ -651,6 +664,117 @@ async fn set_enabled(
         .await
         .map_err(|e| WebError::from(e).back(&back))?;
     Ok(Redirect::to(&back).into_response())
+}
+
+/// `POST /console/keys/{id}/reveal`: a recoverable test secret, shown again (audited).
+async fn reveal(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, WebError> {
+    let back = format!("/console/keys/{id}");
+    op.check(&f.csrf, &back)?;
+    let k = Manager::new(&state)
+        .key_of(None, None, &id)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    let token = AppManager::new(&state)
+        .reveal(&op.actor, &k)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    Ok(secret_page(
+        "console", &op.csrf, &k, &token, &back, "revealed",
+    ))
+}
+
+/// `GET /console/applications`: third-party applications and the scopes they request.
+async fn applications(State(state): State<AppState>, op: Operator) -> Result<Response, WebError> {
+    let apps = AppManager::new(&state)
+        .list_apps(&Page {
+            after_id: None,
+            limit: 500,
+        })
+        .await?;
+    let apps: Vec<_> = apps.iter().map(crate::views::application).collect();
+    let ctx = context! { ..ctx_base(&op, "applications"), ..context! {
+        apps => apps, scopes => scope_choices(&state),
+    }};
+    Ok(render("applications.html", ctx))
+}
+
+#[derive(Deserialize)]
+struct AppForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+/// `POST /console/applications`: its production and sandbox secrets, shown once.
+async fn create_application(
+    State(state): State<AppState>,
+    op: Operator,
+    Form(f): Form<AppForm>,
+) -> Result<Response, WebError> {
+    let back = "/console/applications";
+    op.check(&f.csrf, back)?;
+    let (app, secrets) = AppManager::new(&state)
+        .create_app(
+            &op.actor,
+            crate::manage_apps::NewApp {
+                name: f.name,
+                description: f.description.trim().to_string(),
+                url: opt_field(&f.url).map(str::to_string),
+                scopes: f.scopes,
+            },
+        )
+        .await
+        .map_err(|e| WebError::from(e).back(back))?;
+    let mut res = render(
+        "app_secrets.html",
+        context! {
+            area => "console", csrf => op.csrf, app => crate::views::application(&app),
+            secrets => [
+                context! { environment => "production", secret => secrets.production.expose() },
+                context! { environment => "sandbox", secret => secrets.sandbox.expose() },
+            ],
+        },
+    );
+    *res.status_mut() = StatusCode::CREATED;
+    Ok(res)
+}
+
+/// `POST /console/applications/{id}/secrets/{environment}/rotate`: a new secret for one
+/// environment, shown once; the old one stops at once.
+async fn rotate_application_secret(
+    State(state): State<AppState>,
+    op: Operator,
+    Path((id, environment)): Path<(String, String)>,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, WebError> {
+    let back = "/console/applications";
+    op.check(&f.csrf, back)?;
+    let env = environment
+        .parse::<keywarden_core::model::AppEnvironment>()
+        .map_err(|e| WebError::from(ApiError::invalid(format!("environment: {e}"))).back(back))?;
+    let (app, secret) = AppManager::new(&state)
+        .rotate_app_secret(&op.actor, &id, env)
+        .await
+        .map_err(|e| WebError::from(e).back(back))?;
+    Ok(render(
+        "app_secrets.html",
+        context! {
+            area => "console", csrf => op.csrf, app => crate::views::application(&app),
+            secrets => [context! { environment => env.as_str(), secret => secret.expose() }],
+        },
+    ))
 }
 
 #[derive(Deserialize, Default)]

@@ -43,6 +43,14 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         ("key.html", include_str!("templates/key.html")),
         ("audit.html", include_str!("templates/audit.html")),
         ("overview.html", include_str!("templates/overview.html")),
+        (
+            "applications.html",
+            include_str!("templates/applications.html"),
+        ),
+        (
+            "app_secrets.html",
+            include_str!("templates/app_secrets.html"),
+        ),
         ("portal.html", include_str!("templates/portal.html")),
         ("portal_key.html", include_str!("templates/portal_key.html")),
         ("authorize.html", include_str!("templates/authorize.html")),
