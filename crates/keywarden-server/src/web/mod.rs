@@ -11,6 +11,7 @@
 //! `Cache-Control: no-store`, so a page that showed a secret is not kept by the browser.
 
 pub mod console;
+mod i18n;
 pub mod portal;
 
 use crate::errors::ApiError;
@@ -60,6 +61,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         }
     }
     env.add_filter("ts", |ms: i64| crate::views::ts(ms));
+    env.add_function("t", |text: &str| tr(text));
     env
 });
 
@@ -72,8 +74,32 @@ const APP_JS: &str = include_str!("assets/app.js");
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
      connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// Renders a template; a template error is a bug, answered 500 without detail.
+tokio::task_local! {
+    /// The language of the page being rendered (the request's, as for API errors).
+    static LANG: Locale;
+}
+
+/// The language of the request being served (English outside a page request).
+pub fn lang() -> Locale {
+    LANG.try_with(|l| *l).unwrap_or(Locale::En)
+}
+
+/// `text` in the page's language: the Spanish of the catalog, else as written.
+pub fn tr(text: &str) -> String {
+    match lang() {
+        Locale::Es => i18n::spanish(text).unwrap_or(text).to_string(),
+        _ => text.to_string(),
+    }
+}
+
+/// Renders a template in the request's language; a template error is a bug, answered 500
+/// without detail.
 pub fn render(name: &str, ctx: minijinja::Value) -> Response {
+    let code = match lang() {
+        Locale::Es => "es",
+        _ => "en",
+    };
+    let ctx = minijinja::context! { lang => code, ..ctx };
     match TEMPLATES.get_template(name).and_then(|t| t.render(ctx)) {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
@@ -89,7 +115,12 @@ pub fn render(name: &str, ctx: minijinja::Value) -> Response {
 
 /// Adds the security headers to every page and asset of the console and the portal.
 pub async fn page_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let mut res = next.run(req).await;
+    let locale = req
+        .extensions()
+        .get::<Locale>()
+        .copied()
+        .unwrap_or(Locale::En);
+    let mut res = LANG.scope(locale, next.run(req)).await;
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -184,7 +215,7 @@ impl IntoResponse for WebError {
     fn into_response(self) -> Response {
         let mut res = render(
             "error.html",
-            minijinja::context! { status => self.status.as_u16(), message => self.message, back => self.back },
+            minijinja::context! { status => self.status.as_u16(), message => tr(&self.message), back => self.back },
         );
         *res.status_mut() = self.status;
         res
