@@ -209,36 +209,80 @@ quotas = [ { unit = "requests", limit = 100000, period = "month" } ]
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
+    /// The element, once the page shows it (a page may still be loading).
+    async fn element(&self, css: &str) -> fantoccini::elements::Element {
+        let found = self
+            .browser
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await;
+        match found {
+            Ok(el) => el,
+            Err(e) => {
+                let url = self.browser.current_url().await.map(|u| u.to_string());
+                let page = self.source().await;
+                panic!("{css}: {e}\nat {url:?}:\n{page}")
+            }
+        }
+    }
+
     async fn text(&self, css: &str) -> String {
-        self.browser
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .text()
-            .await
-            .unwrap()
+        self.element(css).await.text().await.unwrap()
     }
 
     async fn fill(&self, css: &str, value: &str) {
-        let el = self.browser.find(Locator::Css(css)).await.unwrap();
+        let el = self.element(css).await;
         el.clear().await.unwrap();
         el.send_keys(value).await.unwrap();
     }
 
+    /// Clicks a link or a submit button and waits until the next page has loaded.
     async fn click(&self, css: &str) {
-        self.browser
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .click()
-            .await
-            .unwrap();
+        let old = self.element("html").await;
+        self.element(css).await.click().await.unwrap();
+        self.wait_for_next_page(old).await;
     }
 
-    /// Clicks a destructive button and accepts the browser's confirmation.
+    /// Clicks a control that stays on the page (a checkbox).
+    async fn tick(&self, css: &str) {
+        self.element(css).await.click().await.unwrap();
+    }
+
+    /// Clicks a destructive button, accepts the browser's confirmation, and waits for the
+    /// next page.
     async fn click_confirmed(&self, css: &str) {
-        self.click(css).await;
+        let old = self.element("html").await;
+        self.element(css).await.click().await.unwrap();
         self.browser.accept_alert().await.unwrap();
+        self.wait_for_next_page(old).await;
+    }
+
+    /// Waits until `old` (the previous page's root) is gone and the new page is loaded.
+    async fn wait_for_next_page(&self, old: fantoccini::elements::Element) {
+        let started = Instant::now();
+        while old.tag_name().await.is_ok() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the page did not change"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        while self
+            .browser
+            .execute("return document.readyState", vec![])
+            .await
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .as_deref()
+            != Some("complete")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the page did not load"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     async fn source(&self) -> String {
@@ -314,10 +358,14 @@ async fn console_key_lifecycle() {
 
     // Reloading shows the key's own page: no secret anywhere on it.
     rig.browser.refresh().await.unwrap();
+    assert!(rig.text("#key-state").await.contains("active"));
+    assert_eq!(
+        rig.browser.current_url().await.unwrap().path(),
+        format!("/console/keys/{}", rig.text("#key-id").await)
+    );
     let page = rig.source().await;
     assert!(!page.contains(&first), "the secret survived a reload");
     assert!(rig.browser.find(Locator::Css("#secret")).await.is_err());
-    assert!(rig.text("#key-state").await.contains("active"));
 
     // Roll: a new secret, the old one refused at once.
     rig.click("#roll").await;
@@ -409,7 +457,7 @@ async fn console_form_without_csrf_changes_nothing() {
         .await
         .unwrap();
     rig.fill("#app-name", "Ledger Sync").await;
-    rig.click("#create-app input[value='usage:read']").await;
+    rig.tick("#create-app input[value='usage:read']").await;
     rig.click("#create-app-submit").await;
     let production = rig
         .browser
@@ -423,6 +471,7 @@ async fn console_form_without_csrf_changes_nothing() {
     assert!(!production.is_empty());
     rig.screenshot("console_application_secrets").await;
     rig.browser.refresh().await.unwrap();
+    rig.element("#create-app").await;
     assert!(!rig.source().await.contains(&production), "shown once");
     let (_, apps) = rig.admin_api("GET", "/v1/admin/applications", None).await;
     assert_eq!(apps[0]["scopes"], json!(["usage:read"]), "{apps}");
