@@ -6,9 +6,10 @@
 use crate::errors::ApiError;
 use crate::state::AppState;
 use crate::views;
+use crate::views::{AnalyticsBucket, AnalyticsReport};
 use keywarden_core::model::{Millis, Mode};
 use keywarden_store::{DecisionQuery, Granularity};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// The most buckets one report holds.
@@ -24,7 +25,7 @@ pub struct AnalyticsQuery {
     /// Only this key's decisions.
     pub key_id: Option<String>,
     /// Only `live` or `test` decisions (default: both).
-    #[param(value_type = Option<crate::openapi::Mode>)]
+    #[param(value_type = Option<crate::views::schema::Mode>)]
     pub mode: Option<String>,
     /// Start, RFC 3339 (default: 24 buckets before `to`).
     #[param(format = DateTime)]
@@ -51,46 +52,6 @@ pub struct SelfAnalyticsQuery {
     pub to: Option<String>,
     /// `minute`, `hour` (default) or `day`.
     pub granularity: Option<String>,
-}
-
-/// Decision counts by outcome over time.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct AnalyticsReport {
-    /// `minute`, `hour` or `day`.
-    pub granularity: &'static str,
-    /// The first bucket's start.
-    #[schema(value_type = crate::openapi::Timestamp)]
-    pub from: String,
-    /// The end of the last bucket.
-    #[schema(value_type = crate::openapi::Timestamp)]
-    pub to: String,
-    /// The account counted (none: the whole deployment).
-    #[schema(required = true)]
-    pub account_id: Option<String>,
-    /// The key counted (none: every key of the account, or the deployment).
-    #[schema(required = true)]
-    pub key_id: Option<String>,
-    /// The mode counted (none: both).
-    #[schema(required = true, value_type = Option<crate::openapi::Mode>)]
-    pub mode: Option<Mode>,
-    /// Each bucket from `from` to `to`, empty ones included.
-    pub buckets: Vec<AnalyticsBucket>,
-    /// Counts per outcome code over the whole range.
-    pub totals: BTreeMap<String, u64>,
-    /// All decisions over the whole range.
-    pub total: u64,
-}
-
-/// One bucket of a report.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct AnalyticsBucket {
-    /// The bucket's start.
-    #[schema(value_type = crate::openapi::Timestamp)]
-    pub start: String,
-    /// Decisions per outcome code (`valid`, `rate_limited`, …); codes with none are left out.
-    pub counts: BTreeMap<String, u64>,
-    /// All decisions in the bucket.
-    pub total: u64,
 }
 
 /// A validated query, ready for the store.
@@ -197,8 +158,8 @@ pub async fn report(
     }
     Ok(AnalyticsReport {
         granularity: range.granularity.as_str(),
-        from: views::ts(range.from),
-        to: views::ts(range.to),
+        from: range.from.into(),
+        to: range.to.into(),
         account_id,
         key_id,
         mode,
@@ -207,7 +168,7 @@ pub async fn report(
         buckets: buckets
             .into_iter()
             .map(|(start, counts)| AnalyticsBucket {
-                start: views::ts(start),
+                start: start.into(),
                 total: counts.values().sum(),
                 counts,
             })
@@ -235,12 +196,12 @@ pub fn chart(r: &AnalyticsReport) -> minijinja::Value {
                 valid_y => format!("{:.3}", 100.0 - h(valid)),
                 refused_h => format!("{:.3}", h(refused)),
                 refused_y => format!("{:.3}", 100.0 - h(valid) - h(refused)),
-                label => format!("{}: {} allowed, {} refused", b.start, valid, refused),
+                label => format!("{}: {} / {}", b.start.as_str(), valid, refused),
             }
         })
         .collect();
     minijinja::context! {
         bars => bars, max => max, total => r.total, totals => r.totals,
-        from => r.from, to => r.to, granularity => r.granularity,
+        from => r.from.as_str(), to => r.to.as_str(), granularity => r.granularity,
     }
 }

@@ -25,6 +25,8 @@ pub struct Inner {
     pub in_flight: Arc<crate::gateway::InFlightTable>,
     /// GitHub's secret-scanning public keys (`leaks.github_public_keys_file`).
     pub github_keys: crate::github_keys::GithubKeys,
+    /// The scopes self-service routes need, compiled against the catalog.
+    pub needs: crate::auth::ScopeNeeds,
 }
 
 impl AppState {
@@ -33,8 +35,10 @@ impl AppState {
         let store = verifier.store().clone();
         let github_keys =
             crate::github_keys::GithubKeys::new(&settings.config.leaks.github_public_keys_file);
+        let needs = crate::auth::ScopeNeeds::compile(&settings.catalog);
         AppState(Arc::new(Inner {
             github_keys,
+            needs,
             settings,
             verifier,
             store,

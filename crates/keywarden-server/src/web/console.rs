@@ -250,7 +250,7 @@ async fn accounts(
             break;
         }
     }
-    let list: Vec<_> = found.iter().map(crate::views::account).collect();
+    let list: Vec<_> = found.iter().map(crate::views::Account::from).collect();
     let plans: Vec<&String> = state.settings.plans.keys().collect();
     let mut ctx = ctx_base(&op, "accounts");
     ctx = context! { ..ctx, ..context! {
@@ -340,12 +340,12 @@ async fn account(
     let usage = crate::routes::self_service::usage_body(&state, &a, mode).await?;
     let chart = super::day_chart(&state, Some(&a.id), None, Some(mode)).await?;
     let grants = AppManager::new(&state).list_grants(&a.id).await?;
-    let grants: Vec<_> = grants.iter().map(crate::views::grant).collect();
+    let grants: Vec<_> = grants.iter().map(crate::views::Grant::from).collect();
     let plans: Vec<&String> = state.settings.plans.keys().collect();
     let ctx = context! { ..ctx_base(&op, "accounts"), ..context! {
         chart => chart,
         grants => grants,
-        account => crate::views::account(&a),
+        account => crate::views::Account::from(&a),
         mode => mode.as_str(),
         keys => keys,
         usage => usage,
@@ -400,7 +400,14 @@ async fn set_plan(
     let back = format!("/console/accounts/{id}");
     op.check(&f.csrf, &back)?;
     Manager::new(&state)
-        .update_account(&op.actor, &id, None, Some(f.plan), None, None)
+        .update_account(
+            &op.actor,
+            &id,
+            crate::manage::AccountPatch {
+                plan: Some(f.plan),
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| WebError::from(e).back(&back))?;
     Ok(Redirect::to(&back).into_response())
@@ -548,7 +555,7 @@ async fn key(
         .await
         .map_err(|e| WebError::from(e).back("/console/accounts"))?;
     let activity = state.store.list_activity(&k.id, 50).await?;
-    let activity: Vec<_> = activity.iter().map(crate::views::activity).collect();
+    let activity: Vec<_> = activity.iter().map(crate::views::Activity::from).collect();
     let chart = super::day_chart(&state, Some(&k.account_id), Some(&k.id), None).await?;
     let ctx = context! { ..ctx_base(&op, "accounts"), ..context! {
         chart => chart,
@@ -696,7 +703,7 @@ async fn applications(State(state): State<AppState>, op: Operator) -> Result<Res
             limit: 500,
         })
         .await?;
-    let apps: Vec<_> = apps.iter().map(crate::views::application).collect();
+    let apps: Vec<_> = apps.iter().map(crate::views::Application::from).collect();
     let ctx = context! { ..ctx_base(&op, "applications"), ..context! {
         apps => apps, scopes => scope_choices(&state),
     }};
@@ -740,7 +747,7 @@ async fn create_application(
     let mut res = render(
         "app_secrets.html",
         context! {
-            area => "console", csrf => op.csrf, app => crate::views::application(&app),
+            area => "console", csrf => op.csrf, app => crate::views::Application::from(&app),
             secrets => [
                 context! { environment => "production", secret => secrets.production.expose() },
                 context! { environment => "sandbox", secret => secrets.sandbox.expose() },
@@ -771,7 +778,7 @@ async fn rotate_application_secret(
     Ok(render(
         "app_secrets.html",
         context! {
-            area => "console", csrf => op.csrf, app => crate::views::application(&app),
+            area => "console", csrf => op.csrf, app => crate::views::Application::from(&app),
             secrets => [context! { environment => env.as_str(), secret => secret.expose() }],
         },
     ))
@@ -820,7 +827,7 @@ async fn audit(
             ..EventFilter::default()
         })
         .await?;
-    let events: Vec<_> = events.iter().map(crate::views::event).collect();
+    let events: Vec<_> = events.iter().map(crate::views::AuditEvent::from).collect();
     let ctx = context! { ..ctx_base(&op, "audit"), ..context! {
         events => events, account_id => q.account_id, kind => q.kind, since => q.since,
     }};

@@ -375,5 +375,5 @@ pub async fn day_chart(
 
 /// A key as a page shows it: metadata, never a secret.
 pub fn key_view(k: &keywarden_core::model::KeyRecord) -> minijinja::Value {
-    minijinja::Value::from_serialize(crate::views::key(k))
+    minijinja::Value::from_serialize(crate::views::ApiKey::from(k))
 }

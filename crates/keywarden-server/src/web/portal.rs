@@ -338,7 +338,7 @@ fn base_ctx(c: &Customer, mode: Mode) -> minijinja::Value {
     context! {
         area => "portal",
         csrf => c.csrf,
-        account => crate::views::account(&c.account),
+        account => crate::views::Account::from(&c.account),
         role => c.role().as_str(),
         mode => mode.as_str(),
         mode_fixed => c.session.mode.is_some(),
@@ -447,7 +447,14 @@ async fn rename(
     c.check(&f.csrf, "/portal")?;
     need_owner(&c)?;
     Manager::new(&state)
-        .update_account(&c.actor(), &c.account.id, Some(f.name), None, None, None)
+        .update_account(
+            &c.actor(),
+            &c.account.id,
+            crate::manage::AccountPatch {
+                name: Some(f.name),
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| WebError::from(e).back("/portal"))?;
     Ok(Redirect::to("/portal").into_response())
@@ -469,7 +476,14 @@ async fn change_plan(
     c.check(&f.csrf, "/portal")?;
     need_owner(&c)?;
     Manager::new(&state)
-        .update_account(&c.actor(), &c.account.id, None, Some(f.plan), None, None)
+        .update_account(
+            &c.actor(),
+            &c.account.id,
+            crate::manage::AccountPatch {
+                plan: Some(f.plan),
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| WebError::from(e).back("/portal"))?;
     Ok(Redirect::to("/portal").into_response())
@@ -508,7 +522,7 @@ async fn key(
 ) -> Result<Response, WebError> {
     let k = c.key(&state, &id).await?;
     let activity = state.store.list_activity(&k.id, 50).await?;
-    let activity: Vec<_> = activity.iter().map(crate::views::activity).collect();
+    let activity: Vec<_> = activity.iter().map(crate::views::Activity::from).collect();
     let chart = super::day_chart(&state, Some(&c.account.id), Some(&k.id), None).await?;
     let ctx = context! { ..base_ctx(&c, k.mode), ..context! {
         chart => chart,
@@ -607,7 +621,7 @@ async fn consent(
         asked
     };
     let ctx = context! { ..base_ctx(&c, mode), ..context! {
-        app => crate::views::application(&app),
+        app => crate::views::Application::from(&app),
         scopes => asked,
     }};
     Ok(render("authorize.html", ctx))
