@@ -323,3 +323,31 @@ pub struct Activity {
     /// Decision code.
     pub code: String,
 }
+
+string_enum!(
+    /// What a web session opens (`docs/console.md`): the operator console, a portal link not
+    /// yet used, or a customer's portal session.
+    WebSessionKind { Console = "console", PortalLink = "portal_link", Portal = "portal" }
+);
+
+/// A web session or a portal link, as stored: only the SHA-256 of its random id is kept,
+/// so the database never holds what the browser presents.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WebSession {
+    /// Lowercase hex SHA-256 of the session id.
+    pub id_hash: String,
+    /// Console, portal link or portal session.
+    pub kind: WebSessionKind,
+    /// The account a portal link or session is for (`None` for the console).
+    pub account_id: Option<String>,
+    /// The mode a portal session starts in.
+    pub mode: Option<Mode>,
+    /// The highest role a portal session acts with.
+    pub role: Option<Role>,
+    /// Where the portal's "back" link leads.
+    pub return_url: Option<String>,
+    /// Creation time.
+    pub created_at: Millis,
+    /// After this instant the session or link is refused.
+    pub expires_at: Millis,
+}

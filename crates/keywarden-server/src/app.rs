@@ -186,6 +186,7 @@ impl Service {
                 activity_retain_per_key: st.activity_retain_per_key,
                 usage_flush_interval,
                 usage_durability,
+                decision_retention: decision_retention(st.analytics_retention_days),
                 ..WriterConfig::default()
             },
         );
@@ -279,6 +280,14 @@ impl Service {
         tracing::info!("writer flushed; bye");
         served
     }
+}
+
+/// How long decision counts are kept per granularity: daily ones `days`, minute and
+/// hourly ones their defaults but never longer.
+fn decision_retention(days: u64) -> [Duration; 3] {
+    let cap = Duration::from_secs(days.max(1).saturating_mul(86_400));
+    let [minute, hour, _] = keywarden_store::writer::DEFAULT_DECISION_RETENTION;
+    [minute.min(cap), hour.min(cap), cap]
 }
 
 /// Resolves on SIGINT or SIGTERM.

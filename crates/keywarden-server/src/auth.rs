@@ -37,6 +37,11 @@ fn matches_any(token: &str, secrets: &[Secret]) -> bool {
     })
 }
 
+/// Whether `token` is one of the configured root keys (the console's sign-in).
+pub fn root_key_matches(state: &AppState, token: &str) -> bool {
+    !token.is_empty() && matches_any(token, &state.settings.root_keys)
+}
+
 /// Admits the operator: a configured root key as bearer.
 pub fn require_root(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let roots = &state.settings.root_keys;

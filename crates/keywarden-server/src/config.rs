@@ -100,6 +100,12 @@ pub struct ServerConfig {
     pub timestamp_offset: String,
     /// `"ms"`: milliseconds shown when there are any; `"s"`: whole seconds always.
     pub timestamp_precision: String,
+    /// How customers reach the public listener, for portal links (`docs/console.md`);
+    /// empty: `http://` + `public_listen`.
+    pub public_url: String,
+    /// Mark the console's and the portal's session cookies `Secure` (set it when a TLS
+    /// proxy serves them).
+    pub secure_cookies: bool,
 }
 
 impl Default for ServerConfig {
@@ -117,6 +123,8 @@ impl Default for ServerConfig {
             admin_max_connections: 1_000,
             timestamp_offset: "Z".into(),
             timestamp_precision: "ms".into(),
+            public_url: String::new(),
+            secure_cookies: false,
         }
     }
 }
@@ -157,6 +165,9 @@ pub struct StoreConfig {
     /// `batched` (default): usage is written within `usage_flush_ms`, off the request path.
     /// `strict`: a request that consumes quota is answered only once its usage is committed.
     pub usage_durability: String,
+    /// Days of daily decision counts kept for analytics (`docs/analytics.md`); minute
+    /// buckets are kept two days and hourly ones 31, neither longer than this.
+    pub analytics_retention_days: u64,
 }
 
 impl Default for StoreConfig {
@@ -175,6 +186,7 @@ impl Default for StoreConfig {
             timeout_ms: 2_000,
             usage_flush_ms: 100,
             usage_durability: "batched".into(),
+            analytics_retention_days: 400,
         }
     }
 }
@@ -551,7 +563,8 @@ pub enum LeakAction {
 #[serde(default, deny_unknown_fields)]
 pub struct SelfServiceConfig {
     /// The endpoint groups served under `server.base_path`: `account`, `account_write`,
-    /// `usage`, `erase`, `api_keys`, `events`, `grants`. A path of a group left out is not
+    /// `usage` (with `/analytics`), `erase`, `api_keys`, `events`, `grants`, `portal` (the
+    /// customer portal's pages). A path of a group left out is not
     /// Keywarden's: in gateway mode it goes to the upstream, else it is 404.
     pub endpoints: Vec<String>,
     /// Top-level field name → the name self-service answers use instead
@@ -571,6 +584,7 @@ pub const SELF_SERVICE_GROUPS: &[&str] = &[
     "api_keys",
     "events",
     "grants",
+    "portal",
 ];
 
 impl Default for SelfServiceConfig {

@@ -1,6 +1,7 @@
 //! Keywarden's HTTP service: the public and admin listeners, verify, forward-auth, the
 //! admin and self-service APIs, configuration, and the service's startup and shutdown.
 
+pub mod analytics;
 pub mod app;
 pub mod auth;
 pub mod config;
@@ -18,4 +19,5 @@ pub mod secretbox;
 pub mod settings;
 pub mod state;
 pub mod views;
+pub mod web;
 pub mod workers;

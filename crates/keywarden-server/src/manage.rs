@@ -132,6 +132,11 @@ impl Ceiling {
         Ceiling { key, plan_rate }
     }
 
+    /// The effective scopes of the bounding key.
+    pub fn scopes(&self) -> &ScopeSet {
+        &self.key.scopes
+    }
+
     /// The rate limit a key is held to: its own, else its plan's (`None`: unlimited).
     fn rate_of(&self, own: Option<RateLimitSpec>) -> Option<RateLimit> {
         own.map(|r| RateLimit::new(r.requests, u64::from(r.per_seconds) * 1000))
@@ -525,6 +530,10 @@ impl Manager {
         }
         self.store().update_account(&a).await?;
         self.verifier().invalidate_account(&a.id);
+        if a.status == AccountStatus::Suspended {
+            // A suspended account's portal sessions and unused portal links end now.
+            self.store().end_web_sessions(&a.id).await?;
+        }
         if !changed.is_empty() {
             self.audit(
                 actor,

@@ -28,6 +28,8 @@ pub async fn request_context(
     let id = request_id();
     req.extensions_mut().insert(RequestId(id.clone()));
     let locale = state.settings.renderer.locale_for(req.headers());
+    // The web pages speak the same language as the errors.
+    req.extensions_mut().insert(locale);
     // The path without its query string: a query may carry a key (`query:NAME` sources).
     let logged = tracing::enabled!(tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().path().to_string()));

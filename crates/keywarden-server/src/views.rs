@@ -104,6 +104,13 @@ pub fn parse_ts(s: &str) -> Result<Millis, String> {
 #[schema(value_type = String, format = DateTime, example = "2026-03-20T10:00:00.123Z")]
 pub struct Timestamp(String);
 
+impl Timestamp {
+    /// The RFC 3339 text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl From<Millis> for Timestamp {
     fn from(ms: Millis) -> Self {
         Timestamp(ts(ms))
@@ -1047,6 +1054,53 @@ mod tests {
             sent(AppEnvironment::ALL)
         );
     }
+}
+
+/// Decision counts by outcome over time (`docs/analytics.md`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnalyticsReport {
+    /// `minute`, `hour` or `day`.
+    pub granularity: &'static str,
+    /// The first bucket's start.
+    pub from: Timestamp,
+    /// The end of the last bucket.
+    pub to: Timestamp,
+    /// The account counted (none: the whole deployment).
+    #[schema(required = true)]
+    pub account_id: Option<String>,
+    /// The key counted (none: every key of the account, or the deployment).
+    #[schema(required = true)]
+    pub key_id: Option<String>,
+    /// The mode counted (none: both).
+    #[schema(required = true, value_type = Option<schema::Mode>)]
+    pub mode: Option<Mode>,
+    /// Each bucket from `from` to `to`, empty ones included.
+    pub buckets: Vec<AnalyticsBucket>,
+    /// Counts per outcome code over the whole range.
+    pub totals: BTreeMap<String, u64>,
+    /// All decisions over the whole range.
+    pub total: u64,
+}
+
+/// One bucket of an [`AnalyticsReport`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnalyticsBucket {
+    /// The bucket's start.
+    pub start: Timestamp,
+    /// Decisions per outcome code (`valid`, `rate_limit_exceeded`, …); codes with none are
+    /// left out.
+    pub counts: BTreeMap<String, u64>,
+    /// All decisions in the bucket.
+    pub total: u64,
+}
+
+/// A single-use portal link (`docs/console.md#the-customer-portal`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortalSession {
+    /// Open it once, within minutes, to start a portal session for the account.
+    pub url: String,
+    /// After this instant the link is refused.
+    pub expires_at: Timestamp,
 }
 
 #[cfg(test)]

@@ -8,12 +8,12 @@
 //! deleting a grant with its keys) get [`Bounds::long`] instead of [`Bounds::call`].
 
 use crate::store::{
-    ErasureCounts, EventFilter, Invalidation, KeyTouch, Page, Store, StoreError, StoreResult,
-    UsageDelta, WriteBatch,
+    Census, DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation, KeyTouch, Page,
+    Store, StoreError, StoreResult, UsageDelta, WriteBatch,
 };
 use async_trait::async_trait;
 use keywarden_core::model::{
-    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode,
+    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode, WebSession,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -120,6 +120,13 @@ delegate! {
     call fn list_activity(&self, key_id: &str, limit: u32) -> StoreResult<Vec<Activity>>;
     long fn write_batch(&self, batch: &WriteBatch) -> StoreResult<()>;
     long fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()>;
+    call fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()>;
+    call fn get_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
+    call fn take_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
+    call fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
+    call fn decision_counts(&self, q: &DecisionQuery) -> StoreResult<Vec<(Millis, String, u64)>>;
+    call fn prune_decision_counts(&self, granularity: Granularity, before: Millis) -> StoreResult<u64>;
+    call fn census(&self) -> StoreResult<Census>;
     call fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
 }

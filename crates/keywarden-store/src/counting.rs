@@ -5,11 +5,12 @@
 
 use crate::store::StoreError;
 use crate::store::{
-    ErasureCounts, EventFilter, KeyTouch, Page, Store, StoreResult, UsageDelta, WriteBatch,
+    Census, DecisionQuery, ErasureCounts, EventFilter, Granularity, KeyTouch, Page, Store,
+    StoreResult, UsageDelta, WriteBatch,
 };
 use async_trait::async_trait;
 use keywarden_core::model::{
-    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode,
+    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode, WebSession,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -128,6 +129,13 @@ delegate! {
     fn list_activity(&self, key_id: &str, limit: u32) -> StoreResult<Vec<Activity>>;
     fn write_batch(&self, batch: &WriteBatch) -> StoreResult<()>;
     fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()>;
+    fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()>;
+    fn get_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
+    fn take_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
+    fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
+    fn decision_counts(&self, q: &DecisionQuery) -> StoreResult<Vec<(Millis, String, u64)>>;
+    fn prune_decision_counts(&self, granularity: Granularity, before: Millis) -> StoreResult<u64>;
+    fn census(&self) -> StoreResult<Census>;
     fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
 }

@@ -5,8 +5,8 @@
 pub mod store;
 
 pub use store::{
-    ErasureCounts, EventFilter, Invalidation, KeyTouch, Page, Store, StoreError, StoreResult,
-    UsageDelta, WriteBatch,
+    Census, DecisionCount, DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation,
+    KeyTouch, Page, Store, StoreError, StoreResult, UsageDelta, WriteBatch,
 };
 
 pub mod bounded;

@@ -8,13 +8,13 @@
 //! what makes "same behaviour, same tests" (`docs/operations.md#storage`) true by construction.
 
 use crate::store::{
-    ErasureCounts, EventFilter, Invalidation, KeyTouch, Page, Store, StoreError, StoreResult,
-    UsageDelta, WriteBatch,
+    Census, DecisionCount, DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation,
+    KeyTouch, Page, Store, StoreError, StoreResult, UsageDelta, WriteBatch,
 };
 use async_trait::async_trait;
 use keywarden_core::model::{
     Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode, PreviousSecret,
-    RateLimitSpec, StoredSecret,
+    RateLimitSpec, StoredSecret, WebSession,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -604,6 +604,9 @@ const RETIRE_PREVIOUS: &str = "INSERT INTO retired_secrets (key_id, scheme, look
 const ACCOUNT_EXISTS: &str = "SELECT COUNT(*) AS n FROM accounts WHERE id = $1";
 const COUNT_ACTIVE_KEYS: &str =
     "SELECT COUNT(*) AS n FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL";
+const COUNT_ACCOUNTS: &str = "SELECT COUNT(*) AS n FROM accounts";
+const COUNT_KEYS_OF_MODE: &str =
+    "SELECT COUNT(*) AS n FROM api_keys WHERE mode = $1 AND revoked_at IS NULL";
 const GRANT_EXISTS: &str = "SELECT COUNT(*) AS n FROM grants WHERE id = $1";
 const REVOKE_GRANT_KEYS: &str = "UPDATE api_keys SET revoked_at = $2, revoked_reason = $3 \
      WHERE grant_id = $1 AND revoked_at IS NULL";
@@ -619,6 +622,19 @@ const ERASE_USAGE: &str = "DELETE FROM usage WHERE account_id = $1";
 const ERASE_KEYS: &str = "DELETE FROM api_keys WHERE account_id = $1";
 const ERASE_GRANTS: &str = "DELETE FROM grants WHERE account_id = $1";
 const ERASE_ACCOUNT: &str = "DELETE FROM accounts WHERE id = $1";
+const ERASE_SESSIONS: &str = "DELETE FROM web_sessions WHERE account_id = $1";
+const ERASE_DECISIONS: &str = "DELETE FROM decision_counts WHERE account_id = $1";
+/// An account's decision counts, once the account is gone (erased while they waited).
+const ORPHAN_DECISIONS: &str = "DELETE FROM decision_counts WHERE account_id = $1 \
+     AND NOT EXISTS (SELECT 1 FROM accounts WHERE id = $1)";
+const PRUNE_DECISIONS: &str = "DELETE FROM decision_counts WHERE granularity = $1 AND bucket < $2";
+const SESSION_COLUMNS: &str =
+    "id_hash, kind, account_id, mode, role, return_url, created_at, expires_at";
+const SESSION_EXPIRED: &str = "DELETE FROM web_sessions WHERE expires_at <= $1";
+const SESSION_GET: &str = "SELECT id_hash, kind, account_id, mode, role, return_url, \
+     created_at, expires_at FROM web_sessions WHERE id_hash = $1 AND expires_at > $2";
+const SESSION_TAKE: &str = "DELETE FROM web_sessions WHERE id_hash = $1 AND expires_at > $2 \
+     RETURNING id_hash, kind, account_id, mode, role, return_url, created_at, expires_at";
 
 /// Deletes a key's activity older than its `$2 + 1`-th newest row. When the key has no
 /// more rows than that, the subquery is empty, the comparison is NULL and nothing goes.
@@ -889,6 +905,34 @@ fn decode_activity<R: RowGet>(r: &R) -> StoreResult<Activity> {
 }
 
 /// A page's lower bound: the empty string sorts before every id.
+fn session_params(w: &WebSession) -> Vec<Param> {
+    params![
+        w.id_hash.as_str(),
+        w.kind.as_str(),
+        w.account_id.as_deref(),
+        w.mode.map(Mode::as_str),
+        w.role.map(|r| r.as_str()),
+        w.return_url.as_deref(),
+        w.created_at,
+        w.expires_at,
+    ]
+    .to_vec()
+}
+
+fn decode_session<R: RowGet>(r: &R) -> StoreResult<WebSession> {
+    let opt = |col: &str| -> StoreResult<Option<String>> { r.opt_text(col) };
+    Ok(WebSession {
+        id_hash: r.text("id_hash")?,
+        kind: r.parse("kind")?,
+        account_id: opt("account_id")?,
+        mode: opt("mode")?.map(|m| parse_column("mode", &m)).transpose()?,
+        role: opt("role")?.map(|m| parse_column("role", &m)).transpose()?,
+        return_url: opt("return_url")?,
+        created_at: r.int("created_at")?,
+        expires_at: r.int("expires_at")?,
+    })
+}
+
 fn after(page: &Page) -> &str {
     page.after_id.as_deref().unwrap_or("")
 }
@@ -1036,7 +1080,78 @@ async fn drop_orphans<C: Exec + ?Sized>(c: &mut C, batch: &WriteBatch) -> StoreR
                 .await?;
         }
     }
+    let accounts: std::collections::BTreeSet<&str> = batch
+        .decisions
+        .iter()
+        .filter_map(|d| d.key.as_ref().map(|(_, a, _)| a.as_str()))
+        .collect();
+    for account in accounts {
+        c.run(ORPHAN_DECISIONS, &params![account]).await?;
+    }
     Ok(())
+}
+
+/// Adds decision counts: each count goes to its key's, its account's and the deployment's
+/// rows (a decision of no known key to the deployment's only), in minute, hour and day
+/// buckets. Summed first, so one statement never upserts a row twice.
+async fn write_decisions<C: Exec + ?Sized>(c: &mut C, counts: &[DecisionCount]) -> StoreResult<()> {
+    type Row<'a> = (&'static str, Millis, &'a str, &'a str, &'a str, &'a str);
+    let mut sums: BTreeMap<Row<'_>, u64> = BTreeMap::new();
+    for d in counts {
+        let (key, account, mode) = match &d.key {
+            Some((k, a, m)) => (k.as_str(), a.as_str(), m.as_str()),
+            None => ("", "", ""),
+        };
+        for g in Granularity::ALL {
+            let bucket = g.bucket(d.minute);
+            // The deployment's row, then the account's and the key's when there is a key.
+            let rows = [("", ""), (account, ""), (account, key)];
+            let n = if account.is_empty() { 1 } else { 3 };
+            for &(account, key) in &rows[..n] {
+                let sum = sums
+                    .entry((g.as_str(), bucket, account, key, mode, d.code.as_str()))
+                    .or_insert(0);
+                *sum = sum.saturating_add(d.count);
+            }
+        }
+    }
+    let rows = sums
+        .into_iter()
+        .map(|((g, bucket, account, key, mode, code), n)| {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            Vec::from(params![g, bucket, account, key, mode, code, n])
+        })
+        .collect();
+    run_chunked(c, 7, rows, |values| {
+        format!(
+            "INSERT INTO decision_counts (granularity, bucket, account_id, key_id, mode, code, n) \
+             VALUES {values} ON CONFLICT (granularity, account_id, key_id, bucket, mode, code) \
+             DO UPDATE SET n = decision_counts.n + excluded.n"
+        )
+    })
+    .await
+}
+
+/// The statement and parameters reading decision counts.
+fn decisions_query(q: &DecisionQuery) -> (String, Vec<Param>) {
+    let mut p: Vec<Param> = params![
+        q.granularity.as_str(),
+        q.account_id.as_deref().unwrap_or(""),
+        q.key_id.as_deref().unwrap_or(""),
+        q.from,
+        q.to,
+    ]
+    .to_vec();
+    let mut sql = String::from(
+        "SELECT bucket, code, CAST(SUM(n) AS BIGINT) AS n FROM decision_counts WHERE granularity = $1 \
+         AND account_id = $2 AND key_id = $3 AND bucket >= $4 AND bucket < $5",
+    );
+    if let Some(m) = q.mode {
+        p.push(m.as_str().into());
+        sql.push_str(" AND mode = $6");
+    }
+    sql.push_str(" GROUP BY bucket, code ORDER BY bucket, code");
+    (sql, p)
 }
 
 /// Adds usage increments. Deltas for the same counter are summed first: one statement may
@@ -1351,6 +1466,8 @@ impl<B: Backend> Store for B {
             deleted_grants: tx.run(ERASE_GRANTS, &p).await?,
             deleted_accounts: tx.run(ERASE_ACCOUNT, &p).await?,
         };
+        tx.run(ERASE_SESSIONS, &p).await?;
+        tx.run(ERASE_DECISIONS, &p).await?;
         commit(tx).await?;
         Ok(counts)
     }
@@ -1547,6 +1664,7 @@ impl<B: Backend> Store for B {
         write_activity(&mut *tx, &batch.activity, batch.activity_retain_per_key).await?;
         write_usage(&mut *tx, &batch.usage).await?;
         write_events(&mut *tx, &batch.events).await?;
+        write_decisions(&mut *tx, &batch.decisions).await?;
         drop_orphans(&mut *tx, batch).await?;
         commit(tx).await
     }
@@ -1558,6 +1676,74 @@ impl<B: Backend> Store for B {
         let mut tx = write(self).await?;
         write_usage(&mut *tx, deltas).await?;
         commit(tx).await
+    }
+
+    async fn census(&self) -> StoreResult<Census> {
+        let mut c = read(self).await?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(Census {
+            accounts: n(count(&mut *c, COUNT_ACCOUNTS, &[]).await?),
+            live_keys: n(count(&mut *c, COUNT_KEYS_OF_MODE, &params!["live"]).await?),
+            test_keys: n(count(&mut *c, COUNT_KEYS_OF_MODE, &params!["test"]).await?),
+        })
+    }
+
+    async fn decision_counts(&self, q: &DecisionQuery) -> StoreResult<Vec<(Millis, String, u64)>> {
+        let (sql, p) = decisions_query(q);
+        let mut c = read(self).await?;
+        all(&mut *c, &sql, &p, |r| {
+            Ok((r.int("bucket")?, r.text("code")?, narrow("n", r.int("n")?)?))
+        })
+        .await
+    }
+
+    async fn prune_decision_counts(
+        &self,
+        granularity: Granularity,
+        before: Millis,
+    ) -> StoreResult<u64> {
+        write_one(
+            self,
+            PRUNE_DECISIONS,
+            &params![granularity.as_str(), before],
+        )
+        .await
+    }
+
+    async fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()> {
+        let mut tx = write(self).await?;
+        tx.run(SESSION_EXPIRED, &params![now]).await?;
+        let sql = format!(
+            "INSERT INTO web_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        );
+        tx.run(&sql, &session_params(session)).await?;
+        commit(tx).await
+    }
+
+    async fn get_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>> {
+        let mut c = read(self).await?;
+        first(&mut *c, SESSION_GET, &params![id_hash, now], decode_session).await
+    }
+
+    async fn take_web_session(
+        &self,
+        id_hash: &str,
+        now: Millis,
+    ) -> StoreResult<Option<WebSession>> {
+        let mut tx = write(self).await?;
+        let got = first(
+            &mut *tx,
+            SESSION_TAKE,
+            &params![id_hash, now],
+            decode_session,
+        )
+        .await?;
+        commit(tx).await?;
+        Ok(got)
+    }
+
+    async fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64> {
+        write_one(self, ERASE_SESSIONS, &params![account_id]).await
     }
 
     async fn get_usage(

@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 use keywarden_core::model::{
-    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode,
+    Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode, WebSession,
 };
 use serde::Serialize;
 
@@ -86,6 +86,94 @@ pub struct UsageDelta {
     pub amount: u64,
 }
 
+/// Decisions with one outcome in one minute, for analytics: a known key's (with its
+/// account and mode), or of no known key (deployment-wide totals only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionCount {
+    /// Start of the minute, Unix milliseconds.
+    pub minute: Millis,
+    /// The key and its account and mode; `None` when no key was recognised.
+    pub key: Option<(String, String, Mode)>,
+    /// The decision code.
+    pub code: String,
+    /// How many.
+    pub count: u64,
+}
+
+/// The size of an analytics bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// One minute.
+    Minute,
+    /// One hour.
+    Hour,
+    /// One UTC day.
+    Day,
+}
+
+impl Granularity {
+    /// Every granularity, finest first.
+    pub const ALL: [Granularity; 3] = [Granularity::Minute, Granularity::Hour, Granularity::Day];
+
+    /// Its name, as stored and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Minute => "minute",
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|g| g.as_str() == s)
+    }
+
+    /// The length of one bucket in milliseconds.
+    pub fn millis(self) -> Millis {
+        match self {
+            Granularity::Minute => 60_000,
+            Granularity::Hour => 3_600_000,
+            Granularity::Day => 86_400_000,
+        }
+    }
+
+    /// The start of the bucket holding `at`.
+    pub fn bucket(self, at: Millis) -> Millis {
+        at.div_euclid(self.millis()) * self.millis()
+    }
+}
+
+/// Which decision counts to read: an account's or a key's (or, with neither, the
+/// deployment's), in one mode or all, from `from` (inclusive) to `to` (exclusive).
+#[derive(Clone, Debug)]
+pub struct DecisionQuery {
+    /// Bucket size.
+    pub granularity: Granularity,
+    /// Only this account's decisions.
+    pub account_id: Option<String>,
+    /// Only this key's decisions (with its account).
+    pub key_id: Option<String>,
+    /// Only this mode.
+    pub mode: Option<Mode>,
+    /// First bucket start.
+    pub from: Millis,
+    /// End, exclusive.
+    pub to: Millis,
+}
+
+/// The size of the deployment, for the console's overview.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Census {
+    /// Accounts.
+    pub accounts: u64,
+    /// Unrevoked live keys.
+    pub live_keys: u64,
+    /// Unrevoked test keys.
+    pub test_keys: u64,
+}
+
 /// A successful use of a key, for `last_used_at` / `last_used_ip`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyTouch {
@@ -110,6 +198,8 @@ pub struct WriteBatch {
     pub usage: Vec<UsageDelta>,
     /// Audit events raised on the request path (e.g. `key.ip_denied`).
     pub events: Vec<AuditEvent>,
+    /// Decisions counted by outcome, per minute.
+    pub decisions: Vec<DecisionCount>,
 }
 
 impl WriteBatch {
@@ -119,6 +209,7 @@ impl WriteBatch {
             && self.activity.is_empty()
             && self.usage.is_empty()
             && self.events.is_empty()
+            && self.decisions.is_empty()
     }
 }
 
@@ -300,6 +391,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Adds usage increments (upsert-and-add), in one transaction.
     async fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()>;
     /// Usage of an account for one mode, unit and period start (0 when none).
+    /// How many accounts there are, and how many unrevoked keys in each mode (live, test).
+    async fn census(&self) -> StoreResult<Census>;
+    /// Decision counts per bucket and code, in bucket order: `(bucket start, code, count)`.
+    async fn decision_counts(&self, q: &DecisionQuery) -> StoreResult<Vec<(Millis, String, u64)>>;
+    /// Deletes buckets of `granularity` that start before `before`.
+    async fn prune_decision_counts(
+        &self,
+        granularity: Granularity,
+        before: Millis,
+    ) -> StoreResult<u64>;
+    /// Stores a web session or portal link, dropping every one expired before `now`.
+    async fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()>;
+    /// The session whose id hashes to `id_hash`, if it has not expired at `now`.
+    async fn get_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
+    /// Deletes and returns the session, if it has not expired at `now`: a portal link is
+    /// used by exactly one caller, however many present it at once.
+    async fn take_web_session(&self, id_hash: &str, now: Millis)
+        -> StoreResult<Option<WebSession>>;
+    /// Ends every session and link of an account (suspension, erasure).
+    async fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
     async fn get_usage(
         &self,
         account_id: &str,

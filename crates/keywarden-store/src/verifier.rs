@@ -527,8 +527,18 @@ impl Verifier {
         ok
     }
 
-    /// Verifies one request: the whole of `docs/decision.md`.
+    /// Verifies one request: the whole of `docs/decision.md`. Every decision is counted
+    /// for analytics by the batched writer: under its key and account when a key was
+    /// recognised, else in the deployment's totals only (`docs/analytics.md`).
     pub async fn verify(&self, req: &VerifyRequest<'_>) -> VerifyOutcome {
+        let out = self.decide(req).await;
+        let key = out.key.as_ref().map(|k| (k.id(), k.account_id(), k.mode));
+        self.writer
+            .decided(key, out.code.as_str(), self.clock.now_ms());
+        out
+    }
+
+    async fn decide(&self, req: &VerifyRequest<'_>) -> VerifyOutcome {
         let now = self.clock.now_ms();
         let bucket = req.client_ip.map(ClientAddr::lockout_bucket);
         let locked_out = match &bucket {

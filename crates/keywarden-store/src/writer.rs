@@ -40,7 +40,9 @@
 //! restart loses nothing in either mode.
 
 use crate::cache::duplicate;
-use crate::store::{KeyTouch, Store, StoreError, StoreResult, UsageDelta, WriteBatch};
+use crate::store::{
+    DecisionCount, Granularity, KeyTouch, Store, StoreError, StoreResult, UsageDelta, WriteBatch,
+};
 use keywarden_core::model::{Activity, AuditEvent, Millis, Mode};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -123,7 +125,18 @@ pub struct WriterConfig {
     /// How long [`WriterHandle::shutdown`] keeps retrying a failing write before it gives up
     /// and reports what is lost, so a dead database cannot hang a shutdown forever.
     pub shutdown_grace: Duration,
+    /// How long decision counts are kept, per granularity (minute, hour, day), counted
+    /// back from the newest decision written (`docs/analytics.md`).
+    pub decision_retention: [Duration; 3],
 }
+
+/// The default retention of decision counts: minute buckets two days, hour buckets 31
+/// days, day buckets 400 days.
+pub const DEFAULT_DECISION_RETENTION: [Duration; 3] = [
+    Duration::from_secs(2 * 86_400),
+    Duration::from_secs(31 * 86_400),
+    Duration::from_secs(400 * 86_400),
+];
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -135,6 +148,7 @@ impl Default for WriterConfig {
             activity_queue: 100_000,
             activity_retain_per_key: 1_000,
             shutdown_grace: Duration::from_secs(10),
+            decision_retention: DEFAULT_DECISION_RETENTION,
         }
     }
 }
@@ -158,11 +172,45 @@ struct Pending {
     /// Activity rows held in `activity`.
     activity_len: usize,
     events: Vec<AuditEvent>,
+    /// Decision counts per key id: its account and mode, and `(minute, code, count)`.
+    decisions: HashMap<String, KeyTally>,
+    /// Decision counts of no known key: `(minute, code, count)`.
+    unknown: Vec<(Millis, &'static str, u64)>,
+    /// Tallies held in `decisions` and `unknown`.
+    decisions_len: usize,
+}
+
+/// A key's decision counts waiting for the next flush.
+struct KeyTally {
+    account_id: String,
+    mode: Mode,
+    counts: Vec<(Millis, &'static str, u64)>,
+}
+
+/// Adds one decision to a list of `(minute, code, count)`; true when it made a new entry.
+fn tally(
+    counts: &mut Vec<(Millis, &'static str, u64)>,
+    minute: Millis,
+    code: &'static str,
+) -> bool {
+    match counts
+        .iter_mut()
+        .find(|(m, c, _)| *m == minute && *c == code)
+    {
+        Some(entry) => {
+            entry.2 += 1;
+            false
+        }
+        None => {
+            counts.push((minute, code, 1));
+            true
+        }
+    }
 }
 
 impl Pending {
     fn len(&self) -> usize {
-        self.touches.len() + self.activity_len + self.events.len()
+        self.touches.len() + self.activity_len + self.events.len() + self.decisions_len
     }
 
     /// Keeps a key's latest use (`at`, client IP): an earlier one is ignored.
@@ -386,6 +434,8 @@ impl Writer {
             commands: rx,
             backlog: Backlog::default(),
             held: None,
+            newest_decision: Millis::MIN,
+            pruned_at: Millis::MIN,
         };
         let task = tokio::spawn(flusher.run());
         let writer = Writer {
@@ -427,6 +477,35 @@ impl Writer {
         if dropped {
             self.shared.dropped_activity.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one decision for analytics: under its key, account and mode when a key was
+    /// recognised, else in the deployment's totals only. Counts of one key, minute and code
+    /// add up until the next flush, so a busy key allocates nothing here.
+    pub fn decided(&self, key: Option<(&str, &str, Mode)>, code: &'static str, at: Millis) {
+        let minute = Granularity::Minute.bucket(at);
+        self.shared.with_pending(|p| {
+            let added = match key {
+                Some((key_id, account_id, mode)) => match p.decisions.get_mut(key_id) {
+                    Some(t) => tally(&mut t.counts, minute, code),
+                    None => {
+                        p.decisions.insert(
+                            key_id.to_owned(),
+                            KeyTally {
+                                account_id: account_id.to_owned(),
+                                mode,
+                                counts: vec![(minute, code, 1)],
+                            },
+                        );
+                        true
+                    }
+                },
+                None => tally(&mut p.unknown, minute, code),
+            };
+            if added {
+                p.decisions_len += 1;
+            }
+        });
     }
 
     /// Records a successful use of a key. Uses of one key coalesce until the next flush:
@@ -592,11 +671,26 @@ struct Backlog {
     events: Vec<AuditEvent>,
     touches: Vec<KeyTouch>,
     activity: Vec<Activity>,
+    decisions: Vec<DecisionCount>,
 }
 
 impl Backlog {
     fn from_pending(p: Pending) -> Self {
+        let count = |key: Option<(String, String, Mode)>| {
+            move |(minute, code, count): (Millis, &'static str, u64)| DecisionCount {
+                minute,
+                key: key.clone(),
+                code: code.to_owned(),
+                count,
+            }
+        };
+        let mut decisions: Vec<DecisionCount> = p.unknown.into_iter().map(count(None)).collect();
+        for (key_id, t) in p.decisions {
+            let key = Some((key_id, t.account_id, t.mode));
+            decisions.extend(t.counts.into_iter().map(count(key)));
+        }
         Backlog {
+            decisions,
             events: p.events,
             touches: p
                 .touches
@@ -608,7 +702,10 @@ impl Backlog {
     }
 
     fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.touches.is_empty() && self.activity.is_empty()
+        self.events.is_empty()
+            && self.touches.is_empty()
+            && self.activity.is_empty()
+            && self.decisions.is_empty()
     }
 
     /// Splits off at most `max` records as one batch: events first, as the records that
@@ -620,6 +717,7 @@ impl Backlog {
             events: tail(&mut self.events, &mut room),
             touches: tail(&mut self.touches, &mut room),
             activity: tail(&mut self.activity, &mut room),
+            decisions: tail(&mut self.decisions, &mut room),
             activity_retain_per_key: retain,
         };
         (batch, max - room)
@@ -643,9 +741,37 @@ struct Flusher {
     backlog: Backlog,
     /// The chunk being written, kept across failures until it lands, with its size.
     held: Option<(WriteBatch, usize)>,
+    /// The newest minute of a decision count written; retention counts back from it, so
+    /// it follows the service's clock.
+    newest_decision: Millis,
+    /// `newest_decision` when old decision buckets were last pruned.
+    pruned_at: Millis,
 }
 
+/// Old decision buckets are pruned at most once per this many milliseconds of decisions.
+const PRUNE_EVERY_MS: Millis = 10 * 60_000;
+
 impl Flusher {
+    /// Deletes decision buckets past their retention, at most every [`PRUNE_EVERY_MS`].
+    async fn prune_decisions(&mut self) {
+        if self.newest_decision == Millis::MIN
+            || self.newest_decision.saturating_sub(self.pruned_at) < PRUNE_EVERY_MS
+        {
+            return;
+        }
+        self.pruned_at = self.newest_decision;
+        for (g, keep) in Granularity::ALL
+            .into_iter()
+            .zip(self.cfg.decision_retention)
+        {
+            let keep = Millis::try_from(keep.as_millis()).unwrap_or(Millis::MAX);
+            let before = self.newest_decision.saturating_sub(keep);
+            if let Err(e) = self.store.prune_decision_counts(g, before).await {
+                tracing::warn!(error = %e, "pruning old decision counts failed; retried later");
+            }
+        }
+    }
+
     async fn run(mut self) {
         let mut backoff: Option<Duration> = None;
         let mut next = Instant::now() + self.cfg.flush_interval;
@@ -683,7 +809,10 @@ impl Flusher {
         loop {
             let (batch, records) = match self.held.take() {
                 Some(held) => held,
-                None if self.backlog.is_empty() => return Ok(()),
+                None if self.backlog.is_empty() => {
+                    self.prune_decisions().await;
+                    return Ok(());
+                }
                 None => self
                     .backlog
                     .chunk(self.cfg.max_batch, self.cfg.activity_retain_per_key),
@@ -692,6 +821,9 @@ impl Flusher {
                 Ok(()) => {
                     self.shared.in_flight.fetch_sub(records, Ordering::SeqCst);
                     self.shared.flushed_batches.fetch_add(1, Ordering::SeqCst);
+                    if let Some(m) = batch.decisions.iter().map(|d| d.minute).max() {
+                        self.newest_decision = self.newest_decision.max(m);
+                    }
                 }
                 Err(e) => {
                     self.shared.failed_flushes.fetch_add(1, Ordering::SeqCst);

@@ -6,11 +6,11 @@
 
 use keywarden_core::model::{
     Account, AccountStatus, Activity, Application, AuditEvent, Grant, HashScheme, KeyRecord,
-    KeyType, Mode, PreviousSecret, RateLimitSpec, Role, StoredSecret,
+    KeyType, Mode, PreviousSecret, RateLimitSpec, Role, StoredSecret, WebSession, WebSessionKind,
 };
 use keywarden_store::{
-    ErasureCounts, EventFilter, KeyTouch, Page, PgStore, SqliteStore, Store, StoreError,
-    UsageDelta, WriteBatch,
+    DecisionCount, DecisionQuery, ErasureCounts, EventFilter, Granularity, KeyTouch, Page, PgStore,
+    SqliteStore, Store, StoreError, UsageDelta, WriteBatch,
 };
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -178,6 +178,15 @@ fn usage(account_id: &str, mode: Mode, unit: &str, period_start: i64, amount: u6
         unit: unit.into(),
         period_start,
         amount,
+    }
+}
+
+fn decision(key: Option<(&str, &str)>, code: &str, at: i64, count: u64) -> DecisionCount {
+    DecisionCount {
+        minute: at,
+        key: key.map(|(k, a)| (k.to_string(), a.to_string(), Mode::Live)),
+        code: code.into(),
+        count,
     }
 }
 
@@ -645,6 +654,7 @@ async fn case_concurrent_writers_never_fail(store: Arc<dyn Store>) {
                         activity_retain_per_key: 10,
                         usage: vec![usage(&account_id, Mode::Live, "requests", 0, 1)],
                         events: vec![event(Some(&account_id), None, "key.created", i)],
+                        decisions: vec![],
                     })
                     .await?;
                 store.get_key(&k.id).await.map(drop)
@@ -1007,8 +1017,29 @@ async fn case_a_batch_for_an_erased_account_leaves_nothing(store: Arc<dyn Store>
             event(Some(&a.id), Some(Mode::Live), "key.ip_denied", 10),
             event(Some(&kept.id), Some(Mode::Live), "key.ip_denied", 11),
         ],
+        decisions: vec![
+            decision(Some((&k.id, &a.id)), "valid", 60_000, 2),
+            decision(Some((&kept_key.id, &kept.id)), "valid", 60_000, 3),
+        ],
     };
     store.write_batch(&batch).await.unwrap();
+    let counts = |account: &str| DecisionQuery {
+        granularity: Granularity::Day,
+        account_id: Some(account.to_string()),
+        key_id: None,
+        mode: None,
+        from: 0,
+        to: 86_400_000,
+    };
+    assert!(store
+        .decision_counts(&counts(&a.id))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.decision_counts(&counts(&kept.id)).await.unwrap(),
+        vec![(0, "valid".to_string(), 3)]
+    );
     let events = |account: &str| EventFilter {
         account_id: Some(account.to_string()),
         limit: 10,
@@ -1053,6 +1084,7 @@ async fn case_write_batch_lands_whole(store: Arc<dyn Store>) {
         activity_retain_per_key: 200,
         usage: vec![usage(&a.id, Mode::Live, "requests", 0, 2)],
         events: vec![ev.clone()],
+        decisions: vec![],
     };
     store.write_batch(&batch).await.unwrap();
     assert_eq!(
@@ -1093,6 +1125,7 @@ async fn case_write_batch_lands_whole(store: Arc<dyn Store>) {
             usage(&a.id, Mode::Live, "words", 0, u64::MAX),
         ],
         events: vec![],
+        decisions: vec![],
     };
     store.write_batch(&huge).await.unwrap();
     store.write_batch(&huge).await.unwrap();
@@ -1154,6 +1187,7 @@ async fn case_erase_account_removes_everything_of_it(store: Arc<dyn Store>) {
                     event(Some(&a.id), Some(Mode::Test), "key.created", 3),
                     event(Some(&a.id), Some(Mode::Live), "key.ip_denied", 4),
                 ],
+                decisions: vec![decision(Some((&keys[0].id, &a.id)), "valid", 0, 1)],
             })
             .await
             .unwrap();
@@ -1193,6 +1227,27 @@ async fn case_erase_account_removes_everything_of_it(store: Arc<dyn Store>) {
     }
     assert_eq!(store.get_grant(&gone_grant.id).await.unwrap(), None);
     assert!(store.list_grants(&gone.id).await.unwrap().is_empty());
+    let decisions_of = |id: &str| DecisionQuery {
+        granularity: Granularity::Day,
+        account_id: Some(id.into()),
+        key_id: None,
+        mode: None,
+        from: 0,
+        to: 86_400_000,
+    };
+    assert!(store
+        .decision_counts(&decisions_of(&gone.id))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .decision_counts(&decisions_of(&kept.id))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let events_of = |id: &str| EventFilter {
         account_id: Some(id.into()),
         limit: 100,
@@ -1262,6 +1317,166 @@ async fn case_erase_account_removes_everything_of_it(store: Arc<dyn Store>) {
 // ---------------------------------------------------------------------------------------
 
 /// A fresh SQLite file store; the directory lives as long as the returned guard.
+/// Decision counts land per key, per account and deployment-wide, in minute, hour and day
+/// buckets, add up across batches, and old buckets are pruned per granularity.
+async fn case_decision_counts_roll_up(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let (k1, k2) = (key(&a.id, Mode::Live), key(&a.id, Mode::Live));
+    store.insert_key(&k1).await.unwrap();
+    store.insert_key(&k2).await.unwrap();
+    let hour = 3_600_000;
+    let batch = |decisions| WriteBatch {
+        decisions,
+        ..WriteBatch::default()
+    };
+    store
+        .write_batch(&batch(vec![
+            decision(Some((&k1.id, &a.id)), "valid", 0, 3),
+            decision(Some((&k1.id, &a.id)), "rate_limited", 60_000, 1),
+            decision(Some((&k2.id, &a.id)), "valid", hour, 2),
+            decision(None, "invalid_api_key", 0, 5),
+        ]))
+        .await
+        .unwrap();
+    store
+        .write_batch(&batch(vec![decision(Some((&k1.id, &a.id)), "valid", 0, 1)]))
+        .await
+        .unwrap();
+    let q = |g, account: Option<&str>, key: Option<&str>| DecisionQuery {
+        granularity: g,
+        account_id: account.map(str::to_string),
+        key_id: key.map(str::to_string),
+        mode: None,
+        from: 0,
+        to: 2 * hour,
+    };
+    let rows = |v: &[(i64, &str, u64)]| -> Vec<(i64, String, u64)> {
+        v.iter().map(|(b, c, n)| (*b, c.to_string(), *n)).collect()
+    };
+    assert_eq!(
+        store
+            .decision_counts(&q(Granularity::Minute, Some(&a.id), Some(&k1.id)))
+            .await
+            .unwrap(),
+        rows(&[(0, "valid", 4), (60_000, "rate_limited", 1)])
+    );
+    assert_eq!(
+        store
+            .decision_counts(&q(Granularity::Hour, Some(&a.id), None))
+            .await
+            .unwrap(),
+        rows(&[(0, "rate_limited", 1), (0, "valid", 4), (hour, "valid", 2)])
+    );
+    assert_eq!(
+        store
+            .decision_counts(&q(Granularity::Day, None, None))
+            .await
+            .unwrap(),
+        rows(&[
+            (0, "invalid_api_key", 5),
+            (0, "rate_limited", 1),
+            (0, "valid", 6)
+        ])
+    );
+    let test_only = DecisionQuery {
+        mode: Some(Mode::Test),
+        ..q(Granularity::Day, Some(&a.id), None)
+    };
+    assert!(store.decision_counts(&test_only).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .prune_decision_counts(Granularity::Minute, hour)
+            .await
+            .unwrap(),
+        // Minute rows before the hour: k1's two, the account's two, the deployment's three.
+        7
+    );
+    assert!(store
+        .decision_counts(&q(Granularity::Minute, None, None))
+        .await
+        .unwrap()
+        .iter()
+        .all(|(b, _, _)| *b >= hour));
+    assert_eq!(
+        store
+            .decision_counts(&q(Granularity::Day, None, None))
+            .await
+            .unwrap()
+            .len(),
+        3,
+        "coarser buckets stay"
+    );
+}
+
+/// A portal link is used by exactly one of many concurrent callers; sessions are found by
+/// their id's hash until they expire; suspension and erasure end an account's sessions.
+async fn case_web_sessions(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let session = |hash: &str, kind, expires_at| WebSession {
+        id_hash: hash.into(),
+        kind,
+        account_id: Some(a.id.clone()),
+        mode: Some(Mode::Live),
+        role: Some(Role::Admin),
+        return_url: Some("https://example.com/back".into()),
+        created_at: 1_000,
+        expires_at,
+    };
+    let link = session("link", WebSessionKind::PortalLink, 10_000);
+    store.create_web_session(&link, 1_000).await.unwrap();
+    assert_eq!(
+        store.get_web_session("link", 2_000).await.unwrap(),
+        Some(link.clone())
+    );
+    assert_eq!(
+        store.get_web_session("link", 10_000).await.unwrap(),
+        None,
+        "expired"
+    );
+    let takers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.take_web_session("link", 2_000).await.unwrap() })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for t in takers {
+        taken.extend(t.await.unwrap());
+    }
+    assert_eq!(taken, vec![link], "exactly one caller uses the link");
+    assert_eq!(store.get_web_session("link", 2_000).await.unwrap(), None);
+
+    // Expired sessions go when the next one is made.
+    let old = session("old", WebSessionKind::Portal, 5_000);
+    store.create_web_session(&old, 1_000).await.unwrap();
+    let new = session("new", WebSessionKind::Portal, 90_000);
+    store.create_web_session(&new, 6_000).await.unwrap();
+    assert_eq!(store.take_web_session("old", 0).await.unwrap(), None);
+    assert_eq!(store.end_web_sessions(&a.id).await.unwrap(), 1);
+    assert_eq!(store.get_web_session("new", 7_000).await.unwrap(), None);
+
+    let console = WebSession {
+        account_id: None,
+        mode: None,
+        role: None,
+        return_url: None,
+        ..session("console", WebSessionKind::Console, 90_000)
+    };
+    store.create_web_session(&console, 7_000).await.unwrap();
+    assert_eq!(
+        store.get_web_session("console", 8_000).await.unwrap(),
+        Some(console)
+    );
+    let kept = session("kept", WebSessionKind::Portal, 90_000);
+    store.create_web_session(&kept, 7_000).await.unwrap();
+    store.erase_account(&a.id).await.unwrap();
+    assert_eq!(
+        store.get_web_session("kept", 8_000).await.unwrap(),
+        None,
+        "erased with its account"
+    );
+}
+
 async fn sqlite_store() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open_file(&dir.path().join("keywarden.db"))
@@ -1392,6 +1607,8 @@ suite!(
     case_write_batch_lands_whole,
     case_a_batch_for_an_erased_account_leaves_nothing,
     case_erase_account_removes_everything_of_it,
+    case_web_sessions,
+    case_decision_counts_roll_up,
 );
 
 #[test]

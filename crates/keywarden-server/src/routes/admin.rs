@@ -234,6 +234,60 @@ pub async fn approve_account(
     Ok(Json(AccountWithKeys::new(&a, &keys)))
 }
 
+/// Body of `POST /v1/admin/accounts/{id}/portal-sessions`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePortalSession {
+    /// Where the portal's "back" link and sign-out lead: an absolute http(s) URL.
+    #[schema(max_length = 2000)]
+    pub return_url: Option<String>,
+    /// Confine the session to `live` or `test` keys (default: both, live first).
+    #[schema(value_type = Option<crate::views::schema::Mode>)]
+    pub mode: Option<Mode>,
+    /// The highest role the session acts with (default `owner`).
+    #[schema(value_type = Option<crate::views::schema::Role>)]
+    pub role: Option<Role>,
+}
+
+/// `POST /v1/admin/accounts/{id}/portal-sessions`: a single-use link to the customer
+/// portal for this account (`docs/console.md#the-customer-portal`).
+#[utoipa::path(
+    post, path = "/v1/admin/accounts/{id}/portal-sessions", request_body = CreatePortalSession, params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 201, description = "The link, usable once until `expires_at`", body = crate::views::PortalSession),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        crate::openapi::AdminErrors,
+        crate::openapi::BodyErrors,
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn create_portal_session(
+    State(state): State<AppState>,
+    root: RootCaller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<CreatePortalSession>,
+) -> Result<(StatusCode, Json<views::PortalSession>), ApiError> {
+    let a = Manager::new(&state).account(&id).await?;
+    let (url, expires_at) = crate::web::portal::create_link(
+        &state,
+        &root.actor,
+        &a,
+        b.mode,
+        b.role.unwrap_or(Role::Owner),
+        b.return_url,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(views::PortalSession {
+            url,
+            expires_at: expires_at.into(),
+        }),
+    ))
+}
+
 /// Body of `POST /v1/admin/accounts/{id}/keys`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -797,4 +851,41 @@ pub async fn events(
         })
         .await?;
     Ok(Json(views::list(&evs)))
+}
+
+/// `GET /v1/admin/analytics`: decisions by outcome over time, of an account, a key or the
+/// whole deployment (`docs/analytics.md`).
+#[utoipa::path(
+    get, path = "/v1/admin/analytics", params(crate::analytics::AnalyticsQuery),
+    responses(
+        (status = 200, description = "Decision counts per bucket and outcome code", body = crate::views::AnalyticsReport),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 404, response = crate::openapi::NotFound),
+        crate::openapi::AdminErrors,
+    ),
+    security(("root_key" = [])),
+    tag = "admin"
+)]
+pub async fn analytics(
+    State(state): State<AppState>,
+    _root: RootCaller,
+    ApiQuery(q): ApiQuery<crate::analytics::AnalyticsQuery>,
+) -> Result<Json<views::AnalyticsReport>, ApiError> {
+    let range = crate::analytics::range(&state, &q.from, &q.to, q.granularity.as_deref())?;
+    let mode = crate::analytics::mode_param(q.mode.as_deref())?;
+    let m = Manager::new(&state);
+    let mut account_id = q.account_id.filter(|a| !a.is_empty());
+    if let Some(a) = &account_id {
+        m.account(a).await?;
+    }
+    let key_id = match q.key_id.filter(|k| !k.is_empty()) {
+        Some(k) => {
+            let key = m.key_of(account_id.as_deref(), None, &k).await?;
+            account_id = Some(key.account_id.clone());
+            Some(key.id)
+        }
+        None => None,
+    };
+    let r = crate::analytics::report(&state, range, account_id, key_id, mode).await?;
+    Ok(Json(r))
 }

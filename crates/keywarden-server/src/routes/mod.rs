@@ -59,6 +59,9 @@ pub fn public_router(state: AppState) -> Router {
     if ss.serves("events") {
         api = api.route("/events", get(self_service::events));
     }
+    if ss.serves("usage") {
+        api = api.route("/analytics", get(self_service::analytics));
+    }
     if ss.serves("grants") {
         api = api.merge(apps::self_service_routes());
     }
@@ -78,6 +81,11 @@ pub fn public_router(state: AppState) -> Router {
         .route("/v1/secret-scanning/github", post(leaks::github_report))
         .route("/v1/revocable_token_types", get(leaks::gitlab_token_types))
         .route("/v1/revoke_tokens", post(leaks::gitlab_revoke));
+    let routes = if ss.serves("portal") {
+        routes.merge(crate::web::portal::routes())
+    } else {
+        routes
+    };
     let routes = if serves_any {
         routes.nest(&state.settings.base_path.clone(), api)
     } else {
@@ -118,6 +126,10 @@ pub fn admin_router(state: AppState) -> Router {
             post(admin::create_key).get(admin::list_keys),
         )
         .route("/v1/admin/accounts/{id}/usage", post(admin::report_usage))
+        .route(
+            "/v1/admin/accounts/{id}/portal-sessions",
+            post(admin::create_portal_session),
+        )
         .route("/v1/admin/keys/import", post(admin::import_key))
         .route(
             "/v1/admin/keys/{id}",
@@ -127,6 +139,7 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/v1/admin/keys/{id}/revoke", post(admin::revoke_key))
         .route("/v1/admin/keys/{id}/activity", get(admin::key_activity))
         .route("/v1/admin/events", get(admin::events))
+        .route("/v1/admin/analytics", get(admin::analytics))
         .route("/v1/admin/leaks", post(leaks::admin_report))
         .merge(apps::admin_routes())
         // Inside the root-key guard: a caller without a root key learns nothing of input.
@@ -148,6 +161,7 @@ pub fn admin_router(state: AppState) -> Router {
             any(forward_auth::forward_auth),
         )
         .merge(admin_api)
+        .merge(crate::web::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

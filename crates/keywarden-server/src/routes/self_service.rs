@@ -495,3 +495,41 @@ pub async fn events(
     let items: Vec<views::AuditEvent> = views::list(&evs);
     Ok((c.limits(), Json(items)))
 }
+
+/// `GET /v1/analytics`: the caller's account's decisions by outcome over time, in its mode,
+/// or one key's it reaches (`docs/analytics.md`).
+#[utoipa::path(
+    get, path = "/v1/analytics", params(crate::analytics::SelfAnalyticsQuery),
+    responses(
+        (status = 200, description = "Decision counts per bucket and outcome code", body = crate::views::AnalyticsReport),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 404, response = crate::openapi::NotFound),
+        crate::openapi::SelfServiceErrors,
+    ),
+    security(("api_key" = ["usage:read"]), ("api_key_header" = ["usage:read"])),
+    tag = "self-service"
+)]
+pub async fn analytics(
+    State(state): State<AppState>,
+    c: SelfServiceCaller<UsageRead>,
+    ApiQuery(q): ApiQuery<crate::analytics::SelfAnalyticsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let range = crate::analytics::range(&state, &q.from, &q.to, q.granularity.as_deref())?;
+    let key_id = match q.key_id.filter(|k| !k.is_empty()) {
+        Some(k) => {
+            let m = Manager::new(&state);
+            let ceiling = m.ceiling(c.key.clone(), &c.account);
+            Some(m.key_within(&ceiling, &k).await?.id)
+        }
+        None => None,
+    };
+    let r = crate::analytics::report(
+        &state,
+        range,
+        Some(c.account.id.clone()),
+        key_id,
+        Some(c.key.mode),
+    )
+    .await?;
+    Ok((c.limits(), Json(r)))
+}

@@ -1,0 +1,835 @@
+//! The operator console (`/console`, admin listener; `docs/console.md`). A root key signs
+//! in once and is exchanged for a session cookie; the key itself is never stored in the
+//! browser nor in the database. Every action calls the manager the admin API calls.
+
+use super::{
+    csrf_ok, csrf_token, expiry_field, id_hash, key_view, list_field, new_session_id, opt_field,
+    rate_field, render, scope_choices, session_cookie, WebError,
+};
+use crate::auth::root_key_matches;
+use crate::errors::ApiError;
+use crate::extract::{client_ip, peer_ip};
+use crate::manage::{Actor, KeyPatch, Manager, NewKey};
+use crate::manage_apps::AppManager;
+use crate::state::AppState;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use axum_extra::extract::cookie::CookieJar;
+use axum_extra::extract::Form;
+use keywarden_core::model::{AccountStatus, Mode, Role, WebSession, WebSessionKind};
+use keywarden_store::{EventFilter, Page};
+use minijinja::context;
+use serde::Deserialize;
+
+/// The console's session cookie.
+pub const COOKIE: &str = "keywarden_console";
+/// How long a console session lasts.
+pub const SESSION_SECS: i64 = 8 * 3600;
+
+/// The console's routes, merged into the admin listener outside the root-key guard: its
+/// pages check their own session.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/console", get(overview))
+        .route("/console/assets/{name}", get(super::asset))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/accounts", get(accounts).post(create_account))
+        .route("/console/accounts/{id}", get(account))
+        .route("/console/accounts/{id}/status", post(set_status))
+        .route("/console/accounts/{id}/plan", post(set_plan))
+        .route("/console/accounts/{id}/erase", post(erase))
+        .route("/console/accounts/{id}/keys", post(create_key))
+        .route("/console/keys/{id}", get(key))
+        .route("/console/keys/{id}/rotate", post(rotate))
+        .route("/console/keys/{id}/revoke", post(revoke))
+        .route("/console/keys/{id}/enabled", post(set_enabled))
+        .route("/console/keys/{id}/reveal", post(reveal))
+        .route(
+            "/console/applications",
+            get(applications).post(create_application),
+        )
+        .route(
+            "/console/applications/{id}/secrets/{environment}/rotate",
+            post(rotate_application_secret),
+        )
+        .route("/console/audit", get(audit))
+        .layer(axum::middleware::from_fn(super::page_headers))
+}
+
+/// A signed-in operator: the session's CSRF token and the audit actor.
+pub struct Operator {
+    session_id: String,
+    csrf: String,
+    actor: Actor,
+}
+
+impl Operator {
+    /// Refuses a form without this session's token, before anything is read or changed.
+    fn check(&self, presented: &str, back: &str) -> Result<(), WebError> {
+        if csrf_ok(&self.session_id, presented) {
+            Ok(())
+        } else {
+            Err(WebError::csrf(back))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let jar = CookieJar::from_headers(&parts.headers);
+        let to_login = || Redirect::to("/console/login").into_response();
+        let Some(sid) = jar.get(COOKIE).map(|c| c.value().to_string()) else {
+            return Err(to_login());
+        };
+        let now = state.clock.now_ms();
+        let found = state
+            .store
+            .get_web_session(&id_hash(&sid), now)
+            .await
+            .map_err(|e| WebError::from(e).into_response())?;
+        match found {
+            Some(s)
+                if s.kind == WebSessionKind::Console && !state.settings.root_keys.is_empty() =>
+            {
+                let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions));
+                Ok(Operator {
+                    csrf: csrf_token(&sid),
+                    session_id: sid,
+                    actor: Actor::root(ip.and_then(|c| c.ip()).map(|i| i.to_string())),
+                })
+            }
+            _ => Err(to_login()),
+        }
+    }
+}
+
+fn ctx_base(op: &Operator, section: &str) -> minijinja::Value {
+    context! { csrf => op.csrf, area => "console", section => section }
+}
+
+async fn login_page() -> Response {
+    render("login.html", context! { area => "console" })
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    root_key: String,
+}
+
+/// `POST /console/login`: a root key for a session cookie.
+async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Response {
+    if state.settings.root_keys.is_empty() {
+        return WebError::new(
+            StatusCode::FORBIDDEN,
+            "No root key is configured, so the console is closed. Set KEYWARDEN_ROOT_KEY.",
+            "/console/login",
+        )
+        .into_response();
+    }
+    if !root_key_matches(&state, f.root_key.trim()) {
+        let mut res = render(
+            "login.html",
+            context! { area => "console", error => "That is not a root key of this deployment." },
+        );
+        *res.status_mut() = StatusCode::UNAUTHORIZED;
+        return res;
+    }
+    let result = async {
+        let sid = new_session_id()?;
+        let now = state.clock.now_ms();
+        let session = WebSession {
+            id_hash: id_hash(&sid),
+            kind: WebSessionKind::Console,
+            account_id: None,
+            mode: None,
+            role: None,
+            return_url: None,
+            created_at: now,
+            expires_at: now + SESSION_SECS * 1000,
+        };
+        state.store.create_web_session(&session, now).await?;
+        Ok::<_, WebError>(sid)
+    }
+    .await;
+    match result {
+        Ok(sid) => {
+            let jar = CookieJar::new().add(session_cookie(
+                &state,
+                COOKIE,
+                sid,
+                "/console",
+                SESSION_SECS,
+            ));
+            (jar, Redirect::to("/console")).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    op: Operator,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, WebError> {
+    op.check(&f.csrf, "/console/accounts")?;
+    let now = state.clock.now_ms();
+    state
+        .store
+        .take_web_session(&id_hash(&op.session_id), now)
+        .await?;
+    let jar = CookieJar::new().add(session_cookie(&state, COOKIE, String::new(), "/console", 0));
+    Ok((jar, Redirect::to("/console/login")).into_response())
+}
+
+/// `GET /console`: the deployment at a glance: accounts, unrevoked keys per mode, and the
+/// last 24 hours of decisions by outcome.
+async fn overview(State(state): State<AppState>, op: Operator) -> Result<Response, WebError> {
+    let census = state.store.census().await?;
+    let chart = super::day_chart(&state, None, None, None).await?;
+    let ctx = context! { ..ctx_base(&op, "overview"), ..context! {
+        census => census, chart => chart,
+    }};
+    Ok(render("overview.html", ctx))
+}
+
+#[derive(Deserialize, Default)]
+struct AccountsQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    after: String,
+}
+
+/// `GET /console/accounts`: accounts by id, searched by id or name.
+async fn accounts(
+    State(state): State<AppState>,
+    op: Operator,
+    Query(q): Query<AccountsQuery>,
+) -> Result<Response, WebError> {
+    let needle = q.q.trim().to_lowercase();
+    let mut found = Vec::new();
+    let mut page = Page {
+        after_id: opt_field(&q.after).map(str::to_string),
+        limit: 500,
+    };
+    let mut next = None;
+    // A search reads on through the accounts until a page of matches is full.
+    'pages: loop {
+        let batch = state.store.list_accounts(&page).await?;
+        let done = batch.len() < page.limit as usize;
+        page.after_id = batch.last().map(|a| a.id.clone());
+        for a in batch {
+            if needle.is_empty()
+                || a.id.to_lowercase().contains(&needle)
+                || a.name.to_lowercase().contains(&needle)
+            {
+                if found.len() == 50 {
+                    next = found
+                        .last()
+                        .map(|a: &keywarden_core::model::Account| a.id.clone());
+                    break 'pages;
+                }
+                found.push(a);
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    let list: Vec<_> = found.iter().map(crate::views::Account::from).collect();
+    let plans: Vec<&String> = state.settings.plans.keys().collect();
+    let mut ctx = ctx_base(&op, "accounts");
+    ctx = context! { ..ctx, ..context! {
+        accounts => list, q => q.q, next => next, plans => plans,
+        default_plan => state.settings.default_plan,
+    }};
+    Ok(render("accounts.html", ctx))
+}
+
+#[derive(Deserialize)]
+struct CreateAccountForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+    #[serde(default)]
+    plan: String,
+    #[serde(default)]
+    status: String,
+}
+
+async fn create_account(
+    State(state): State<AppState>,
+    op: Operator,
+    Form(f): Form<CreateAccountForm>,
+) -> Result<Response, WebError> {
+    let back = "/console/accounts";
+    op.check(&f.csrf, back)?;
+    let status =
+        match opt_field(&f.status) {
+            Some(s) => Some(s.parse::<AccountStatus>().map_err(|e| {
+                WebError::from(ApiError::invalid(format!("status: {e}"))).back(back)
+            })?),
+            None => None,
+        };
+    let (a, _) = AppManager::new(&state)
+        .create_account(
+            &op.actor,
+            &f.name,
+            opt_field(&f.plan).map(str::to_string),
+            status,
+            None,
+        )
+        .await
+        .map_err(|e| WebError::from(e).back(back))?;
+    Ok(Redirect::to(&format!("/console/accounts/{}", a.id)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct ModeQuery {
+    #[serde(default)]
+    mode: String,
+}
+
+fn mode_of(s: &str) -> Mode {
+    if s == "test" {
+        Mode::Test
+    } else {
+        Mode::Live
+    }
+}
+
+/// `GET /console/accounts/{id}`: the account, its keys of one mode and the forms.
+async fn account(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Query(q): Query<ModeQuery>,
+) -> Result<Response, WebError> {
+    let m = Manager::new(&state);
+    let a = m
+        .account(&id)
+        .await
+        .map_err(|e| WebError::from(e).back("/console/accounts"))?;
+    let mode = mode_of(&q.mode);
+    let keys = state
+        .store
+        .list_keys(
+            &a.id,
+            Some(mode),
+            &Page {
+                after_id: None,
+                limit: 200,
+            },
+        )
+        .await?;
+    let keys: Vec<_> = keys.iter().map(key_view).collect();
+    let usage = crate::routes::self_service::usage_body(&state, &a, mode).await?;
+    let chart = super::day_chart(&state, Some(&a.id), None, Some(mode)).await?;
+    let grants = AppManager::new(&state).list_grants(&a.id).await?;
+    let grants: Vec<_> = grants.iter().map(crate::views::Grant::from).collect();
+    let plans: Vec<&String> = state.settings.plans.keys().collect();
+    let ctx = context! { ..ctx_base(&op, "accounts"), ..context! {
+        chart => chart,
+        grants => grants,
+        account => crate::views::Account::from(&a),
+        mode => mode.as_str(),
+        keys => keys,
+        usage => usage,
+        plans => plans,
+        scopes => scope_choices(&state),
+        roles => ["owner", "admin", "developer", "member"],
+        key_base => "/console/keys",
+        create_action => format!("/console/accounts/{}/keys", a.id),
+    }};
+    Ok(render("account.html", ctx))
+}
+
+#[derive(Deserialize)]
+struct StatusForm {
+    #[serde(default)]
+    csrf: String,
+    status: String,
+}
+
+async fn set_status(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Form(f): Form<StatusForm>,
+) -> Result<Response, WebError> {
+    let back = format!("/console/accounts/{id}");
+    op.check(&f.csrf, &back)?;
+    let status = f
+        .status
+        .parse::<AccountStatus>()
+        .map_err(|e| WebError::from(ApiError::invalid(format!("status: {e}"))).back(&back))?;
+    AppManager::new(&state)
+        .set_status(&op.actor, &id, status)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    Ok(Redirect::to(&back).into_response())
+}
+
+#[derive(Deserialize)]
+struct PlanForm {
+    #[serde(default)]
+    csrf: String,
+    plan: String,
+}
+
+async fn set_plan(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Form(f): Form<PlanForm>,
+) -> Result<Response, WebError> {
+    let back = format!("/console/accounts/{id}");
+    op.check(&f.csrf, &back)?;
+    Manager::new(&state)
+        .update_account(
+            &op.actor,
+            &id,
+            crate::manage::AccountPatch {
+                plan: Some(f.plan),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    Ok(Redirect::to(&back).into_response())
+}
+
+#[derive(Deserialize)]
+struct EraseForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// `POST /console/accounts/{id}/erase`: only when the account's name is typed to confirm.
+async fn erase(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Form(f): Form<EraseForm>,
+) -> Result<Response, WebError> {
+    let back = format!("/console/accounts/{id}");
+    op.check(&f.csrf, &back)?;
+    let m = Manager::new(&state);
+    let a = m
+        .account(&id)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    if f.confirm.trim() != a.name {
+        return Err(WebError::new(
+            StatusCode::BAD_REQUEST,
+            "confirm: type the account's name exactly to erase it; nothing was erased",
+            &back,
+        ));
+    }
+    m.erase_account(&op.actor, &id)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    Ok(Redirect::to("/console/accounts").into_response())
+}
+
+/// The key form, shared with the portal.
+#[derive(Deserialize)]
+pub struct KeyForm {
+    #[serde(default)]
+    pub(crate) csrf: String,
+    #[serde(default)]
+    pub(crate) mode: String,
+    #[serde(default)]
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) role: String,
+    #[serde(default)]
+    pub(crate) scopes: Vec<String>,
+    #[serde(default)]
+    pub(crate) expires_at: String,
+    #[serde(default)]
+    pub(crate) ip_allowlist: String,
+    #[serde(default)]
+    pub(crate) rate_requests: String,
+    #[serde(default)]
+    pub(crate) rate_per_seconds: String,
+    #[serde(default)]
+    pub(crate) description: String,
+}
+
+impl KeyForm {
+    /// The key it asks for.
+    pub(crate) fn new_key(&self) -> Result<NewKey, ApiError> {
+        let role = match opt_field(&self.role) {
+            Some(r) => r
+                .parse::<Role>()
+                .map_err(|e| ApiError::invalid(format!("role: {e}")))?,
+            None => Role::Owner,
+        };
+        Ok(NewKey {
+            role,
+            description: self.description.trim().to_string(),
+            scopes: (!self.scopes.is_empty()).then(|| self.scopes.clone()),
+            expires_at: expiry_field(&self.expires_at)?,
+            ip_allowlist: list_field(&self.ip_allowlist),
+            rate_limit: rate_field(&self.rate_requests, &self.rate_per_seconds)?,
+            ..NewKey::named(mode_of(&self.mode), &self.name)
+        })
+    }
+}
+
+/// The page showing a new secret, once. The browser is told not to keep it, and its
+/// script puts the key's own page in the history in place of the form's answer.
+pub fn secret_page(
+    area: &str,
+    csrf: &str,
+    k: &keywarden_core::model::KeyRecord,
+    token: &keywarden_core::Secret,
+    key_url: &str,
+    what: &str,
+) -> Response {
+    let mut res = render(
+        "secret.html",
+        context! {
+            area => area, csrf => csrf, key => key_view(k), secret => token.expose(),
+            key_url => key_url, what => what,
+        },
+    );
+    *res.status_mut() = StatusCode::CREATED;
+    res
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Form(f): Form<KeyForm>,
+) -> Result<Response, WebError> {
+    let back = format!("/console/accounts/{id}?mode={}", mode_of(&f.mode));
+    op.check(&f.csrf, &back)?;
+    let m = Manager::new(&state);
+    let a = m
+        .account(&id)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    let new = f.new_key().map_err(|e| WebError::from(e).back(&back))?;
+    let (k, token) = m
+        .create_key(&op.actor, &a, new, None)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    Ok(secret_page(
+        "console",
+        &op.csrf,
+        &k,
+        &token,
+        &format!("/console/keys/{}", k.id),
+        "created",
+    ))
+}
+
+/// `GET /console/keys/{id}`: metadata, recent activity, the actions.
+async fn key(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<Response, WebError> {
+    let m = Manager::new(&state);
+    let k = m
+        .key_of(None, None, &id)
+        .await
+        .map_err(|e| WebError::from(e).back("/console/accounts"))?;
+    let activity = state.store.list_activity(&k.id, 50).await?;
+    let activity: Vec<_> = activity.iter().map(crate::views::Activity::from).collect();
+    let chart = super::day_chart(&state, Some(&k.account_id), Some(&k.id), None).await?;
+    let ctx = context! { ..ctx_base(&op, "accounts"), ..context! {
+        chart => chart,
+        key => key_view(&k),
+        recoverable => k.recoverable.is_some() && state.settings.secretbox.is_some(),
+        activity => activity,
+        action_base => format!("/console/keys/{}", k.id),
+        back => format!("/console/accounts/{}?mode={}", k.account_id, k.mode),
+        max_grace => state.settings.config.keys.max_grace_period_seconds,
+    }};
+    Ok(render("key.html", ctx))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RotateForm {
+    #[serde(default)]
+    pub(crate) csrf: String,
+    #[serde(default)]
+    pub(crate) grace_seconds: String,
+}
+
+impl RotateForm {
+    pub(crate) fn grace(&self) -> Result<u64, ApiError> {
+        match opt_field(&self.grace_seconds) {
+            None => Ok(0),
+            Some(g) => g.parse().map_err(|_| {
+                ApiError::invalid(format!("grace_period_seconds: {g:?} is not a whole number"))
+            }),
+        }
+    }
+}
+
+async fn rotate(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Form(f): Form<RotateForm>,
+) -> Result<Response, WebError> {
+    let back = format!("/console/keys/{id}");
+    op.check(&f.csrf, &back)?;
+    let m = Manager::new(&state);
+    let k = m
+        .key_of(None, None, &id)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    let grace = f.grace().map_err(|e| WebError::from(e).back(&back))?;
+    let (k, token) = m
+        .rotate_key(&op.actor, k, grace)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    Ok(secret_page(
+        "console",
+        &op.csrf,
+        &k,
+        &token,
+        &back,
+        if grace == 0 { "rolled" } else { "rotated" },
+    ))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RevokeForm {
+    #[serde(default)]
+    pub(crate) csrf: String,
+    #[serde(default)]
+    pub(crate) reason: String,
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Form(f): Form<RevokeForm>,
+) -> Result<Response, WebError> {
+    let back = format!("/console/keys/{id}");
+    op.check(&f.csrf, &back)?;
+    let m = Manager::new(&state);
+    let k = m
+        .key_of(None, None, &id)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    m.revoke_key(&op.actor, k, opt_field(&f.reason).map(str::to_string))
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    Ok(Redirect::to(&back).into_response())
+}
+
+#[derive(Deserialize)]
+struct EnabledForm {
+    #[serde(default)]
+    csrf: String,
+    enabled: String,
+}
+
+async fn set_enabled(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Form(f): Form<EnabledForm>,
+) -> Result<Response, WebError> {
+    let back = format!("/console/keys/{id}");
+    op.check(&f.csrf, &back)?;
+    let m = Manager::new(&state);
+    let k = m
+        .key_of(None, None, &id)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    let patch = KeyPatch {
+        enabled: Some(f.enabled == "true"),
+        ..KeyPatch::default()
+    };
+    m.update_key(&op.actor, k, patch, None)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    Ok(Redirect::to(&back).into_response())
+}
+
+/// `POST /console/keys/{id}/reveal`: a recoverable test secret, shown again (audited).
+async fn reveal(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, WebError> {
+    let back = format!("/console/keys/{id}");
+    op.check(&f.csrf, &back)?;
+    let k = Manager::new(&state)
+        .key_of(None, None, &id)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    let token = AppManager::new(&state)
+        .reveal(&op.actor, &k)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    Ok(secret_page(
+        "console", &op.csrf, &k, &token, &back, "revealed",
+    ))
+}
+
+/// `GET /console/applications`: third-party applications and the scopes they request.
+async fn applications(State(state): State<AppState>, op: Operator) -> Result<Response, WebError> {
+    let apps = AppManager::new(&state)
+        .list_apps(&Page {
+            after_id: None,
+            limit: 500,
+        })
+        .await?;
+    let apps: Vec<_> = apps.iter().map(crate::views::Application::from).collect();
+    let ctx = context! { ..ctx_base(&op, "applications"), ..context! {
+        apps => apps, scopes => scope_choices(&state),
+    }};
+    Ok(render("applications.html", ctx))
+}
+
+#[derive(Deserialize)]
+struct AppForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+/// `POST /console/applications`: its production and sandbox secrets, shown once.
+async fn create_application(
+    State(state): State<AppState>,
+    op: Operator,
+    Form(f): Form<AppForm>,
+) -> Result<Response, WebError> {
+    let back = "/console/applications";
+    op.check(&f.csrf, back)?;
+    let (app, secrets) = AppManager::new(&state)
+        .create_app(
+            &op.actor,
+            crate::manage_apps::NewApp {
+                name: f.name,
+                description: f.description.trim().to_string(),
+                url: opt_field(&f.url).map(str::to_string),
+                scopes: f.scopes,
+            },
+        )
+        .await
+        .map_err(|e| WebError::from(e).back(back))?;
+    let mut res = render(
+        "app_secrets.html",
+        context! {
+            area => "console", csrf => op.csrf, app => crate::views::Application::from(&app),
+            secrets => [
+                context! { environment => "production", secret => secrets.production.expose() },
+                context! { environment => "sandbox", secret => secrets.sandbox.expose() },
+            ],
+        },
+    );
+    *res.status_mut() = StatusCode::CREATED;
+    Ok(res)
+}
+
+/// `POST /console/applications/{id}/secrets/{environment}/rotate`: a new secret for one
+/// environment, shown once; the old one stops at once.
+async fn rotate_application_secret(
+    State(state): State<AppState>,
+    op: Operator,
+    Path((id, environment)): Path<(String, String)>,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, WebError> {
+    let back = "/console/applications";
+    op.check(&f.csrf, back)?;
+    let env = environment
+        .parse::<keywarden_core::model::AppEnvironment>()
+        .map_err(|e| WebError::from(ApiError::invalid(format!("environment: {e}"))).back(back))?;
+    let (app, secret) = AppManager::new(&state)
+        .rotate_app_secret(&op.actor, &id, env)
+        .await
+        .map_err(|e| WebError::from(e).back(back))?;
+    Ok(render(
+        "app_secrets.html",
+        context! {
+            area => "console", csrf => op.csrf, app => crate::views::Application::from(&app),
+            secrets => [context! { environment => env.as_str(), secret => secret.expose() }],
+        },
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct AuditQuery {
+    #[serde(default)]
+    account_id: String,
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    since: String,
+}
+
+/// `GET /console/audit`: events, newest first, by account, type and time.
+async fn audit(
+    State(state): State<AppState>,
+    op: Operator,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, WebError> {
+    let since = match opt_field(&q.since) {
+        Some(s) => Some(
+            crate::views::parse_ts(&if s.len() == 10 {
+                format!("{s}T00:00:00Z")
+            } else {
+                s.to_string()
+            })
+            .map_err(|e| {
+                WebError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("since: {e}"),
+                    "/console/audit",
+                )
+            })?,
+        ),
+        None => None,
+    };
+    let events = state
+        .store
+        .list_events(&EventFilter {
+            account_id: opt_field(&q.account_id).map(str::to_string),
+            kind: opt_field(&q.kind).map(str::to_string),
+            since,
+            limit: 200,
+            ..EventFilter::default()
+        })
+        .await?;
+    let events: Vec<_> = events.iter().map(crate::views::AuditEvent::from).collect();
+    let ctx = context! { ..ctx_base(&op, "audit"), ..context! {
+        events => events, account_id => q.account_id, kind => q.kind, since => q.since,
+    }};
+    Ok(render("audit.html", ctx))
+}

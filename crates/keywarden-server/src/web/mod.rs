@@ -1,0 +1,379 @@
+//! Web pages (`docs/console.md`): the operator console at `/console` on the admin listener
+//! and the customer portal at `/portal` on the public listener. Server-rendered from
+//! templates compiled into the binary; every change goes through the same managers as the
+//! JSON APIs (`manage.rs`, `manage_apps.rs`), so a page can do nothing an API call could
+//! not.
+//!
+//! Sessions: a random 256-bit id in an `HttpOnly`, `SameSite=Strict` cookie (`Secure` with
+//! `server.secure_cookies`); the store keeps only its SHA-256. Each session's CSRF token is
+//! derived from its id, and every POST must carry it. Every page is sent with a strict
+//! Content-Security-Policy (scripts and styles from this origin only, no framing) and
+//! `Cache-Control: no-store`, so a page that showed a secret is not kept by the browser.
+
+pub mod console;
+mod i18n;
+pub mod portal;
+
+use crate::errors::ApiError;
+use crate::state::AppState;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use keywarden_core::codes::Locale;
+use keywarden_core::hashing::sha256_hex;
+use keywarden_core::model::Millis;
+use minijinja::Environment;
+use std::sync::LazyLock;
+
+/// The templates, parsed once. Names ending in `.html` are escaped automatically.
+static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    for (name, source) in [
+        ("base.html", include_str!("templates/base.html")),
+        ("error.html", include_str!("templates/error.html")),
+        ("secret.html", include_str!("templates/secret.html")),
+        ("keys_table.html", include_str!("templates/keys_table.html")),
+        ("key_form.html", include_str!("templates/key_form.html")),
+        ("activity.html", include_str!("templates/activity.html")),
+        ("usage.html", include_str!("templates/usage.html")),
+        ("chart.html", include_str!("templates/chart.html")),
+        ("key_detail.html", include_str!("templates/key_detail.html")),
+        ("login.html", include_str!("templates/login.html")),
+        ("accounts.html", include_str!("templates/accounts.html")),
+        ("account.html", include_str!("templates/account.html")),
+        ("key.html", include_str!("templates/key.html")),
+        ("audit.html", include_str!("templates/audit.html")),
+        ("overview.html", include_str!("templates/overview.html")),
+        (
+            "applications.html",
+            include_str!("templates/applications.html"),
+        ),
+        (
+            "app_secrets.html",
+            include_str!("templates/app_secrets.html"),
+        ),
+        ("portal.html", include_str!("templates/portal.html")),
+        ("portal_key.html", include_str!("templates/portal_key.html")),
+        ("authorize.html", include_str!("templates/authorize.html")),
+    ] {
+        if let Err(e) = env.add_template(name, source) {
+            panic!("embedded template {name} does not parse: {e}");
+        }
+    }
+    env.add_filter("ts", |ms: i64| crate::views::ts(ms));
+    env.add_function("t", |text: &str| tr(text));
+    env
+});
+
+/// The stylesheet and the script, served from the listener itself.
+const APP_CSS: &str = include_str!("assets/app.css");
+const APP_JS: &str = include_str!("assets/app.js");
+
+/// The Content-Security-Policy of every page: nothing from another origin, no inline
+/// script or style, no framing, forms posting only here.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+tokio::task_local! {
+    /// The language of the page being rendered (the request's, as for API errors).
+    static LANG: Locale;
+}
+
+/// The language of the request being served (English outside a page request).
+pub fn lang() -> Locale {
+    LANG.try_with(|l| *l).unwrap_or(Locale::En)
+}
+
+/// `text` in the page's language: the Spanish of the catalog, else as written.
+pub fn tr(text: &str) -> String {
+    match lang() {
+        Locale::Es => i18n::spanish(text).unwrap_or(text).to_string(),
+        _ => text.to_string(),
+    }
+}
+
+/// Renders a template in the request's language; a template error is a bug, answered 500
+/// without detail.
+pub fn render(name: &str, ctx: minijinja::Value) -> Response {
+    let code = match lang() {
+        Locale::Es => "es",
+        _ => "en",
+    };
+    let ctx = minijinja::context! { lang => code, ..ctx };
+    match TEMPLATES.get_template(name).and_then(|t| t.render(ctx)) {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(template = name, error = %e, "page failed to render");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page failed to render",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Adds the security headers to every page and asset of the console and the portal.
+pub async fn page_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let locale = req
+        .extensions()
+        .get::<Locale>()
+        .copied()
+        .unwrap_or(Locale::En);
+    let mut res = LANG.scope(locale, next.run(req)).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    res
+}
+
+/// `GET …/assets/{name}`: the embedded stylesheet and script.
+pub async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    let (body, kind) = match name.as_str() {
+        "app.css" => (APP_CSS, "text/css; charset=utf-8"),
+        "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// An error shown as a page: the API's status and message, never a secret.
+#[derive(Debug)]
+pub struct WebError {
+    status: StatusCode,
+    message: String,
+    back: String,
+}
+
+impl WebError {
+    /// A page-level error with a link back to `back`.
+    pub fn new(status: StatusCode, message: impl Into<String>, back: &str) -> Self {
+        WebError {
+            status,
+            message: message.into(),
+            back: back.to_string(),
+        }
+    }
+
+    /// The refusal of a form without the session's CSRF token: nothing was changed.
+    pub fn csrf(back: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "This form has expired or did not come from this page; nothing was changed. Reload the page and try again.",
+            back,
+        )
+    }
+
+    /// Sets where the page's "back" link leads.
+    pub fn back(mut self, back: &str) -> Self {
+        self.back = back.to_string();
+        self
+    }
+}
+
+impl From<ApiError> for WebError {
+    fn from(e: ApiError) -> Self {
+        let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let message = e
+            .detail
+            .unwrap_or_else(|| e.code.message(Locale::En).to_string());
+        WebError {
+            status,
+            message,
+            back: String::new(),
+        }
+    }
+}
+
+impl From<keywarden_store::StoreError> for WebError {
+    fn from(e: keywarden_store::StoreError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let mut res = render(
+            "error.html",
+            minijinja::context! { status => self.status.as_u16(), message => tr(&self.message), back => self.back },
+        );
+        *res.status_mut() = self.status;
+        res
+    }
+}
+
+/// A new session id: 32 bytes from the OS random source, hex.
+pub fn new_session_id() -> Result<String, WebError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|_| {
+        WebError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the random source failed",
+            "",
+        )
+    })?;
+    Ok(hex::encode(bytes))
+}
+
+/// What the store keeps of a session id.
+pub fn id_hash(session_id: &str) -> String {
+    sha256_hex(session_id.as_bytes())
+}
+
+/// The CSRF token of a session: derived from its id, so it needs no storage and tells
+/// nothing of the id.
+pub fn csrf_token(session_id: &str) -> String {
+    sha256_hex(format!("keywarden-csrf\0{session_id}").as_bytes())
+}
+
+/// Whether a form's token is its session's, compared in constant time.
+pub fn csrf_ok(session_id: &str, presented: &str) -> bool {
+    keywarden_core::ct_eq(csrf_token(session_id).as_bytes(), presented.as_bytes())
+}
+
+/// A session cookie for `path`, living `max_age_secs` (0: removal).
+pub fn session_cookie(
+    state: &AppState,
+    name: &'static str,
+    value: String,
+    path: &'static str,
+    max_age_secs: i64,
+) -> Cookie<'static> {
+    Cookie::build((name, value))
+        .path(path)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(state.settings.config.server.secure_cookies)
+        .max_age(time::Duration::seconds(max_age_secs))
+        .build()
+}
+
+/// Milliseconds from now.
+pub fn after_secs(state: &AppState, secs: i64) -> Millis {
+    state.clock.now_ms() + secs * 1000
+}
+
+/// Splits a text field of IPs and CIDRs on commas, spaces and newlines.
+pub fn list_field(s: &str) -> Vec<String> {
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// An optional form field: empty is absent.
+pub fn opt_field(s: &str) -> Option<&str> {
+    let t = s.trim();
+    (!t.is_empty()).then_some(t)
+}
+
+/// An expiry from a date (`YYYY-MM-DD`, end of that day UTC) or an RFC 3339 instant.
+pub fn expiry_field(s: &str) -> Result<Option<Millis>, ApiError> {
+    let Some(t) = opt_field(s) else {
+        return Ok(None);
+    };
+    let full = if t.len() == 10 {
+        format!("{t}T23:59:59Z")
+    } else {
+        t.to_string()
+    };
+    crate::views::parse_ts(&full)
+        .map(Some)
+        .map_err(|e| ApiError::invalid(format!("expires_at: {e}")))
+}
+
+/// A rate-limit override from two optional number fields: both or neither.
+pub fn rate_field(
+    requests: &str,
+    per_seconds: &str,
+) -> Result<Option<keywarden_core::model::RateLimitSpec>, ApiError> {
+    match (opt_field(requests), opt_field(per_seconds)) {
+        (None, None) => Ok(None),
+        (Some(r), Some(p)) => {
+            let num = |f: &str, v: &str| {
+                v.parse::<u32>()
+                    .map_err(|_| ApiError::invalid(format!("{f}: {v:?} is not a whole number")))
+            };
+            Ok(Some(keywarden_core::model::RateLimitSpec {
+                requests: num("rate_limit.requests", r)?,
+                per_seconds: num("rate_limit.per_seconds", p)?,
+            }))
+        }
+        _ => Err(ApiError::invalid(
+            "rate_limit: give both the number of requests and the window in seconds, or neither",
+        )),
+    }
+}
+
+/// The scope picker: the configured aliases, then every catalog scope, each checked when
+/// it is one of `keys.default_scopes`.
+pub fn scope_choices(state: &AppState) -> Vec<minijinja::Value> {
+    let defaults = &state.settings.config.keys.default_scopes;
+    let checked = |name: &str| defaults.iter().any(|d| d == name);
+    let aliases = state
+        .settings
+        .config
+        .scopes
+        .aliases
+        .iter()
+        .map(|(name, members)| {
+            minijinja::context! {
+                name => name,
+                description => format!("alias: {}", members.join(", ")),
+                checked => checked(name),
+            }
+        });
+    let units = state
+        .settings
+        .catalog
+        .entries()
+        .map(|(name, description, _)| {
+            minijinja::context! { name => name, description => description, checked => checked(name) }
+        });
+    aliases.chain(units).collect()
+}
+
+/// The chart of the last 24 hours of an account's or a key's decisions (or, with neither,
+/// the deployment's), by hour.
+pub async fn day_chart(
+    state: &AppState,
+    account_id: Option<&str>,
+    key_id: Option<&str>,
+    mode: Option<keywarden_core::model::Mode>,
+) -> Result<minijinja::Value, ApiError> {
+    let range = crate::analytics::range(state, &None, &None, Some("hour"))?;
+    let r = crate::analytics::report(
+        state,
+        range,
+        account_id.map(str::to_string),
+        key_id.map(str::to_string),
+        mode,
+    )
+    .await?;
+    Ok(crate::analytics::chart(&r))
+}
+
+/// A key as a page shows it: metadata, never a secret.
+pub fn key_view(k: &keywarden_core::model::KeyRecord) -> minijinja::Value {
+    minijinja::Value::from_serialize(crate::views::ApiKey::from(k))
+}

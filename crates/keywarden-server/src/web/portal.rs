@@ -1,0 +1,677 @@
+//! The customer portal (`/portal`, public listener; `docs/console.md#the-customer-portal`).
+//! The operator's backend asks for a single-use link for one account
+//! (`POST /v1/admin/accounts/{id}/portal-sessions`); opening it gives a session cookie for
+//! that account only. The session acts like a key of the account with the link's role and
+//! every scope: it reaches exactly the keys such a key could have made, through the same
+//! rules as the self-service API (`Manager::key_within`, `Ceiling`).
+
+use super::console::{secret_page, KeyForm, RevokeForm, RotateForm};
+use super::{csrf_ok, csrf_token, id_hash, key_view, new_session_id, render, scope_choices};
+use super::{session_cookie, WebError};
+use crate::errors::ApiError;
+use crate::extract::{client_ip, peer_ip};
+use crate::manage::{Actor, Ceiling, Manager};
+use crate::manage_apps::AppManager;
+use crate::state::AppState;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use axum_extra::extract::cookie::CookieJar;
+use axum_extra::extract::Form;
+use keywarden_core::codes::Code;
+use keywarden_core::decision::CompiledKey;
+use keywarden_core::model::{
+    Account, AccountStatus, KeyRecord, KeyType, Millis, Mode, Role, StoredSecret, WebSession,
+    WebSessionKind,
+};
+use minijinja::context;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// The portal's session cookie.
+pub const COOKIE: &str = "keywarden_portal";
+/// How long a portal link stays usable.
+pub const LINK_SECS: i64 = 5 * 60;
+/// How long a portal session lasts.
+pub const SESSION_SECS: i64 = 3600;
+
+/// The portal's routes, on the public listener.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/portal", get(home))
+        .route("/portal/assets/{name}", get(super::asset))
+        .route("/portal/start", get(start))
+        .route("/portal/logout", post(logout))
+        .route("/portal/account", post(rename))
+        .route("/portal/plan", post(change_plan))
+        .route("/portal/keys", post(create_key))
+        .route("/portal/keys/{id}", get(key))
+        .route("/portal/keys/{id}/rotate", post(rotate))
+        .route("/portal/keys/{id}/revoke", post(revoke))
+        .route("/portal/authorize", get(consent).post(authorize))
+        .layer(axum::middleware::from_fn(super::page_headers))
+}
+
+/// A new portal link for `account`: the URL to give the customer, and when it expires.
+/// Used by `POST /v1/admin/accounts/{id}/portal-sessions`.
+pub async fn create_link(
+    state: &AppState,
+    actor: &Actor,
+    account: &Account,
+    mode: Option<Mode>,
+    role: Role,
+    return_url: Option<String>,
+) -> Result<(String, Millis), ApiError> {
+    if let Some(u) = &return_url {
+        crate::manage::check_len("return_url", u, 2000)?;
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            return Err(ApiError::invalid(
+                "return_url: must be an absolute http:// or https:// URL",
+            ));
+        }
+    }
+    if account.status == AccountStatus::Suspended {
+        return Err(ApiError::with(
+            Code::AccountInactive,
+            "a suspended account cannot open the portal",
+        ));
+    }
+    let token = new_session_id().map_err(|_| ApiError::new(Code::InternalError))?;
+    let now = state.clock.now_ms();
+    let link = WebSession {
+        id_hash: id_hash(&token),
+        kind: WebSessionKind::PortalLink,
+        account_id: Some(account.id.clone()),
+        mode,
+        role: Some(role),
+        return_url,
+        created_at: now,
+        expires_at: now + LINK_SECS * 1000,
+    };
+    state.store.create_web_session(&link, now).await?;
+    Manager::new(state)
+        .audit(
+            actor,
+            "portal.link_created",
+            Some(&account.id),
+            mode,
+            serde_json::json!({ "role": role, "expires_in_seconds": LINK_SECS }),
+        )
+        .await?;
+    let base = public_url(state);
+    Ok((
+        format!("{base}/portal/start?token={token}"),
+        link.expires_at,
+    ))
+}
+
+/// `server.public_url`, else `http://` + `public_listen`, without a trailing slash.
+pub fn public_url(state: &AppState) -> String {
+    let server = &state.settings.config.server;
+    let u = if server.public_url.trim().is_empty() {
+        format!("http://{}", server.public_listen)
+    } else {
+        server.public_url.trim().to_string()
+    };
+    u.trim_end_matches('/').to_string()
+}
+
+/// A customer in the portal: its account (read fresh each request) and its bounds.
+pub struct Customer {
+    session_id: String,
+    csrf: String,
+    account: Account,
+    session: WebSession,
+    ip: Option<String>,
+}
+
+impl FromRequestParts<AppState> for Customer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let jar = CookieJar::from_headers(&parts.headers);
+        let ended = || {
+            WebError::new(
+                StatusCode::UNAUTHORIZED,
+                "Your portal session has ended. Ask for a new portal link.",
+                "",
+            )
+            .into_response()
+        };
+        let Some(sid) = jar.get(COOKIE).map(|c| c.value().to_string()) else {
+            return Err(ended());
+        };
+        let now = state.clock.now_ms();
+        let hash = id_hash(&sid);
+        let session = match state.store.get_web_session(&hash, now).await {
+            Ok(Some(s)) if s.kind == WebSessionKind::Portal => s,
+            Ok(_) => return Err(ended()),
+            Err(e) => return Err(WebError::from(e).into_response()),
+        };
+        let account = match &session.account_id {
+            Some(id) => state.store.get_account(id).await,
+            None => Ok(None),
+        };
+        let account = match account {
+            Ok(Some(a)) if a.status != AccountStatus::Suspended => a,
+            Ok(_) => {
+                // Erased or suspended since: the session ends.
+                let _ = state.store.take_web_session(&hash, now).await;
+                return Err(ended());
+            }
+            Err(e) => return Err(WebError::from(e).into_response()),
+        };
+        let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions))
+            .and_then(|c| c.ip())
+            .map(|i| i.to_string());
+        Ok(Customer {
+            csrf: csrf_token(&sid),
+            session_id: sid,
+            account,
+            session,
+            ip,
+        })
+    }
+}
+
+impl Customer {
+    fn check(&self, presented: &str, back: &str) -> Result<(), WebError> {
+        if csrf_ok(&self.session_id, presented) {
+            Ok(())
+        } else {
+            Err(WebError::csrf(back))
+        }
+    }
+
+    fn role(&self) -> Role {
+        self.session.role.unwrap_or(Role::Member)
+    }
+
+    fn actor(&self) -> Actor {
+        Actor {
+            name: "portal".into(),
+            ip: self.ip.clone(),
+        }
+    }
+
+    /// The mode asked for, if this session may use it.
+    fn mode(&self, asked: &str) -> Result<Mode, WebError> {
+        let asked = match asked {
+            "live" => Some(Mode::Live),
+            "test" => Some(Mode::Test),
+            _ => None,
+        };
+        match (self.session.mode, asked) {
+            (Some(m), None) => Ok(m),
+            (Some(m), Some(a)) if m == a => Ok(m),
+            (Some(_), Some(_)) => Err(WebError::new(
+                StatusCode::NOT_FOUND,
+                "This portal session is for the other mode.",
+                "/portal",
+            )),
+            (None, a) => Ok(a.unwrap_or(Mode::Live)),
+        }
+    }
+
+    /// The session's bounds in `mode`: a key of the account with the session's role and
+    /// every scope of the catalog, no expiry, no allowlist, the plan's rate.
+    fn ceiling(&self, state: &AppState, mode: Mode) -> Ceiling {
+        let catalog = &state.settings.catalog;
+        let scopes = catalog
+            .names(catalog.all_scopes())
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let record = KeyRecord {
+            id: "portal".into(),
+            account_id: self.account.id.clone(),
+            mode,
+            key_type: KeyType::Secret,
+            name: "portal".into(),
+            description: String::new(),
+            owner: String::new(),
+            role: self.role(),
+            scopes,
+            expires_at: None,
+            ip_allowlist: Vec::new(),
+            rate_limit: None,
+            enabled: true,
+            metadata: serde_json::json!({}),
+            app_id: None,
+            grant_id: None,
+            prefix: String::new(),
+            start: String::new(),
+            key_hash: String::new(),
+            secret: StoredSecret {
+                scheme: keywarden_core::model::HashScheme::Sha256,
+                lookup: String::new(),
+                hash: String::new(),
+            },
+            previous: None,
+            created_at: 0,
+            last_used_at: None,
+            last_used_ip: None,
+            revoked_at: None,
+            revoked_reason: None,
+            recoverable: None,
+        };
+        Manager::new(state).ceiling(
+            Arc::new(CompiledKey::compile(record, catalog)),
+            &self.account,
+        )
+    }
+
+    /// A key this session reaches, else 404 like an unknown one.
+    async fn key(&self, state: &AppState, id: &str) -> Result<KeyRecord, WebError> {
+        let m = Manager::new(state);
+        let not_found = || WebError::new(StatusCode::NOT_FOUND, "No such key.", "/portal");
+        let k = m
+            .key_of(Some(&self.account.id), None, id)
+            .await
+            .map_err(|_| not_found())?;
+        if self.mode(k.mode.as_str()).is_err() || !m.reaches(&self.ceiling(state, k.mode), &k) {
+            return Err(not_found());
+        }
+        Ok(k)
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct StartQuery {
+    #[serde(default)]
+    token: String,
+}
+
+/// `GET /portal/start?token=…`: uses the link (once) and opens a session.
+async fn start(State(state): State<AppState>, Query(q): Query<StartQuery>) -> Response {
+    let used = || {
+        WebError::new(
+            StatusCode::NOT_FOUND,
+            "This portal link has already been used or has expired. Ask for a new one.",
+            "",
+        )
+        .into_response()
+    };
+    let now = state.clock.now_ms();
+    let link = match state
+        .store
+        .take_web_session(&id_hash(q.token.trim()), now)
+        .await
+    {
+        Ok(Some(l)) if l.kind == WebSessionKind::PortalLink => l,
+        Ok(_) => return used(),
+        Err(e) => return WebError::from(e).into_response(),
+    };
+    let result = async {
+        let sid = new_session_id()?;
+        let session = WebSession {
+            id_hash: id_hash(&sid),
+            kind: WebSessionKind::Portal,
+            created_at: now,
+            expires_at: now + SESSION_SECS * 1000,
+            ..link
+        };
+        state.store.create_web_session(&session, now).await?;
+        Ok::<_, WebError>(sid)
+    }
+    .await;
+    match result {
+        Ok(sid) => {
+            let jar =
+                CookieJar::new().add(session_cookie(&state, COOKIE, sid, "/portal", SESSION_SECS));
+            (jar, Redirect::to("/portal")).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ModeQuery {
+    #[serde(default)]
+    mode: String,
+}
+
+fn base_ctx(c: &Customer, mode: Mode) -> minijinja::Value {
+    context! {
+        area => "portal",
+        csrf => c.csrf,
+        account => crate::views::Account::from(&c.account),
+        role => c.role().as_str(),
+        mode => mode.as_str(),
+        mode_fixed => c.session.mode.is_some(),
+        return_url => c.session.return_url,
+    }
+}
+
+/// `GET /portal`: the account, its keys of one mode, usage against the plan, the forms.
+async fn home(
+    State(state): State<AppState>,
+    c: Customer,
+    Query(q): Query<ModeQuery>,
+) -> Result<Response, WebError> {
+    let mode = c.mode(&q.mode)?;
+    let m = Manager::new(&state);
+    let keys = m.keys_within(&c.ceiling(&state, mode), None, 200).await?;
+    let keys: Vec<_> = keys.iter().map(key_view).collect();
+    let usage = crate::routes::self_service::usage_body(&state, &c.account, mode).await?;
+    let chart = super::day_chart(&state, Some(&c.account.id), None, Some(mode)).await?;
+    let plans: Vec<&String> = state.settings.plans.keys().collect();
+    let roles: Vec<&str> = ["owner", "admin", "developer", "member"]
+        .into_iter()
+        .filter(|r| r.parse::<Role>().is_ok_and(|r| r.rank() <= c.role().rank()))
+        .collect();
+    let ctx = context! { ..base_ctx(&c, mode), ..context! {
+        chart => chart,
+        keys => keys,
+        usage => usage,
+        plans => plans,
+        scopes => scope_choices(&state),
+        roles => roles,
+        can_manage => c.role().can_manage_keys(),
+        is_owner => c.role() == Role::Owner,
+        key_base => "/portal/keys",
+        create_action => "/portal/keys",
+    }};
+    Ok(render("portal.html", ctx))
+}
+
+#[derive(Deserialize)]
+struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    c: Customer,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, WebError> {
+    c.check(&f.csrf, "/portal")?;
+    let now = state.clock.now_ms();
+    state
+        .store
+        .take_web_session(&id_hash(&c.session_id), now)
+        .await?;
+    let jar = CookieJar::new().add(session_cookie(&state, COOKIE, String::new(), "/portal", 0));
+    let to = c.session.return_url.clone();
+    Ok(match to {
+        Some(u) => (jar, Redirect::to(&u)).into_response(),
+        None => (
+            jar,
+            WebError::new(StatusCode::OK, "You have signed out of the portal.", ""),
+        )
+            .into_response(),
+    })
+}
+
+fn need_owner(c: &Customer) -> Result<(), WebError> {
+    if c.role() == Role::Owner {
+        Ok(())
+    } else {
+        Err(WebError::from(ApiError::with(
+            Code::InsufficientRole,
+            "this needs the owner role",
+        ))
+        .back("/portal"))
+    }
+}
+
+fn need_manager(c: &Customer, back: &str) -> Result<(), WebError> {
+    if c.role().can_manage_keys() {
+        Ok(())
+    } else {
+        Err(WebError::from(ApiError::with(
+            Code::InsufficientRole,
+            "this needs the role owner, admin or developer",
+        ))
+        .back(back))
+    }
+}
+
+#[derive(Deserialize)]
+struct RenameForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn rename(
+    State(state): State<AppState>,
+    c: Customer,
+    Form(f): Form<RenameForm>,
+) -> Result<Response, WebError> {
+    c.check(&f.csrf, "/portal")?;
+    need_owner(&c)?;
+    Manager::new(&state)
+        .update_account(
+            &c.actor(),
+            &c.account.id,
+            crate::manage::AccountPatch {
+                name: Some(f.name),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| WebError::from(e).back("/portal"))?;
+    Ok(Redirect::to("/portal").into_response())
+}
+
+#[derive(Deserialize)]
+struct PlanForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    plan: String,
+}
+
+async fn change_plan(
+    State(state): State<AppState>,
+    c: Customer,
+    Form(f): Form<PlanForm>,
+) -> Result<Response, WebError> {
+    c.check(&f.csrf, "/portal")?;
+    need_owner(&c)?;
+    Manager::new(&state)
+        .update_account(
+            &c.actor(),
+            &c.account.id,
+            crate::manage::AccountPatch {
+                plan: Some(f.plan),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| WebError::from(e).back("/portal"))?;
+    Ok(Redirect::to("/portal").into_response())
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    c: Customer,
+    Form(f): Form<KeyForm>,
+) -> Result<Response, WebError> {
+    let mode = c.mode(&f.mode)?;
+    let back = format!("/portal?mode={mode}");
+    c.check(&f.csrf, &back)?;
+    need_manager(&c, &back)?;
+    let new = f.new_key().map_err(|e| WebError::from(e).back(&back))?;
+    let ceiling = c.ceiling(&state, mode);
+    let (k, token) = Manager::new(&state)
+        .create_key(&c.actor(), &c.account, new, Some(&ceiling))
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    Ok(secret_page(
+        "portal",
+        &c.csrf,
+        &k,
+        &token,
+        &format!("/portal/keys/{}", k.id),
+        "created",
+    ))
+}
+
+/// `GET /portal/keys/{id}`: a key this session reaches, and its recent activity.
+async fn key(
+    State(state): State<AppState>,
+    c: Customer,
+    Path(id): Path<String>,
+) -> Result<Response, WebError> {
+    let k = c.key(&state, &id).await?;
+    let activity = state.store.list_activity(&k.id, 50).await?;
+    let activity: Vec<_> = activity.iter().map(crate::views::Activity::from).collect();
+    let chart = super::day_chart(&state, Some(&c.account.id), Some(&k.id), None).await?;
+    let ctx = context! { ..base_ctx(&c, k.mode), ..context! {
+        chart => chart,
+        key => key_view(&k),
+        activity => activity,
+        action_base => format!("/portal/keys/{}", k.id),
+        back => format!("/portal?mode={}", k.mode),
+        can_manage => c.role().can_manage_keys(),
+        max_grace => state.settings.config.keys.max_grace_period_seconds,
+    }};
+    Ok(render("portal_key.html", ctx))
+}
+
+async fn rotate(
+    State(state): State<AppState>,
+    c: Customer,
+    Path(id): Path<String>,
+    Form(f): Form<RotateForm>,
+) -> Result<Response, WebError> {
+    let back = format!("/portal/keys/{id}");
+    c.check(&f.csrf, &back)?;
+    need_manager(&c, &back)?;
+    let k = c.key(&state, &id).await?;
+    let grace = f.grace().map_err(|e| WebError::from(e).back(&back))?;
+    let (k, token) = Manager::new(&state)
+        .rotate_key(&c.actor(), k, grace)
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    Ok(secret_page(
+        "portal",
+        &c.csrf,
+        &k,
+        &token,
+        &back,
+        if grace == 0 { "rolled" } else { "rotated" },
+    ))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    c: Customer,
+    Path(id): Path<String>,
+    Form(f): Form<RevokeForm>,
+) -> Result<Response, WebError> {
+    let back = format!("/portal/keys/{id}");
+    c.check(&f.csrf, &back)?;
+    need_manager(&c, &back)?;
+    let k = c.key(&state, &id).await?;
+    Manager::new(&state)
+        .revoke_key(
+            &c.actor(),
+            k,
+            super::opt_field(&f.reason).map(str::to_string),
+        )
+        .await
+        .map_err(|e| WebError::from(e).back(&back))?;
+    Ok(Redirect::to(&back).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct ConsentQuery {
+    #[serde(default)]
+    app_id: String,
+    #[serde(default)]
+    scopes: String,
+    #[serde(default)]
+    mode: String,
+}
+
+fn scope_list(s: &str) -> Vec<String> {
+    super::list_field(s)
+}
+
+/// `GET /portal/authorize?app_id=…&scopes=…`: what an application asks for, to approve.
+async fn consent(
+    State(state): State<AppState>,
+    c: Customer,
+    Query(q): Query<ConsentQuery>,
+) -> Result<Response, WebError> {
+    let mode = c.mode(&q.mode)?;
+    need_owner(&c)?;
+    let app = AppManager::new(&state)
+        .app(q.app_id.trim())
+        .await
+        .map_err(|_| {
+            WebError::new(
+                StatusCode::NOT_FOUND,
+                format!("app_id: no application {:?}", q.app_id),
+                "/portal",
+            )
+        })?;
+    let asked = scope_list(&q.scopes);
+    let asked = if asked.is_empty() {
+        app.scopes.clone()
+    } else {
+        asked
+    };
+    let ctx = context! { ..base_ctx(&c, mode), ..context! {
+        app => crate::views::Application::from(&app),
+        scopes => asked,
+    }};
+    Ok(render("authorize.html", ctx))
+}
+
+#[derive(Deserialize)]
+struct AuthorizeForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    app_id: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    mode: String,
+}
+
+/// `POST /portal/authorize`: the owner grants the application the scopes; the key made
+/// under the grant is shown once, for the application to receive.
+async fn authorize(
+    State(state): State<AppState>,
+    c: Customer,
+    Form(f): Form<AuthorizeForm>,
+) -> Result<Response, WebError> {
+    let mode = c.mode(&f.mode)?;
+    let back = "/portal";
+    c.check(&f.csrf, back)?;
+    need_owner(&c)?;
+    let ceiling = c.ceiling(&state, mode);
+    let issued = AppManager::new(&state)
+        .create_grant(
+            &c.actor(),
+            &c.account,
+            f.app_id.trim(),
+            Some(f.scopes),
+            mode,
+            Some(&ceiling_scopes(&ceiling)),
+        )
+        .await
+        .map_err(|e| WebError::from(e).back(back))?;
+    Ok(secret_page(
+        "portal",
+        &c.csrf,
+        &issued.key,
+        &issued.api_key,
+        &format!("/portal/keys/{}", issued.key.id),
+        "granted",
+    ))
+}
+
+fn ceiling_scopes(c: &Ceiling) -> keywarden_core::scopes::ScopeSet {
+    c.scopes().clone()
+}

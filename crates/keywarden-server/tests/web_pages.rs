@@ -1,0 +1,252 @@
+//! The console's and the portal's HTTP behaviour without a browser (`docs/console.md`):
+//! security headers, cookie attributes, sessions stored hashed, portal links' rules, and
+//! the pages' language. The flows themselves run in a real Chromium
+//! (`crates/keywarden/tests/browser.rs`).
+
+mod common;
+
+use common::{spawn_app, spawn_app_with, ROOT};
+use keywarden_core::Clock;
+use reqwest::header::{ACCEPT_LANGUAGE, CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
+use reqwest::redirect::Policy;
+use reqwest::Method;
+use serde_json::json;
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in to the console: the `Set-Cookie` header.
+async fn sign_in(admin: &str, root_key: &str) -> (u16, String) {
+    let res = no_redirects()
+        .post(format!("{admin}/console/login"))
+        .form(&[("root_key", root_key)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = res
+        .headers()
+        .get(SET_COOKIE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (res.status().as_u16(), cookie)
+}
+
+#[tokio::test]
+async fn pages_carry_a_strict_policy_and_sessions_are_stored_hashed() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .get(format!("{}/console/login", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let h = res.headers();
+    let csp = h[CONTENT_SECURITY_POLICY].to_str().unwrap();
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["cache-control"], "no-store");
+    let css = app
+        .client
+        .get(format!("{}/console/assets/app.css", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+    assert!(css.headers().contains_key(CONTENT_SECURITY_POLICY));
+
+    // A wrong key gives no cookie.
+    let (status, cookie) = sign_in(&app.admin, "not-the-root-key-at-all").await;
+    assert_eq!(status, 401);
+    assert!(cookie.is_empty());
+    // The root key gives an HttpOnly, SameSite=Strict cookie for /console only.
+    let (status, cookie) = sign_in(&app.admin, ROOT).await;
+    assert_eq!(status, 303);
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    assert!(
+        !cookie.contains("Secure"),
+        "not behind TLS by default: {cookie}"
+    );
+    let sid = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string();
+    assert_eq!(sid.len(), 64, "256 random bits");
+    assert!(!sid.contains(ROOT));
+    let now = app.clock.now_ms();
+    let state = &app.state;
+    assert!(state
+        .store
+        .get_web_session(&sid, now)
+        .await
+        .unwrap()
+        .is_none());
+    let hash = keywarden_core::hashing::sha256_hex(sid.as_bytes());
+    assert!(state
+        .store
+        .get_web_session(&hash, now)
+        .await
+        .unwrap()
+        .is_some());
+    // The session opens the console; without it the console sends to sign-in.
+    let page = no_redirects()
+        .get(format!("{}/console/accounts", app.admin))
+        .header("cookie", format!("keywarden_console={sid}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = no_redirects()
+        .get(format!("{}/console/accounts", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 303);
+    assert_eq!(page.headers()[LOCATION], "/console/login");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn secure_cookies_and_public_url_follow_the_configuration() {
+    let app = spawn_app_with(
+        "[server]\nsecure_cookies = true\npublic_url = \"https://keys.example.com/\"\n",
+    )
+    .await;
+    let (_, cookie) = sign_in(&app.admin, ROOT).await;
+    assert!(cookie.contains("Secure"), "{cookie}");
+    let acc = app.account("Linked").await;
+    let link = app
+        .admin_call(
+            Method::POST,
+            &format!("/v1/admin/accounts/{acc}/portal-sessions"),
+            Some(json!({})),
+        )
+        .await
+        .ok(201);
+    let url = link["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("https://keys.example.com/portal/start?token="),
+        "{url}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn portal_links_refuse_bad_input_and_end_with_suspension() {
+    let app = spawn_app().await;
+    let acc = app.account("Portal").await;
+    let path = format!("/v1/admin/accounts/{acc}/portal-sessions");
+    app.admin_call(
+        Method::POST,
+        &path,
+        Some(json!({ "return_url": "javascript:alert(1)" })),
+    )
+    .await
+    .invalid("return_url");
+    app.admin_call(Method::POST, &path, Some(json!({ "role": "emperor" })))
+        .await
+        .err(400, "invalid_request");
+    app.admin_call(
+        Method::POST,
+        "/v1/admin/accounts/acc_nope/portal-sessions",
+        Some(json!({})),
+    )
+    .await
+    .err(404, "not_found");
+    // Without the root key: refused before anything else.
+    let res = app
+        .client
+        .post(format!("{}{path}", app.admin))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
+    let link = app
+        .admin_call(Method::POST, &path, Some(json!({ "mode": "test" })))
+        .await
+        .ok(201);
+    // The link names the configured public address; the test's listener is on its own port.
+    let raw = link["url"].as_str().unwrap();
+    let url = format!("{}{}", app.public, &raw[raw.find("/portal/").unwrap()..]);
+    let started = no_redirects().get(&url).send().await.unwrap();
+    assert_eq!(started.status(), 303);
+    let cookie = started.headers()[SET_COOKIE].to_str().unwrap().to_string();
+    assert!(cookie.contains("Path=/portal"), "{cookie}");
+    let session = cookie.split(';').next().unwrap().to_string();
+    let home = |session: String| {
+        let url = format!("{}/portal", app.public);
+        async move {
+            no_redirects()
+                .get(url)
+                .header("cookie", session)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(home(session.clone()).await, 200);
+    // Used once: the second time is refused.
+    assert_eq!(no_redirects().get(&url).send().await.unwrap().status(), 404);
+    // Suspending the account ends its portal session.
+    app.admin_call(
+        Method::PATCH,
+        &format!("/v1/admin/accounts/{acc}"),
+        Some(json!({ "status": "suspended" })),
+    )
+    .await
+    .ok(200);
+    assert_eq!(home(session).await, 401);
+    app.admin_call(Method::POST, &path, Some(json!({})))
+        .await
+        .err(403, "account_inactive");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn pages_speak_spanish_when_asked() {
+    let app = spawn_app().await;
+    let page = |lang: &'static str| {
+        let url = format!("{}/console/login", app.admin);
+        let client = app.client.clone();
+        async move {
+            client
+                .get(url)
+                .header(ACCEPT_LANGUAGE, lang)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let es = page("es-ES,es;q=0.9").await;
+    assert!(es.contains("<html lang=\"es\">"), "{es}");
+    assert!(es.contains("Iniciar sesión"), "{es}");
+    let en = page("en-GB").await;
+    assert!(en.contains("<html lang=\"en\">"));
+    assert!(en.contains("Sign in"));
+    app.stop().await;
+}
