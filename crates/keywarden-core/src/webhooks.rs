@@ -193,9 +193,19 @@ mod tests {
     #[test]
     fn endpoints_reach_their_account_and_mode() {
         assert!(reaches(None, None, Some("a"), Some(Mode::Live)));
-        assert!(reaches(Some("a"), Some(Mode::Test), Some("a"), Some(Mode::Test)));
+        assert!(reaches(
+            Some("a"),
+            Some(Mode::Test),
+            Some("a"),
+            Some(Mode::Test)
+        ));
         assert!(reaches(Some("a"), Some(Mode::Test), Some("a"), None));
-        assert!(!reaches(Some("a"), Some(Mode::Test), Some("a"), Some(Mode::Live)));
+        assert!(!reaches(
+            Some("a"),
+            Some(Mode::Test),
+            Some("a"),
+            Some(Mode::Live)
+        ));
         assert!(!reaches(Some("a"), None, Some("b"), None));
         assert!(!reaches(Some("a"), None, None, None));
     }

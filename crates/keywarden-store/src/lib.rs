@@ -32,6 +32,7 @@ pub use writer::{KeyUse, UsageDurability, Writer, WriterConfig, WriterHandle};
 pub mod limiter;
 pub mod redis_limiter;
 pub mod verifier;
+pub mod webhooks;
 
 pub use limiter::{Limiter, LimiterStats, LocalBounds, LocalLimiter, QuotaKey};
 pub use redis_limiter::{RedisConfig, RedisLimiter, RedisStats};
