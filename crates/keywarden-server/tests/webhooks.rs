@@ -629,3 +629,176 @@ async fn two_instances_on_one_postgres_send_each_delivery_once() {
     b.stop().await;
     pg.stop().await;
 }
+
+mod management {
+    use super::*;
+    use keywarden_server::manage::Actor;
+    use keywarden_server::manage_webhooks::{NewWebhook, Owner, WebhookManager, WebhookPatch};
+
+    fn new(url: String) -> NewWebhook {
+        NewWebhook {
+            url,
+            ..NewWebhook::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rotated_secret_signs_beside_the_old_one_for_the_overlap() {
+        let app = spawn_app_with(FAST).await;
+        app.clock.set_ms(now_ms());
+        let r = receiver().await;
+        let m = WebhookManager::new(&app.state);
+        let root = Actor::root(None);
+        let mut body = new(format!("{}/ok", r.url));
+        body.events = Some(vec!["account.*".into()]);
+        let e = m.create(&root, &Owner::Root, body).await.unwrap();
+        let old = e.secret.clone();
+        let rotated = m.rotate_secret(&root, &Owner::Root, &e.id).await.unwrap();
+        assert_ne!(rotated.secret, old);
+        app.account("Acme").await;
+        let got = r.wait("ok", 1).await;
+        assert_eq!(got[0].header("webhook-signature").split(' ').count(), 2);
+        for secret in [&old, &rotated.secret] {
+            standardwebhooks::Webhook::new(secret)
+                .unwrap()
+                .verify(&got[0].body, &got[0].headers)
+                .expect("both secrets verify during the overlap");
+        }
+        // After the overlap only the new secret signs.
+        app.clock.advance_secs(24 * 3600 + 1);
+        app.account("Other").await;
+        let got = r.wait("ok", 2).await;
+        let sig = got[1].header("webhook-signature");
+        let ts: i64 = got[1].header("webhook-timestamp").parse().unwrap();
+        let expected = keywarden_core::webhooks::sign(
+            &rotated.secret,
+            got[1].header("webhook-id"),
+            ts,
+            &got[1].body,
+        )
+        .unwrap();
+        assert_eq!(sig, expected);
+        app.stop().await;
+    }
+
+    #[tokio::test]
+    async fn endpoints_are_checked_and_kept_to_their_owner() {
+        let app = spawn_app_with("").await;
+        let m = WebhookManager::new(&app.state);
+        let root = Actor::root(None);
+        // The address guard holds at registration, names the setting, and changes nothing.
+        for url in [
+            "http://127.0.0.1/x",
+            "http://169.254.169.254/",
+            "http://[::1]/",
+            "http://10.0.0.1/",
+            "http://localhost:8080/x",
+        ] {
+            let err = m
+                .create(&root, &Owner::Root, new(url.into()))
+                .await
+                .unwrap_err();
+            assert!(
+                err.detail
+                    .as_deref()
+                    .unwrap()
+                    .contains("allow_private_networks"),
+                "{url}"
+            );
+        }
+        let mut bad = new("https://93.184.216.34/hook".into());
+        bad.events = Some(vec!["key.nope".into()]);
+        let err = m.create(&root, &Owner::Root, bad).await.unwrap_err();
+        assert!(err.detail.as_deref().unwrap().contains("key.nope"));
+        assert!(m.list(&Owner::Root).await.unwrap().is_empty());
+
+        let a = app.account("A").await;
+        let b = app.account("B").await;
+        let owner_a = Owner::Account {
+            account_id: a.clone(),
+            mode: Mode::Live,
+        };
+        let owner_a_test = Owner::Account {
+            account_id: a.clone(),
+            mode: Mode::Test,
+        };
+        let owner_b = Owner::Account {
+            account_id: b.clone(),
+            mode: Mode::Live,
+        };
+        let mut body = new("https://93.184.216.34/hook".into());
+        // An account cannot widen its endpoint to other accounts or modes.
+        body.account_id = Some(b.clone());
+        body.mode = None;
+        let e = m
+            .create(&Actor::key("key_x", None), &owner_a, body)
+            .await
+            .unwrap();
+        assert_eq!(
+            (e.account_id.as_deref(), e.mode),
+            (Some(a.as_str()), Some(Mode::Live))
+        );
+        assert!(m.get(&owner_a, &e.id).await.is_ok());
+        for other in [&owner_b, &owner_a_test] {
+            assert_eq!(m.get(other, &e.id).await.unwrap_err().code.status(), 404);
+            assert!(m.list(other).await.unwrap().is_empty());
+            assert!(m.delete(&root, other, &e.id).await.is_err());
+        }
+        assert_eq!(m.list(&Owner::Root).await.unwrap().len(), 1);
+        let patched = m
+            .update(
+                &root,
+                &owner_a,
+                &e.id,
+                WebhookPatch {
+                    enabled: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!patched.enabled);
+        // The audit trail has the changes, never the secret.
+        let f = EventFilter {
+            kind: Some("webhook.*".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        let evs = app.state.store.list_events(&f).await.unwrap();
+        assert_eq!(evs.len(), 2);
+        assert!(evs.iter().all(|ev| !ev.data.to_string().contains("whsec_")));
+        m.delete(&root, &owner_a, &e.id).await.unwrap();
+        assert!(m.list(&Owner::Root).await.unwrap().is_empty());
+        app.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_log_shows_attempts_and_redelivery_and_tests_send_again() {
+        let app = spawn_app_with(&format!("{FAST}retry_schedule_seconds_live = []\n")).await;
+        let r = receiver().await;
+        let m = WebhookManager::new(&app.state);
+        let root = Actor::root(None);
+        let mut body = new(format!("{}/fail", r.url));
+        body.events = Some(vec!["account.created".into()]);
+        let e = m.create(&root, &Owner::Root, body).await.unwrap();
+        app.account("Acme").await;
+        r.wait("fail", 1).await;
+        until_deliveries(&app, &e.id, |d| {
+            d.len() == 1 && d[0].status == DeliveryStatus::Failed
+        })
+        .await;
+        let log = m.deliveries(&Owner::Root, &e.id, None, 10).await.unwrap();
+        let attempts = log[0].attempt_log.as_ref().unwrap();
+        assert_eq!((attempts.len(), attempts[0].status), (1, Some(500)));
+        let again = m.redeliver(&Owner::Root, &e.id, &log[0].id).await.unwrap();
+        assert_eq!(again.status, "pending");
+        r.wait("fail", 2).await;
+        let got = r.seen("fail");
+        assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+        let test = m.send_test(&Owner::Root, &e.id).await.unwrap();
+        assert_eq!(test.kind, "webhook.test");
+        let got = r.wait("fail", 3).await;
+        assert_eq!(got[2].json()["type"], "webhook.test");
+        app.stop().await;
+    }
+}
