@@ -567,3 +567,108 @@ fn quota_events(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keywarden_store::webhooks::{DeliveryStatus, WebhookDelivery, WebhookEndpoint};
+
+    fn due(mode: &str, attempts: u32, failing_since: Option<Millis>) -> DueDelivery {
+        DueDelivery {
+            delivery: WebhookDelivery {
+                id: "whd_1".into(),
+                endpoint_id: "whe_1".into(),
+                event_id: "evt_1".into(),
+                kind: "key.created".into(),
+                status: DeliveryStatus::Pending,
+                attempts,
+                next_attempt_at: Some(0),
+                last_status: None,
+                last_duration_ms: None,
+                last_response: None,
+                last_error: None,
+                created_at: 0,
+                delivered_at: None,
+            },
+            endpoint: WebhookEndpoint {
+                id: "whe_1".into(),
+                url: "https://example.com/".into(),
+                events: None,
+                account_id: None,
+                mode: None,
+                description: String::new(),
+                enabled: true,
+                secret: keywarden_core::webhooks::new_secret(),
+                prev_secret: None,
+                prev_secret_until: None,
+                failing_since,
+                disabled_reason: None,
+                created_at: 0,
+                updated_at: 0,
+            },
+            payload: json!({ "type": "key.created", "data": { "mode": mode } }).to_string(),
+        }
+    }
+
+    fn attempt(at: Millis, status: Option<u16>) -> WebhookAttempt {
+        WebhookAttempt {
+            at,
+            status,
+            duration_ms: 1,
+            response: String::new(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn outcomes_follow_the_status_and_the_modes_schedule() {
+        let cfg = WebhooksConfig {
+            retry_schedule_seconds_live: vec![5, 60],
+            retry_schedule_seconds_test: vec![7],
+            ..WebhooksConfig::default()
+        };
+        let t = 1_000_000;
+        let o = outcome(&cfg, &due("live", 0, None), attempt(t, Some(204)), 0.0);
+        assert_eq!((o.next, o.disable), (NextStep::Delivered, None));
+        let o = outcome(&cfg, &due("live", 0, None), attempt(t, Some(500)), 0.0);
+        assert_eq!(o.next, NextStep::RetryAt(t + 5_000));
+        let o = outcome(&cfg, &due("live", 1, Some(t)), attempt(t, None), 0.2);
+        assert_eq!(o.next, NextStep::RetryAt(t + 72_000));
+        let o = outcome(&cfg, &due("live", 2, Some(t)), attempt(t, Some(302)), 0.0);
+        assert_eq!(o.next, NextStep::GiveUp);
+        assert!(o.disable.is_none() && o.events.is_empty());
+        let o = outcome(&cfg, &due("test", 0, None), attempt(t, Some(500)), 0.0);
+        assert_eq!(o.next, NextStep::RetryAt(t + 7_000));
+        let o = outcome(&cfg, &due("test", 1, None), attempt(t, Some(500)), 0.0);
+        assert_eq!(o.next, NextStep::GiveUp);
+    }
+
+    #[test]
+    fn gone_and_long_failing_endpoints_are_disabled_with_an_event() {
+        let cfg = WebhooksConfig::default();
+        let t = 10 * DAY_MS;
+        let o = outcome(&cfg, &due("live", 0, None), attempt(t, Some(410)), 0.0);
+        assert_eq!(
+            (o.next, o.disable.as_deref()),
+            (NextStep::GiveUp, Some("gone"))
+        );
+        assert_eq!(o.events[0].kind, "webhook.disabled");
+        assert_eq!(o.events[0].data["reason"], "gone");
+        let since = t - 120 * 3_600_000;
+        let o = outcome(
+            &cfg,
+            &due("live", 3, Some(since)),
+            attempt(t, Some(503)),
+            0.0,
+        );
+        assert_eq!(o.disable.as_deref(), Some("failing"));
+        let o = outcome(
+            &cfg,
+            &due("live", 3, Some(since + 1)),
+            attempt(t, Some(503)),
+            0.0,
+        );
+        assert!(o.disable.is_none());
+        assert!(matches!(o.next, NextStep::RetryAt(_)));
+    }
+}

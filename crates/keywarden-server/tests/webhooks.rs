@@ -802,3 +802,43 @@ mod management {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_lockout_is_announced_once_to_the_operator() {
+    let app = spawn_app_with(&format!(
+        "{FAST}[auth]\nlockout = {{ max_failures = 3, window_seconds = 300, lock_seconds = 300 }}\n"
+    ))
+    .await;
+    let r = receiver().await;
+    endpoint(
+        &app,
+        format!("{}/ok", r.url),
+        None,
+        None,
+        Some(&["lockout.*"]),
+    )
+    .await;
+    let account = app.account("Acme").await;
+    // An account's own endpoint does not hear of a network's lockout.
+    let own = endpoint(&app, format!("{}/fail", r.url), Some(&account), None, None).await;
+    for _ in 0..6 {
+        app.verify(json!({ "key": "sk_live_nope", "ip": "203.0.113.7" }))
+            .await;
+    }
+    let got = r.wait("ok", 1).await;
+    let body = got[0].json();
+    assert_eq!(body["type"], "lockout.started");
+    assert_eq!(body["data"]["network"], "203.0.113.7/32");
+    assert_eq!(body["data"]["account_id"], Value::Null);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(r.seen("ok").len(), 1);
+    assert!(app
+        .state
+        .store
+        .list_deliveries(&own.id, None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|d| d.kind != "lockout.started"));
+    app.stop().await;
+}
