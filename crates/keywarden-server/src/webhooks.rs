@@ -91,10 +91,15 @@ fn literal(ip: IpAddr) -> Result<(), UrlError> {
     }
 }
 
+/// How long a name may take to resolve.
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Resolves `name` and keeps only allowed addresses; an error when none is left.
 async fn resolve_allowed(name: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
+    let lookup = tokio::net::lookup_host((name, port));
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(DNS_TIMEOUT, lookup)
         .await
+        .map_err(|_| format!("url: {name} did not resolve within {DNS_TIMEOUT:?}"))?
         .map_err(|e| format!("url: {name} does not resolve ({e})"))?
         .collect();
     let allowed: Vec<SocketAddr> = addrs
