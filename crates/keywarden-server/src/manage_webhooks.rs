@@ -125,6 +125,15 @@ pub struct WebhookWithSecret {
     pub secret: String,
 }
 
+impl From<&WebhookEndpoint> for WebhookWithSecret {
+    fn from(e: &WebhookEndpoint) -> Self {
+        WebhookWithSecret {
+            endpoint: WebhookView::from(e),
+            secret: e.secret.clone(),
+        }
+    }
+}
+
 /// One attempt of a delivery.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
