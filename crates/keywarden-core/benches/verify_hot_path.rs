@@ -92,6 +92,7 @@ fn bench(c: &mut Criterion) {
                 client_ip: None,
                 object_mode: Some(Mode::Live),
                 required: Requirement::All(&required),
+                self_service: None,
                 now_ms: now,
             };
             black_box(authorize(&facts)).expect("allowed");

@@ -265,6 +265,8 @@ pub enum KeyLookup<'a> {
         /// Which secret matched.
         matched: SecretMatch,
     },
+    /// A configured global key: full access, no account, no limits.
+    Global,
 }
 
 /// The outcome of checking the application secret (`docs/concepts.md#presenting-a-key`).
@@ -318,6 +320,8 @@ pub enum Requirement<'a> {
     All(&'a ScopeSet),
     /// At least one scope of the set.
     Any(&'a ScopeSet),
+    /// Every scope of the first set, and at least one of the second (unless it is empty).
+    AllAndAny(&'a ScopeSet, &'a ScopeSet),
     /// Something no key can have (a route denying by default, or a substituted scope
     /// outside the catalog).
     Impossible,
@@ -342,8 +346,47 @@ pub struct Facts<'a> {
     pub object_mode: Option<Mode>,
     /// The scopes the request needs.
     pub required: Requirement<'a>,
+    /// The request is a call of the self-service API, which needs this role
+    /// (`docs/self-service.md`): only an account's own secret keys make such calls.
+    pub self_service: Option<RoleNeed>,
     /// The time of the decision.
     pub now_ms: Millis,
+}
+
+/// What a self-service call needs from the calling key's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleNeed {
+    /// Any role.
+    Any,
+    /// `owner`, `admin` or `developer` (key management).
+    KeyManager,
+    /// `owner` only.
+    Owner,
+    /// `owner`, on a key of the account itself rather than one an application holds (an
+    /// application never manages grants, its own or another's).
+    AccountOwner,
+}
+
+impl RoleNeed {
+    /// Whether a key of this role may make the call.
+    pub fn admits(self, role: Role) -> bool {
+        match self {
+            RoleNeed::Any => true,
+            RoleNeed::KeyManager => role.can_manage_keys(),
+            RoleNeed::Owner | RoleNeed::AccountOwner => role == Role::Owner,
+        }
+    }
+
+    /// The refusal of a key without the role.
+    fn refusal(self) -> Denial {
+        Denial::explained(
+            Code::InsufficientRole,
+            match self {
+                RoleNeed::Owner | RoleNeed::AccountOwner => "this needs a key with role owner",
+                _ => "this needs a key with role owner, admin or developer",
+            },
+        )
+    }
 }
 
 /// A refusal: its code and, for 429s, when to retry.
@@ -353,6 +396,9 @@ pub struct Denial {
     pub code: Code,
     /// Seconds until a retry may succeed (429s only), never 0.
     pub retry_after: Option<u64>,
+    /// What the answer's message says instead of the code's own, when the code alone would
+    /// not tell the caller what to change.
+    pub detail: Option<&'static str>,
 }
 
 impl Denial {
@@ -361,6 +407,23 @@ impl Denial {
         Denial {
             code,
             retry_after: None,
+            detail: None,
+        }
+    }
+
+    /// A denial whose message is `detail`.
+    pub fn explained(code: Code, detail: &'static str) -> Self {
+        Denial {
+            detail: Some(detail),
+            ..Denial::new(code)
+        }
+    }
+
+    /// A denial with a retry hint (at least one second).
+    pub fn retry(code: Code, secs: u64) -> Self {
+        Denial {
+            retry_after: Some(secs.max(1)),
+            ..Denial::new(code)
         }
     }
 }
@@ -371,14 +434,19 @@ pub fn authorize(f: &Facts<'_>) -> Result<(), Denial> {
         return Err(Denial::new(Code::ApiDisabled));
     }
     if let Some(secs) = f.locked_out {
-        return Err(Denial {
-            code: Code::TooManyAuthFailures,
-            retry_after: Some(secs.max(1)),
-        });
+        return Err(Denial::retry(Code::TooManyAuthFailures, secs));
     }
     let (key, matched) = match f.key {
         KeyLookup::Missing => return Err(Denial::new(Code::MissingApiKey)),
         KeyLookup::Invalid => return Err(Denial::new(Code::InvalidApiKey)),
+        // A global key passes here with full access, but it belongs to no account.
+        KeyLookup::Global if f.self_service.is_some() => {
+            return Err(Denial::explained(
+                Code::InsufficientScope,
+                "global keys belong to no account and cannot use the self-service API",
+            ))
+        }
+        KeyLookup::Global => return Ok(()),
         KeyLookup::Found { key, matched } => (key, matched),
     };
     let r = key;
@@ -426,10 +494,30 @@ pub fn authorize(f: &Facts<'_>) -> Result<(), Denial> {
         Requirement::None => true,
         Requirement::All(set) => key.scopes.contains_all(set),
         Requirement::Any(set) => set.is_empty() || key.scopes.contains_any(set),
+        Requirement::AllAndAny(all, any) => {
+            key.scopes.contains_all(all) && (any.is_empty() || key.scopes.contains_any(any))
+        }
         Requirement::Impossible => false,
     };
     if !scoped {
         return Err(Denial::new(Code::InsufficientScope));
+    }
+    if let Some(role) = f.self_service {
+        if r.key_type == KeyType::Publishable {
+            return Err(Denial::explained(
+                Code::InsufficientScope,
+                "publishable keys cannot use the self-service API",
+            ));
+        }
+        if !role.admits(r.role) {
+            return Err(role.refusal());
+        }
+        if role == RoleNeed::AccountOwner && key.app_id().is_some() {
+            return Err(Denial::explained(
+                Code::InsufficientRole,
+                "keys of an application cannot manage grants",
+            ));
+        }
     }
     Ok(())
 }
@@ -442,22 +530,13 @@ pub fn limit_verdict(
     quotas: &[QuotaOutcome],
 ) -> Result<(), Denial> {
     if let Some(r) = rate.filter(|r| !r.allowed) {
-        return Err(Denial {
-            code: Code::RateLimitExceeded,
-            retry_after: Some(r.retry_after_secs.max(1)),
-        });
+        return Err(Denial::retry(Code::RateLimitExceeded, r.retry_after_secs));
     }
     if !concurrency_ok {
-        return Err(Denial {
-            code: Code::ConcurrencyLimitExceeded,
-            retry_after: Some(1),
-        });
+        return Err(Denial::retry(Code::ConcurrencyLimitExceeded, 1));
     }
     if let Some(q) = quotas.iter().find(|q| !q.allowed) {
-        return Err(Denial {
-            code: Code::QuotaExceeded,
-            retry_after: Some(q.retry_after_secs.max(1)),
-        });
+        return Err(Denial::retry(Code::QuotaExceeded, q.retry_after_secs));
     }
     Ok(())
 }
@@ -550,6 +629,7 @@ mod tests {
             client_ip: Some("203.0.113.9".parse().unwrap()),
             object_mode: None,
             required: Requirement::All(&read),
+            self_service: None,
             now_ms: NOW,
         };
         edit_facts(&mut f);
@@ -692,6 +772,140 @@ mod tests {
     }
 
     #[test]
+    fn self_service_calls_admit_only_secret_keys_of_an_account_with_the_role() {
+        let none = |_: &mut KeyRecord| {};
+        let owner = |f: &mut Facts<'_>| f.self_service = Some(RoleNeed::Owner);
+        let manager = |f: &mut Facts<'_>| f.self_service = Some(RoleNeed::KeyManager);
+        let any = |f: &mut Facts<'_>| f.self_service = Some(RoleNeed::Any);
+        check(none, owner, CUR, Code::Valid);
+        check(|r| r.role = Role::Admin, owner, CUR, Code::InsufficientRole);
+        check(|r| r.role = Role::Developer, manager, CUR, Code::Valid);
+        check(
+            |r| r.role = Role::Member,
+            manager,
+            CUR,
+            Code::InsufficientRole,
+        );
+        check(|r| r.role = Role::Member, any, CUR, Code::Valid);
+        let grants = |f: &mut Facts<'_>| f.self_service = Some(RoleNeed::AccountOwner);
+        check(none, grants, CUR, Code::Valid);
+        check(
+            |r| r.role = Role::Admin,
+            grants,
+            CUR,
+            Code::InsufficientRole,
+        );
+        check(
+            |r| r.app_id = Some("app_1".into()),
+            grants,
+            CUR,
+            Code::InsufficientRole,
+        );
+        check(|r| r.app_id = Some("app_1".into()), owner, CUR, Code::Valid);
+        check(
+            |r| r.key_type = KeyType::Publishable,
+            any,
+            CUR,
+            Code::InsufficientScope,
+        );
+        // Global keys pass elsewhere, but belong to no account.
+        check(none, |f| f.key = KeyLookup::Global, CUR, Code::Valid);
+        check(
+            none,
+            |f| {
+                f.key = KeyLookup::Global;
+                f.self_service = Some(RoleNeed::Any);
+            },
+            CUR,
+            Code::InsufficientScope,
+        );
+        check(
+            none,
+            |f| {
+                f.key = KeyLookup::Global;
+                f.locked_out = Some(5);
+            },
+            CUR,
+            Code::TooManyAuthFailures,
+        );
+        // The scope check comes first: a publishable key without the scope is refused for it.
+        check(
+            |r| {
+                r.key_type = KeyType::Publishable;
+                r.role = Role::Member;
+            },
+            owner,
+            CUR,
+            Code::InsufficientScope,
+        );
+        // A role refusal says which roles would do.
+        let cat = catalog();
+        let mut r = record();
+        r.role = Role::Member;
+        let key = CompiledKey::compile(r, &cat);
+        let f = Facts {
+            api_enabled: true,
+            locked_out: None,
+            key: KeyLookup::Found {
+                key: &key,
+                matched: CUR,
+            },
+            account_status: Some(AccountStatus::Active),
+            app_secret: AppSecretCheck::NotRequired,
+            client_ip: None,
+            object_mode: None,
+            required: Requirement::None,
+            self_service: Some(RoleNeed::KeyManager),
+            now_ms: NOW,
+        };
+        let d = authorize(&f).unwrap_err();
+        assert_eq!(d.code, Code::InsufficientRole);
+        assert_eq!(
+            d.detail,
+            Some("this needs a key with role owner, admin or developer")
+        );
+    }
+
+    #[test]
+    fn all_and_any_scopes_are_both_checked() {
+        let cat = catalog();
+        let read = cat.required(&["invoices:read"]).unwrap();
+        let write = cat.required(&["invoices:write"]).unwrap();
+        let both = cat.required(&["invoices:read", "invoices:write"]).unwrap();
+        let empty = ScopeSet::default();
+        let key = CompiledKey::compile(record(), &cat);
+        let decide = |required| {
+            authorize(&Facts {
+                api_enabled: true,
+                locked_out: None,
+                key: KeyLookup::Found {
+                    key: &key,
+                    matched: CUR,
+                },
+                account_status: Some(AccountStatus::Active),
+                app_secret: AppSecretCheck::NotRequired,
+                client_ip: None,
+                object_mode: None,
+                required,
+                self_service: None,
+                now_ms: NOW,
+            })
+            .err()
+            .map_or(Code::Valid, |d| d.code)
+        };
+        assert_eq!(decide(Requirement::AllAndAny(&read, &both)), Code::Valid);
+        assert_eq!(decide(Requirement::AllAndAny(&read, &empty)), Code::Valid);
+        assert_eq!(
+            decide(Requirement::AllAndAny(&read, &write)),
+            Code::InsufficientScope
+        );
+        assert_eq!(
+            decide(Requirement::AllAndAny(&write, &read)),
+            Code::InsufficientScope
+        );
+    }
+
+    #[test]
     fn earlier_checks_win() {
         // Revoked and expired and disabled: revoked is reported.
         check(
@@ -743,11 +957,13 @@ mod tests {
             client_ip: None,
             object_mode: None,
             required: Requirement::Any(&any),
+            self_service: None,
             now_ms: NOW,
         };
         assert!(authorize(&f).is_ok());
         let f = Facts {
             required: Requirement::All(&any),
+            self_service: None,
             ..f
         };
         assert_eq!(authorize(&f).unwrap_err().code, Code::InsufficientScope);

@@ -3,14 +3,19 @@
 
 use crate::errors::ApiError;
 use crate::extract::{client_ip, peer_ip, presented_key};
+use crate::manage::Actor;
 use crate::state::AppState;
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponseParts, ResponseParts};
 use keywarden_core::codes::Code;
 use keywarden_core::decision::CompiledKey;
-use keywarden_core::model::{Account, KeyRecord, KeyType, Role};
+use keywarden_core::model::{Account, KeyRecord};
+use keywarden_core::scopes::{ScopeCatalog, ScopeSet};
 use keywarden_core::{ct_eq, Secret};
 use keywarden_store::verifier::{VerifyOutcome, VerifyRequest};
+use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -74,16 +79,7 @@ pub fn require_forward_auth_token(state: &AppState, headers: &HeaderMap) -> Resu
     }
 }
 
-/// What a self-service endpoint needs from its caller's key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RoleNeed {
-    /// Any role.
-    Any,
-    /// `owner`, `admin` or `developer` (key management).
-    KeyManager,
-    /// `owner` only.
-    Owner,
-}
+pub use keywarden_core::decision::RoleNeed;
 
 /// A customer authenticated by one of its own secret keys.
 #[derive(Clone, Debug)]
@@ -116,6 +112,164 @@ impl Caller {
     }
 }
 
+/// The rate-limit headers of a self-service caller's answer, as a response part:
+/// `Ok((caller.limits(), Json(body)))`.
+#[derive(Debug)]
+pub struct RateLimitHeaders(HeaderMap);
+
+impl IntoResponseParts for RateLimitHeaders {
+    type Error = std::convert::Infallible;
+
+    fn into_response_parts(self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
+        res.headers_mut().extend(self.0);
+        Ok(res)
+    }
+}
+
+impl Caller {
+    /// The caller's rate-limit headers, for its answer.
+    pub fn limits(&self) -> RateLimitHeaders {
+        let mut headers = HeaderMap::new();
+        crate::routes::decide::rate_limit_headers(&mut headers, &self.outcome);
+        RateLimitHeaders(headers)
+    }
+}
+
+/// What a self-service route needs from its caller's key, declared once per route as a
+/// marker type: `SelfServiceCaller<KeysWrite>`.
+pub trait Need: Send + Sync + 'static {
+    /// The scope the calling key must hold, if any (compiled at startup, [`ScopeNeeds`]).
+    const SCOPE: Option<&'static str>;
+    /// The role it must have.
+    const ROLE: RoleNeed;
+    /// A further condition on the caller. It runs after the decision, when the call has
+    /// already spent its rate budget: only for what the decision cannot know (a role or
+    /// key type belongs in [`RoleNeed`]).
+    fn check(_caller: &Caller) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+macro_rules! needs {
+    ($($(#[$meta:meta])* $name:ident = ($scope:expr, $role:expr);)*) => {
+        $(
+            $(#[$meta])*
+            #[derive(Debug)]
+            pub struct $name;
+            impl Need for $name {
+                const SCOPE: Option<&'static str> = $scope;
+                const ROLE: RoleNeed = $role;
+            }
+        )*
+        /// Every scope a self-service route needs.
+        const NEEDED_SCOPES: &[Option<&str>] = &[$($scope,)*];
+    };
+}
+
+needs! {
+    /// Reads the account, its events and grants: `account:read`, any role.
+    AccountRead = (Some("account:read"), RoleNeed::Any);
+    /// Changes the account: `account:write`, role `owner`.
+    AccountWrite = (Some("account:write"), RoleNeed::Owner);
+    /// Erases the account: role `owner`.
+    AccountOwner = (None, RoleNeed::Owner);
+    /// Reads usage: `usage:read`, any role.
+    UsageRead = (Some("usage:read"), RoleNeed::Any);
+    /// Reads keys: `api_keys:read`, any role.
+    KeysRead = (Some("api_keys:read"), RoleNeed::Any);
+    /// Makes and rotates keys: `api_keys:write`, a key manager.
+    KeysWrite = (Some("api_keys:write"), RoleNeed::KeyManager);
+    /// Revokes keys: `api_keys:delete`, a key manager.
+    KeysDelete = (Some("api_keys:delete"), RoleNeed::KeyManager);
+    /// Manages grants: an owner key of the account itself, not one an application holds.
+    GrantManager = (None, RoleNeed::AccountOwner);
+    /// Reads the account's webhook endpoints and their logs: `webhooks:read`, any role.
+    WebhooksRead = (Some("webhooks:read"), RoleNeed::Any);
+    /// Registers and changes webhook endpoints: `webhooks:write`, a key manager.
+    WebhooksWrite = (Some("webhooks:write"), RoleNeed::KeyManager);
+    /// Deletes webhook endpoints: `webhooks:delete`, a key manager.
+    WebhooksDelete = (Some("webhooks:delete"), RoleNeed::KeyManager);
+}
+
+/// The scopes of every [`Need`], compiled once against the configured catalog.
+#[derive(Debug, Default)]
+pub struct ScopeNeeds(Vec<(&'static str, ScopeSet)>);
+
+impl ScopeNeeds {
+    /// Compiles every needed scope the catalog knows.
+    pub fn compile(catalog: &ScopeCatalog) -> Self {
+        let mut out: Vec<(&'static str, ScopeSet)> = Vec::new();
+        for s in NEEDED_SCOPES.iter().flatten() {
+            if out.iter().any(|(n, _)| n == s) {
+                continue;
+            }
+            if let Ok(set) = catalog.required(&[*s]) {
+                out.push((s, set));
+            }
+        }
+        ScopeNeeds(out)
+    }
+
+    /// The compiled set of one needed scope.
+    pub fn get(&self, scope: &str) -> Option<&ScopeSet> {
+        self.0.iter().find(|(n, _)| *n == scope).map(|(_, s)| s)
+    }
+}
+
+/// A self-service caller that meets the route's [`Need`]: authenticated (and its rate
+/// budget spent) before anything else of the request is read, so a stranger learns nothing
+/// from its input.
+#[derive(Debug)]
+pub struct SelfServiceCaller<N: Need>(pub Caller, PhantomData<N>);
+
+impl<N: Need> std::ops::Deref for SelfServiceCaller<N> {
+    type Target = Caller;
+    fn deref(&self) -> &Caller {
+        &self.0
+    }
+}
+
+impl<N: Need> FromRequestParts<AppState> for SelfServiceCaller<N> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = self_service(state, parts, N::SCOPE, N::ROLE).await?;
+        N::check(&caller)?;
+        Ok(SelfServiceCaller(caller, PhantomData))
+    }
+}
+
+/// The operator, admitted by a root key; carries the audit actor.
+#[derive(Clone, Debug)]
+pub struct RootCaller {
+    /// The audit actor (`root`, with the client IP).
+    pub actor: Actor,
+}
+
+impl RootCaller {
+    /// Checks the root key of a request.
+    pub fn authenticate(state: &AppState, parts: &Parts) -> Result<Self, ApiError> {
+        require_root(state, &parts.headers)?;
+        let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions));
+        Ok(RootCaller {
+            actor: Actor::root(ip.and_then(|c| c.ip()).map(|i| i.to_string())),
+        })
+    }
+}
+
+impl FromRequestParts<AppState> for RootCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // The admin router's guard has already admitted the caller before anything else
+        // was read; a route outside it authenticates here.
+        match parts.extensions.get::<RootCaller>() {
+            Some(c) => Ok(c.clone()),
+            None => RootCaller::authenticate(state, parts),
+        }
+    }
+}
+
 /// Authenticates a self-service request: the key must be valid, hold `scope` (when
 /// given), be a secret key, and have the role asked for.
 pub async fn self_service(
@@ -140,64 +294,39 @@ pub async fn self_service(
     let required = match scope {
         Some(s) => Some(
             state
-                .settings
-                .catalog
-                .required(&[s])
-                .map_err(|_| ApiError::new(Code::InternalError))?,
+                .needs
+                .get(s)
+                .ok_or_else(|| ApiError::new(Code::InternalError))?,
         ),
         None => None,
     };
+    // The decision refuses global keys, publishable keys and keys without the role before
+    // any limit is spent (`docs/self-service.md`).
     let outcome = state
         .verifier
         .verify(&VerifyRequest {
             token: token.as_deref(),
             app_secret,
             client_ip: ip,
-            scopes_all: required.as_ref(),
+            scopes_all: required,
             method: parts.method.as_str(),
             path,
+            self_service: Some(role),
             ..VerifyRequest::default()
         })
         .await;
-    if outcome.global {
-        return Err(ApiError::with(
-            Code::InsufficientScope,
-            "global keys belong to no account and cannot use the self-service API",
-        ));
-    }
     if !outcome.is_valid() {
         let mut headers = HeaderMap::new();
         crate::routes::decide::rate_limit_headers(&mut headers, &outcome);
-        return Err(ApiError::new(outcome.code)
-            .retry_after(outcome.retry_after)
-            .with_headers(headers));
+        let error = match outcome.detail {
+            Some(detail) => ApiError::with(outcome.code, detail),
+            None => ApiError::new(outcome.code),
+        };
+        return Err(error.retry_after(outcome.retry_after).with_headers(headers));
     }
     let (Some(key), Some(account)) = (outcome.key.clone(), outcome.account.clone()) else {
         return Err(ApiError::new(Code::InvalidApiKey));
     };
-    if key.key_type == KeyType::Publishable {
-        return Err(ApiError::with(
-            Code::InsufficientScope,
-            "publishable keys cannot use the self-service API",
-        ));
-    }
-    let allowed = match role {
-        RoleNeed::Any => true,
-        RoleNeed::KeyManager => key.role.can_manage_keys(),
-        RoleNeed::Owner => key.role == Role::Owner,
-    };
-    if !allowed {
-        return Err(ApiError::with(
-            Code::InsufficientRole,
-            format!(
-                "this needs a key with role {}",
-                match role {
-                    RoleNeed::Owner => "owner",
-                    _ => "owner, admin or developer",
-                }
-            ),
-        ));
-    }
     Ok(Caller {
         key,
         account,

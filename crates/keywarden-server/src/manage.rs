@@ -22,6 +22,19 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// Who made a change, for the audit trail.
+/// What an account update changes; a field left `None` stays as it is.
+#[derive(Debug, Default)]
+pub struct AccountPatch {
+    /// New name, 1–100 characters.
+    pub name: Option<String>,
+    /// New plan (takes effect at once).
+    pub plan: Option<String>,
+    /// New status.
+    pub status: Option<AccountStatus>,
+    /// New metadata, a JSON object ≤ 4 KiB.
+    pub metadata: Option<Value>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Actor {
     /// `root`, a key id, or `system`.
@@ -479,11 +492,14 @@ impl Manager {
         &self,
         actor: &Actor,
         id: &str,
-        name: Option<String>,
-        plan: Option<String>,
-        status: Option<AccountStatus>,
-        metadata: Option<Value>,
+        patch: AccountPatch,
     ) -> Result<Account, ApiError> {
+        let AccountPatch {
+            name,
+            plan,
+            status,
+            metadata,
+        } = patch;
         let mut a = self.account(id).await?;
         let mut changed = serde_json::Map::new();
         if let Some(n) = name {

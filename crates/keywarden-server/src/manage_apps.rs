@@ -646,7 +646,14 @@ impl AppManager {
     ) -> Result<(Account, Vec<IssuedKey>), ApiError> {
         let account = self
             .keys()
-            .update_account(actor, id, None, None, Some(status), None)
+            .update_account(
+                actor,
+                id,
+                crate::manage::AccountPatch {
+                    status: Some(status),
+                    ..Default::default()
+                },
+            )
             .await?;
         let keys = self.default_set(actor, &account, Mode::Live).await?;
         Ok((account, keys))

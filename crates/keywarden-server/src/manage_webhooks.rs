@@ -6,12 +6,11 @@
 use crate::errors::ApiError;
 use crate::manage::{check_len, Actor, Manager, MAX_DESCRIPTION};
 use crate::state::AppState;
-use crate::views::{ts, ts_opt};
+use crate::views::{Delivery, DeliveryAttempt};
 use crate::webhooks::{check_url, UrlError};
 use keywarden_core::model::{new_id, AuditEvent, Mode};
 use keywarden_core::webhooks::new_secret;
-use keywarden_store::webhooks::{WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookFilter};
-use serde::Serialize;
+use keywarden_store::webhooks::{WebhookEndpoint, WebhookFilter};
 use serde_json::json;
 
 /// The event types an endpoint may subscribe to (families like `key.*` too).
@@ -63,159 +62,6 @@ pub enum Owner {
         /// The calling key's mode.
         mode: Mode,
     },
-}
-
-/// An endpoint on the wire (never its secret).
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct WebhookView {
-    /// `whe_` + ULID.
-    pub id: String,
-    /// Where events are POSTed.
-    pub url: String,
-    /// Subscribed event types; `null` for every type.
-    pub events: Option<Vec<String>>,
-    /// Only this account's events; `null` for every account's.
-    pub account_id: Option<String>,
-    /// Only this mode's events (and events without a mode); `null` for both.
-    #[schema(value_type = Option<String>)]
-    pub mode: Option<Mode>,
-    /// Free text.
-    pub description: String,
-    /// Whether deliveries are made.
-    pub enabled: bool,
-    /// Why Keywarden disabled it: `gone` (the endpoint answered 410) or `failing`.
-    pub disabled_reason: Option<String>,
-    /// Since when every attempt has failed.
-    pub failing_since: Option<String>,
-    /// When the previous secret stops signing, during a rotation's overlap.
-    pub previous_secret_until: Option<String>,
-    /// Creation time.
-    pub created_at: String,
-    /// Last change.
-    pub updated_at: String,
-}
-
-impl From<&WebhookEndpoint> for WebhookView {
-    fn from(e: &WebhookEndpoint) -> Self {
-        let opt = |v: Option<i64>| ts_opt(v).as_str().map(str::to_string);
-        WebhookView {
-            id: e.id.clone(),
-            url: e.url.clone(),
-            events: e.events.clone(),
-            account_id: e.account_id.clone(),
-            mode: e.mode,
-            description: e.description.clone(),
-            enabled: e.enabled,
-            disabled_reason: e.disabled_reason.clone(),
-            failing_since: opt(e.failing_since),
-            previous_secret_until: opt(e.prev_secret.as_ref().and(e.prev_secret_until)),
-            created_at: ts(e.created_at),
-            updated_at: ts(e.updated_at),
-        }
-    }
-}
-
-/// An endpoint with its signing secret, shown once (creation, rotation).
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct WebhookWithSecret {
-    /// The endpoint.
-    #[serde(flatten)]
-    pub endpoint: WebhookView,
-    /// `whsec_…`: the key for verifying signatures. Shown only now.
-    pub secret: String,
-}
-
-impl From<&WebhookEndpoint> for WebhookWithSecret {
-    fn from(e: &WebhookEndpoint) -> Self {
-        WebhookWithSecret {
-            endpoint: WebhookView::from(e),
-            secret: e.secret.clone(),
-        }
-    }
-}
-
-/// One attempt of a delivery.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct AttemptView {
-    /// When it was made.
-    pub at: String,
-    /// The HTTP status answered, if any.
-    pub status: Option<u16>,
-    /// How long it took.
-    pub duration_ms: i64,
-    /// The start of the response body (at most `webhooks.max_response_bytes`).
-    pub response: String,
-    /// Why it failed without a status (timeout, refused address, …).
-    pub error: Option<String>,
-}
-
-impl From<&WebhookAttempt> for AttemptView {
-    fn from(a: &WebhookAttempt) -> Self {
-        AttemptView {
-            at: ts(a.at),
-            status: a.status,
-            duration_ms: a.duration_ms,
-            response: a.response.clone(),
-            error: a.error.clone(),
-        }
-    }
-}
-
-/// A delivery in the log.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct DeliveryView {
-    /// `whd_` + ULID.
-    pub id: String,
-    /// The endpoint.
-    pub webhook_id: String,
-    /// The event (`evt_…`), sent as `webhook-id`.
-    pub event_id: String,
-    /// The event type.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// `pending`, `delivered` or `failed`.
-    pub status: String,
-    /// Attempts made.
-    pub attempts: u32,
-    /// When the next attempt is due.
-    pub next_attempt_at: Option<String>,
-    /// The last attempt's HTTP status.
-    pub last_status: Option<u16>,
-    /// The last attempt's duration.
-    pub last_duration_ms: Option<i64>,
-    /// The start of the last response body.
-    pub last_response: Option<String>,
-    /// Why the last attempt failed without a status.
-    pub last_error: Option<String>,
-    /// When it was queued.
-    pub created_at: String,
-    /// When it was delivered.
-    pub delivered_at: Option<String>,
-    /// Every attempt, oldest first (in the log of one endpoint only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempt_log: Option<Vec<AttemptView>>,
-}
-
-impl From<&WebhookDelivery> for DeliveryView {
-    fn from(d: &WebhookDelivery) -> Self {
-        let opt = |v: Option<i64>| ts_opt(v).as_str().map(str::to_string);
-        DeliveryView {
-            id: d.id.clone(),
-            webhook_id: d.endpoint_id.clone(),
-            event_id: d.event_id.clone(),
-            kind: d.kind.clone(),
-            status: d.status.as_str().into(),
-            attempts: d.attempts,
-            next_attempt_at: opt(d.next_attempt_at),
-            last_status: d.last_status,
-            last_duration_ms: d.last_duration_ms,
-            last_response: d.last_response.clone(),
-            last_error: d.last_error.clone(),
-            created_at: ts(d.created_at),
-            delivered_at: opt(d.delivered_at),
-            attempt_log: None,
-        }
-    }
 }
 
 /// What a new endpoint is made of.
@@ -506,7 +352,7 @@ impl WebhookManager {
         id: &str,
         before: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<DeliveryView>, ApiError> {
+    ) -> Result<Vec<Delivery>, ApiError> {
         let e = self.get(owner, id).await?;
         let list = self
             .state
@@ -516,14 +362,14 @@ impl WebhookManager {
             .map_err(store_err)?;
         let mut out = Vec::with_capacity(list.len());
         for d in &list {
-            let mut v = DeliveryView::from(d);
+            let mut v = Delivery::from(d);
             let attempts = self
                 .state
                 .store
                 .list_attempts(&d.id)
                 .await
                 .map_err(store_err)?;
-            v.attempt_log = Some(attempts.iter().map(AttemptView::from).collect());
+            v.attempt_log = Some(attempts.iter().map(DeliveryAttempt::from).collect());
             out.push(v);
         }
         Ok(out)
@@ -535,7 +381,7 @@ impl WebhookManager {
         owner: &Owner,
         id: &str,
         delivery_id: &str,
-    ) -> Result<DeliveryView, ApiError> {
+    ) -> Result<Delivery, ApiError> {
         let e = self.get(owner, id).await?;
         self.state
             .store
@@ -549,11 +395,11 @@ impl WebhookManager {
             .await
             .map_err(store_err)?
             .ok_or_else(ApiError::not_found)?;
-        Ok(DeliveryView::from(&d))
+        Ok(Delivery::from(&d))
     }
 
     /// Queues a `webhook.test` event for this endpoint only.
-    pub async fn send_test(&self, owner: &Owner, id: &str) -> Result<DeliveryView, ApiError> {
+    pub async fn send_test(&self, owner: &Owner, id: &str) -> Result<Delivery, ApiError> {
         let e = self.get(owner, id).await?;
         let event = AuditEvent {
             id: new_id("evt"),
@@ -578,6 +424,6 @@ impl WebhookManager {
             .await
             .map_err(store_err)?
             .ok_or_else(ApiError::not_found)?;
-        Ok(DeliveryView::from(&d))
+        Ok(Delivery::from(&d))
     }
 }

@@ -15,17 +15,20 @@
 //!
 //! The document never needs a credential, on either listener.
 //!
-//! The response types below only describe the wire: handlers build their bodies with the
-//! helpers in [`crate::views`], and `tests/openapi.rs` checks that both agree.
+//! The response bodies are the types of [`crate::views`], which the handlers return: what
+//! is documented is what is sent.
 
 use crate::errors::ErrorStyle;
-use crate::routes::{admin, apps, forward_auth, health, leaks, metrics, self_service, verify};
+use crate::routes::{
+    admin, apps, forward_auth, health, leaks, metrics, self_service, verify, webhooks,
+};
 use crate::settings::{KeySource, Settings};
 use crate::state::AppState;
+use crate::views;
 use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::LazyLock;
 use utoipa::{OpenApi, ToResponse, ToSchema};
 
@@ -111,6 +114,24 @@ any string, path id or query parameter) is answered with 400 naming the field, b
         admin::revoke_key,
         admin::key_activity,
         admin::events,
+        webhooks::admin_create,
+        webhooks::admin_list,
+        webhooks::admin_get,
+        webhooks::admin_patch,
+        webhooks::admin_delete,
+        webhooks::admin_rotate,
+        webhooks::admin_deliveries,
+        webhooks::admin_redeliver,
+        webhooks::admin_test,
+        webhooks::create,
+        webhooks::list,
+        webhooks::show,
+        webhooks::patch,
+        webhooks::delete,
+        webhooks::rotate,
+        webhooks::deliveries,
+        webhooks::redeliver,
+        webhooks::test,
         leaks::admin_report,
         leaks::github_report,
         leaks::gitlab_token_types,
@@ -154,39 +175,40 @@ any string, path id or query parameter) is answered with 400 naming the field, b
             leaks::RevocableTokenTypes,
             leaks::GitlabRevocation,
             crate::leaks::Label,
-            Mode,
-            KeyType,
-            Role,
-            AccountStatus,
+            views::schema::Mode,
+            views::schema::KeyType,
+            views::schema::Role,
+            views::schema::AccountStatus,
+            views::schema::AppEnvironment,
             ErrorType,
-            Timestamp,
-            RateLimit,
-            Account,
-            AccountWithKeys,
-            AccountSummary,
-            CallerAccount,
-            CallerKey,
-            ApiKey,
-            CreatedApiKey,
-            ApiKeyWithSecret,
-            Application,
-            AppEnvironment,
-            ApplicationSecrets,
-            CreatedApplication,
-            RotatedApplicationSecret,
-            Grant,
-            IssuedGrant,
-            DeletedGrant,
-            Quota,
-            UsageResponse,
-            AuditEvent,
-            Activity,
-            ErasureCounts,
-            VerifyResponse,
-            VerifyKey,
-            VerifyAccount,
-            RateLimitState,
-            HealthStatus,
+            views::Timestamp,
+            views::JsonObject,
+            views::RateLimit,
+            views::Account,
+            views::AccountWithKeys,
+            views::AccountSummary,
+            views::CallerAccount,
+            views::CallerKey,
+            views::ApiKey,
+            views::CreatedApiKey,
+            views::ApiKeyWithSecret,
+            views::Application,
+            views::ApplicationSecrets,
+            views::CreatedApplication,
+            views::RotatedApplicationSecret,
+            views::Grant,
+            views::IssuedGrant,
+            views::DeletedGrant,
+            views::Quota,
+            views::UsageResponse,
+            views::AuditEvent,
+            views::Activity,
+            views::ErasureCounts,
+            views::VerifyResponse,
+            views::VerifyKey,
+            views::VerifyAccount,
+            views::RateLimitState,
+            views::HealthStatus,
             ErrorEnvelope,
             ErrorObject,
             ProblemDetails,
@@ -216,55 +238,6 @@ any string, path id or query parameter) is answered with 400 naming the field, b
 )]
 pub struct ApiDoc;
 
-// ---------------------------------------------------------------------------------------
-// Shared value types.
-
-/// Every key, event and usage record is `live` or `test`.
-#[derive(ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Production traffic.
-    Live,
-    /// Test traffic; sees only test objects.
-    Test,
-}
-
-/// Secret keys act on an account; publishable keys only identify it (public scopes only).
-#[derive(ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyType {
-    /// A secret key.
-    Secret,
-    /// A publishable key.
-    Publishable,
-}
-
-/// What a key may manage through the self-service API.
-#[derive(ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Everything, including the account itself.
-    Owner,
-    /// Keys.
-    Admin,
-    /// Keys.
-    Developer,
-    /// Nothing; reads only.
-    Member,
-}
-
-/// Live keys work only for `active` accounts; test keys work unless `suspended`.
-#[derive(ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AccountStatus {
-    /// Awaiting approval.
-    Pending,
-    /// In good standing.
-    Active,
-    /// Every key of the account is refused.
-    Suspended,
-}
-
 /// The error family; clients switch on it before the code.
 #[derive(ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -281,549 +254,6 @@ pub enum ErrorType {
     NotFoundError,
     /// Keywarden or something behind it failed.
     ApiError,
-}
-
-/// An instant in RFC 3339, UTC, with milliseconds.
-#[derive(ToSchema)]
-#[schema(value_type = String, format = DateTime, example = "2026-03-20T10:00:00.123Z")]
-pub struct Timestamp(pub String);
-
-/// A per-key rate limit.
-#[derive(ToSchema)]
-pub struct RateLimit {
-    /// Requests admitted per window (also the burst size).
-    pub requests: u32,
-    /// The window length in seconds.
-    pub per_seconds: u32,
-}
-
-// ---------------------------------------------------------------------------------------
-// Accounts.
-
-/// An account as the admin API shows it.
-#[derive(ToSchema)]
-pub struct Account {
-    /// `acc_` + ULID.
-    #[schema(example = "acc_01JQ2Z5V7X9Y0ABCDEFGHJKMNP")]
-    pub id: String,
-    /// Display name, 1–100 characters.
-    pub name: String,
-    /// A configured plan.
-    pub plan: String,
-    /// Lifecycle state; gates live keys.
-    pub status: AccountStatus,
-    /// Free-form JSON object, at most 4 KiB.
-    pub metadata: JsonObject,
-    /// Creation time.
-    pub created_at: Timestamp,
-}
-
-/// A JSON object.
-#[derive(ToSchema)]
-#[schema(value_type = Object)]
-pub struct JsonObject(pub BTreeMap<String, serde_json::Value>);
-
-/// The account as `PATCH /v1/account` and `PATCH /v1/account/plan` return it.
-#[derive(ToSchema)]
-pub struct AccountSummary {
-    /// `acc_` + ULID.
-    pub account_id: String,
-    /// Display name.
-    pub account_name: String,
-    /// The plan, in effect at once.
-    pub plan: String,
-    /// Lifecycle state.
-    pub status: AccountStatus,
-    /// Creation time.
-    pub created_at: Timestamp,
-}
-
-/// `GET /v1/account`: the caller's account and the calling key. Never a secret.
-#[derive(ToSchema)]
-pub struct CallerAccount {
-    /// `acc_` + ULID.
-    pub account_id: String,
-    /// Display name.
-    pub account_name: String,
-    /// The account's plan.
-    pub plan: String,
-    /// The calling key's role.
-    pub role: Role,
-    /// The calling key's mode.
-    pub mode: Mode,
-    /// The account's status.
-    pub status: AccountStatus,
-    /// The calling key.
-    pub key: CallerKey,
-}
-
-/// The calling key, as `GET /v1/account` shows it.
-#[derive(ToSchema)]
-pub struct CallerKey {
-    /// `key_` + ULID.
-    pub id: String,
-    /// Label.
-    pub name: String,
-    /// The fixed start of the token (`kw_sk_live_`).
-    pub prefix: String,
-    /// `prefix` + the first random characters: safe to display.
-    pub start: String,
-    /// Granted scopes, expanded.
-    pub scopes: Vec<String>,
-    /// The account's plan.
-    pub tier: String,
-    /// Creation time.
-    pub created_at: Timestamp,
-    /// Last successful use (written in batches, up to a second late).
-    #[schema(required = true)]
-    pub last_used_at: Option<Timestamp>,
-    /// Expiry, if any.
-    #[schema(required = true)]
-    pub expires_at: Option<Timestamp>,
-}
-
-/// What an account erasure removed, per kind.
-#[derive(ToSchema)]
-pub struct ErasureCounts {
-    /// Accounts deleted (0 or 1).
-    pub deleted_accounts: u64,
-    /// Keys deleted.
-    pub deleted_api_keys: u64,
-    /// Audit events deleted.
-    pub deleted_events: u64,
-    /// Activity rows deleted.
-    pub deleted_activity: u64,
-    /// Usage counters deleted.
-    pub deleted_usage: u64,
-    /// Grants deleted.
-    pub deleted_grants: u64,
-}
-
-/// An account as the admin API returns it after creating, changing or approving it: when
-/// that made the account's default keys (`keys.default_sets`), they come with it, each with
-/// its secret shown this once.
-#[derive(ToSchema)]
-pub struct AccountWithKeys {
-    /// The account.
-    #[serde(flatten)]
-    pub account: Account,
-    /// The default keys just made, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub keys: Option<Vec<ApiKeyWithSecret>>,
-}
-
-// ---------------------------------------------------------------------------------------
-// Keys.
-
-/// A key's metadata. Never its secret; `key_hash` is a public fingerprint, not the stored hash.
-#[derive(ToSchema)]
-pub struct ApiKey {
-    /// `key_` + ULID.
-    #[schema(example = "key_01JQ2Z5V7X9Y0ABCDEFGHJKMNP")]
-    pub id: String,
-    /// The owning account.
-    pub account_id: String,
-    /// Live or test; fixed at creation.
-    pub mode: Mode,
-    /// Secret or publishable; fixed at creation.
-    #[serde(rename = "type")]
-    pub key_type: KeyType,
-    /// Label, 1–100 characters.
-    pub name: String,
-    /// Where the key is stored.
-    pub description: String,
-    /// The person responsible.
-    pub owner: String,
-    /// What the key may manage through the self-service API.
-    pub role: Role,
-    /// Granted scopes as written (aliases unexpanded).
-    pub scopes: Vec<String>,
-    /// After this instant the key is refused with `api_key_expired`.
-    #[schema(required = true)]
-    pub expires_at: Option<Timestamp>,
-    /// IPs and CIDRs the key may be used from; empty means any.
-    pub ip_allowlist: Vec<String>,
-    /// Overrides the plan's rate limit when set.
-    #[schema(required = true)]
-    pub rate_limit: Option<RateLimit>,
-    /// A disabled key is refused with `api_key_disabled` but can be enabled again.
-    pub enabled: bool,
-    /// Free-form JSON object.
-    pub metadata: JsonObject,
-    /// The application the key is bound to, if any.
-    #[schema(required = true)]
-    pub app_id: Option<String>,
-    /// The fixed start of the token (`kw_sk_live_`).
-    pub prefix: String,
-    /// `prefix` + the first random characters: safe to display.
-    pub start: String,
-    /// `sha256_` + hex SHA-256 of the whole token: a public fingerprint; also accepted in
-    /// place of the id.
-    pub key_hash: String,
-    /// Creation time.
-    pub created_at: Timestamp,
-    /// Last successful use (written in batches, up to a second late).
-    #[schema(required = true)]
-    pub last_used_at: Option<Timestamp>,
-    /// Client IP of the last successful use.
-    #[schema(required = true)]
-    pub last_used_ip: Option<String>,
-    /// Set when revoked; a revoked key never works again.
-    #[schema(required = true)]
-    pub revoked_at: Option<Timestamp>,
-    /// Why it was revoked.
-    #[schema(required = true)]
-    pub revoked_reason: Option<String>,
-    /// Until when the secret before the last rotation keeps working.
-    #[schema(required = true)]
-    pub rotation_grace_until: Option<Timestamp>,
-}
-
-/// A key's metadata with its new secret (admin creation, rotation). The secret is shown
-/// this once and cannot be retrieved again.
-#[derive(ToSchema)]
-pub struct ApiKeyWithSecret {
-    /// The metadata.
-    #[serde(flatten)]
-    pub key: ApiKey,
-    /// The whole token. Store it now: it is never shown again.
-    #[schema(example = "kw_sk_live_…")]
-    pub api_key: String,
-}
-
-/// `POST /v1/api-keys`: the new key, with its secret shown this once.
-#[derive(ToSchema)]
-pub struct CreatedApiKey {
-    /// The whole token. Store it now: it is never shown again.
-    pub api_key: String,
-    /// `key_` + ULID.
-    pub id: String,
-    /// Public fingerprint, also accepted in place of the id.
-    pub key_hash: String,
-    /// Label.
-    pub name: String,
-    /// The fixed start of the token.
-    pub prefix: String,
-    /// `prefix` + the first random characters.
-    pub start: String,
-    /// Granted scopes.
-    pub scopes: Vec<String>,
-    /// The caller's mode.
-    pub mode: Mode,
-    /// Creation time.
-    pub created_at: Timestamp,
-    /// Expiry, if any.
-    #[schema(required = true)]
-    pub expires_at: Option<Timestamp>,
-}
-
-// ---------------------------------------------------------------------------------------
-// Applications and grants.
-
-/// A third-party integration that accounts can authorise. Never its secrets.
-#[derive(ToSchema)]
-pub struct Application {
-    /// `app_` + ULID.
-    pub id: String,
-    /// Display name.
-    pub name: String,
-    /// Short description of the integration.
-    pub description: String,
-    /// Public page about the integration.
-    #[schema(required = true)]
-    pub url: Option<String>,
-    /// The scopes the application requests; grants are subsets.
-    pub scopes: Vec<String>,
-    /// Creation time.
-    pub created_at: Timestamp,
-}
-
-/// The environment of an application secret: production goes with live keys, sandbox
-/// with test keys.
-#[derive(ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AppEnvironment {
-    /// Goes with live keys.
-    Production,
-    /// Goes with test keys.
-    Sandbox,
-}
-
-/// An application's two secrets, shown once.
-#[derive(ToSchema)]
-pub struct ApplicationSecrets {
-    /// Goes with live keys.
-    pub production: String,
-    /// Goes with test keys.
-    pub sandbox: String,
-}
-
-/// A new application with its secrets, shown this once.
-#[derive(ToSchema)]
-pub struct CreatedApplication {
-    /// The application.
-    #[serde(flatten)]
-    pub application: Application,
-    /// Both secrets. Store them now: they are never shown again.
-    pub secrets: ApplicationSecrets,
-}
-
-/// An application with the secret of one environment just replaced (shown this once); the
-/// old secret stopped working.
-#[derive(ToSchema)]
-pub struct RotatedApplicationSecret {
-    /// The application.
-    #[serde(flatten)]
-    pub application: Application,
-    /// Which secret was replaced.
-    pub environment: AppEnvironment,
-    /// The new secret. Store it now: it is never shown again.
-    pub secret: String,
-}
-
-/// An account's authorisation of an application for some of the scopes it requested.
-#[derive(ToSchema)]
-pub struct Grant {
-    /// `grt_` + ULID.
-    pub id: String,
-    /// The authorising account.
-    pub account_id: String,
-    /// The authorised application.
-    pub app_id: String,
-    /// Granted scopes.
-    pub scopes: Vec<String>,
-    /// Creation time.
-    pub created_at: Timestamp,
-}
-
-/// A new grant with the key made under it (its secret shown this once).
-#[derive(ToSchema)]
-pub struct IssuedGrant {
-    /// The grant.
-    #[serde(flatten)]
-    pub grant: Grant,
-    /// The key made under the grant, with `api_key`.
-    pub key: ApiKeyWithSecret,
-}
-
-/// A deleted grant and the keys it revoked.
-#[derive(ToSchema)]
-pub struct DeletedGrant {
-    /// The grant as it was.
-    #[serde(flatten)]
-    pub grant: Grant,
-    /// Always `true`.
-    pub deleted: bool,
-    /// Ids of the keys made under the grant, revoked at once.
-    pub revoked_keys: Vec<String>,
-}
-
-// ---------------------------------------------------------------------------------------
-// Usage, audit, activity.
-
-/// One quota: what a unit used in its current period.
-#[derive(ToSchema)]
-pub struct Quota {
-    /// The unit (`requests`, …).
-    pub unit: String,
-    /// Consumed this period.
-    pub used: u64,
-    /// Allowed per period.
-    pub limit: u64,
-    /// `limit - used`, never below 0.
-    pub remaining: u64,
-    /// `minute`, `hour`, `day` or `month` (usage reports only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub period: Option<String>,
-    /// Start of the current period.
-    pub period_start: Timestamp,
-    /// End of the current period.
-    pub period_end: Timestamp,
-}
-
-/// Usage of the current periods. For each quota unit there are also top-level
-/// `<unit>_used`, `<unit>_limit` and `<unit>_remaining` integers.
-#[derive(ToSchema)]
-pub struct UsageResponse {
-    /// The account's plan.
-    pub plan: String,
-    /// The mode reported on.
-    pub mode: Mode,
-    /// Start of the first quota's period (the month when the plan has no quota).
-    pub period_start: Timestamp,
-    /// End of that period.
-    pub period_end: Timestamp,
-    /// One entry per quota of the plan.
-    pub quotas: Vec<Quota>,
-    /// `<unit>_used`, `<unit>_limit`, `<unit>_remaining`.
-    #[serde(flatten)]
-    pub per_unit: BTreeMap<String, u64>,
-}
-
-/// An audit event (append-only).
-#[derive(ToSchema)]
-pub struct AuditEvent {
-    /// `evt_` + ULID.
-    pub id: String,
-    /// `account.created`, `key.rotated`, `key.ip_denied`, …
-    #[serde(rename = "type")]
-    #[schema(example = "key.created")]
-    pub kind: String,
-    /// The account concerned, if any.
-    #[schema(required = true)]
-    pub account_id: Option<String>,
-    /// The mode concerned, if any.
-    #[schema(required = true)]
-    pub mode: Option<Mode>,
-    /// `root`, a key id, or `system`.
-    pub actor: String,
-    /// Client IP of the request that caused it.
-    #[schema(required = true)]
-    pub ip: Option<String>,
-    /// When it happened.
-    pub at: Timestamp,
-    /// Event-specific details; never a secret.
-    #[schema(value_type = Value)]
-    pub data: serde_json::Value,
-}
-
-/// One request seen with a key.
-#[derive(ToSchema)]
-pub struct Activity {
-    /// When.
-    pub at: Timestamp,
-    /// Client IP.
-    #[schema(required = true)]
-    pub ip: Option<String>,
-    /// Method of the original request.
-    pub method: String,
-    /// Path of the original request.
-    pub path: String,
-    /// Status Keywarden answered.
-    pub status: u16,
-    /// Decision code.
-    pub code: String,
-}
-
-// ---------------------------------------------------------------------------------------
-// Verify.
-
-/// The decision. Always sent with HTTP 200; `status` is what a gateway should answer.
-#[derive(ToSchema)]
-pub struct VerifyResponse {
-    /// Whether the request may pass.
-    pub valid: bool,
-    /// `valid` or the failure code (`docs/decision.md`), as the profile names it.
-    #[schema(example = "valid")]
-    pub code: String,
-    /// The HTTP status a gateway should answer with.
-    #[schema(example = 200)]
-    pub status: u16,
-    /// Human-readable, in the request's language.
-    pub message: String,
-    /// The key (valid decisions and denials after authentication).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub key: Option<VerifyKey>,
-    /// The key's account.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub account: Option<VerifyAccount>,
-    /// The rate limit that applied.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub ratelimit: Option<RateLimitState>,
-    /// The quotas that applied.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub quotas: Option<Vec<Quota>>,
-    /// Seconds to wait before retrying (limits).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub retry_after: Option<u64>,
-}
-
-/// The key of a decision. The configured global key shows only `id` (`global`) and `scopes`.
-#[derive(ToSchema)]
-pub struct VerifyKey {
-    /// `key_` + ULID, or `global`.
-    pub id: String,
-    /// Effective scopes.
-    pub scopes: Vec<String>,
-    /// Label.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub name: Option<String>,
-    /// Live or test.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub mode: Option<Mode>,
-    /// Secret or publishable.
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub key_type: Option<KeyType>,
-    /// Role.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub role: Option<Role>,
-    /// The fixed start of the token.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub prefix: Option<String>,
-    /// `prefix` + the first random characters.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub start: Option<String>,
-    /// Public fingerprint.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub key_hash: Option<String>,
-    /// The application the key is bound to (may be `null`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub app_id: Option<String>,
-    /// Expiry (may be `null`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<Timestamp>,
-    /// The key's metadata.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub metadata: Option<JsonObject>,
-}
-
-/// The account of a decision.
-#[derive(ToSchema)]
-pub struct VerifyAccount {
-    /// `acc_` + ULID.
-    pub id: String,
-    /// Display name.
-    pub name: String,
-    /// Plan.
-    pub plan: String,
-    /// Status.
-    pub status: AccountStatus,
-}
-
-/// The rate limit of a decision.
-#[derive(ToSchema)]
-pub struct RateLimitState {
-    /// Requests per window.
-    pub limit: u64,
-    /// Requests left now.
-    pub remaining: u64,
-    /// Seconds until the bucket is full again.
-    pub reset: u64,
-    /// The window in seconds.
-    pub window: u64,
-}
-
-/// `/healthz` and `/readyz`.
-#[derive(ToSchema)]
-pub struct HealthStatus {
-    /// `ok` (process up) or `ready` (store reachable).
-    #[schema(example = "ok")]
-    pub status: String,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -992,6 +422,45 @@ error_response!(
      reachable)."
 );
 
+/// The errors every admin route can answer, whatever it does: no valid root key (401), no
+/// root key configured or the store unreachable (503). Listed once in each admin route's
+/// `responses(...)`.
+#[derive(utoipa::IntoResponses)]
+pub enum AdminErrors {
+    /// 401.
+    #[response(status = 401)]
+    RootKeyRequired(#[ref_response] RootKeyRequired),
+    /// 503.
+    #[response(status = 503)]
+    Unavailable(#[ref_response] Unavailable),
+}
+
+/// The errors every self-service route can answer, whatever it does: no valid key (401),
+/// a key that may not do this (403), limits (429).
+#[derive(utoipa::IntoResponses)]
+pub enum SelfServiceErrors {
+    /// 401.
+    #[response(status = 401)]
+    Unauthorized(#[ref_response] Unauthorized),
+    /// 403.
+    #[response(status = 403)]
+    Forbidden(#[ref_response] Forbidden),
+    /// 429.
+    #[response(status = 429)]
+    TooManyRequests(#[ref_response] TooManyRequests),
+}
+
+/// The errors of a route that reads a JSON body: bad input (400), a body over 64 KiB (413).
+#[derive(utoipa::IntoResponses)]
+pub enum BodyErrors {
+    /// 400.
+    #[response(status = 400)]
+    BadRequest(#[ref_response] BadRequest),
+    /// 413.
+    #[response(status = 413)]
+    PayloadTooLarge(#[ref_response] PayloadTooLarge),
+}
+
 // ---------------------------------------------------------------------------------------
 // Serving.
 
@@ -1015,7 +484,7 @@ impl Listener {
 
 /// The OpenAPI document of a listener.
 #[utoipa::path(get, path = "/openapi.json", operation_id = "openapi",
-    responses((status = 200, description = "This listener's OpenAPI 3.1 document", body = JsonObject)),
+    responses((status = 200, description = "This listener's OpenAPI 3.1 document", body = views::JsonObject)),
     security(()), tag = "service")]
 pub async fn openapi_json(State(state): State<AppState>) -> Json<Value> {
     Json(document(Listener::Public, &state.settings))

@@ -27,6 +27,8 @@ pub struct Inner {
     pub github_keys: crate::github_keys::GithubKeys,
     /// Webhook delivery counters.
     pub webhook_stats: Arc<crate::webhooks::WebhookStats>,
+    /// The scopes self-service routes need, compiled against the catalog.
+    pub needs: crate::auth::ScopeNeeds,
 }
 
 impl AppState {
@@ -35,8 +37,10 @@ impl AppState {
         let store = verifier.store().clone();
         let github_keys =
             crate::github_keys::GithubKeys::new(&settings.config.leaks.github_public_keys_file);
+        let needs = crate::auth::ScopeNeeds::compile(&settings.catalog);
         AppState(Arc::new(Inner {
             github_keys,
+            needs,
             settings,
             verifier,
             store,

@@ -234,6 +234,88 @@ async fn a_locked_sqlite_database_answers_503_and_cached_keys_keep_verifying() {
     app.stop().await;
 }
 
+/// An application lookup that fails on the database is an outage, not a wrong secret: 503,
+/// and nothing counted toward the client's lockout.
+#[tokio::test]
+async fn a_failed_application_lookup_answers_503_and_counts_nothing_toward_the_lockout() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kw.db");
+    let vars = vec![
+        ("KEYWARDEN_ROOT_KEY".to_string(), ROOT.to_string()),
+        (
+            "KEYWARDEN_DATABASE_URL".to_string(),
+            format!("sqlite://{}", db.display()),
+        ),
+    ];
+    let toml = "[auth]\napp_secret_header = \"X-App-Secret\"\n\
+                [auth.lockout]\nmax_failures = 1\n";
+    let mut config = Config::from_parts(toml, &vars).unwrap();
+    config.server.public_listen = "127.0.0.1:0".into();
+    config.server.admin_listen = "127.0.0.1:0".into();
+    let app = spawn_config(config, dir).await;
+    let acc = app.account("Acme").await;
+    let created = app
+        .admin(
+            Method::POST,
+            "/v1/admin/applications",
+            Some(json!({ "name": "Ledger", "scopes": ["*"] })),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let app_id = created["id"].as_str().unwrap().to_string();
+    let secret = created["secrets"]["production"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let grant = app
+        .admin(
+            Method::POST,
+            &format!("/v1/admin/accounts/{acc}/grants"),
+            Some(json!({ "app_id": app_id })),
+        )
+        .await;
+    assert_eq!(grant.status(), 201);
+    let grant: Value = grant.json().await.unwrap();
+    let token = grant["key"]["api_key"].as_str().unwrap().to_string();
+    let ask = json!({ "key": token, "app_secret": secret, "ip": "203.0.113.9" });
+    assert_eq!(app.verify(ask.clone()).await["code"], "valid");
+
+    // The application is forgotten by the cache (a change to it), then cannot be read.
+    let res = app
+        .admin(
+            Method::PATCH,
+            &format!("/v1/admin/applications/{app_id}"),
+            Some(json!({ "description": "changed" })),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    use sqlx::Connection;
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let rename = |from: &str, to: &str| format!("ALTER TABLE {from} RENAME TO {to}");
+    sqlx::query(&rename("applications", "applications_away"))
+        .execute(&mut other)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let v = app.verify(ask.clone()).await;
+        assert_eq!(v["code"], "service_unavailable", "{v}");
+        assert_eq!(v["status"], 503, "{v}");
+    }
+
+    // Back again: the address was never locked out (one failure would have locked it).
+    sqlx::query(&rename("applications_away", "applications"))
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+    let v = app.verify(ask).await;
+    assert_eq!(v["code"], "valid", "{v}");
+    app.stop().await;
+}
+
 // ---- PostgreSQL behind a network that can go silent ----------------------------------------
 
 /// A TCP proxy to PostgreSQL that can be cut: while cut, nothing it accepts or reads goes

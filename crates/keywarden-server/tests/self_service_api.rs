@@ -1484,3 +1484,80 @@ async fn every_response_has_a_request_id() {
     unique.dedup();
     assert_eq!(unique.len(), ids.len(), "request ids repeat: {ids:?}");
 }
+
+/// The rate budget left to a key and the account's request count, as a verify call reports
+/// them (the call itself spends one of each).
+async fn budget(app: &TestApp, token: &str) -> (Value, Value) {
+    let v = app.verify(json!({ "key": token })).await;
+    assert_eq!(v["valid"], true, "{v}");
+    let used = v["quotas"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["unit"] == "requests"))
+        .map(|q| q["used"].clone())
+        .unwrap_or_else(|| panic!("no requests quota in {v}"));
+    (v["ratelimit"]["remaining"].clone(), used)
+}
+
+#[tokio::test]
+async fn refused_self_service_calls_spend_no_rate_budget_and_no_quota() {
+    let app = spawn_app_with(
+        "[plans.tiers.default]\nrequests_per_minute = 5\n\
+         quotas = [{ unit = \"requests\", limit = 1000, period = \"day\" }]\n",
+    )
+    .await;
+    let acc = app.account("Acme").await;
+    let publishable = app
+        .key(
+            &acc,
+            json!({ "mode": "live", "type": "publishable", "name": "web" }),
+        )
+        .await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, member) = app.role_key(&acc, "member").await;
+
+    let (p_left, used) = budget(&app, &publishable).await;
+    let (m_left, _) = budget(&app, &member).await;
+    assert_eq!((&p_left, &m_left), (&json!(4), &json!(4)));
+    assert_eq!(used, json!(1));
+
+    // More refusals than the budget holds: each one is refused for what it is, never 429.
+    for _ in 0..6 {
+        let a = app
+            .call(Method::DELETE, "/v1/account/data", &publishable, None)
+            .await
+            .err(403, "insufficient_scope");
+        assert!(a.message().contains("publishable"), "{}", a.message());
+        assert!(a.header("ratelimit").is_none());
+        app.whoami(&publishable)
+            .await
+            .err(403, "insufficient_scope");
+        let a = app
+            .call(
+                Method::PATCH,
+                "/v1/account",
+                &member,
+                Some(json!({ "account_name": "Mine now" })),
+            )
+            .await
+            .err(403, "insufficient_role");
+        assert!(a.message().contains("owner"), "{}", a.message());
+        app.call(Method::DELETE, "/v1/account/data", &member, None)
+            .await
+            .err(403, "insufficient_role");
+    }
+
+    // Each verify above and below spent one; the 24 refusals spent nothing.
+    let (p_left, _) = budget(&app, &publishable).await;
+    let (m_left, used) = budget(&app, &member).await;
+    assert_eq!((&p_left, &m_left), (&json!(3), &json!(3)));
+    assert_eq!(used, json!(4));
+    // The account is untouched.
+    let a = app
+        .admin_call(Method::GET, &format!("/v1/admin/accounts/{acc}"), None)
+        .await
+        .ok(200);
+    assert_eq!(a["name"], "Acme");
+    app.stop().await;
+}

@@ -842,3 +842,189 @@ async fn a_lockout_is_announced_once_to_the_operator() {
         .all(|d| d.kind != "lockout.started"));
     app.stop().await;
 }
+
+mod http {
+    use super::*;
+    use reqwest::Method;
+
+    #[tokio::test]
+    async fn the_admin_api_manages_endpoints() {
+        let app = spawn_app_with(FAST).await;
+        app.clock.set_ms(now_ms());
+        let r = receiver().await;
+        let account = app.account("Acme").await;
+        let res = app
+            .admin(
+                Method::POST,
+                "/v1/admin/webhooks",
+                Some(json!({ "url": format!("{}/ok", r.url), "events": ["key.*"], "account_id": account, "description": "ops" })),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        let created: Value = res.json().await.unwrap();
+        let id = created["id"].as_str().unwrap().to_string();
+        assert!(id.starts_with("whe_"));
+        let secret = created["secret"].as_str().unwrap().to_string();
+        assert!(secret.starts_with("whsec_"));
+        // The secret is shown only once.
+        let shown: Value = app
+            .admin(Method::GET, &format!("/v1/admin/webhooks/{id}"), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(shown["url"], created["url"]);
+        assert!(shown.get("secret").is_none());
+        let list: Value = app
+            .admin(Method::GET, "/v1/admin/webhooks", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 1);
+        assert!(!list.to_string().contains("whsec_"));
+
+        app.live_key(&account).await;
+        let got = r.wait("ok", 1).await;
+        standardwebhooks::Webhook::new(&secret)
+            .unwrap()
+            .verify(&got[0].body, &got[0].headers)
+            .unwrap();
+        let log: Value = app
+            .admin(
+                Method::GET,
+                &format!("/v1/admin/webhooks/{id}/deliveries?limit=5"),
+                None,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let delivery = log[0]["id"].as_str().unwrap().to_string();
+        assert_eq!(log[0]["event_id"], got[0].header("webhook-id"));
+        let res = app
+            .admin(
+                Method::POST,
+                &format!("/v1/admin/webhooks/{id}/deliveries/{delivery}/redeliver"),
+                None,
+            )
+            .await;
+        assert_eq!(res.status(), 202);
+        r.wait("ok", 2).await;
+        let res = app
+            .admin(Method::POST, &format!("/v1/admin/webhooks/{id}/test"), None)
+            .await;
+        assert_eq!(res.status(), 202);
+        let res = app
+            .admin(
+                Method::POST,
+                &format!("/v1/admin/webhooks/{id}/rotate-secret"),
+                None,
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        let rotated: Value = res.json().await.unwrap();
+        assert_ne!(rotated["secret"], created["secret"]);
+        assert!(rotated["previous_secret_until"].is_string());
+        let res = app
+            .admin(
+                Method::PATCH,
+                &format!("/v1/admin/webhooks/{id}"),
+                Some(json!({ "enabled": false, "events": null })),
+            )
+            .await;
+        let patched: Value = res.json().await.unwrap();
+        assert_eq!(
+            (patched["enabled"].clone(), patched["events"].clone()),
+            (json!(false), Value::Null)
+        );
+        // Bad input is named.
+        let res = app
+            .admin(
+                Method::POST,
+                "/v1/admin/webhooks",
+                Some(json!({ "url": "ftp://x" })),
+            )
+            .await;
+        assert_eq!(res.status(), 400);
+        let res = app
+            .admin(
+                Method::POST,
+                "/v1/admin/webhooks",
+                Some(json!({ "url": "https://93.184.216.34/", "events": ["nope"] })),
+            )
+            .await;
+        assert_eq!(res.status(), 400);
+        let res = app
+            .admin(Method::DELETE, &format!("/v1/admin/webhooks/{id}"), None)
+            .await;
+        assert_eq!(res.status(), 204);
+        let res = app
+            .admin(Method::GET, &format!("/v1/admin/webhooks/{id}"), None)
+            .await;
+        assert_eq!(res.status(), 404);
+        app.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_account_manages_its_own_endpoints_only() {
+        let app = spawn_app_with(FAST).await;
+        let r = receiver().await;
+        let a = app.account("A").await;
+        let b = app.account("B").await;
+        let (_, key_a) = app.live_key(&a).await;
+        let (_, key_b) = app.live_key(&b).await;
+        let res = app
+            .public(
+                Method::POST,
+                "/v1/webhooks",
+                &key_a,
+                Some(json!({ "url": format!("{}/ok", r.url), "events": ["key.created"] })),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        let created: Value = res.json().await.unwrap();
+        let id = created["id"].as_str().unwrap().to_string();
+        assert_eq!(created["account_id"], a.as_str());
+        assert_eq!(created["mode"], "live");
+        // Another account sees nothing of it.
+        for (method, path) in [
+            (Method::GET, format!("/v1/webhooks/{id}")),
+            (Method::DELETE, format!("/v1/webhooks/{id}")),
+            (Method::POST, format!("/v1/webhooks/{id}/test")),
+        ] {
+            let res = app.public(method, &path, &key_b, None).await;
+            assert_eq!(res.status(), 404, "{path}");
+        }
+        let list: Value = app
+            .public(Method::GET, "/v1/webhooks", &key_b, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list, json!([]));
+        // Its own key events only; the other account's do not reach it.
+        app.live_key(&b).await;
+        app.key(&a, json!({ "mode": "live", "name": "second" }))
+            .await;
+        let got = r.wait("ok", 1).await;
+        assert_eq!(got[0].json()["data"]["account_id"], a.as_str());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(r.seen("ok").len(), 1);
+        // A key without the webhooks scopes is refused.
+        let narrow = app
+            .key(
+                &a,
+                json!({ "mode": "live", "name": "narrow", "scopes": ["usage:read"] }),
+            )
+            .await;
+        let narrow = narrow["api_key"].as_str().unwrap();
+        let res = app.public(Method::GET, "/v1/webhooks", narrow, None).await;
+        assert_eq!(res.status(), 403);
+        let res = app
+            .public(Method::DELETE, &format!("/v1/webhooks/{id}"), &key_a, None)
+            .await;
+        assert_eq!(res.status(), 204);
+        app.stop().await;
+    }
+}

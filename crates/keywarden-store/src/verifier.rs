@@ -14,7 +14,7 @@ use crate::writer::{KeyUse, Writer};
 use keywarden_core::codes::Code;
 use keywarden_core::decision::{
     authorize, check_app_secret, limit_verdict, AppSecretCheck, CompiledKey, Denial, Facts,
-    KeyLookup, Requirement, SecretMatch,
+    KeyLookup, Requirement, RoleNeed, SecretMatch,
 };
 use keywarden_core::hashing::{sha256, SecretHasher};
 use keywarden_core::ip::ClientAddr;
@@ -117,6 +117,9 @@ pub struct VerifyRequest<'a> {
     /// The concurrency check, for callers that hold requests in flight (the gateway);
     /// without it the plan's `concurrency` is not checked here.
     pub admit: Option<Admit<'a>>,
+    /// A call of the self-service API, needing this role: refused before any limit is
+    /// spent to a global key, a publishable key or a key without the role.
+    pub self_service: Option<RoleNeed>,
 }
 
 /// The verdict and what a caller needs to act on it.
@@ -138,6 +141,8 @@ pub struct VerifyOutcome {
     pub quotas: Vec<QuotaOutcome>,
     /// The request used a configured global key (full access, no account).
     pub global: bool,
+    /// What the answer's message should say instead of the code's own, if anything.
+    pub detail: Option<&'static str>,
 }
 
 impl VerifyOutcome {
@@ -145,6 +150,7 @@ impl VerifyOutcome {
         VerifyOutcome {
             code: d.code,
             retry_after: d.retry_after,
+            detail: d.detail,
             key: None,
             account: None,
             rate: None,
@@ -506,20 +512,29 @@ impl Verifier {
             None => None,
         };
 
-        // Global keys: full access, no account, checked in constant time.
-        if let Some(token) = req.token {
-            if self.cfg.api_enabled
-                && locked_out.is_none()
-                && self
-                    .cfg
-                    .global_keys
-                    .iter()
-                    .any(|g| ct_eq(g.expose().as_bytes(), token.as_bytes()))
-            {
-                let mut out = VerifyOutcome::deny(Denial::new(Code::Valid));
-                out.global = true;
-                return out;
-            }
+        // Global keys: full access, no account, no limits, checked in constant time.
+        let global = req.token.is_some_and(|token| {
+            self.cfg.global_keys.iter().fold(false, |hit, g| {
+                ct_eq(g.expose().as_bytes(), token.as_bytes()) | hit
+            })
+        });
+        if global {
+            let facts = Facts {
+                api_enabled: self.cfg.api_enabled,
+                locked_out,
+                key: KeyLookup::Global,
+                account_status: None,
+                app_secret: AppSecretCheck::NotRequired,
+                client_ip: req.client_ip.and_then(ClientAddr::ip),
+                object_mode: req.object_mode,
+                required: Requirement::None,
+                self_service: req.self_service,
+                now_ms: now,
+            };
+            let mut out =
+                VerifyOutcome::deny(authorize(&facts).err().unwrap_or(Denial::new(Code::Valid)));
+            out.global = out.is_valid();
+            return out;
         }
 
         let found = match req.token.filter(|t| !t.is_empty()) {
@@ -561,7 +576,14 @@ impl Verifier {
             }
             if self.cfg.app_secret_required {
                 if let Some(app_id) = key.app_id() {
-                    let app = self.app(app_id).await.ok().flatten();
+                    // Like the account: a lookup that fails is not a wrong secret.
+                    let app = match self.app(app_id).await {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::error!(error = %e, "application lookup failed");
+                            return VerifyOutcome::deny(Denial::new(Code::ServiceUnavailable));
+                        }
+                    };
                     app_check = check_app_secret(
                         &self.cfg.hasher,
                         app.as_deref(),
@@ -572,14 +594,12 @@ impl Verifier {
             }
         }
 
-        let required = if req.impossible {
-            Requirement::Impossible
-        } else if let Some(all) = req.scopes_all {
-            Requirement::All(all)
-        } else if let Some(any) = req.scopes_any {
-            Requirement::Any(any)
-        } else {
-            Requirement::None
+        let required = match (req.impossible, req.scopes_all, req.scopes_any) {
+            (true, _, _) => Requirement::Impossible,
+            (false, Some(all), Some(any)) => Requirement::AllAndAny(all, any),
+            (false, Some(all), None) => Requirement::All(all),
+            (false, None, Some(any)) => Requirement::Any(any),
+            (false, None, None) => Requirement::None,
         };
         let facts = Facts {
             api_enabled: self.cfg.api_enabled,
@@ -590,17 +610,10 @@ impl Verifier {
             client_ip: req.client_ip.and_then(ClientAddr::ip),
             object_mode: req.object_mode,
             required,
+            self_service: req.self_service,
             now_ms: now,
         };
-        // Both an `all` and an `any` requirement may be given; the second is checked here.
-        let mut verdict = authorize(&facts);
-        if verdict.is_ok() && req.scopes_all.is_some() {
-            if let (Some(any), Some((key, _))) = (req.scopes_any, &found) {
-                if !any.is_empty() && !key.scopes.contains_any(any) {
-                    verdict = Err(Denial::new(Code::InsufficientScope));
-                }
-            }
-        }
+        let verdict = authorize(&facts);
 
         if let Err(denial) = verdict {
             if denial.code.counts_toward_lockout() {

@@ -9,10 +9,9 @@ use keywarden_server::app::{shutdown_signal, Service};
 use keywarden_server::config::{self, Config, INIT_TEMPLATE};
 use keywarden_server::manage::{Actor, Manager, NewKey};
 use keywarden_server::manage_apps::{AppManager, AppPatch, IssuedKey, NewApp};
-use keywarden_server::manage_webhooks::{
-    NewWebhook, Owner, WebhookManager, WebhookPatch, WebhookView, WebhookWithSecret,
-};
+use keywarden_server::manage_webhooks::{NewWebhook, Owner, WebhookManager, WebhookPatch};
 use keywarden_server::views;
+use keywarden_server::views::{Webhook as WebhookView, WebhookWithSecret};
 use keywarden_store::verifier::VerifyRequest;
 use keywarden_store::{EventFilter, Page};
 use serde_json::{json, Value};
@@ -631,12 +630,12 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                         limit,
                     })
                     .await?;
-                let rows: Vec<Value> = list.iter().map(views::account).collect();
+                let rows: Vec<Value> = list.iter().map(|x| view(views::Account::from(x))).collect();
                 print_many(json_out, &rows, &ACCOUNT_COLS);
             }
             AccountsCommand::Show { id } => {
                 let a = m.account(&id).await.map_err(fail)?;
-                print_one(json_out, &views::account(&a), &ACCOUNT_COLS);
+                print_one(json_out, &view(views::Account::from(&a)), &ACCOUNT_COLS);
             }
             AccountsCommand::Approve { id } => {
                 let (a, keys) = apps
@@ -647,10 +646,17 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
             }
             AccountsCommand::SetPlan { id, plan } => {
                 let a = m
-                    .update_account(&actor, &id, None, Some(plan), None, None)
+                    .update_account(
+                        &actor,
+                        &id,
+                        keywarden_server::manage::AccountPatch {
+                            plan: Some(plan),
+                            ..Default::default()
+                        },
+                    )
                     .await
                     .map_err(fail)?;
-                print_one(json_out, &views::account(&a), &ACCOUNT_COLS);
+                print_one(json_out, &view(views::Account::from(&a)), &ACCOUNT_COLS);
             }
         },
         Command::Keys { command } => match command {
@@ -681,7 +687,7 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                     ..NewKey::named(mode, &name)
                 };
                 let (rec, token) = m.create_key(&actor, &acc, new, None).await.map_err(fail)?;
-                print_secret(json_out, views::key(&rec), token.expose());
+                print_secret(json_out, view(views::ApiKey::from(&rec)), token.expose());
             }
             KeysCommand::List { account, mode } => {
                 m.account(&account).await.map_err(fail)?;
@@ -696,28 +702,28 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                         },
                     )
                     .await?;
-                let rows: Vec<Value> = keys.iter().map(views::key).collect();
+                let rows: Vec<Value> = keys.iter().map(|x| view(views::ApiKey::from(x))).collect();
                 print_many(json_out, &rows, &KEY_COLS);
             }
             KeysCommand::Show { id } => {
                 let k = m.key_of(None, None, &id).await.map_err(fail)?;
-                print_one(json_out, &views::key(&k), &KEY_COLS);
+                print_one(json_out, &view(views::ApiKey::from(&k)), &KEY_COLS);
             }
             KeysCommand::Rotate { id, grace } => {
                 let k = m.key_of(None, None, &id).await.map_err(fail)?;
                 let (rec, token) = m.rotate_key(&actor, k, grace).await.map_err(fail)?;
-                print_secret(json_out, views::key(&rec), token.expose());
+                print_secret(json_out, view(views::ApiKey::from(&rec)), token.expose());
             }
             KeysCommand::Revoke { id, reason } => {
                 let k = m.key_of(None, None, &id).await.map_err(fail)?;
                 let k = m.revoke_key(&actor, k, reason).await.map_err(fail)?;
-                print_one(json_out, &views::key(&k), &KEY_COLS);
+                print_one(json_out, &view(views::ApiKey::from(&k)), &KEY_COLS);
             }
             KeysCommand::Pattern => print_pattern(&state.settings.config, json_out)?,
             KeysCommand::Reveal { id } => {
                 let k = m.key_of(None, None, &id).await.map_err(fail)?;
                 let token = apps.reveal(&actor, &k).await.map_err(fail)?;
-                print_secret(json_out, views::key(&k), token.expose());
+                print_secret(json_out, view(views::ApiKey::from(&k)), token.expose());
             }
         },
         Command::Apps { command } => match command {
@@ -734,7 +740,7 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                     scopes,
                 };
                 let (app, secrets) = apps.create_app(&actor, new).await.map_err(fail)?;
-                let mut v = views::application(&app);
+                let mut v = view(views::Application::from(&app));
                 if json_out {
                     v["secrets"] = json!({
                         "production": secrets.production.expose(),
@@ -759,12 +765,15 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                     })
                     .await
                     .map_err(fail)?;
-                let rows: Vec<Value> = list.iter().map(views::application).collect();
+                let rows: Vec<Value> = list
+                    .iter()
+                    .map(|x| view(views::Application::from(x)))
+                    .collect();
                 print_many(json_out, &rows, &APP_COLS);
             }
             AppsCommand::Show { id } => {
                 let app = apps.app(&id).await.map_err(fail)?;
-                print_one(json_out, &views::application(&app), &APP_COLS);
+                print_one(json_out, &view(views::Application::from(&app)), &APP_COLS);
             }
             AppsCommand::Update {
                 id,
@@ -780,14 +789,14 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                     scopes: (!scopes.is_empty()).then_some(scopes),
                 };
                 let app = apps.update_app(&actor, &id, patch).await.map_err(fail)?;
-                print_one(json_out, &views::application(&app), &APP_COLS);
+                print_one(json_out, &view(views::Application::from(&app)), &APP_COLS);
             }
             AppsCommand::RotateSecret { id, environment } => {
                 let (app, secret) = apps
                     .rotate_app_secret(&actor, &id, environment)
                     .await
                     .map_err(fail)?;
-                let mut v = views::application(&app);
+                let mut v = view(views::Application::from(&app));
                 if json_out {
                     v["environment"] = json!(environment);
                     v["secret"] = json!(secret.expose());
@@ -821,7 +830,10 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                     ..EventFilter::default()
                 })
                 .await?;
-            let rows: Vec<Value> = evs.iter().map(views::event).collect();
+            let rows: Vec<Value> = evs
+                .iter()
+                .map(|x| view(views::AuditEvent::from(x)))
+                .collect();
             print_many(json_out, &rows, &EVENT_COLS);
         }
         Command::Verify { token, scopes, ip } => {
@@ -1019,16 +1031,13 @@ const APP_COLS: [&str; 5] = ["id", "name", "url", "scopes", "created_at"];
 /// An account, and the default keys just made for it (secrets shown once).
 fn print_account(json_out: bool, a: &keywarden_core::model::Account, keys: &[IssuedKey]) {
     if json_out {
-        println!(
-            "{}",
-            keywarden_server::routes::apps::account_with_keys(a, keys)
-        );
+        println!("{}", view(views::AccountWithKeys::new(a, keys)));
         return;
     }
-    print_one(false, &views::account(a), &ACCOUNT_COLS);
+    print_one(false, &view(views::Account::from(a)), &ACCOUNT_COLS);
     for (rec, token) in keys {
         println!();
-        print_secret(false, views::key(rec), token.expose());
+        print_secret(false, view(views::ApiKey::from(rec)), token.expose());
     }
 }
 
@@ -1082,6 +1091,11 @@ fn print_many(json_out: bool, rows: &[Value], cols: &[&str]) {
     if rows.is_empty() {
         println!("(none)");
     }
+}
+
+/// A view as JSON, for printing.
+fn view<V: serde::Serialize>(v: V) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 fn print_one(json_out: bool, v: &Value, cols: &[&str]) {

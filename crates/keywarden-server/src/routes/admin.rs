@@ -1,17 +1,15 @@
 //! The admin API (`docs/api.md#admin-api`) on the admin listener: the operator, with a root key, manages
 //! every account and key.
 
-use crate::auth::require_root;
+use crate::auth::RootCaller;
 use crate::errors::ApiError;
-use crate::extract::{client_ip, peer_ip, JsonBody};
-use crate::manage::{Actor, KeyPatch, Manager, NewKey};
+use crate::extract::{ApiQuery, JsonBody};
+use crate::manage::{AccountPatch, KeyPatch, Manager, NewKey};
 use crate::manage_apps::AppManager;
-use crate::routes::apps::account_with_keys;
 use crate::routes::self_service::{page_limit, usage_body, ListQuery, RotateBody};
 use crate::state::AppState;
-use crate::views;
-use axum::extract::{Path, Query, State};
-use axum::http::request::Parts;
+use crate::views::{self, AccountWithKeys, ApiKey, ApiKeyWithSecret};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,34 +19,28 @@ use keywarden_core::model::{
 use keywarden_store::limiter::QuotaKey;
 use keywarden_store::{EventFilter, Page, UsageDelta};
 use serde::{Deserialize, Deserializer};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-/// Checks the root key and returns the audit actor.
-pub(crate) fn root(state: &AppState, parts: &Parts) -> Result<Actor, ApiError> {
-    require_root(state, &parts.headers)?;
-    let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions));
-    Ok(Actor::root(ip.and_then(|c| c.ip()).map(|i| i.to_string())))
-}
-
-/// Refuses an admin call without a root key before its body or query is read.
+/// Refuses an admin call without a root key before its body or query is read, and hands
+/// the admitted [`RootCaller`] to the handler.
 pub async fn root_guard(
     State(state): State<AppState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match require_root(&state, req.headers()) {
-        Ok(()) => next.run(req).await,
+    let (mut parts, body) = req.into_parts();
+    match RootCaller::authenticate(&state, &parts) {
+        Ok(caller) => {
+            parts.extensions.insert(caller);
+            next.run(axum::extract::Request::from_parts(parts, body))
+                .await
+        }
         Err(e) => e.into_response(),
     }
 }
 
-fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v)
-        .map_err(|e| ApiError::invalid(e.body_text()))
-}
-
 /// Distinguishes an absent field from an explicit `null` in PATCH bodies.
-fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -66,7 +58,7 @@ pub struct CreateAccount {
     /// A configured plan (default: `plans.default`).
     pub plan: Option<String>,
     /// `pending`, `active` (default) or `suspended`.
-    #[schema(value_type = Option<crate::openapi::AccountStatus>)]
+    #[schema(value_type = Option<crate::views::schema::AccountStatus>)]
     pub status: Option<AccountStatus>,
     /// A JSON object ≤ 4 KiB.
     #[schema(value_type = Option<Object>)]
@@ -77,47 +69,42 @@ pub struct CreateAccount {
 #[utoipa::path(
     post, path = "/v1/admin/accounts", request_body = CreateAccount,
     responses(
-        (status = 201, description = "The account, with its default keys when `keys.default_sets` made some", body = crate::openapi::AccountWithKeys),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::RootKeyRequired),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 503, response = crate::openapi::Unavailable),
+        (status = 201, description = "The account, with its default keys when `keys.default_sets` made some", body = crate::views::AccountWithKeys),
+        crate::openapi::AdminErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn create_account(
     State(state): State<AppState>,
-    parts: Parts,
+    root: RootCaller,
     JsonBody(b): JsonBody<CreateAccount>,
 ) -> Result<Response, ApiError> {
-    let actor = root(&state, &parts)?;
+    let actor = root.actor;
     // With `keys.default_sets`, the account's default keys come with it.
     let (a, keys) = AppManager::new(&state)
         .create_account(&actor, &b.name, b.plan, b.status, b.metadata)
         .await?;
-    Ok((StatusCode::CREATED, Json(account_with_keys(&a, &keys))).into_response())
+    Ok((StatusCode::CREATED, Json(AccountWithKeys::new(&a, &keys))).into_response())
 }
 
 /// `GET /v1/admin/accounts`.
 #[utoipa::path(
     get, path = "/v1/admin/accounts", params(ListQuery),
     responses(
-        (status = 200, description = "Accounts by id", body = Vec<crate::openapi::Account>),
+        (status = 200, description = "Accounts by id", body = Vec<crate::views::Account>),
         (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::RootKeyRequired),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn list_accounts(
     State(state): State<AppState>,
-    parts: Parts,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    root(&state, &parts)?;
-    let q = query(q)?;
+    _root: RootCaller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Vec<views::Account>>, ApiError> {
     let list = state
         .store
         .list_accounts(&Page {
@@ -125,31 +112,27 @@ pub async fn list_accounts(
             limit: page_limit(q.limit)?,
         })
         .await?;
-    Ok(Json(Value::Array(
-        list.iter().map(views::account).collect(),
-    )))
+    Ok(Json(views::list(&list)))
 }
 
 /// `GET /v1/admin/accounts/{id}`.
 #[utoipa::path(
     get, path = "/v1/admin/accounts/{id}", params(("id" = String, Path, description = "Account id")),
     responses(
-        (status = 200, description = "The account", body = crate::openapi::Account),
-        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 200, description = "The account", body = crate::views::Account),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn get_account(
     State(state): State<AppState>,
-    parts: Parts,
+    _root: RootCaller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    root(&state, &parts)?;
+) -> Result<Json<views::Account>, ApiError> {
     let a = Manager::new(&state).account(&id).await?;
-    Ok(Json(views::account(&a)))
+    Ok(Json((&a).into()))
 }
 
 /// Body of `PATCH /v1/admin/accounts/{id}`.
@@ -162,7 +145,7 @@ pub struct PatchAccount {
     /// New plan (takes effect at once).
     pub plan: Option<String>,
     /// New status.
-    #[schema(value_type = Option<crate::openapi::AccountStatus>)]
+    #[schema(value_type = Option<crate::views::schema::AccountStatus>)]
     pub status: Option<AccountStatus>,
     /// New metadata, a JSON object ≤ 4 KiB.
     #[schema(value_type = Option<Object>)]
@@ -173,77 +156,82 @@ pub struct PatchAccount {
 #[utoipa::path(
     patch, path = "/v1/admin/accounts/{id}", request_body = PatchAccount, params(("id" = String, Path, description = "Account id")),
     responses(
-        (status = 200, description = "The account, with its live default keys when this made it active", body = crate::openapi::AccountWithKeys),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 200, description = "The account, with its live default keys when this made it active", body = crate::views::AccountWithKeys),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn patch_account(
     State(state): State<AppState>,
-    parts: Parts,
+    root: RootCaller,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<PatchAccount>,
-) -> Result<Json<Value>, ApiError> {
-    let actor = root(&state, &parts)?;
+) -> Result<Json<AccountWithKeys>, ApiError> {
+    let actor = root.actor;
     let a = Manager::new(&state)
-        .update_account(&actor, &id, b.name, b.plan, b.status, b.metadata)
+        .update_account(
+            &actor,
+            &id,
+            AccountPatch {
+                name: b.name,
+                plan: b.plan,
+                status: b.status,
+                metadata: b.metadata,
+            },
+        )
         .await?;
     // An account made active here is approved: its live default keys, if any, come now.
     let keys = AppManager::new(&state)
         .default_set(&actor, &a, Mode::Live)
         .await?;
-    Ok(Json(account_with_keys(&a, &keys)))
+    Ok(Json(AccountWithKeys::new(&a, &keys)))
 }
 
 /// `DELETE /v1/admin/accounts/{id}`: erases the account and everything of it.
 #[utoipa::path(
     delete, path = "/v1/admin/accounts/{id}", params(("id" = String, Path, description = "Account id")),
     responses(
-        (status = 200, description = "What was deleted, per kind", body = crate::openapi::ErasureCounts),
-        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 200, description = "What was deleted, per kind", body = crate::views::ErasureCounts),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn erase_account(
     State(state): State<AppState>,
-    parts: Parts,
+    root: RootCaller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let actor = root(&state, &parts)?;
+) -> Result<Json<views::ErasureCounts>, ApiError> {
+    let actor = root.actor;
     let counts = Manager::new(&state).erase_account(&actor, &id).await?;
-    Ok(Json(json!(counts)))
+    Ok(Json(counts.into()))
 }
 
 /// `POST /v1/admin/accounts/{id}/approve`: status `active`.
 #[utoipa::path(
     post, path = "/v1/admin/accounts/{id}/approve", params(("id" = String, Path, description = "Account id")),
     responses(
-        (status = 200, description = "The account, now `active`, with its live default keys when that made some", body = crate::openapi::AccountWithKeys),
-        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 200, description = "The account, now `active`, with its live default keys when that made some", body = crate::views::AccountWithKeys),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn approve_account(
     State(state): State<AppState>,
-    parts: Parts,
+    root: RootCaller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let actor = root(&state, &parts)?;
+) -> Result<Json<AccountWithKeys>, ApiError> {
+    let actor = root.actor;
     let (a, keys) = AppManager::new(&state)
         .set_status(&actor, &id, AccountStatus::Active)
         .await?;
-    Ok(Json(account_with_keys(&a, &keys)))
+    Ok(Json(AccountWithKeys::new(&a, &keys)))
 }
 
 /// Body of `POST /v1/admin/accounts/{id}/keys`.
@@ -251,11 +239,11 @@ pub async fn approve_account(
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// `live` or `test`.
-    #[schema(value_type = crate::openapi::Mode)]
+    #[schema(value_type = crate::views::schema::Mode)]
     pub mode: Mode,
     /// `secret` (default) or `publishable`.
     #[serde(rename = "type")]
-    #[schema(value_type = Option<crate::openapi::KeyType>)]
+    #[schema(value_type = Option<crate::views::schema::KeyType>)]
     pub key_type: Option<KeyType>,
     /// 1–100 characters.
     #[schema(min_length = 1, max_length = 100)]
@@ -267,7 +255,7 @@ pub struct CreateKey {
     #[schema(max_length = 200)]
     pub owner: Option<String>,
     /// `owner` (default), `admin`, `developer` or `member`.
-    #[schema(value_type = Option<crate::openapi::Role>)]
+    #[schema(value_type = Option<crate::views::schema::Role>)]
     pub role: Option<Role>,
     /// Scopes (default: `keys.default_scopes`).
     pub scopes: Option<Vec<String>>,
@@ -277,7 +265,7 @@ pub struct CreateKey {
     /// IPs and CIDRs.
     pub ip_allowlist: Option<Vec<String>>,
     /// Per-key rate limit `{requests, per_seconds}`.
-    #[schema(value_type = Option<crate::openapi::RateLimit>)]
+    #[schema(value_type = Option<crate::views::RateLimit>)]
     pub rate_limit: Option<RateLimitSpec>,
     /// A JSON object ≤ 4 KiB.
     #[schema(value_type = Option<Object>)]
@@ -290,24 +278,22 @@ pub struct CreateKey {
 #[utoipa::path(
     post, path = "/v1/admin/accounts/{id}/keys", request_body = CreateKey, params(("id" = String, Path, description = "Account id")),
     responses(
-        (status = 201, description = "The key with `api_key`, shown once", body = crate::openapi::ApiKeyWithSecret),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 201, description = "The key with `api_key`, shown once", body = crate::views::ApiKeyWithSecret),
         (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn create_key(
     State(state): State<AppState>,
-    parts: Parts,
+    root: RootCaller,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<CreateKey>,
 ) -> Result<Response, ApiError> {
-    let actor = root(&state, &parts)?;
+    let actor = root.actor;
     let m = Manager::new(&state);
     let account = m.account(&id).await?;
     let expires_at = b
@@ -335,9 +321,11 @@ pub async fn create_key(
             .await?;
     }
     let (rec, token) = m.create_key(&actor, &account, new, None).await?;
-    let mut v = views::key(&rec);
-    v["api_key"] = json!(token.expose());
-    Ok((StatusCode::CREATED, Json(v)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(ApiKeyWithSecret::new(&rec, &token)),
+    )
+        .into_response())
 }
 
 /// Query of `GET /v1/admin/accounts/{id}/keys`.
@@ -346,7 +334,7 @@ pub async fn create_key(
 #[into_params(parameter_in = Query)]
 pub struct KeysQuery {
     /// Only keys of this mode.
-    #[param(value_type = Option<crate::openapi::Mode>)]
+    #[param(value_type = Option<crate::views::schema::Mode>)]
     pub mode: Option<Mode>,
     /// Page size 1–100 (default 20).
     #[param(minimum = 1, maximum = 100)]
@@ -359,23 +347,20 @@ pub struct KeysQuery {
 #[utoipa::path(
     get, path = "/v1/admin/accounts/{id}/keys", params(("id" = String, Path, description = "Account id"), KeysQuery),
     responses(
-        (status = 200, description = "Key metadata, never a secret", body = Vec<crate::openapi::ApiKey>),
+        (status = 200, description = "Key metadata, never a secret", body = Vec<crate::views::ApiKey>),
         (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::RootKeyRequired),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn list_keys(
     State(state): State<AppState>,
-    parts: Parts,
+    _root: RootCaller,
     Path(id): Path<String>,
-    q: Result<Query<KeysQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    root(&state, &parts)?;
-    let q = query(q)?;
+    ApiQuery(q): ApiQuery<KeysQuery>,
+) -> Result<Json<Vec<ApiKey>>, ApiError> {
     Manager::new(&state).account(&id).await?;
     let keys = state
         .store
@@ -388,29 +373,27 @@ pub async fn list_keys(
             },
         )
         .await?;
-    Ok(Json(Value::Array(keys.iter().map(views::key).collect())))
+    Ok(Json(views::list(&keys)))
 }
 
 /// `GET /v1/admin/keys/{id}`.
 #[utoipa::path(
     get, path = "/v1/admin/keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")),
     responses(
-        (status = 200, description = "Key metadata, never a secret", body = crate::openapi::ApiKey),
-        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 200, description = "Key metadata, never a secret", body = crate::views::ApiKey),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn get_key(
     State(state): State<AppState>,
-    parts: Parts,
+    _root: RootCaller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    root(&state, &parts)?;
+) -> Result<Json<ApiKey>, ApiError> {
     let k = Manager::new(&state).key_of(None, None, &id).await?;
-    Ok(Json(views::key(&k)))
+    Ok(Json((&k).into()))
 }
 
 /// Body of `PATCH /v1/admin/keys/{id}`.
@@ -427,7 +410,7 @@ pub struct PatchKey {
     #[schema(max_length = 200)]
     pub owner: Option<String>,
     /// New role.
-    #[schema(value_type = Option<crate::openapi::Role>)]
+    #[schema(value_type = Option<crate::views::schema::Role>)]
     pub role: Option<Role>,
     /// New scopes.
     pub scopes: Option<Vec<String>>,
@@ -439,7 +422,7 @@ pub struct PatchKey {
     pub ip_allowlist: Option<Vec<String>>,
     /// New rate limit, or `null` to use the plan's.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<crate::openapi::RateLimit>)]
+    #[schema(value_type = Option<crate::views::RateLimit>)]
     pub rate_limit: Option<Option<RateLimitSpec>>,
     /// Enable or disable the key.
     pub enabled: Option<bool>,
@@ -452,23 +435,21 @@ pub struct PatchKey {
 #[utoipa::path(
     patch, path = "/v1/admin/keys/{id}", request_body = PatchKey, params(("id" = String, Path, description = "Key id or key_hash")),
     responses(
-        (status = 200, description = "Key metadata", body = crate::openapi::ApiKey),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 200, description = "Key metadata", body = crate::views::ApiKey),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn patch_key(
     State(state): State<AppState>,
-    parts: Parts,
+    root: RootCaller,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<PatchKey>,
-) -> Result<Json<Value>, ApiError> {
-    let actor = root(&state, &parts)?;
+) -> Result<Json<ApiKey>, ApiError> {
+    let actor = root.actor;
     let m = Manager::new(&state);
     let k = m.key_of(None, None, &id).await?;
     if let Some(scopes) = &b.scopes {
@@ -498,39 +479,35 @@ pub async fn patch_key(
         metadata: b.metadata,
     };
     let k = m.update_key(&actor, k, patch, None).await?;
-    Ok(Json(views::key(&k)))
+    Ok(Json((&k).into()))
 }
 
 /// `POST /v1/admin/keys/{id}/rotate`.
 #[utoipa::path(
     post, path = "/v1/admin/keys/{id}/rotate", request_body = RotateBody, params(("id" = String, Path, description = "Key id or key_hash")),
     responses(
-        (status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::openapi::ApiKeyWithSecret),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::views::ApiKeyWithSecret),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn rotate_key(
     State(state): State<AppState>,
-    parts: Parts,
+    root: RootCaller,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<RotateBody>,
-) -> Result<Json<Value>, ApiError> {
-    let actor = root(&state, &parts)?;
+) -> Result<Json<ApiKeyWithSecret>, ApiError> {
+    let actor = root.actor;
     let m = Manager::new(&state);
     let k = m.key_of(None, None, &id).await?;
     let (rec, token) = m
         .rotate_key(&actor, k, b.grace_period_seconds.unwrap_or(0))
         .await?;
-    let mut v = views::key(&rec);
-    v["api_key"] = json!(token.expose());
-    Ok(Json(v))
+    Ok(Json(ApiKeyWithSecret::new(&rec, &token)))
 }
 
 /// Body of `POST /v1/admin/keys/{id}/revoke`.
@@ -546,52 +523,46 @@ pub struct RevokeBody {
 #[utoipa::path(
     post, path = "/v1/admin/keys/{id}/revoke", request_body = RevokeBody, params(("id" = String, Path, description = "Key id or key_hash")),
     responses(
-        (status = 200, description = "Key metadata, revoked", body = crate::openapi::ApiKey),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 200, description = "Key metadata, revoked", body = crate::views::ApiKey),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn revoke_key(
     State(state): State<AppState>,
-    parts: Parts,
+    root: RootCaller,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<RevokeBody>,
-) -> Result<Json<Value>, ApiError> {
-    let actor = root(&state, &parts)?;
+) -> Result<Json<ApiKey>, ApiError> {
+    let actor = root.actor;
     let m = Manager::new(&state);
     let k = m.key_of(None, None, &id).await?;
     let k = m.revoke_key(&actor, k, b.reason).await?;
-    Ok(Json(views::key(&k)))
+    Ok(Json((&k).into()))
 }
 
 /// `GET /v1/admin/keys/{id}/activity`.
 #[utoipa::path(
     get, path = "/v1/admin/keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")),
     responses(
-        (status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::openapi::Activity>),
-        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::views::Activity>),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn key_activity(
     State(state): State<AppState>,
-    parts: Parts,
+    _root: RootCaller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    root(&state, &parts)?;
+) -> Result<Json<Vec<views::Activity>>, ApiError> {
     let k = Manager::new(&state).key_of(None, None, &id).await?;
     let rows = state.store.list_activity(&k.id, 100).await?;
-    Ok(Json(Value::Array(
-        rows.iter().map(views::activity).collect(),
-    )))
+    Ok(Json(views::list(&rows)))
 }
 
 /// Body of `POST /v1/admin/keys/import`: an existing key by its hash, without its secret.
@@ -601,11 +572,11 @@ pub struct ImportKey {
     /// The account.
     pub account_id: String,
     /// `live` or `test`.
-    #[schema(value_type = crate::openapi::Mode)]
+    #[schema(value_type = crate::views::schema::Mode)]
     pub mode: Mode,
     /// `secret` (default) or `publishable`.
     #[serde(rename = "type")]
-    #[schema(value_type = Option<crate::openapi::KeyType>)]
+    #[schema(value_type = Option<crate::views::schema::KeyType>)]
     pub key_type: Option<KeyType>,
     /// Label, 1–100 characters.
     #[schema(min_length = 1, max_length = 100)]
@@ -623,7 +594,7 @@ pub struct ImportKey {
     /// Scopes (default: `keys.default_scopes`).
     pub scopes: Option<Vec<String>>,
     /// Role (default owner).
-    #[schema(value_type = Option<crate::openapi::Role>)]
+    #[schema(value_type = Option<crate::views::schema::Role>)]
     pub role: Option<Role>,
 }
 
@@ -631,24 +602,22 @@ pub struct ImportKey {
 #[utoipa::path(
     post, path = "/v1/admin/keys/import", request_body = ImportKey,
     responses(
-        (status = 201, description = "Key metadata (there is no secret to show)", body = crate::openapi::ApiKey),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 201, description = "Key metadata (there is no secret to show)", body = crate::views::ApiKey),
         (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn import_key(
     State(state): State<AppState>,
-    parts: Parts,
+    root: RootCaller,
     JsonBody(b): JsonBody<ImportKey>,
 ) -> Result<Response, ApiError> {
-    let actor = root(&state, &parts)?;
+    let actor = root.actor;
     let m = Manager::new(&state);
     let account = m.account(&b.account_id).await?;
     let scheme: HashScheme =
@@ -700,7 +669,7 @@ pub async fn import_key(
             key_hash,
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(views::key(&rec))).into_response())
+    Ok((StatusCode::CREATED, Json(ApiKey::from(&rec))).into_response())
 }
 
 /// Body of `POST /v1/admin/accounts/{id}/usage`.
@@ -713,7 +682,7 @@ pub struct ReportUsage {
     #[schema(maximum = 9_223_372_036_854_775_807_i64)]
     pub amount: u64,
     /// `live` (default) or `test`.
-    #[schema(value_type = Option<crate::openapi::Mode>)]
+    #[schema(value_type = Option<crate::views::schema::Mode>)]
     pub mode: Option<Mode>,
 }
 
@@ -721,23 +690,20 @@ pub struct ReportUsage {
 #[utoipa::path(
     post, path = "/v1/admin/accounts/{id}/usage", request_body = ReportUsage, params(("id" = String, Path, description = "Account id")),
     responses(
-        (status = 200, description = "The account's usage after the report", body = crate::openapi::UsageResponse),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::RootKeyRequired),
+        (status = 200, description = "The account's usage after the report", body = crate::views::UsageResponse),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn report_usage(
     State(state): State<AppState>,
-    parts: Parts,
+    _root: RootCaller,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<ReportUsage>,
-) -> Result<Json<Value>, ApiError> {
-    root(&state, &parts)?;
+) -> Result<Json<views::UsageResponse>, ApiError> {
     if i64::try_from(b.amount).is_err() {
         return Err(ApiError::invalid(format!(
             "amount: {} is more than a usage counter holds (at most {})",
@@ -800,21 +766,18 @@ pub struct EventsQuery {
 #[utoipa::path(
     get, path = "/v1/admin/events", params(EventsQuery),
     responses(
-        (status = 200, description = "Audit events, newest first", body = Vec<crate::openapi::AuditEvent>),
+        (status = 200, description = "Audit events, newest first", body = Vec<crate::views::AuditEvent>),
         (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::RootKeyRequired),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn events(
     State(state): State<AppState>,
-    parts: Parts,
-    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    root(&state, &parts)?;
-    let q = query(q)?;
+    _root: RootCaller,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<Json<Vec<views::AuditEvent>>, ApiError> {
     let since = q
         .since
         .as_deref()
@@ -833,5 +796,5 @@ pub async fn events(
             ..EventFilter::default()
         })
         .await?;
-    Ok(Json(Value::Array(evs.iter().map(views::event).collect())))
+    Ok(Json(views::list(&evs)))
 }

@@ -2,11 +2,11 @@
 //! GitLab's token revocation API on the public listener, `POST /v1/admin/leaks` on the admin
 //! listener. All three classify with [`Leaks::classify`] and act through [`Leaks::act`].
 
+use crate::auth::RootCaller;
 use crate::errors::ApiError;
 use crate::extract::{client_ip, parse_json, peer_ip, JsonBody, MAX_BODY_BYTES};
 use crate::leaks::{Classified, Label, Leak, Leaks, Reporter};
 use crate::manage::Actor;
-use crate::routes::admin::root;
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -70,10 +70,9 @@ pub struct GithubVerdict {
     ),
     responses(
         (status = 200, description = "One verdict per match, in order; true positives are then revoked or notified as `leaks.action_live`/`leaks.action_test` say", body = Vec<GithubVerdict>),
-        (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::ReportUnauthorized),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
         (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::BodyErrors,
     ),
     security(("github_signature" = [])),
     tag = "secret-scanning"
@@ -174,11 +173,10 @@ pub struct GitlabRevocation {
     post, path = "/v1/revoke_tokens", request_body = Vec<GitlabRevocation>,
     responses(
         (status = 204, description = "Taken: each token that is an active key of this deployment is revoked or notified as the policy says; anything else changes nothing. Sending the same tokens again changes nothing more."),
-        (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::ReportUnauthorized),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
         (status = 429, response = crate::openapi::TooManyRequests),
         (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::BodyErrors,
     ),
     security(("gitlab_token" = [])),
     tag = "secret-scanning"
@@ -230,20 +228,18 @@ pub struct LeakVerdict {
     post, path = "/v1/admin/leaks", request_body = LeakReport,
     responses(
         (status = 200, description = "One verdict per token, in the order given; true positives have been revoked or notified as the policy says", body = Vec<LeakVerdict>),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::RootKeyRequired),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 503, response = crate::openapi::Unavailable),
+        crate::openapi::AdminErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("root_key" = [])),
     tag = "admin"
 )]
 pub async fn admin_report(
     State(state): State<AppState>,
-    parts: Parts,
+    root: RootCaller,
     JsonBody(b): JsonBody<LeakReport>,
 ) -> Result<Json<Vec<LeakVerdict>>, ApiError> {
-    let actor = root(&state, &parts)?;
+    let actor = root.actor;
     if b.tokens.is_empty() {
         return Err(ApiError::invalid("tokens: name at least one token"));
     }

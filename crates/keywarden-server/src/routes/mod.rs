@@ -9,6 +9,7 @@ pub mod leaks;
 pub mod metrics;
 pub mod self_service;
 pub mod verify;
+pub mod webhooks;
 
 use crate::extract::{refuse_nul_in_uri, MAX_BODY_BYTES};
 use crate::middleware::{not_found, request_context};
@@ -39,6 +40,7 @@ pub fn public_router(state: AppState) -> Router {
         .route("/api-keys/{id}/activity", get(self_service::key_activity))
         .route("/events", get(self_service::events))
         .merge(apps::self_service_routes())
+        .merge(webhooks::self_service_routes())
         .route_layer(axum::middleware::from_fn(refuse_nul_in_uri));
     let routes = Router::new()
         .route("/healthz", get(health::healthz))
@@ -94,6 +96,7 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/v1/admin/events", get(admin::events))
         .route("/v1/admin/leaks", post(leaks::admin_report))
         .merge(apps::admin_routes())
+        .merge(webhooks::admin_routes())
         // Inside the root-key guard: a caller without a root key learns nothing of input.
         .route_layer(axum::middleware::from_fn(refuse_nul_in_uri))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -3,15 +3,16 @@
 //! caller's account and mode, and among keys to those the caller could have made and its
 //! own (docs/self-service.md); any other is a 404, exactly like a missing one.
 
-use crate::auth::{self_service, Caller, RoleNeed};
+use crate::auth::{
+    AccountOwner, AccountRead, AccountWrite, KeysDelete, KeysRead, KeysWrite, SelfServiceCaller,
+    UsageRead,
+};
 use crate::errors::ApiError;
-use crate::extract::JsonBody;
-use crate::manage::{Manager, NewKey};
-use crate::routes::decide::rate_limit_headers;
+use crate::extract::{ApiQuery, JsonBody};
+use crate::manage::{AccountPatch as Patch, Manager, NewKey};
 use crate::state::AppState;
-use crate::views;
-use axum::extract::{Path, Query, State};
-use axum::http::request::Parts;
+use crate::views::{self, AccountSummary, ApiKey, ApiKeyWithSecret, CreatedApiKey};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,55 +21,32 @@ use keywarden_core::model::KeyType;
 use keywarden_store::limiter::QuotaKey;
 use keywarden_store::EventFilter;
 use serde::Deserialize;
-use serde_json::{json, Value};
-
-/// Wraps a handler's result with the caller's rate-limit headers.
-fn with_limits(caller: &Caller, res: impl IntoResponse) -> Response {
-    let mut res = res.into_response();
-    rate_limit_headers(res.headers_mut(), &caller.outcome);
-    res
-}
+use std::collections::BTreeMap;
 
 /// `GET /v1/account`.
 #[utoipa::path(
     get, path = "/v1/account",
     responses(
-        (status = 200, description = "The caller's account and the calling key", body = crate::openapi::CallerAccount),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 200, description = "The caller's account and the calling key", body = crate::views::CallerAccount),
+        crate::openapi::SelfServiceErrors,
     ),
     security(("api_key" = ["account:read"]), ("api_key_header" = ["account:read"])),
     tag = "self-service"
 )]
 pub async fn get_account(
     State(state): State<AppState>,
-    parts: Parts,
-) -> Result<Response, ApiError> {
-    let c = self_service(&state, &parts, Some("account:read"), RoleNeed::Any).await?;
+    c: SelfServiceCaller<AccountRead>,
+) -> Result<impl IntoResponse, ApiError> {
     // Read fresh: uses are recorded in the store off the request path, and the verified
     // key carries no usage.
     let k = c.record(&state).await?;
-    let body = json!({
-        "account_id": c.account.id,
-        "account_name": c.account.name,
-        "plan": c.account.plan,
-        "role": k.role,
-        "mode": k.mode,
-        "status": c.account.status,
-        "key": {
-            "id": k.id,
-            "name": k.name,
-            "prefix": k.prefix,
-            "start": k.start,
-            "scopes": state.settings.catalog.names(&c.key.scopes),
-            "tier": c.account.plan,
-            "created_at": views::ts(k.created_at),
-            "last_used_at": views::ts_opt(k.last_used_at),
-            "expires_at": views::ts_opt(k.expires_at),
-        },
-    });
-    Ok(with_limits(&c, Json(body)))
+    let scopes = state.settings.catalog.names(&c.key.scopes);
+    let body = views::CallerAccount::new(&c.account, &k, owned(scopes));
+    Ok((c.limits(), Json(body)))
+}
+
+fn owned(names: Vec<&str>) -> Vec<String> {
+    names.into_iter().map(str::to_string).collect()
 }
 
 /// Body of `PATCH /v1/account`.
@@ -84,40 +62,28 @@ pub struct AccountPatch {
 #[utoipa::path(
     patch, path = "/v1/account", request_body = AccountPatch, description = "Needs a key with role `owner`.",
     responses(
-        (status = 200, description = "The account", body = crate::openapi::AccountSummary),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 200, description = "The account", body = crate::views::AccountSummary),
+        crate::openapi::SelfServiceErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("api_key" = ["account:write"]), ("api_key_header" = ["account:write"])),
     tag = "self-service"
 )]
 pub async fn patch_account(
     State(state): State<AppState>,
-    parts: Parts,
-    body: Result<JsonBody<AccountPatch>, ApiError>,
-) -> Result<Response, ApiError> {
-    let c = self_service(&state, &parts, Some("account:write"), RoleNeed::Owner).await?;
-    // The caller is checked before the body is read, so a stranger learns nothing from it.
-    let JsonBody(body) = body?;
+    c: SelfServiceCaller<AccountWrite>,
+    JsonBody(body): JsonBody<AccountPatch>,
+) -> Result<impl IntoResponse, ApiError> {
     // Checked here so the error names this endpoint's field.
     let name = crate::manage::check_name("account_name", &body.account_name)?;
+    let patch = Patch {
+        name: Some(name),
+        ..Patch::default()
+    };
     let a = Manager::new(&state)
-        .update_account(&c.actor(), &c.account.id, Some(name), None, None, None)
+        .update_account(&c.actor(), &c.account.id, patch)
         .await?;
-    Ok(with_limits(&c, Json(account_body(&a))))
-}
-
-fn account_body(a: &keywarden_core::model::Account) -> Value {
-    json!({
-        "account_id": a.id,
-        "account_name": a.name,
-        "plan": a.plan,
-        "status": a.status,
-        "created_at": views::ts(a.created_at),
-    })
+    Ok((c.limits(), Json(AccountSummary::from(&a))))
 }
 
 /// Body of `PATCH /v1/account/plan`.
@@ -132,46 +98,44 @@ pub struct PlanPatch {
 #[utoipa::path(
     patch, path = "/v1/account/plan", request_body = PlanPatch, description = "Needs a key with role `owner`.",
     responses(
-        (status = 200, description = "The account, on its new plan at once", body = crate::openapi::AccountSummary),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 200, description = "The account, on its new plan at once", body = crate::views::AccountSummary),
+        crate::openapi::SelfServiceErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("api_key" = ["account:write"]), ("api_key_header" = ["account:write"])),
     tag = "self-service"
 )]
 pub async fn patch_plan(
     State(state): State<AppState>,
-    parts: Parts,
-    body: Result<JsonBody<PlanPatch>, ApiError>,
-) -> Result<Response, ApiError> {
-    let c = self_service(&state, &parts, Some("account:write"), RoleNeed::Owner).await?;
-    // The caller is checked before the body is read, so a stranger learns nothing from it.
-    let JsonBody(body) = body?;
+    c: SelfServiceCaller<AccountWrite>,
+    JsonBody(body): JsonBody<PlanPatch>,
+) -> Result<impl IntoResponse, ApiError> {
+    let patch = Patch {
+        plan: Some(body.plan),
+        ..Patch::default()
+    };
     let a = Manager::new(&state)
-        .update_account(&c.actor(), &c.account.id, None, Some(body.plan), None, None)
+        .update_account(&c.actor(), &c.account.id, patch)
         .await?;
-    Ok(with_limits(&c, Json(account_body(&a))))
+    Ok((c.limits(), Json(AccountSummary::from(&a))))
 }
 
 /// `GET /v1/account/usage`.
 #[utoipa::path(
     get, path = "/v1/account/usage",
     responses(
-        (status = 200, description = "Usage of the current periods", body = crate::openapi::UsageResponse),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 200, description = "Usage of the current periods", body = crate::views::UsageResponse),
+        crate::openapi::SelfServiceErrors,
     ),
     security(("api_key" = ["usage:read"]), ("api_key_header" = ["usage:read"])),
     tag = "self-service"
 )]
-pub async fn get_usage(State(state): State<AppState>, parts: Parts) -> Result<Response, ApiError> {
-    let c = self_service(&state, &parts, Some("usage:read"), RoleNeed::Any).await?;
+pub async fn get_usage(
+    State(state): State<AppState>,
+    c: SelfServiceCaller<UsageRead>,
+) -> Result<impl IntoResponse, ApiError> {
     let body = usage_body(&state, &c.account, c.key.mode).await?;
-    Ok(with_limits(&c, Json(body)))
+    Ok((c.limits(), Json(body)))
 }
 
 /// The usage report of an account for one mode.
@@ -179,11 +143,11 @@ pub async fn usage_body(
     state: &AppState,
     account: &keywarden_core::model::Account,
     mode: keywarden_core::model::Mode,
-) -> Result<Value, ApiError> {
+) -> Result<views::UsageResponse, ApiError> {
     let now = state.clock.now_ms();
     let plan = state.verifier.plan(&account.plan);
     let mut quotas = Vec::new();
-    let mut top = serde_json::Map::new();
+    let mut per_unit = BTreeMap::new();
     let (mut start, mut end) = Period::Month.bounds(now);
     for (i, spec) in plan.quotas.iter().enumerate() {
         let (s, e) = spec.period.bounds(now);
@@ -198,46 +162,47 @@ pub async fn usage_body(
         };
         let used = state.verifier.quota_used(&qk, spec.period).await?;
         let remaining = spec.limit.saturating_sub(used);
-        quotas.push(json!({
-            "unit": spec.unit, "used": used, "limit": spec.limit, "remaining": remaining,
-            "period": spec.period.as_str(),
-            "period_start": views::ts(s), "period_end": views::ts(e),
-        }));
-        top.insert(format!("{}_used", spec.unit), json!(used));
-        top.insert(format!("{}_limit", spec.unit), json!(spec.limit));
-        top.insert(format!("{}_remaining", spec.unit), json!(remaining));
+        quotas.push(views::Quota {
+            unit: spec.unit.clone(),
+            used,
+            limit: spec.limit,
+            remaining,
+            period: Some(spec.period.as_str().to_string()),
+            period_start: s.into(),
+            period_end: e.into(),
+        });
+        per_unit.insert(format!("{}_used", spec.unit), used);
+        per_unit.insert(format!("{}_limit", spec.unit), spec.limit);
+        per_unit.insert(format!("{}_remaining", spec.unit), remaining);
     }
-    let mut body = json!({
-        "plan": account.plan,
-        "mode": mode,
-        "period_start": views::ts(start),
-        "period_end": views::ts(end),
-        "quotas": quotas,
-    });
-    if let Value::Object(m) = &mut body {
-        m.extend(top);
-    }
-    Ok(body)
+    Ok(views::UsageResponse {
+        plan: account.plan.clone(),
+        mode,
+        period_start: start.into(),
+        period_end: end.into(),
+        quotas,
+        per_unit,
+    })
 }
 
 /// `DELETE /v1/account/data` (owner): erases the account and everything of it.
 #[utoipa::path(
     delete, path = "/v1/account/data", description = "Needs a key with role `owner`. The account's keys fail at once.",
     responses(
-        (status = 200, description = "What was deleted, per kind", body = crate::openapi::ErasureCounts),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 200, description = "What was deleted, per kind", body = crate::views::ErasureCounts),
+        crate::openapi::SelfServiceErrors,
     ),
     security(("api_key" = []), ("api_key_header" = [])),
     tag = "self-service"
 )]
-pub async fn erase(State(state): State<AppState>, parts: Parts) -> Result<Response, ApiError> {
-    let c = self_service(&state, &parts, None, RoleNeed::Owner).await?;
+pub async fn erase(
+    State(state): State<AppState>,
+    c: SelfServiceCaller<AccountOwner>,
+) -> Result<Json<views::ErasureCounts>, ApiError> {
     let counts = Manager::new(&state)
         .erase_account(&c.actor(), &c.account.id)
         .await?;
-    Ok(Json(json!(counts)).into_response())
+    Ok(Json(counts.into()))
 }
 
 /// Body of `POST /v1/api-keys`.
@@ -265,24 +230,18 @@ pub struct CreateKeyBody {
 #[utoipa::path(
     post, path = "/v1/api-keys", request_body = CreateKeyBody, description = "Needs a key with role `owner`, `admin` or `developer`. The new key has the caller's mode, its role, and at most the caller's effective scopes (else `insufficient_scope`); it inherits the caller's `expires_at`, `ip_allowlist` and rate limit, and may narrow but not widen them (else `invalid_request` naming the field); the plan's `max_keys` counts active keys (else `plan_limit_reached`).",
     responses(
-        (status = 201, description = "The key, with `api_key` shown once", body = crate::openapi::CreatedApiKey),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 201, description = "The key, with `api_key` shown once", body = crate::views::CreatedApiKey),
+        crate::openapi::SelfServiceErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("api_key" = ["api_keys:write"]), ("api_key_header" = ["api_keys:write"])),
     tag = "self-service"
 )]
 pub async fn create_key(
     State(state): State<AppState>,
-    parts: Parts,
-    body: Result<JsonBody<CreateKeyBody>, ApiError>,
-) -> Result<Response, ApiError> {
-    let c = self_service(&state, &parts, Some("api_keys:write"), RoleNeed::KeyManager).await?;
-    // The caller is checked before the body is read, so a stranger learns nothing from it.
-    let JsonBody(body) = body?;
+    c: SelfServiceCaller<KeysWrite>,
+    JsonBody(body): JsonBody<CreateKeyBody>,
+) -> Result<impl IntoResponse, ApiError> {
     let expires_at = body
         .expires_at
         .as_deref()
@@ -315,19 +274,8 @@ pub async fn create_key(
     let (rec, token) = m
         .create_key(&c.actor(), &c.account, new, Some(&within))
         .await?;
-    let out = json!({
-        "api_key": token.expose(),
-        "id": rec.id,
-        "key_hash": rec.key_hash,
-        "name": rec.name,
-        "prefix": rec.prefix,
-        "start": rec.start,
-        "scopes": rec.scopes,
-        "mode": rec.mode,
-        "created_at": views::ts(rec.created_at),
-        "expires_at": views::ts_opt(rec.expires_at),
-    });
-    Ok(with_limits(&c, (StatusCode::CREATED, Json(out))))
+    let out = CreatedApiKey::new(&rec, &token);
+    Ok((StatusCode::CREATED, c.limits(), Json(out)))
 }
 
 /// Paging of lists.
@@ -355,22 +303,19 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
 #[utoipa::path(
     get, path = "/v1/api-keys", params(ListQuery),
     responses(
-        (status = 200, description = "Metadata of the keys of the caller's mode that it could have made, and its own; never a secret", body = Vec<crate::openapi::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))),
+        (status = 200, description = "Metadata of the keys of the caller's mode that it could have made, and its own; never a secret", body = Vec<crate::views::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))),
         (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 429, response = crate::openapi::TooManyRequests),
+        crate::openapi::SelfServiceErrors,
     ),
     security(("api_key" = ["api_keys:read"]), ("api_key_header" = ["api_keys:read"])),
     tag = "self-service"
 )]
 pub async fn list_keys(
     State(state): State<AppState>,
-    parts: Parts,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    OriginalUri(original): OriginalUri,
+    ApiQuery(q): ApiQuery<ListQuery>,
+    c: SelfServiceCaller<KeysRead>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
     let limit = page_limit(q.limit)?;
     // Only the keys the caller reaches are listed (docs/self-service.md).
     let m = Manager::new(&state);
@@ -382,15 +327,12 @@ pub async fn list_keys(
         )
         .await?;
     let more = keys.len() > limit as usize;
-    let items: Vec<Value> = keys.iter().take(limit as usize).map(views::key).collect();
-    let mut res = with_limits(&c, Json(Value::Array(items)));
+    let items: Vec<ApiKey> = views::list(keys.iter().take(limit as usize));
+    let mut res = (c.limits(), Json(items)).into_response();
     if more {
         if let Some(last) = keys.get(limit as usize - 1) {
             // The router strips the base path; the link must carry it.
-            let path = parts
-                .extensions
-                .get::<axum::extract::OriginalUri>()
-                .map_or(parts.uri.path(), |o| o.0.path());
+            let path = original.path();
             let link = format!(
                 "<{path}?limit={limit}&starting_after={}>; rel=\"next\"",
                 last.id
@@ -407,26 +349,23 @@ pub async fn list_keys(
 #[utoipa::path(
     get, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
-        (status = 200, description = "Key metadata, never a secret", body = crate::openapi::ApiKey),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
+        (status = 200, description = "Key metadata, never a secret", body = crate::views::ApiKey),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::TooManyRequests),
+        crate::openapi::SelfServiceErrors,
     ),
     security(("api_key" = ["api_keys:read"]), ("api_key_header" = ["api_keys:read"])),
     tag = "self-service"
 )]
 pub async fn get_key(
     State(state): State<AppState>,
-    parts: Parts,
+    c: SelfServiceCaller<KeysRead>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
+) -> Result<impl IntoResponse, ApiError> {
     let m = Manager::new(&state);
     let k = m
         .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
         .await?;
-    Ok(with_limits(&c, Json(views::key(&k))))
+    Ok((c.limits(), Json(ApiKey::from(&k))))
 }
 
 /// `DELETE /v1/api-keys/{id or key_hash}`: revoked at once.
@@ -434,33 +373,24 @@ pub async fn get_key(
     delete, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 204, description = "Revoked at once"),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::TooManyRequests),
+        crate::openapi::SelfServiceErrors,
     ),
     security(("api_key" = ["api_keys:delete"]), ("api_key_header" = ["api_keys:delete"])),
     tag = "self-service"
 )]
 pub async fn delete_key(
     State(state): State<AppState>,
-    parts: Parts,
+    c: SelfServiceCaller<KeysDelete>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let c = self_service(
-        &state,
-        &parts,
-        Some("api_keys:delete"),
-        RoleNeed::KeyManager,
-    )
-    .await?;
+) -> Result<impl IntoResponse, ApiError> {
     let m = Manager::new(&state);
     let k = m
         .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
         .await?;
     m.revoke_key(&c.actor(), k, Some("revoked through the API".into()))
         .await?;
-    Ok(with_limits(&c, StatusCode::NO_CONTENT))
+    Ok((StatusCode::NO_CONTENT, c.limits(), ()))
 }
 
 /// Body of a rotation.
@@ -476,27 +406,21 @@ pub struct RotateBody {
 #[utoipa::path(
     post, path = "/v1/api-keys/{id}/rotate", request_body = RotateBody, params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
-        (status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::openapi::ApiKeyWithSecret),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
+        (status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::views::ApiKeyWithSecret),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 429, response = crate::openapi::TooManyRequests),
+        crate::openapi::SelfServiceErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("api_key" = ["api_keys:write"]), ("api_key_header" = ["api_keys:write"])),
     tag = "self-service"
 )]
 pub async fn rotate_key(
     State(state): State<AppState>,
-    parts: Parts,
+    c: SelfServiceCaller<KeysWrite>,
     Path(id): Path<String>,
-    body: Result<JsonBody<RotateBody>, ApiError>,
-) -> Result<Response, ApiError> {
-    let c = self_service(&state, &parts, Some("api_keys:write"), RoleNeed::KeyManager).await?;
-    // The caller is checked before the body is read, so a stranger learns nothing from it.
-    let JsonBody(body) = body?;
+    JsonBody(body): JsonBody<RotateBody>,
+) -> Result<impl IntoResponse, ApiError> {
     let m = Manager::new(&state);
     let k = m
         .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
@@ -504,59 +428,50 @@ pub async fn rotate_key(
     let (rec, token) = m
         .rotate_key(&c.actor(), k, body.grace_period_seconds.unwrap_or(0))
         .await?;
-    let mut v = views::key(&rec);
-    v["api_key"] = json!(token.expose());
-    Ok(with_limits(&c, Json(v)))
+    Ok((c.limits(), Json(ApiKeyWithSecret::new(&rec, &token))))
 }
 
 /// `GET /v1/api-keys/{id}/activity`.
 #[utoipa::path(
     get, path = "/v1/api-keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")), description = "Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
-        (status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::openapi::Activity>),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
+        (status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::views::Activity>),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::TooManyRequests),
+        crate::openapi::SelfServiceErrors,
     ),
     security(("api_key" = ["api_keys:read"]), ("api_key_header" = ["api_keys:read"])),
     tag = "self-service"
 )]
 pub async fn key_activity(
     State(state): State<AppState>,
-    parts: Parts,
+    c: SelfServiceCaller<KeysRead>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let c = self_service(&state, &parts, Some("api_keys:read"), RoleNeed::Any).await?;
+) -> Result<impl IntoResponse, ApiError> {
     let m = Manager::new(&state);
     let k = m
         .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
         .await?;
     let rows = state.store.list_activity(&k.id, 100).await?;
-    let items: Vec<Value> = rows.iter().map(views::activity).collect();
-    Ok(with_limits(&c, Json(Value::Array(items))))
+    let items: Vec<views::Activity> = views::list(&rows);
+    Ok((c.limits(), Json(items)))
 }
 
 /// `GET /v1/events`: the account's audit events of the caller's mode.
 #[utoipa::path(
     get, path = "/v1/events", params(ListQuery),
     responses(
-        (status = 200, description = "The account's audit events of the caller's mode, newest first", body = Vec<crate::openapi::AuditEvent>),
+        (status = 200, description = "The account's audit events of the caller's mode, newest first", body = Vec<crate::views::AuditEvent>),
         (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 429, response = crate::openapi::TooManyRequests),
+        crate::openapi::SelfServiceErrors,
     ),
     security(("api_key" = ["account:read"]), ("api_key_header" = ["account:read"])),
     tag = "self-service"
 )]
 pub async fn events(
     State(state): State<AppState>,
-    parts: Parts,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let c = self_service(&state, &parts, Some("account:read"), RoleNeed::Any).await?;
+    ApiQuery(q): ApiQuery<ListQuery>,
+    c: SelfServiceCaller<AccountRead>,
+) -> Result<impl IntoResponse, ApiError> {
     let evs = state
         .store
         .list_events(&EventFilter {
@@ -568,6 +483,6 @@ pub async fn events(
             ..EventFilter::default()
         })
         .await?;
-    let items: Vec<Value> = evs.iter().map(views::event).collect();
-    Ok(with_limits(&c, Json(Value::Array(items))))
+    let items: Vec<views::AuditEvent> = views::list(&evs);
+    Ok((c.limits(), Json(items)))
 }

@@ -6,7 +6,7 @@ use crate::errors::ApiError;
 use crate::extract::{presented_key, JsonBody};
 use crate::routes::decide::{route_needs, Needs};
 use crate::state::AppState;
-use crate::views;
+use crate::views::{self, RateLimitState, VerifyAccount, VerifyKey, VerifyResponse};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::Json;
@@ -15,7 +15,6 @@ use keywarden_core::ip::ClientAddr;
 use keywarden_core::model::Mode;
 use keywarden_store::verifier::VerifyRequest;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -40,7 +39,7 @@ pub struct VerifyBody {
     /// The original path.
     pub path: Option<String>,
     /// The mode of the object the request touches.
-    #[schema(value_type = Option<crate::openapi::Mode>)]
+    #[schema(value_type = Option<crate::views::schema::Mode>)]
     pub mode: Option<Mode>,
     /// Quota units consumed by the request.
     pub cost: Option<BTreeMap<String, u64>>,
@@ -50,11 +49,9 @@ pub struct VerifyBody {
 #[utoipa::path(
     post, path = "/v1/verify", request_body = VerifyBody,
     responses(
-        (status = 200, description = "The decision, always with HTTP 200; `status` is what a gateway should answer", body = crate::openapi::VerifyResponse),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::RootKeyRequired),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 503, response = crate::openapi::Unavailable),
+        (status = 200, description = "The decision, always with HTTP 200; `status` is what a gateway should answer", body = crate::views::VerifyResponse),
+        crate::openapi::AdminErrors,
+        crate::openapi::BodyErrors,
     ),
     security(("root_key" = []), ("verify_token" = [])),
     tag = "verify"
@@ -63,7 +60,7 @@ pub async fn verify(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<JsonBody<VerifyBody>, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VerifyResponse>, ApiError> {
     // The caller is checked before its input, so a stranger learns nothing about it.
     require_verifier(&state, &headers)?;
     let JsonBody(body) = body?;
@@ -126,10 +123,17 @@ pub async fn verify(
         Needs::Key
     };
     if matches!(needs, Needs::Public) {
-        return Ok(Json(json!({
-            "valid": true, "code": "valid", "status": 200,
-            "message": "This route needs no API key.",
-        })));
+        return Ok(Json(VerifyResponse {
+            valid: true,
+            code: "valid".into(),
+            status: 200,
+            message: "This route needs no API key.".into(),
+            key: None,
+            account: None,
+            ratelimit: None,
+            quotas: None,
+            retry_after: None,
+        }));
     }
     let route_scopes = match &needs {
         Needs::Scopes(set) => Some(set),
@@ -150,68 +154,49 @@ pub async fn verify(
             method: &method,
             path: &path,
             admit: None,
+            self_service: None,
         })
         .await;
 
     let locale = s.renderer.locale_for(&headers);
     let presented = s.renderer.overrides.present(out.code);
-    let mut resp = json!({
-        "valid": out.is_valid(),
-        "code": presented.name,
-        "status": presented.status,
-        "message": presented.message_code.message(locale),
-    });
+    let mut resp = VerifyResponse {
+        valid: out.is_valid(),
+        code: presented.name.to_string(),
+        status: presented.status,
+        message: presented.message_code.message(locale).to_string(),
+        key: None,
+        account: None,
+        ratelimit: None,
+        quotas: None,
+        retry_after: out.retry_after,
+    };
     if out.is_valid() || out.code.status() >= 403 {
-        if let Some(k) = &out.key {
-            resp["key"] = json!({
-                "id": k.id(),
-                "name": k.name(),
-                "mode": k.mode,
-                "type": k.key_type,
-                "role": k.role,
-                "scopes": s.catalog.names(&k.scopes),
-                "prefix": k.prefix(),
-                "start": k.start(),
-                "key_hash": k.key_hash(),
-                "app_id": k.app_id(),
-                "expires_at": views::ts_opt(k.expires_at),
-                "metadata": k.metadata(),
-            });
-        }
-        if let Some(a) = &out.account {
-            resp["account"] = json!({
-                "id": a.id, "name": a.name, "plan": a.plan, "status": a.status,
-            });
-        }
+        resp.key = out.key.as_deref().map(|k| {
+            VerifyKey::new(
+                k,
+                s.catalog
+                    .names(&k.scopes)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+            )
+        });
+        resp.account = out.account.as_deref().map(VerifyAccount::from);
     }
     if out.global {
-        resp["key"] = json!({ "id": "global", "scopes": ["*"] });
+        resp.key = Some(VerifyKey::global());
     }
     if let (Some(limit), Some(rate)) = (&out.rate_limit, &out.rate) {
-        resp["ratelimit"] = json!({
-            "limit": limit.limit,
-            "remaining": rate.remaining,
-            "reset": rate.reset_secs,
-            "window": rate.window_secs,
+        resp.ratelimit = Some(RateLimitState {
+            limit: u64::from(limit.limit),
+            remaining: u64::from(rate.remaining),
+            reset: rate.reset_secs,
+            window: rate.window_secs,
         });
     }
     if !out.quotas.is_empty() {
-        resp["quotas"] = Value::Array(
-            out.quotas
-                .iter()
-                .map(|q| {
-                    json!({
-                        "unit": q.unit, "used": q.used, "limit": q.limit,
-                        "remaining": q.remaining,
-                        "period_start": views::ts(q.period_start),
-                        "period_end": views::ts(q.period_end),
-                    })
-                })
-                .collect(),
-        );
-    }
-    if let Some(r) = out.retry_after {
-        resp["retry_after"] = json!(r);
+        resp.quotas = Some(views::list(&out.quotas));
     }
     Ok(Json(resp))
 }
