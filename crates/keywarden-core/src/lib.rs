@@ -13,6 +13,7 @@ pub mod routes;
 pub mod scopes;
 pub mod secret;
 pub mod template;
+pub mod webhooks;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use secret::{ct_eq, Secret};

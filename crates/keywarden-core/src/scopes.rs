@@ -48,6 +48,15 @@ pub const BUILTIN_SCOPES: &[(&str, &str)] = &[
         "usage:read",
         "Read the account's usage and remaining quotas.",
     ),
+    (
+        "webhooks:read",
+        "List the account's webhook endpoints and their delivery logs.",
+    ),
+    (
+        "webhooks:write",
+        "Register and change webhook endpoints, rotate their secrets, redeliver.",
+    ),
+    ("webhooks:delete", "Delete webhook endpoints."),
 ];
 
 /// A syntactically valid scope name: segments of `[a-z0-9_]+` joined by `:`, at most
@@ -1023,7 +1032,7 @@ mod tests {
         let names: Vec<&str> = empty.entries().map(|(n, _, _)| n).collect();
         let builtins: Vec<&str> = BUILTIN_SCOPES.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, builtins);
-        assert_eq!(empty.len(), 6);
+        assert_eq!(empty.len(), 9);
         assert!(!empty.is_empty());
         assert!(empty
             .entries()
@@ -1049,7 +1058,7 @@ mod tests {
             },
         ];
         let cat = ScopeCatalog::build(&entries, &BTreeMap::new(), true).unwrap();
-        assert_eq!(cat.len(), 6, "redefining adds nothing");
+        assert_eq!(cat.len(), 9, "redefining adds nothing");
         let usage = cat.entries().find(|(n, _, _)| *n == "usage:read").unwrap();
         assert_eq!(usage, ("usage:read", "Usage, quotas.", true));
         let account = cat.entries().next().unwrap();
@@ -1348,7 +1357,7 @@ mod tests {
                 "requirement_of {name}"
             );
         }
-        assert_eq!(cat.len(), 14);
+        assert_eq!(cat.len(), 17);
         let set = cat.compile(&["billing"]).unwrap();
         assert_eq!(set.len(), 5);
         assert!(!set.is_empty());

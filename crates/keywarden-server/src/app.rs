@@ -272,10 +272,17 @@ impl Service {
             crate::workers::default_workers(),
             || signal(&tx),
         )?;
+        let hooks =
+            state.settings.config.webhooks.enabled.then(|| {
+                tokio::spawn(crate::webhooks::Webhooks::new(state.clone()).run(signal(&tx)))
+            });
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = tx.send(());
         let served = workers.wait().await;
+        if let Some(h) = hooks {
+            let _ = h.await;
+        }
         self.writer.shutdown().await;
         tracing::info!("writer flushed; bye");
         served

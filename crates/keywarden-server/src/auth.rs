@@ -188,6 +188,12 @@ needs! {
     KeysDelete = (Some("api_keys:delete"), RoleNeed::KeyManager);
     /// Manages grants: an owner key of the account itself, not one an application holds.
     GrantManager = (None, RoleNeed::AccountOwner);
+    /// Reads the account's webhook endpoints and their logs: `webhooks:read`, any role.
+    WebhooksRead = (Some("webhooks:read"), RoleNeed::Any);
+    /// Registers and changes webhook endpoints: `webhooks:write`, a key manager.
+    WebhooksWrite = (Some("webhooks:write"), RoleNeed::KeyManager);
+    /// Deletes webhook endpoints: `webhooks:delete`, a key manager.
+    WebhooksDelete = (Some("webhooks:delete"), RoleNeed::KeyManager);
 }
 
 /// The scopes of every [`Need`], compiled once against the configured catalog.

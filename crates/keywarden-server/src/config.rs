@@ -49,6 +49,8 @@ pub struct Config {
     pub accounts: AccountsConfig,
     /// Which self-service endpoints are served and how some of their fields read.
     pub self_service: SelfServiceConfig,
+    /// Webhooks: signed notifications of events (docs/webhooks.md).
+    pub webhooks: WebhooksConfig,
 }
 
 /// `[accounts]`.
@@ -547,6 +549,60 @@ impl Default for LeaksConfig {
     }
 }
 
+/// `[webhooks]` (docs/webhooks.md).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Whether this process sends deliveries and raises derived events (`key.expiring`,
+    /// `quota.threshold`, …). Events are queued for endpoints whatever this says.
+    pub enabled: bool,
+    /// Allow endpoints on loopback, private, link-local and metadata addresses.
+    pub allow_private_networks: bool,
+    /// Delays in seconds before each retry of a live-mode event (and of events without a
+    /// mode) after a failed attempt; each is stretched or shrunk by up to 20 % at random.
+    pub retry_schedule_seconds_live: Vec<u64>,
+    /// The same for test-mode events.
+    pub retry_schedule_seconds_test: Vec<u64>,
+    /// How long one attempt may take, connection included.
+    pub timeout_seconds: u64,
+    /// How much of a response body is read and kept in the delivery log.
+    pub max_response_bytes: usize,
+    /// How often the outbox is polled for due deliveries.
+    pub poll_interval_ms: u64,
+    /// Most attempts in flight at once in this process.
+    pub concurrency: usize,
+    /// An endpoint whose every attempt has failed for this long is disabled (and a
+    /// `webhook.disabled` event says so).
+    pub disable_after_failing_hours: u64,
+    /// How long the previous secret keeps signing after a rotation.
+    pub secret_overlap_hours: u64,
+    /// How often expiring keys and quota thresholds are looked for.
+    pub scan_interval_seconds: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allow_private_networks: false,
+            // About 72 hours in all.
+            retry_schedule_seconds_live: vec![
+                5, 300, 1_800, 7_200, 18_000, 36_000, 36_000, 36_000, 36_000, 36_000, 36_000,
+                14_400,
+            ],
+            // Three attempts over about three hours.
+            retry_schedule_seconds_test: vec![5, 10_800],
+            timeout_seconds: 10,
+            max_response_bytes: 4_096,
+            poll_interval_ms: 1_000,
+            concurrency: 32,
+            disable_after_failing_hours: 120,
+            secret_overlap_hours: 24,
+            scan_interval_seconds: 60,
+        }
+    }
+}
+
 /// What happens to a key found leaked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -563,7 +619,7 @@ pub enum LeakAction {
 #[serde(default, deny_unknown_fields)]
 pub struct SelfServiceConfig {
     /// The endpoint groups served under `server.base_path`: `account`, `account_write`,
-    /// `usage` (with `/analytics`), `erase`, `api_keys`, `events`, `grants`, `portal` (the
+    /// `usage` (with `/analytics`), `erase`, `api_keys`, `events`, `grants`, `webhooks`, `portal` (the
     /// customer portal's pages). A path of a group left out is not
     /// Keywarden's: in gateway mode it goes to the upstream, else it is 404.
     pub endpoints: Vec<String>,
@@ -584,6 +640,7 @@ pub const SELF_SERVICE_GROUPS: &[&str] = &[
     "api_keys",
     "events",
     "grants",
+    "webhooks",
     "portal",
 ];
 

@@ -19,7 +19,9 @@
 //! is documented is what is sent.
 
 use crate::errors::ErrorStyle;
-use crate::routes::{admin, apps, forward_auth, health, leaks, metrics, self_service, verify};
+use crate::routes::{
+    admin, apps, forward_auth, health, leaks, metrics, self_service, verify, webhooks,
+};
 use crate::settings::{KeySource, Settings};
 use crate::state::AppState;
 use crate::views;
@@ -115,6 +117,24 @@ any string, path id or query parameter) is answered with 400 naming the field, b
         admin::key_activity,
         admin::events,
         admin::analytics,
+        webhooks::admin_create,
+        webhooks::admin_list,
+        webhooks::admin_get,
+        webhooks::admin_patch,
+        webhooks::admin_delete,
+        webhooks::admin_rotate,
+        webhooks::admin_deliveries,
+        webhooks::admin_redeliver,
+        webhooks::admin_test,
+        webhooks::create,
+        webhooks::list,
+        webhooks::show,
+        webhooks::patch,
+        webhooks::delete,
+        webhooks::rotate,
+        webhooks::deliveries,
+        webhooks::redeliver,
+        webhooks::test,
         leaks::admin_report,
         leaks::github_report,
         leaks::gitlab_token_types,
@@ -506,6 +526,7 @@ fn self_service_group(method: &str, rest: &str) -> Option<&'static str> {
         "/events" => "events",
         r if r.starts_with("/api-keys") => "api_keys",
         r if r.starts_with("/grants") => "grants",
+        r if r.starts_with("/webhooks") => "webhooks",
         _ => return None,
     })
 }

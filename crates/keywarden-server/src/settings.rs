@@ -214,6 +214,61 @@ pub fn usage_writer(
     Ok((Duration::from_millis(st.usage_flush_ms), durability))
 }
 
+/// Checks `[webhooks]`: times within sensible bounds, at least one attempt in flight.
+fn check_webhooks(w: &crate::config::WebhooksConfig) -> Result<(), ConfigError> {
+    for (field, schedule) in [
+        (
+            "webhooks.retry_schedule_seconds_live",
+            &w.retry_schedule_seconds_live,
+        ),
+        (
+            "webhooks.retry_schedule_seconds_test",
+            &w.retry_schedule_seconds_test,
+        ),
+    ] {
+        if schedule.len() > 50 {
+            return Err(ConfigError::new(field, "at most 50 retries"));
+        }
+        if let Some(d) = schedule.iter().find(|d| **d > 7 * 86_400) {
+            return Err(ConfigError::new(
+                field,
+                format!("{d} s is more than a week between two attempts"),
+            ));
+        }
+    }
+    if !(1..=300).contains(&w.timeout_seconds) {
+        return Err(ConfigError::new(
+            "webhooks.timeout_seconds",
+            "must be between 1 and 300",
+        ));
+    }
+    if !(1..=60_000).contains(&w.poll_interval_ms) {
+        return Err(ConfigError::new(
+            "webhooks.poll_interval_ms",
+            "must be between 1 and 60000",
+        ));
+    }
+    if !(1..=1_024).contains(&w.concurrency) {
+        return Err(ConfigError::new(
+            "webhooks.concurrency",
+            "must be between 1 and 1024",
+        ));
+    }
+    if w.max_response_bytes > 65_536 {
+        return Err(ConfigError::new(
+            "webhooks.max_response_bytes",
+            "at most 65536",
+        ));
+    }
+    if w.scan_interval_seconds == 0 {
+        return Err(ConfigError::new(
+            "webhooks.scan_interval_seconds",
+            "must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
 impl Settings {
     /// Compiles `config`; `pepper` is the resolved pepper (from config, env or file).
     /// Returns the settings and the verifier's part of them.
@@ -232,6 +287,7 @@ impl Settings {
             )
         })?;
         check_bounds(c)?;
+        check_webhooks(&c.webhooks)?;
         let root_keys: Vec<Secret> = c
             .server
             .root_keys

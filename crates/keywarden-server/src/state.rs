@@ -25,6 +25,8 @@ pub struct Inner {
     pub in_flight: Arc<crate::gateway::InFlightTable>,
     /// GitHub's secret-scanning public keys (`leaks.github_public_keys_file`).
     pub github_keys: crate::github_keys::GithubKeys,
+    /// Webhook delivery counters.
+    pub webhook_stats: Arc<crate::webhooks::WebhookStats>,
     /// The scopes self-service routes need, compiled against the catalog.
     pub needs: crate::auth::ScopeNeeds,
 }
@@ -44,6 +46,7 @@ impl AppState {
             store,
             clock,
             in_flight: Arc::default(),
+            webhook_stats: Arc::default(),
         }))
     }
 }

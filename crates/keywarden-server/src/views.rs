@@ -842,6 +842,160 @@ pub fn list<'a, M: 'a, V: From<&'a M>>(items: impl IntoIterator<Item = &'a M>) -
 }
 
 // ---------------------------------------------------------------------------------------
+// Webhooks (docs/webhooks.md).
+
+/// An endpoint on the wire (never its secret).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Webhook {
+    /// `whe_` + ULID.
+    pub id: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// Subscribed event types; `null` for every type.
+    pub events: Option<Vec<String>>,
+    /// Only this account's events; `null` for every account's.
+    pub account_id: Option<String>,
+    /// Only this mode's events (and events without a mode); `null` for both.
+    #[schema(value_type = Option<crate::views::schema::Mode>)]
+    pub mode: Option<Mode>,
+    /// Free text.
+    pub description: String,
+    /// Whether deliveries are made.
+    pub enabled: bool,
+    /// Why Keywarden disabled it: `gone` (the endpoint answered 410) or `failing`.
+    pub disabled_reason: Option<String>,
+    /// Since when every attempt has failed.
+    pub failing_since: Option<Timestamp>,
+    /// When the previous secret stops signing, during a rotation's overlap.
+    pub previous_secret_until: Option<Timestamp>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+}
+
+impl From<&keywarden_store::webhooks::WebhookEndpoint> for Webhook {
+    fn from(e: &keywarden_store::webhooks::WebhookEndpoint) -> Self {
+        Webhook {
+            id: e.id.clone(),
+            url: e.url.clone(),
+            events: e.events.clone(),
+            account_id: e.account_id.clone(),
+            mode: e.mode,
+            description: e.description.clone(),
+            enabled: e.enabled,
+            disabled_reason: e.disabled_reason.clone(),
+            failing_since: ts_opt(e.failing_since),
+            previous_secret_until: ts_opt(e.prev_secret.as_ref().and(e.prev_secret_until)),
+            created_at: e.created_at.into(),
+            updated_at: e.updated_at.into(),
+        }
+    }
+}
+
+/// An endpoint with its signing secret, shown once (creation, rotation).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct WebhookWithSecret {
+    /// The endpoint.
+    #[serde(flatten)]
+    pub endpoint: Webhook,
+    /// `whsec_…`: the key for verifying signatures. Shown only now.
+    pub secret: String,
+}
+
+impl From<&keywarden_store::webhooks::WebhookEndpoint> for WebhookWithSecret {
+    fn from(e: &keywarden_store::webhooks::WebhookEndpoint) -> Self {
+        WebhookWithSecret {
+            endpoint: Webhook::from(e),
+            secret: e.secret.clone(),
+        }
+    }
+}
+
+/// One attempt of a delivery.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct DeliveryAttempt {
+    /// When it was made.
+    pub at: Timestamp,
+    /// The HTTP status answered, if any.
+    pub status: Option<u16>,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// The start of the response body (at most `webhooks.max_response_bytes`).
+    pub response: String,
+    /// Why it failed without a status (timeout, refused address, …).
+    pub error: Option<String>,
+}
+
+impl From<&keywarden_store::webhooks::WebhookAttempt> for DeliveryAttempt {
+    fn from(a: &keywarden_store::webhooks::WebhookAttempt) -> Self {
+        DeliveryAttempt {
+            at: a.at.into(),
+            status: a.status,
+            duration_ms: a.duration_ms,
+            response: a.response.clone(),
+            error: a.error.clone(),
+        }
+    }
+}
+
+/// A delivery in the log.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Delivery {
+    /// `whd_` + ULID.
+    pub id: String,
+    /// The endpoint.
+    pub webhook_id: String,
+    /// The event (`evt_…`), sent as `webhook-id`.
+    pub event_id: String,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due.
+    pub next_attempt_at: Option<Timestamp>,
+    /// The last attempt's HTTP status.
+    pub last_status: Option<u16>,
+    /// The last attempt's duration.
+    pub last_duration_ms: Option<i64>,
+    /// The start of the last response body.
+    pub last_response: Option<String>,
+    /// Why the last attempt failed without a status.
+    pub last_error: Option<String>,
+    /// When it was queued.
+    pub created_at: Timestamp,
+    /// When it was delivered.
+    pub delivered_at: Option<Timestamp>,
+    /// Every attempt, oldest first (in the log of one endpoint only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt_log: Option<Vec<DeliveryAttempt>>,
+}
+
+impl From<&keywarden_store::webhooks::WebhookDelivery> for Delivery {
+    fn from(d: &keywarden_store::webhooks::WebhookDelivery) -> Self {
+        Delivery {
+            id: d.id.clone(),
+            webhook_id: d.endpoint_id.clone(),
+            event_id: d.event_id.clone(),
+            kind: d.kind.clone(),
+            status: d.status.as_str().into(),
+            attempts: d.attempts,
+            next_attempt_at: ts_opt(d.next_attempt_at),
+            last_status: d.last_status,
+            last_duration_ms: d.last_duration_ms,
+            last_response: d.last_response.clone(),
+            last_error: d.last_error.clone(),
+            created_at: d.created_at.into(),
+            delivered_at: ts_opt(d.delivered_at),
+            attempt_log: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Verify.
 
 /// The decision. Always sent with HTTP 200; `status` is what a gateway should answer.

@@ -11,6 +11,10 @@ use crate::store::{
     Census, DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation, KeyTouch, Page,
     Store, StoreError, StoreResult, UsageDelta, WriteBatch,
 };
+use crate::webhooks::{
+    AttemptOutcome, DueDelivery, UsageRow, WebhookAttempt, WebhookDelivery, WebhookEndpoint,
+    WebhookFilter,
+};
 use async_trait::async_trait;
 use keywarden_core::model::{
     Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode, WebSession,
@@ -129,6 +133,25 @@ delegate! {
     call fn census(&self) -> StoreResult<Census>;
     call fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
+    call fn create_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()>;
+    call fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookEndpoint>>;
+    call fn list_webhooks(&self, filter: &WebhookFilter) -> StoreResult<Vec<WebhookEndpoint>>;
+    call fn update_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()>;
+    long fn delete_webhook(&self, id: &str) -> StoreResult<()>;
+    call fn list_deliveries(&self, endpoint_id: &str, before_id: Option<&str>, limit: u32)
+        -> StoreResult<Vec<WebhookDelivery>>;
+    call fn get_delivery(&self, id: &str) -> StoreResult<Option<WebhookDelivery>>;
+    call fn list_attempts(&self, delivery_id: &str) -> StoreResult<Vec<WebhookAttempt>>;
+    long fn claim_deliveries(&self, now: Millis, lease_until: Millis, limit: u32)
+        -> StoreResult<Vec<DueDelivery>>;
+    long fn finish_delivery(&self, outcome: &AttemptOutcome) -> StoreResult<()>;
+    call fn redeliver(&self, endpoint_id: &str, delivery_id: &str, at: Millis) -> StoreResult<()>;
+    call fn queue_for_endpoint(&self, endpoint_id: &str, event: &AuditEvent) -> StoreResult<String>;
+    call fn webhook_backlog(&self) -> StoreResult<u64>;
+    long fn fire_once(&self, fired: &[(String, AuditEvent)]) -> StoreResult<u64>;
+    long fn keys_with_deadlines(&self, from: Millis, until: Millis, limit: u32)
+        -> StoreResult<Vec<KeyRecord>>;
+    long fn usage_since(&self, period_start: Millis) -> StoreResult<Vec<UsageRow>>;
 }
 
 #[cfg(test)]

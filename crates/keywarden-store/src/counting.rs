@@ -8,6 +8,10 @@ use crate::store::{
     Census, DecisionQuery, ErasureCounts, EventFilter, Granularity, KeyTouch, Page, Store,
     StoreResult, UsageDelta, WriteBatch,
 };
+use crate::webhooks::{
+    AttemptOutcome, DueDelivery, UsageRow, WebhookAttempt, WebhookDelivery, WebhookEndpoint,
+    WebhookFilter,
+};
 use async_trait::async_trait;
 use keywarden_core::model::{
     Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode, WebSession,
@@ -138,4 +142,23 @@ delegate! {
     fn census(&self) -> StoreResult<Census>;
     fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
+    fn create_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()>;
+    fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookEndpoint>>;
+    fn list_webhooks(&self, filter: &WebhookFilter) -> StoreResult<Vec<WebhookEndpoint>>;
+    fn update_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()>;
+    fn delete_webhook(&self, id: &str) -> StoreResult<()>;
+    fn list_deliveries(&self, endpoint_id: &str, before_id: Option<&str>, limit: u32)
+        -> StoreResult<Vec<WebhookDelivery>>;
+    fn get_delivery(&self, id: &str) -> StoreResult<Option<WebhookDelivery>>;
+    fn list_attempts(&self, delivery_id: &str) -> StoreResult<Vec<WebhookAttempt>>;
+    fn claim_deliveries(&self, now: Millis, lease_until: Millis, limit: u32)
+        -> StoreResult<Vec<DueDelivery>>;
+    fn finish_delivery(&self, outcome: &AttemptOutcome) -> StoreResult<()>;
+    fn redeliver(&self, endpoint_id: &str, delivery_id: &str, at: Millis) -> StoreResult<()>;
+    fn queue_for_endpoint(&self, endpoint_id: &str, event: &AuditEvent) -> StoreResult<String>;
+    fn webhook_backlog(&self) -> StoreResult<u64>;
+    fn fire_once(&self, fired: &[(String, AuditEvent)]) -> StoreResult<u64>;
+    fn keys_with_deadlines(&self, from: Millis, until: Millis, limit: u32)
+        -> StoreResult<Vec<KeyRecord>>;
+    fn usage_since(&self, period_start: Millis) -> StoreResult<Vec<UsageRow>>;
 }

@@ -34,6 +34,7 @@ pub mod limiter;
 pub mod redis_limiter;
 pub mod request;
 pub mod verifier;
+pub mod webhooks;
 
 pub use limiter::{Limiter, LimiterStats, LocalBounds, LocalLimiter, QuotaKey};
 pub use redis_limiter::{RedisConfig, RedisLimiter, RedisStats};

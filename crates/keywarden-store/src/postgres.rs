@@ -157,6 +157,8 @@ impl Backend for PgStore {
     const LOCK_ACCOUNT: Option<&'static str> =
         Some("SELECT pg_advisory_xact_lock(7301, hashtext($1))");
     const NOTIFY: Option<&'static str> = Some(concat!("SELECT pg_notify('", channel!(), "', $1)"));
+    // Replicas claiming deliveries at once each take rows the others have not locked.
+    const SKIP_LOCKED: &'static str = " FOR UPDATE OF d SKIP LOCKED";
 
     fn reader(&self) -> &PgPool {
         &self.pool

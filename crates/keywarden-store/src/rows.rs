@@ -11,6 +11,10 @@ use crate::store::{
     Census, DecisionCount, DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation,
     KeyTouch, Page, Store, StoreError, StoreResult, UsageDelta, WriteBatch,
 };
+use crate::webhooks::{
+    payload, AttemptOutcome, DeliveryStatus, DueDelivery, NextStep, UsageRow, WebhookAttempt,
+    WebhookDelivery, WebhookEndpoint, WebhookFilter,
+};
 use async_trait::async_trait;
 use keywarden_core::model::{
     Account, Activity, Application, AuditEvent, Grant, KeyRecord, Millis, Mode, PreviousSecret,
@@ -507,6 +511,48 @@ const EVENTS: Table = Table {
     fixed: &[],
 };
 
+const WEBHOOKS: Table = Table {
+    name: "webhook_endpoints",
+    columns: &[
+        "id",
+        "url",
+        "events",
+        "account_id",
+        "mode",
+        "description",
+        "enabled",
+        "secret",
+        "prev_secret",
+        "prev_secret_until",
+        "failing_since",
+        "disabled_reason",
+        "created_at",
+        "updated_at",
+    ],
+    fixed: &["account_id", "mode", "created_at"],
+};
+
+const DELIVERIES: Table = Table {
+    name: "webhook_deliveries",
+    columns: &[
+        "id",
+        "endpoint_id",
+        "message_id",
+        "kind",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "locked_until",
+        "last_status",
+        "last_duration_ms",
+        "last_response",
+        "last_error",
+        "created_at",
+        "delivered_at",
+    ],
+    fixed: &[],
+};
+
 /// Activity's `id` is assigned by the database, so it is not among the inserted columns.
 const ACTIVITY: Table = Table {
     name: "activity",
@@ -539,6 +585,15 @@ struct Statements {
     grant_list: String,
     event_select: String,
     activity_list: String,
+    webhook_insert: String,
+    webhook_get: String,
+    webhook_update: String,
+    webhooks_enabled: String,
+    webhook_select: String,
+    delivery_get: String,
+    delivery_list: String,
+    delivery_list_before: String,
+    key_deadlines: String,
 }
 
 static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
@@ -588,6 +643,25 @@ static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
         "{} WHERE key_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
         ACTIVITY.select()
     ),
+    webhook_insert: WEBHOOKS.insert(),
+    webhook_get: format!("{} WHERE id = $1", WEBHOOKS.select()),
+    webhook_update: WEBHOOKS.update(),
+    webhooks_enabled: format!("{} WHERE enabled = $1 ORDER BY id", WEBHOOKS.select()),
+    webhook_select: WEBHOOKS.select(),
+    delivery_get: format!("{} WHERE id = $1", DELIVERIES.select()),
+    delivery_list: format!(
+        "{} WHERE endpoint_id = $1 ORDER BY id DESC LIMIT $2",
+        DELIVERIES.select()
+    ),
+    delivery_list_before: format!(
+        "{} WHERE endpoint_id = $1 AND id < $3 ORDER BY id DESC LIMIT $2",
+        DELIVERIES.select()
+    ),
+    key_deadlines: format!(
+        "{} WHERE revoked_at IS NULL AND ((expires_at >= $1 AND expires_at <= $2) \
+         OR (prev_valid_until >= $1 AND prev_valid_until <= $2)) ORDER BY id LIMIT $3",
+        KEYS.select()
+    ),
 });
 
 /// The statement behind `find_keys_by_lookup`, for the plan checks in the tests.
@@ -635,6 +709,11 @@ const SESSION_GET: &str = "SELECT id_hash, kind, account_id, mode, role, return_
      created_at, expires_at FROM web_sessions WHERE id_hash = $1 AND expires_at > $2";
 const SESSION_TAKE: &str = "DELETE FROM web_sessions WHERE id_hash = $1 AND expires_at > $2 \
      RETURNING id_hash, kind, account_id, mode, role, return_url, created_at, expires_at";
+/// Messages about the account (their deliveries go with them) and its once-only markers;
+/// its own endpoints go with the account.
+const ERASE_WEBHOOK_MESSAGES: &str = "DELETE FROM webhook_messages WHERE account_id = $1";
+const ERASE_FIRED: &str = "DELETE FROM fired_events WHERE account_id = $1";
+const ERASE_WEBHOOKS: &str = "DELETE FROM webhook_endpoints WHERE account_id = $1";
 
 /// Deletes a key's activity older than its `$2 + 1`-th newest row. When the key has no
 /// more rows than that, the subquery is empty, the comparison is NULL and nothing goes.
@@ -650,6 +729,40 @@ const ORPHAN_USAGE: &str = "DELETE FROM usage WHERE account_id = $1 \
 /// A request-path event of an account that is gone.
 const ORPHAN_EVENT: &str = "DELETE FROM audit_events WHERE id = $1 \
      AND NOT EXISTS (SELECT 1 FROM accounts WHERE id = $2)";
+
+/// The message of a request-path event of an account that is gone.
+const ORPHAN_MESSAGE: &str = "DELETE FROM webhook_messages WHERE id = $1 \
+     AND NOT EXISTS (SELECT 1 FROM accounts WHERE id = $2)";
+
+const MESSAGE_INSERT: &str = "INSERT INTO webhook_messages (id, kind, account_id, payload, \
+     created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING";
+const MESSAGE_PAYLOAD: &str = "SELECT payload FROM webhook_messages WHERE id = $1";
+const DELIVERY_INSERT: &str = "INSERT INTO webhook_deliveries (id, endpoint_id, message_id, \
+     kind, status, attempts, next_attempt_at, created_at) \
+     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) ON CONFLICT DO NOTHING";
+const DELIVERY_FINISH: &str = "UPDATE webhook_deliveries SET status = $2, \
+     attempts = attempts + 1, next_attempt_at = $3, locked_until = NULL, last_status = $4, \
+     last_duration_ms = $5, last_response = $6, last_error = $7, delivered_at = $8 \
+     WHERE id = $1";
+const ATTEMPT_INSERT: &str = "INSERT INTO webhook_attempts (delivery_id, at, status, \
+     duration_ms, response, error) VALUES ($1, $2, $3, $4, $5, $6)";
+const ATTEMPT_LIST: &str = "SELECT at, status, duration_ms, response, error \
+     FROM webhook_attempts WHERE delivery_id = $1 ORDER BY at, duration_ms";
+const ENDPOINT_SUCCEEDED: &str = "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1";
+const ENDPOINT_FAILED: &str = "UPDATE webhook_endpoints \
+     SET failing_since = COALESCE(failing_since, $2) WHERE id = $1";
+const ENDPOINT_DISABLE: &str = "UPDATE webhook_endpoints SET enabled = $4, \
+     disabled_reason = $2, updated_at = $3 WHERE id = $1";
+const ENDPOINT_EXISTS: &str = "SELECT COUNT(*) AS n FROM webhook_endpoints WHERE id = $1";
+const DELETE_WEBHOOK: &str = "DELETE FROM webhook_endpoints WHERE id = $1";
+const REDELIVER: &str = "UPDATE webhook_deliveries SET status = 'pending', \
+     next_attempt_at = $3, locked_until = NULL WHERE id = $2 AND endpoint_id = $1";
+const BACKLOG: &str = "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE status = 'pending'";
+const FIRE_MARKER: &str = "INSERT INTO fired_events (marker, account_id, at) \
+     VALUES ($1, $2, $3) ON CONFLICT (marker) DO NOTHING";
+const USAGE_SINCE: &str = "SELECT u.account_id AS account_id, a.plan AS plan, u.mode AS mode, \
+     u.unit AS unit, u.period_start AS period_start, u.used AS used \
+     FROM usage u JOIN accounts a ON a.id = u.account_id WHERE u.period_start >= $1";
 
 /// The reason `delete_grant` records on the keys it revokes.
 const GRANT_DELETED: &str = "grant deleted";
@@ -880,6 +993,99 @@ fn decode_event<R: RowGet>(r: &R) -> StoreResult<AuditEvent> {
     })
 }
 
+fn webhook_params(w: &WebhookEndpoint) -> StoreResult<Vec<Param>> {
+    let events = match &w.events {
+        Some(e) => Some(to_json(e)?),
+        None => None,
+    };
+    Ok(Vec::from(params![
+        w.id.as_str(),
+        w.url.as_str(),
+        events,
+        w.account_id.as_deref(),
+        w.mode.map(Mode::as_str),
+        w.description.as_str(),
+        w.enabled,
+        w.secret.as_str(),
+        w.prev_secret.as_deref(),
+        w.prev_secret_until,
+        w.failing_since,
+        w.disabled_reason.as_deref(),
+        w.created_at,
+        w.updated_at,
+    ]))
+}
+
+fn decode_webhook<R: RowGet>(r: &R) -> StoreResult<WebhookEndpoint> {
+    Ok(WebhookEndpoint {
+        id: r.text("id")?,
+        url: r.text("url")?,
+        events: match r.opt_text("events")? {
+            Some(e) => Some(serde_json::from_str(&e).map_err(|e| corrupt("events", e))?),
+            None => None,
+        },
+        account_id: r.opt_text("account_id")?,
+        mode: r
+            .opt_text("mode")?
+            .map(|m| parse_column("mode", &m))
+            .transpose()?,
+        description: r.text("description")?,
+        enabled: r.flag("enabled")?,
+        secret: r.text("secret")?,
+        prev_secret: r.opt_text("prev_secret")?,
+        prev_secret_until: r.opt_int("prev_secret_until")?,
+        failing_since: r.opt_int("failing_since")?,
+        disabled_reason: r.opt_text("disabled_reason")?,
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+    })
+}
+
+fn decode_delivery<R: RowGet>(r: &R) -> StoreResult<WebhookDelivery> {
+    Ok(WebhookDelivery {
+        id: r.text("id")?,
+        endpoint_id: r.text("endpoint_id")?,
+        event_id: r.text("message_id")?,
+        kind: r.text("kind")?,
+        status: r.parse("status")?,
+        attempts: r.narrow("attempts")?,
+        next_attempt_at: r.opt_int("next_attempt_at")?,
+        last_status: r
+            .opt_int("last_status")?
+            .map(|v| narrow("last_status", v))
+            .transpose()?,
+        last_duration_ms: r.opt_int("last_duration_ms")?,
+        last_response: r.opt_text("last_response")?,
+        last_error: r.opt_text("last_error")?,
+        created_at: r.int("created_at")?,
+        delivered_at: r.opt_int("delivered_at")?,
+    })
+}
+
+fn decode_attempt<R: RowGet>(r: &R) -> StoreResult<WebhookAttempt> {
+    Ok(WebhookAttempt {
+        at: r.int("at")?,
+        status: r
+            .opt_int("status")?
+            .map(|v| narrow("status", v))
+            .transpose()?,
+        duration_ms: r.int("duration_ms")?,
+        response: r.text("response")?,
+        error: r.opt_text("error")?,
+    })
+}
+
+fn decode_usage_row<R: RowGet>(r: &R) -> StoreResult<UsageRow> {
+    Ok(UsageRow {
+        account_id: r.text("account_id")?,
+        plan: r.text("plan")?,
+        mode: r.parse("mode")?,
+        unit: r.text("unit")?,
+        period_start: r.int("period_start")?,
+        used: narrow("used", r.int("used")?)?,
+    })
+}
+
 fn activity_params(a: &Activity) -> StoreResult<Vec<Param>> {
     Ok(Vec::from(params![
         a.key_id.as_str(),
@@ -1078,6 +1284,8 @@ async fn drop_orphans<C: Exec + ?Sized>(c: &mut C, batch: &WriteBatch) -> StoreR
         if let Some(account) = e.account_id.as_deref() {
             c.run(ORPHAN_EVENT, &params![e.id.as_str(), account])
                 .await?;
+            c.run(ORPHAN_MESSAGE, &params![e.id.as_str(), account])
+                .await?;
         }
     }
     let accounts: std::collections::BTreeSet<&str> = batch
@@ -1205,7 +1413,70 @@ async fn write_events<C: Exec + ?Sized>(c: &mut C, events: &[AuditEvent]) -> Sto
     run_chunked(c, EVENTS.columns.len(), values, |v| {
         format!("{head}{v} ON CONFLICT (id) DO NOTHING")
     })
-    .await
+    .await?;
+    enqueue(c, events).await
+}
+
+/// The transactional outbox: for each event, its message and one delivery per enabled
+/// endpoint it reaches, in the caller's transaction (`docs/webhooks.md`). A repeated event
+/// (a batch retried) finds its rows already there and adds none.
+async fn enqueue<C: Exec + ?Sized>(c: &mut C, events: &[AuditEvent]) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let endpoints = all(c, &SQL.webhooks_enabled, &params![true], decode_webhook).await?;
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    for e in events {
+        let targets: Vec<&WebhookEndpoint> = endpoints
+            .iter()
+            .filter(|w| {
+                keywarden_core::webhooks::reaches(
+                    w.account_id.as_deref(),
+                    w.mode,
+                    e.account_id.as_deref(),
+                    e.mode,
+                ) && keywarden_core::webhooks::subscribed(w.events.as_deref(), &e.kind)
+            })
+            .collect();
+        if targets.is_empty() {
+            continue;
+        }
+        queue_message(c, e).await?;
+        for w in targets {
+            queue_delivery(c, &w.id, e).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn queue_message<C: Exec + ?Sized>(c: &mut C, e: &AuditEvent) -> StoreResult<()> {
+    let p = params![
+        e.id.as_str(),
+        e.kind.as_str(),
+        e.account_id.as_deref(),
+        payload(e),
+        e.at
+    ];
+    c.run(MESSAGE_INSERT, &p).await.map(drop)
+}
+
+async fn queue_delivery<C: Exec + ?Sized>(
+    c: &mut C,
+    endpoint_id: &str,
+    e: &AuditEvent,
+) -> StoreResult<String> {
+    let id = keywarden_core::model::new_id("whd");
+    let p = params![
+        id.as_str(),
+        endpoint_id,
+        e.id.as_str(),
+        e.kind.as_str(),
+        e.at
+    ];
+    c.run(DELIVERY_INSERT, &p).await?;
+    Ok(id)
 }
 
 /// The statement and parameters for an event listing, with only the clauses the filter
@@ -1281,6 +1552,9 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// write changed, delivered when the transaction commits; `None` when no other process
     /// shares the database.
     const NOTIFY: Option<&'static str>;
+    /// What ends the query that chooses deliveries to claim, so that concurrent claims skip
+    /// each other's rows instead of waiting for them (empty when writers are serialised).
+    const SKIP_LOCKED: &'static str;
     /// The pool reads are served from.
     fn reader(&self) -> &Pool<Self::Db>;
     /// The pool writes go through.
@@ -1458,6 +1732,9 @@ impl<B: Backend> Store for B {
             Ok(gone)
         })
         .await?;
+        tx.run(ERASE_WEBHOOK_MESSAGES, &p).await?;
+        tx.run(ERASE_FIRED, &p).await?;
+        tx.run(ERASE_WEBHOOKS, &p).await?;
         let counts = ErasureCounts {
             deleted_activity: tx.run(ERASE_ACTIVITY, &p).await?,
             deleted_events: tx.run(ERASE_EVENTS, &p).await?,
@@ -1759,6 +2036,236 @@ impl<B: Backend> Store for B {
             Some(n) => narrow("used", n),
             None => Ok(0),
         }
+    }
+
+    async fn create_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()> {
+        write_one(self, &SQL.webhook_insert, &webhook_params(endpoint)?)
+            .await
+            .map(drop)
+    }
+
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookEndpoint>> {
+        let mut c = read(self).await?;
+        first(&mut *c, &SQL.webhook_get, &params![id], decode_webhook).await
+    }
+
+    async fn list_webhooks(&self, filter: &WebhookFilter) -> StoreResult<Vec<WebhookEndpoint>> {
+        let mut sql = format!("{} WHERE 1 = 1", SQL.webhook_select);
+        let mut p: Vec<Param> = Vec::new();
+        if let Some(a) = &filter.account_id {
+            p.push(a.as_str().into());
+            let _ = write!(sql, " AND account_id = ${}", p.len());
+        }
+        if let Some(m) = filter.mode {
+            p.push(m.as_str().into());
+            let _ = write!(sql, " AND mode = ${}", p.len());
+        }
+        sql.push_str(" ORDER BY id");
+        let mut c = read(self).await?;
+        all(&mut *c, &sql, &p, decode_webhook).await
+    }
+
+    async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()> {
+        let p = WEBHOOKS.update_params(webhook_params(endpoint)?);
+        found(write_one(self, &SQL.webhook_update, &p).await?)
+    }
+
+    async fn delete_webhook(&self, id: &str) -> StoreResult<()> {
+        found(write_one(self, DELETE_WEBHOOK, &params![id]).await?)
+    }
+
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        before_id: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<WebhookDelivery>> {
+        let mut c = read(self).await?;
+        match before_id {
+            Some(b) => {
+                let p = params![endpoint_id, i64::from(limit), b];
+                all(&mut *c, &SQL.delivery_list_before, &p, decode_delivery).await
+            }
+            None => {
+                let p = params![endpoint_id, i64::from(limit)];
+                all(&mut *c, &SQL.delivery_list, &p, decode_delivery).await
+            }
+        }
+    }
+
+    async fn get_delivery(&self, id: &str) -> StoreResult<Option<WebhookDelivery>> {
+        let mut c = read(self).await?;
+        first(&mut *c, &SQL.delivery_get, &params![id], decode_delivery).await
+    }
+
+    async fn list_attempts(&self, delivery_id: &str) -> StoreResult<Vec<WebhookAttempt>> {
+        let mut c = read(self).await?;
+        all(&mut *c, ATTEMPT_LIST, &params![delivery_id], decode_attempt).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        let claim = format!(
+            "UPDATE webhook_deliveries SET locked_until = $2 WHERE id IN (\
+             SELECT d.id FROM webhook_deliveries d \
+             JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+             WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
+             AND (d.locked_until IS NULL OR d.locked_until <= $1) AND e.enabled = $4 \
+             ORDER BY d.next_attempt_at, d.id LIMIT $3{}) RETURNING id",
+            B::SKIP_LOCKED
+        );
+        let mut tx = write(self).await?;
+        let p = params![now, lease_until, i64::from(limit), true];
+        let mut ids = all(&mut *tx, &claim, &p, |r| r.text("id")).await?;
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        let mut endpoints: BTreeMap<String, WebhookEndpoint> = BTreeMap::new();
+        for id in ids {
+            let Some(delivery) = first(
+                &mut *tx,
+                &SQL.delivery_get,
+                &params![id.as_str()],
+                decode_delivery,
+            )
+            .await?
+            else {
+                continue;
+            };
+            if !endpoints.contains_key(&delivery.endpoint_id) {
+                let p = params![delivery.endpoint_id.as_str()];
+                if let Some(e) = first(&mut *tx, &SQL.webhook_get, &p, decode_webhook).await? {
+                    endpoints.insert(e.id.clone(), e);
+                }
+            }
+            let Some(endpoint) = endpoints.get(&delivery.endpoint_id).cloned() else {
+                continue;
+            };
+            let p = params![delivery.event_id.as_str()];
+            let Some(payload) = first(&mut *tx, MESSAGE_PAYLOAD, &p, |r| r.text("payload")).await?
+            else {
+                continue;
+            };
+            out.push(DueDelivery {
+                delivery,
+                endpoint,
+                payload,
+            });
+        }
+        commit(tx).await?;
+        Ok(out)
+    }
+
+    async fn finish_delivery(&self, o: &AttemptOutcome) -> StoreResult<()> {
+        let a = &o.attempt;
+        let (status, next_at, delivered_at) = match o.next {
+            NextStep::Delivered => (DeliveryStatus::Delivered, None, Some(a.at)),
+            NextStep::RetryAt(t) => (DeliveryStatus::Pending, Some(t), None),
+            NextStep::GiveUp => (DeliveryStatus::Failed, None, None),
+        };
+        let http_status = a.status.map(i64::from);
+        let mut tx = write(self).await?;
+        let p = params![
+            o.delivery_id.as_str(),
+            status.as_str(),
+            next_at,
+            http_status,
+            a.duration_ms,
+            a.response.as_str(),
+            a.error.as_deref(),
+            delivered_at,
+        ];
+        if tx.run(DELIVERY_FINISH, &p).await? == 0 {
+            // The endpoint was deleted while the attempt was made.
+            return Ok(());
+        }
+        let p = params![
+            o.delivery_id.as_str(),
+            a.at,
+            http_status,
+            a.duration_ms,
+            a.response.as_str(),
+            a.error.as_deref(),
+        ];
+        tx.run(ATTEMPT_INSERT, &p).await?;
+        let endpoint = o.endpoint_id.as_str();
+        if o.next == NextStep::Delivered {
+            tx.run(ENDPOINT_SUCCEEDED, &params![endpoint]).await?;
+        } else {
+            tx.run(ENDPOINT_FAILED, &params![endpoint, a.at]).await?;
+        }
+        if let Some(reason) = &o.disable {
+            let p = params![endpoint, reason.as_str(), a.at, false];
+            tx.run(ENDPOINT_DISABLE, &p).await?;
+        }
+        write_events(&mut *tx, &o.events).await?;
+        commit(tx).await
+    }
+
+    async fn redeliver(&self, endpoint_id: &str, delivery_id: &str, at: Millis) -> StoreResult<()> {
+        found(write_one(self, REDELIVER, &params![endpoint_id, delivery_id, at]).await?)
+    }
+
+    async fn queue_for_endpoint(
+        &self,
+        endpoint_id: &str,
+        event: &AuditEvent,
+    ) -> StoreResult<String> {
+        let mut tx = write(self).await?;
+        if count(&mut *tx, ENDPOINT_EXISTS, &params![endpoint_id]).await? == 0 {
+            return Err(StoreError::NotFound);
+        }
+        queue_message(&mut *tx, event).await?;
+        let id = queue_delivery(&mut *tx, endpoint_id, event).await?;
+        commit(tx).await?;
+        Ok(id)
+    }
+
+    async fn webhook_backlog(&self) -> StoreResult<u64> {
+        let mut c = read(self).await?;
+        narrow("n", count(&mut *c, BACKLOG, &[]).await?)
+    }
+
+    async fn fire_once(&self, fired: &[(String, AuditEvent)]) -> StoreResult<u64> {
+        if fired.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = write(self).await?;
+        let mut written = 0;
+        for (marker, e) in fired {
+            let p = params![marker.as_str(), e.account_id.as_deref(), e.at];
+            if tx.run(FIRE_MARKER, &p).await? == 1 {
+                write_events(&mut *tx, std::slice::from_ref(e)).await?;
+                written += 1;
+            }
+        }
+        commit(tx).await?;
+        Ok(written)
+    }
+
+    async fn keys_with_deadlines(
+        &self,
+        from: Millis,
+        until: Millis,
+        limit: u32,
+    ) -> StoreResult<Vec<KeyRecord>> {
+        let mut c = read(self).await?;
+        let p = params![from, until, i64::from(limit)];
+        all(&mut *c, &SQL.key_deadlines, &p, decode_key).await
+    }
+
+    async fn usage_since(&self, period_start: Millis) -> StoreResult<Vec<UsageRow>> {
+        let mut c = read(self).await?;
+        all(
+            &mut *c,
+            USAGE_SINCE,
+            &params![period_start],
+            decode_usage_row,
+        )
+        .await
     }
 }
 

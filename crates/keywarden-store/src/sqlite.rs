@@ -214,6 +214,8 @@ impl Backend for SqliteStore {
     const LOCK_ACCOUNT: Option<&'static str> = None;
     // One process serves a SQLite file: its own writes invalidate its own caches.
     const NOTIFY: Option<&'static str> = None;
+    // `BEGIN IMMEDIATE` already keeps a claim's read and write together.
+    const SKIP_LOCKED: &'static str = "";
 
     fn reader(&self) -> &SqlitePool {
         &self.reader

@@ -11,6 +11,11 @@ use keywarden_core::model::{
 };
 use serde::Serialize;
 
+use crate::webhooks::{
+    AttemptOutcome, DueDelivery, UsageRow, WebhookAttempt, WebhookDelivery, WebhookEndpoint,
+    WebhookFilter,
+};
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -418,6 +423,73 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         unit: &str,
         period_start: Millis,
     ) -> StoreResult<u64>;
+
+    // ---- webhooks (docs/webhooks.md) ----
+    //
+    // Every method that writes audit events (`append_events`, `write_batch`,
+    // `fire_once`, `finish_delivery`) also writes, in the same transaction, the message and
+    // one delivery per enabled endpoint the event reaches: the transactional outbox.
+
+    /// Inserts an endpoint.
+    async fn create_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()>;
+    /// The endpoint with this id.
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookEndpoint>>;
+    /// Endpoints matching the filter, by id ascending.
+    async fn list_webhooks(&self, filter: &WebhookFilter) -> StoreResult<Vec<WebhookEndpoint>>;
+    /// Replaces every mutable field. `NotFound` if absent.
+    async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()>;
+    /// Deletes the endpoint and its deliveries. `NotFound` if absent.
+    async fn delete_webhook(&self, id: &str) -> StoreResult<()>;
+    /// An endpoint's deliveries, newest first, ids below `before_id` when given.
+    async fn list_deliveries(
+        &self,
+        endpoint_id: &str,
+        before_id: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<WebhookDelivery>>;
+    /// The delivery with this id.
+    async fn get_delivery(&self, id: &str) -> StoreResult<Option<WebhookDelivery>>;
+    /// A delivery's attempts, oldest first.
+    async fn list_attempts(&self, delivery_id: &str) -> StoreResult<Vec<WebhookAttempt>>;
+    /// Claims up to `limit` pending deliveries due at `now` to enabled endpoints and not
+    /// claimed by anyone else, marking them claimed until `lease_until`. On PostgreSQL the
+    /// rows are chosen `FOR UPDATE SKIP LOCKED`, so several replicas never claim one
+    /// delivery at once.
+    async fn claim_deliveries(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> StoreResult<Vec<DueDelivery>>;
+    /// Records an attempt and what follows it; disables the endpoint when asked, and
+    /// writes the outcome's events, in one transaction.
+    async fn finish_delivery(&self, outcome: &AttemptOutcome) -> StoreResult<()>;
+    /// Makes a delivery of this endpoint pending again, due at `at`. `NotFound` if absent.
+    async fn redeliver(&self, endpoint_id: &str, delivery_id: &str, at: Millis) -> StoreResult<()>;
+    /// Queues `event` for this endpoint only (a test event), not in the audit trail; returns
+    /// the delivery id.
+    async fn queue_for_endpoint(
+        &self,
+        endpoint_id: &str,
+        event: &AuditEvent,
+    ) -> StoreResult<String>;
+    /// Pending deliveries (the outbox backlog).
+    async fn webhook_backlog(&self) -> StoreResult<u64>;
+    /// Writes each event whose marker was never written before, with its marker, in one
+    /// transaction; returns how many were written. Events raised once (`key.expiring`,
+    /// `quota.threshold`) go through here.
+    async fn fire_once(&self, fired: &[(String, AuditEvent)]) -> StoreResult<u64>;
+    /// Unrevoked keys that expire, or whose previous secret's grace ends, between `from`
+    /// and `until` (inclusive), by id, at most `limit`.
+    async fn keys_with_deadlines(
+        &self,
+        from: Millis,
+        until: Millis,
+        limit: u32,
+    ) -> StoreResult<Vec<KeyRecord>>;
+    /// Usage counters of periods starting at or after `period_start`, with their account's
+    /// plan.
+    async fn usage_since(&self, period_start: Millis) -> StoreResult<Vec<UsageRow>>;
 }
 
 #[cfg(test)]

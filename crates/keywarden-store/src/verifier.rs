@@ -654,7 +654,27 @@ impl Verifier {
         if let Err(denial) = verdict {
             if denial.code.counts_toward_lockout() {
                 if let Some(b) = bucket {
-                    self.limiter.fail(&b, now).await;
+                    // The failure that locks the network out is announced once
+                    // (`lockout.started`, docs/webhooks.md).
+                    let started = self.limiter.fail(&b, now).await;
+                    if let (Some(retry_after), None) = (started, locked_out) {
+                        self.writer.event(AuditEvent {
+                            id: new_id("evt"),
+                            account_id: None,
+                            mode: None,
+                            kind: "lockout.started".into(),
+                            actor: "system".into(),
+                            ip: req
+                                .client_ip
+                                .and_then(ClientAddr::ip)
+                                .map(|i| i.to_string()),
+                            at: now,
+                            data: serde_json::json!({
+                                "network": b.to_string(),
+                                "retry_after_seconds": retry_after,
+                            }),
+                        });
+                    }
                 }
             }
             let mut out = VerifyOutcome::deny(denial);

@@ -8,6 +8,9 @@ use keywarden_core::model::{
     Account, AccountStatus, Activity, Application, AuditEvent, Grant, HashScheme, KeyRecord,
     KeyType, Mode, PreviousSecret, RateLimitSpec, Role, StoredSecret, WebSession, WebSessionKind,
 };
+use keywarden_store::webhooks::{
+    AttemptOutcome, DeliveryStatus, NextStep, WebhookAttempt, WebhookEndpoint, WebhookFilter,
+};
 use keywarden_store::{
     DecisionCount, DecisionQuery, ErasureCounts, EventFilter, Granularity, KeyTouch, Page, PgStore,
     SqliteStore, Store, StoreError, UsageDelta, WriteBatch,
@@ -1312,6 +1315,343 @@ async fn case_erase_account_removes_everything_of_it(store: Arc<dyn Store>) {
     ));
 }
 
+fn endpoint(
+    account_id: Option<&str>,
+    mode: Option<Mode>,
+    events: Option<&[&str]>,
+) -> WebhookEndpoint {
+    WebhookEndpoint {
+        id: new_id("whe"),
+        url: "https://hooks.example.com/in".into(),
+        events: events.map(|e| e.iter().map(|s| s.to_string()).collect()),
+        account_id: account_id.map(Into::into),
+        mode,
+        description: "d".into(),
+        enabled: true,
+        secret: keywarden_core::webhooks::new_secret(),
+        prev_secret: None,
+        prev_secret_until: None,
+        failing_since: None,
+        disabled_reason: None,
+        created_at: 1_700_000_000_000,
+        updated_at: 1_700_000_000_000,
+    }
+}
+
+fn attempt(at: i64, status: Option<u16>) -> WebhookAttempt {
+    WebhookAttempt {
+        at,
+        status,
+        duration_ms: 12,
+        response: "ok".into(),
+        error: None,
+    }
+}
+
+async fn case_events_queue_their_deliveries_in_the_same_write(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let own = endpoint(
+        Some(&a.id),
+        Some(Mode::Live),
+        Some(&["key.*", "account.updated"]),
+    );
+    let all = endpoint(None, None, None);
+    let off = WebhookEndpoint {
+        enabled: false,
+        ..endpoint(None, None, None)
+    };
+    for e in [&own, &all, &off] {
+        store.create_webhook(e).await.unwrap();
+    }
+    let t = 1_700_000_000_000;
+    let events = vec![
+        event(Some(&a.id), Some(Mode::Live), "key.created", t),
+        event(Some(&a.id), None, "account.updated", t),
+        event(Some(&a.id), Some(Mode::Test), "key.created", t),
+        event(Some(&a.id), Some(Mode::Live), "grant.created", t),
+    ];
+    store.append_events(&events).await.unwrap();
+    // The same events again (a retried batch) queue nothing more.
+    store
+        .write_batch(&WriteBatch {
+            events: events.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.webhook_backlog().await.unwrap(), 6);
+    let mine = store.list_deliveries(&own.id, None, 10).await.unwrap();
+    let mut kinds: Vec<&str> = mine.iter().map(|d| d.kind.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["account.updated", "key.created"]);
+    assert_eq!(
+        store
+            .list_deliveries(&all.id, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    assert!(store
+        .list_deliveries(&off.id, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Nothing is due before its time; claimed ones are not claimed again within the lease.
+    assert!(store
+        .claim_deliveries(t - 1, t + 10, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = store.claim_deliveries(t, t + 10_000, 100).await.unwrap();
+    assert_eq!(due.len(), 6);
+    assert!(store
+        .claim_deliveries(t + 1, t + 10_000, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    let first = &due[0];
+    let body: serde_json::Value = serde_json::from_str(&first.payload).unwrap();
+    assert_eq!(body["data"]["id"], first.delivery.event_id.as_str());
+    assert!(!first.payload.contains("whsec_"));
+
+    // Success, a retry and giving up.
+    let outcome = |i: usize, status, next| AttemptOutcome {
+        delivery_id: due[i].delivery.id.clone(),
+        endpoint_id: due[i].endpoint.id.clone(),
+        attempt: attempt(t + 5, status),
+        next,
+        disable: None,
+        events: vec![],
+    };
+    store
+        .finish_delivery(&outcome(0, Some(200), NextStep::Delivered))
+        .await
+        .unwrap();
+    store
+        .finish_delivery(&outcome(1, Some(500), NextStep::RetryAt(t + 60_000)))
+        .await
+        .unwrap();
+    store
+        .finish_delivery(&outcome(2, None, NextStep::GiveUp))
+        .await
+        .unwrap();
+    let d0 = store
+        .get_delivery(&due[0].delivery.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (d0.status, d0.attempts, d0.last_status),
+        (DeliveryStatus::Delivered, 1, Some(200))
+    );
+    let d1 = store
+        .get_delivery(&due[1].delivery.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (d1.status, d1.next_attempt_at),
+        (DeliveryStatus::Pending, Some(t + 60_000))
+    );
+    assert_eq!(store.list_attempts(&d1.id).await.unwrap().len(), 1);
+    let d2 = store
+        .get_delivery(&due[2].delivery.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d2.status, DeliveryStatus::Failed);
+    assert_eq!(store.webhook_backlog().await.unwrap(), 4);
+    // The retry is due at its time, once the lease is over.
+    let again = store
+        .claim_deliveries(t + 60_000, t + 70_000, 100)
+        .await
+        .unwrap();
+    assert!(again.iter().any(|d| d.delivery.id == d1.id));
+    // A redelivery makes a failed one pending again.
+    store
+        .redeliver(&d2.endpoint_id, &d2.id, t + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_delivery(&d2.id).await.unwrap().unwrap().status,
+        DeliveryStatus::Pending
+    );
+    assert!(matches!(
+        store.redeliver("whe_nope", &d2.id, t).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn case_disabling_an_endpoint_records_its_event(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let failing = endpoint(None, None, Some(&["key.created"]));
+    let watcher = endpoint(None, None, Some(&["webhook.disabled"]));
+    store.create_webhook(&failing).await.unwrap();
+    store.create_webhook(&watcher).await.unwrap();
+    let t = 1_700_000_000_000;
+    store
+        .append_events(&[event(Some(&a.id), Some(Mode::Live), "key.created", t)])
+        .await
+        .unwrap();
+    let due = store.claim_deliveries(t, t + 1, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    store
+        .finish_delivery(&AttemptOutcome {
+            delivery_id: due[0].delivery.id.clone(),
+            endpoint_id: failing.id.clone(),
+            attempt: attempt(t, Some(410)),
+            next: NextStep::GiveUp,
+            disable: Some("gone".into()),
+            events: vec![event(None, None, "webhook.disabled", t)],
+        })
+        .await
+        .unwrap();
+    let e = store.get_webhook(&failing.id).await.unwrap().unwrap();
+    assert!(!e.enabled);
+    assert_eq!(e.disabled_reason.as_deref(), Some("gone"));
+    assert_eq!(e.failing_since, Some(t));
+    assert_eq!(
+        store
+            .list_deliveries(&watcher.id, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Nothing more is queued for a disabled endpoint.
+    store
+        .append_events(&[event(Some(&a.id), Some(Mode::Live), "key.created", t)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .list_deliveries(&failing.id, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let listed = store
+        .list_webhooks(&WebhookFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    store.delete_webhook(&watcher.id).await.unwrap();
+    assert!(store
+        .get_delivery(&due[0].delivery.id)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(store.webhook_backlog().await.unwrap(), 0);
+}
+
+async fn case_concurrent_claims_take_each_delivery_once(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    store
+        .create_webhook(&endpoint(None, None, None))
+        .await
+        .unwrap();
+    let t = 1_700_000_000_000;
+    let events: Vec<AuditEvent> = (0..60)
+        .map(|_| event(Some(&a.id), Some(Mode::Live), "key.updated", t))
+        .collect();
+    store.append_events(&events).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let due = store.claim_deliveries(t, t + 60_000, 4).await.unwrap();
+                if due.is_empty() {
+                    break got;
+                }
+                got.extend(due.into_iter().map(|d| d.delivery.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((n, all.len()), (60, 60));
+}
+
+async fn case_events_fired_once_are_written_once(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    store
+        .create_webhook(&endpoint(None, None, None))
+        .await
+        .unwrap();
+    let t = 1_700_000_000_000;
+    let fired = |kind: &str| {
+        (
+            format!("{kind}:{}", a.id),
+            event(Some(&a.id), Some(Mode::Live), kind, t),
+        )
+    };
+    assert_eq!(store.fire_once(&[fired("key.expiring")]).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .fire_once(&[fired("key.expiring"), fired("quota.threshold")])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.webhook_backlog().await.unwrap(), 2);
+    let f = EventFilter {
+        account_id: Some(a.id.clone()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(store.list_events(&f).await.unwrap().len(), 2);
+    // Erasure forgets the account's messages, markers and endpoints.
+    store
+        .create_webhook(&endpoint(Some(&a.id), None, None))
+        .await
+        .unwrap();
+    store.erase_account(&a.id).await.unwrap();
+    assert_eq!(store.webhook_backlog().await.unwrap(), 0);
+    let own = WebhookFilter {
+        account_id: Some(a.id.clone()),
+        ..Default::default()
+    };
+    assert!(store.list_webhooks(&own).await.unwrap().is_empty());
+    store.create_account(&a).await.unwrap();
+    assert_eq!(store.fire_once(&[fired("key.expiring")]).await.unwrap(), 1);
+}
+
+async fn case_deadlines_and_usage_for_derived_events(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let mut soon = key(&a.id, Mode::Live);
+    soon.expires_at = Some(5_000);
+    let mut later = key(&a.id, Mode::Live);
+    later.expires_at = Some(50_000);
+    let mut revoked = key(&a.id, Mode::Live);
+    revoked.expires_at = Some(5_000);
+    revoked.revoked_at = Some(1);
+    for k in [&soon, &later, &revoked] {
+        store.insert_key(k).await.unwrap();
+    }
+    let found = store.keys_with_deadlines(0, 10_000, 100).await.unwrap();
+    assert_eq!(ids(&found, |k| &k.id), vec![soon.id.clone()]);
+    store
+        .add_usage(&[
+            usage(&a.id, Mode::Live, "requests", 1_000, 7),
+            usage(&a.id, Mode::Live, "requests", 10, 3),
+        ])
+        .await
+        .unwrap();
+    let rows = store.usage_since(1_000).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].used, rows[0].plan.as_str()), (7, a.plan.as_str()));
+}
+
 // ---------------------------------------------------------------------------------------
 // Backends.
 // ---------------------------------------------------------------------------------------
@@ -1609,6 +1949,11 @@ suite!(
     case_erase_account_removes_everything_of_it,
     case_web_sessions,
     case_decision_counts_roll_up,
+    case_events_queue_their_deliveries_in_the_same_write,
+    case_disabling_an_endpoint_records_its_event,
+    case_concurrent_claims_take_each_delivery_once,
+    case_events_fired_once_are_written_once,
+    case_deadlines_and_usage_for_derived_events,
 );
 
 #[test]

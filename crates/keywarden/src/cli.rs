@@ -10,7 +10,9 @@ use keywarden_server::app::{shutdown_signal, Service};
 use keywarden_server::config::{self, Config, INIT_TEMPLATE};
 use keywarden_server::manage::{Actor, Manager, NewKey};
 use keywarden_server::manage_apps::{AppManager, AppPatch, IssuedKey, NewApp};
+use keywarden_server::manage_webhooks::{NewWebhook, Owner, WebhookManager, WebhookPatch};
 use keywarden_server::views;
+use keywarden_server::views::{Webhook as WebhookView, WebhookWithSecret};
 use keywarden_store::verifier::VerifyRequest;
 use keywarden_store::{EventFilter, Page};
 use serde_json::{json, Value};
@@ -90,6 +92,12 @@ pub enum Command {
         #[command(subcommand)]
         command: AppsCommand,
     },
+    /// Manage webhook endpoints (docs/webhooks.md).
+    Webhooks {
+        /// What to do.
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
     /// List audit events, newest first.
     Events {
         /// Only this account's.
@@ -129,6 +137,91 @@ pub enum Command {
         #[arg(long)]
         ip: Option<std::net::IpAddr>,
     },
+}
+
+/// `webhooks` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Register an endpoint; its signing secret is printed once.
+    Create {
+        /// Where events are POSTed.
+        #[arg(long)]
+        url: String,
+        /// Event types (repeat or comma-separate; `key.*` for a family). Default: all.
+        #[arg(long = "event", value_delimiter = ',')]
+        events: Vec<String>,
+        /// Only this account's events.
+        #[arg(long)]
+        account: Option<String>,
+        /// Only this mode's events.
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<Mode>,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List endpoints.
+    List,
+    /// Show one endpoint.
+    Show {
+        /// Its id.
+        id: String,
+    },
+    /// Change an endpoint.
+    Update {
+        /// Its id.
+        id: String,
+        /// A new URL.
+        #[arg(long)]
+        url: Option<String>,
+        /// New event types (repeat or comma-separate).
+        #[arg(long = "event", value_delimiter = ',')]
+        events: Vec<String>,
+        /// Receive every event type again.
+        #[arg(long, conflicts_with = "events")]
+        all_events: bool,
+        /// Enable (true) or disable (false).
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// A new description.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Delete an endpoint and its delivery log.
+    Delete {
+        /// Its id.
+        id: String,
+    },
+    /// A new signing secret, printed once; the previous one keeps signing for
+    /// `webhooks.secret_overlap_hours`.
+    RotateSecret {
+        /// Its id.
+        id: String,
+    },
+    /// The delivery log, newest first.
+    Deliveries {
+        /// The endpoint's id.
+        id: String,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Send a delivery again.
+    Redeliver {
+        /// The endpoint's id.
+        id: String,
+        /// The delivery's id.
+        delivery: String,
+    },
+    /// Queue a `webhook.test` event for the endpoint (sent by the running service).
+    Test {
+        /// Its id.
+        id: String,
+    },
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse().map_err(|e| format!("{e}"))
 }
 
 /// `config` subcommands.
@@ -762,6 +855,9 @@ async fn manage(service: &Service, cmd: Command, json_out: bool) -> anyhow::Resu
                 }
             }
         },
+        Command::Webhooks { command } => webhooks(state, &actor, command, json_out)
+            .await
+            .map_err(fail)?,
         Command::Events {
             account,
             kind,
@@ -843,6 +939,136 @@ const KEY_COLS: [&str; 8] = [
     "created_at",
     "revoked_at",
 ];
+const WEBHOOK_COLS: [&str; 6] = ["id", "url", "account_id", "mode", "enabled", "events"];
+const DELIVERY_COLS: [&str; 6] = [
+    "id",
+    "type",
+    "status",
+    "attempts",
+    "last_status",
+    "created_at",
+];
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// `keywarden webhooks …`: the same rules as the admin API, as the operator.
+async fn webhooks(
+    state: &keywarden_server::state::AppState,
+    actor: &Actor,
+    cmd: WebhooksCommand,
+    json_out: bool,
+) -> Result<(), keywarden_server::errors::ApiError> {
+    let m = WebhookManager::new(state);
+    let root = Owner::Root;
+    let with_secret = |e: &keywarden_store::webhooks::WebhookEndpoint| {
+        let v = WebhookWithSecret {
+            endpoint: WebhookView::from(e),
+            secret: e.secret.clone(),
+        };
+        if json_out {
+            println!("{}", to_value(&v));
+        } else {
+            print_one(false, &to_value(&v.endpoint), &WEBHOOK_COLS);
+            println!();
+            println!("SIGNING SECRET (shown once, store it now; it cannot be shown again):");
+            println!("  {}", v.secret);
+        }
+    };
+    match cmd {
+        WebhooksCommand::Create {
+            url,
+            events,
+            account,
+            mode,
+            description,
+        } => {
+            let e = m
+                .create(
+                    actor,
+                    &root,
+                    NewWebhook {
+                        url,
+                        events: (!events.is_empty()).then_some(events),
+                        account_id: account,
+                        mode,
+                        description,
+                    },
+                )
+                .await?;
+            with_secret(&e);
+        }
+        WebhooksCommand::List => {
+            let rows: Vec<Value> = m
+                .list(&root)
+                .await?
+                .iter()
+                .map(|e| to_value(&WebhookView::from(e)))
+                .collect();
+            print_many(json_out, &rows, &WEBHOOK_COLS);
+        }
+        WebhooksCommand::Show { id } => {
+            let e = m.get(&root, &id).await?;
+            print_one(json_out, &to_value(&WebhookView::from(&e)), &WEBHOOK_COLS);
+        }
+        WebhooksCommand::Update {
+            id,
+            url,
+            events,
+            all_events,
+            enabled,
+            description,
+        } => {
+            let events = if all_events {
+                Some(None)
+            } else if events.is_empty() {
+                None
+            } else {
+                Some(Some(events))
+            };
+            let patch = WebhookPatch {
+                url,
+                events,
+                enabled,
+                description,
+            };
+            let e = m.update(actor, &root, &id, patch).await?;
+            print_one(json_out, &to_value(&WebhookView::from(&e)), &WEBHOOK_COLS);
+        }
+        WebhooksCommand::Delete { id } => {
+            m.delete(actor, &root, &id).await?;
+            if json_out {
+                println!("{}", json!({ "deleted": id }));
+            } else {
+                println!("deleted {id}");
+            }
+        }
+        WebhooksCommand::RotateSecret { id } => {
+            let e = m.rotate_secret(actor, &root, &id).await?;
+            with_secret(&e);
+        }
+        WebhooksCommand::Deliveries { id, limit } => {
+            let rows: Vec<Value> = m
+                .deliveries(&root, &id, None, limit)
+                .await?
+                .iter()
+                .map(to_value)
+                .collect();
+            print_many(json_out, &rows, &DELIVERY_COLS);
+        }
+        WebhooksCommand::Redeliver { id, delivery } => {
+            let d = m.redeliver(&root, &id, &delivery).await?;
+            print_one(json_out, &to_value(&d), &DELIVERY_COLS);
+        }
+        WebhooksCommand::Test { id } => {
+            let d = m.send_test(&root, &id).await?;
+            print_one(json_out, &to_value(&d), &DELIVERY_COLS);
+        }
+    }
+    Ok(())
+}
+
 const EVENT_COLS: [&str; 5] = ["id", "at", "type", "account_id", "actor"];
 const APP_COLS: [&str; 5] = ["id", "name", "url", "scopes", "created_at"];
 

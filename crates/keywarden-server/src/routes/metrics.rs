@@ -105,5 +105,48 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             r.connects,
         );
     }
+    let h = &state.webhook_stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP keywarden_webhook_attempts_total Webhook attempts made by this process, by outcome."
+    );
+    let _ = writeln!(out, "# TYPE keywarden_webhook_attempts_total counter");
+    for (outcome, n) in [
+        ("delivered", load(&h.delivered)),
+        ("retried", load(&h.retried)),
+        ("failed", load(&h.failed)),
+    ] {
+        let _ = writeln!(
+            out,
+            "keywarden_webhook_attempts_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let mut put = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP keywarden_{name} {help}");
+        let _ = writeln!(out, "# TYPE keywarden_{name} {kind}");
+        let _ = writeln!(out, "keywarden_{name} {value}");
+    };
+    put(
+        "webhook_endpoints_disabled_total",
+        "counter",
+        "Webhook endpoints this process disabled (410, or failing for too long).",
+        load(&h.disabled),
+    );
+    put(
+        "webhook_derived_events_total",
+        "counter",
+        "Derived events raised by this process (key.expiring, quota.threshold, ...).",
+        load(&h.derived),
+    );
+    // The backlog is read from the store; when it cannot answer, the line is left out.
+    if let Ok(n) = state.store.webhook_backlog().await {
+        put(
+            "webhook_backlog",
+            "gauge",
+            "Webhook deliveries waiting to be sent (all processes).",
+            n,
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -9,6 +9,7 @@ pub mod leaks;
 pub mod metrics;
 pub mod self_service;
 pub mod verify;
+pub mod webhooks;
 
 use crate::extract::{refuse_nul_in_uri, MAX_BODY_BYTES};
 use crate::middleware::{not_found, request_context};
@@ -64,6 +65,9 @@ pub fn public_router(state: AppState) -> Router {
     }
     if ss.serves("grants") {
         api = api.merge(apps::self_service_routes());
+    }
+    if ss.serves("webhooks") {
+        api = api.merge(webhooks::self_service_routes());
     }
     let serves_any = !ss.endpoints.is_empty();
     if serves_any {
@@ -142,6 +146,7 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/v1/admin/analytics", get(admin::analytics))
         .route("/v1/admin/leaks", post(leaks::admin_report))
         .merge(apps::admin_routes())
+        .merge(webhooks::admin_routes())
         // Inside the root-key guard: a caller without a root key learns nothing of input.
         .route_layer(axum::middleware::from_fn(refuse_nul_in_uri))
         .route_layer(axum::middleware::from_fn_with_state(

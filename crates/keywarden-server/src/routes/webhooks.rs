@@ -1,0 +1,552 @@
+//! Webhook endpoints over HTTP (`docs/webhooks.md`): the operator's under
+//! `/v1/admin/webhooks` (every account's, or one account's), and an account's own under
+//! `/v1/webhooks` (its events, of the calling key's mode). Both go through
+//! [`WebhookManager`], as the CLI does.
+
+use crate::auth::{RootCaller, SelfServiceCaller, WebhooksDelete, WebhooksRead, WebhooksWrite};
+use crate::errors::ApiError;
+use crate::extract::{ApiQuery, JsonBody};
+use crate::manage_webhooks::{NewWebhook, Owner, WebhookManager, WebhookPatch};
+use crate::state::AppState;
+use crate::views::{Delivery, Webhook, WebhookWithSecret};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use keywarden_core::model::Mode;
+use serde::{Deserialize, Deserializer};
+
+/// The admin API's webhook routes.
+pub fn admin_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/webhooks", post(admin_create).get(admin_list))
+        .route(
+            "/v1/admin/webhooks/{id}",
+            get(admin_get).patch(admin_patch).delete(admin_delete),
+        )
+        .route("/v1/admin/webhooks/{id}/rotate-secret", post(admin_rotate))
+        .route("/v1/admin/webhooks/{id}/deliveries", get(admin_deliveries))
+        .route(
+            "/v1/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            post(admin_redeliver),
+        )
+        .route("/v1/admin/webhooks/{id}/test", post(admin_test))
+}
+
+/// The self-service API's webhook routes (under the base path).
+pub fn self_service_routes() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks", post(create).get(list))
+        .route("/webhooks/{id}", get(show).patch(patch).delete(delete))
+        .route("/webhooks/{id}/rotate-secret", post(rotate))
+        .route("/webhooks/{id}/deliveries", get(deliveries))
+        .route(
+            "/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            post(redeliver),
+        )
+        .route("/webhooks/{id}/test", post(test))
+}
+
+/// Distinguishes an absent field from an explicit `null`.
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Body of `POST /v1/admin/webhooks`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// An absolute `http` or `https` URL, not on a private network unless
+    /// `webhooks.allow_private_networks`.
+    #[schema(max_length = 2048)]
+    pub url: String,
+    /// Event types (`key.created`) or families (`key.*`); absent = every type.
+    pub events: Option<Vec<String>>,
+    /// Only this account's events; absent = every account's.
+    pub account_id: Option<String>,
+    /// Only this mode's events; absent = both.
+    #[schema(value_type = Option<crate::views::schema::Mode>)]
+    pub mode: Option<Mode>,
+    /// Free text, at most 500 characters.
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+}
+
+/// Body of `POST /v1/webhooks`: the endpoint is the account's, of the key's mode.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOwnWebhook {
+    /// An absolute `http` or `https` URL, not on a private network unless
+    /// `webhooks.allow_private_networks`.
+    #[schema(max_length = 2048)]
+    pub url: String,
+    /// Event types (`key.created`) or families (`key.*`); absent = every type.
+    pub events: Option<Vec<String>>,
+    /// Free text, at most 500 characters.
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+}
+
+/// Body of `PATCH .../webhooks/{id}`; absent fields stay.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchWebhook {
+    /// A new URL.
+    pub url: Option<String>,
+    /// New event types; `null` = every type.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub events: Option<Option<Vec<String>>>,
+    /// Enable (which clears why it was disabled) or disable.
+    pub enabled: Option<bool>,
+    /// A new description.
+    pub description: Option<String>,
+}
+
+impl From<PatchWebhook> for WebhookPatch {
+    fn from(b: PatchWebhook) -> Self {
+        WebhookPatch {
+            url: b.url,
+            events: b.events,
+            enabled: b.enabled,
+            description: b.description,
+        }
+    }
+}
+
+/// Query of the delivery log.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveriesQuery {
+    /// At most this many (1–100, default 20).
+    pub limit: Option<u32>,
+    /// Only deliveries older than this one (paging: the last id seen).
+    pub before: Option<String>,
+}
+
+fn with_secret(e: &keywarden_store::webhooks::WebhookEndpoint) -> WebhookWithSecret {
+    WebhookWithSecret::from(e)
+}
+
+// ---- admin ----
+
+/// `POST /v1/admin/webhooks`.
+#[utoipa::path(
+    post, path = "/v1/admin/webhooks", request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "The endpoint with its signing `secret`, shown once", body = crate::views::WebhookWithSecret),
+        crate::openapi::AdminErrors,
+        crate::openapi::BodyErrors,
+    ),
+    security(("root_key" = [])), tag = "admin"
+)]
+pub async fn admin_create(
+    State(state): State<AppState>,
+    root: RootCaller,
+    JsonBody(b): JsonBody<CreateWebhook>,
+) -> Result<Response, ApiError> {
+    let e = WebhookManager::new(&state)
+        .create(
+            &root.actor,
+            &Owner::Root,
+            NewWebhook {
+                url: b.url,
+                events: b.events,
+                account_id: b.account_id,
+                mode: b.mode,
+                description: b.description,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(with_secret(&e))).into_response())
+}
+
+/// `GET /v1/admin/webhooks`.
+#[utoipa::path(
+    get, path = "/v1/admin/webhooks",
+    responses(
+        (status = 200, description = "Every endpoint, by id", body = Vec<crate::views::Webhook>),
+        crate::openapi::AdminErrors,
+    ),
+    security(("root_key" = [])), tag = "admin"
+)]
+pub async fn admin_list(
+    State(state): State<AppState>,
+    _root: RootCaller,
+) -> Result<Json<Vec<Webhook>>, ApiError> {
+    let list = WebhookManager::new(&state).list(&Owner::Root).await?;
+    Ok(Json(list.iter().map(Webhook::from).collect()))
+}
+
+/// `GET /v1/admin/webhooks/{id}`.
+#[utoipa::path(
+    get, path = "/v1/admin/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "The endpoint", body = crate::views::Webhook),
+        crate::openapi::AdminErrors,
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("root_key" = [])), tag = "admin"
+)]
+pub async fn admin_get(
+    State(state): State<AppState>,
+    _root: RootCaller,
+    Path(id): Path<String>,
+) -> Result<Json<Webhook>, ApiError> {
+    let e = WebhookManager::new(&state).get(&Owner::Root, &id).await?;
+    Ok(Json(Webhook::from(&e)))
+}
+
+/// `PATCH /v1/admin/webhooks/{id}`.
+#[utoipa::path(
+    patch, path = "/v1/admin/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
+    request_body = PatchWebhook,
+    responses(
+        (status = 200, description = "The endpoint", body = crate::views::Webhook),
+        crate::openapi::AdminErrors,
+        crate::openapi::BodyErrors,
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("root_key" = [])), tag = "admin"
+)]
+pub async fn admin_patch(
+    State(state): State<AppState>,
+    root: RootCaller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<PatchWebhook>,
+) -> Result<Json<Webhook>, ApiError> {
+    let e = WebhookManager::new(&state)
+        .update(&root.actor, &Owner::Root, &id, b.into())
+        .await?;
+    Ok(Json(Webhook::from(&e)))
+}
+
+/// `DELETE /v1/admin/webhooks/{id}`.
+#[utoipa::path(
+    delete, path = "/v1/admin/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 204, description = "Deleted, with its delivery log"),
+        crate::openapi::AdminErrors,
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("root_key" = [])), tag = "admin"
+)]
+pub async fn admin_delete(
+    State(state): State<AppState>,
+    root: RootCaller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    WebhookManager::new(&state)
+        .delete(&root.actor, &Owner::Root, &id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/admin/webhooks/{id}/rotate-secret`.
+#[utoipa::path(
+    post, path = "/v1/admin/webhooks/{id}/rotate-secret", params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "The endpoint with its new `secret`, shown once; the previous one signs too until `previous_secret_until`", body = crate::views::WebhookWithSecret),
+        crate::openapi::AdminErrors,
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("root_key" = [])), tag = "admin"
+)]
+pub async fn admin_rotate(
+    State(state): State<AppState>,
+    root: RootCaller,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookWithSecret>, ApiError> {
+    let e = WebhookManager::new(&state)
+        .rotate_secret(&root.actor, &Owner::Root, &id)
+        .await?;
+    Ok(Json(with_secret(&e)))
+}
+
+/// `GET /v1/admin/webhooks/{id}/deliveries`.
+#[utoipa::path(
+    get, path = "/v1/admin/webhooks/{id}/deliveries",
+    params(("id" = String, Path, description = "Endpoint id"), DeliveriesQuery),
+    responses(
+        (status = 200, description = "The delivery log, newest first, each with its attempts", body = Vec<crate::views::Delivery>),
+        crate::openapi::AdminErrors,
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("root_key" = [])), tag = "admin"
+)]
+pub async fn admin_deliveries(
+    State(state): State<AppState>,
+    _root: RootCaller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<DeliveriesQuery>,
+) -> Result<Json<Vec<Delivery>>, ApiError> {
+    let list = WebhookManager::new(&state)
+        .deliveries(
+            &Owner::Root,
+            &id,
+            q.before.as_deref(),
+            q.limit.unwrap_or(20),
+        )
+        .await?;
+    Ok(Json(list))
+}
+
+/// `POST /v1/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver`.
+#[utoipa::path(
+    post, path = "/v1/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+    params(("id" = String, Path, description = "Endpoint id"), ("delivery_id" = String, Path, description = "Delivery id")),
+    responses(
+        (status = 202, description = "The delivery, pending again and due now", body = crate::views::Delivery),
+        crate::openapi::AdminErrors,
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("root_key" = [])), tag = "admin"
+)]
+pub async fn admin_redeliver(
+    State(state): State<AppState>,
+    _root: RootCaller,
+    Path((id, delivery_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let d = WebhookManager::new(&state)
+        .redeliver(&Owner::Root, &id, &delivery_id)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(d)).into_response())
+}
+
+/// `POST /v1/admin/webhooks/{id}/test`.
+#[utoipa::path(
+    post, path = "/v1/admin/webhooks/{id}/test", params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 202, description = "A `webhook.test` event queued for this endpoint only", body = crate::views::Delivery),
+        crate::openapi::AdminErrors,
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("root_key" = [])), tag = "admin"
+)]
+pub async fn admin_test(
+    State(state): State<AppState>,
+    _root: RootCaller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let d = WebhookManager::new(&state)
+        .send_test(&Owner::Root, &id)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(d)).into_response())
+}
+
+// ---- self-service ----
+
+fn owner(c: &crate::auth::Caller) -> Owner {
+    Owner::Account {
+        account_id: c.account.id.clone(),
+        mode: c.key.mode,
+    }
+}
+
+/// `POST /v1/webhooks`.
+#[utoipa::path(
+    post, path = "/v1/webhooks", request_body = CreateOwnWebhook,
+    description = "The endpoint receives the account's events of the calling key's mode, and the account's events without a mode.",
+    responses(
+        (status = 201, description = "The endpoint with its signing `secret`, shown once", body = crate::views::WebhookWithSecret),
+        crate::openapi::SelfServiceErrors,
+        crate::openapi::BodyErrors,
+    ),
+    security(("api_key" = ["webhooks:write"]), ("api_key_header" = ["webhooks:write"])), tag = "self-service"
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    c: SelfServiceCaller<WebhooksWrite>,
+    JsonBody(b): JsonBody<CreateOwnWebhook>,
+) -> Result<Response, ApiError> {
+    let e = WebhookManager::new(&state)
+        .create(
+            &c.actor(),
+            &owner(&c),
+            NewWebhook {
+                url: b.url,
+                events: b.events,
+                description: b.description,
+                ..NewWebhook::default()
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, c.limits(), Json(with_secret(&e))).into_response())
+}
+
+/// `GET /v1/webhooks`.
+#[utoipa::path(
+    get, path = "/v1/webhooks",
+    responses(
+        (status = 200, description = "The account's endpoints of the key's mode", body = Vec<crate::views::Webhook>),
+        crate::openapi::SelfServiceErrors,
+    ),
+    security(("api_key" = ["webhooks:read"]), ("api_key_header" = ["webhooks:read"])), tag = "self-service"
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    c: SelfServiceCaller<WebhooksRead>,
+) -> Result<Response, ApiError> {
+    let list = WebhookManager::new(&state).list(&owner(&c)).await?;
+    let items: Vec<Webhook> = list.iter().map(Webhook::from).collect();
+    Ok((c.limits(), Json(items)).into_response())
+}
+
+/// `GET /v1/webhooks/{id}`.
+#[utoipa::path(
+    get, path = "/v1/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "The endpoint", body = crate::views::Webhook),
+        crate::openapi::SelfServiceErrors,
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("api_key" = ["webhooks:read"]), ("api_key_header" = ["webhooks:read"])), tag = "self-service"
+)]
+pub async fn show(
+    State(state): State<AppState>,
+    c: SelfServiceCaller<WebhooksRead>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let e = WebhookManager::new(&state).get(&owner(&c), &id).await?;
+    Ok((c.limits(), Json(Webhook::from(&e))).into_response())
+}
+
+/// `PATCH /v1/webhooks/{id}`.
+#[utoipa::path(
+    patch, path = "/v1/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
+    request_body = PatchWebhook,
+    responses(
+        (status = 200, description = "The endpoint", body = crate::views::Webhook),
+        crate::openapi::SelfServiceErrors,
+        crate::openapi::BodyErrors,
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("api_key" = ["webhooks:write"]), ("api_key_header" = ["webhooks:write"])), tag = "self-service"
+)]
+pub async fn patch(
+    State(state): State<AppState>,
+    c: SelfServiceCaller<WebhooksWrite>,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<PatchWebhook>,
+) -> Result<Response, ApiError> {
+    let e = WebhookManager::new(&state)
+        .update(&c.actor(), &owner(&c), &id, b.into())
+        .await?;
+    Ok((c.limits(), Json(Webhook::from(&e))).into_response())
+}
+
+/// `DELETE /v1/webhooks/{id}`.
+#[utoipa::path(
+    delete, path = "/v1/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 204, description = "Deleted, with its delivery log"),
+        crate::openapi::SelfServiceErrors,
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("api_key" = ["webhooks:delete"]), ("api_key_header" = ["webhooks:delete"])), tag = "self-service"
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    c: SelfServiceCaller<WebhooksDelete>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    WebhookManager::new(&state)
+        .delete(&c.actor(), &owner(&c), &id)
+        .await?;
+    Ok((StatusCode::NO_CONTENT, c.limits(), ()).into_response())
+}
+
+/// `POST /v1/webhooks/{id}/rotate-secret`.
+#[utoipa::path(
+    post, path = "/v1/webhooks/{id}/rotate-secret", params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "The endpoint with its new `secret`, shown once; the previous one signs too until `previous_secret_until`", body = crate::views::WebhookWithSecret),
+        crate::openapi::SelfServiceErrors,
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("api_key" = ["webhooks:write"]), ("api_key_header" = ["webhooks:write"])), tag = "self-service"
+)]
+pub async fn rotate(
+    State(state): State<AppState>,
+    c: SelfServiceCaller<WebhooksWrite>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let e = WebhookManager::new(&state)
+        .rotate_secret(&c.actor(), &owner(&c), &id)
+        .await?;
+    Ok((c.limits(), Json(with_secret(&e))).into_response())
+}
+
+/// `GET /v1/webhooks/{id}/deliveries`.
+#[utoipa::path(
+    get, path = "/v1/webhooks/{id}/deliveries",
+    params(("id" = String, Path, description = "Endpoint id"), DeliveriesQuery),
+    responses(
+        (status = 200, description = "The delivery log, newest first, each with its attempts", body = Vec<crate::views::Delivery>),
+        crate::openapi::SelfServiceErrors,
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("api_key" = ["webhooks:read"]), ("api_key_header" = ["webhooks:read"])), tag = "self-service"
+)]
+pub async fn deliveries(
+    State(state): State<AppState>,
+    c: SelfServiceCaller<WebhooksRead>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<DeliveriesQuery>,
+) -> Result<Response, ApiError> {
+    let list = WebhookManager::new(&state)
+        .deliveries(&owner(&c), &id, q.before.as_deref(), q.limit.unwrap_or(20))
+        .await?;
+    Ok((c.limits(), Json(list)).into_response())
+}
+
+/// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/redeliver`.
+#[utoipa::path(
+    post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+    params(("id" = String, Path, description = "Endpoint id"), ("delivery_id" = String, Path, description = "Delivery id")),
+    responses(
+        (status = 202, description = "The delivery, pending again and due now", body = crate::views::Delivery),
+        crate::openapi::SelfServiceErrors,
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("api_key" = ["webhooks:write"]), ("api_key_header" = ["webhooks:write"])), tag = "self-service"
+)]
+pub async fn redeliver(
+    State(state): State<AppState>,
+    c: SelfServiceCaller<WebhooksWrite>,
+    Path((id, delivery_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let d = WebhookManager::new(&state)
+        .redeliver(&owner(&c), &id, &delivery_id)
+        .await?;
+    Ok((StatusCode::ACCEPTED, c.limits(), Json(d)).into_response())
+}
+
+/// `POST /v1/webhooks/{id}/test`.
+#[utoipa::path(
+    post, path = "/v1/webhooks/{id}/test", params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 202, description = "A `webhook.test` event queued for this endpoint only", body = crate::views::Delivery),
+        crate::openapi::SelfServiceErrors,
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("api_key" = ["webhooks:write"]), ("api_key_header" = ["webhooks:write"])), tag = "self-service"
+)]
+pub async fn test(
+    State(state): State<AppState>,
+    c: SelfServiceCaller<WebhooksWrite>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let d = WebhookManager::new(&state)
+        .send_test(&owner(&c), &id)
+        .await?;
+    Ok((StatusCode::ACCEPTED, c.limits(), Json(d)).into_response())
+}
