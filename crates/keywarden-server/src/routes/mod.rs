@@ -17,8 +17,12 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, patch, post};
 use axum::Router;
 
-/// The public listener: self-service API, health and, in gateway mode, the proxy.
-pub fn public_router(state: AppState) -> Router {
+/// The public listener: self-service API, health and, in gateway mode, the proxy (`gateway`,
+/// the worker's own).
+pub fn public_router(
+    state: AppState,
+    gateway: Option<std::sync::Arc<crate::gateway::Gateway>>,
+) -> Router {
     let api = Router::new()
         .route(
             "/account",
@@ -49,7 +53,7 @@ pub fn public_router(state: AppState) -> Router {
         .route("/v1/revoke_tokens", post(leaks::gitlab_revoke))
         .nest(&state.settings.base_path.clone(), api);
     // Gateway mode: what no route above matches goes to the upstream (else 404).
-    crate::gateway::with_fallback(routes, &state)
+    crate::gateway::with_fallback(routes, gateway)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
