@@ -5,7 +5,7 @@ use crate::config::{Config, ConfigError};
 use crate::routes::{admin_router, public_router};
 use crate::settings::Settings;
 use crate::state::AppState;
-use crate::workers::{fit_open_files, ConnLimits, Workers};
+use crate::workers::{fit_open_files, App, ConnLimits, Workers};
 use keywarden_core::hashing::generate_pepper;
 use keywarden_core::model::HashScheme;
 use keywarden_core::{Clock, Secret};
@@ -254,8 +254,14 @@ impl Service {
             "keywarden listening"
         );
         let state = &self.state;
-        let public_app = || public_router(state.clone());
-        let admin_app = || admin_router(state.clone());
+        // Each worker its own gateway (and so its own upstream connections), shared by the
+        // front that takes the gateway's requests and the router's fallback.
+        let public_app = || {
+            let front = crate::gateway::Front::for_state(state);
+            let router = public_router(state.clone(), front.as_ref().map(|f| f.gateway()));
+            App::new(router, front)
+        };
+        let admin_app = || App::from(admin_router(state.clone()));
         let server = &state.settings.config.server;
         let (public_max, admin_max) =
             fit_open_files(server.max_connections, server.admin_max_connections);

@@ -5,9 +5,10 @@
 use crate::errors::{ApiError, PendingError};
 use crate::state::AppState;
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use keywarden_core::codes::Locale;
 use std::time::Instant;
 
 /// The request's id (`req_<ULID>`), in request and response extensions.
@@ -24,58 +25,93 @@ pub async fn request_context(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let started = Instant::now();
-    let id = request_id();
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let locale = state.settings.renderer.locale_for(req.headers());
-    // The web pages speak the same language as the errors.
-    req.extensions_mut().insert(locale);
-    // The path without its query string: a query may carry a key (`query:NAME` sources).
-    let logged = tracing::enabled!(tracing::Level::INFO)
-        .then(|| (req.method().clone(), req.uri().path().to_string()));
-
+    let context = RequestContext::begin(&state, &mut req);
     let style = state.settings.timestamps;
-    let mut res = crate::views::with_timestamp_style(style, next.run(req)).await;
-
-    let mut code: Option<std::borrow::Cow<'static, str>> =
-        res.extensions().get::<DecisionCode>().map(|c| c.0.into());
-    if let Some(PendingError(err)) = res.extensions_mut().remove::<PendingError>() {
-        let rendered = state.settings.renderer.response(&err, locale, &id);
-        code = Some(
-            state
-                .settings
-                .renderer
-                .overrides
-                .present(err.code)
-                .name
-                .to_string()
-                .into(),
-        );
-        let mut new = rendered;
-        // Keep headers a handler set on the error response (e.g. rate-limit figures).
-        for (k, v) in res.headers() {
-            if !new.headers().contains_key(k) {
-                new.headers_mut().insert(k.clone(), v.clone());
-            }
-        }
-        res = new;
-    }
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert("x-request-id", v);
-    }
-    if let Some((method, path)) = logged {
-        tracing::info!(
-            request_id = %id,
-            method = %method,
-            path = %path,
-            status = res.status().as_u16(),
-            code = code.as_deref().unwrap_or("-"),
-            latency_us = started.elapsed().as_micros() as u64,
-            "request"
-        );
-    }
-    res
+    let res = crate::views::with_timestamp_style(style, next.run(req)).await;
+    context.finish(&state, res)
 }
+
+/// What [`request_context`] does before and after a request, for a service that answers
+/// without the router (the gateway's requests, `crate::gateway::Front`).
+#[derive(Debug)]
+pub struct RequestContext {
+    started: Instant,
+    id: String,
+    locale: Locale,
+    logged: Option<(Method, String)>,
+}
+
+impl RequestContext {
+    /// Assigns the request its id ([`RequestId`] in its extensions) and notes what the
+    /// log line and an error's rendering will need.
+    pub fn begin<B>(state: &AppState, req: &mut axum::http::Request<B>) -> Self {
+        let started = Instant::now();
+        let id = request_id();
+        req.extensions_mut().insert(RequestId(id.clone()));
+        let locale = state.settings.renderer.locale_for(req.headers());
+        // The web pages speak the same language as the errors.
+        req.extensions_mut().insert(locale);
+        // The path without its query string: a query may carry a key (`query:NAME` sources).
+        let logged = tracing::enabled!(tracing::Level::INFO)
+            .then(|| (req.method().clone(), req.uri().path().to_string()));
+        RequestContext {
+            started,
+            id,
+            locale,
+            logged,
+        }
+    }
+
+    /// Renders a pending error, adds `X-Request-Id` and writes the log line.
+    pub fn finish(self, state: &AppState, mut res: Response) -> Response {
+        let RequestContext {
+            started,
+            id,
+            locale,
+            logged,
+        } = self;
+        let mut code: Option<std::borrow::Cow<'static, str>> =
+            res.extensions().get::<DecisionCode>().map(|c| c.0.into());
+        if let Some(PendingError(err)) = res.extensions_mut().remove::<PendingError>() {
+            let rendered = state.settings.renderer.response(&err, locale, &id);
+            code = Some(
+                state
+                    .settings
+                    .renderer
+                    .overrides
+                    .present(err.code)
+                    .name
+                    .to_string()
+                    .into(),
+            );
+            let mut new = rendered;
+            // Keep headers a handler set on the error response (e.g. rate-limit figures).
+            for (k, v) in res.headers() {
+                if !new.headers().contains_key(k) {
+                    new.headers_mut().insert(k.clone(), v.clone());
+                }
+            }
+            res = new;
+        }
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            res.headers_mut().insert(X_REQUEST_ID, v);
+        }
+        if let Some((method, path)) = logged {
+            tracing::info!(
+                request_id = %id,
+                method = %method,
+                path = %path,
+                status = res.status().as_u16(),
+                code = code.as_deref().unwrap_or("-"),
+                latency_us = started.elapsed().as_micros() as u64,
+                "request"
+            );
+        }
+        res
+    }
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A new request id, `req_<ULID>`.
 fn request_id() -> String {

@@ -10,6 +10,7 @@
 //! The background tasks — the writer, cache invalidations, the limiter's reconnections —
 //! stay on the main runtime; the workers share the service state.
 
+use crate::gateway::Front;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
@@ -62,9 +63,34 @@ impl Default for ConnLimits {
     }
 }
 
-/// A listener, how to build the router that serves it (once per worker), and the bounds
-/// of its connections.
-pub type Site<'a> = (TcpListener, &'a dyn Fn() -> Router, ConnLimits);
+/// A listener, how to build what serves it (once per worker), and the bounds of its
+/// connections.
+pub type Site<'a> = (TcpListener, &'a dyn Fn() -> App, ConnLimits);
+
+/// What serves a listener on one worker: its router, and for the public listener in
+/// gateway mode the gateway's [`Front`], which takes the requests no route can match
+/// before the router sees them.
+#[derive(Clone, Debug)]
+pub struct App {
+    router: Router,
+    front: Option<Arc<Front>>,
+}
+
+impl App {
+    /// `router`, with `front` before it.
+    pub fn new(router: Router, front: Option<Front>) -> Self {
+        App {
+            router,
+            front: front.map(Arc::new),
+        }
+    }
+}
+
+impl From<Router> for App {
+    fn from(router: Router) -> Self {
+        App::new(router, None)
+    }
+}
 
 /// The workers, running until the shutdown signal each was given.
 #[derive(Debug)]
@@ -222,7 +248,7 @@ async fn pause_after(e: &io::Error) {
 /// then lets each finish what it is doing and waits for them all.
 async fn serve(
     mut incoming: UnboundedReceiver<Handoff>,
-    router: Router,
+    app: App,
     limits: ConnLimits,
     stop: impl Future<Output = ()>,
 ) {
@@ -252,7 +278,7 @@ async fn serve(
         tokio::spawn(connection(
             stream,
             peer,
-            router.clone(),
+            app.clone(),
             limits,
             stop_seen.clone(),
             (slot, open.clone()),
@@ -344,7 +370,7 @@ impl Drop for Busy {
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    router: Router,
+    app: App,
     limits: ConnLimits,
     mut stop: watch::Receiver<bool>,
     held: (OwnedSemaphorePermit, tokio::sync::mpsc::Sender<()>),
@@ -358,11 +384,18 @@ async fn connection(
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         let busy = Busy::enter(&seen);
-        let answer = router.clone().call(req.map(axum::body::Body::new));
+        let front = app.front.clone().filter(|f| f.takes(&req));
+        let mut router = app.router.clone();
         async move {
-            let res = answer.await;
+            let res = match front {
+                Some(front) => front.serve(req).await,
+                None => match router.call(req.map(axum::body::Body::new)).await {
+                    Ok(res) => res,
+                    Err(never) => match never {},
+                },
+            };
             drop(busy);
-            res
+            Ok::<_, std::convert::Infallible>(res)
         }
     });
     let mut builder = Builder::new(TokioExecutor::new());
@@ -534,8 +567,9 @@ mod tests {
                 let _ = rx.recv().await;
             }
         };
+        let app = || App::from(router());
         let workers =
-            Workers::start(vec![(listener, &router, ConnLimits::default())], 3, stop).unwrap();
+            Workers::start(vec![(listener, &app, ConnLimits::default())], 3, stop).unwrap();
 
         let mut seen = BTreeSet::new();
         for _ in 0..6 {

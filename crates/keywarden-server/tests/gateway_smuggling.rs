@@ -632,3 +632,111 @@ async fn forward_auth_and_verify_decide_on_the_same_canonical_path() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn paths_near_the_listeners_own_routes_are_decided_like_any_other() {
+    let Setup {
+        up, app, reader, ..
+    } = setup("").await;
+    let r = Some(reader.as_str());
+    // They begin like a health check or a self-service path, or spell one another way, and
+    // lead to /admin: decided there, whichever way the request was taken in.
+    for target in [
+        "/healthz/../admin/secret",
+        "/healthz/%2e%2e/admin/secret",
+        "/v1/account/../../admin/secret",
+        "/v1/api-keys/%2e%2e/%2e%2e/admin/secret",
+        "/openapi.json/../admin/secret",
+        "//v1/../admin/secret",
+    ] {
+        let out = exchange(&app, &get(target, None)).await;
+        assert_eq!(statuses(&out), [401], "{target}: {out}");
+        let out = exchange(&app, &get(target, r)).await;
+        assert_eq!(statuses(&out), [403], "{target}: {out}");
+    }
+    for target in [
+        "/healthz;x=1",
+        "/v1/account;x=1",
+        "/healthz%2f..%2fadmin/secret",
+        "/v1/account/..%2f..%2fadmin/secret",
+    ] {
+        let out = exchange(&app, &get(target, r)).await;
+        assert_eq!(statuses(&out), [400], "{target}: {out}");
+    }
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+
+    // The listener's own routes still answer themselves, not the upstream.
+    let out = exchange(&app, &get("/healthz", None)).await;
+    assert_eq!(statuses(&out), [200], "{out}");
+    let out = exchange(&app, &get("/openapi.json", None)).await;
+    assert_eq!(statuses(&out), [200], "{out}");
+    assert!(out.contains(r#""openapi""#), "{out}");
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+
+    // A path that only looks like theirs goes up, decided by the rules.
+    let out = exchange(&app, &get("/public/../public/healthz", None)).await;
+    assert_eq!(statuses(&out), [200], "{out}");
+    assert_eq!(up.last().uri, "/base/public/healthz");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refusal_is_rendered_in_the_asked_language_with_its_request_id() {
+    let Setup {
+        up, app, reader, ..
+    } = setup("").await;
+    let raw = request(
+        "GET",
+        "/admin/secret",
+        Some(&reader),
+        "Accept-Language: es\r\n",
+    );
+    let out = exchange(&app, &raw).await;
+    assert_eq!(statuses(&out), [403], "{out}");
+    let head = out.split("\r\n\r\n").next().unwrap();
+    let id = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(": ")?;
+            name.eq_ignore_ascii_case("x-request-id").then_some(value)
+        })
+        .expect("x-request-id")
+        .to_string();
+    let body: Value = serde_json::from_str(last_body(&out)).unwrap();
+    assert_eq!(body["error"]["request_id"].as_str(), Some(id.as_str()));
+    let english = exchange(&app, &get("/admin/secret", Some(&reader))).await;
+    let english: Value = serde_json::from_str(last_body(&english)).unwrap();
+    assert_eq!(body["error"]["code"], english["error"]["code"]);
+    assert_ne!(body["error"]["message"], english["error"]["message"]);
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_after_ambiguous_framing_never_go_up() {
+    let Setup {
+        up, app, reader, ..
+    } = setup("").await;
+    let smuggled =
+        format!("GET /admin/secret HTTP/1.1\r\nHost: kw\r\nAuthorization: Bearer {reader}\r\n\r\n");
+    // Each framing is refused, and the bytes after it are never read as a request (the
+    // connection closes), on a connection that asked to stay open.
+    for framing in [
+        format!(
+            "Content-Length: 3\r\nContent-Length: {}\r\n",
+            smuggled.len()
+        ),
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n".to_string(),
+        "X-Pad: a\r\n Transfer-Encoding: chunked\r\n".to_string(),
+    ] {
+        let raw = format!(
+            "POST /public/echo HTTP/1.1\r\nHost: kw\r\n{framing}\r\n0\r\n\r\n{smuggled}{}",
+            String::from_utf8(get("/public/next", None)).unwrap()
+        );
+        let out = exchange(&app, raw.as_bytes()).await;
+        assert_eq!(statuses(&out), [400], "{framing:?}: {out}");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    app.stop().await;
+}

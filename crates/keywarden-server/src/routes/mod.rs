@@ -18,8 +18,12 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, patch, post};
 use axum::Router;
 
-/// The public listener: self-service API, health and, in gateway mode, the proxy.
-pub fn public_router(state: AppState) -> Router {
+/// The public listener: self-service API, health and, in gateway mode, the proxy (`gateway`,
+/// the worker's own).
+pub fn public_router(
+    state: AppState,
+    gateway: Option<std::sync::Arc<crate::gateway::Gateway>>,
+) -> Router {
     // Only the endpoint groups the deployment serves (`self_service.endpoints`); any other
     // path falls through to the gateway or the 404 below.
     let ss = &state.settings.self_service;
@@ -96,7 +100,7 @@ pub fn public_router(state: AppState) -> Router {
         routes
     };
     // Gateway mode: what no route above matches goes to the upstream (else 404).
-    crate::gateway::with_fallback(routes, &state)
+    crate::gateway::with_fallback(routes, gateway)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
