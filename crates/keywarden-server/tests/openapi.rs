@@ -37,6 +37,18 @@ const PUBLIC_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/grants"),
     ("get", "/v1/grants/{id}"),
     ("delete", "/v1/grants/{id}"),
+    ("post", "/v1/webhooks"),
+    ("get", "/v1/webhooks"),
+    ("get", "/v1/webhooks/{id}"),
+    ("patch", "/v1/webhooks/{id}"),
+    ("delete", "/v1/webhooks/{id}"),
+    ("post", "/v1/webhooks/{id}/rotate-secret"),
+    ("get", "/v1/webhooks/{id}/deliveries"),
+    (
+        "post",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+    ),
+    ("post", "/v1/webhooks/{id}/test"),
     ("post", "/v1/secret-scanning/github"),
     ("get", "/v1/revocable_token_types"),
     ("post", "/v1/revoke_tokens"),
@@ -81,6 +93,18 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/admin/accounts/{id}/grants"),
     ("get", "/v1/admin/grants/{id}"),
     ("delete", "/v1/admin/grants/{id}"),
+    ("post", "/v1/admin/webhooks"),
+    ("get", "/v1/admin/webhooks"),
+    ("get", "/v1/admin/webhooks/{id}"),
+    ("patch", "/v1/admin/webhooks/{id}"),
+    ("delete", "/v1/admin/webhooks/{id}"),
+    ("post", "/v1/admin/webhooks/{id}/rotate-secret"),
+    ("get", "/v1/admin/webhooks/{id}/deliveries"),
+    (
+        "post",
+        "/v1/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+    ),
+    ("post", "/v1/admin/webhooks/{id}/test"),
 ];
 
 /// Forward-auth's paths; each answers every method.
@@ -93,6 +117,10 @@ const REQUEST_BODIES: &[(&str, &str, &str)] = &[
     ("post", "/v1/api-keys", "CreateKeyBody"),
     ("post", "/v1/api-keys/{id}/rotate", "RotateBody"),
     ("post", "/v1/grants", "CreateGrantBody"),
+    ("post", "/v1/webhooks", "CreateOwnWebhook"),
+    ("patch", "/v1/webhooks/{id}", "PatchWebhook"),
+    ("post", "/v1/admin/webhooks", "CreateWebhook"),
+    ("patch", "/v1/admin/webhooks/{id}", "PatchWebhook"),
     ("post", "/v1/admin/accounts", "CreateAccount"),
     ("patch", "/v1/admin/accounts/{id}", "PatchAccount"),
     ("post", "/v1/admin/accounts/{id}/keys", "CreateKey"),
@@ -121,6 +149,10 @@ const SHOWS_SECRET: &[(&str, &str)] = &[
     ("post", "/v1/api-keys"),
     ("post", "/v1/api-keys/{id}/rotate"),
     ("post", "/v1/grants"),
+    ("post", "/v1/webhooks"),
+    ("post", "/v1/webhooks/{id}/rotate-secret"),
+    ("post", "/v1/admin/webhooks"),
+    ("post", "/v1/admin/webhooks/{id}/rotate-secret"),
     ("post", "/v1/admin/accounts"),
     ("patch", "/v1/admin/accounts/{id}"),
     ("post", "/v1/admin/accounts/{id}/approve"),
@@ -372,7 +404,10 @@ fn assert_documented(doc: &Value, method: &str, path: &str, status: u16, body: &
 /// `routes/apps.rs` it merges), as (listener, method, OpenAPI path).
 fn registered_routes() -> BTreeSet<(&'static str, String, String)> {
     let mod_rs = include_str!("../src/routes/mod.rs");
-    let apps_rs = include_str!("../src/routes/apps.rs");
+    let apps_rs: &[(&str, &str)] = &[
+        ("apps::", include_str!("../src/routes/apps.rs")),
+        ("webhooks::", include_str!("../src/routes/webhooks.rs")),
+    ];
     let public_at = mod_rs.find("pub fn public_router").expect("public_router");
     let admin_at = mod_rs.find("pub fn admin_router").expect("admin_router");
     let (public_src, admin_src) = if public_at < admin_at {
@@ -403,8 +438,9 @@ fn registered_routes() -> BTreeSet<(&'static str, String, String)> {
     out
 }
 
-/// `.route("path", method(handler)...)` calls in `src`, following `.merge(apps::f())`.
-fn routes_in(src: &str, apps_rs: &str) -> Vec<(String, String)> {
+/// `.route("path", method(handler)...)` calls in `src`, following `.merge(apps::f())` and
+/// `.merge(webhooks::f())` into `modules` (each module's prefix and text).
+fn routes_in(src: &str, modules: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = src;
     while let Some(i) = rest.find(".route(") {
@@ -421,15 +457,22 @@ fn routes_in(src: &str, apps_rs: &str) -> Vec<(String, String)> {
         rest = &rest[i + ".route(".len() + args.len()..];
     }
     let mut rest = src;
-    while let Some(i) = rest.find(".merge(apps::") {
-        let after = &rest[i + ".merge(apps::".len()..];
+    while let Some(i) = rest.find(".merge(") {
+        let after = &rest[i + ".merge(".len()..];
+        rest = after;
+        let Some((after, module)) = modules
+            .iter()
+            .find_map(|(prefix, text)| after.strip_prefix(prefix).map(|a| (a, *text)))
+        else {
+            continue;
+        };
         let name = &after[..after.find('(').unwrap()];
-        let f = apps_rs
+        let f = module
             .find(&format!("pub fn {name}("))
-            .unwrap_or_else(|| panic!("apps::{name} not found"));
-        let body_start = f + apps_rs[f..].find('{').unwrap();
-        let body = balanced_braces(&apps_rs[body_start..]);
-        out.extend(routes_in(body, apps_rs));
+            .unwrap_or_else(|| panic!("{name} not found"));
+        let body_start = f + module[f..].find('{').unwrap();
+        let body = balanced_braces(&module[body_start..]);
+        out.extend(routes_in(body, modules));
         rest = after;
     }
     out
