@@ -135,7 +135,7 @@ impl Caller {
     /// The caller's rate-limit headers, for its answer.
     pub fn limits(&self) -> RateLimitHeaders {
         let mut headers = HeaderMap::new();
-        crate::routes::decide::rate_limit_headers(&mut headers, &self.outcome);
+        crate::routes::needs::rate_limit_headers(&mut headers, &self.outcome);
         RateLimitHeaders(headers)
     }
 }
@@ -314,7 +314,7 @@ pub async fn self_service(
         .await;
     if !outcome.is_valid() {
         let mut headers = HeaderMap::new();
-        crate::routes::decide::rate_limit_headers(&mut headers, &outcome);
+        crate::routes::needs::rate_limit_headers(&mut headers, &outcome);
         let error = match outcome.detail {
             Some(detail) => ApiError::with(outcome.code, detail),
             None => ApiError::new(outcome.code),

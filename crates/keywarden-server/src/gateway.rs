@@ -22,17 +22,19 @@
 //! headers, not reading the request body, or not sending the response body) gives 504
 //! `upstream_timeout`, or a cut-off body once the response has started.
 
-use crate::config::{ConfigError, GatewayConfig, MethodOverride};
+use crate::config::MethodOverride;
 use crate::errors::ApiError;
 use crate::extract::{client_ip, credentials, peer_ip, percent_decode};
+use crate::in_flight::InFlight;
+pub use crate::in_flight::InFlightTable;
 use crate::middleware::{not_found, DecisionCode, RequestContext, RequestId};
-use crate::routes::decide::{identity_headers, rate_limit_headers, route_needs, Needs};
+use crate::routes::needs::{identity_headers, rate_limit_headers, route_needs, Needs};
 use crate::settings::{KeySource, Settings};
 use crate::state::AppState;
+pub use crate::upstream::Upstream;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use axum::http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
@@ -41,110 +43,17 @@ use keywarden_core::codes::Code;
 use keywarden_core::decision::CompiledKey;
 use keywarden_core::ip::{ip_text, IP_TEXT_MAX};
 use keywarden_store::verifier::{Admit, VerifyOutcome, VerifyRequest};
-use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 mod pool;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// The upstream of gateway mode, checked at startup.
-#[derive(Clone, Debug)]
-pub struct Upstream {
-    authority: Authority,
-    /// The `Host` header every forwarded request carries: the upstream's authority.
-    host: HeaderValue,
-    /// The upstream URL's path without its trailing `/` (`""` for none); requests are
-    /// forwarded below it.
-    base_path: String,
-    timeout: Duration,
-    connect_timeout: Duration,
-    method_override: MethodOverride,
-}
-
-impl Upstream {
-    /// Parses `[gateway]`; `None` when no upstream is configured (no gateway).
-    pub fn from_config(c: &GatewayConfig) -> Result<Option<Upstream>, ConfigError> {
-        let raw = c.upstream.trim();
-        if raw.is_empty() {
-            return Ok(None);
-        }
-        let err = |reason: &str| ConfigError::new("gateway.upstream", reason);
-        let uri: Uri = raw
-            .parse()
-            .map_err(|_| err("not a URL like \"http://127.0.0.1:9000\""))?;
-        match uri.scheme() {
-            Some(s) if *s == Scheme::HTTP => {}
-            Some(s) if *s == Scheme::HTTPS => {
-                return Err(err(
-                    "https upstreams are not supported: use http:// to an upstream on a trusted network",
-                ))
-            }
-            _ => return Err(err("must start with http://")),
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| err("names no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(err("must not carry credentials"));
-        }
-        if uri.query().is_some() {
-            return Err(err("must not have a query string"));
-        }
-        if c.timeout_seconds == 0 {
-            return Err(ConfigError::new(
-                "gateway.timeout_seconds",
-                "must be at least 1",
-            ));
-        }
-        if c.connect_timeout_seconds == 0 {
-            return Err(ConfigError::new(
-                "gateway.connect_timeout_seconds",
-                "must be at least 1",
-            ));
-        }
-        let host =
-            HeaderValue::from_str(authority.as_str()).map_err(|_| err("names no valid host"))?;
-        Ok(Some(Upstream {
-            host,
-            authority,
-            base_path: uri.path().trim_end_matches('/').to_string(),
-            timeout: Duration::from_secs(c.timeout_seconds),
-            connect_timeout: Duration::from_secs(c.connect_timeout_seconds),
-            method_override: c.method_override,
-        }))
-    }
-
-    /// The request target on the upstream (origin form) for a request path and (already
-    /// filtered) query.
-    fn target(&self, path: &str, query: Option<&str>) -> Option<Uri> {
-        let mut pq = String::with_capacity(self.base_path.len() + path.len() + 64);
-        pq.push_str(&self.base_path);
-        pq.push_str(path);
-        if let Some(q) = query.filter(|q| !q.is_empty()) {
-            pq.push('?');
-            pq.push_str(q);
-        }
-        Some(Uri::from(PathAndQuery::try_from(pq).ok()?))
-    }
-
-    /// `http://authority/`, where connections go.
-    fn origin(&self) -> Uri {
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query("/")
-            .build()
-            .unwrap_or_default()
-    }
-}
 
 /// Adds the public listener's fallback: `gateway` when in gateway mode (this worker's, which
 /// its [`Front`] shares), else 404. Routes of `router` (health, self-service) always match
@@ -718,48 +627,6 @@ fn error_chain(e: &dyn StdError) -> String {
     out
 }
 
-/// Requests in flight through the gateway, per key: one table per service, shared by
-/// every public worker, so a key's `concurrency` limit holds whichever thread serves it.
-#[derive(Debug, Default)]
-pub struct InFlightTable(Mutex<HashMap<String, u32>>);
-
-impl InFlightTable {
-    fn try_acquire(self: &Arc<Self>, key: &str, limit: u32) -> Option<InFlight> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(key.to_string()).or_insert(0);
-        if *n >= limit {
-            if *n == 0 {
-                map.remove(key);
-            }
-            return None;
-        }
-        *n += 1;
-        Some(InFlight {
-            table: self.clone(),
-            key: key.to_string(),
-        })
-    }
-}
-
-/// One request's slot; given back when dropped.
-#[derive(Debug)]
-struct InFlight {
-    table: Arc<InFlightTable>,
-    key: String,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let mut map = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
-    }
-}
-
 /// When the upstream last made progress taking the request, and whether the client's
 /// body failed on the way.
 #[derive(Debug)]
@@ -930,36 +797,6 @@ impl ResponseBody {
 mod tests {
     use super::*;
 
-    fn upstream(url: &str) -> Result<Option<Upstream>, ConfigError> {
-        Upstream::from_config(&GatewayConfig {
-            upstream: url.into(),
-            ..GatewayConfig::default()
-        })
-    }
-
-    #[test]
-    fn upstream_urls_are_checked() {
-        assert!(upstream("").unwrap().is_none());
-        let u = upstream("http://127.0.0.1:9000/api/").unwrap().unwrap();
-        assert_eq!(
-            u.target("/v1/x", Some("a=1")).unwrap().to_string(),
-            "/api/v1/x?a=1"
-        );
-        let u = upstream("http://up:9000").unwrap().unwrap();
-        assert_eq!(u.target("/", None).unwrap().to_string(), "/");
-        assert_eq!(u.origin().to_string(), "http://up:9000/");
-        for bad in [
-            "https://up",
-            "up:9000",
-            "http://u:p@up",
-            "http://up/?x=1",
-            "::",
-        ] {
-            let e = upstream(bad).unwrap_err();
-            assert_eq!(e.field, "gateway.upstream", "{bad}");
-        }
-    }
-
     #[test]
     fn hop_by_hop_headers_go() {
         let mut h = HeaderMap::new();
@@ -1035,20 +872,5 @@ mod tests {
         assert!(!with(&["gzip, chunked"]));
         assert!(!with(&["chunked", "chunked"]));
         assert!(!with(&["identity"]));
-    }
-
-    #[test]
-    fn slots_are_counted_and_given_back() {
-        let t = Arc::new(InFlightTable::default());
-        let a = t.try_acquire("k", 2).unwrap();
-        let b = t.try_acquire("k", 2).unwrap();
-        assert!(t.try_acquire("k", 2).is_none());
-        assert!(t.try_acquire("other", 2).is_some());
-        drop(a);
-        let c = t.try_acquire("k", 2).unwrap();
-        drop((b, c));
-        assert!(t.0.lock().unwrap().is_empty());
-        assert!(t.try_acquire("k", 0).is_none());
-        assert!(t.0.lock().unwrap().is_empty());
     }
 }

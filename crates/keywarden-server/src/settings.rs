@@ -75,7 +75,7 @@ pub struct Settings {
     /// Seals recoverable test secrets (`keys.recoverable_test_secrets`), when on.
     pub secretbox: Option<SecretBox>,
     /// Gateway mode's upstream, if configured.
-    pub gateway: Option<crate::gateway::Upstream>,
+    pub gateway: Option<crate::upstream::Upstream>,
     /// How timestamps are written.
     pub timestamps: crate::views::TimestampStyle,
     /// Which self-service endpoints are served, and how their answers read.
@@ -440,7 +440,7 @@ impl Settings {
             .map_err(|e| ConfigError::new("routes", e.to_string()))?
             .case_sensitive(c.case_sensitive_paths);
 
-        let gateway = crate::gateway::Upstream::from_config(&c.gateway)?;
+        let gateway = crate::upstream::Upstream::from_config(&c.gateway)?;
 
         let style: ErrorStyle = c.errors.style.parse().map_err(field_err("errors.style"))?;
         let locale: Locale = c

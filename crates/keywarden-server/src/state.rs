@@ -22,7 +22,7 @@ pub struct Inner {
     /// The clock (movable in tests).
     pub clock: Arc<dyn Clock>,
     /// Gateway requests in flight per key (the plan's `concurrency`).
-    pub in_flight: Arc<crate::gateway::InFlightTable>,
+    pub in_flight: Arc<crate::in_flight::InFlightTable>,
     /// GitHub's secret-scanning public keys (`leaks.github_public_keys_file`).
     pub github_keys: crate::github_keys::GithubKeys,
     /// Webhook delivery counters.

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{spawn_app, spawn_app_with, TestApp};
-use keywarden_server::routes::decide::{route_needs, Needs};
 use keywarden_server::routes::forward_auth::original_target;
+use keywarden_server::routes::needs::{route_needs, Needs};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as Cases, TestRunner};
 use reqwest::header::{HeaderMap, HeaderValue};

@@ -169,7 +169,7 @@ fn built_in_profiles_are_listed_written_out_checked_and_refused_by_unknown_names
         .lines()
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
-    for p in ["falco", "falu", "facturascripts"] {
+    for p in ["falco", "falu", "facturascripts", "factuarea", "falara"] {
         assert!(names.contains(&p), "{out}");
     }
     // One line each, with a summary.
@@ -180,7 +180,7 @@ fn built_in_profiles_are_listed_written_out_checked_and_refused_by_unknown_names
     let listed = cli.json(&["profiles"]);
     assert_eq!(listed.as_array().unwrap().len(), names.len());
 
-    for p in ["falco", "falu", "facturascripts"] {
+    for p in ["falco", "falu", "facturascripts", "factuarea", "falara"] {
         let out = cli.ok(&["config", "check", "--profile", p]);
         assert!(out.starts_with("# config is valid"), "{p}: {out}");
         // Written out, it is a file that runs the same.

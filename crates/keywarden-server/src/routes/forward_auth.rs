@@ -17,7 +17,7 @@ use crate::config::ProxyConvention;
 use crate::errors::ApiError;
 use crate::extract::{client_ip, credentials, peer_ip};
 use crate::middleware::DecisionCode;
-use crate::routes::decide::{identity_headers, rate_limit_headers, route_needs, Needs};
+use crate::routes::needs::{identity_headers, rate_limit_headers, route_needs, Needs};
 use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::http::request::Parts;

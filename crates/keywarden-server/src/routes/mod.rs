@@ -2,11 +2,11 @@
 
 pub mod admin;
 pub mod apps;
-pub mod decide;
 pub mod forward_auth;
 pub mod health;
 pub mod leaks;
 pub mod metrics;
+pub mod needs;
 pub mod self_service;
 pub mod verify;
 pub mod webhooks;

@@ -4,7 +4,7 @@
 use crate::auth::require_verifier;
 use crate::errors::ApiError;
 use crate::extract::{credentials, JsonBody};
-use crate::routes::decide::{route_needs, Needs};
+use crate::routes::needs::{route_needs, Needs};
 use crate::state::AppState;
 use crate::views::{self, RateLimitState, VerifyAccount, VerifyKey, VerifyResponse};
 use axum::extract::State;

@@ -1,5 +1,5 @@
-//! Shared by verify and forward-auth: turning a request's facts into a verification and
-//! its outcome into headers.
+//! What verify, forward-auth and the gateway share: what a route needs, and the headers a
+//! verification outcome sets (rate-limit figures, the caller's identity).
 
 use crate::state::AppState;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
