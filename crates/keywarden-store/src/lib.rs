@@ -31,10 +31,9 @@ pub use writer::{KeyUse, UsageDurability, Writer, WriterConfig, WriterHandle};
 
 pub mod defaults;
 pub mod limiter;
-pub mod redis_limiter;
 pub mod request;
 pub mod verifier;
 pub mod webhooks;
 
+pub use limiter::redis::{RedisConfig, RedisLimiter, RedisStats};
 pub use limiter::{Limiter, LimiterStats, LocalBounds, LocalLimiter, QuotaKey};
-pub use redis_limiter::{RedisConfig, RedisLimiter, RedisStats};

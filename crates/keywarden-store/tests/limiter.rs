@@ -11,7 +11,7 @@ use keywarden_core::limits::{
     check_quota, GcraState, Lockout, LockoutState, Period, QuotaSpec, RateLimit,
 };
 use keywarden_core::model::Mode;
-use keywarden_store::redis_limiter::QuotaStep;
+use keywarden_store::limiter::redis::QuotaStep;
 use keywarden_store::{
     open, Limiter, LocalBounds, LocalLimiter, QuotaKey, RedisConfig, RedisLimiter, Store,
     UsageDelta,
