@@ -222,28 +222,34 @@ impl Leaks {
             if action == LeakAction::Notify && self.already_reported(&key).await? {
                 continue;
             }
-            let key = match action {
-                LeakAction::Revoke => m.revoke_key(actor, key, Some(LEAK_REASON.into())).await?,
-                LeakAction::Notify => key,
+            let leaked = |key: &KeyRecord| {
+                m.event(
+                    actor,
+                    LEAK_EVENT,
+                    Some(&key.account_id),
+                    Some(key.mode),
+                    json!({
+                        "key_id": key.id,
+                        "key_hash": leak.key.key_hash,
+                        "start": key.start,
+                        "source": leak.source,
+                        "reporter": reporter.as_str(),
+                        "action": match action {
+                            LeakAction::Revoke => "revoked",
+                            LeakAction::Notify => "notified",
+                        },
+                    }),
+                )
             };
-            m.audit(
-                actor,
-                LEAK_EVENT,
-                Some(&key.account_id),
-                Some(key.mode),
-                json!({
-                    "key_id": key.id,
-                    "key_hash": leak.key.key_hash,
-                    "start": key.start,
-                    "source": leak.source,
-                    "reporter": reporter.as_str(),
-                    "action": match action {
-                        LeakAction::Revoke => "revoked",
-                        LeakAction::Notify => "notified",
-                    },
-                }),
-            )
-            .await?;
+            match action {
+                // The leak is recorded with the revocation, after its `key.revoked`.
+                LeakAction::Revoke => {
+                    m.revoke_key_with(actor, key, Some(LEAK_REASON.into()), |k| vec![leaked(k)])
+                        .await?;
+                }
+                // Nothing changes: the report is an event of its own.
+                LeakAction::Notify => self.state.store.append_events(&[leaked(&key)]).await?,
+            }
             acted += 1;
         }
         Ok(acted)

@@ -20,7 +20,7 @@ use keywarden_core::Secret;
 use keywarden_store::verifier::Verifier;
 use keywarden_store::{ErasureCounts, Store};
 use serde_json::{json, Value};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Who made a change, for the audit trail.
 /// What an account update changes; a field left `None` stays as it is.
@@ -270,17 +270,19 @@ impl Manager {
         self.state.clock.now_ms()
     }
 
-    /// Appends one audit event (management paths write it synchronously).
-    pub async fn audit(
+    /// An audit event made now by `actor`. It is handed to the store call that makes the
+    /// change it describes, which writes both in one transaction; an event describing no
+    /// change of its own goes to `Store::append_events`.
+    pub fn event(
         &self,
         actor: &Actor,
         kind: &str,
         account_id: Option<&str>,
         mode: Option<Mode>,
         data: Value,
-    ) -> Result<(), ApiError> {
-        let ev = AuditEvent {
-            id: new_id("evt"),
+    ) -> AuditEvent {
+        AuditEvent {
+            id: event_id(),
             account_id: account_id.map(str::to_string),
             mode,
             kind: kind.to_string(),
@@ -288,9 +290,7 @@ impl Manager {
             ip: actor.ip.clone(),
             at: self.now(),
             data,
-        };
-        self.store().append_events(&[ev]).await?;
-        Ok(())
+        }
     }
 
     /// The bounds of a self-service caller: its key, on its account's plan.
@@ -473,15 +473,14 @@ impl Manager {
             metadata: check_metadata("metadata", metadata)?,
             created_at: self.now(),
         };
-        self.store().create_account(&account).await?;
-        self.audit(
+        let created = self.event(
             actor,
             "account.created",
             Some(&account.id),
             None,
             json!({ "name": account.name, "plan": account.plan, "status": account.status }),
-        )
-        .await?;
+        );
+        self.store().create_account(&account, &[created]).await?;
         Ok(account)
     }
 
@@ -528,31 +527,30 @@ impl Manager {
             a.metadata = check_metadata("metadata", metadata)?;
             changed.insert("metadata".into(), json!(true));
         }
-        self.store().update_account(&a).await?;
-        self.verifier().invalidate_account(&a.id);
-        if a.status == AccountStatus::Suspended {
-            // A suspended account's portal sessions and unused portal links end now.
-            self.store().end_web_sessions(&a.id).await?;
-        }
+        let mut events = Vec::new();
         if !changed.is_empty() {
-            self.audit(
+            events.push(self.event(
                 actor,
                 "account.updated",
                 Some(&a.id),
                 None,
                 Value::Object(changed),
-            )
-            .await?;
+            ));
         }
         if let Some((from, to)) = plan_changed {
-            self.audit(
+            events.push(self.event(
                 actor,
                 "account.plan_changed",
                 Some(&a.id),
                 None,
                 json!({ "from": from, "to": to }),
-            )
-            .await?;
+            ));
+        }
+        self.store().update_account(&a, &events).await?;
+        self.verifier().invalidate_account(&a.id);
+        if a.status == AccountStatus::Suspended {
+            // A suspended account's portal sessions and unused portal links end now.
+            self.store().end_web_sessions(&a.id).await?;
         }
         Ok(a)
     }
@@ -561,22 +559,24 @@ impl Manager {
     pub async fn erase_account(&self, actor: &Actor, id: &str) -> Result<ErasureCounts, ApiError> {
         // Collect the keys first so their cache entries can be dropped precisely.
         let keys = self.all_keys(id).await?;
-        let counts = self.store().erase_account(id).await?;
+        // The account's own trail is gone; the erasure itself is recorded under its id, in
+        // the erasure's transaction after the deletions, so the operator still finds it by
+        // account.
+        let erased = |counts: &ErasureCounts| {
+            vec![self.event(
+                actor,
+                "account.erased",
+                Some(id),
+                None,
+                json!({ "account_id": id, "counts": counts }),
+            )]
+        };
+        let counts = self.store().erase_account(id, &erased).await?;
         for k in &keys {
             self.verifier().invalidate_key(k);
         }
         self.verifier().invalidate_account(id);
         self.verifier().limiter().forget_account(id);
-        // The account's own trail is gone; the erasure itself is recorded under its id, so
-        // the operator still finds it by account.
-        self.audit(
-            actor,
-            "account.erased",
-            Some(id),
-            None,
-            json!({ "account_id": id, "counts": counts }),
-        )
-        .await?;
         Ok(counts)
     }
 
@@ -815,19 +815,18 @@ impl Manager {
             revoked_reason: None,
             recoverable,
         };
-        match plan.max_keys {
-            Some(max) => self.store().insert_key_limited(&rec, max).await?,
-            None => self.store().insert_key(&rec).await?,
-        }
-        self.verifier().invalidate_key(&rec);
-        self.audit(
+        let created = [self.event(
             actor,
             "key.created",
             Some(&rec.account_id),
             Some(rec.mode),
             json!({ "key_id": rec.id, "name": rec.name, "type": rec.key_type, "scopes": rec.scopes }),
-        )
-        .await?;
+        )];
+        match plan.max_keys {
+            Some(max) => self.store().insert_key_limited(&rec, max, &created).await?,
+            None => self.store().insert_key(&rec, &created).await?,
+        }
+        self.verifier().invalidate_key(&rec);
         Ok((rec, token))
     }
 
@@ -886,10 +885,7 @@ impl Manager {
         key.key_hash = key_hash;
         key.recoverable =
             crate::manage_apps::seal_recoverable(self.s(), key.mode, &key.id, &token)?;
-        self.store().update_key(&key).await?;
-        self.verifier().invalidate_key(&before);
-        self.verifier().invalidate_key(&key);
-        self.audit(
+        let rotated = self.event(
             actor,
             "key.rotated",
             Some(&key.account_id),
@@ -899,8 +895,10 @@ impl Manager {
                 "grace_period_seconds": grace_secs,
                 "previous_grace_ended": before.previous.as_ref().is_some_and(|p| p.valid_until > now),
             }),
-        )
-        .await?;
+        );
+        self.store().update_key(&key, &[rotated]).await?;
+        self.verifier().invalidate_key(&before);
+        self.verifier().invalidate_key(&key);
         Ok((key, token))
     }
 
@@ -908,8 +906,22 @@ impl Manager {
     pub async fn revoke_key(
         &self,
         actor: &Actor,
+        key: KeyRecord,
+        reason: Option<String>,
+    ) -> Result<KeyRecord, ApiError> {
+        self.revoke_key_with(actor, key, reason, |_| Vec::new())
+            .await
+    }
+
+    /// Revokes a key at once, writing with its `key.revoked` event the events `then` makes
+    /// of the revoked key, in the revocation's transaction. A key already revoked is left
+    /// as it is, and `then`'s events are written by themselves.
+    pub async fn revoke_key_with(
+        &self,
+        actor: &Actor,
         mut key: KeyRecord,
         reason: Option<String>,
+        then: impl FnOnce(&KeyRecord) -> Vec<AuditEvent> + Send,
     ) -> Result<KeyRecord, ApiError> {
         if let Some(r) = &reason {
             check_len("reason", r, MAX_TEXT)?;
@@ -919,16 +931,21 @@ impl Manager {
             key.revoked_reason = reason;
             key.previous = None;
             key.recoverable = None;
-            self.store().update_key(&key).await?;
-            self.verifier().invalidate_key(&key);
-            self.audit(
+            let mut events = vec![self.event(
                 actor,
                 "key.revoked",
                 Some(&key.account_id),
                 Some(key.mode),
                 json!({ "key_id": key.id, "reason": key.revoked_reason }),
-            )
-            .await?;
+            )];
+            events.extend(then(&key));
+            self.store().update_key(&key, &events).await?;
+            self.verifier().invalidate_key(&key);
+        } else {
+            let events = then(&key);
+            if !events.is_empty() {
+                self.store().append_events(&events).await?;
+            }
         }
         Ok(key)
     }
@@ -997,16 +1014,15 @@ impl Manager {
                 key.rate_limit,
             )?;
         }
-        self.store().update_key(&key).await?;
-        self.verifier().invalidate_key(&key);
-        self.audit(
+        let updated = self.event(
             actor,
             "key.updated",
             Some(&key.account_id),
             Some(key.mode),
             json!({ "key_id": key.id, "changed": changed }),
-        )
-        .await?;
+        );
+        self.store().update_key(&key, &[updated]).await?;
+        self.verifier().invalidate_key(&key);
         Ok(key)
     }
 }
@@ -1063,18 +1079,30 @@ impl Manager {
             revoked_reason: None,
             recoverable: None,
         };
-        self.store().insert_key(&rec).await?;
-        self.verifier().invalidate_key(&rec);
-        self.audit(
+        let created = self.event(
             actor,
             "key.created",
             Some(&rec.account_id),
             Some(rec.mode),
             json!({ "key_id": rec.id, "name": rec.name, "imported": true, "scheme": rec.secret.scheme }),
-        )
-        .await?;
+        );
+        self.store().insert_key(&rec, &[created]).await?;
+        self.verifier().invalidate_key(&rec);
         Ok((rec, ()))
     }
+}
+
+/// A new event id. Ids are ULIDs and the trail is listed by id, so the ids this process
+/// makes increase strictly: the events of one operation, made within a millisecond, are
+/// listed in the order they were made.
+fn event_id() -> String {
+    static IDS: Mutex<ulid::Generator> = Mutex::new(ulid::Generator::new());
+    let next = IDS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .generate();
+    // The random part overflows only after 2^80 ids in one millisecond.
+    format!("evt_{}", next.unwrap_or_else(|_| ulid::Ulid::new()))
 }
 
 fn state_inner(state: &crate::state::AppState) -> &Arc<crate::state::Inner> {

@@ -14,8 +14,8 @@ use crate::settings::Settings;
 use crate::state::AppState;
 use keywarden_core::codes::Code;
 use keywarden_core::model::{
-    new_id, Account, AccountStatus, AppEnvironment, Application, Grant, KeyRecord, KeyType, Millis,
-    Mode, Role, StoredSecret,
+    new_id, Account, AccountStatus, AppEnvironment, Application, AuditEvent, Grant, KeyRecord,
+    KeyType, Millis, Mode, Role, StoredSecret,
 };
 use keywarden_core::scopes::ScopeSet;
 use keywarden_core::template::{KeyTemplate, TemplateTags};
@@ -229,17 +229,15 @@ impl AppManager {
             sandbox: sandbox_stored,
             created_at: self.now(),
         };
-        self.state.store.create_app(&app).await?;
+        let created = self.keys().event(
+            actor,
+            "application.created",
+            None,
+            None,
+            json!({ "app_id": app.id, "name": app.name, "scopes": app.scopes }),
+        );
+        self.state.store.create_app(&app, &[created]).await?;
         self.state.verifier.invalidate_app(&app.id);
-        self.keys()
-            .audit(
-                actor,
-                "application.created",
-                None,
-                None,
-                json!({ "app_id": app.id, "name": app.name, "scopes": app.scopes }),
-            )
-            .await?;
         Ok((
             app,
             AppSecrets {
@@ -289,17 +287,15 @@ impl AppManager {
             app.scopes = self.check_scopes("scopes", s)?.0;
             changed.push("scopes");
         }
-        self.state.store.update_app(&app).await?;
+        let updated = self.keys().event(
+            actor,
+            "application.updated",
+            None,
+            None,
+            json!({ "app_id": app.id, "changed": changed }),
+        );
+        self.state.store.update_app(&app, &[updated]).await?;
         self.state.verifier.invalidate_app(&app.id);
-        self.keys()
-            .audit(
-                actor,
-                "application.updated",
-                None,
-                None,
-                json!({ "app_id": app.id, "changed": changed }),
-            )
-            .await?;
         Ok(app)
     }
 
@@ -317,17 +313,15 @@ impl AppManager {
             AppEnvironment::Production => app.production = stored,
             AppEnvironment::Sandbox => app.sandbox = stored,
         }
-        self.state.store.update_app(&app).await?;
+        let rotated = self.keys().event(
+            actor,
+            "application.secret_rotated",
+            None,
+            None,
+            json!({ "app_id": app.id, "environment": env }),
+        );
+        self.state.store.update_app(&app, &[rotated]).await?;
         self.state.verifier.invalidate_app(&app.id);
-        self.keys()
-            .audit(
-                actor,
-                "application.secret_rotated",
-                None,
-                None,
-                json!({ "app_id": app.id, "environment": env }),
-            )
-            .await?;
         Ok((app, token))
     }
 
@@ -417,18 +411,17 @@ impl AppManager {
             scopes: scopes.clone(),
             created_at: self.now(),
         };
-        self.state.store.create_grant(&grant).await?;
-        self.keys()
-            .audit(
-                actor,
-                "grant.created",
-                Some(&account.id),
-                None,
-                json!({ "grant_id": grant.id, "app_id": app.id, "scopes": grant.scopes }),
-            )
-            .await?;
+        let m = self.keys();
+        let created = m.event(
+            actor,
+            "grant.created",
+            Some(&account.id),
+            None,
+            json!({ "grant_id": grant.id, "app_id": app.id, "scopes": grant.scopes }),
+        );
+        self.state.store.create_grant(&grant, &[created]).await?;
         let new = Self::grant_key(&app, &grant, mode);
-        match self.keys().create_key(actor, account, new, None).await {
+        match m.create_key(actor, account, new, None).await {
             Ok((key, api_key)) => Ok(IssuedGrant {
                 grant,
                 key,
@@ -436,24 +429,20 @@ impl AppManager {
             }),
             Err(e) => {
                 // No grant without its key: undo it, and say so in the trail.
-                if self
+                let undone = |_: &[KeyRecord]| {
+                    vec![m.event(
+                        actor,
+                        "grant.deleted",
+                        Some(&account.id),
+                        None,
+                        json!({ "grant_id": grant.id, "app_id": app.id, "reason": "its key could not be made", "revoked_keys": [] }),
+                    )]
+                };
+                let _ = self
                     .state
                     .store
-                    .delete_grant(&grant.id, self.now())
-                    .await
-                    .is_ok()
-                {
-                    let _ = self
-                        .keys()
-                        .audit(
-                            actor,
-                            "grant.deleted",
-                            Some(&account.id),
-                            None,
-                            json!({ "grant_id": grant.id, "app_id": app.id, "reason": "its key could not be made", "revoked_keys": [] }),
-                        )
-                        .await;
-                }
+                    .delete_grant(&grant.id, self.now(), &undone)
+                    .await;
                 Err(e)
             }
         }
@@ -581,37 +570,47 @@ impl AppManager {
         grant: &Grant,
     ) -> Result<Vec<KeyRecord>, ApiError> {
         let now = self.now();
-        let keys = self.state.store.delete_grant(&grant.id, now).await?;
+        let m = self.keys();
+        // The keys this deletion revokes are known only in its transaction: their events
+        // are made there, one `key.revoked` each, then the grant's own.
+        let events = |keys: &[KeyRecord]| {
+            let revoked: Vec<&KeyRecord> = keys
+                .iter()
+                .filter(|k| {
+                    k.revoked_at == Some(now)
+                        && k.revoked_reason.as_deref() == Some(GRANT_DELETED_REASON)
+                })
+                .collect();
+            let mut events: Vec<AuditEvent> = revoked
+                .iter()
+                .map(|k| {
+                    m.event(
+                        actor,
+                        "key.revoked",
+                        Some(&k.account_id),
+                        Some(k.mode),
+                        json!({ "key_id": k.id, "reason": GRANT_DELETED_REASON, "grant_id": grant.id }),
+                    )
+                })
+                .collect();
+            let ids: Vec<&str> = revoked.iter().map(|k| k.id.as_str()).collect();
+            events.push(m.event(
+                actor,
+                "grant.deleted",
+                Some(&grant.account_id),
+                None,
+                json!({ "grant_id": grant.id, "app_id": grant.app_id, "revoked_keys": ids }),
+            ));
+            events
+        };
+        let keys = self
+            .state
+            .store
+            .delete_grant(&grant.id, now, &events)
+            .await?;
         for k in &keys {
             self.state.verifier.invalidate_key(k);
         }
-        let revoked: Vec<&KeyRecord> = keys
-            .iter()
-            .filter(|k| {
-                k.revoked_at == Some(now)
-                    && k.revoked_reason.as_deref() == Some(GRANT_DELETED_REASON)
-            })
-            .collect();
-        let m = self.keys();
-        for k in &revoked {
-            m.audit(
-                actor,
-                "key.revoked",
-                Some(&k.account_id),
-                Some(k.mode),
-                json!({ "key_id": k.id, "reason": GRANT_DELETED_REASON, "grant_id": grant.id }),
-            )
-            .await?;
-        }
-        let ids: Vec<&str> = revoked.iter().map(|k| k.id.as_str()).collect();
-        m.audit(
-            actor,
-            "grant.deleted",
-            Some(&grant.account_id),
-            None,
-            json!({ "grant_id": grant.id, "app_id": grant.app_id, "revoked_keys": ids }),
-        )
-        .await?;
         Ok(keys)
     }
 
@@ -754,15 +753,15 @@ impl AppManager {
             tracing::error!(key_id = %key.id, error = %e, "a recoverable secret could not be opened");
             ApiError::new(Code::InternalError)
         })?;
-        self.keys()
-            .audit(
-                actor,
-                "key.revealed",
-                Some(&key.account_id),
-                Some(key.mode),
-                json!({ "key_id": key.id }),
-            )
-            .await?;
+        // Revealing changes nothing: its event is written by itself.
+        let revealed = self.keys().event(
+            actor,
+            "key.revealed",
+            Some(&key.account_id),
+            Some(key.mode),
+            json!({ "key_id": key.id }),
+        );
+        self.state.store.append_events(&[revealed]).await?;
         Ok(secret)
     }
 }

@@ -188,20 +188,19 @@ impl WebhookManager {
             .map_err(store_err)
     }
 
-    async fn audit(
+    /// The audit event of a change to `e`, written with the change.
+    fn event(
         &self,
         actor: &Actor,
         kind: &str,
         e: &WebhookEndpoint,
         extra: serde_json::Value,
-    ) -> Result<(), ApiError> {
+    ) -> AuditEvent {
         let mut data = json!({ "webhook_id": e.id, "url": e.url });
         if let (Some(d), serde_json::Value::Object(x)) = (data.as_object_mut(), extra) {
             d.extend(x);
         }
-        Manager::new(&self.state)
-            .audit(actor, kind, e.account_id.as_deref(), e.mode, data)
-            .await
+        Manager::new(&self.state).event(actor, kind, e.account_id.as_deref(), e.mode, data)
     }
 
     /// Registers an endpoint; the secret in the answer is shown only now.
@@ -258,12 +257,12 @@ impl WebhookManager {
             created_at: now,
             updated_at: now,
         };
+        let created = self.event(actor, "webhook.created", &e, json!({}));
         self.state
             .store
-            .create_webhook(&e)
+            .create_webhook(&e, &[created])
             .await
             .map_err(store_err)?;
-        self.audit(actor, "webhook.created", &e, json!({})).await?;
         Ok(e)
     }
 
@@ -299,25 +298,24 @@ impl WebhookManager {
             changed.push("enabled");
         }
         e.updated_at = self.now();
+        let updated = self.event(actor, "webhook.updated", &e, json!({ "changes": changed }));
         self.state
             .store
-            .update_webhook(&e)
+            .update_webhook(&e, &[updated])
             .await
             .map_err(store_err)?;
-        self.audit(actor, "webhook.updated", &e, json!({ "changes": changed }))
-            .await?;
         Ok(e)
     }
 
     /// Deletes an endpoint and its delivery log.
     pub async fn delete(&self, actor: &Actor, owner: &Owner, id: &str) -> Result<(), ApiError> {
         let e = self.get(owner, id).await?;
+        let deleted = self.event(actor, "webhook.deleted", &e, json!({}));
         self.state
             .store
-            .delete_webhook(&e.id)
+            .delete_webhook(&e.id, &[deleted])
             .await
-            .map_err(store_err)?;
-        self.audit(actor, "webhook.deleted", &e, json!({})).await
+            .map_err(store_err)
     }
 
     /// A new secret; the previous one keeps signing for `webhooks.secret_overlap_hours`
@@ -335,13 +333,12 @@ impl WebhookManager {
         e.prev_secret = Some(std::mem::replace(&mut e.secret, new_secret()));
         e.prev_secret_until = Some(now.saturating_add(overlap_ms));
         e.updated_at = now;
+        let rotated = self.event(actor, "webhook.secret_rotated", &e, json!({}));
         self.state
             .store
-            .update_webhook(&e)
+            .update_webhook(&e, &[rotated])
             .await
             .map_err(store_err)?;
-        self.audit(actor, "webhook.secret_rotated", &e, json!({}))
-            .await?;
         Ok(e)
     }
 

@@ -155,7 +155,7 @@ async fn endpoint(
         created_at: now,
         updated_at: now,
     };
-    app.state.store.create_webhook(&e).await.unwrap();
+    app.state.store.create_webhook(&e, &[]).await.unwrap();
     e
 }
 

@@ -78,7 +78,7 @@ async fn seed(store: &dyn Store) -> String {
         created_at: 1,
     };
     store
-        .create_account(&account)
+        .create_account(&account, &[])
         .await
         .expect("create account");
     let key = KeyRecord {
@@ -115,7 +115,7 @@ async fn seed(store: &dyn Store) -> String {
         recoverable: None,
     };
     store
-        .insert_key(&key)
+        .insert_key(&key, &[])
         .await
         .expect("insert the template key");
     key.id

@@ -52,13 +52,13 @@ async fn verifier_for(scheme: HashScheme, store: Arc<dyn Store>) -> (Verifier, S
         metadata: serde_json::json!({}),
         created_at: 0,
     };
-    store.create_account(&account).await.unwrap();
+    store.create_account(&account, &[]).await.unwrap();
     let token = template.generate(Mode::Live, KeyType::Secret);
     let parsed = template.parse(token.expose()).unwrap();
     let secret = hasher.store(&token, parsed.lookup_segment()).unwrap();
     let id = if scheme == HashScheme::Bcrypt { 1 } else { 2 };
     store
-        .insert_key(&common::record(id, secret, &account.id))
+        .insert_key(&common::record(id, secret, &account.id), &[])
         .await
         .unwrap();
     let cfg = VerifierConfig {

@@ -8,8 +8,8 @@
 //! deleting a grant with its keys) get [`Bounds::long`] instead of [`Bounds::call`].
 
 use crate::store::{
-    Census, DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation, KeyTouch, Page,
-    Store, StoreError, StoreResult, UsageDelta, WriteBatch,
+    Census, DecisionQuery, ErasureCounts, EventFilter, EventsOf, Granularity, Invalidation,
+    KeyTouch, Page, Store, StoreError, StoreResult, UsageDelta, WriteBatch,
 };
 use crate::webhooks::{
     AttemptOutcome, DueDelivery, UsageRow, WebhookAttempt, WebhookDelivery, WebhookEndpoint,
@@ -95,36 +95,40 @@ macro_rules! delegate {
 
 delegate! {
     call fn ping(&self) -> StoreResult<()>;
-    call fn create_account(&self, account: &Account) -> StoreResult<()>;
+    call fn create_account(&self, account: &Account, events: &[AuditEvent]) -> StoreResult<()>;
     call fn get_account(&self, id: &str) -> StoreResult<Option<Account>>;
     call fn list_accounts(&self, page: &Page) -> StoreResult<Vec<Account>>;
-    call fn update_account(&self, account: &Account) -> StoreResult<()>;
-    long fn erase_account(&self, id: &str) -> StoreResult<ErasureCounts>;
-    call fn insert_key(&self, key: &KeyRecord) -> StoreResult<()>;
-    call fn insert_key_limited(&self, key: &KeyRecord, max_active: u64) -> StoreResult<()>;
+    call fn update_account(&self, account: &Account, events: &[AuditEvent]) -> StoreResult<()>;
+    long fn erase_account(&self, id: &str, events: EventsOf<'_, ErasureCounts>)
+        -> StoreResult<ErasureCounts>;
+    call fn insert_key(&self, key: &KeyRecord, events: &[AuditEvent]) -> StoreResult<()>;
+    call fn insert_key_limited(&self, key: &KeyRecord, max_active: u64, events: &[AuditEvent])
+        -> StoreResult<()>;
     call fn get_key(&self, id: &str) -> StoreResult<Option<KeyRecord>>;
     call fn get_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<KeyRecord>>;
     call fn find_keys_by_lookup(&self, lookup: &str) -> StoreResult<Vec<KeyRecord>>;
     call fn list_keys(&self, account_id: &str, mode: Option<Mode>, page: &Page)
         -> StoreResult<Vec<KeyRecord>>;
     call fn count_active_keys(&self, account_id: &str) -> StoreResult<u64>;
-    call fn update_key(&self, key: &KeyRecord) -> StoreResult<()>;
+    call fn update_key(&self, key: &KeyRecord, events: &[AuditEvent]) -> StoreResult<()>;
     long fn touch_keys(&self, touches: &[KeyTouch]) -> StoreResult<()>;
-    call fn create_app(&self, app: &Application) -> StoreResult<()>;
+    call fn create_app(&self, app: &Application, events: &[AuditEvent]) -> StoreResult<()>;
     call fn get_app(&self, id: &str) -> StoreResult<Option<Application>>;
     call fn list_apps(&self, page: &Page) -> StoreResult<Vec<Application>>;
-    call fn update_app(&self, app: &Application) -> StoreResult<()>;
-    call fn create_grant(&self, grant: &Grant) -> StoreResult<()>;
+    call fn update_app(&self, app: &Application, events: &[AuditEvent]) -> StoreResult<()>;
+    call fn create_grant(&self, grant: &Grant, events: &[AuditEvent]) -> StoreResult<()>;
     call fn get_grant(&self, id: &str) -> StoreResult<Option<Grant>>;
     call fn list_grants(&self, account_id: &str) -> StoreResult<Vec<Grant>>;
-    long fn delete_grant(&self, id: &str, at: Millis) -> StoreResult<Vec<KeyRecord>>;
+    long fn delete_grant(&self, id: &str, at: Millis, events: EventsOf<'_, [KeyRecord]>)
+        -> StoreResult<Vec<KeyRecord>>;
     long fn append_events(&self, events: &[AuditEvent]) -> StoreResult<()>;
     call fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<AuditEvent>>;
     long fn append_activity(&self, rows: &[Activity], retain_per_key: u32) -> StoreResult<()>;
     call fn list_activity(&self, key_id: &str, limit: u32) -> StoreResult<Vec<Activity>>;
     long fn write_batch(&self, batch: &WriteBatch) -> StoreResult<()>;
     long fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()>;
-    call fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()>;
+    call fn create_web_session(&self, session: &WebSession, now: Millis, events: &[AuditEvent])
+        -> StoreResult<()>;
     call fn get_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
     call fn take_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
     call fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
@@ -133,11 +137,13 @@ delegate! {
     call fn census(&self) -> StoreResult<Census>;
     call fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
-    call fn create_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()>;
+    call fn create_webhook(&self, endpoint: &WebhookEndpoint, events: &[AuditEvent])
+        -> StoreResult<()>;
     call fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookEndpoint>>;
     call fn list_webhooks(&self, filter: &WebhookFilter) -> StoreResult<Vec<WebhookEndpoint>>;
-    call fn update_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()>;
-    long fn delete_webhook(&self, id: &str) -> StoreResult<()>;
+    call fn update_webhook(&self, endpoint: &WebhookEndpoint, events: &[AuditEvent])
+        -> StoreResult<()>;
+    long fn delete_webhook(&self, id: &str, events: &[AuditEvent]) -> StoreResult<()>;
     call fn list_deliveries(&self, endpoint_id: &str, before_id: Option<&str>, limit: u32)
         -> StoreResult<Vec<WebhookDelivery>>;
     call fn get_delivery(&self, id: &str) -> StoreResult<Option<WebhookDelivery>>;

@@ -5,8 +5,8 @@
 
 use crate::store::StoreError;
 use crate::store::{
-    Census, DecisionQuery, ErasureCounts, EventFilter, Granularity, KeyTouch, Page, Store,
-    StoreResult, UsageDelta, WriteBatch,
+    Census, DecisionQuery, ErasureCounts, EventFilter, EventsOf, Granularity, KeyTouch, Page,
+    Store, StoreResult, UsageDelta, WriteBatch,
 };
 use crate::webhooks::{
     AttemptOutcome, DueDelivery, UsageRow, WebhookAttempt, WebhookDelivery, WebhookEndpoint,
@@ -104,36 +104,40 @@ macro_rules! delegate {
 
 delegate! {
     fn ping(&self) -> StoreResult<()>;
-    fn create_account(&self, account: &Account) -> StoreResult<()>;
+    fn create_account(&self, account: &Account, events: &[AuditEvent]) -> StoreResult<()>;
     fn get_account(&self, id: &str) -> StoreResult<Option<Account>>;
     fn list_accounts(&self, page: &Page) -> StoreResult<Vec<Account>>;
-    fn update_account(&self, account: &Account) -> StoreResult<()>;
-    fn erase_account(&self, id: &str) -> StoreResult<ErasureCounts>;
-    fn insert_key(&self, key: &KeyRecord) -> StoreResult<()>;
-    fn insert_key_limited(&self, key: &KeyRecord, max_active: u64) -> StoreResult<()>;
+    fn update_account(&self, account: &Account, events: &[AuditEvent]) -> StoreResult<()>;
+    fn erase_account(&self, id: &str, events: EventsOf<'_, ErasureCounts>)
+        -> StoreResult<ErasureCounts>;
+    fn insert_key(&self, key: &KeyRecord, events: &[AuditEvent]) -> StoreResult<()>;
+    fn insert_key_limited(&self, key: &KeyRecord, max_active: u64, events: &[AuditEvent])
+        -> StoreResult<()>;
     fn get_key(&self, id: &str) -> StoreResult<Option<KeyRecord>>;
     fn get_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<KeyRecord>>;
     fn find_keys_by_lookup(&self, lookup: &str) -> StoreResult<Vec<KeyRecord>>;
     fn list_keys(&self, account_id: &str, mode: Option<Mode>, page: &Page)
         -> StoreResult<Vec<KeyRecord>>;
     fn count_active_keys(&self, account_id: &str) -> StoreResult<u64>;
-    fn update_key(&self, key: &KeyRecord) -> StoreResult<()>;
+    fn update_key(&self, key: &KeyRecord, events: &[AuditEvent]) -> StoreResult<()>;
     fn touch_keys(&self, touches: &[KeyTouch]) -> StoreResult<()>;
-    fn create_app(&self, app: &Application) -> StoreResult<()>;
+    fn create_app(&self, app: &Application, events: &[AuditEvent]) -> StoreResult<()>;
     fn get_app(&self, id: &str) -> StoreResult<Option<Application>>;
     fn list_apps(&self, page: &Page) -> StoreResult<Vec<Application>>;
-    fn update_app(&self, app: &Application) -> StoreResult<()>;
-    fn create_grant(&self, grant: &Grant) -> StoreResult<()>;
+    fn update_app(&self, app: &Application, events: &[AuditEvent]) -> StoreResult<()>;
+    fn create_grant(&self, grant: &Grant, events: &[AuditEvent]) -> StoreResult<()>;
     fn get_grant(&self, id: &str) -> StoreResult<Option<Grant>>;
     fn list_grants(&self, account_id: &str) -> StoreResult<Vec<Grant>>;
-    fn delete_grant(&self, id: &str, at: Millis) -> StoreResult<Vec<KeyRecord>>;
+    fn delete_grant(&self, id: &str, at: Millis, events: EventsOf<'_, [KeyRecord]>)
+        -> StoreResult<Vec<KeyRecord>>;
     fn append_events(&self, events: &[AuditEvent]) -> StoreResult<()>;
     fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<AuditEvent>>;
     fn append_activity(&self, rows: &[Activity], retain_per_key: u32) -> StoreResult<()>;
     fn list_activity(&self, key_id: &str, limit: u32) -> StoreResult<Vec<Activity>>;
     fn write_batch(&self, batch: &WriteBatch) -> StoreResult<()>;
     fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()>;
-    fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()>;
+    fn create_web_session(&self, session: &WebSession, now: Millis, events: &[AuditEvent])
+        -> StoreResult<()>;
     fn get_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
     fn take_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
     fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
@@ -142,11 +146,13 @@ delegate! {
     fn census(&self) -> StoreResult<Census>;
     fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
-    fn create_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()>;
+    fn create_webhook(&self, endpoint: &WebhookEndpoint, events: &[AuditEvent])
+        -> StoreResult<()>;
     fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookEndpoint>>;
     fn list_webhooks(&self, filter: &WebhookFilter) -> StoreResult<Vec<WebhookEndpoint>>;
-    fn update_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()>;
-    fn delete_webhook(&self, id: &str) -> StoreResult<()>;
+    fn update_webhook(&self, endpoint: &WebhookEndpoint, events: &[AuditEvent])
+        -> StoreResult<()>;
+    fn delete_webhook(&self, id: &str, events: &[AuditEvent]) -> StoreResult<()>;
     fn list_deliveries(&self, endpoint_id: &str, before_id: Option<&str>, limit: u32)
         -> StoreResult<Vec<WebhookDelivery>>;
     fn get_delivery(&self, id: &str) -> StoreResult<Option<WebhookDelivery>>;

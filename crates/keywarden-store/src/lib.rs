@@ -5,8 +5,8 @@
 pub mod store;
 
 pub use store::{
-    Census, DecisionCount, DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation,
-    KeyTouch, Page, Store, StoreError, StoreResult, UsageDelta, WriteBatch,
+    Census, DecisionCount, DecisionQuery, ErasureCounts, EventFilter, EventsOf, Granularity,
+    Invalidation, KeyTouch, Page, Store, StoreError, StoreResult, UsageDelta, WriteBatch,
 };
 
 pub mod bounded;

@@ -8,8 +8,8 @@
 //! what makes "same behaviour, same tests" (`docs/operations.md#storage`) true by construction.
 
 use crate::store::{
-    Census, DecisionCount, DecisionQuery, ErasureCounts, EventFilter, Granularity, Invalidation,
-    KeyTouch, Page, Store, StoreError, StoreResult, UsageDelta, WriteBatch,
+    Census, DecisionCount, DecisionQuery, ErasureCounts, EventFilter, EventsOf, Granularity,
+    Invalidation, KeyTouch, Page, Store, StoreError, StoreResult, UsageDelta, WriteBatch,
 };
 use crate::webhooks::{
     payload, AttemptOutcome, DeliveryStatus, DueDelivery, NextStep, UsageRow, WebhookAttempt,
@@ -1639,6 +1639,20 @@ async fn write_one<B: Backend>(b: &B, sql: &str, params: &[Param]) -> StoreResul
     Ok(n)
 }
 
+/// Runs one statement and writes the audit events describing its change, in one write
+/// transaction. `NotFound`, with nothing written, when the statement changed no row.
+async fn change_one<B: Backend>(
+    b: &B,
+    sql: &str,
+    params: &[Param],
+    events: &[AuditEvent],
+) -> StoreResult<()> {
+    let mut tx = write(b).await?;
+    found(tx.run(sql, params).await?)?;
+    write_events(&mut *tx, events).await?;
+    commit(tx).await
+}
+
 /// `NotFound` when a statement changed nothing.
 fn found(changed: u64) -> StoreResult<()> {
     if changed == 0 {
@@ -1655,13 +1669,14 @@ async fn lock_account<B: Backend>(tx: &mut B::Conn, account_id: &str) -> StoreRe
     Ok(())
 }
 
-/// Inserts a key, first checking the account's active keys against `max_active` when
-/// given. Both paths take the account lock, so a key cannot slip in while its account is
-/// being erased (the erasure would then fail on the new key's reference).
+/// Inserts a key with its events, first checking the account's active keys against
+/// `max_active` when given. Both paths take the account lock, so a key cannot slip in while
+/// its account is being erased (the erasure would then fail on the new key's reference).
 async fn insert_key<B: Backend>(
     b: &B,
     key: &KeyRecord,
     max_active: Option<u64>,
+    events: &[AuditEvent],
 ) -> StoreResult<()> {
     let values = key_params(key)?;
     let mut tx = write(b).await?;
@@ -1676,6 +1691,7 @@ async fn insert_key<B: Backend>(
     tx.run(&SQL.key_insert, &values).await?;
     // Other replicas may remember this lookup as unknown.
     notify::<B, _>(&mut tx, async |_| Ok(key_lookups(key).collect())).await?;
+    write_events(&mut *tx, events).await?;
     commit(tx).await
 }
 
@@ -1689,10 +1705,8 @@ impl<B: Backend> Store for B {
         self.feed()
     }
 
-    async fn create_account(&self, account: &Account) -> StoreResult<()> {
-        write_one(self, &SQL.account_insert, &account_params(account)?)
-            .await
-            .map(drop)
+    async fn create_account(&self, account: &Account, events: &[AuditEvent]) -> StoreResult<()> {
+        change_one(self, &SQL.account_insert, &account_params(account)?, events).await
     }
 
     async fn get_account(&self, id: &str) -> StoreResult<Option<Account>> {
@@ -1706,19 +1720,23 @@ impl<B: Backend> Store for B {
         all(&mut *c, &SQL.account_list, &p, decode_account).await
     }
 
-    async fn update_account(&self, account: &Account) -> StoreResult<()> {
+    async fn update_account(&self, account: &Account, events: &[AuditEvent]) -> StoreResult<()> {
         let p = ACCOUNTS.update_params(account_params(account)?);
         let mut tx = write(self).await?;
-        let changed = tx.run(&SQL.account_update, &p).await?;
+        found(tx.run(&SQL.account_update, &p).await?)?;
         notify::<B, _>(&mut tx, async |_| {
             Ok(vec![Invalidation::Account(account.id.clone())])
         })
         .await?;
-        commit(tx).await?;
-        found(changed)
+        write_events(&mut *tx, events).await?;
+        commit(tx).await
     }
 
-    async fn erase_account(&self, id: &str) -> StoreResult<ErasureCounts> {
+    async fn erase_account(
+        &self,
+        id: &str,
+        events: EventsOf<'_, ErasureCounts>,
+    ) -> StoreResult<ErasureCounts> {
         let mut tx = write(self).await?;
         lock_account::<B>(&mut tx, id).await?;
         let p = params![id];
@@ -1745,16 +1763,23 @@ impl<B: Backend> Store for B {
         };
         tx.run(ERASE_SESSIONS, &p).await?;
         tx.run(ERASE_DECISIONS, &p).await?;
+        // After every deletion: the erasure's own record survives it.
+        write_events(&mut *tx, &events(&counts)).await?;
         commit(tx).await?;
         Ok(counts)
     }
 
-    async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()> {
-        insert_key(self, key, None).await
+    async fn insert_key(&self, key: &KeyRecord, events: &[AuditEvent]) -> StoreResult<()> {
+        insert_key(self, key, None, events).await
     }
 
-    async fn insert_key_limited(&self, key: &KeyRecord, max_active: u64) -> StoreResult<()> {
-        insert_key(self, key, Some(max_active)).await
+    async fn insert_key_limited(
+        &self,
+        key: &KeyRecord,
+        max_active: u64,
+        events: &[AuditEvent],
+    ) -> StoreResult<()> {
+        insert_key(self, key, Some(max_active), events).await
     }
 
     async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRecord>> {
@@ -1807,7 +1832,7 @@ impl<B: Backend> Store for B {
         narrow("n", n)
     }
 
-    async fn update_key(&self, key: &KeyRecord) -> StoreResult<()> {
+    async fn update_key(&self, key: &KeyRecord, events: &[AuditEvent]) -> StoreResult<()> {
         let p = KEYS.update_params(key_params(key)?);
         let previous = key
             .previous
@@ -1826,9 +1851,9 @@ impl<B: Backend> Store for B {
             &params![key.id.as_str(), previous, key.secret.lookup.as_str()],
         )
         .await?;
-        let updated = tx.run(&SQL.key_update, &p).await?;
-        commit(tx).await?;
-        found(updated)
+        found(tx.run(&SQL.key_update, &p).await?)?;
+        write_events(&mut *tx, events).await?;
+        commit(tx).await
     }
 
     async fn touch_keys(&self, touches: &[KeyTouch]) -> StoreResult<()> {
@@ -1840,10 +1865,8 @@ impl<B: Backend> Store for B {
         commit(tx).await
     }
 
-    async fn create_app(&self, app: &Application) -> StoreResult<()> {
-        write_one(self, &SQL.app_insert, &app_params(app)?)
-            .await
-            .map(drop)
+    async fn create_app(&self, app: &Application, events: &[AuditEvent]) -> StoreResult<()> {
+        change_one(self, &SQL.app_insert, &app_params(app)?, events).await
     }
 
     async fn get_app(&self, id: &str) -> StoreResult<Option<Application>> {
@@ -1857,22 +1880,20 @@ impl<B: Backend> Store for B {
         all(&mut *c, &SQL.app_list, &p, decode_app).await
     }
 
-    async fn update_app(&self, app: &Application) -> StoreResult<()> {
+    async fn update_app(&self, app: &Application, events: &[AuditEvent]) -> StoreResult<()> {
         let p = APPS.update_params(app_params(app)?);
         let mut tx = write(self).await?;
-        let changed = tx.run(&SQL.app_update, &p).await?;
+        found(tx.run(&SQL.app_update, &p).await?)?;
         notify::<B, _>(&mut tx, async |_| {
             Ok(vec![Invalidation::App(app.id.clone())])
         })
         .await?;
-        commit(tx).await?;
-        found(changed)
+        write_events(&mut *tx, events).await?;
+        commit(tx).await
     }
 
-    async fn create_grant(&self, grant: &Grant) -> StoreResult<()> {
-        write_one(self, &SQL.grant_insert, &grant_params(grant)?)
-            .await
-            .map(drop)
+    async fn create_grant(&self, grant: &Grant, events: &[AuditEvent]) -> StoreResult<()> {
+        change_one(self, &SQL.grant_insert, &grant_params(grant)?, events).await
     }
 
     async fn get_grant(&self, id: &str) -> StoreResult<Option<Grant>> {
@@ -1885,7 +1906,12 @@ impl<B: Backend> Store for B {
         all(&mut *c, &SQL.grant_list, &params![account_id], decode_grant).await
     }
 
-    async fn delete_grant(&self, id: &str, at: Millis) -> StoreResult<Vec<KeyRecord>> {
+    async fn delete_grant(
+        &self,
+        id: &str,
+        at: Millis,
+        events: EventsOf<'_, [KeyRecord]>,
+    ) -> StoreResult<Vec<KeyRecord>> {
         let mut tx = write(self).await?;
         if count(&mut *tx, GRANT_EXISTS, &params![id]).await? == 0 {
             return Err(StoreError::NotFound);
@@ -1898,6 +1924,7 @@ impl<B: Backend> Store for B {
         })
         .await?;
         tx.run(DELETE_GRANT, &params![id]).await?;
+        write_events(&mut *tx, &events(&keys)).await?;
         commit(tx).await?;
         Ok(keys)
     }
@@ -1987,13 +2014,19 @@ impl<B: Backend> Store for B {
         .await
     }
 
-    async fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()> {
+    async fn create_web_session(
+        &self,
+        session: &WebSession,
+        now: Millis,
+        events: &[AuditEvent],
+    ) -> StoreResult<()> {
         let mut tx = write(self).await?;
         tx.run(SESSION_EXPIRED, &params![now]).await?;
         let sql = format!(
             "INSERT INTO web_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         );
         tx.run(&sql, &session_params(session)).await?;
+        write_events(&mut *tx, events).await?;
         commit(tx).await
     }
 
@@ -2038,10 +2071,19 @@ impl<B: Backend> Store for B {
         }
     }
 
-    async fn create_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()> {
-        write_one(self, &SQL.webhook_insert, &webhook_params(endpoint)?)
-            .await
-            .map(drop)
+    async fn create_webhook(
+        &self,
+        endpoint: &WebhookEndpoint,
+        events: &[AuditEvent],
+    ) -> StoreResult<()> {
+        // The endpoint first: its own event reaches it, as any later one would.
+        change_one(
+            self,
+            &SQL.webhook_insert,
+            &webhook_params(endpoint)?,
+            events,
+        )
+        .await
     }
 
     async fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookEndpoint>> {
@@ -2065,13 +2107,20 @@ impl<B: Backend> Store for B {
         all(&mut *c, &sql, &p, decode_webhook).await
     }
 
-    async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()> {
+    async fn update_webhook(
+        &self,
+        endpoint: &WebhookEndpoint,
+        events: &[AuditEvent],
+    ) -> StoreResult<()> {
+        // The change first: the events reach the endpoint as it now is (enabled or not).
         let p = WEBHOOKS.update_params(webhook_params(endpoint)?);
-        found(write_one(self, &SQL.webhook_update, &p).await?)
+        change_one(self, &SQL.webhook_update, &p, events).await
     }
 
-    async fn delete_webhook(&self, id: &str) -> StoreResult<()> {
-        found(write_one(self, DELETE_WEBHOOK, &params![id]).await?)
+    async fn delete_webhook(&self, id: &str, events: &[AuditEvent]) -> StoreResult<()> {
+        // The deletion first (its deliveries go with it): the events are not queued for the
+        // endpoint they report gone.
+        change_one(self, DELETE_WEBHOOK, &params![id], events).await
     }
 
     async fn list_deliveries(

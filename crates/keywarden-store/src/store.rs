@@ -290,11 +290,22 @@ impl Invalidation {
     }
 }
 
+/// The audit events describing a change whose details only its own transaction knows (what
+/// an erasure removed, which keys a grant's deletion revoked): made from that outcome, and
+/// written in that transaction before it commits.
+pub type EventsOf<'a, T> = &'a (dyn Fn(&T) -> Vec<AuditEvent> + Sync);
+
 /// Everything Keywarden remembers, behind one async interface.
 ///
 /// Implementations must make each method atomic; methods that read then write
 /// (`insert_key_limited`, `delete_grant`, `erase_account`) run in one transaction that takes
 /// the write lock up front (SQLite `BEGIN IMMEDIATE`).
+///
+/// Every method that makes an audited change takes the audit events describing it and
+/// writes them, with their webhook outbox rows (the message and one delivery per enabled
+/// endpoint each event reaches), in the change's own transaction, after the change: the
+/// change and its events are committed together or not at all. A change refused
+/// (`NotFound`, `Conflict`, `LimitReached`) writes none of its events.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Is the database reachable? Used by `/readyz`.
@@ -309,25 +320,37 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // ---- accounts ----
 
-    /// Inserts a new account. `Conflict` if the id exists.
-    async fn create_account(&self, account: &Account) -> StoreResult<()>;
+    /// Inserts a new account, with `events`. `Conflict` if the id exists.
+    async fn create_account(&self, account: &Account, events: &[AuditEvent]) -> StoreResult<()>;
     /// The account with this id.
     async fn get_account(&self, id: &str) -> StoreResult<Option<Account>>;
     /// Accounts by id ascending.
     async fn list_accounts(&self, page: &Page) -> StoreResult<Vec<Account>>;
-    /// Replaces name, plan, status and metadata. `NotFound` if absent.
-    async fn update_account(&self, account: &Account) -> StoreResult<()>;
-    /// Deletes the account and everything of it (keys, events, activity, usage, grants),
-    /// in one transaction. `NotFound` if absent.
-    async fn erase_account(&self, id: &str) -> StoreResult<ErasureCounts>;
+    /// Replaces name, plan, status and metadata, with `events`. `NotFound` if absent.
+    async fn update_account(&self, account: &Account, events: &[AuditEvent]) -> StoreResult<()>;
+    /// Deletes the account and everything of it (keys, events, webhook messages and
+    /// endpoints, activity, usage, decision counts, grants, sessions), in one transaction.
+    /// The events `events` makes of what was deleted are written after the deletions, in
+    /// that transaction, so they outlive the account's trail and reach the endpoints that
+    /// remain. `NotFound` if absent.
+    async fn erase_account(
+        &self,
+        id: &str,
+        events: EventsOf<'_, ErasureCounts>,
+    ) -> StoreResult<ErasureCounts>;
 
     // ---- keys ----
 
-    /// Inserts a key. `Conflict` if its id or lookup value exists.
-    async fn insert_key(&self, key: &KeyRecord) -> StoreResult<()>;
-    /// Inserts a key unless its account already has `max_active` or more active
-    /// (not revoked) keys, counted and inserted in one transaction.
-    async fn insert_key_limited(&self, key: &KeyRecord, max_active: u64) -> StoreResult<()>;
+    /// Inserts a key, with `events`. `Conflict` if its id or lookup value exists.
+    async fn insert_key(&self, key: &KeyRecord, events: &[AuditEvent]) -> StoreResult<()>;
+    /// Inserts a key, with `events`, unless its account already has `max_active` or more
+    /// active (not revoked) keys, counted and inserted in one transaction.
+    async fn insert_key_limited(
+        &self,
+        key: &KeyRecord,
+        max_active: u64,
+        events: &[AuditEvent],
+    ) -> StoreResult<()>;
     /// The key with this id.
     async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRecord>>;
     /// The key whose current fingerprint (`sha256_…`) is this.
@@ -352,36 +375,44 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Number of active (not revoked) keys of the account, all modes.
     async fn count_active_keys(&self, account_id: &str) -> StoreResult<u64>;
     /// Replaces every mutable field of the key (everything but id, account, mode, type,
-    /// created_at). `NotFound` if absent.
-    async fn update_key(&self, key: &KeyRecord) -> StoreResult<()>;
+    /// created_at), with `events`. `NotFound` if absent.
+    async fn update_key(&self, key: &KeyRecord, events: &[AuditEvent]) -> StoreResult<()>;
     /// Records successful uses (`last_used_at`, `last_used_ip`), in one transaction.
     /// Unknown key ids are ignored (the key may have been erased meanwhile).
     async fn touch_keys(&self, touches: &[KeyTouch]) -> StoreResult<()>;
 
     // ---- applications and grants ----
 
-    /// Inserts an application.
-    async fn create_app(&self, app: &Application) -> StoreResult<()>;
+    /// Inserts an application, with `events`.
+    async fn create_app(&self, app: &Application, events: &[AuditEvent]) -> StoreResult<()>;
     /// The application with this id.
     async fn get_app(&self, id: &str) -> StoreResult<Option<Application>>;
     /// Applications by id ascending.
     async fn list_apps(&self, page: &Page) -> StoreResult<Vec<Application>>;
-    /// Replaces name, description, url, scopes and both stored secrets.
-    async fn update_app(&self, app: &Application) -> StoreResult<()>;
-    /// Inserts a grant.
-    async fn create_grant(&self, grant: &Grant) -> StoreResult<()>;
+    /// Replaces name, description, url, scopes and both stored secrets, with `events`.
+    /// `NotFound` if absent.
+    async fn update_app(&self, app: &Application, events: &[AuditEvent]) -> StoreResult<()>;
+    /// Inserts a grant, with `events`.
+    async fn create_grant(&self, grant: &Grant, events: &[AuditEvent]) -> StoreResult<()>;
     /// The grant with this id.
     async fn get_grant(&self, id: &str) -> StoreResult<Option<Grant>>;
     /// An account's grants.
     async fn list_grants(&self, account_id: &str) -> StoreResult<Vec<Grant>>;
     /// Deletes the grant and revokes (at `at`, reason "grant deleted") every key made under
-    /// it, in one transaction; returns the keys as they are after revocation so the caller
-    /// can invalidate its caches. `NotFound` if absent.
-    async fn delete_grant(&self, id: &str, at: Millis) -> StoreResult<Vec<KeyRecord>>;
+    /// it, in one transaction, with the events `events` makes of those keys; returns the
+    /// keys as they are after revocation so the caller can invalidate its caches.
+    /// `NotFound` if absent.
+    async fn delete_grant(
+        &self,
+        id: &str,
+        at: Millis,
+        events: EventsOf<'_, [KeyRecord]>,
+    ) -> StoreResult<Vec<KeyRecord>>;
 
     // ---- audit, activity, usage ----
 
-    /// Appends audit events (append-only), in one transaction.
+    /// Appends audit events (append-only), in one transaction: events that describe no
+    /// change of their own (a secret revealed, a leak reported without revoking).
     async fn append_events(&self, events: &[AuditEvent]) -> StoreResult<()>;
     /// Audit events matching the filter, newest first.
     async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<AuditEvent>>;
@@ -406,8 +437,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         granularity: Granularity,
         before: Millis,
     ) -> StoreResult<u64>;
-    /// Stores a web session or portal link, dropping every one expired before `now`.
-    async fn create_web_session(&self, session: &WebSession, now: Millis) -> StoreResult<()>;
+    /// Stores a web session or portal link, with `events`, dropping every one expired
+    /// before `now`.
+    async fn create_web_session(
+        &self,
+        session: &WebSession,
+        now: Millis,
+        events: &[AuditEvent],
+    ) -> StoreResult<()>;
     /// The session whose id hashes to `id_hash`, if it has not expired at `now`.
     async fn get_web_session(&self, id_hash: &str, now: Millis) -> StoreResult<Option<WebSession>>;
     /// Deletes and returns the session, if it has not expired at `now`: a portal link is
@@ -426,20 +463,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // ---- webhooks (docs/webhooks.md) ----
     //
-    // Every method that writes audit events (`append_events`, `write_batch`,
-    // `fire_once`, `finish_delivery`) also writes, in the same transaction, the message and
-    // one delivery per enabled endpoint the event reaches: the transactional outbox.
+    // Every method that writes audit events (`append_events`, `write_batch`, `fire_once`,
+    // `finish_delivery`, and each change that takes its `events`) also writes, in the same
+    // transaction, the message and one delivery per enabled endpoint the event reaches: the
+    // transactional outbox. An endpoint's own change is written before its events, so they
+    // reach it as it is after the change (a new or re-enabled endpoint receives its own
+    // event, a disabled or deleted one does not).
 
-    /// Inserts an endpoint.
-    async fn create_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()>;
+    /// Inserts an endpoint, with `events`.
+    async fn create_webhook(
+        &self,
+        endpoint: &WebhookEndpoint,
+        events: &[AuditEvent],
+    ) -> StoreResult<()>;
     /// The endpoint with this id.
     async fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookEndpoint>>;
     /// Endpoints matching the filter, by id ascending.
     async fn list_webhooks(&self, filter: &WebhookFilter) -> StoreResult<Vec<WebhookEndpoint>>;
-    /// Replaces every mutable field. `NotFound` if absent.
-    async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> StoreResult<()>;
-    /// Deletes the endpoint and its deliveries. `NotFound` if absent.
-    async fn delete_webhook(&self, id: &str) -> StoreResult<()>;
+    /// Replaces every mutable field, with `events`. `NotFound` if absent.
+    async fn update_webhook(
+        &self,
+        endpoint: &WebhookEndpoint,
+        events: &[AuditEvent],
+    ) -> StoreResult<()>;
+    /// Deletes the endpoint and its deliveries, with `events`. `NotFound` if absent.
+    async fn delete_webhook(&self, id: &str, events: &[AuditEvent]) -> StoreResult<()>;
     /// An endpoint's deliveries, newest first, ids below `before_id` when given.
     async fn list_deliveries(
         &self,

@@ -475,7 +475,7 @@ impl Verifier {
                     None => return,
                 },
             }
-            if store.update_key(&fresh).await.is_ok() {
+            if store.update_key(&fresh, &[]).await.is_ok() {
                 let refs: Vec<&str> = old_lookups.iter().map(String::as_str).collect();
                 cache.invalidate(&refs);
             }

@@ -40,7 +40,7 @@ async fn db() -> Db {
         metadata: serde_json::json!({}),
         created_at: 1,
     };
-    store.create_account(&account).await.unwrap();
+    store.create_account(&account, &[]).await.unwrap();
     Db {
         store,
         account_id: account.id,
@@ -90,7 +90,7 @@ impl Db {
             revoked_reason: None,
             recoverable: None,
         };
-        self.store.insert_key(&key).await.unwrap();
+        self.store.insert_key(&key, &[]).await.unwrap();
         key
     }
 
@@ -234,7 +234,7 @@ async fn invalidation_makes_the_next_resolution_read_the_updated_record() {
     assert_eq!(enabled(&resolver, &l).await, Some(true));
 
     key.enabled = false;
-    db.store.update_key(&key).await.unwrap();
+    db.store.update_key(&key, &[]).await.unwrap();
     assert_eq!(
         enabled(&resolver, &l).await,
         Some(true),
@@ -288,7 +288,7 @@ async fn the_ttl_is_a_backstop_for_missed_invalidations() {
 
     // Changed behind the cache's back, as another replica would.
     key.enabled = false;
-    db.store.update_key(&key).await.unwrap();
+    db.store.update_key(&key, &[]).await.unwrap();
     db.key(&unknown).await;
     assert_eq!(enabled(&resolver, &l).await, Some(true));
     assert_eq!(enabled(&resolver, &unknown).await, None);

@@ -74,7 +74,7 @@ async fn writer_child() {
     let mut out = std::io::stdout().lock();
     for n in 0..CHILD_MAX_KEYS {
         let k = key(&account_id, n);
-        store.insert_key(&k).await.unwrap();
+        store.insert_key(&k, &[]).await.unwrap();
         writeln!(out, "{ACK}{} {}", k.id, k.secret.lookup).unwrap();
         out.flush().unwrap();
     }
@@ -111,7 +111,7 @@ fn acknowledged_keys_survive_sigkill() {
     };
     runtime().block_on(async {
         let store = SqliteStore::open_file(&db).await.unwrap();
-        store.create_account(&account).await.unwrap();
+        store.create_account(&account, &[]).await.unwrap();
         store.close().await;
     });
 

@@ -202,7 +202,7 @@ fn page(after_id: Option<&str>, limit: u32) -> Page {
 
 async fn new_account(store: &Arc<dyn Store>) -> Account {
     let a = account("Acme");
-    store.create_account(&a).await.unwrap();
+    store.create_account(&a, &[]).await.unwrap();
     a
 }
 
@@ -220,7 +220,7 @@ async fn case_ping(store: Arc<dyn Store>) {
 
 async fn case_account_round_trip(store: Arc<dyn Store>) {
     let mut a = account("Acme");
-    store.create_account(&a).await.unwrap();
+    store.create_account(&a, &[]).await.unwrap();
     assert_eq!(store.get_account(&a.id).await.unwrap(), Some(a.clone()));
     assert_eq!(store.get_account("acc_missing").await.unwrap(), None);
 
@@ -228,13 +228,13 @@ async fn case_account_round_trip(store: Arc<dyn Store>) {
     a.plan = "pro".into();
     a.status = AccountStatus::Suspended;
     a.metadata = json!({ "changed": true });
-    store.update_account(&a).await.unwrap();
+    store.update_account(&a, &[]).await.unwrap();
     assert_eq!(store.get_account(&a.id).await.unwrap(), Some(a.clone()));
 
     // `created_at` is fixed at creation.
     let mut moved = a.clone();
     moved.created_at = 1;
-    store.update_account(&moved).await.unwrap();
+    store.update_account(&moved, &[]).await.unwrap();
     assert_eq!(
         store.get_account(&a.id).await.unwrap().unwrap().created_at,
         a.created_at
@@ -242,7 +242,7 @@ async fn case_account_round_trip(store: Arc<dyn Store>) {
 
     let missing = account("Nobody");
     assert!(matches!(
-        store.update_account(&missing).await,
+        store.update_account(&missing, &[]).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -251,7 +251,7 @@ async fn case_accounts_page_by_id(store: Arc<dyn Store>) {
     let mut made = Vec::new();
     for i in 0..5 {
         let a = account(&format!("A{i}"));
-        store.create_account(&a).await.unwrap();
+        store.create_account(&a, &[]).await.unwrap();
         made.push(a.id);
     }
     let first = store.list_accounts(&page(None, 2)).await.unwrap();
@@ -271,36 +271,36 @@ async fn case_accounts_page_by_id(store: Arc<dyn Store>) {
 async fn case_duplicate_ids_conflict(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     assert!(matches!(
-        store.create_account(&a).await,
+        store.create_account(&a, &[]).await,
         Err(StoreError::Conflict(_))
     ));
 
     let k = key(&a.id, Mode::Live);
-    store.insert_key(&k).await.unwrap();
+    store.insert_key(&k, &[]).await.unwrap();
     let mut same_id = key(&a.id, Mode::Live);
     same_id.id = k.id.clone();
     assert!(matches!(
-        store.insert_key(&same_id).await,
+        store.insert_key(&same_id, &[]).await,
         Err(StoreError::Conflict(_))
     ));
     // The fingerprint identifies a token, so it is unique too.
     let mut same_hash = key(&a.id, Mode::Live);
     same_hash.key_hash = k.key_hash.clone();
-    match store.insert_key(&same_hash).await {
+    match store.insert_key(&same_hash, &[]).await {
         Err(StoreError::Conflict(msg)) => assert!(msg.contains("key_hash"), "{msg}"),
         other => panic!("expected a conflict, got {other:?}"),
     }
 
     let p = app();
-    store.create_app(&p).await.unwrap();
+    store.create_app(&p, &[]).await.unwrap();
     assert!(matches!(
-        store.create_app(&p).await,
+        store.create_app(&p, &[]).await,
         Err(StoreError::Conflict(_))
     ));
     let g = grant(&a.id, &p.id);
-    store.create_grant(&g).await.unwrap();
+    store.create_grant(&g, &[]).await.unwrap();
     assert!(matches!(
-        store.create_grant(&g).await,
+        store.create_grant(&g, &[]).await,
         Err(StoreError::Conflict(_))
     ));
 }
@@ -329,7 +329,7 @@ async fn case_events_delivered_twice_are_stored_once(store: Arc<dyn Store>) {
 async fn case_keys_need_their_account(store: Arc<dyn Store>) {
     let k = key("acc_missing", Mode::Live);
     assert!(matches!(
-        store.insert_key(&k).await,
+        store.insert_key(&k, &[]).await,
         Err(StoreError::NotFound)
     ));
     assert!(store.get_key(&k.id).await.unwrap().is_none());
@@ -339,8 +339,8 @@ async fn case_key_round_trip(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let plain = key(&a.id, Mode::Live);
     let full = full_key(&a.id);
-    store.insert_key(&plain).await.unwrap();
-    store.insert_key(&full).await.unwrap();
+    store.insert_key(&plain, &[]).await.unwrap();
+    store.insert_key(&full, &[]).await.unwrap();
     for k in [&plain, &full] {
         assert_eq!(store.get_key(&k.id).await.unwrap().as_ref(), Some(k));
         assert_eq!(
@@ -365,7 +365,7 @@ async fn case_key_round_trip(store: Arc<dyn Store>) {
 async fn case_update_key_replaces_mutable_fields(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let k = key(&a.id, Mode::Live);
-    store.insert_key(&k).await.unwrap();
+    store.insert_key(&k, &[]).await.unwrap();
 
     // Turn the plain key into the fully populated one, keeping what may not change.
     let mut changed = KeyRecord {
@@ -376,7 +376,7 @@ async fn case_update_key_replaces_mutable_fields(store: Arc<dyn Store>) {
         created_at: k.created_at,
         ..full_key(&a.id)
     };
-    store.update_key(&changed).await.unwrap();
+    store.update_key(&changed, &[]).await.unwrap();
     assert_eq!(store.get_key(&k.id).await.unwrap(), Some(changed.clone()));
 
     // And back to empty optionals: every `Some` can become `None` again.
@@ -385,7 +385,7 @@ async fn case_update_key_replaces_mutable_fields(store: Arc<dyn Store>) {
         key_hash: changed.key_hash.clone(),
         ..k.clone()
     };
-    store.update_key(&changed).await.unwrap();
+    store.update_key(&changed, &[]).await.unwrap();
     assert_eq!(store.get_key(&k.id).await.unwrap(), Some(changed.clone()));
 
     // Identity fields are fixed at creation.
@@ -393,11 +393,11 @@ async fn case_update_key_replaces_mutable_fields(store: Arc<dyn Store>) {
     moved.mode = Mode::Test;
     moved.key_type = KeyType::Publishable;
     moved.created_at = 5;
-    store.update_key(&moved).await.unwrap();
+    store.update_key(&moved, &[]).await.unwrap();
     assert_eq!(store.get_key(&k.id).await.unwrap(), Some(changed));
 
     assert!(matches!(
-        store.update_key(&key(&a.id, Mode::Live)).await,
+        store.update_key(&key(&a.id, Mode::Live), &[]).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -405,11 +405,11 @@ async fn case_update_key_replaces_mutable_fields(store: Arc<dyn Store>) {
 async fn case_revocation_persists(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let mut k = key(&a.id, Mode::Live);
-    store.insert_key(&k).await.unwrap();
+    store.insert_key(&k, &[]).await.unwrap();
     assert_eq!(store.count_active_keys(&a.id).await.unwrap(), 1);
     k.revoked_at = Some(1_700_000_999_000);
     k.revoked_reason = Some("rotated by hand".into());
-    store.update_key(&k).await.unwrap();
+    store.update_key(&k, &[]).await.unwrap();
     let back = store.get_key(&k.id).await.unwrap().unwrap();
     assert_eq!(back.revoked_at, k.revoked_at);
     assert_eq!(back.revoked_reason, k.revoked_reason);
@@ -420,9 +420,9 @@ async fn case_revocation_persists(store: Arc<dyn Store>) {
 async fn case_lookup_by_current_and_previous(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let mut k = key(&a.id, Mode::Live);
-    store.insert_key(&k).await.unwrap();
+    store.insert_key(&k, &[]).await.unwrap();
     let other = key(&a.id, Mode::Live);
-    store.insert_key(&other).await.unwrap();
+    store.insert_key(&other, &[]).await.unwrap();
 
     let found = store.find_keys_by_lookup(&k.secret.lookup).await.unwrap();
     assert_eq!(found, vec![k.clone()]);
@@ -441,7 +441,7 @@ async fn case_lookup_by_current_and_previous(store: Arc<dyn Store>) {
     });
     k.secret = secret("rotated");
     k.key_hash = format!("sha256_rotated_{}", k.id);
-    store.update_key(&k).await.unwrap();
+    store.update_key(&k, &[]).await.unwrap();
     assert_eq!(
         store.find_keys_by_lookup(&k.secret.lookup).await.unwrap(),
         vec![k.clone()]
@@ -456,7 +456,7 @@ async fn case_lookup_by_current_and_previous(store: Arc<dyn Store>) {
 async fn case_secrets_rotated_out_for_good_are_found_as_revoked(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let mut k = key(&a.id, Mode::Live);
-    store.insert_key(&k).await.unwrap();
+    store.insert_key(&k, &[]).await.unwrap();
     let rotate = |k: &mut KeyRecord, tag: &str| {
         let old = std::mem::replace(&mut k.secret, secret(tag));
         k.previous = Some(PreviousSecret {
@@ -467,7 +467,7 @@ async fn case_secrets_rotated_out_for_good_are_found_as_revoked(store: Arc<dyn S
     };
     let first = k.secret.clone();
     rotate(&mut k, "second");
-    store.update_key(&k).await.unwrap();
+    store.update_key(&k, &[]).await.unwrap();
     // Still the previous secret: found as such.
     assert_eq!(
         store.find_keys_by_lookup(&first.lookup).await.unwrap(),
@@ -477,7 +477,7 @@ async fn case_secrets_rotated_out_for_good_are_found_as_revoked(store: Arc<dyn S
     // A second rotation replaces it: it is retired, and its key shows it as revoked.
     let second = k.secret.clone();
     rotate(&mut k, "third");
-    store.update_key(&k).await.unwrap();
+    store.update_key(&k, &[]).await.unwrap();
     let retired = store.find_keys_by_lookup(&first.lookup).await.unwrap();
     assert_eq!(retired.len(), 1);
     assert_eq!(retired[0].id, k.id);
@@ -486,7 +486,7 @@ async fn case_secrets_rotated_out_for_good_are_found_as_revoked(store: Arc<dyn S
     assert_eq!(retired[0].revoked_at, Some(k.created_at));
     // Updates that keep the previous secret retire nothing; the live secrets are the key's.
     k.name = "renamed".into();
-    store.update_key(&k).await.unwrap();
+    store.update_key(&k, &[]).await.unwrap();
     for live in [&second.lookup, &k.secret.lookup] {
         assert_eq!(
             store.find_keys_by_lookup(live).await.unwrap(),
@@ -495,11 +495,11 @@ async fn case_secrets_rotated_out_for_good_are_found_as_revoked(store: Arc<dyn S
     }
     // A revoked key shows its revocation time.
     k.revoked_at = Some(1_700_000_900_000);
-    store.update_key(&k).await.unwrap();
+    store.update_key(&k, &[]).await.unwrap();
     let retired = store.find_keys_by_lookup(&first.lookup).await.unwrap();
     assert_eq!(retired[0].revoked_at, Some(1_700_000_900_000));
     // Erasure takes them along.
-    store.erase_account(&a.id).await.unwrap();
+    store.erase_account(&a.id, &|_| Vec::new()).await.unwrap();
     assert!(store
         .find_keys_by_lookup(&first.lookup)
         .await
@@ -529,7 +529,7 @@ async fn case_slow_hash_lookups_may_collide(store: Arc<dyn Store>) {
         valid_until: 9,
     });
     for k in [&first, &second, &third] {
-        store.insert_key(k).await.unwrap();
+        store.insert_key(k, &[]).await.unwrap();
     }
     let found = store.find_keys_by_lookup("AbCd1234").await.unwrap();
     let mut want = vec![first.id, second.id, third.id];
@@ -548,13 +548,16 @@ async fn case_list_keys_pages_by_mode(store: Arc<dyn Store>) {
         if i == 4 {
             k.revoked_at = Some(1);
         }
-        store.insert_key(&k).await.unwrap();
+        store.insert_key(&k, &[]).await.unwrap();
         if mode == Mode::Live {
             live.push(k.id.clone());
         }
         all.push(k.id);
     }
-    store.insert_key(&key(&b.id, Mode::Live)).await.unwrap();
+    store
+        .insert_key(&key(&b.id, Mode::Live), &[])
+        .await
+        .unwrap();
 
     let everything = store
         .list_keys(&a.id, None, &page(None, 100))
@@ -589,27 +592,32 @@ async fn case_list_keys_pages_by_mode(store: Arc<dyn Store>) {
 async fn case_insert_key_limited_at_the_limit(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let other = new_account(&store).await;
-    store.insert_key(&key(&other.id, Mode::Live)).await.unwrap();
+    store
+        .insert_key(&key(&other.id, Mode::Live), &[])
+        .await
+        .unwrap();
     let mut revoked = key(&a.id, Mode::Live);
     revoked.revoked_at = Some(1);
-    store.insert_key(&revoked).await.unwrap();
+    store.insert_key(&revoked, &[]).await.unwrap();
 
     store
-        .insert_key_limited(&key(&a.id, Mode::Live), 2)
+        .insert_key_limited(&key(&a.id, Mode::Live), 2, &[])
         .await
         .unwrap();
     store
-        .insert_key_limited(&key(&a.id, Mode::Test), 2)
+        .insert_key_limited(&key(&a.id, Mode::Test), 2, &[])
         .await
         .unwrap();
     let refused = key(&a.id, Mode::Live);
     assert!(matches!(
-        store.insert_key_limited(&refused, 2).await,
+        store.insert_key_limited(&refused, 2, &[]).await,
         Err(StoreError::LimitReached { max_active: 2 })
     ));
     assert!(store.get_key(&refused.id).await.unwrap().is_none());
     assert!(matches!(
-        store.insert_key_limited(&key(&a.id, Mode::Live), 0).await,
+        store
+            .insert_key_limited(&key(&a.id, Mode::Live), 0, &[])
+            .await,
         Err(StoreError::LimitReached { max_active: 0 })
     ));
     // Revoked keys and other accounts' keys never counted.
@@ -622,7 +630,7 @@ async fn case_insert_key_limited_under_concurrency(store: Arc<dyn Store>) {
         .map(|_| {
             let store = store.clone();
             let k = key(&a.id, Mode::Live);
-            tokio::spawn(async move { store.insert_key_limited(&k, 3).await })
+            tokio::spawn(async move { store.insert_key_limited(&k, 3, &[]).await })
         })
         .collect();
     let mut landed = 0;
@@ -645,7 +653,7 @@ async fn case_concurrent_writers_never_fail(store: Arc<dyn Store>) {
             let account_id = a.id.clone();
             tokio::spawn(async move {
                 let k = key(&account_id, Mode::Live);
-                store.insert_key(&k).await?;
+                store.insert_key(&k, &[]).await?;
                 store
                     .write_batch(&WriteBatch {
                         touches: vec![KeyTouch {
@@ -679,7 +687,7 @@ async fn case_concurrent_writers_never_fail(store: Arc<dyn Store>) {
 async fn case_touches_move_forward_only(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let k = key(&a.id, Mode::Live);
-    store.insert_key(&k).await.unwrap();
+    store.insert_key(&k, &[]).await.unwrap();
     let touch = |at: i64, ip: Option<&str>| KeyTouch {
         key_id: k.id.clone(),
         at,
@@ -717,7 +725,7 @@ async fn case_touches_move_forward_only(store: Arc<dyn Store>) {
 
 async fn case_app_round_trip(store: Arc<dyn Store>) {
     let mut p = app();
-    store.create_app(&p).await.unwrap();
+    store.create_app(&p, &[]).await.unwrap();
     assert_eq!(store.get_app(&p.id).await.unwrap(), Some(p.clone()));
     assert_eq!(store.get_app("app_missing").await.unwrap(), None);
 
@@ -727,11 +735,11 @@ async fn case_app_round_trip(store: Arc<dyn Store>) {
     p.scopes = vec![];
     p.production = secret("prod2");
     p.sandbox = secret("sandbox2");
-    store.update_app(&p).await.unwrap();
+    store.update_app(&p, &[]).await.unwrap();
     assert_eq!(store.get_app(&p.id).await.unwrap(), Some(p.clone()));
 
     let second = app();
-    store.create_app(&second).await.unwrap();
+    store.create_app(&second, &[]).await.unwrap();
     let listed = store.list_apps(&page(None, 10)).await.unwrap();
     assert_eq!(
         ids(&listed, |a| &a.id),
@@ -740,7 +748,7 @@ async fn case_app_round_trip(store: Arc<dyn Store>) {
     let after = store.list_apps(&page(Some(&p.id), 10)).await.unwrap();
     assert_eq!(ids(&after, |a| &a.id), vec![second.id]);
     assert!(matches!(
-        store.update_app(&app()).await,
+        store.update_app(&app(), &[]).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -749,12 +757,12 @@ async fn case_grant_round_trip(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let b = new_account(&store).await;
     let p = app();
-    store.create_app(&p).await.unwrap();
+    store.create_app(&p, &[]).await.unwrap();
     let g1 = grant(&a.id, &p.id);
     let g2 = grant(&a.id, &p.id);
     let gb = grant(&b.id, &p.id);
     for g in [&g1, &g2, &gb] {
-        store.create_grant(g).await.unwrap();
+        store.create_grant(g, &[]).await.unwrap();
     }
     assert_eq!(store.get_grant(&g1.id).await.unwrap(), Some(g1.clone()));
     assert_eq!(store.get_grant("grt_missing").await.unwrap(), None);
@@ -762,7 +770,7 @@ async fn case_grant_round_trip(store: Arc<dyn Store>) {
     assert!(store.list_grants("acc_missing").await.unwrap().is_empty());
     // A grant needs both its account and its application.
     assert!(matches!(
-        store.create_grant(&grant(&a.id, "app_missing")).await,
+        store.create_grant(&grant(&a.id, "app_missing"), &[]).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -770,11 +778,11 @@ async fn case_grant_round_trip(store: Arc<dyn Store>) {
 async fn case_delete_grant_revokes_its_keys(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let p = app();
-    store.create_app(&p).await.unwrap();
+    store.create_app(&p, &[]).await.unwrap();
     let g = grant(&a.id, &p.id);
     let kept = grant(&a.id, &p.id);
-    store.create_grant(&g).await.unwrap();
-    store.create_grant(&kept).await.unwrap();
+    store.create_grant(&g, &[]).await.unwrap();
+    store.create_grant(&kept, &[]).await.unwrap();
 
     let under = |grant_id: &str| {
         let mut k = key(&a.id, Mode::Live);
@@ -790,10 +798,13 @@ async fn case_delete_grant_revokes_its_keys(store: Arc<dyn Store>) {
     let other = under(&kept.id);
     let plain = key(&a.id, Mode::Live);
     for k in [&k1, &k2, &already, &other, &plain] {
-        store.insert_key(k).await.unwrap();
+        store.insert_key(k, &[]).await.unwrap();
     }
 
-    let revoked = store.delete_grant(&g.id, 1_700_000_500_000).await.unwrap();
+    let revoked = store
+        .delete_grant(&g.id, 1_700_000_500_000, &|_| Vec::new())
+        .await
+        .unwrap();
     let mut want = vec![k1.id.clone(), k2.id.clone(), already.id.clone()];
     want.sort();
     assert_eq!(ids(&revoked, |k| &k.id), want);
@@ -815,7 +826,7 @@ async fn case_delete_grant_revokes_its_keys(store: Arc<dyn Store>) {
     assert_eq!(store.get_grant(&g.id).await.unwrap(), None);
     assert_eq!(store.list_grants(&a.id).await.unwrap(), vec![kept]);
     assert!(matches!(
-        store.delete_grant(&g.id, 1).await,
+        store.delete_grant(&g.id, 1, &|_| Vec::new()).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -909,8 +920,8 @@ async fn case_activity_retention(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let k1 = key(&a.id, Mode::Live);
     let k2 = key(&a.id, Mode::Live);
-    store.insert_key(&k1).await.unwrap();
-    store.insert_key(&k2).await.unwrap();
+    store.insert_key(&k1, &[]).await.unwrap();
+    store.insert_key(&k2, &[]).await.unwrap();
 
     let rows: Vec<Activity> = (1..=8).map(|at| activity(&k1.id, at)).collect();
     store.append_activity(&rows, 5).await.unwrap();
@@ -997,11 +1008,11 @@ async fn case_usage_accumulates_per_counter(store: Arc<dyn Store>) {
 async fn case_a_batch_for_an_erased_account_leaves_nothing(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let k = key(&a.id, Mode::Live);
-    store.insert_key(&k).await.unwrap();
+    store.insert_key(&k, &[]).await.unwrap();
     let kept = new_account(&store).await;
     let kept_key = key(&kept.id, Mode::Live);
-    store.insert_key(&kept_key).await.unwrap();
-    store.erase_account(&a.id).await.unwrap();
+    store.insert_key(&kept_key, &[]).await.unwrap();
+    store.erase_account(&a.id, &|_| Vec::new()).await.unwrap();
 
     // Requests that raced the erasure still had records waiting in the writer.
     let batch = WriteBatch {
@@ -1075,7 +1086,7 @@ async fn case_a_batch_for_an_erased_account_leaves_nothing(store: Arc<dyn Store>
 async fn case_write_batch_lands_whole(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let k = key(&a.id, Mode::Live);
-    store.insert_key(&k).await.unwrap();
+    store.insert_key(&k, &[]).await.unwrap();
     let ev = event(Some(&a.id), Some(Mode::Live), "key.ip_denied", 10);
     let batch = WriteBatch {
         touches: vec![KeyTouch {
@@ -1156,20 +1167,20 @@ async fn case_write_batch_lands_whole(store: Arc<dyn Store>) {
 
 async fn case_erase_account_removes_everything_of_it(store: Arc<dyn Store>) {
     let p = app();
-    store.create_app(&p).await.unwrap();
+    store.create_app(&p, &[]).await.unwrap();
     // Two accounts with the same kinds of data; only the first is erased.
     let mut made = Vec::new();
     for _ in 0..2 {
         let a = new_account(&store).await;
         let g = grant(&a.id, &p.id);
-        store.create_grant(&g).await.unwrap();
+        store.create_grant(&g, &[]).await.unwrap();
         let keys = [
             key(&a.id, Mode::Live),
             key(&a.id, Mode::Test),
             full_key(&a.id),
         ];
         for k in &keys {
-            store.insert_key(k).await.unwrap();
+            store.insert_key(k, &[]).await.unwrap();
         }
         store
             .write_batch(&WriteBatch {
@@ -1199,7 +1210,10 @@ async fn case_erase_account_removes_everything_of_it(store: Arc<dyn Store>) {
     let (gone, gone_grant, gone_keys) = &made[0];
     let (kept, kept_grant, kept_keys) = &made[1];
 
-    let counts = store.erase_account(&gone.id).await.unwrap();
+    let counts = store
+        .erase_account(&gone.id, &|_| Vec::new())
+        .await
+        .unwrap();
     assert_eq!(
         counts,
         ErasureCounts {
@@ -1310,7 +1324,7 @@ async fn case_erase_account_removes_everything_of_it(store: Arc<dyn Store>) {
     assert!(store.get_app(&p.id).await.unwrap().is_some());
 
     assert!(matches!(
-        store.erase_account(&gone.id).await,
+        store.erase_account(&gone.id, &|_| Vec::new()).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -1361,7 +1375,7 @@ async fn case_events_queue_their_deliveries_in_the_same_write(store: Arc<dyn Sto
         ..endpoint(None, None, None)
     };
     for e in [&own, &all, &off] {
-        store.create_webhook(e).await.unwrap();
+        store.create_webhook(e, &[]).await.unwrap();
     }
     let t = 1_700_000_000_000;
     let events = vec![
@@ -1488,8 +1502,8 @@ async fn case_disabling_an_endpoint_records_its_event(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let failing = endpoint(None, None, Some(&["key.created"]));
     let watcher = endpoint(None, None, Some(&["webhook.disabled"]));
-    store.create_webhook(&failing).await.unwrap();
-    store.create_webhook(&watcher).await.unwrap();
+    store.create_webhook(&failing, &[]).await.unwrap();
+    store.create_webhook(&watcher, &[]).await.unwrap();
     let t = 1_700_000_000_000;
     store
         .append_events(&[event(Some(&a.id), Some(Mode::Live), "key.created", t)])
@@ -1538,7 +1552,7 @@ async fn case_disabling_an_endpoint_records_its_event(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(listed.len(), 2);
-    store.delete_webhook(&watcher.id).await.unwrap();
+    store.delete_webhook(&watcher.id, &[]).await.unwrap();
     assert!(store
         .get_delivery(&due[0].delivery.id)
         .await
@@ -1550,7 +1564,7 @@ async fn case_disabling_an_endpoint_records_its_event(store: Arc<dyn Store>) {
 async fn case_concurrent_claims_take_each_delivery_once(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     store
-        .create_webhook(&endpoint(None, None, None))
+        .create_webhook(&endpoint(None, None, None), &[])
         .await
         .unwrap();
     let t = 1_700_000_000_000;
@@ -1585,7 +1599,7 @@ async fn case_concurrent_claims_take_each_delivery_once(store: Arc<dyn Store>) {
 async fn case_events_fired_once_are_written_once(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     store
-        .create_webhook(&endpoint(None, None, None))
+        .create_webhook(&endpoint(None, None, None), &[])
         .await
         .unwrap();
     let t = 1_700_000_000_000;
@@ -1612,17 +1626,17 @@ async fn case_events_fired_once_are_written_once(store: Arc<dyn Store>) {
     assert_eq!(store.list_events(&f).await.unwrap().len(), 2);
     // Erasure forgets the account's messages, markers and endpoints.
     store
-        .create_webhook(&endpoint(Some(&a.id), None, None))
+        .create_webhook(&endpoint(Some(&a.id), None, None), &[])
         .await
         .unwrap();
-    store.erase_account(&a.id).await.unwrap();
+    store.erase_account(&a.id, &|_| Vec::new()).await.unwrap();
     assert_eq!(store.webhook_backlog().await.unwrap(), 0);
     let own = WebhookFilter {
         account_id: Some(a.id.clone()),
         ..Default::default()
     };
     assert!(store.list_webhooks(&own).await.unwrap().is_empty());
-    store.create_account(&a).await.unwrap();
+    store.create_account(&a, &[]).await.unwrap();
     assert_eq!(store.fire_once(&[fired("key.expiring")]).await.unwrap(), 1);
 }
 
@@ -1636,7 +1650,7 @@ async fn case_deadlines_and_usage_for_derived_events(store: Arc<dyn Store>) {
     revoked.expires_at = Some(5_000);
     revoked.revoked_at = Some(1);
     for k in [&soon, &later, &revoked] {
-        store.insert_key(k).await.unwrap();
+        store.insert_key(k, &[]).await.unwrap();
     }
     let found = store.keys_with_deadlines(0, 10_000, 100).await.unwrap();
     assert_eq!(ids(&found, |k| &k.id), vec![soon.id.clone()]);
@@ -1653,6 +1667,367 @@ async fn case_deadlines_and_usage_for_derived_events(store: Arc<dyn Store>) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Changes and their audit events: one transaction.
+// ---------------------------------------------------------------------------------------
+
+/// An event of `kind` about `account_id`, naming `key_id` in its data.
+fn event_about(account_id: Option<&str>, kind: &str, key_id: &str) -> AuditEvent {
+    AuditEvent {
+        data: json!({ "key_id": key_id }),
+        ..event(account_id, None, kind, 1_700_000_000_000)
+    }
+}
+
+/// The ids of the events an endpoint has deliveries of, oldest first.
+async fn delivered(store: &Arc<dyn Store>, endpoint_id: &str) -> Vec<String> {
+    let mut got: Vec<String> = store
+        .list_deliveries(endpoint_id, None, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.event_id)
+        .collect();
+    got.sort();
+    got
+}
+
+/// Every event in the trail, newest first.
+async fn trail(store: &Arc<dyn Store>) -> Vec<AuditEvent> {
+    let all = EventFilter {
+        limit: 1_000,
+        ..Default::default()
+    };
+    store.list_events(&all).await.unwrap()
+}
+
+/// A change the store refuses writes neither itself nor any of its events, nor their
+/// messages and deliveries.
+async fn case_a_refused_change_writes_none_of_its_events(store: Arc<dyn Store>) {
+    let hook = endpoint(None, None, None);
+    store.create_webhook(&hook, &[]).await.unwrap();
+    let a = new_account(&store).await;
+    let ev = |kind: &str| vec![event_about(Some(&a.id), kind, "key_x")];
+
+    let mut missing = account("Nobody");
+    assert!(matches!(
+        store.update_account(&missing, &ev("account.updated")).await,
+        Err(StoreError::NotFound)
+    ));
+    missing.id = a.id.clone();
+    missing.name = "Taken".into();
+    assert!(matches!(
+        store.create_account(&missing, &ev("account.created")).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    store
+        .insert_key_limited(&key(&a.id, Mode::Live), 1, &[])
+        .await
+        .unwrap();
+    let over = key(&a.id, Mode::Live);
+    assert!(matches!(
+        store.insert_key_limited(&over, 1, &ev("key.created")).await,
+        Err(StoreError::LimitReached { max_active: 1 })
+    ));
+    assert!(matches!(
+        store
+            .insert_key(&key("acc_missing", Mode::Live), &ev("key.created"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.update_key(&over, &ev("key.updated")).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.update_app(&app(), &ev("application.updated")).await,
+        Err(StoreError::NotFound)
+    ));
+    let never = |_: &[KeyRecord]| -> Vec<AuditEvent> { panic!("no grant, no events") };
+    assert!(matches!(
+        store.delete_grant("grt_missing", 1, &never).await,
+        Err(StoreError::NotFound)
+    ));
+    let never = |_: &ErasureCounts| -> Vec<AuditEvent> { panic!("no account, no events") };
+    assert!(matches!(
+        store.erase_account("acc_missing", &never).await,
+        Err(StoreError::NotFound)
+    ));
+    let unknown = endpoint(None, None, None);
+    assert!(matches!(
+        store.update_webhook(&unknown, &ev("webhook.updated")).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store
+            .delete_webhook(&unknown.id, &ev("webhook.deleted"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+
+    assert_eq!(store.get_key(&over.id).await.unwrap(), None);
+    assert_eq!(store.get_account(&a.id).await.unwrap(), Some(a.clone()));
+    assert!(trail(&store).await.is_empty());
+    assert!(delivered(&store, &hook.id).await.is_empty());
+    assert_eq!(store.webhook_backlog().await.unwrap(), 0);
+}
+
+/// Each change writes the events handed to it, and a delivery of each to every enabled
+/// endpoint it reaches, in its own transaction: a reader that sees the change sees them.
+async fn case_a_change_and_its_events_commit_together(store: Arc<dyn Store>) {
+    let hook = endpoint(None, None, None);
+    store.create_webhook(&hook, &[]).await.unwrap();
+    let mut made = Vec::new();
+    let mut ev = |account_id: Option<&str>, kind: &str, about: &str| {
+        let e = event_about(account_id, kind, about);
+        made.push(e.clone());
+        vec![e]
+    };
+
+    let mut a = account("Acme");
+    store
+        .create_account(&a, &ev(Some(&a.id), "account.created", ""))
+        .await
+        .unwrap();
+    a.plan = "pro".into();
+    let mut both = ev(Some(&a.id), "account.updated", "");
+    both.extend(ev(Some(&a.id), "account.plan_changed", ""));
+    store.update_account(&a, &both).await.unwrap();
+    let mut k = key(&a.id, Mode::Live);
+    store
+        .insert_key_limited(&k, 5, &ev(Some(&a.id), "key.created", &k.id))
+        .await
+        .unwrap();
+    k.name = "renamed".into();
+    store
+        .update_key(&k, &ev(Some(&a.id), "key.updated", &k.id))
+        .await
+        .unwrap();
+    let mut p = app();
+    store
+        .create_app(&p, &ev(None, "application.created", &p.id))
+        .await
+        .unwrap();
+    p.name = "Renamed".into();
+    store
+        .update_app(&p, &ev(None, "application.updated", &p.id))
+        .await
+        .unwrap();
+    let g = grant(&a.id, &p.id);
+    store
+        .create_grant(&g, &ev(Some(&a.id), "grant.created", &g.id))
+        .await
+        .unwrap();
+    let granted = KeyRecord {
+        grant_id: Some(g.id.clone()),
+        ..key(&a.id, Mode::Live)
+    };
+    store
+        .insert_key(&granted, &ev(Some(&a.id), "key.created", &granted.id))
+        .await
+        .unwrap();
+    let link = WebSession {
+        id_hash: "link".into(),
+        kind: WebSessionKind::PortalLink,
+        account_id: Some(a.id.clone()),
+        mode: Some(Mode::Live),
+        role: Some(Role::Owner),
+        return_url: None,
+        created_at: 1_000,
+        expires_at: 10_000,
+    };
+    store
+        .create_web_session(&link, 1_000, &ev(Some(&a.id), "portal.link_created", ""))
+        .await
+        .unwrap();
+    // The grant's events are made from the keys its deletion revoked, in its transaction.
+    let revoked_events = |keys: &[KeyRecord]| -> Vec<AuditEvent> {
+        let mut events: Vec<AuditEvent> = keys
+            .iter()
+            .map(|k| event_about(Some(&k.account_id), "key.revoked", &k.id))
+            .collect();
+        events.push(event_about(Some(&a.id), "grant.deleted", &g.id));
+        events
+    };
+    store
+        .delete_grant(&g.id, 1_700_000_500_000, &revoked_events)
+        .await
+        .unwrap();
+
+    let listed = trail(&store).await;
+    let kinds: Vec<&str> = listed.iter().rev().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "account.created",
+            "account.updated",
+            "account.plan_changed",
+            "key.created",
+            "key.updated",
+            "application.created",
+            "application.updated",
+            "grant.created",
+            "key.created",
+            "portal.link_created",
+            "key.revoked",
+            "grant.deleted",
+        ]
+    );
+    assert_eq!(
+        listed
+            .iter()
+            .rev()
+            .take(made.len())
+            .cloned()
+            .collect::<Vec<_>>(),
+        made
+    );
+    assert_eq!(listed[1].data["key_id"], granted.id.as_str());
+    let mut ids = ids(&listed, |e| &e.id);
+    ids.sort();
+    assert_eq!(delivered(&store, &hook.id).await, ids);
+
+    // A reader never sees a key without its event and the event's delivery.
+    let keys: Vec<KeyRecord> = (0..20).map(|_| key(&a.id, Mode::Test)).collect();
+    let writer = {
+        let (store, keys) = (store.clone(), keys.clone());
+        tokio::spawn(async move {
+            for k in &keys {
+                let created = event_about(Some(&k.account_id), "key.created", &k.id);
+                store.insert_key(k, &[created]).await.unwrap();
+            }
+        })
+    };
+    let created = EventFilter {
+        account_id: Some(a.id.clone()),
+        kind: Some("key.created".into()),
+        limit: 1_000,
+        ..Default::default()
+    };
+    loop {
+        let mut seen = 0;
+        for k in &keys {
+            if store.get_key(&k.id).await.unwrap().is_none() {
+                continue;
+            }
+            seen += 1;
+            let event = store
+                .list_events(&created)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|e| e.data["key_id"] == k.id.as_str())
+                .unwrap_or_else(|| panic!("{} is visible without its event", k.id));
+            assert!(
+                delivered(&store, &hook.id).await.contains(&event.id),
+                "{} is visible without its delivery",
+                k.id
+            );
+        }
+        if seen == keys.len() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+}
+
+/// An endpoint's own change is written before its event: a new or re-enabled endpoint
+/// receives its own event, a disabled one does not, and a deleted one takes its deliveries
+/// with it while the others receive its deletion.
+async fn case_endpoint_changes_reach_endpoints_as_changed(store: Arc<dyn Store>) {
+    let watcher = endpoint(None, None, None);
+    store.create_webhook(&watcher, &[]).await.unwrap();
+    let ev = |kind: &str, e: &WebhookEndpoint| event_about(None, kind, &e.id);
+
+    let mut e = endpoint(None, None, None);
+    let created = ev("webhook.created", &e);
+    store
+        .create_webhook(&e, std::slice::from_ref(&created))
+        .await
+        .unwrap();
+    assert_eq!(delivered(&store, &e.id).await, [created.id.as_str()]);
+
+    e.enabled = false;
+    let disabled = ev("webhook.updated", &e);
+    store
+        .update_webhook(&e, std::slice::from_ref(&disabled))
+        .await
+        .unwrap();
+    assert_eq!(delivered(&store, &e.id).await, [created.id.as_str()]);
+
+    e.enabled = true;
+    let enabled = ev("webhook.updated", &e);
+    store
+        .update_webhook(&e, std::slice::from_ref(&enabled))
+        .await
+        .unwrap();
+    assert_eq!(
+        delivered(&store, &e.id).await,
+        [created.id.as_str(), enabled.id.as_str()]
+    );
+
+    let own = store.list_deliveries(&e.id, None, 10).await.unwrap();
+    let deleted = ev("webhook.deleted", &e);
+    store
+        .delete_webhook(&e.id, std::slice::from_ref(&deleted))
+        .await
+        .unwrap();
+    assert_eq!(store.get_webhook(&e.id).await.unwrap(), None);
+    for d in &own {
+        assert_eq!(store.get_delivery(&d.id).await.unwrap(), None);
+    }
+    assert!(delivered(&store, &e.id).await.is_empty());
+    assert_eq!(
+        delivered(&store, &watcher.id).await,
+        [created.id, disabled.id, enabled.id, deleted.id]
+    );
+    assert_eq!(store.webhook_backlog().await.unwrap(), 4);
+}
+
+/// An erasure deletes the account's trail and messages, then writes its own events in the
+/// same transaction: they survive it and are delivered to the endpoints that remain.
+async fn case_erasure_records_itself_after_its_deletions(store: Arc<dyn Store>) {
+    let operator = endpoint(None, None, None);
+    store.create_webhook(&operator, &[]).await.unwrap();
+    let a = account("Acme");
+    store
+        .create_account(&a, &[event_about(Some(&a.id), "account.created", "")])
+        .await
+        .unwrap();
+    let own = endpoint(Some(&a.id), None, None);
+    store.create_webhook(&own, &[]).await.unwrap();
+    let k = key(&a.id, Mode::Live);
+    store
+        .insert_key(&k, &[event_about(Some(&a.id), "key.created", &k.id)])
+        .await
+        .unwrap();
+    assert_eq!(delivered(&store, &operator.id).await.len(), 2);
+    assert_eq!(delivered(&store, &own.id).await.len(), 1);
+
+    let erased = |counts: &ErasureCounts| {
+        vec![AuditEvent {
+            data: json!({ "account_id": a.id, "counts": counts }),
+            ..event(Some(&a.id), None, "account.erased", 1_700_000_000_000)
+        }]
+    };
+    let counts = store.erase_account(&a.id, &erased).await.unwrap();
+    assert_eq!((counts.deleted_events, counts.deleted_api_keys), (2, 1));
+
+    let listed = trail(&store).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].kind, "account.erased");
+    assert_eq!(listed[0].account_id.as_deref(), Some(a.id.as_str()));
+    assert_eq!(listed[0].data["counts"]["deleted_events"], 2);
+    assert_eq!(
+        delivered(&store, &operator.id).await,
+        [listed[0].id.as_str()]
+    );
+    assert_eq!(store.get_webhook(&own.id).await.unwrap(), None);
+    assert_eq!(store.webhook_backlog().await.unwrap(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
 // Backends.
 // ---------------------------------------------------------------------------------------
 
@@ -1662,8 +2037,8 @@ async fn case_deadlines_and_usage_for_derived_events(store: Arc<dyn Store>) {
 async fn case_decision_counts_roll_up(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     let (k1, k2) = (key(&a.id, Mode::Live), key(&a.id, Mode::Live));
-    store.insert_key(&k1).await.unwrap();
-    store.insert_key(&k2).await.unwrap();
+    store.insert_key(&k1, &[]).await.unwrap();
+    store.insert_key(&k2, &[]).await.unwrap();
     let hour = 3_600_000;
     let batch = |decisions| WriteBatch {
         decisions,
@@ -1763,7 +2138,7 @@ async fn case_web_sessions(store: Arc<dyn Store>) {
         expires_at,
     };
     let link = session("link", WebSessionKind::PortalLink, 10_000);
-    store.create_web_session(&link, 1_000).await.unwrap();
+    store.create_web_session(&link, 1_000, &[]).await.unwrap();
     assert_eq!(
         store.get_web_session("link", 2_000).await.unwrap(),
         Some(link.clone())
@@ -1788,9 +2163,9 @@ async fn case_web_sessions(store: Arc<dyn Store>) {
 
     // Expired sessions go when the next one is made.
     let old = session("old", WebSessionKind::Portal, 5_000);
-    store.create_web_session(&old, 1_000).await.unwrap();
+    store.create_web_session(&old, 1_000, &[]).await.unwrap();
     let new = session("new", WebSessionKind::Portal, 90_000);
-    store.create_web_session(&new, 6_000).await.unwrap();
+    store.create_web_session(&new, 6_000, &[]).await.unwrap();
     assert_eq!(store.take_web_session("old", 0).await.unwrap(), None);
     assert_eq!(store.end_web_sessions(&a.id).await.unwrap(), 1);
     assert_eq!(store.get_web_session("new", 7_000).await.unwrap(), None);
@@ -1802,14 +2177,17 @@ async fn case_web_sessions(store: Arc<dyn Store>) {
         return_url: None,
         ..session("console", WebSessionKind::Console, 90_000)
     };
-    store.create_web_session(&console, 7_000).await.unwrap();
+    store
+        .create_web_session(&console, 7_000, &[])
+        .await
+        .unwrap();
     assert_eq!(
         store.get_web_session("console", 8_000).await.unwrap(),
         Some(console)
     );
     let kept = session("kept", WebSessionKind::Portal, 90_000);
-    store.create_web_session(&kept, 7_000).await.unwrap();
-    store.erase_account(&a.id).await.unwrap();
+    store.create_web_session(&kept, 7_000, &[]).await.unwrap();
+    store.erase_account(&a.id, &|_| Vec::new()).await.unwrap();
     assert_eq!(
         store.get_web_session("kept", 8_000).await.unwrap(),
         None,
@@ -1954,6 +2332,10 @@ suite!(
     case_concurrent_claims_take_each_delivery_once,
     case_events_fired_once_are_written_once,
     case_deadlines_and_usage_for_derived_events,
+    case_a_refused_change_writes_none_of_its_events,
+    case_a_change_and_its_events_commit_together,
+    case_endpoint_changes_reach_endpoints_as_changed,
+    case_erasure_records_itself_after_its_deletions,
 );
 
 #[test]

@@ -266,7 +266,7 @@ async fn a_revoked_key_is_401_at_once() {
     let mut revoked = key.record.clone();
     revoked.revoked_at = Some(v.clock().now_ms());
     revoked.revoked_reason = Some("leaked".into());
-    v.store().update_key(&revoked).await.unwrap();
+    v.store().update_key(&revoked, &[]).await.unwrap();
     v.invalidate_key(&revoked);
 
     t.get("/invoices", Some(&key)).await.assert_denied(
@@ -599,7 +599,7 @@ async fn application(kw: &Keywarden) -> (String, Secret, Secret) {
         sandbox: hasher.store(&sandbox, "").unwrap(),
         created_at: kw.verifier().clock().now_ms(),
     };
-    kw.verifier().store().create_app(&app).await.unwrap();
+    kw.verifier().store().create_app(&app, &[]).await.unwrap();
     (app.id, production, sandbox)
 }
 

@@ -155,7 +155,7 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
             created_at: now,
             expires_at: now + SESSION_SECS * 1000,
         };
-        state.store.create_web_session(&session, now).await?;
+        state.store.create_web_session(&session, now, &[]).await?;
         Ok::<_, WebError>(sid)
     }
     .await;

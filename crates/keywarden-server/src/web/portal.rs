@@ -91,15 +91,16 @@ pub async fn create_link(
         created_at: now,
         expires_at: now + LINK_SECS * 1000,
     };
-    state.store.create_web_session(&link, now).await?;
-    Manager::new(state)
-        .audit(
-            actor,
-            "portal.link_created",
-            Some(&account.id),
-            mode,
-            serde_json::json!({ "role": role, "expires_in_seconds": LINK_SECS }),
-        )
+    let created = Manager::new(state).event(
+        actor,
+        "portal.link_created",
+        Some(&account.id),
+        mode,
+        serde_json::json!({ "role": role, "expires_in_seconds": LINK_SECS }),
+    );
+    state
+        .store
+        .create_web_session(&link, now, &[created])
         .await?;
     let base = public_url(state);
     Ok((
@@ -314,7 +315,7 @@ async fn start(State(state): State<AppState>, Query(q): Query<StartQuery>) -> Re
             expires_at: now + SESSION_SECS * 1000,
             ..link
         };
-        state.store.create_web_session(&session, now).await?;
+        state.store.create_web_session(&session, now, &[]).await?;
         Ok::<_, WebError>(sid)
     }
     .await;

@@ -151,15 +151,17 @@ pub async fn create_account(kw: &Keywarden, name: &str) -> Result<Account, Box<d
         metadata: json!({}),
         created_at: kw.verifier().clock().now_ms(),
     };
-    kw.verifier().store().create_account(&account).await?;
-    audit(
+    let created = event(
         kw,
         &account.id,
         None,
         "account.created",
         json!({ "name": name }),
-    )
-    .await?;
+    );
+    kw.verifier()
+        .store()
+        .create_account(&account, &[created])
+        .await?;
     Ok(account)
 }
 
@@ -246,21 +248,25 @@ pub async fn issue_key(
         revoked_reason: None,
         recoverable: None,
     };
-    kw.verifier().store().insert_key(&record).await?;
-    kw.verifier().invalidate_key(&record);
     let data = json!({ "key_id": record.id, "name": record.name, "scopes": record.scopes });
-    audit(kw, &account.id, Some(record.mode), "key.created", data).await?;
+    let created = event(kw, &account.id, Some(record.mode), "key.created", data);
+    kw.verifier()
+        .store()
+        .insert_key(&record, &[created])
+        .await?;
+    kw.verifier().invalidate_key(&record);
     Ok(IssuedKey { record, token })
 }
 
-async fn audit(
+/// The audit event of a change, written by the store in the change's own transaction.
+fn event(
     kw: &Keywarden,
     account_id: &str,
     mode: Option<Mode>,
     kind: &str,
     data: serde_json::Value,
-) -> Result<(), Box<dyn Error>> {
-    let event = AuditEvent {
+) -> AuditEvent {
+    AuditEvent {
         id: new_id("evt"),
         account_id: Some(account_id.into()),
         mode,
@@ -269,7 +275,5 @@ async fn audit(
         ip: None,
         at: kw.verifier().clock().now_ms(),
         data,
-    };
-    kw.verifier().store().append_events(&[event]).await?;
-    Ok(())
+    }
 }
