@@ -453,8 +453,10 @@ impl Manager {
         )))
     }
 
-    /// Creates an account.
-    pub async fn create_account(
+    /// Inserts a new account (checked, with its `account.created` event) and nothing else;
+    /// creating an account is `AppManager::create_account`, which adds the default key
+    /// sets the configuration asks for.
+    pub(crate) async fn insert_account(
         &self,
         actor: &Actor,
         name: &str,
@@ -781,7 +783,8 @@ impl Manager {
         }
         let (token, secret, prefix, start, key_hash) = self.mint(new.mode, new.key_type).await?;
         let id = new_id("key");
-        let recoverable = crate::manage_apps::seal_recoverable(self.s(), new.mode, &id, &token)?;
+        let recoverable =
+            crate::secretbox::seal_recoverable(self.s().secretbox.as_ref(), new.mode, &id, &token)?;
         let rec = KeyRecord {
             id,
             account_id: account.id.clone(),
@@ -883,8 +886,12 @@ impl Manager {
         key.prefix = prefix;
         key.start = start;
         key.key_hash = key_hash;
-        key.recoverable =
-            crate::manage_apps::seal_recoverable(self.s(), key.mode, &key.id, &token)?;
+        key.recoverable = crate::secretbox::seal_recoverable(
+            self.s().secretbox.as_ref(),
+            key.mode,
+            &key.id,
+            &token,
+        )?;
         let rotated = self.event(
             actor,
             "key.rotated",

@@ -10,7 +10,6 @@
 use crate::errors::ApiError;
 use crate::manage::{check_len, check_name, Actor, Manager, NewKey, MAX_DESCRIPTION, MAX_NAME};
 use crate::secretbox::SealError;
-use crate::settings::Settings;
 use crate::state::AppState;
 use keywarden_core::codes::Code;
 use keywarden_core::model::{
@@ -83,23 +82,6 @@ pub struct IssuedGrant {
     pub key: KeyRecord,
     /// The key's secret, shown once.
     pub api_key: Secret,
-}
-
-/// Seals a new secret for later recovery when `keys.recoverable_test_secrets` is on and the
-/// key is a test key; live secrets are never sealed, whatever the configuration.
-pub fn seal_recoverable(
-    settings: &Settings,
-    mode: Mode,
-    key_id: &str,
-    token: &Secret,
-) -> Result<Option<String>, ApiError> {
-    match (&settings.secretbox, mode) {
-        (Some(b), Mode::Test) => b.seal(token, key_id).map(Some).map_err(|_| {
-            tracing::error!(key_id, "a test secret could not be sealed");
-            ApiError::new(Code::InternalError)
-        }),
-        _ => Ok(None),
-    }
 }
 
 /// Checks an application URL: empty means none.
@@ -628,7 +610,7 @@ impl AppManager {
     ) -> Result<(Account, Vec<IssuedKey>), ApiError> {
         let account = self
             .keys()
-            .create_account(actor, name, plan, status, metadata)
+            .insert_account(actor, name, plan, status, metadata)
             .await?;
         let mut keys = self.default_set(actor, &account, Mode::Test).await?;
         keys.extend(self.default_set(actor, &account, Mode::Live).await?);

@@ -23,6 +23,26 @@ const TAG_LEN: usize = 16;
 /// The master key's length in bytes (AES-256).
 pub const MASTER_KEY_LEN: usize = 32;
 
+/// Seals a new secret for later recovery when `keys.recoverable_test_secrets` is on (a
+/// `secretbox` is configured) and the key is a test key; live secrets are never sealed,
+/// whatever the configuration.
+pub fn seal_recoverable(
+    secretbox: Option<&SecretBox>,
+    mode: keywarden_core::model::Mode,
+    key_id: &str,
+    token: &Secret,
+) -> Result<Option<String>, crate::errors::ApiError> {
+    match (secretbox, mode) {
+        (Some(b), keywarden_core::model::Mode::Test) => {
+            b.seal(token, key_id).map(Some).map_err(|_| {
+                tracing::error!(key_id, "a test secret could not be sealed");
+                crate::errors::ApiError::new(keywarden_core::codes::Code::InternalError)
+            })
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Why sealing or opening failed. The messages are fixed: nothing derived from a secret or
 /// from the master key ever reaches them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

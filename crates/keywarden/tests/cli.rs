@@ -203,7 +203,16 @@ fn built_in_profiles_are_listed_written_out_checked_and_refused_by_unknown_names
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files, ["facturascripts.toml", "falco.toml", "falu.toml"]);
+    assert_eq!(
+        files,
+        [
+            "factuarea.toml",
+            "facturascripts.toml",
+            "falara.toml",
+            "falco.toml",
+            "falu.toml"
+        ]
+    );
 
     let (_, err) = cli.fails(&["serve", "--profile", "nope"]);
     assert!(err.contains("nope") && err.contains("falco"), "{err}");
