@@ -1004,6 +1004,18 @@ mod tests {
             assert!(tier.quotas.is_empty() && tier.features.is_empty());
         }
         assert_eq!(written.plans.tiers.len(), omitted.plans.tiers.len());
+        // Every other setting `keywarden init` writes is its default too, but for the
+        // example scope catalog it shows.
+        let without_scopes = |c: &Config| {
+            let mut v = serde_json::to_value(c).unwrap();
+            v.as_object_mut().unwrap().remove("scopes");
+            v
+        };
+        assert_eq!(
+            without_scopes(&written),
+            without_scopes(&omitted),
+            "the init template and the defaults differ"
+        );
         assert_eq!(keywarden_tower::DEFAULT_TEMPLATE, omitted.keys.template);
         assert_eq!(
             keywarden_tower::DEFAULT_DATABASE_URL,

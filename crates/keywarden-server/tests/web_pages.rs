@@ -250,3 +250,127 @@ async fn pages_speak_spanish_when_asked() {
     assert!(en.contains("Sign in"));
     app.stop().await;
 }
+
+/// Opens a portal link for `acc` with `role`: the session cookie and the page's CSRF token.
+async fn portal_session(app: &common::TestApp, acc: &str, role: &str) -> (String, String) {
+    let link = app
+        .admin_call(
+            Method::POST,
+            &format!("/v1/admin/accounts/{acc}/portal-sessions"),
+            Some(json!({ "role": role })),
+        )
+        .await
+        .ok(201);
+    let raw = link["url"].as_str().unwrap();
+    let url = format!("{}{}", app.public, &raw[raw.find("/portal/").unwrap()..]);
+    let started = no_redirects().get(&url).send().await.unwrap();
+    let cookie = started.headers()[SET_COOKIE].to_str().unwrap();
+    let session = cookie.split(';').next().unwrap().to_string();
+    let page = no_redirects()
+        .get(format!("{}/portal", app.public))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with its token")
+        + 19;
+    let csrf = page[at..at + page[at..].find('"').unwrap()].to_string();
+    (session, csrf)
+}
+
+#[tokio::test]
+async fn an_owner_renames_and_changes_plan_in_the_portal_and_signing_out_ends_the_session() {
+    let app = spawn_app_with("[plans.tiers.default]\n[plans.tiers.pro]\nmax_keys = 5\n").await;
+    let acc = app.account("Before").await;
+    let post = |session: String, path: &'static str, form: Vec<(&'static str, String)>| {
+        let url = format!("{}{path}", app.public);
+        async move {
+            no_redirects()
+                .post(url)
+                .header("cookie", session)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let account_path = format!("/v1/admin/accounts/{acc}");
+    let account = || app.admin_call(Method::GET, &account_path, None);
+
+    // A member may not rename the account or change its plan.
+    let (member, member_csrf) = portal_session(&app, &acc, "member").await;
+    let res = post(
+        member.clone(),
+        "/portal/account",
+        vec![("csrf", member_csrf.clone()), ("name", "Taken".into())],
+    )
+    .await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(account().await.ok(200)["name"], "Before");
+
+    let (owner, csrf) = portal_session(&app, &acc, "owner").await;
+    // Without its token the form changes nothing.
+    let res = post(
+        owner.clone(),
+        "/portal/account",
+        vec![("name", "Forged".into())],
+    )
+    .await;
+    assert_eq!(res.status(), 403);
+    let res = post(
+        owner.clone(),
+        "/portal/account",
+        vec![("csrf", csrf.clone()), ("name", "After".into())],
+    )
+    .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()[LOCATION], "/portal");
+    let res = post(
+        owner.clone(),
+        "/portal/plan",
+        vec![("csrf", csrf.clone()), ("plan", "pro".into())],
+    )
+    .await;
+    assert_eq!(res.status(), 303);
+    let a = account().await.ok(200);
+    assert_eq!(
+        (a["name"].as_str(), a["plan"].as_str()),
+        (Some("After"), Some("pro"))
+    );
+    // An unknown plan is refused with the reason, and the plan stays.
+    let res = post(
+        owner.clone(),
+        "/portal/plan",
+        vec![("csrf", csrf.clone()), ("plan", "platinum".into())],
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("platinum"));
+    assert_eq!(account().await.ok(200)["plan"], "pro");
+
+    // Signing out clears the cookie and ends the session on the server.
+    let res = post(owner.clone(), "/portal/logout", vec![("csrf", csrf)]).await;
+    let cleared = res.headers()[SET_COOKIE].to_str().unwrap().to_string();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    let home = no_redirects()
+        .get(format!("{}/portal", app.public))
+        .header("cookie", owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(home.status(), 401);
+    // The member's own session is untouched.
+    let home = no_redirects()
+        .get(format!("{}/portal", app.public))
+        .header("cookie", member)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(home.status(), 200);
+    app.stop().await;
+}

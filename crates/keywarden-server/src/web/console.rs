@@ -174,24 +174,13 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
     }
 }
 
-#[derive(Deserialize)]
-struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
 async fn logout(
     State(state): State<AppState>,
     op: Operator,
-    Form(f): Form<CsrfOnly>,
+    Form(f): Form<super::CsrfOnly>,
 ) -> Result<Response, WebError> {
     op.check(&f.csrf, "/console/accounts")?;
-    let now = state.clock.now_ms();
-    state
-        .store
-        .take_web_session(&id_hash(&op.session_id), now)
-        .await?;
-    let jar = CookieJar::new().add(session_cookie(&state, COOKIE, String::new(), "/console", 0));
+    let jar = super::end_session(&state, &op.session_id, COOKIE, "/console").await?;
     Ok((jar, Redirect::to("/console/login")).into_response())
 }
 
@@ -678,7 +667,7 @@ async fn reveal(
     State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
-    Form(f): Form<CsrfOnly>,
+    Form(f): Form<super::CsrfOnly>,
 ) -> Result<Response, WebError> {
     let back = format!("/console/keys/{id}");
     op.check(&f.csrf, &back)?;
@@ -764,7 +753,7 @@ async fn rotate_application_secret(
     State(state): State<AppState>,
     op: Operator,
     Path((id, environment)): Path<(String, String)>,
-    Form(f): Form<CsrfOnly>,
+    Form(f): Form<super::CsrfOnly>,
 ) -> Result<Response, WebError> {
     let back = "/console/applications";
     op.check(&f.csrf, back)?;

@@ -268,6 +268,38 @@ pub fn session_cookie(
         .build()
 }
 
+/// A form that carries only its CSRF token (sign-out buttons).
+#[derive(serde::Deserialize)]
+pub struct CsrfOnly {
+    /// The session's CSRF token.
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// Ends the session `session_id` and returns the jar that clears its cookie `name` (set on
+/// `path`).
+pub async fn end_session(
+    state: &AppState,
+    session_id: &str,
+    name: &'static str,
+    path: &'static str,
+) -> Result<axum_extra::extract::cookie::CookieJar, WebError> {
+    let now = state.clock.now_ms();
+    state
+        .store
+        .take_web_session(&id_hash(session_id), now)
+        .await?;
+    Ok(
+        axum_extra::extract::cookie::CookieJar::new().add(session_cookie(
+            state,
+            name,
+            String::new(),
+            path,
+            0,
+        )),
+    )
+}
+
 /// Milliseconds from now.
 pub fn after_secs(state: &AppState, secs: i64) -> Millis {
     state.clock.now_ms() + secs * 1000

@@ -379,24 +379,13 @@ async fn home(
     Ok(render("portal.html", ctx))
 }
 
-#[derive(Deserialize)]
-struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
 async fn logout(
     State(state): State<AppState>,
     c: Customer,
-    Form(f): Form<CsrfOnly>,
+    Form(f): Form<super::CsrfOnly>,
 ) -> Result<Response, WebError> {
     c.check(&f.csrf, "/portal")?;
-    let now = state.clock.now_ms();
-    state
-        .store
-        .take_web_session(&id_hash(&c.session_id), now)
-        .await?;
-    let jar = CookieJar::new().add(session_cookie(&state, COOKIE, String::new(), "/portal", 0));
+    let jar = super::end_session(&state, &c.session_id, COOKIE, "/portal").await?;
     let to = c.session.return_url.clone();
     Ok(match to {
         Some(u) => (jar, Redirect::to(&u)).into_response(),
@@ -445,20 +434,11 @@ async fn rename(
     c: Customer,
     Form(f): Form<RenameForm>,
 ) -> Result<Response, WebError> {
-    c.check(&f.csrf, "/portal")?;
-    need_owner(&c)?;
-    Manager::new(&state)
-        .update_account(
-            &c.actor(),
-            &c.account.id,
-            crate::manage::AccountPatch {
-                name: Some(f.name),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| WebError::from(e).back("/portal"))?;
-    Ok(Redirect::to("/portal").into_response())
+    let patch = crate::manage::AccountPatch {
+        name: Some(f.name),
+        ..Default::default()
+    };
+    patch_own_account(&state, &c, &f.csrf, patch).await
 }
 
 #[derive(Deserialize)]
@@ -474,17 +454,24 @@ async fn change_plan(
     c: Customer,
     Form(f): Form<PlanForm>,
 ) -> Result<Response, WebError> {
-    c.check(&f.csrf, "/portal")?;
-    need_owner(&c)?;
-    Manager::new(&state)
-        .update_account(
-            &c.actor(),
-            &c.account.id,
-            crate::manage::AccountPatch {
-                plan: Some(f.plan),
-                ..Default::default()
-            },
-        )
+    let patch = crate::manage::AccountPatch {
+        plan: Some(f.plan),
+        ..Default::default()
+    };
+    patch_own_account(&state, &c, &f.csrf, patch).await
+}
+
+/// An owner's change to the session's account, back to the portal's home page.
+async fn patch_own_account(
+    state: &AppState,
+    c: &Customer,
+    csrf: &str,
+    patch: crate::manage::AccountPatch,
+) -> Result<Response, WebError> {
+    c.check(csrf, "/portal")?;
+    need_owner(c)?;
+    Manager::new(state)
+        .update_account(&c.actor(), &c.account.id, patch)
         .await
         .map_err(|e| WebError::from(e).back("/portal"))?;
     Ok(Redirect::to("/portal").into_response())
