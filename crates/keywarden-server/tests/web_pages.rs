@@ -311,6 +311,9 @@ async fn an_owner_renames_and_changes_plan_in_the_portal_and_signing_out_ends_th
     )
     .await;
     assert_eq!(res.status(), 403);
+    // The refusal is a page of the portal, with its stylesheet.
+    let page = res.text().await.unwrap();
+    assert!(page.contains("href=\"/portal/assets/app.css\""), "{page}");
     assert_eq!(account().await.ok(200)["name"], "Before");
 
     let (owner, csrf) = portal_session(&app, &acc, "owner").await;

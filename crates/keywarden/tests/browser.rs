@@ -447,6 +447,8 @@ async fn console_form_without_csrf_changes_nothing() {
         .text("#error-message")
         .await
         .contains("nothing was changed"));
+    // The refusal is a console page, styled like the others.
+    assert!(rig.text(".brand").await.contains("console"));
     let (_, list) = rig.admin_api("GET", "/v1/admin/accounts", None).await;
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
     rig.screenshot("console_csrf_refused").await;

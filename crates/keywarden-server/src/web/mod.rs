@@ -77,6 +77,14 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 tokio::task_local! {
     /// The language of the page being rendered (the request's, as for API errors).
     static LANG: Locale;
+    /// Which pages are being served: `console` or `portal` (their stylesheet, header and
+    /// links, error pages included).
+    static AREA: &'static str;
+}
+
+/// The area of the page being rendered.
+fn area() -> &'static str {
+    AREA.try_with(|a| *a).unwrap_or("portal")
 }
 
 /// The language of the request being served (English outside a page request).
@@ -99,7 +107,7 @@ pub fn render(name: &str, ctx: minijinja::Value) -> Response {
         Locale::Es => "es",
         _ => "en",
     };
-    let ctx = minijinja::context! { lang => code, ..ctx };
+    let ctx = minijinja::context! { lang => code, area => area(), ..ctx };
     match TEMPLATES.get_template(name).and_then(|t| t.render(ctx)) {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
@@ -120,7 +128,12 @@ pub async fn page_headers(req: axum::extract::Request, next: axum::middleware::N
         .get::<Locale>()
         .copied()
         .unwrap_or(Locale::En);
-    let mut res = LANG.scope(locale, next.run(req)).await;
+    let area = if req.uri().path().starts_with("/console") {
+        "console"
+    } else {
+        "portal"
+    };
+    let mut res = LANG.scope(locale, AREA.scope(area, next.run(req))).await;
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
