@@ -893,14 +893,24 @@ impl From<&keywarden_store::webhooks::WebhookEndpoint> for Webhook {
     }
 }
 
-/// An endpoint with its signing secret, shown once (creation, rotation).
-#[derive(Clone, Debug, Serialize, ToSchema)]
+/// An endpoint with its signing secret, shown once (creation, rotation). Its `Debug`
+/// leaves the secret out.
+#[derive(Clone, Serialize, ToSchema)]
 pub struct WebhookWithSecret {
     /// The endpoint.
     #[serde(flatten)]
     pub endpoint: Webhook,
     /// `whsec_…`: the key for verifying signatures. Shown only now.
     pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookWithSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookWithSecret")
+            .field("endpoint", &self.endpoint)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 impl From<&keywarden_store::webhooks::WebhookEndpoint> for WebhookWithSecret {

@@ -150,7 +150,10 @@ impl Sender {
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("Keywarden-Webhooks/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(4);
+            .pool_max_idle_per_host(4)
+            // Straight to the endpoint, never through a proxy from the environment: a proxy
+            // would resolve the endpoint's name itself, past the address guard.
+            .no_proxy();
         if !cfg.allow_private_networks {
             builder = builder.dns_resolver(Arc::new(GuardedResolver));
         }

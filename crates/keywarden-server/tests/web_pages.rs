@@ -161,6 +161,14 @@ async fn portal_links_refuse_bad_input_and_end_with_suspension() {
     )
     .await
     .invalid("return_url");
+    // It would become a Location header: a line break is refused up front.
+    app.admin_call(
+        Method::POST,
+        &path,
+        Some(json!({ "return_url": "https://app.example.com/\nx" })),
+    )
+    .await
+    .invalid("return_url");
     app.admin_call(Method::POST, &path, Some(json!({ "role": "emperor" })))
         .await
         .err(400, "invalid_request");
@@ -192,6 +200,11 @@ async fn portal_links_refuse_bad_input_and_end_with_suspension() {
     assert_eq!(started.status(), 303);
     let cookie = started.headers()[SET_COOKIE].to_str().unwrap().to_string();
     assert!(cookie.contains("Path=/portal"), "{cookie}");
+    // Lax, so the first page after a link opened from another site gets the cookie.
+    assert!(
+        cookie.contains("SameSite=Lax") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
     let session = cookie.split(';').next().unwrap().to_string();
     let home = |session: String| {
         let url = format!("{}/portal", app.public);
@@ -375,5 +388,92 @@ async fn an_owner_renames_and_changes_plan_in_the_portal_and_signing_out_ends_th
         .await
         .unwrap();
     assert_eq!(home.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_portal_keeps_to_its_sessions_mode_and_to_the_self_service_groups_served() {
+    let app = spawn_app_with(
+        "[self_service]\nendpoints = [\"account\", \"usage\", \"api_keys\", \"portal\"]\n\
+         [plans.tiers.default]\n[plans.tiers.pro]\n",
+    )
+    .await;
+    let acc = app.account("Scoped").await;
+    let link = app
+        .admin_call(
+            Method::POST,
+            &format!("/v1/admin/accounts/{acc}/portal-sessions"),
+            Some(json!({ "mode": "test" })),
+        )
+        .await
+        .ok(201);
+    let raw = link["url"].as_str().unwrap();
+    let url = format!("{}{}", app.public, &raw[raw.find("/portal/").unwrap()..]);
+    let started = no_redirects().get(&url).send().await.unwrap();
+    let cookie = started.headers()[SET_COOKIE].to_str().unwrap();
+    let session = cookie.split(';').next().unwrap().to_string();
+    let page = no_redirects()
+        .get(format!("{}/portal", app.public))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Renaming and plan changes are not served here: the page has no such forms.
+    assert!(!page.contains("action=\"/portal/plan\""), "{page}");
+    let at = page.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = page[at..at + page[at..].find('"').unwrap()].to_string();
+    let post = |path: &str, form: Vec<(&'static str, String)>| {
+        no_redirects()
+            .post(format!("{}{path}", app.public))
+            .header("cookie", &session)
+            .form(&form)
+            .send()
+    };
+
+    // A test-mode session makes a test key even when the form names no mode.
+    let res = post(
+        "/portal/keys",
+        vec![
+            ("csrf", csrf.clone()),
+            ("mode", String::new()),
+            ("name", "ci".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    let keys = app
+        .admin_call(Method::GET, &format!("/v1/admin/accounts/{acc}/keys"), None)
+        .await
+        .ok(200);
+    let modes: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["test"]);
+
+    // A posted rename or plan change is refused, and changes nothing.
+    for (path, field, value) in [
+        ("/portal/account", "name", "Renamed"),
+        ("/portal/plan", "plan", "pro"),
+    ] {
+        let res = post(path, vec![("csrf", csrf.clone()), (field, value.into())])
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+    }
+    let a = app
+        .admin_call(Method::GET, &format!("/v1/admin/accounts/{acc}"), None)
+        .await
+        .ok(200);
+    assert_eq!(
+        (a["name"].as_str(), a["plan"].as_str()),
+        (Some("Scoped"), Some("default"))
+    );
     app.stop().await;
 }

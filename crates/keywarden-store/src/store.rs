@@ -512,7 +512,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Records an attempt and what follows it; disables the endpoint when asked, and
     /// writes the outcome's events, in one transaction.
     async fn finish_delivery(&self, outcome: &AttemptOutcome) -> StoreResult<()>;
-    /// Makes a delivery of this endpoint pending again, due at `at`. `NotFound` if absent.
+    /// Makes a delivery of this endpoint pending again, due at `at`. `NotFound` if absent;
+    /// `Conflict` while a process holds it to send it (its lease has not run out).
     async fn redeliver(&self, endpoint_id: &str, delivery_id: &str, at: Millis) -> StoreResult<()>;
     /// Queues `event` for this endpoint only (a test event), not in the audit trail; returns
     /// the delivery id.

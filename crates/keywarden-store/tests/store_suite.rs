@@ -1496,6 +1496,16 @@ async fn case_events_queue_their_deliveries_in_the_same_write(store: Arc<dyn Sto
         store.redeliver("whe_nope", &d2.id, t).await,
         Err(StoreError::NotFound)
     ));
+    // A delivery being sent (claimed above, leased until t + 70 000) is not made pending
+    // again under its sender: that would send it twice at once.
+    assert!(matches!(
+        store.redeliver(&d1.endpoint_id, &d1.id, t + 60_001).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .redeliver(&d1.endpoint_id, &d1.id, t + 70_000)
+        .await
+        .unwrap();
 }
 
 async fn case_disabling_an_endpoint_records_its_event(store: Arc<dyn Store>) {

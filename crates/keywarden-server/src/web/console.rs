@@ -253,6 +253,7 @@ async fn accounts(
 struct CreateAccountForm {
     #[serde(default)]
     csrf: String,
+    #[serde(default)]
     name: String,
     #[serde(default)]
     plan: String,
@@ -351,6 +352,7 @@ async fn account(
 struct StatusForm {
     #[serde(default)]
     csrf: String,
+    #[serde(default)]
     status: String,
 }
 
@@ -377,6 +379,7 @@ async fn set_status(
 struct PlanForm {
     #[serde(default)]
     csrf: String,
+    #[serde(default)]
     plan: String,
 }
 
@@ -636,6 +639,7 @@ async fn revoke(
 struct EnabledForm {
     #[serde(default)]
     csrf: String,
+    #[serde(default)]
     enabled: String,
 }
 
@@ -653,7 +657,15 @@ async fn set_enabled(
         .await
         .map_err(|e| WebError::from(e).back(&back))?;
     let patch = KeyPatch {
-        enabled: Some(f.enabled == "true"),
+        enabled: Some(match f.enabled.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(
+                    WebError::from(ApiError::invalid("enabled: must be true or false")).back(&back),
+                )
+            }
+        }),
         ..KeyPatch::default()
     };
     m.update_key(&op.actor, k, patch, None)

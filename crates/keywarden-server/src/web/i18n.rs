@@ -122,6 +122,7 @@ const SPANISH: &[(&str, &str)] = &[
     ("The secret is never shown again after it was created; roll the key to get a new one.", "El secreto no se vuelve a mostrar después de crearlo; renueva la clave para obtener uno nuevo."),
     ("They are shown only this once: Keywarden keeps only their hashes.", "Solo se muestran esta vez: Keywarden guarda únicamente sus hashes."),
     ("Third-party integrations that ask an account for scopes; an account's owner approves them on the portal's consent page", "Integraciones de terceros que piden permisos a una cuenta; el propietario de la cuenta las aprueba en la página de consentimiento del portal"),
+    ("This deployment does not offer that here.", "Este servicio no ofrece eso aquí."),
     ("This form has expired or did not come from this page; nothing was changed. Reload the page and try again.", "Este formulario ha caducado o no viene de esta página; no se ha cambiado nada. Recarga la página y vuelve a intentarlo."),
     ("This portal link has already been used or has expired. Ask for a new one.", "Este enlace al portal ya se ha usado o ha caducado. Pide uno nuevo."),
     ("This portal session is for the other mode.", "Esta sesión del portal es del otro modo."),

@@ -4,8 +4,9 @@
 //! JSON APIs (`manage.rs`, `manage_apps.rs`), so a page can do nothing an API call could
 //! not.
 //!
-//! Sessions: a random 256-bit id in an `HttpOnly`, `SameSite=Strict` cookie (`Secure` with
-//! `server.secure_cookies`); the store keeps only its SHA-256. Each session's CSRF token is
+//! Sessions: a random 256-bit id in an `HttpOnly` cookie (`Secure` with
+//! `server.secure_cookies`), `SameSite=Strict` for the console and `Lax` for the portal,
+//! whose links are opened from the operator's own site; the store keeps only its SHA-256. Each session's CSRF token is
 //! derived from its id, and every POST must carry it. Every page is sent with a strict
 //! Content-Security-Policy (scripts and styles from this origin only, no framing) and
 //! `Cache-Control: no-store`, so a page that showed a secret is not kept by the browser.
@@ -209,7 +210,7 @@ impl From<ApiError> for WebError {
         let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
         let message = e
             .detail
-            .unwrap_or_else(|| e.code.message(Locale::En).to_string());
+            .unwrap_or_else(|| e.code.message(lang()).to_string());
         WebError {
             status,
             message,
@@ -264,7 +265,10 @@ pub fn csrf_ok(session_id: &str, presented: &str) -> bool {
     keywarden_core::ct_eq(csrf_token(session_id).as_bytes(), presented.as_bytes())
 }
 
-/// A session cookie for `path`, living `max_age_secs` (0: removal).
+/// A session cookie for `path`, living `max_age_secs` (0: removal). The portal's is
+/// `SameSite=Lax`: a portal link is opened from another site (the operator's application,
+/// a mail), and a `Strict` cookie would not come with the first page after it. Its forms
+/// stay safe through their CSRF token; the console's cookie is `Strict`.
 pub fn session_cookie(
     state: &AppState,
     name: &'static str,
@@ -275,7 +279,11 @@ pub fn session_cookie(
     Cookie::build((name, value))
         .path(path)
         .http_only(true)
-        .same_site(SameSite::Strict)
+        .same_site(if path == "/portal" {
+            SameSite::Lax
+        } else {
+            SameSite::Strict
+        })
         .secure(state.settings.config.server.secure_cookies)
         .max_age(time::Duration::seconds(max_age_secs))
         .build()

@@ -10,7 +10,7 @@ use super::{csrf_ok, csrf_token, id_hash, key_view, new_session_id, render, scop
 use super::{session_cookie, WebError};
 use crate::errors::ApiError;
 use crate::extract::{client_ip, peer_ip};
-use crate::manage::{Actor, Ceiling, Manager};
+use crate::manage::{Actor, Ceiling, Manager, NewKey};
 use crate::manage_apps::AppManager;
 use crate::state::AppState;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -67,9 +67,12 @@ pub async fn create_link(
 ) -> Result<(String, Millis), ApiError> {
     if let Some(u) = &return_url {
         crate::manage::check_len("return_url", u, 2000)?;
-        if !(u.starts_with("https://") || u.starts_with("http://")) {
+        // It becomes a `Location` header at sign-out: no spaces or control characters.
+        if !(u.starts_with("https://") || u.starts_with("http://"))
+            || u.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(ApiError::invalid(
-                "return_url: must be an absolute http:// or https:// URL",
+                "return_url: must be an absolute http:// or https:// URL without spaces or control characters",
             ));
         }
     }
@@ -373,6 +376,7 @@ async fn home(
         roles => roles,
         can_manage => c.role().can_manage_keys(),
         is_owner => c.role() == Role::Owner,
+        account_write => state.settings.self_service.serves("account_write"),
         key_base => "/portal/keys",
         create_action => "/portal/keys",
     }};
@@ -395,6 +399,20 @@ async fn logout(
         )
             .into_response(),
     })
+}
+
+/// Refuses what the deployment's self-service API does not offer (`self_service.endpoints`):
+/// the portal does no more than that API.
+fn need_group(state: &AppState, group: &str) -> Result<(), WebError> {
+    if state.settings.self_service.serves(group) {
+        Ok(())
+    } else {
+        Err(WebError::new(
+            StatusCode::NOT_FOUND,
+            "This deployment does not offer that here.",
+            "/portal",
+        ))
+    }
 }
 
 fn need_owner(c: &Customer) -> Result<(), WebError> {
@@ -470,6 +488,7 @@ async fn patch_own_account(
 ) -> Result<Response, WebError> {
     c.check(csrf, "/portal")?;
     need_owner(c)?;
+    need_group(state, "account_write")?;
     Manager::new(state)
         .update_account(&c.actor(), &c.account.id, patch)
         .await
@@ -486,7 +505,11 @@ async fn create_key(
     let back = format!("/portal?mode={mode}");
     c.check(&f.csrf, &back)?;
     need_manager(&c, &back)?;
-    let new = f.new_key().map_err(|e| WebError::from(e).back(&back))?;
+    // The key is made in the session's mode, whatever the form says.
+    let new = NewKey {
+        mode,
+        ..f.new_key().map_err(|e| WebError::from(e).back(&back))?
+    };
     let ceiling = c.ceiling(&state, mode);
     let (k, token) = Manager::new(&state)
         .create_key(&c.actor(), &c.account, new, Some(&ceiling))
@@ -592,6 +615,7 @@ async fn consent(
 ) -> Result<Response, WebError> {
     let mode = c.mode(&q.mode)?;
     need_owner(&c)?;
+    need_group(&state, "grants")?;
     let app = AppManager::new(&state)
         .app(q.app_id.trim())
         .await
@@ -638,6 +662,7 @@ async fn authorize(
     let back = "/portal";
     c.check(&f.csrf, back)?;
     need_owner(&c)?;
+    need_group(&state, "grants")?;
     let ceiling = c.ceiling(&state, mode);
     let issued = AppManager::new(&state)
         .create_grant(

@@ -768,7 +768,17 @@ impl<B: Backend> Store for B {
     }
 
     async fn redeliver(&self, endpoint_id: &str, delivery_id: &str, at: Millis) -> StoreResult<()> {
-        found(write_one(self, REDELIVER, &params![endpoint_id, delivery_id, at]).await?)
+        let p = params![endpoint_id, delivery_id, at];
+        if write_one(self, REDELIVER, &p).await? > 0 {
+            return Ok(());
+        }
+        let mut c = read(self).await?;
+        if count(&mut *c, DELIVERY_OF_ENDPOINT, &p[..2]).await? == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Err(StoreError::Conflict(
+            "the delivery is being sent now; ask again once this attempt is recorded".into(),
+        ))
     }
 
     async fn queue_for_endpoint(

@@ -406,8 +406,12 @@ pub(super) const ENDPOINT_DISABLE: &str = "UPDATE webhook_endpoints SET enabled 
 pub(super) const ENDPOINT_EXISTS: &str =
     "SELECT COUNT(*) AS n FROM webhook_endpoints WHERE id = $1";
 pub(super) const DELETE_WEBHOOK: &str = "DELETE FROM webhook_endpoints WHERE id = $1";
+/// Only a delivery no process is sending now: one being sent keeps its lease.
 pub(super) const REDELIVER: &str = "UPDATE webhook_deliveries SET status = 'pending', \
-     next_attempt_at = $3, locked_until = NULL WHERE id = $2 AND endpoint_id = $1";
+     next_attempt_at = $3, locked_until = NULL WHERE id = $2 AND endpoint_id = $1 \
+     AND (locked_until IS NULL OR locked_until <= $3)";
+pub(super) const DELIVERY_OF_ENDPOINT: &str =
+    "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE id = $2 AND endpoint_id = $1";
 pub(super) const BACKLOG: &str =
     "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE status = 'pending'";
 pub(super) const FIRE_MARKER: &str = "INSERT INTO fired_events (marker, account_id, at) \
