@@ -135,6 +135,16 @@ pub fn forbidden_address(ip: IpAddr) -> bool {
                 );
                 return forbidden_address(IpAddr::V4(v4));
             }
+            // IPv4-translated (::ffff:0:a.b.c.d) reaches an IPv4 address too.
+            if s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+                let v4 = std::net::Ipv4Addr::new(
+                    (s[6] >> 8) as u8,
+                    s[6] as u8,
+                    (s[7] >> 8) as u8,
+                    s[7] as u8,
+                );
+                return forbidden_address(IpAddr::V4(v4));
+            }
             if s[0] == 0x2002 {
                 let v4 = std::net::Ipv4Addr::new(
                     (s[1] >> 8) as u8,
@@ -151,6 +161,8 @@ pub fn forbidden_address(ip: IpAddr) -> bool {
                 || (s[0] & 0xffc0) == 0xfe80 // link-local
                 || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo: an IPv4 tunnel endpoint
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64
                 || s[..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible
         }
     }
@@ -242,6 +254,9 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::a00:1",
             "2002:7f00:1::",
+            "::ffff:0:7f00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "64:ff9b:1::a00:1",
         ] {
             assert!(forbidden_address(bad.parse().unwrap()), "{bad}");
         }
