@@ -2,37 +2,14 @@
 //! rendered in the configured style (`envelope`, `problem`, `detail`), in the request's
 //! language, with the code renamed as the profile asks, and always with the request id.
 
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keywarden_core::codes::{Code, CodeOverrides, Locale};
-use serde_json::Value;
+use keywarden_core::codes::{Code, Locale};
 use std::sync::Arc;
 
 pub use keywarden_core::codes::ErrorStyle;
 
-/// Everything needed to render an error, fixed at startup.
-#[derive(Clone, Debug)]
-pub struct ErrorRenderer {
-    /// Body shape.
-    pub style: ErrorStyle,
-    /// Link template with `{code}`; empty = no link.
-    pub doc_url: String,
-    /// The default language.
-    pub locale: Locale,
-    /// Profile renames and status changes.
-    pub overrides: CodeOverrides,
-}
-
-impl Default for ErrorRenderer {
-    fn default() -> Self {
-        Self {
-            style: ErrorStyle::Envelope,
-            doc_url: String::new(),
-            locale: Locale::En,
-            overrides: CodeOverrides::default(),
-        }
-    }
-}
+pub use keywarden_store::reply::ErrorFormat;
 
 /// An error on its way out: a code, an optional specific message (naming the field or the
 /// offending values) and a retry hint. Handlers return it; a middleware renders it with the
@@ -143,115 +120,15 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl ErrorRenderer {
-    /// The language for a request: its `Accept-Language` if it names a supported one.
-    pub fn locale_for(&self, headers: &HeaderMap) -> Locale {
-        headers
-            .get(header::ACCEPT_LANGUAGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(Locale::from_accept_language)
-            .unwrap_or(self.locale)
-    }
-
-    /// The final status, wire code, and body of an error.
-    pub fn body(
-        &self,
-        err: &ApiError,
-        locale: Locale,
-        request_id: &str,
-    ) -> (StatusCode, String, Value) {
-        let p = self.overrides.present(err.code);
-        let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        // A specific message is English only; in another language the table's message is
-        // used, followed by the specifics so the field is still named.
-        let message = match (&err.detail, locale) {
-            (Some(d), Locale::En) => d.clone(),
-            (Some(d), _) => format!("{} ({d})", self.overrides.message(err.code, locale)),
-            (None, _) => self.overrides.message(err.code, locale).to_string(),
-        };
-        let title = status.canonical_reason().unwrap_or("Error");
-        let body = p.body(self.style, &message, request_id, &self.doc_url, title);
-        (status, p.name.to_string(), body)
-    }
-
-    /// Renders an error as a full response.
-    pub fn response(&self, err: &ApiError, locale: Locale, request_id: &str) -> Response {
-        let (status, _, body) = self.body(err, locale, request_id);
-        let content_type = match self.style {
-            ErrorStyle::Problem => "application/problem+json",
-            _ => "application/json",
-        };
-        let mut res = (status, body.to_string()).into_response();
-        let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        if let Some(secs) = err.retry_after {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            h.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"keywarden\""),
-            );
-        }
-        res
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-    use std::collections::BTreeMap;
-
-    fn renderer(style: ErrorStyle) -> ErrorRenderer {
-        ErrorRenderer {
-            style,
-            doc_url: "https://docs.example.com/errors#{code}".into(),
-            ..ErrorRenderer::default()
-        }
-    }
-
-    #[test]
-    fn envelope_has_every_field() {
-        let r = renderer(ErrorStyle::Envelope);
-        let (status, code, body) = r.body(&ApiError::new(Code::InvalidApiKey), Locale::En, "req_1");
-        assert_eq!(status, 401);
-        assert_eq!(code, "invalid_api_key");
-        assert_eq!(body["error"]["type"], "authentication_error");
-        assert_eq!(body["error"]["code"], "invalid_api_key");
-        assert_eq!(body["error"]["request_id"], "req_1");
-        assert_eq!(
-            body["error"]["doc_url"],
-            "https://docs.example.com/errors#invalid_api_key"
-        );
-    }
-
-    #[test]
-    fn problem_and_detail_styles() {
-        let r = renderer(ErrorStyle::Problem);
-        let (_, _, b) = r.body(&ApiError::new(Code::InsufficientScope), Locale::Es, "req_2");
-        assert_eq!(b["status"], 403);
-        assert_eq!(b["code"], "insufficient_scope");
-        assert_eq!(b["title"], "Forbidden");
-        assert!(b["detail"].as_str().unwrap().contains("permiso"));
-        let r = renderer(ErrorStyle::Detail);
-        let (_, _, b) = r.body(&ApiError::invalid("name: too long"), Locale::En, "req_3");
-        assert_eq!(b, json!({"detail": "name: too long"}));
-    }
-
-    #[test]
-    fn renames_apply() {
-        let mut r = renderer(ErrorStyle::Envelope);
-        r.overrides = CodeOverrides::new(
-            &BTreeMap::from([("api_key_expired".into(), "api_key_revoked".into())]),
-            &BTreeMap::new(),
-        )
-        .unwrap();
-        let (_, code, b) = r.body(&ApiError::new(Code::ApiKeyExpired), Locale::En, "req_4");
-        assert_eq!(code, "api_key_revoked");
-        assert_eq!(
-            b["error"]["message"],
-            Code::ApiKeyRevoked.message(Locale::En)
-        );
-    }
+/// Renders `err` as a full response in `format`, with its wire code (after renames).
+pub fn render(
+    format: &ErrorFormat,
+    err: &ApiError,
+    locale: Locale,
+    request_id: &str,
+) -> (Response, String) {
+    let r = format.render(err.code, err.detail.as_deref(), locale, request_id);
+    let mut res = (r.status, r.body.to_string()).into_response();
+    format.error_headers(res.headers_mut(), r.status, err.retry_after);
+    (res, r.code.to_string())
 }

@@ -11,8 +11,8 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, RawPathParams, R
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use keywarden_core::codes::Code;
-use keywarden_core::ip::{client_ip as walk_forwarded_for, ClientAddr};
-use keywarden_store::request::Credentials;
+use keywarden_core::ip::ClientAddr;
+use keywarden_store::request::{forwarded_client, Credentials};
 use serde::de::DeserializeOwned;
 use std::net::{IpAddr, SocketAddr};
 
@@ -204,32 +204,14 @@ pub fn credentials<'r>(
 
 pub use keywarden_store::request::{percent_decode, query_param};
 
-/// The client: the peer, or through `X-Forwarded-For` when the peer is trusted (unknown
-/// when a trusted hop is not an address; see [`keywarden_core::ip::client_ip`]). `None`
-/// without a peer address. A header value that is not text (raw bytes above ASCII) is read
-/// as a hop that is not an address, never skipped: skipping it would make the proxy the
-/// client.
+/// The client: the peer, or through `X-Forwarded-For` when the peer is trusted (see
+/// [`forwarded_client`]). `None` without a peer address.
 pub fn client_ip(
     settings: &Settings,
     headers: &HeaderMap,
     peer: Option<IpAddr>,
 ) -> Option<ClientAddr> {
-    let peer = peer?;
-    let mut joined = String::new();
-    for v in headers.get_all("x-forwarded-for") {
-        if !joined.is_empty() {
-            joined.push(',');
-        }
-        match v.to_str() {
-            Ok(text) => joined.push_str(text),
-            Err(_) => joined.push_str(&String::from_utf8_lossy(v.as_bytes())),
-        }
-    }
-    Some(walk_forwarded_for(
-        peer,
-        (!joined.is_empty()).then_some(joined.as_str()),
-        &settings.trusted_proxies,
-    ))
+    Some(forwarded_client(peer?, headers, &settings.trusted_proxies))
 }
 
 /// The peer address of the connection, when served over a real socket.

@@ -2,7 +2,7 @@
 //! language, and one log line per request (never with a secret: only the id, route,
 //! status, code and latency).
 
-use crate::errors::{ApiError, PendingError};
+use crate::errors::{render, ApiError, PendingError};
 use crate::state::AppState;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
@@ -73,18 +73,8 @@ impl RequestContext {
         let mut code: Option<std::borrow::Cow<'static, str>> =
             res.extensions().get::<DecisionCode>().map(|c| c.0.into());
         if let Some(PendingError(err)) = res.extensions_mut().remove::<PendingError>() {
-            let rendered = state.settings.renderer.response(&err, locale, &id);
-            code = Some(
-                state
-                    .settings
-                    .renderer
-                    .overrides
-                    .present(err.code)
-                    .name
-                    .to_string()
-                    .into(),
-            );
-            let mut new = rendered;
+            let (mut new, wire) = render(&state.settings.renderer, &err, locale, &id);
+            code = Some(wire.into());
             // Keep headers a handler set on the error response (e.g. rate-limit figures).
             for (k, v) in res.headers() {
                 if !new.headers().contains_key(k) {

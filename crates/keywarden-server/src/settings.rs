@@ -2,7 +2,7 @@
 //! reported with the field it comes from, and the process refuses to start.
 
 use crate::config::{Config, ConfigError};
-use crate::errors::{ErrorRenderer, ErrorStyle};
+use crate::errors::{ErrorFormat, ErrorStyle};
 use crate::secretbox::SecretBox;
 use keywarden_core::codes::{CodeOverrides, Locale};
 use keywarden_core::hashing::SecretHasher;
@@ -54,7 +54,7 @@ pub struct Settings {
     /// Route rules.
     pub routes: RouteTable,
     /// How errors look.
-    pub renderer: ErrorRenderer,
+    pub renderer: ErrorFormat,
     /// The self-service base path (`/v1`).
     pub base_path: String,
     /// The catalog (shared with the verifier).
@@ -457,7 +457,7 @@ impl Settings {
         )
         .map_err(|(field, reason)| ConfigError::new(field, reason))?;
         let self_service = SelfService::compile(&c.self_service)?;
-        let renderer = ErrorRenderer {
+        let renderer = ErrorFormat {
             style,
             doc_url: c.errors.doc_url.clone(),
             locale,

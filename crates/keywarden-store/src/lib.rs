@@ -31,6 +31,7 @@ pub use writer::{KeyUse, UsageDurability, Writer, WriterConfig, WriterHandle};
 
 pub mod defaults;
 pub mod limiter;
+pub mod reply;
 pub mod request;
 pub mod verifier;
 pub mod webhooks;

@@ -8,8 +8,10 @@
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, Uri};
+use keywarden_core::ip::{ClientAddr, TrustedProxies};
 use std::borrow::Cow;
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use crate::verifier::VerifyRequest;
@@ -138,6 +140,28 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The client behind `peer`, read through the request's `X-Forwarded-For` hops (joined in
+/// order) as far as they are trusted; see [`keywarden_core::ip::client_ip`]. A header value
+/// that is not text (raw bytes above ASCII) is read as a hop that is not an address, never
+/// skipped: skipping it would make the proxy the client.
+pub fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> ClientAddr {
+    let mut joined = String::new();
+    for v in headers.get_all("x-forwarded-for") {
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        match v.to_str() {
+            Ok(text) => joined.push_str(text),
+            Err(_) => joined.push_str(&String::from_utf8_lossy(v.as_bytes())),
+        }
+    }
+    keywarden_core::ip::client_ip(
+        peer,
+        (!joined.is_empty()).then_some(joined.as_str()),
+        trusted,
+    )
 }
 
 /// What a request presents to be verified: its key, from the first source that has one,

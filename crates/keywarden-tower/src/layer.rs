@@ -7,7 +7,7 @@ use crate::scopes::{Needed, ScopeRequirement};
 use crate::source::{client_ip, KeySource};
 use crate::{Keywarden, KeywardenBody, REQUEST_ID_HEADER};
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use keywarden_core::codes::{Code, Locale};
 use keywarden_core::ip::TrustedProxies;
 use keywarden_core::scopes::InvalidScopes;
@@ -183,10 +183,14 @@ where
                         key_id = out.key.as_ref().map(|k| k.id()),
                         "request denied"
                     );
-                    let mut res = shared
-                        .format
-                        .response(code, out.retry_after, locale, request_id.as_str())
-                        .map(KeywardenBody::Right);
+                    let mut res = crate::error::response(
+                        &shared.format,
+                        code,
+                        out.retry_after,
+                        locale,
+                        request_id.as_str(),
+                    )
+                    .map(KeywardenBody::Right);
                     finish(res.headers_mut(), &request_id, &out);
                     return Ok(res);
                 }
@@ -239,15 +243,5 @@ fn finish(headers: &mut HeaderMap, request_id: &RequestId, out: &VerifyOutcome) 
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
         headers.insert(REQUEST_ID_HEADER, v);
     }
-    if let (Some(limit), Some(rate)) = (&out.rate_limit, &out.rate) {
-        let pairs = [
-            ("ratelimit-policy", limit.policy_header()),
-            ("ratelimit", rate.header()),
-        ];
-        for (name, value) in pairs {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(HeaderName::from_static(name), v);
-            }
-        }
-    }
+    keywarden_store::reply::rate_limit_headers(headers, out);
 }

@@ -5,9 +5,10 @@
 //! into a new string.
 
 use http::{Extensions, HeaderMap};
-use keywarden_core::ip::{client_ip as walk_forwarded_for, normalize, ClientAddr, TrustedProxies};
+use keywarden_core::ip::{normalize, ClientAddr, TrustedProxies};
 use std::net::{IpAddr, SocketAddr};
 
+use keywarden_store::request::forwarded_client;
 pub use keywarden_store::request::{InvalidKeySource, KeySource};
 
 /// The client address, set by the application when it knows better than the socket (for
@@ -33,21 +34,7 @@ pub(crate) fn client_ip(
     if trusted.is_empty() {
         return Some(ClientAddr::Ip(normalize(peer)));
     }
-    let mut joined = String::new();
-    for v in headers.get_all("x-forwarded-for") {
-        if !joined.is_empty() {
-            joined.push(',');
-        }
-        match v.to_str() {
-            Ok(text) => joined.push_str(text),
-            Err(_) => joined.push_str(&String::from_utf8_lossy(v.as_bytes())),
-        }
-    }
-    Some(walk_forwarded_for(
-        peer,
-        (!joined.is_empty()).then_some(joined.as_str()),
-        trusted,
-    ))
+    Some(forwarded_client(peer, headers, trusted))
 }
 
 fn peer_ip(extensions: &Extensions) -> Option<IpAddr> {

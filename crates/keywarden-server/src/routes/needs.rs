@@ -41,20 +41,7 @@ pub fn route_needs<'a>(
     Ok((needs, routed.path))
 }
 
-/// Adds the IETF rate-limit headers (draft 11) when a rate limit applied.
-pub fn rate_limit_headers(headers: &mut HeaderMap, out: &VerifyOutcome) {
-    if let (Some(limit), Some(rate)) = (&out.rate_limit, &out.rate) {
-        let pairs = [
-            ("ratelimit-policy", limit.policy_header()),
-            ("ratelimit", rate.header()),
-        ];
-        for (name, value) in pairs {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(HeaderName::from_static(name), v);
-            }
-        }
-    }
-}
+pub use keywarden_store::reply::rate_limit_headers;
 
 /// `X-Keywarden-Key-Id` (names checked at compile time, not per request).
 const KEY_ID: HeaderName = HeaderName::from_static("x-keywarden-key-id");

@@ -3,8 +3,8 @@
 //! browser nor in the database. Every action calls the manager the admin API calls.
 
 use super::{
-    csrf_ok, csrf_token, expiry_field, id_hash, key_view, list_field, new_session_id, opt_field,
-    rate_field, render, scope_choices, session_cookie, WebError,
+    csrf_token, expiry_field, id_hash, key_view, list_field, new_session_id, opt_field, rate_field,
+    render, scope_choices, session_cookie, OrBack, SignedIn, WebError,
 };
 use crate::auth::root_key_matches;
 use crate::errors::ApiError;
@@ -68,14 +68,15 @@ pub struct Operator {
     actor: Actor,
 }
 
-impl Operator {
-    /// Refuses a form without this session's token, before anything is read or changed.
-    fn check(&self, presented: &str, back: &str) -> Result<(), WebError> {
-        if csrf_ok(&self.session_id, presented) {
-            Ok(())
-        } else {
-            Err(WebError::csrf(back))
-        }
+impl SignedIn for Operator {
+    const AREA: &'static str = "console";
+
+    fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    fn csrf(&self) -> &str {
+        &self.csrf
     }
 }
 
@@ -284,7 +285,7 @@ async fn create_account(
             None,
         )
         .await
-        .map_err(|e| WebError::from(e).back(back))?;
+        .back(back)?;
     Ok(Redirect::to(&format!("/console/accounts/{}", a.id)).into_response())
 }
 
@@ -310,10 +311,7 @@ async fn account(
     Query(q): Query<ModeQuery>,
 ) -> Result<Response, WebError> {
     let m = Manager::new(&state);
-    let a = m
-        .account(&id)
-        .await
-        .map_err(|e| WebError::from(e).back("/console/accounts"))?;
+    let a = m.account(&id).await.back("/console/accounts")?;
     let mode = mode_of(&q.mode);
     let keys = state
         .store
@@ -371,7 +369,7 @@ async fn set_status(
     AppManager::new(&state)
         .set_status(&op.actor, &id, status)
         .await
-        .map_err(|e| WebError::from(e).back(&back))?;
+        .back(&back)?;
     Ok(Redirect::to(&back).into_response())
 }
 
@@ -401,7 +399,7 @@ async fn set_plan(
             },
         )
         .await
-        .map_err(|e| WebError::from(e).back(&back))?;
+        .back(&back)?;
     Ok(Redirect::to(&back).into_response())
 }
 
@@ -423,10 +421,7 @@ async fn erase(
     let back = format!("/console/accounts/{id}");
     op.check(&f.csrf, &back)?;
     let m = Manager::new(&state);
-    let a = m
-        .account(&id)
-        .await
-        .map_err(|e| WebError::from(e).back(&back))?;
+    let a = m.account(&id).await.back(&back)?;
     if f.confirm.trim() != a.name {
         return Err(WebError::new(
             StatusCode::BAD_REQUEST,
@@ -434,9 +429,7 @@ async fn erase(
             &back,
         ));
     }
-    m.erase_account(&op.actor, &id)
-        .await
-        .map_err(|e| WebError::from(e).back(&back))?;
+    m.erase_account(&op.actor, &id).await.back(&back)?;
     Ok(Redirect::to("/console/accounts").into_response())
 }
 
@@ -486,27 +479,6 @@ impl KeyForm {
     }
 }
 
-/// The page showing a new secret, once. The browser is told not to keep it, and its
-/// script puts the key's own page in the history in place of the form's answer.
-pub fn secret_page(
-    area: &str,
-    csrf: &str,
-    k: &keywarden_core::model::KeyRecord,
-    token: &keywarden_core::Secret,
-    key_url: &str,
-    what: &str,
-) -> Response {
-    let mut res = render(
-        "secret.html",
-        context! {
-            area => area, csrf => csrf, key => key_view(k), secret => token.expose(),
-            key_url => key_url, what => what,
-        },
-    );
-    *res.status_mut() = StatusCode::CREATED;
-    res
-}
-
 async fn create_key(
     State(state): State<AppState>,
     op: Operator,
@@ -516,23 +488,10 @@ async fn create_key(
     let back = format!("/console/accounts/{id}?mode={}", mode_of(&f.mode));
     op.check(&f.csrf, &back)?;
     let m = Manager::new(&state);
-    let a = m
-        .account(&id)
-        .await
-        .map_err(|e| WebError::from(e).back(&back))?;
-    let new = f.new_key().map_err(|e| WebError::from(e).back(&back))?;
-    let (k, token) = m
-        .create_key(&op.actor, &a, new, None)
-        .await
-        .map_err(|e| WebError::from(e).back(&back))?;
-    Ok(secret_page(
-        "console",
-        &op.csrf,
-        &k,
-        &token,
-        &format!("/console/keys/{}", k.id),
-        "created",
-    ))
+    let a = m.account(&id).await.back(&back)?;
+    let new = f.new_key().back(&back)?;
+    let (k, token) = m.create_key(&op.actor, &a, new, None).await.back(&back)?;
+    Ok(op.secret_page(&k, &token, "created"))
 }
 
 /// `GET /console/keys/{id}`: metadata, recent activity, the actions.
@@ -542,21 +501,10 @@ async fn key(
     Path(id): Path<String>,
 ) -> Result<Response, WebError> {
     let m = Manager::new(&state);
-    let k = m
-        .key_of(None, None, &id)
-        .await
-        .map_err(|e| WebError::from(e).back("/console/accounts"))?;
-    let activity = state.store.list_activity(&k.id, 50).await?;
-    let activity: Vec<_> = activity.iter().map(crate::views::Activity::from).collect();
-    let chart = super::day_chart(&state, Some(&k.account_id), Some(&k.id), None).await?;
-    let ctx = context! { ..ctx_base(&op, "accounts"), ..context! {
-        chart => chart,
-        key => key_view(&k),
+    let k = m.key_of(None, None, &id).await.back("/console/accounts")?;
+    let ctx = context! { ..ctx_base(&op, "accounts"), ..super::key_use(&state, &k).await?, ..context! {
         recoverable => k.recoverable.is_some() && state.settings.secretbox.is_some(),
-        activity => activity,
-        action_base => format!("/console/keys/{}", k.id),
         back => format!("/console/accounts/{}?mode={}", k.account_id, k.mode),
-        max_grace => state.settings.config.keys.max_grace_period_seconds,
     }};
     Ok(render("key.html", ctx))
 }
@@ -589,23 +537,10 @@ async fn rotate(
     let back = format!("/console/keys/{id}");
     op.check(&f.csrf, &back)?;
     let m = Manager::new(&state);
-    let k = m
-        .key_of(None, None, &id)
-        .await
-        .map_err(|e| WebError::from(e).back(&back))?;
-    let grace = f.grace().map_err(|e| WebError::from(e).back(&back))?;
-    let (k, token) = m
-        .rotate_key(&op.actor, k, grace)
-        .await
-        .map_err(|e| WebError::from(e).back(&back))?;
-    Ok(secret_page(
-        "console",
-        &op.csrf,
-        &k,
-        &token,
-        &back,
-        if grace == 0 { "rolled" } else { "rotated" },
-    ))
+    let k = m.key_of(None, None, &id).await.back(&back)?;
+    let grace = f.grace().back(&back)?;
+    let (k, token) = m.rotate_key(&op.actor, k, grace).await.back(&back)?;
+    Ok(op.secret_page(&k, &token, super::rotated(grace)))
 }
 
 #[derive(Deserialize)]
@@ -625,13 +560,10 @@ async fn revoke(
     let back = format!("/console/keys/{id}");
     op.check(&f.csrf, &back)?;
     let m = Manager::new(&state);
-    let k = m
-        .key_of(None, None, &id)
-        .await
-        .map_err(|e| WebError::from(e).back(&back))?;
+    let k = m.key_of(None, None, &id).await.back(&back)?;
     m.revoke_key(&op.actor, k, opt_field(&f.reason).map(str::to_string))
         .await
-        .map_err(|e| WebError::from(e).back(&back))?;
+        .back(&back)?;
     Ok(Redirect::to(&back).into_response())
 }
 
@@ -652,10 +584,7 @@ async fn set_enabled(
     let back = format!("/console/keys/{id}");
     op.check(&f.csrf, &back)?;
     let m = Manager::new(&state);
-    let k = m
-        .key_of(None, None, &id)
-        .await
-        .map_err(|e| WebError::from(e).back(&back))?;
+    let k = m.key_of(None, None, &id).await.back(&back)?;
     let patch = KeyPatch {
         enabled: Some(match f.enabled.as_str() {
             "true" => true,
@@ -668,9 +597,7 @@ async fn set_enabled(
         }),
         ..KeyPatch::default()
     };
-    m.update_key(&op.actor, k, patch, None)
-        .await
-        .map_err(|e| WebError::from(e).back(&back))?;
+    m.update_key(&op.actor, k, patch, None).await.back(&back)?;
     Ok(Redirect::to(&back).into_response())
 }
 
@@ -686,14 +613,12 @@ async fn reveal(
     let k = Manager::new(&state)
         .key_of(None, None, &id)
         .await
-        .map_err(|e| WebError::from(e).back(&back))?;
+        .back(&back)?;
     let token = AppManager::new(&state)
         .reveal(&op.actor, &k)
         .await
-        .map_err(|e| WebError::from(e).back(&back))?;
-    Ok(secret_page(
-        "console", &op.csrf, &k, &token, &back, "revealed",
-    ))
+        .back(&back)?;
+    Ok(op.secret_page(&k, &token, "revealed"))
 }
 
 /// `GET /console/applications`: third-party applications and the scopes they request.
@@ -744,7 +669,7 @@ async fn create_application(
             },
         )
         .await
-        .map_err(|e| WebError::from(e).back(back))?;
+        .back(back)?;
     let mut res = render(
         "app_secrets.html",
         context! {
@@ -775,7 +700,7 @@ async fn rotate_application_secret(
     let (app, secret) = AppManager::new(&state)
         .rotate_app_secret(&op.actor, &id, env)
         .await
-        .map_err(|e| WebError::from(e).back(back))?;
+        .back(back)?;
     Ok(render(
         "app_secrets.html",
         context! {

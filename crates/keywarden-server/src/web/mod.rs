@@ -205,6 +205,71 @@ impl WebError {
     }
 }
 
+/// `.back(url)` on a result: its error becomes a page whose "back" link leads to `url`.
+pub trait OrBack<T> {
+    /// Maps the error to a [`WebError`] leading back to `back`.
+    fn back(self, back: &str) -> Result<T, WebError>;
+}
+
+impl<T, E: Into<WebError>> OrBack<T> for Result<T, E> {
+    fn back(self, back: &str) -> Result<T, WebError> {
+        self.map_err(|e| e.into().back(back))
+    }
+}
+
+/// What a rotation shows: `rolled` (the old secret refused at once) or `rotated` (kept
+/// through a grace period).
+pub fn rotated(grace_seconds: u64) -> &'static str {
+    if grace_seconds == 0 {
+        "rolled"
+    } else {
+        "rotated"
+    }
+}
+
+/// A signed-in page session (the console's operator, the portal's customer): the forms it
+/// posts carry its CSRF token.
+pub trait SignedIn {
+    /// The area its pages belong to (`console` or `portal`), the first segment of their path.
+    const AREA: &'static str;
+
+    /// The session id the CSRF token is derived from.
+    fn session_id(&self) -> &str;
+
+    /// The CSRF token its pages put in their forms.
+    fn csrf(&self) -> &str;
+
+    /// The page showing a secret (`what`: created, rolled, rotated, revealed, granted),
+    /// once. The browser is told not to keep it, and its script puts the key's own page in
+    /// the history in place of the form's answer.
+    fn secret_page(
+        &self,
+        k: &keywarden_core::model::KeyRecord,
+        token: &keywarden_core::Secret,
+        what: &str,
+    ) -> Response {
+        let key_url = format!("/{}/keys/{}", Self::AREA, k.id);
+        let mut res = render(
+            "secret.html",
+            minijinja::context! {
+                area => Self::AREA, csrf => self.csrf(), key => key_view(k),
+                secret => token.expose(), key_url => key_url, what => what,
+            },
+        );
+        *res.status_mut() = StatusCode::CREATED;
+        res
+    }
+
+    /// Refuses a form without this session's token, before anything is read or changed.
+    fn check(&self, presented: &str, back: &str) -> Result<(), WebError> {
+        if csrf_ok(self.session_id(), presented) {
+            Ok(())
+        } else {
+            Err(WebError::csrf(back))
+        }
+    }
+}
+
 impl From<ApiError> for WebError {
     fn from(e: ApiError) -> Self {
         let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
@@ -408,6 +473,24 @@ pub fn scope_choices(state: &AppState) -> Vec<minijinja::Value> {
 
 /// The chart of the last 24 hours of an account's or a key's decisions (or, with neither,
 /// the deployment's), by hour.
+/// What a key's page shows of its use: the recent activity (newest first) and the traffic
+/// over the last day.
+pub async fn key_use(
+    state: &AppState,
+    k: &keywarden_core::model::KeyRecord,
+) -> Result<minijinja::Value, WebError> {
+    let activity = state.store.list_activity(&k.id, 50).await?;
+    let activity: Vec<_> = activity.iter().map(crate::views::Activity::from).collect();
+    let chart = day_chart(state, Some(&k.account_id), Some(&k.id), None).await?;
+    Ok(minijinja::context! {
+        chart => chart,
+        key => key_view(k),
+        activity => activity,
+        action_base => format!("/{}/keys/{}", area(), k.id),
+        max_grace => state.settings.config.keys.max_grace_period_seconds,
+    })
+}
+
 pub async fn day_chart(
     state: &AppState,
     account_id: Option<&str>,

@@ -5,9 +5,9 @@
 //! every scope: it reaches exactly the keys such a key could have made, through the same
 //! rules as the self-service API (`Manager::key_within`, `Ceiling`).
 
-use super::console::{secret_page, KeyForm, RevokeForm, RotateForm};
-use super::{csrf_ok, csrf_token, id_hash, key_view, new_session_id, render, scope_choices};
-use super::{session_cookie, WebError};
+use super::console::{KeyForm, RevokeForm, RotateForm};
+use super::{csrf_token, id_hash, key_view, new_session_id, render, scope_choices};
+use super::{session_cookie, OrBack, SignedIn, WebError};
 use crate::errors::ApiError;
 use crate::extract::{client_ip, peer_ip};
 use crate::manage::{Actor, Ceiling, Manager, NewKey};
@@ -181,15 +181,19 @@ impl FromRequestParts<AppState> for Customer {
     }
 }
 
-impl Customer {
-    fn check(&self, presented: &str, back: &str) -> Result<(), WebError> {
-        if csrf_ok(&self.session_id, presented) {
-            Ok(())
-        } else {
-            Err(WebError::csrf(back))
-        }
+impl SignedIn for Customer {
+    const AREA: &'static str = "portal";
+
+    fn session_id(&self) -> &str {
+        &self.session_id
     }
 
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl Customer {
     fn role(&self) -> Role {
         self.session.role.unwrap_or(Role::Member)
     }
@@ -492,7 +496,7 @@ async fn patch_own_account(
     Manager::new(state)
         .update_account(&c.actor(), &c.account.id, patch)
         .await
-        .map_err(|e| WebError::from(e).back("/portal"))?;
+        .back("/portal")?;
     Ok(Redirect::to("/portal").into_response())
 }
 
@@ -508,21 +512,14 @@ async fn create_key(
     // The key is made in the session's mode, whatever the form says.
     let new = NewKey {
         mode,
-        ..f.new_key().map_err(|e| WebError::from(e).back(&back))?
+        ..f.new_key().back(&back)?
     };
     let ceiling = c.ceiling(&state, mode);
     let (k, token) = Manager::new(&state)
         .create_key(&c.actor(), &c.account, new, Some(&ceiling))
         .await
-        .map_err(|e| WebError::from(e).back(&back))?;
-    Ok(secret_page(
-        "portal",
-        &c.csrf,
-        &k,
-        &token,
-        &format!("/portal/keys/{}", k.id),
-        "created",
-    ))
+        .back(&back)?;
+    Ok(c.secret_page(&k, &token, "created"))
 }
 
 /// `GET /portal/keys/{id}`: a key this session reaches, and its recent activity.
@@ -532,17 +529,9 @@ async fn key(
     Path(id): Path<String>,
 ) -> Result<Response, WebError> {
     let k = c.key(&state, &id).await?;
-    let activity = state.store.list_activity(&k.id, 50).await?;
-    let activity: Vec<_> = activity.iter().map(crate::views::Activity::from).collect();
-    let chart = super::day_chart(&state, Some(&c.account.id), Some(&k.id), None).await?;
-    let ctx = context! { ..base_ctx(&c, k.mode), ..context! {
-        chart => chart,
-        key => key_view(&k),
-        activity => activity,
-        action_base => format!("/portal/keys/{}", k.id),
+    let ctx = context! { ..base_ctx(&c, k.mode), ..super::key_use(&state, &k).await?, ..context! {
         back => format!("/portal?mode={}", k.mode),
         can_manage => c.role().can_manage_keys(),
-        max_grace => state.settings.config.keys.max_grace_period_seconds,
     }};
     Ok(render("portal_key.html", ctx))
 }
@@ -557,19 +546,12 @@ async fn rotate(
     c.check(&f.csrf, &back)?;
     need_manager(&c, &back)?;
     let k = c.key(&state, &id).await?;
-    let grace = f.grace().map_err(|e| WebError::from(e).back(&back))?;
+    let grace = f.grace().back(&back)?;
     let (k, token) = Manager::new(&state)
         .rotate_key(&c.actor(), k, grace)
         .await
-        .map_err(|e| WebError::from(e).back(&back))?;
-    Ok(secret_page(
-        "portal",
-        &c.csrf,
-        &k,
-        &token,
-        &back,
-        if grace == 0 { "rolled" } else { "rotated" },
-    ))
+        .back(&back)?;
+    Ok(c.secret_page(&k, &token, super::rotated(grace)))
 }
 
 async fn revoke(
@@ -589,7 +571,7 @@ async fn revoke(
             super::opt_field(&f.reason).map(str::to_string),
         )
         .await
-        .map_err(|e| WebError::from(e).back(&back))?;
+        .back(&back)?;
     Ok(Redirect::to(&back).into_response())
 }
 
@@ -674,15 +656,8 @@ async fn authorize(
             Some(&ceiling_scopes(&ceiling)),
         )
         .await
-        .map_err(|e| WebError::from(e).back(back))?;
-    Ok(secret_page(
-        "portal",
-        &c.csrf,
-        &issued.key,
-        &issued.api_key,
-        &format!("/portal/keys/{}", issued.key.id),
-        "granted",
-    ))
+        .back(back)?;
+    Ok(c.secret_page(&issued.key, &issued.api_key, "granted"))
 }
 
 fn ceiling_scopes(c: &Ceiling) -> keywarden_core::scopes::ScopeSet {
