@@ -28,6 +28,16 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
+    /// The families an error can have (every one but [`ErrorType::None`]).
+    pub const ERRORS: [ErrorType; 6] = [
+        ErrorType::AuthenticationError,
+        ErrorType::AuthorizationError,
+        ErrorType::RateLimitError,
+        ErrorType::InvalidRequestError,
+        ErrorType::NotFoundError,
+        ErrorType::ApiError,
+    ];
+
     /// The wire spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -286,6 +296,109 @@ pub struct Presented<'a> {
     pub message_code: Code,
 }
 
+/// The error family as an error body names it: one of [`ErrorType::ERRORS`].
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ErrorType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "The error family; clients switch on it before the code.",
+            ))
+            .enum_values(Some(ErrorType::ERRORS.iter().map(|t| t.as_str())))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ErrorType {}
+
+/// An error body as it is sent, in the configured style (`errors.style`,
+/// `docs/errors.md`). The envelope and the detail style are `application/json`, the problem
+/// style `application/problem+json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum ErrorBody {
+    /// `errors.style = "envelope"` (the default).
+    Envelope(ErrorEnvelope),
+    /// `errors.style = "problem"`.
+    Problem(ProblemDetails),
+    /// `errors.style = "detail"`.
+    Detail(DetailError),
+}
+
+/// `errors.style = "envelope"` (default).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"error": {
+    "type": "authentication_error",
+    "code": "invalid_api_key",
+    "message": "The API key is invalid.",
+    "request_id": "req_01JQ2Z5V7X9Y0ABCDEFGHJKMNP",
+}})))]
+pub struct ErrorEnvelope {
+    /// The error.
+    pub error: ErrorObject,
+}
+
+/// The error inside an [`ErrorEnvelope`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorObject {
+    /// The family.
+    #[serde(rename = "type")]
+    pub error_type: ErrorType,
+    /// The code (`docs/decision.md`, `docs/errors.md`), as the profile names it.
+    #[cfg_attr(feature = "openapi", schema(example = "invalid_api_key"))]
+    pub code: String,
+    /// Human-readable, in the request's language; names the offending field for bad input.
+    pub message: String,
+    /// The request's id, also in `X-Request-Id`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(example = "req_01JQ2Z5V7X9Y0ABCDEFGHJKMNP")
+    )]
+    pub request_id: String,
+    /// A link about the code, when `errors.doc_url` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub doc_url: Option<String>,
+}
+
+/// `errors.style = "problem"`: RFC 9457, sent as `application/problem+json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProblemDetails {
+    /// The `errors.doc_url` link for the code, or `about:blank`.
+    #[serde(rename = "type")]
+    #[cfg_attr(feature = "openapi", schema(example = "about:blank"))]
+    pub problem_type: String,
+    /// The status's reason phrase.
+    #[cfg_attr(feature = "openapi", schema(example = "Unauthorized"))]
+    pub title: String,
+    /// The HTTP status.
+    #[cfg_attr(feature = "openapi", schema(example = 401))]
+    pub status: u16,
+    /// Human-readable, in the request's language.
+    pub detail: String,
+    /// The code, as the profile names it.
+    #[cfg_attr(feature = "openapi", schema(example = "invalid_api_key"))]
+    pub code: String,
+    /// The request's id.
+    pub request_id: String,
+}
+
+/// `errors.style = "detail"`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DetailError {
+    /// Human-readable, in the request's language.
+    #[cfg_attr(feature = "openapi", schema(example = "The API key is invalid."))]
+    pub detail: String,
+}
+
 /// The shape of error bodies (`errors.style`, `docs/errors.md`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ErrorStyle {
@@ -325,31 +438,29 @@ impl Presented<'_> {
         request_id: &str,
         doc_url: &str,
         title: &str,
-    ) -> serde_json::Value {
-        use serde_json::{json, Value};
+    ) -> ErrorBody {
         let doc_url = (!doc_url.is_empty()).then(|| doc_url.replace("{code}", self.name));
         match style {
-            ErrorStyle::Envelope => {
-                let mut e = json!({
-                    "type": self.error_type.as_str(),
-                    "code": self.name,
-                    "message": message,
-                    "request_id": request_id,
-                });
-                if let Some(u) = doc_url {
-                    e["doc_url"] = Value::String(u);
-                }
-                json!({ "error": e })
-            }
-            ErrorStyle::Problem => json!({
-                "type": doc_url.unwrap_or_else(|| "about:blank".into()),
-                "title": title,
-                "status": self.status,
-                "detail": message,
-                "code": self.name,
-                "request_id": request_id,
+            ErrorStyle::Envelope => ErrorBody::Envelope(ErrorEnvelope {
+                error: ErrorObject {
+                    error_type: self.error_type,
+                    code: self.name.to_string(),
+                    message: message.to_string(),
+                    request_id: request_id.to_string(),
+                    doc_url,
+                },
             }),
-            ErrorStyle::Detail => json!({ "detail": message }),
+            ErrorStyle::Problem => ErrorBody::Problem(ProblemDetails {
+                problem_type: doc_url.unwrap_or_else(|| "about:blank".into()),
+                title: title.to_string(),
+                status: self.status,
+                detail: message.to_string(),
+                code: self.name.to_string(),
+                request_id: request_id.to_string(),
+            }),
+            ErrorStyle::Detail => ErrorBody::Detail(DetailError {
+                detail: message.to_string(),
+            }),
         }
     }
 }

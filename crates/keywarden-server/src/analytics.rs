@@ -25,7 +25,7 @@ pub struct AnalyticsQuery {
     /// Only this key's decisions.
     pub key_id: Option<String>,
     /// Only `live` or `test` decisions (default: both).
-    #[param(value_type = Option<crate::views::schema::Mode>)]
+    #[param(value_type = Option<keywarden_core::model::Mode>)]
     pub mode: Option<String>,
     /// Start, RFC 3339 (default: 24 buckets before `to`).
     #[param(format = DateTime)]

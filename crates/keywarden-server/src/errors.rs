@@ -128,7 +128,7 @@ pub fn render(
     request_id: &str,
 ) -> (Response, String) {
     let r = format.render(err.code, err.detail.as_deref(), locale, request_id);
-    let mut res = (r.status, r.body.to_string()).into_response();
+    let mut res = (r.status, r.body_json()).into_response();
     format.error_headers(res.headers_mut(), r.status, err.retry_after);
     (res, r.code.to_string())
 }

@@ -30,7 +30,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
-use utoipa::{OpenApi, ToResponse, ToSchema};
+use utoipa::{OpenApi, ToResponse};
 
 /// The path the self-service attributes are written under; replaced by the configured
 /// base path when served.
@@ -178,11 +178,11 @@ any string, path id or query parameter) is answered with 400 naming the field, b
             leaks::RevocableTokenTypes,
             leaks::GitlabRevocation,
             crate::leaks::Label,
-            views::schema::Mode,
-            views::schema::KeyType,
-            views::schema::Role,
-            views::schema::AccountStatus,
-            views::schema::AppEnvironment,
+            keywarden_core::model::Mode,
+            keywarden_core::model::KeyType,
+            keywarden_core::model::Role,
+            keywarden_core::model::AccountStatus,
+            keywarden_core::model::AppEnvironment,
             ErrorType,
             views::Timestamp,
             views::JsonObject,
@@ -241,99 +241,12 @@ any string, path id or query parameter) is answered with 400 naming the field, b
 )]
 pub struct ApiDoc;
 
-/// The error family; clients switch on it before the code.
-#[derive(ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorType {
-    /// The credential is missing, malformed, unknown or no longer valid.
-    AuthenticationError,
-    /// The credential is valid but not allowed to do this.
-    AuthorizationError,
-    /// Too many requests, failures or units.
-    RateLimitError,
-    /// The request itself is wrong.
-    InvalidRequestError,
-    /// The object does not exist for this caller.
-    NotFoundError,
-    /// Keywarden or something behind it failed.
-    ApiError,
-}
-
 // ---------------------------------------------------------------------------------------
-// Errors (`docs/errors.md`).
+// Errors (`docs/errors.md`): the bodies are the core's wire types.
 
-/// `errors.style = "envelope"` (default).
-#[derive(ToSchema)]
-#[schema(example = json!({"error": {
-    "type": "authentication_error",
-    "code": "invalid_api_key",
-    "message": "The API key is invalid.",
-    "request_id": "req_01JQ2Z5V7X9Y0ABCDEFGHJKMNP",
-}}))]
-pub struct ErrorEnvelope {
-    /// The error.
-    pub error: ErrorObject,
-}
-
-/// The error inside an [`ErrorEnvelope`].
-#[derive(ToSchema)]
-pub struct ErrorObject {
-    /// The family.
-    #[serde(rename = "type")]
-    pub error_type: ErrorType,
-    /// The code (`docs/decision.md`, `docs/errors.md`), as the profile names it.
-    #[schema(example = "invalid_api_key")]
-    pub code: String,
-    /// Human-readable, in the request's language; names the offending field for bad input.
-    pub message: String,
-    /// The request's id, also in `X-Request-Id`.
-    #[schema(example = "req_01JQ2Z5V7X9Y0ABCDEFGHJKMNP")]
-    pub request_id: String,
-    /// A link about the code, when `errors.doc_url` is set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub doc_url: Option<String>,
-}
-
-/// `errors.style = "problem"`: RFC 9457, sent as `application/problem+json`.
-#[derive(ToSchema)]
-pub struct ProblemDetails {
-    /// The `errors.doc_url` link for the code, or `about:blank`.
-    #[serde(rename = "type")]
-    #[schema(example = "about:blank")]
-    pub problem_type: String,
-    /// The status's reason phrase.
-    #[schema(example = "Unauthorized")]
-    pub title: String,
-    /// The HTTP status.
-    #[schema(example = 401)]
-    pub status: u16,
-    /// Human-readable, in the request's language.
-    pub detail: String,
-    /// The code, as the profile names it.
-    #[schema(example = "invalid_api_key")]
-    pub code: String,
-    /// The request's id.
-    pub request_id: String,
-}
-
-/// `errors.style = "detail"`.
-#[derive(ToSchema)]
-pub struct DetailError {
-    /// Human-readable, in the request's language.
-    #[schema(example = "The API key is invalid.")]
-    pub detail: String,
-}
-
-/// An `application/json` error body: the envelope, or `{"detail"}` with `errors.style = "detail"`.
-#[derive(ToSchema)]
-#[serde(untagged)]
-pub enum ErrorBody {
-    /// `errors.style = "envelope"`.
-    Envelope(ErrorEnvelope),
-    /// `errors.style = "detail"`.
-    Detail(DetailError),
-}
+use keywarden_core::codes::{
+    DetailError, ErrorBody, ErrorEnvelope, ErrorObject, ErrorType, ProblemDetails,
+};
 
 /// Declares a reusable error response: the error body in each style, plus headers.
 macro_rules! error_response {

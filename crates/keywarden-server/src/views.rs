@@ -144,69 +144,6 @@ impl From<RateLimitSpec> for RateLimit {
     }
 }
 
-/// How the model's enums are documented (they serialize themselves, in `snake_case`; a
-/// test checks that these list the same values).
-pub mod schema {
-    use utoipa::ToSchema;
-
-    /// Every key, event and usage record is `live` or `test`.
-    #[derive(ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum Mode {
-        /// Production traffic.
-        Live,
-        /// Test traffic; sees only test objects.
-        Test,
-    }
-
-    /// Secret keys act on an account; publishable keys only identify it (public scopes only).
-    #[derive(ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum KeyType {
-        /// A secret key.
-        Secret,
-        /// A publishable key.
-        Publishable,
-    }
-
-    /// What a key may manage through the self-service API.
-    #[derive(ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum Role {
-        /// Everything, including the account itself.
-        Owner,
-        /// Keys.
-        Admin,
-        /// Keys.
-        Developer,
-        /// Nothing; reads only.
-        Member,
-    }
-
-    /// Live keys work only for `active` accounts; test keys work unless `suspended`.
-    #[derive(ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum AccountStatus {
-        /// Awaiting approval.
-        Pending,
-        /// In good standing.
-        Active,
-        /// Every key of the account is refused.
-        Suspended,
-    }
-
-    /// The environment of an application secret: production goes with live keys, sandbox
-    /// with test keys.
-    #[derive(ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum AppEnvironment {
-        /// Goes with live keys.
-        Production,
-        /// Goes with test keys.
-        Sandbox,
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Accounts.
 
@@ -221,7 +158,7 @@ pub struct Account {
     /// A configured plan.
     pub plan: String,
     /// Lifecycle state; gates live keys.
-    #[schema(value_type = schema::AccountStatus)]
+    #[schema(value_type = keywarden_core::model::AccountStatus)]
     pub status: AccountStatus,
     /// Free-form JSON object, at most 4 KiB.
     pub metadata: JsonObject,
@@ -252,10 +189,10 @@ pub struct AccountSummary {
     /// The plan, in effect at once.
     pub plan: String,
     /// The calling key's role, as `GET /v1/account` shows it.
-    #[schema(value_type = schema::Role)]
+    #[schema(value_type = keywarden_core::model::Role)]
     pub role: Role,
     /// Lifecycle state.
-    #[schema(value_type = schema::AccountStatus)]
+    #[schema(value_type = keywarden_core::model::AccountStatus)]
     pub status: AccountStatus,
     /// Creation time.
     pub created_at: Timestamp,
@@ -285,13 +222,13 @@ pub struct CallerAccount {
     /// The account's plan.
     pub plan: String,
     /// The calling key's role.
-    #[schema(value_type = schema::Role)]
+    #[schema(value_type = keywarden_core::model::Role)]
     pub role: Role,
     /// The calling key's mode.
-    #[schema(value_type = schema::Mode)]
+    #[schema(value_type = keywarden_core::model::Mode)]
     pub mode: Mode,
     /// The account's status.
-    #[schema(value_type = schema::AccountStatus)]
+    #[schema(value_type = keywarden_core::model::AccountStatus)]
     pub status: AccountStatus,
     /// The calling key.
     pub key: CallerKey,
@@ -418,11 +355,11 @@ pub struct ApiKey {
     /// The owning account.
     pub account_id: String,
     /// Live or test; fixed at creation.
-    #[schema(value_type = schema::Mode)]
+    #[schema(value_type = keywarden_core::model::Mode)]
     pub mode: Mode,
     /// Secret or publishable; fixed at creation.
     #[serde(rename = "type")]
-    #[schema(value_type = schema::KeyType)]
+    #[schema(value_type = keywarden_core::model::KeyType)]
     pub key_type: KeyType,
     /// Label, 1–100 characters.
     pub name: String,
@@ -431,7 +368,7 @@ pub struct ApiKey {
     /// The person responsible.
     pub owner: String,
     /// What the key may manage through the self-service API.
-    #[schema(value_type = schema::Role)]
+    #[schema(value_type = keywarden_core::model::Role)]
     pub role: Role,
     /// Granted scopes as written (aliases unexpanded).
     pub scopes: Vec<String>,
@@ -549,7 +486,7 @@ pub struct CreatedApiKey {
     /// Granted scopes.
     pub scopes: Vec<String>,
     /// The caller's mode.
-    #[schema(value_type = schema::Mode)]
+    #[schema(value_type = keywarden_core::model::Mode)]
     pub mode: Mode,
     /// Creation time.
     pub created_at: Timestamp,
@@ -640,7 +577,7 @@ pub struct RotatedApplicationSecret {
     #[serde(flatten)]
     pub application: Application,
     /// Which secret was replaced.
-    #[schema(value_type = schema::AppEnvironment)]
+    #[schema(value_type = keywarden_core::model::AppEnvironment)]
     pub environment: AppEnvironment,
     /// The new secret. Store it now: it is never shown again.
     pub secret: String,
@@ -750,7 +687,7 @@ pub struct UsageResponse {
     /// The account's plan.
     pub plan: String,
     /// The mode reported on.
-    #[schema(value_type = schema::Mode)]
+    #[schema(value_type = keywarden_core::model::Mode)]
     pub mode: Mode,
     /// Start of the first quota's period (the month when the plan has no quota).
     pub period_start: Timestamp,
@@ -776,7 +713,7 @@ pub struct AuditEvent {
     #[schema(required = true)]
     pub account_id: Option<String>,
     /// The mode concerned, if any.
-    #[schema(required = true, value_type = Option<schema::Mode>)]
+    #[schema(required = true, value_type = Option<keywarden_core::model::Mode>)]
     pub mode: Option<Mode>,
     /// `root`, a key id, or `system`.
     pub actor: String,
@@ -856,7 +793,7 @@ pub struct Webhook {
     /// Only this account's events; `null` for every account's.
     pub account_id: Option<String>,
     /// Only this mode's events (and events without a mode); `null` for both.
-    #[schema(value_type = Option<crate::views::schema::Mode>)]
+    #[schema(value_type = Option<keywarden_core::model::Mode>)]
     pub mode: Option<Mode>,
     /// Free text.
     pub description: String,
@@ -1056,15 +993,15 @@ pub struct VerifyKey {
     pub name: Option<String>,
     /// Live or test.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, value_type = Option<schema::Mode>)]
+    #[schema(nullable = false, value_type = Option<keywarden_core::model::Mode>)]
     pub mode: Option<Mode>,
     /// Secret or publishable.
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, value_type = Option<schema::KeyType>)]
+    #[schema(nullable = false, value_type = Option<keywarden_core::model::KeyType>)]
     pub key_type: Option<KeyType>,
     /// Role.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, value_type = Option<schema::Role>)]
+    #[schema(nullable = false, value_type = Option<keywarden_core::model::Role>)]
     pub role: Option<Role>,
     /// The fixed start of the token.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1131,7 +1068,7 @@ pub struct VerifyAccount {
     /// Plan.
     pub plan: String,
     /// Status.
-    #[schema(value_type = schema::AccountStatus)]
+    #[schema(value_type = keywarden_core::model::AccountStatus)]
     pub status: AccountStatus,
 }
 
@@ -1206,17 +1143,11 @@ mod tests {
 
     #[test]
     fn documented_enums_list_what_the_model_sends() {
-        assert_eq!(documented::<schema::Mode>(), sent(Mode::ALL));
-        assert_eq!(documented::<schema::KeyType>(), sent(KeyType::ALL));
-        assert_eq!(documented::<schema::Role>(), sent(Role::ALL));
-        assert_eq!(
-            documented::<schema::AccountStatus>(),
-            sent(AccountStatus::ALL)
-        );
-        assert_eq!(
-            documented::<schema::AppEnvironment>(),
-            sent(AppEnvironment::ALL)
-        );
+        assert_eq!(documented::<Mode>(), sent(Mode::ALL));
+        assert_eq!(documented::<KeyType>(), sent(KeyType::ALL));
+        assert_eq!(documented::<Role>(), sent(Role::ALL));
+        assert_eq!(documented::<AccountStatus>(), sent(AccountStatus::ALL));
+        assert_eq!(documented::<AppEnvironment>(), sent(AppEnvironment::ALL));
     }
 }
 
@@ -1236,7 +1167,7 @@ pub struct AnalyticsReport {
     #[schema(required = true)]
     pub key_id: Option<String>,
     /// The mode counted (none: both).
-    #[schema(required = true, value_type = Option<schema::Mode>)]
+    #[schema(required = true, value_type = Option<keywarden_core::model::Mode>)]
     pub mode: Option<Mode>,
     /// Each bucket from `from` to `to`, empty ones included.
     pub buckets: Vec<AnalyticsBucket>,

@@ -10,8 +10,7 @@
 use crate::verifier::VerifyOutcome;
 use http::header::{ACCEPT_LANGUAGE, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use keywarden_core::codes::{Code, CodeOverrides, ErrorStyle, Locale};
-use serde_json::Value;
+use keywarden_core::codes::{Code, CodeOverrides, ErrorBody, ErrorStyle, Locale};
 
 /// How errors are rendered: the `[errors]` section of the configuration.
 #[derive(Clone, Debug, Default)]
@@ -34,7 +33,15 @@ pub struct RenderedError<'a> {
     /// The code's wire name after renames.
     pub code: &'a str,
     /// The body in the configured style.
-    pub body: Value,
+    pub body: ErrorBody,
+}
+
+impl RenderedError<'_> {
+    /// The body as JSON text.
+    pub fn body_json(&self) -> String {
+        // Plain strings and numbers always serialize.
+        serde_json::to_string(&self.body).unwrap_or_default()
+    }
 }
 
 impl ErrorFormat {
@@ -121,7 +128,11 @@ pub fn rate_limit_headers(headers: &mut HeaderMap, out: &VerifyOutcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn v(body: &ErrorBody) -> Value {
+        serde_json::to_value(body).unwrap()
+    }
     use std::collections::BTreeMap;
 
     fn format(style: ErrorStyle) -> ErrorFormat {
@@ -138,12 +149,12 @@ mod tests {
         let r = f.render(Code::InvalidApiKey, None, Locale::En, "req_1");
         assert_eq!(r.status, 401);
         assert_eq!(r.code, "invalid_api_key");
-        assert_eq!(r.body["error"]["type"], "authentication_error");
-        assert_eq!(r.body["error"]["code"], "invalid_api_key");
-        assert_eq!(r.body["error"]["message"], "The API key is invalid.");
-        assert_eq!(r.body["error"]["request_id"], "req_1");
+        assert_eq!(v(&r.body)["error"]["type"], "authentication_error");
+        assert_eq!(v(&r.body)["error"]["code"], "invalid_api_key");
+        assert_eq!(v(&r.body)["error"]["message"], "The API key is invalid.");
+        assert_eq!(v(&r.body)["error"]["request_id"], "req_1");
         assert_eq!(
-            r.body["error"]["doc_url"],
+            v(&r.body)["error"]["doc_url"],
             "https://docs.example.com/errors#invalid_api_key"
         );
     }
@@ -153,14 +164,14 @@ mod tests {
         let f = format(ErrorStyle::Problem);
         let p = f.render(Code::InsufficientScope, None, Locale::Es, "r2");
         assert_eq!(p.status, 403);
-        assert_eq!(p.body["status"], 403);
-        assert_eq!(p.body["title"], "Forbidden");
-        assert_eq!(p.body["code"], "insufficient_scope");
-        assert_eq!(p.body["request_id"], "r2");
-        assert!(p.body["detail"].as_str().unwrap().contains("permiso"));
+        assert_eq!(v(&p.body)["status"], 403);
+        assert_eq!(v(&p.body)["title"], "Forbidden");
+        assert_eq!(v(&p.body)["code"], "insufficient_scope");
+        assert_eq!(v(&p.body)["request_id"], "r2");
+        assert!(v(&p.body)["detail"].as_str().unwrap().contains("permiso"));
         let f = format(ErrorStyle::Detail);
         let d = f.render(Code::MissingApiKey, None, Locale::En, "r3");
-        assert_eq!(d.body, json!({ "detail": "No API key was provided." }));
+        assert_eq!(v(&d.body), json!({ "detail": "No API key was provided." }));
         let f = format(ErrorStyle::Detail);
         let d = f.render(
             Code::InvalidRequest,
@@ -168,7 +179,7 @@ mod tests {
             Locale::En,
             "r",
         );
-        assert_eq!(d.body, json!({ "detail": "name: too long" }));
+        assert_eq!(v(&d.body), json!({ "detail": "name: too long" }));
     }
 
     #[test]
@@ -180,14 +191,15 @@ mod tests {
             Locale::En,
             "r",
         );
-        assert_eq!(en.body["error"]["message"], "`name` is required");
+        assert_eq!(v(&en.body)["error"]["message"], "`name` is required");
         let es = f.render(
             Code::InvalidRequest,
             Some("`name` is required"),
             Locale::Es,
             "r",
         );
-        let message = es.body["error"]["message"].as_str().unwrap();
+        let body = v(&es.body);
+        let message = body["error"]["message"].as_str().unwrap();
         assert!(message.starts_with(Code::InvalidRequest.message(Locale::Es)));
         assert!(message.ends_with("(`name` is required)"));
     }
@@ -202,8 +214,11 @@ mod tests {
         .unwrap();
         let r = f.render(Code::ApiKeyExpired, None, Locale::En, "r4");
         assert_eq!(r.code, "api_key_revoked");
-        assert_eq!(r.body["error"]["code"], "api_key_revoked");
-        assert_eq!(r.body["error"]["message"], "The API key has been revoked.");
+        assert_eq!(v(&r.body)["error"]["code"], "api_key_revoked");
+        assert_eq!(
+            v(&r.body)["error"]["message"],
+            "The API key has been revoked."
+        );
         assert_eq!(
             f.render(Code::InsufficientScope, None, Locale::En, "r")
                 .status,

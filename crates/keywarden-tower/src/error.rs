@@ -23,7 +23,7 @@ pub(crate) fn response(
     request_id: &str,
 ) -> Response<Full<Bytes>> {
     let r = format.render(code, None, locale, request_id);
-    let mut res = Response::new(Full::new(Bytes::from(r.body.to_string())));
+    let mut res = Response::new(Full::new(Bytes::from(r.body_json())));
     *res.status_mut() = r.status;
     let h = res.headers_mut();
     format.error_headers(h, r.status, retry_after);

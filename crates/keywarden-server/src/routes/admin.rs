@@ -58,7 +58,7 @@ pub struct CreateAccount {
     /// A configured plan (default: `plans.default`).
     pub plan: Option<String>,
     /// `pending`, `active` (default) or `suspended`.
-    #[schema(value_type = Option<crate::views::schema::AccountStatus>)]
+    #[schema(value_type = Option<keywarden_core::model::AccountStatus>)]
     pub status: Option<AccountStatus>,
     /// A JSON object ≤ 4 KiB.
     #[schema(value_type = Option<Object>)]
@@ -145,7 +145,7 @@ pub struct PatchAccount {
     /// New plan (takes effect at once).
     pub plan: Option<String>,
     /// New status.
-    #[schema(value_type = Option<crate::views::schema::AccountStatus>)]
+    #[schema(value_type = Option<keywarden_core::model::AccountStatus>)]
     pub status: Option<AccountStatus>,
     /// New metadata, a JSON object ≤ 4 KiB.
     #[schema(value_type = Option<Object>)]
@@ -242,10 +242,10 @@ pub struct CreatePortalSession {
     #[schema(max_length = 2000)]
     pub return_url: Option<String>,
     /// Confine the session to `live` or `test` keys (default: both, live first).
-    #[schema(value_type = Option<crate::views::schema::Mode>)]
+    #[schema(value_type = Option<keywarden_core::model::Mode>)]
     pub mode: Option<Mode>,
     /// The highest role the session acts with (default `owner`).
-    #[schema(value_type = Option<crate::views::schema::Role>)]
+    #[schema(value_type = Option<keywarden_core::model::Role>)]
     pub role: Option<Role>,
 }
 
@@ -293,11 +293,11 @@ pub async fn create_portal_session(
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// `live` or `test`.
-    #[schema(value_type = crate::views::schema::Mode)]
+    #[schema(value_type = keywarden_core::model::Mode)]
     pub mode: Mode,
     /// `secret` (default) or `publishable`.
     #[serde(rename = "type")]
-    #[schema(value_type = Option<crate::views::schema::KeyType>)]
+    #[schema(value_type = Option<keywarden_core::model::KeyType>)]
     pub key_type: Option<KeyType>,
     /// 1–100 characters.
     #[schema(min_length = 1, max_length = 100)]
@@ -309,7 +309,7 @@ pub struct CreateKey {
     #[schema(max_length = 200)]
     pub owner: Option<String>,
     /// `owner` (default), `admin`, `developer` or `member`.
-    #[schema(value_type = Option<crate::views::schema::Role>)]
+    #[schema(value_type = Option<keywarden_core::model::Role>)]
     pub role: Option<Role>,
     /// Scopes (default: `keys.default_scopes`).
     pub scopes: Option<Vec<String>>,
@@ -388,7 +388,7 @@ pub async fn create_key(
 #[into_params(parameter_in = Query)]
 pub struct KeysQuery {
     /// Only keys of this mode.
-    #[param(value_type = Option<crate::views::schema::Mode>)]
+    #[param(value_type = Option<keywarden_core::model::Mode>)]
     pub mode: Option<Mode>,
     /// Page size 1–100 (default 20).
     #[param(minimum = 1, maximum = 100)]
@@ -464,7 +464,7 @@ pub struct PatchKey {
     #[schema(max_length = 200)]
     pub owner: Option<String>,
     /// New role.
-    #[schema(value_type = Option<crate::views::schema::Role>)]
+    #[schema(value_type = Option<keywarden_core::model::Role>)]
     pub role: Option<Role>,
     /// New scopes.
     pub scopes: Option<Vec<String>>,
@@ -626,11 +626,11 @@ pub struct ImportKey {
     /// The account.
     pub account_id: String,
     /// `live` or `test`.
-    #[schema(value_type = crate::views::schema::Mode)]
+    #[schema(value_type = keywarden_core::model::Mode)]
     pub mode: Mode,
     /// `secret` (default) or `publishable`.
     #[serde(rename = "type")]
-    #[schema(value_type = Option<crate::views::schema::KeyType>)]
+    #[schema(value_type = Option<keywarden_core::model::KeyType>)]
     pub key_type: Option<KeyType>,
     /// Label, 1–100 characters.
     #[schema(min_length = 1, max_length = 100)]
@@ -648,7 +648,7 @@ pub struct ImportKey {
     /// Scopes (default: `keys.default_scopes`).
     pub scopes: Option<Vec<String>>,
     /// Role (default owner).
-    #[schema(value_type = Option<crate::views::schema::Role>)]
+    #[schema(value_type = Option<keywarden_core::model::Role>)]
     pub role: Option<Role>,
 }
 
@@ -736,7 +736,7 @@ pub struct ReportUsage {
     #[schema(maximum = 9_223_372_036_854_775_807_i64)]
     pub amount: u64,
     /// `live` (default) or `test`.
-    #[schema(value_type = Option<crate::views::schema::Mode>)]
+    #[schema(value_type = Option<keywarden_core::model::Mode>)]
     pub mode: Option<Mode>,
 }
 

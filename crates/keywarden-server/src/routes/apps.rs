@@ -203,7 +203,7 @@ pub async fn patch_application(
 /// `POST /v1/admin/applications/{id}/secrets/{production|sandbox}/rotate`: the new secret
 /// is shown once; the old one stops working at once.
 #[utoipa::path(
-    post, path = "/v1/admin/applications/{id}/secrets/{environment}/rotate", params(("id" = String, Path, description = "Application id"), ("environment" = crate::views::schema::AppEnvironment, Path, description = "`production` or `sandbox`")),
+    post, path = "/v1/admin/applications/{id}/secrets/{environment}/rotate", params(("id" = String, Path, description = "Application id"), ("environment" = keywarden_core::model::AppEnvironment, Path, description = "`production` or `sandbox`")),
     responses(
         (status = 200, description = "The application with `environment` and its new `secret`, shown once", body = crate::views::RotatedApplicationSecret),
         (status = 404, response = crate::openapi::NotFound),
@@ -245,7 +245,7 @@ pub struct AdminCreateGrant {
     /// The granted scopes, within what the application requested (default: all of them).
     pub scopes: Option<Vec<String>>,
     /// The mode of the key made under the grant: `live` (default) or `test`.
-    #[schema(value_type = Option<crate::views::schema::Mode>)]
+    #[schema(value_type = Option<keywarden_core::model::Mode>)]
     pub mode: Option<Mode>,
 }
 

@@ -40,7 +40,7 @@ pub struct VerifyBody {
     /// The original path.
     pub path: Option<String>,
     /// The mode of the object the request touches.
-    #[schema(value_type = Option<crate::views::schema::Mode>)]
+    #[schema(value_type = Option<keywarden_core::model::Mode>)]
     pub mode: Option<Mode>,
     /// Quota units consumed by the request.
     pub cost: Option<BTreeMap<String, u64>>,

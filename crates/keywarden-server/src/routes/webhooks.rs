@@ -70,7 +70,7 @@ pub struct CreateWebhook {
     /// Only this account's events; absent = every account's.
     pub account_id: Option<String>,
     /// Only this mode's events; absent = both.
-    #[schema(value_type = Option<crate::views::schema::Mode>)]
+    #[schema(value_type = Option<keywarden_core::model::Mode>)]
     pub mode: Option<Mode>,
     /// Free text, at most 500 characters.
     #[schema(max_length = 500)]
