@@ -37,9 +37,18 @@ fn matches_any(token: &str, secrets: &[Secret]) -> bool {
     })
 }
 
-/// Whether `token` is one of the configured root keys (the console's sign-in).
-pub fn root_key_matches(state: &AppState, token: &str) -> bool {
-    !token.is_empty() && matches_any(token, &state.settings.root_keys)
+/// The configured root key `token` is, if any (the console's sign-in). Every root key is
+/// compared, so timing does not reveal which one matched.
+pub fn matching_root_key<'s>(state: &'s AppState, token: &str) -> Option<&'s Secret> {
+    if token.is_empty() {
+        return None;
+    }
+    state.settings.root_keys.iter().fold(None, |hit, s| {
+        match ct_eq(s.expose().as_bytes(), token.as_bytes()) {
+            true => Some(s),
+            false => hit,
+        }
+    })
 }
 
 /// Admits the operator: a configured root key as bearer.

@@ -12,6 +12,7 @@ use crate::state::AppState;
 use keywarden_core::model::{new_id, AuditEvent, Millis, Mode};
 use keywarden_core::webhooks::{forbidden_address, jitter, retry_delay_ms, signature_header};
 use keywarden_store::webhooks::{AttemptOutcome, DueDelivery, NextStep, WebhookAttempt};
+use keywarden_store::Page;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -421,14 +422,26 @@ impl Webhooks {
     /// Raises the derived events due at the clock's time, each once.
     pub async fn scan(&self) -> Result<u64, keywarden_store::StoreError> {
         let now = self.state.clock.now_ms();
-        let mut fired = derived_key_events(
-            &self
+        // Every key with a deadline in the window, a page at a time.
+        let mut fired = Vec::new();
+        let mut page = Page {
+            after_id: None,
+            limit: DEADLINE_PAGE,
+        };
+        loop {
+            let keys = self
                 .state
                 .store
-                .keys_with_deadlines(now - LOOKBACK_MS, now + 7 * DAY_MS, 10_000)
-                .await?,
-            now,
-        );
+                .keys_with_deadlines(now - LOOKBACK_MS, now + 7 * DAY_MS, &page)
+                .await?;
+            fired.extend(derived_key_events(&keys, now));
+            match keys.last() {
+                Some(last) if keys.len() == DEADLINE_PAGE as usize => {
+                    page.after_id = Some(last.id.clone());
+                }
+                _ => break,
+            }
+        }
         // Every period that can be current now starts at or after the month's start.
         let month = keywarden_core::limits::Period::Month.bounds(now).0;
         let rows = self.state.store.usage_since(month).await?;
@@ -443,6 +456,8 @@ impl Webhooks {
 }
 
 const DAY_MS: i64 = 86_400_000;
+/// Keys read per query by the deadline scan.
+const DEADLINE_PAGE: u32 = 1_000;
 /// How far back an expiry or a grace's end is still announced (a process that was down).
 const LOOKBACK_MS: i64 = 2 * DAY_MS;
 

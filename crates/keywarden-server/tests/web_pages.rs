@@ -99,7 +99,14 @@ async fn pages_carry_a_strict_policy_and_sessions_are_stored_hashed() {
         .await
         .unwrap()
         .is_none());
-    let hash = keywarden_core::hashing::sha256_hex(sid.as_bytes());
+    let plain = keywarden_core::hashing::sha256_hex(sid.as_bytes());
+    assert!(state
+        .store
+        .get_web_session(&plain, now)
+        .await
+        .unwrap()
+        .is_none());
+    let hash = keywarden_server::web::console_id_hash(&sid, &keywarden_core::Secret::new(ROOT));
     assert!(state
         .store
         .get_web_session(&hash, now)
@@ -121,6 +128,52 @@ async fn pages_carry_a_strict_policy_and_sessions_are_stored_hashed() {
         .unwrap();
     assert_eq!(page.status(), 303);
     assert_eq!(page.headers()[LOCATION], "/console/login");
+    app.stop().await;
+}
+
+/// The service over a SQLite file that outlives it, with `root_key`.
+async fn spawn_on(db: &std::path::Path, root_key: &str) -> common::TestApp {
+    let vars = vec![
+        ("KEYWARDEN_ROOT_KEY".to_string(), root_key.to_string()),
+        (
+            "KEYWARDEN_DATABASE_URL".to_string(),
+            format!("sqlite://{}", db.display()),
+        ),
+    ];
+    let mut config = keywarden_server::config::Config::from_parts("", &vars).unwrap();
+    config.server.public_listen = "127.0.0.1:0".into();
+    config.server.admin_listen = "127.0.0.1:0".into();
+    common::spawn_config(config, tempfile::tempdir().unwrap()).await
+}
+
+#[tokio::test]
+async fn a_root_key_taken_out_of_the_configuration_ends_its_console_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kw.db");
+    let app = spawn_on(&db, ROOT).await;
+    let (status, cookie) = sign_in(&app.admin, ROOT).await;
+    assert_eq!(status, 303);
+    let session = cookie.split(';').next().unwrap().to_string();
+    let open = |admin: String, session: String| async move {
+        no_redirects()
+            .get(format!("{admin}/console/accounts"))
+            .header("cookie", session)
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(open(app.admin.clone(), session.clone()).await.status(), 200);
+    app.stop().await;
+    // The same database, restarted with the old key beside a new one: still signed in.
+    let both = format!("{ROOT},root_test_key_fedcba9876543210");
+    let app = spawn_on(&db, &both).await;
+    assert_eq!(open(app.admin.clone(), session.clone()).await.status(), 200);
+    app.stop().await;
+    // The old key removed: the session sends to sign-in.
+    let app = spawn_on(&db, "root_test_key_fedcba9876543210").await;
+    let res = open(app.admin.clone(), session.clone()).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()[LOCATION], "/console/login");
     app.stop().await;
 }
 

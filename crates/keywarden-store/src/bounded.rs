@@ -155,7 +155,7 @@ delegate! {
     call fn queue_for_endpoint(&self, endpoint_id: &str, event: &AuditEvent) -> StoreResult<String>;
     call fn webhook_backlog(&self) -> StoreResult<u64>;
     long fn fire_once(&self, fired: &[(String, AuditEvent)]) -> StoreResult<u64>;
-    long fn keys_with_deadlines(&self, from: Millis, until: Millis, limit: u32)
+    long fn keys_with_deadlines(&self, from: Millis, until: Millis, page: &Page)
         -> StoreResult<Vec<KeyRecord>>;
     long fn usage_since(&self, period_start: Millis) -> StoreResult<Vec<UsageRow>>;
 }

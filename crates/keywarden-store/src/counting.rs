@@ -164,7 +164,7 @@ delegate! {
     fn queue_for_endpoint(&self, endpoint_id: &str, event: &AuditEvent) -> StoreResult<String>;
     fn webhook_backlog(&self) -> StoreResult<u64>;
     fn fire_once(&self, fired: &[(String, AuditEvent)]) -> StoreResult<u64>;
-    fn keys_with_deadlines(&self, from: Millis, until: Millis, limit: u32)
+    fn keys_with_deadlines(&self, from: Millis, until: Millis, page: &Page)
         -> StoreResult<Vec<KeyRecord>>;
     fn usage_since(&self, period_start: Millis) -> StoreResult<Vec<UsageRow>>;
 }

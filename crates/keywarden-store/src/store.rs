@@ -529,12 +529,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `quota.threshold`) go through here.
     async fn fire_once(&self, fired: &[(String, AuditEvent)]) -> StoreResult<u64>;
     /// Unrevoked keys that expire, or whose previous secret's grace ends, between `from`
-    /// and `until` (inclusive), by id, at most `limit`.
+    /// and `until` (inclusive), one page by id.
     async fn keys_with_deadlines(
         &self,
         from: Millis,
         until: Millis,
-        limit: u32,
+        page: &Page,
     ) -> StoreResult<Vec<KeyRecord>>;
     /// Usage counters of periods starting at or after `period_start`, with their account's
     /// plan.

@@ -1659,11 +1659,34 @@ async fn case_deadlines_and_usage_for_derived_events(store: Arc<dyn Store>) {
     let mut revoked = key(&a.id, Mode::Live);
     revoked.expires_at = Some(5_000);
     revoked.revoked_at = Some(1);
-    for k in [&soon, &later, &revoked] {
+    let mut grace = key(&a.id, Mode::Test);
+    grace.previous = Some(PreviousSecret {
+        secret: secret("prev"),
+        key_hash: format!("sha256_prev_{}", grace.id),
+        valid_until: 9_000,
+    });
+    for k in [&soon, &later, &revoked, &grace] {
         store.insert_key(k, &[]).await.unwrap();
     }
-    let found = store.keys_with_deadlines(0, 10_000, 100).await.unwrap();
-    assert_eq!(ids(&found, |k| &k.id), vec![soon.id.clone()]);
+    let page = |after_id: Option<String>, limit| Page { after_id, limit };
+    let found = store
+        .keys_with_deadlines(0, 10_000, &page(None, 100))
+        .await
+        .unwrap();
+    let mut due = vec![soon.id.clone(), grace.id.clone()];
+    due.sort();
+    assert_eq!(ids(&found, |k| &k.id), due);
+    // Paged by id: the second page starts after the first one's last key.
+    let first = store
+        .keys_with_deadlines(0, 10_000, &page(None, 1))
+        .await
+        .unwrap();
+    assert_eq!(ids(&first, |k| &k.id), due[..1]);
+    let second = store
+        .keys_with_deadlines(0, 10_000, &page(Some(first[0].id.clone()), 1))
+        .await
+        .unwrap();
+    assert_eq!(ids(&second, |k| &k.id), due[1..]);
     store
         .add_usage(&[
             usage(&a.id, Mode::Live, "requests", 1_000, 7),

@@ -3,10 +3,10 @@
 //! browser nor in the database. Every action calls the manager the admin API calls.
 
 use super::{
-    csrf_token, expiry_field, id_hash, key_view, list_field, new_session_id, opt_field, rate_field,
-    render, scope_choices, session_cookie, OrBack, SignedIn, WebError,
+    console_id_hash, csrf_token, expiry_field, key_view, list_field, new_session_id, opt_field,
+    rate_field, render, scope_choices, session_cookie, OrBack, SignedIn, WebError,
 };
-use crate::auth::root_key_matches;
+use crate::auth::matching_root_key;
 use crate::errors::ApiError;
 use crate::extract::{client_ip, peer_ip};
 use crate::manage::{Actor, KeyPatch, Manager, NewKey};
@@ -64,6 +64,8 @@ pub fn routes() -> Router<AppState> {
 /// A signed-in operator: the session's CSRF token and the audit actor.
 pub struct Operator {
     session_id: String,
+    /// What the store keeps of the session id (bound to its root key).
+    stored_hash: String,
     csrf: String,
     actor: Actor,
 }
@@ -90,24 +92,25 @@ impl FromRequestParts<AppState> for Operator {
             return Err(to_login());
         };
         let now = state.clock.now_ms();
-        let found = state
-            .store
-            .get_web_session(&id_hash(&sid), now)
-            .await
-            .map_err(|e| WebError::from(e).into_response())?;
-        match found {
-            Some(s)
-                if s.kind == WebSessionKind::Console && !state.settings.root_keys.is_empty() =>
-            {
+        // A session counts only while the root key that opened it is configured.
+        for root in &state.settings.root_keys {
+            let stored_hash = console_id_hash(&sid, root);
+            let found = state
+                .store
+                .get_web_session(&stored_hash, now)
+                .await
+                .map_err(|e| WebError::from(e).into_response())?;
+            if found.is_some_and(|s| s.kind == WebSessionKind::Console) {
                 let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions));
-                Ok(Operator {
+                return Ok(Operator {
                     csrf: csrf_token(&sid),
                     session_id: sid,
+                    stored_hash,
                     actor: Actor::root(ip.and_then(|c| c.ip()).map(|i| i.to_string())),
-                })
+                });
             }
-            _ => Err(to_login()),
         }
+        Err(to_login())
     }
 }
 
@@ -135,19 +138,19 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
         )
         .into_response();
     }
-    if !root_key_matches(&state, f.root_key.trim()) {
+    let Some(root) = matching_root_key(&state, f.root_key.trim()) else {
         let mut res = render(
             "login.html",
             context! { area => "console", error => "That is not a root key of this deployment." },
         );
         *res.status_mut() = StatusCode::UNAUTHORIZED;
         return res;
-    }
+    };
     let result = async {
         let sid = new_session_id()?;
         let now = state.clock.now_ms();
         let session = WebSession {
-            id_hash: id_hash(&sid),
+            id_hash: console_id_hash(&sid, root),
             kind: WebSessionKind::Console,
             account_id: None,
             mode: None,
@@ -181,7 +184,7 @@ async fn logout(
     Form(f): Form<super::CsrfOnly>,
 ) -> Result<Response, WebError> {
     op.check(&f.csrf, "/console/accounts")?;
-    let jar = super::end_session(&state, &op.session_id, COOKIE, "/console").await?;
+    let jar = super::end_session(&state, &op.stored_hash, COOKIE, "/console").await?;
     Ok((jar, Redirect::to("/console/login")).into_response())
 }
 

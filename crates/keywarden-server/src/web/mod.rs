@@ -319,6 +319,13 @@ pub fn id_hash(session_id: &str) -> String {
     sha256_hex(session_id.as_bytes())
 }
 
+/// What the store keeps of a console session id: bound to the root key that opened it, so
+/// a root key taken out of the configuration ends the sessions it opened.
+pub fn console_id_hash(session_id: &str, root_key: &keywarden_core::Secret) -> String {
+    let root = sha256_hex(root_key.expose().as_bytes());
+    sha256_hex(format!("keywarden-console\0{root}\0{session_id}").as_bytes())
+}
+
 /// The CSRF token of a session: derived from its id, so it needs no storage and tells
 /// nothing of the id.
 pub fn csrf_token(session_id: &str) -> String {
@@ -366,15 +373,12 @@ pub struct CsrfOnly {
 /// `path`).
 pub async fn end_session(
     state: &AppState,
-    session_id: &str,
+    stored_hash: &str,
     name: &'static str,
     path: &'static str,
 ) -> Result<axum_extra::extract::cookie::CookieJar, WebError> {
     let now = state.clock.now_ms();
-    state
-        .store
-        .take_web_session(&id_hash(session_id), now)
-        .await?;
+    state.store.take_web_session(stored_hash, now).await?;
     Ok(
         axum_extra::extract::cookie::CookieJar::new().add(session_cookie(
             state,

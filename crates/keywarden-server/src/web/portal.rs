@@ -393,7 +393,7 @@ async fn logout(
     Form(f): Form<super::CsrfOnly>,
 ) -> Result<Response, WebError> {
     c.check(&f.csrf, "/portal")?;
-    let jar = super::end_session(&state, &c.session_id, COOKIE, "/portal").await?;
+    let jar = super::end_session(&state, &id_hash(&c.session_id), COOKIE, "/portal").await?;
     let to = c.session.return_url.clone();
     Ok(match to {
         Some(u) => (jar, Redirect::to(&u)).into_response(),

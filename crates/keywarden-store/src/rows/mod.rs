@@ -822,10 +822,10 @@ impl<B: Backend> Store for B {
         &self,
         from: Millis,
         until: Millis,
-        limit: u32,
+        page: &Page,
     ) -> StoreResult<Vec<KeyRecord>> {
         let mut c = read(self).await?;
-        let p = params![from, until, i64::from(limit)];
+        let p = params![from, until, after(page), limit(page.limit)];
         all(&mut *c, &SQL.key_deadlines, &p, decode_key).await
     }
 

@@ -300,8 +300,8 @@ pub(super) static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
         DELIVERIES.select()
     ),
     key_deadlines: format!(
-        "{} WHERE revoked_at IS NULL AND ((expires_at >= $1 AND expires_at <= $2) \
-         OR (prev_valid_until >= $1 AND prev_valid_until <= $2)) ORDER BY id LIMIT $3",
+        "{} WHERE id > $3 AND revoked_at IS NULL AND ((expires_at >= $1 AND expires_at <= $2) \
+         OR (prev_valid_until >= $1 AND prev_valid_until <= $2)) ORDER BY id LIMIT $4",
         KEYS.select()
     ),
 });
