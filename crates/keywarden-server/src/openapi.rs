@@ -338,9 +338,9 @@ error_response!(
      reachable)."
 );
 
-/// The errors every admin route can answer, whatever it does: no valid root key (401), no
-/// root key configured or the store unreachable (503). Listed once in each admin route's
-/// `responses(...)`.
+/// The errors a root-key route can answer, whatever it does: no valid root key (401), no
+/// root key configured or the store unreachable (503). Routes under `/v1/admin/` get them
+/// from [`by_caller`]; the others that take a root key (verify, metrics) list this.
 #[derive(utoipa::IntoResponses)]
 pub enum AdminErrors {
     /// 401.
@@ -349,32 +349,6 @@ pub enum AdminErrors {
     /// 503.
     #[response(status = 503)]
     Unavailable(#[ref_response] Unavailable),
-}
-
-/// The errors every self-service route can answer, whatever it does: no valid key (401),
-/// a key that may not do this (403), limits (429).
-#[derive(utoipa::IntoResponses)]
-pub enum SelfServiceErrors {
-    /// 401.
-    #[response(status = 401)]
-    Unauthorized(#[ref_response] Unauthorized),
-    /// 403.
-    #[response(status = 403)]
-    Forbidden(#[ref_response] Forbidden),
-    /// 429.
-    #[response(status = 429)]
-    TooManyRequests(#[ref_response] TooManyRequests),
-}
-
-/// The errors of a route that reads a JSON body: bad input (400), a body over 64 KiB (413).
-#[derive(utoipa::IntoResponses)]
-pub enum BodyErrors {
-    /// 400.
-    #[response(status = 400)]
-    BadRequest(#[ref_response] BadRequest),
-    /// 413.
-    #[response(status = 413)]
-    PayloadTooLarge(#[ref_response] PayloadTooLarge),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -422,11 +396,6 @@ static FULL: LazyLock<Value> = LazyLock::new(|| {
     finish(&mut doc);
     doc
 });
-
-/// The whole API, both listeners, as the default configuration serves it.
-pub fn full_document() -> Value {
-    FULL.clone()
-}
 
 /// The `self_service.endpoints` group of a self-service operation (`rest` is its path
 /// after the base path); `None` for one that belongs to no group.
@@ -555,6 +524,46 @@ fn has_tag(op: &Value, tags: &[&str]) -> bool {
     })
 }
 
+/// What every operation of a kind of caller shares, stated once here instead of in each
+/// route: an admin route (`/v1/admin/…`) is tagged `admin`, takes a root key and can answer
+/// 401 and 503 whatever it does; a self-service route can answer 401, 403 and 429; a route
+/// that reads a JSON body can answer 400 and 413; a route about one object (`{id}`) can
+/// answer 404. A route that documents one of these statuses itself keeps its own.
+fn by_caller(path: &str, op: &mut Value) {
+    let self_service = has_tag(op, &[TAG_SELF_SERVICE]);
+    let Some(o) = op.as_object_mut() else {
+        return;
+    };
+    let mut shared: Vec<(&str, &str)> = Vec::new();
+    if path.starts_with("/v1/admin/") {
+        // Without a tag of its own an operation is tagged with its module's name.
+        o.insert("tags".into(), json!([TAG_ADMIN]));
+        o.entry("security")
+            .or_insert_with(|| json!([{"root_key": []}]));
+        shared.extend([("401", "RootKeyRequired"), ("503", "Unavailable")]);
+    }
+    if self_service {
+        shared.extend([
+            ("401", "Unauthorized"),
+            ("403", "Forbidden"),
+            ("429", "TooManyRequests"),
+        ]);
+    }
+    if o.contains_key("requestBody") {
+        shared.extend([("400", "BadRequest"), ("413", "PayloadTooLarge")]);
+    }
+    if path.contains("{id}") {
+        shared.push(("404", "NotFound"));
+    }
+    if let Some(Value::Object(responses)) = o.get_mut("responses") {
+        for (status, name) in shared {
+            responses
+                .entry(status)
+                .or_insert_with(|| json!({"$ref": format!("#/components/responses/{name}")}));
+        }
+    }
+}
+
 /// Touches that hold for every configuration: the request id on every answer, the
 /// rate-limit headers on self-service answers, forward-auth under its own path too, and
 /// one operation id per method.
@@ -576,7 +585,7 @@ fn finish(doc: &mut Value) {
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return;
     };
-    for item in paths.values_mut() {
+    for (path, item) in paths.iter_mut() {
         let Some(ops) = item.as_object_mut() else {
             continue;
         };
@@ -585,6 +594,7 @@ fn finish(doc: &mut Value) {
             if !METHODS.contains(&method.as_str()) {
                 continue;
             }
+            by_caller(path, op);
             let self_service = has_tag(op, &[TAG_SELF_SERVICE]);
             if several {
                 // `method(...)` gives every method one operation id; ids must be unique.

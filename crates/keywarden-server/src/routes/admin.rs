@@ -70,11 +70,7 @@ pub struct CreateAccount {
     post, path = "/v1/admin/accounts", request_body = CreateAccount,
     responses(
         (status = 201, description = "The account, with its default keys when `keys.default_sets` made some", body = crate::views::AccountWithKeys),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn create_account(
     State(state): State<AppState>,
@@ -95,10 +91,7 @@ pub async fn create_account(
     responses(
         (status = 200, description = "Accounts by id", body = Vec<crate::views::Account>),
         (status = 400, response = crate::openapi::BadRequest),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn list_accounts(
     State(state): State<AppState>,
@@ -120,11 +113,7 @@ pub async fn list_accounts(
     get, path = "/v1/admin/accounts/{id}", params(("id" = String, Path, description = "Account id")),
     responses(
         (status = 200, description = "The account", body = crate::views::Account),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn get_account(
     State(state): State<AppState>,
@@ -157,12 +146,7 @@ pub struct PatchAccount {
     patch, path = "/v1/admin/accounts/{id}", request_body = PatchAccount, params(("id" = String, Path, description = "Account id")),
     responses(
         (status = 200, description = "The account, with its live default keys when this made it active", body = crate::views::AccountWithKeys),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn patch_account(
     State(state): State<AppState>,
@@ -195,11 +179,7 @@ pub async fn patch_account(
     delete, path = "/v1/admin/accounts/{id}", params(("id" = String, Path, description = "Account id")),
     responses(
         (status = 200, description = "What was deleted, per kind", body = crate::views::ErasureCounts),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn erase_account(
     State(state): State<AppState>,
@@ -216,11 +196,7 @@ pub async fn erase_account(
     post, path = "/v1/admin/accounts/{id}/approve", params(("id" = String, Path, description = "Account id")),
     responses(
         (status = 200, description = "The account, now `active`, with its live default keys when that made some", body = crate::views::AccountWithKeys),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn approve_account(
     State(state): State<AppState>,
@@ -256,12 +232,7 @@ pub struct CreatePortalSession {
     responses(
         (status = 201, description = "The link, usable once until `expires_at`", body = crate::views::PortalSession),
         (status = 403, response = crate::openapi::Forbidden),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn create_portal_session(
     State(state): State<AppState>,
@@ -334,12 +305,7 @@ pub struct CreateKey {
     responses(
         (status = 201, description = "The key with `api_key`, shown once", body = crate::views::ApiKeyWithSecret),
         (status = 403, response = crate::openapi::Forbidden),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn create_key(
     State(state): State<AppState>,
@@ -403,11 +369,7 @@ pub struct KeysQuery {
     responses(
         (status = 200, description = "Key metadata, never a secret", body = Vec<crate::views::ApiKey>),
         (status = 400, response = crate::openapi::BadRequest),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn list_keys(
     State(state): State<AppState>,
@@ -435,11 +397,7 @@ pub async fn list_keys(
     get, path = "/v1/admin/keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")),
     responses(
         (status = 200, description = "Key metadata, never a secret", body = crate::views::ApiKey),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn get_key(
     State(state): State<AppState>,
@@ -490,12 +448,7 @@ pub struct PatchKey {
     patch, path = "/v1/admin/keys/{id}", request_body = PatchKey, params(("id" = String, Path, description = "Key id or key_hash")),
     responses(
         (status = 200, description = "Key metadata", body = crate::views::ApiKey),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn patch_key(
     State(state): State<AppState>,
@@ -541,13 +494,8 @@ pub async fn patch_key(
     post, path = "/v1/admin/keys/{id}/rotate", request_body = RotateBody, params(("id" = String, Path, description = "Key id or key_hash")),
     responses(
         (status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::views::ApiKeyWithSecret),
-        (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn rotate_key(
     State(state): State<AppState>,
@@ -578,12 +526,7 @@ pub struct RevokeBody {
     post, path = "/v1/admin/keys/{id}/revoke", request_body = RevokeBody, params(("id" = String, Path, description = "Key id or key_hash")),
     responses(
         (status = 200, description = "Key metadata, revoked", body = crate::views::ApiKey),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn revoke_key(
     State(state): State<AppState>,
@@ -603,11 +546,7 @@ pub async fn revoke_key(
     get, path = "/v1/admin/keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")),
     responses(
         (status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::views::Activity>),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn key_activity(
     State(state): State<AppState>,
@@ -660,11 +599,7 @@ pub struct ImportKey {
         (status = 403, response = crate::openapi::Forbidden),
         (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn import_key(
     State(state): State<AppState>,
@@ -745,12 +680,7 @@ pub struct ReportUsage {
     post, path = "/v1/admin/accounts/{id}/usage", request_body = ReportUsage, params(("id" = String, Path, description = "Account id")),
     responses(
         (status = 200, description = "The account's usage after the report", body = crate::views::UsageResponse),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn report_usage(
     State(state): State<AppState>,
@@ -822,10 +752,7 @@ pub struct EventsQuery {
     responses(
         (status = 200, description = "Audit events, newest first", body = Vec<crate::views::AuditEvent>),
         (status = 400, response = crate::openapi::BadRequest),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn events(
     State(state): State<AppState>,
@@ -861,10 +788,7 @@ pub async fn events(
         (status = 200, description = "Decision counts per bucket and outcome code", body = crate::views::AnalyticsReport),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn analytics(
     State(state): State<AppState>,

@@ -77,11 +77,7 @@ pub struct CreateApplication {
     post, path = "/v1/admin/applications", request_body = CreateApplication,
     responses(
         (status = 201, description = "The application with `secrets: {production, sandbox}`, shown once", body = crate::views::CreatedApplication),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn create_application(
     State(state): State<AppState>,
@@ -112,10 +108,7 @@ pub async fn create_application(
     responses(
         (status = 200, description = "Applications by id, never a secret", body = Vec<crate::views::Application>),
         (status = 400, response = crate::openapi::BadRequest),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn list_applications(
     State(state): State<AppState>,
@@ -136,11 +129,7 @@ pub async fn list_applications(
     get, path = "/v1/admin/applications/{id}", params(("id" = String, Path, description = "Application id")),
     responses(
         (status = 200, description = "The application, never a secret", body = crate::views::Application),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn get_application(
     State(state): State<AppState>,
@@ -174,12 +163,7 @@ pub struct PatchApplication {
     patch, path = "/v1/admin/applications/{id}", request_body = PatchApplication, params(("id" = String, Path, description = "Application id")),
     responses(
         (status = 200, description = "The application", body = crate::views::Application),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn patch_application(
     State(state): State<AppState>,
@@ -206,11 +190,7 @@ pub async fn patch_application(
     post, path = "/v1/admin/applications/{id}/secrets/{environment}/rotate", params(("id" = String, Path, description = "Application id"), ("environment" = keywarden_core::model::AppEnvironment, Path, description = "`production` or `sandbox`")),
     responses(
         (status = 200, description = "The application with `environment` and its new `secret`, shown once", body = crate::views::RotatedApplicationSecret),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn rotate_application_secret(
     State(state): State<AppState>,
@@ -256,12 +236,7 @@ pub struct AdminCreateGrant {
     responses(
         (status = 201, description = "The grant with `key` (and its `api_key`, shown once)", body = crate::views::IssuedGrant),
         (status = 403, response = crate::openapi::Forbidden),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn admin_create_grant(
     State(state): State<AppState>,
@@ -289,11 +264,7 @@ pub async fn admin_create_grant(
     get, path = "/v1/admin/accounts/{id}/grants", params(("id" = String, Path, description = "Account id")),
     responses(
         (status = 200, description = "The account's grants", body = Vec<crate::views::Grant>),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn admin_list_grants(
     State(state): State<AppState>,
@@ -310,11 +281,7 @@ pub async fn admin_list_grants(
     get, path = "/v1/admin/grants/{id}", params(("id" = String, Path, description = "Grant id")),
     responses(
         (status = 200, description = "The grant", body = crate::views::Grant),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn admin_get_grant(
     State(state): State<AppState>,
@@ -330,11 +297,7 @@ pub async fn admin_get_grant(
     delete, path = "/v1/admin/grants/{id}", params(("id" = String, Path, description = "Grant id")),
     responses(
         (status = 200, description = "The deleted grant with `revoked_keys`", body = crate::views::DeletedGrant),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn admin_delete_grant(
     State(state): State<AppState>,
@@ -360,12 +323,8 @@ pub async fn admin_delete_grant(
     post, path = "/v1/admin/keys/{id}/reveal", params(("id" = String, Path, description = "Key id or key_hash")), description = "Only test keys, and only when `keys.recoverable_test_secrets` is on; a live key, a revoked key, or recoverable secrets switched off answer `conflict`.",
     responses(
         (status = 200, description = "Key metadata with `api_key`", body = crate::views::ApiKeyWithSecret),
-        (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
-        crate::openapi::AdminErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn reveal_key(
     State(state): State<AppState>,
@@ -397,10 +356,8 @@ pub struct CreateGrantBody {
     post, path = "/v1/grants", request_body = CreateGrantBody, description = "Needs a key with role `owner`. Keys of an application cannot manage grants. The grant stays within what the application requested and what the calling key holds.",
     responses(
         (status = 201, description = "The grant with `key` (and its `api_key`, shown once)", body = crate::views::IssuedGrant),
-        crate::openapi::SelfServiceErrors,
-        crate::openapi::BodyErrors,
     ),
-    security(("api_key" = []), ("api_key_header" = [])),
+    security(("api_key" = [])),
     tag = "self-service"
 )]
 pub async fn create_grant(
@@ -431,9 +388,8 @@ pub async fn create_grant(
     get, path = "/v1/grants",
     responses(
         (status = 200, description = "The account's grants", body = Vec<crate::views::Grant>),
-        crate::openapi::SelfServiceErrors,
     ),
-    security(("api_key" = ["account:read"]), ("api_key_header" = ["account:read"])),
+    security(("api_key" = ["account:read"])),
     tag = "self-service"
 )]
 pub async fn list_grants(
@@ -450,10 +406,8 @@ pub async fn list_grants(
     get, path = "/v1/grants/{id}", params(("id" = String, Path, description = "Grant id")),
     responses(
         (status = 200, description = "The grant", body = crate::views::Grant),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::SelfServiceErrors,
     ),
-    security(("api_key" = ["account:read"]), ("api_key_header" = ["account:read"])),
+    security(("api_key" = ["account:read"])),
     tag = "self-service"
 )]
 pub async fn get_grant(
@@ -472,10 +426,8 @@ pub async fn get_grant(
     delete, path = "/v1/grants/{id}", params(("id" = String, Path, description = "Grant id")), description = "Needs a key with role `owner`. Keys of an application cannot manage grants.",
     responses(
         (status = 204, description = "Deleted; the keys made under it are revoked at once"),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::SelfServiceErrors,
     ),
-    security(("api_key" = []), ("api_key_header" = [])),
+    security(("api_key" = [])),
     tag = "self-service"
 )]
 pub async fn delete_grant(

@@ -72,7 +72,6 @@ pub struct GithubVerdict {
         (status = 200, description = "One verdict per match, in order; true positives are then revoked or notified as `leaks.action_live`/`leaks.action_test` say", body = Vec<GithubVerdict>),
         (status = 401, response = crate::openapi::ReportUnauthorized),
         (status = 503, response = crate::openapi::Unavailable),
-        crate::openapi::BodyErrors,
     ),
     security(("github_signature" = [])),
     tag = "secret-scanning"
@@ -176,7 +175,6 @@ pub struct GitlabRevocation {
         (status = 401, response = crate::openapi::ReportUnauthorized),
         (status = 429, response = crate::openapi::TooManyRequests),
         (status = 503, response = crate::openapi::Unavailable),
-        crate::openapi::BodyErrors,
     ),
     security(("gitlab_token" = [])),
     tag = "secret-scanning"
@@ -228,11 +226,7 @@ pub struct LeakVerdict {
     post, path = "/v1/admin/leaks", request_body = LeakReport,
     responses(
         (status = 200, description = "One verdict per token, in the order given; true positives have been revoked or notified as the policy says", body = Vec<LeakVerdict>),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-    ),
-    security(("root_key" = [])),
-    tag = "admin"
+    )
 )]
 pub async fn admin_report(
     State(state): State<AppState>,

@@ -28,9 +28,8 @@ use std::collections::BTreeMap;
     get, path = "/v1/account",
     responses(
         (status = 200, description = "The caller's account and the calling key", body = crate::views::CallerAccount),
-        crate::openapi::SelfServiceErrors,
     ),
-    security(("api_key" = ["account:read"]), ("api_key_header" = ["account:read"])),
+    security(("api_key" = ["account:read"])),
     tag = "self-service"
 )]
 pub async fn get_account(
@@ -63,10 +62,8 @@ pub struct AccountPatch {
     patch, path = "/v1/account", request_body = AccountPatch, description = "Needs a key with role `owner`.",
     responses(
         (status = 200, description = "The account", body = crate::views::AccountSummary),
-        crate::openapi::SelfServiceErrors,
-        crate::openapi::BodyErrors,
     ),
-    security(("api_key" = ["account:write"]), ("api_key_header" = ["account:write"])),
+    security(("api_key" = ["account:write"])),
     tag = "self-service"
 )]
 pub async fn patch_account(
@@ -99,10 +96,8 @@ pub struct PlanPatch {
     patch, path = "/v1/account/plan", request_body = PlanPatch, description = "Needs a key with role `owner`.",
     responses(
         (status = 200, description = "The account, on its new plan at once", body = crate::views::AccountSummary),
-        crate::openapi::SelfServiceErrors,
-        crate::openapi::BodyErrors,
     ),
-    security(("api_key" = ["account:write"]), ("api_key_header" = ["account:write"])),
+    security(("api_key" = ["account:write"])),
     tag = "self-service"
 )]
 pub async fn patch_plan(
@@ -125,9 +120,8 @@ pub async fn patch_plan(
     get, path = "/v1/account/usage",
     responses(
         (status = 200, description = "Usage of the current periods", body = crate::views::UsageResponse),
-        crate::openapi::SelfServiceErrors,
     ),
-    security(("api_key" = ["usage:read"]), ("api_key_header" = ["usage:read"])),
+    security(("api_key" = ["usage:read"])),
     tag = "self-service"
 )]
 pub async fn get_usage(
@@ -199,9 +193,8 @@ pub async fn usage_body(
     delete, path = "/v1/account/data", description = "Needs a key with role `owner`. The account's keys fail at once.",
     responses(
         (status = 200, description = "What was deleted, per kind", body = crate::views::ErasureCounts),
-        crate::openapi::SelfServiceErrors,
     ),
-    security(("api_key" = []), ("api_key_header" = [])),
+    security(("api_key" = [])),
     tag = "self-service"
 )]
 pub async fn erase(
@@ -240,10 +233,8 @@ pub struct CreateKeyBody {
     post, path = "/v1/api-keys", request_body = CreateKeyBody, description = "Needs a key with role `owner`, `admin` or `developer`. The new key has the caller's mode, its role, and at most the caller's effective scopes (else `insufficient_scope`); it inherits the caller's `expires_at`, `ip_allowlist` and rate limit, and may narrow but not widen them (else `invalid_request` naming the field); the plan's `max_keys` counts active keys (else `plan_limit_reached`).",
     responses(
         (status = 201, description = "The key, with `api_key` shown once", body = crate::views::CreatedApiKey),
-        crate::openapi::SelfServiceErrors,
-        crate::openapi::BodyErrors,
     ),
-    security(("api_key" = ["api_keys:write"]), ("api_key_header" = ["api_keys:write"])),
+    security(("api_key" = ["api_keys:write"])),
     tag = "self-service"
 )]
 pub async fn create_key(
@@ -314,9 +305,8 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     responses(
         (status = 200, description = "Metadata of the keys of the caller's mode that it could have made, and its own; never a secret", body = Vec<crate::views::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))),
         (status = 400, response = crate::openapi::BadRequest),
-        crate::openapi::SelfServiceErrors,
     ),
-    security(("api_key" = ["api_keys:read"]), ("api_key_header" = ["api_keys:read"])),
+    security(("api_key" = ["api_keys:read"])),
     tag = "self-service"
 )]
 pub async fn list_keys(
@@ -359,10 +349,8 @@ pub async fn list_keys(
     get, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 200, description = "Key metadata, never a secret", body = crate::views::ApiKey),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::SelfServiceErrors,
     ),
-    security(("api_key" = ["api_keys:read"]), ("api_key_header" = ["api_keys:read"])),
+    security(("api_key" = ["api_keys:read"])),
     tag = "self-service"
 )]
 pub async fn get_key(
@@ -382,10 +370,8 @@ pub async fn get_key(
     delete, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 204, description = "Revoked at once"),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::SelfServiceErrors,
     ),
-    security(("api_key" = ["api_keys:delete"]), ("api_key_header" = ["api_keys:delete"])),
+    security(("api_key" = ["api_keys:delete"])),
     tag = "self-service"
 )]
 pub async fn delete_key(
@@ -416,12 +402,9 @@ pub struct RotateBody {
     post, path = "/v1/api-keys/{id}/rotate", request_body = RotateBody, params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::views::ApiKeyWithSecret),
-        (status = 404, response = crate::openapi::NotFound),
         (status = 409, response = crate::openapi::Conflict),
-        crate::openapi::SelfServiceErrors,
-        crate::openapi::BodyErrors,
     ),
-    security(("api_key" = ["api_keys:write"]), ("api_key_header" = ["api_keys:write"])),
+    security(("api_key" = ["api_keys:write"])),
     tag = "self-service"
 )]
 pub async fn rotate_key(
@@ -445,10 +428,8 @@ pub async fn rotate_key(
     get, path = "/v1/api-keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses(
         (status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::views::Activity>),
-        (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::SelfServiceErrors,
     ),
-    security(("api_key" = ["api_keys:read"]), ("api_key_header" = ["api_keys:read"])),
+    security(("api_key" = ["api_keys:read"])),
     tag = "self-service"
 )]
 pub async fn key_activity(
@@ -471,9 +452,8 @@ pub async fn key_activity(
     responses(
         (status = 200, description = "The account's audit events of the caller's mode, newest first", body = Vec<crate::views::AuditEvent>),
         (status = 400, response = crate::openapi::BadRequest),
-        crate::openapi::SelfServiceErrors,
     ),
-    security(("api_key" = ["account:read"]), ("api_key_header" = ["account:read"])),
+    security(("api_key" = ["account:read"])),
     tag = "self-service"
 )]
 pub async fn events(
@@ -504,9 +484,8 @@ pub async fn events(
         (status = 200, description = "Decision counts per bucket and outcome code", body = crate::views::AnalyticsReport),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 404, response = crate::openapi::NotFound),
-        crate::openapi::SelfServiceErrors,
     ),
-    security(("api_key" = ["usage:read"]), ("api_key_header" = ["usage:read"])),
+    security(("api_key" = ["usage:read"])),
     tag = "self-service"
 )]
 pub async fn analytics(

@@ -70,7 +70,6 @@ impl std::fmt::Debug for VerifyBody {
     responses(
         (status = 200, description = "The decision, always with HTTP 200; `status` is what a gateway should answer", body = crate::views::VerifyResponse),
         crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
     ),
     security(("root_key" = []), ("verify_token" = [])),
     tag = "verify"

@@ -141,8 +141,6 @@ fn with_secret(e: &keywarden_store::webhooks::WebhookEndpoint) -> WebhookWithSec
     post, path = "/v1/admin/webhooks", request_body = CreateWebhook,
     responses(
         (status = 201, description = "The endpoint with its signing `secret`, shown once", body = crate::views::WebhookWithSecret),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
     ),
     security(("root_key" = [])), tag = "admin"
 )]
@@ -172,7 +170,6 @@ pub async fn admin_create(
     get, path = "/v1/admin/webhooks",
     responses(
         (status = 200, description = "Every endpoint, by id", body = Vec<crate::views::Webhook>),
-        crate::openapi::AdminErrors,
     ),
     security(("root_key" = [])), tag = "admin"
 )]
@@ -189,8 +186,6 @@ pub async fn admin_list(
     get, path = "/v1/admin/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The endpoint", body = crate::views::Webhook),
-        crate::openapi::AdminErrors,
-        (status = 404, response = crate::openapi::NotFound),
     ),
     security(("root_key" = [])), tag = "admin"
 )]
@@ -209,9 +204,6 @@ pub async fn admin_get(
     request_body = PatchWebhook,
     responses(
         (status = 200, description = "The endpoint", body = crate::views::Webhook),
-        crate::openapi::AdminErrors,
-        crate::openapi::BodyErrors,
-        (status = 404, response = crate::openapi::NotFound),
     ),
     security(("root_key" = [])), tag = "admin"
 )]
@@ -232,8 +224,6 @@ pub async fn admin_patch(
     delete, path = "/v1/admin/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 204, description = "Deleted, with its delivery log"),
-        crate::openapi::AdminErrors,
-        (status = 404, response = crate::openapi::NotFound),
     ),
     security(("root_key" = [])), tag = "admin"
 )]
@@ -253,8 +243,6 @@ pub async fn admin_delete(
     post, path = "/v1/admin/webhooks/{id}/rotate-secret", params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The endpoint with its new `secret`, shown once; the previous one signs too until `previous_secret_until`", body = crate::views::WebhookWithSecret),
-        crate::openapi::AdminErrors,
-        (status = 404, response = crate::openapi::NotFound),
     ),
     security(("root_key" = [])), tag = "admin"
 )]
@@ -275,9 +263,7 @@ pub async fn admin_rotate(
     params(("id" = String, Path, description = "Endpoint id"), DeliveriesQuery),
     responses(
         (status = 200, description = "The delivery log, newest first, each with its attempts", body = Vec<crate::views::Delivery>),
-        crate::openapi::AdminErrors,
         (status = 400, response = crate::openapi::BadRequest),
-        (status = 404, response = crate::openapi::NotFound),
     ),
     security(("root_key" = [])), tag = "admin"
 )]
@@ -304,8 +290,6 @@ pub async fn admin_deliveries(
     params(("id" = String, Path, description = "Endpoint id"), ("delivery_id" = String, Path, description = "Delivery id")),
     responses(
         (status = 202, description = "The delivery, pending again and due now", body = crate::views::Delivery),
-        crate::openapi::AdminErrors,
-        (status = 404, response = crate::openapi::NotFound),
     ),
     security(("root_key" = [])), tag = "admin"
 )]
@@ -325,8 +309,6 @@ pub async fn admin_redeliver(
     post, path = "/v1/admin/webhooks/{id}/test", params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 202, description = "A `webhook.test` event queued for this endpoint only", body = crate::views::Delivery),
-        crate::openapi::AdminErrors,
-        (status = 404, response = crate::openapi::NotFound),
     ),
     security(("root_key" = [])), tag = "admin"
 )]
@@ -356,10 +338,8 @@ fn owner(c: &crate::auth::Caller) -> Owner {
     description = "The endpoint receives the account's events of the calling key's mode, and the account's events without a mode.",
     responses(
         (status = 201, description = "The endpoint with its signing `secret`, shown once", body = crate::views::WebhookWithSecret),
-        crate::openapi::SelfServiceErrors,
-        crate::openapi::BodyErrors,
     ),
-    security(("api_key" = ["webhooks:write"]), ("api_key_header" = ["webhooks:write"])), tag = "self-service"
+    security(("api_key" = ["webhooks:write"])), tag = "self-service"
 )]
 pub async fn create(
     State(state): State<AppState>,
@@ -386,9 +366,8 @@ pub async fn create(
     get, path = "/v1/webhooks",
     responses(
         (status = 200, description = "The account's endpoints of the key's mode", body = Vec<crate::views::Webhook>),
-        crate::openapi::SelfServiceErrors,
     ),
-    security(("api_key" = ["webhooks:read"]), ("api_key_header" = ["webhooks:read"])), tag = "self-service"
+    security(("api_key" = ["webhooks:read"])), tag = "self-service"
 )]
 pub async fn list(
     State(state): State<AppState>,
@@ -404,10 +383,8 @@ pub async fn list(
     get, path = "/v1/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The endpoint", body = crate::views::Webhook),
-        crate::openapi::SelfServiceErrors,
-        (status = 404, response = crate::openapi::NotFound),
     ),
-    security(("api_key" = ["webhooks:read"]), ("api_key_header" = ["webhooks:read"])), tag = "self-service"
+    security(("api_key" = ["webhooks:read"])), tag = "self-service"
 )]
 pub async fn show(
     State(state): State<AppState>,
@@ -424,11 +401,8 @@ pub async fn show(
     request_body = PatchWebhook,
     responses(
         (status = 200, description = "The endpoint", body = crate::views::Webhook),
-        crate::openapi::SelfServiceErrors,
-        crate::openapi::BodyErrors,
-        (status = 404, response = crate::openapi::NotFound),
     ),
-    security(("api_key" = ["webhooks:write"]), ("api_key_header" = ["webhooks:write"])), tag = "self-service"
+    security(("api_key" = ["webhooks:write"])), tag = "self-service"
 )]
 pub async fn patch(
     State(state): State<AppState>,
@@ -447,10 +421,8 @@ pub async fn patch(
     delete, path = "/v1/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 204, description = "Deleted, with its delivery log"),
-        crate::openapi::SelfServiceErrors,
-        (status = 404, response = crate::openapi::NotFound),
     ),
-    security(("api_key" = ["webhooks:delete"]), ("api_key_header" = ["webhooks:delete"])), tag = "self-service"
+    security(("api_key" = ["webhooks:delete"])), tag = "self-service"
 )]
 pub async fn delete(
     State(state): State<AppState>,
@@ -468,10 +440,8 @@ pub async fn delete(
     post, path = "/v1/webhooks/{id}/rotate-secret", params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The endpoint with its new `secret`, shown once; the previous one signs too until `previous_secret_until`", body = crate::views::WebhookWithSecret),
-        crate::openapi::SelfServiceErrors,
-        (status = 404, response = crate::openapi::NotFound),
     ),
-    security(("api_key" = ["webhooks:write"]), ("api_key_header" = ["webhooks:write"])), tag = "self-service"
+    security(("api_key" = ["webhooks:write"])), tag = "self-service"
 )]
 pub async fn rotate(
     State(state): State<AppState>,
@@ -490,11 +460,9 @@ pub async fn rotate(
     params(("id" = String, Path, description = "Endpoint id"), DeliveriesQuery),
     responses(
         (status = 200, description = "The delivery log, newest first, each with its attempts", body = Vec<crate::views::Delivery>),
-        crate::openapi::SelfServiceErrors,
         (status = 400, response = crate::openapi::BadRequest),
-        (status = 404, response = crate::openapi::NotFound),
     ),
-    security(("api_key" = ["webhooks:read"]), ("api_key_header" = ["webhooks:read"])), tag = "self-service"
+    security(("api_key" = ["webhooks:read"])), tag = "self-service"
 )]
 pub async fn deliveries(
     State(state): State<AppState>,
@@ -514,10 +482,8 @@ pub async fn deliveries(
     params(("id" = String, Path, description = "Endpoint id"), ("delivery_id" = String, Path, description = "Delivery id")),
     responses(
         (status = 202, description = "The delivery, pending again and due now", body = crate::views::Delivery),
-        crate::openapi::SelfServiceErrors,
-        (status = 404, response = crate::openapi::NotFound),
     ),
-    security(("api_key" = ["webhooks:write"]), ("api_key_header" = ["webhooks:write"])), tag = "self-service"
+    security(("api_key" = ["webhooks:write"])), tag = "self-service"
 )]
 pub async fn redeliver(
     State(state): State<AppState>,
@@ -535,10 +501,8 @@ pub async fn redeliver(
     post, path = "/v1/webhooks/{id}/test", params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 202, description = "A `webhook.test` event queued for this endpoint only", body = crate::views::Delivery),
-        crate::openapi::SelfServiceErrors,
-        (status = 404, response = crate::openapi::NotFound),
     ),
-    security(("api_key" = ["webhooks:write"]), ("api_key_header" = ["webhooks:write"])), tag = "self-service"
+    security(("api_key" = ["webhooks:write"])), tag = "self-service"
 )]
 pub async fn test(
     State(state): State<AppState>,
