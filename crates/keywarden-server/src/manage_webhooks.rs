@@ -8,7 +8,7 @@ use crate::manage::{check_len, Actor, Manager, MAX_DESCRIPTION};
 use crate::state::AppState;
 use crate::views::{Delivery, DeliveryAttempt};
 use crate::webhooks::{check_url, UrlError};
-use keywarden_core::model::{new_id, AuditEvent, Mode};
+use keywarden_core::model::{new_id, AuditEvent, Millis, Mode};
 use keywarden_core::webhooks::new_secret;
 use keywarden_store::webhooks::{WebhookEndpoint, WebhookFilter};
 use serde_json::json;
@@ -297,11 +297,12 @@ impl WebhookManager {
             }
             changed.push("enabled");
         }
-        e.updated_at = self.now();
+        let read_at = e.updated_at;
+        e.updated_at = changed_at(read_at, self.now());
         let updated = self.event(actor, "webhook.updated", &e, json!({ "changes": changed }));
         self.state
             .store
-            .update_webhook(&e, &[updated])
+            .update_webhook(&e, read_at, &[updated])
             .await
             .map_err(store_err)?;
         Ok(e)
@@ -332,11 +333,12 @@ impl WebhookManager {
         let overlap_ms = i64::try_from(overlap.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
         e.prev_secret = Some(std::mem::replace(&mut e.secret, new_secret()));
         e.prev_secret_until = Some(now.saturating_add(overlap_ms));
-        e.updated_at = now;
+        let read_at = e.updated_at;
+        e.updated_at = changed_at(read_at, now);
         let rotated = self.event(actor, "webhook.secret_rotated", &e, json!({}));
         self.state
             .store
-            .update_webhook(&e, &[rotated])
+            .update_webhook(&e, read_at, &[rotated])
             .await
             .map_err(store_err)?;
         Ok(e)
@@ -423,4 +425,10 @@ impl WebhookManager {
             .ok_or_else(ApiError::not_found)?;
         Ok(Delivery::from(&d))
     }
+}
+
+/// The `updated_at` a change writes: now, and always later than the version it replaces,
+/// so a write over a row read before it (same millisecond included) is detected.
+fn changed_at(read_at: Millis, now: Millis) -> Millis {
+    now.max(read_at.saturating_add(1))
 }

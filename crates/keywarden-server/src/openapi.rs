@@ -315,7 +315,8 @@ error_response!(
     /// 409.
     Conflict,
     "`conflict`: the request conflicts with the object's current state (e.g. rotating a \
-     revoked key, importing a key that already exists)."
+     revoked key, importing a key that already exists, changing a webhook endpoint that \
+     another change reached first: read it again and retry)."
 );
 error_response!(
     /// 413.

@@ -141,7 +141,7 @@ delegate! {
         -> StoreResult<()>;
     call fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookEndpoint>>;
     call fn list_webhooks(&self, filter: &WebhookFilter) -> StoreResult<Vec<WebhookEndpoint>>;
-    call fn update_webhook(&self, endpoint: &WebhookEndpoint, events: &[AuditEvent])
+    call fn update_webhook(&self, endpoint: &WebhookEndpoint, read_at: Millis, events: &[AuditEvent])
         -> StoreResult<()>;
     long fn delete_webhook(&self, id: &str, events: &[AuditEvent]) -> StoreResult<()>;
     call fn list_deliveries(&self, endpoint_id: &str, before_id: Option<&str>, limit: u32)

@@ -150,7 +150,7 @@ delegate! {
         -> StoreResult<()>;
     fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookEndpoint>>;
     fn list_webhooks(&self, filter: &WebhookFilter) -> StoreResult<Vec<WebhookEndpoint>>;
-    fn update_webhook(&self, endpoint: &WebhookEndpoint, events: &[AuditEvent])
+    fn update_webhook(&self, endpoint: &WebhookEndpoint, read_at: Millis, events: &[AuditEvent])
         -> StoreResult<()>;
     fn delete_webhook(&self, id: &str, events: &[AuditEvent]) -> StoreResult<()>;
     fn list_deliveries(&self, endpoint_id: &str, before_id: Option<&str>, limit: u32)

@@ -480,10 +480,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookEndpoint>>;
     /// Endpoints matching the filter, by id ascending.
     async fn list_webhooks(&self, filter: &WebhookFilter) -> StoreResult<Vec<WebhookEndpoint>>;
-    /// Replaces every mutable field, with `events`. `NotFound` if absent.
+    /// Replaces every mutable field, with `events`, provided the endpoint is still as it was
+    /// read (its `updated_at` is `read_at`): `Conflict` when it changed meanwhile (a
+    /// rotation, an edit, Keywarden disabling it), `NotFound` if absent.
     async fn update_webhook(
         &self,
         endpoint: &WebhookEndpoint,
+        read_at: Millis,
         events: &[AuditEvent],
     ) -> StoreResult<()>;
     /// Deletes the endpoint and its deliveries, with `events`. `NotFound` if absent.

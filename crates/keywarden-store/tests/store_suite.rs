@@ -1788,7 +1788,9 @@ async fn case_a_refused_change_writes_none_of_its_events(store: Arc<dyn Store>) 
     ));
     let unknown = endpoint(None, None, None);
     assert!(matches!(
-        store.update_webhook(&unknown, &ev("webhook.updated")).await,
+        store
+            .update_webhook(&unknown, unknown.updated_at, &ev("webhook.updated"))
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
@@ -1981,18 +1983,37 @@ async fn case_endpoint_changes_reach_endpoints_as_changed(store: Arc<dyn Store>)
         .unwrap();
     assert_eq!(delivered(&store, &e.id).await, [created.id.as_str()]);
 
+    let read_at = e.updated_at;
     e.enabled = false;
+    e.updated_at += 1;
     let disabled = ev("webhook.updated", &e);
     store
-        .update_webhook(&e, std::slice::from_ref(&disabled))
+        .update_webhook(&e, read_at, std::slice::from_ref(&disabled))
         .await
         .unwrap();
     assert_eq!(delivered(&store, &e.id).await, [created.id.as_str()]);
 
+    // A write over the endpoint as it was before that change is refused and writes nothing.
+    let mut stale = e.clone();
+    stale.enabled = true;
+    stale.description = "stale".into();
+    let refused = ev("webhook.updated", &stale);
+    assert!(matches!(
+        store
+            .update_webhook(&stale, read_at, std::slice::from_ref(&refused))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let now = store.get_webhook(&e.id).await.unwrap().unwrap();
+    assert!(!now.enabled && now.description != "stale");
+    assert_eq!(delivered(&store, &e.id).await, [created.id.as_str()]);
+
+    let read_at = e.updated_at;
     e.enabled = true;
+    e.updated_at += 1;
     let enabled = ev("webhook.updated", &e);
     store
-        .update_webhook(&e, std::slice::from_ref(&enabled))
+        .update_webhook(&e, read_at, std::slice::from_ref(&enabled))
         .await
         .unwrap();
     assert_eq!(

@@ -142,7 +142,6 @@ fn with_secret(e: &keywarden_store::webhooks::WebhookEndpoint) -> WebhookWithSec
     responses(
         (status = 201, description = "The endpoint with its signing `secret`, shown once", body = crate::views::WebhookWithSecret),
     ),
-    security(("root_key" = [])), tag = "admin"
 )]
 pub async fn admin_create(
     State(state): State<AppState>,
@@ -171,7 +170,6 @@ pub async fn admin_create(
     responses(
         (status = 200, description = "Every endpoint, by id", body = Vec<crate::views::Webhook>),
     ),
-    security(("root_key" = [])), tag = "admin"
 )]
 pub async fn admin_list(
     State(state): State<AppState>,
@@ -187,7 +185,6 @@ pub async fn admin_list(
     responses(
         (status = 200, description = "The endpoint", body = crate::views::Webhook),
     ),
-    security(("root_key" = [])), tag = "admin"
 )]
 pub async fn admin_get(
     State(state): State<AppState>,
@@ -204,8 +201,8 @@ pub async fn admin_get(
     request_body = PatchWebhook,
     responses(
         (status = 200, description = "The endpoint", body = crate::views::Webhook),
+        (status = 409, response = crate::openapi::Conflict),
     ),
-    security(("root_key" = [])), tag = "admin"
 )]
 pub async fn admin_patch(
     State(state): State<AppState>,
@@ -225,7 +222,6 @@ pub async fn admin_patch(
     responses(
         (status = 204, description = "Deleted, with its delivery log"),
     ),
-    security(("root_key" = [])), tag = "admin"
 )]
 pub async fn admin_delete(
     State(state): State<AppState>,
@@ -243,8 +239,8 @@ pub async fn admin_delete(
     post, path = "/v1/admin/webhooks/{id}/rotate-secret", params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The endpoint with its new `secret`, shown once; the previous one signs too until `previous_secret_until`", body = crate::views::WebhookWithSecret),
+        (status = 409, response = crate::openapi::Conflict),
     ),
-    security(("root_key" = [])), tag = "admin"
 )]
 pub async fn admin_rotate(
     State(state): State<AppState>,
@@ -265,7 +261,6 @@ pub async fn admin_rotate(
         (status = 200, description = "The delivery log, newest first, each with its attempts", body = Vec<crate::views::Delivery>),
         (status = 400, response = crate::openapi::BadRequest),
     ),
-    security(("root_key" = [])), tag = "admin"
 )]
 pub async fn admin_deliveries(
     State(state): State<AppState>,
@@ -291,7 +286,6 @@ pub async fn admin_deliveries(
     responses(
         (status = 202, description = "The delivery, pending again and due now", body = crate::views::Delivery),
     ),
-    security(("root_key" = [])), tag = "admin"
 )]
 pub async fn admin_redeliver(
     State(state): State<AppState>,
@@ -310,7 +304,6 @@ pub async fn admin_redeliver(
     responses(
         (status = 202, description = "A `webhook.test` event queued for this endpoint only", body = crate::views::Delivery),
     ),
-    security(("root_key" = [])), tag = "admin"
 )]
 pub async fn admin_test(
     State(state): State<AppState>,
@@ -401,6 +394,7 @@ pub async fn show(
     request_body = PatchWebhook,
     responses(
         (status = 200, description = "The endpoint", body = crate::views::Webhook),
+        (status = 409, response = crate::openapi::Conflict),
     ),
     security(("api_key" = ["webhooks:write"])), tag = "self-service"
 )]
@@ -440,6 +434,7 @@ pub async fn delete(
     post, path = "/v1/webhooks/{id}/rotate-secret", params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The endpoint with its new `secret`, shown once; the previous one signs too until `previous_secret_until`", body = crate::views::WebhookWithSecret),
+        (status = 409, response = crate::openapi::Conflict),
     ),
     security(("api_key" = ["webhooks:write"])), tag = "self-service"
 )]

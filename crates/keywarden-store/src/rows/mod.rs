@@ -623,11 +623,23 @@ impl<B: Backend> Store for B {
     async fn update_webhook(
         &self,
         endpoint: &WebhookEndpoint,
+        read_at: Millis,
         events: &[AuditEvent],
     ) -> StoreResult<()> {
+        let mut p = WEBHOOKS.update_params(webhook_params(endpoint)?);
+        p.extend(params![read_at]);
+        let mut tx = write(self).await?;
         // The change first: the events reach the endpoint as it now is (enabled or not).
-        let p = WEBHOOKS.update_params(webhook_params(endpoint)?);
-        change_one(self, &SQL.webhook_update, &p, events).await
+        if tx.run(&SQL.webhook_update, &p).await? == 0 {
+            let exists = count(&mut *tx, ENDPOINT_EXISTS, &params![endpoint.id.as_str()]).await?;
+            return Err(if exists == 0 {
+                StoreError::NotFound
+            } else {
+                StoreError::Conflict("the webhook endpoint changed since it was read".into())
+            });
+        }
+        write_events(&mut *tx, events).await?;
+        commit(tx).await
     }
 
     async fn delete_webhook(&self, id: &str, events: &[AuditEvent]) -> StoreResult<()> {

@@ -53,6 +53,11 @@ impl Table {
         )
     }
 
+    /// How many parameters [`Table::update`] takes.
+    pub(super) fn update_params_len(&self) -> usize {
+        1 + self.columns.iter().filter(|c| self.updatable(c)).count()
+    }
+
     /// Narrows a full row of values to the primary key followed by the mutable columns.
     pub(super) fn update_params(&self, values: Vec<Param>) -> Vec<Param> {
         debug_assert_eq!(values.len(), self.columns.len());
@@ -287,7 +292,12 @@ pub(super) static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
     ),
     webhook_insert: WEBHOOKS.insert(),
     webhook_get: format!("{} WHERE id = $1", WEBHOOKS.select()),
-    webhook_update: WEBHOOKS.update(),
+    // Only over the row as it was read: `updated_at` is the last parameter.
+    webhook_update: format!(
+        "{} AND updated_at = ${}",
+        WEBHOOKS.update(),
+        WEBHOOKS.update_params_len() + 1
+    ),
     webhooks_enabled: format!("{} WHERE enabled = $1 ORDER BY id", WEBHOOKS.select()),
     webhook_select: WEBHOOKS.select(),
     delivery_get: format!("{} WHERE id = $1", DELIVERIES.select()),
