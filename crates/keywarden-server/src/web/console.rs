@@ -70,17 +70,7 @@ pub struct Operator {
     actor: Actor,
 }
 
-impl SignedIn for Operator {
-    const AREA: &'static str = "console";
-
-    fn session_id(&self) -> &str {
-        &self.session_id
-    }
-
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
-}
+super::signed_in!(Operator, "console");
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = Response;

@@ -227,6 +227,25 @@ pub fn rotated(grace_seconds: u64) -> &'static str {
     }
 }
 
+/// Implements [`SignedIn`] for a session type with `session_id` and `csrf` fields, whose
+/// pages live under `/$area`.
+macro_rules! signed_in {
+    ($session:ty, $area:literal) => {
+        impl $crate::web::SignedIn for $session {
+            const AREA: &'static str = $area;
+
+            fn session_id(&self) -> &str {
+                &self.session_id
+            }
+
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        }
+    };
+}
+pub(crate) use signed_in;
+
 /// A signed-in page session (the console's operator, the portal's customer): the forms it
 /// posts carry its CSRF token.
 pub trait SignedIn {

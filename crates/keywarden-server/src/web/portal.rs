@@ -181,17 +181,7 @@ impl FromRequestParts<AppState> for Customer {
     }
 }
 
-impl SignedIn for Customer {
-    const AREA: &'static str = "portal";
-
-    fn session_id(&self) -> &str {
-        &self.session_id
-    }
-
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
-}
+super::signed_in!(Customer, "portal");
 
 impl Customer {
     fn role(&self) -> Role {
