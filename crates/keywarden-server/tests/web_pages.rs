@@ -486,6 +486,36 @@ async fn the_portal_keeps_to_its_sessions_mode_and_to_the_self_service_groups_se
             .send()
     };
 
+    // A refused form comes back with what was typed and what was wrong; nothing is made.
+    let res = post(
+        "/portal/keys",
+        vec![
+            ("csrf", csrf.clone()),
+            ("name", "nightly <export>".into()),
+            ("scopes", "no:such-scope".into()),
+            ("rate_requests", "10".into()),
+            ("rate_per_seconds", "60".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 400);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("id=\"key-form-error\""), "{page}");
+    assert!(page.contains("no:such-scope"), "the error names the scope");
+    assert!(
+        page.contains("value=\"nightly &lt;export&gt;\""),
+        "typed name kept, escaped"
+    );
+    assert!(page.contains(
+        "name=\"rate_requests\" type=\"number\" min=\"1\" inputmode=\"numeric\" value=\"10\""
+    ));
+    let keys = app
+        .admin_call(Method::GET, &format!("/v1/admin/accounts/{acc}/keys"), None)
+        .await
+        .ok(200);
+    assert_eq!(keys, json!([]));
+
     // A test-mode session makes a test key even when the form names no mode.
     let res = post(
         "/portal/keys",

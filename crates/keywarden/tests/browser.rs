@@ -231,6 +231,12 @@ quotas = [ { unit = "requests", limit = 100000, period = "month" } ]
         self.element(css).await.text().await.unwrap()
     }
 
+    /// What a form control holds now.
+    async fn value(&self, css: &str) -> String {
+        let el = self.element(css).await;
+        el.prop("value").await.unwrap().unwrap_or_default()
+    }
+
     async fn fill(&self, css: &str, value: &str) {
         let el = self.element(css).await;
         el.clear().await.unwrap();
@@ -346,8 +352,32 @@ async fn console_key_lifecycle() {
     assert!(rig.text("h1").await.contains("Acme Browsers"));
 
     rig.screenshot("console_account").await;
+    let url = rig.browser.current_url().await.unwrap();
+    let account_id = url.path().rsplit('/').next().unwrap().to_string();
+    assert!(account_id.starts_with("acc_"), "{url}");
     rig.fill("#key-name", "billing backend").await;
     rig.fill("#key-description", "vault: prod/billing").await;
+    // A refused form comes back as typed, with what was wrong; no key is made.
+    rig.fill("#key-ips", "203.0.113.0/24, not-an-address").await;
+    rig.click("#create-key-submit").await;
+    let error = rig.text("#key-form-error").await;
+    assert!(error.contains("not-an-address"), "{error}");
+    assert_eq!(rig.value("#key-name").await, "billing backend");
+    assert_eq!(rig.value("#key-description").await, "vault: prod/billing");
+    assert_eq!(
+        rig.value("#key-ips").await,
+        "203.0.113.0/24, not-an-address"
+    );
+    let (_, keys) = rig
+        .admin_api(
+            "GET",
+            &format!("/v1/admin/accounts/{account_id}/keys"),
+            None,
+        )
+        .await;
+    assert_eq!(keys, json!([]));
+    rig.screenshot("console_key_form_refused").await;
+    rig.fill("#key-ips", "").await;
     rig.click("#create-key-submit").await;
     let secret_field = rig.browser.find(Locator::Css("#secret")).await.unwrap();
     let first = secret_field.prop("value").await.unwrap().unwrap();

@@ -303,9 +303,19 @@ async fn account(
     Path(id): Path<String>,
     Query(q): Query<ModeQuery>,
 ) -> Result<Response, WebError> {
-    let m = Manager::new(&state);
-    let a = m.account(&id).await.back("/console/accounts")?;
-    let mode = mode_of(&q.mode);
+    account_page(&state, &op, &id, mode_of(&q.mode), None).await
+}
+
+/// An account's page in `mode`; with a refused key form, that form as it was typed.
+async fn account_page(
+    state: &AppState,
+    op: &Operator,
+    id: &str,
+    mode: Mode,
+    refused: Option<(&KeyForm, &WebError)>,
+) -> Result<Response, WebError> {
+    let m = Manager::new(state);
+    let a = m.account(id).await.back("/console/accounts")?;
     let keys = state
         .store
         .list_keys(
@@ -318,12 +328,12 @@ async fn account(
         )
         .await?;
     let keys: Vec<_> = keys.iter().map(key_view).collect();
-    let usage = crate::routes::self_service::usage_body(&state, &a, mode).await?;
-    let chart = super::day_chart(&state, Some(&a.id), None, Some(mode)).await?;
-    let grants = AppManager::new(&state).list_grants(&a.id).await?;
+    let usage = crate::routes::self_service::usage_body(state, &a, mode).await?;
+    let chart = super::day_chart(state, Some(&a.id), None, Some(mode)).await?;
+    let grants = AppManager::new(state).list_grants(&a.id).await?;
     let grants: Vec<_> = grants.iter().map(crate::views::Grant::from).collect();
     let plans: Vec<&String> = state.settings.plans.keys().collect();
-    let ctx = context! { ..ctx_base(&op, "accounts"), ..context! {
+    let ctx = context! { ..ctx_base(op, "accounts"), ..super::key_form_ctx(state, refused), ..context! {
         chart => chart,
         grants => grants,
         account => crate::views::Account::from(&a),
@@ -331,7 +341,6 @@ async fn account(
         keys => keys,
         usage => usage,
         plans => plans,
-        scopes => scope_choices(&state),
         roles => ["owner", "admin", "developer", "member"],
         key_base => "/console/keys",
         create_action => format!("/console/accounts/{}/keys", a.id),
@@ -427,9 +436,9 @@ async fn erase(
 }
 
 /// The key form, shared with the portal.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize, serde::Serialize)]
 pub struct KeyForm {
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub(crate) csrf: String,
     #[serde(default)]
     pub(crate) mode: String,
@@ -482,9 +491,19 @@ async fn create_key(
     op.check(&f.csrf, &back)?;
     let m = Manager::new(&state);
     let a = m.account(&id).await.back(&back)?;
-    let new = f.new_key().back(&back)?;
-    let (k, token) = m.create_key(&op.actor, &a, new, None).await.back(&back)?;
-    Ok(op.secret_page(&k, &token, "created"))
+    let made = match f.new_key() {
+        Ok(new) => m.create_key(&op.actor, &a, new, None).await,
+        Err(e) => Err(e),
+    };
+    match made {
+        Ok((k, token)) => Ok(op.secret_page(&k, &token, "created")),
+        Err(e) => {
+            // The account's page again, with the form as typed and what was wrong.
+            let e = WebError::from(e);
+            let page = account_page(&state, &op, &id, mode_of(&f.mode), Some((&f, &e))).await?;
+            Ok(super::refused_page(page, &e))
+        }
+    }
 }
 
 /// `GET /console/keys/{id}`: metadata, recent activity, the actions.
@@ -624,7 +643,7 @@ async fn applications(State(state): State<AppState>, op: Operator) -> Result<Res
         .await?;
     let apps: Vec<_> = apps.iter().map(crate::views::Application::from).collect();
     let ctx = context! { ..ctx_base(&op, "applications"), ..context! {
-        apps => apps, scopes => scope_choices(&state),
+        apps => apps, scopes => scope_choices(&state, None),
     }};
     Ok(render("applications.html", ctx))
 }

@@ -217,6 +217,28 @@ impl<T, E: Into<WebError>> OrBack<T> for Result<T, E> {
     }
 }
 
+/// The key form's part of a page: the scope choices and, when the form was refused, its
+/// fields as they were typed and what was wrong, so nothing typed is lost.
+pub fn key_form_ctx(
+    state: &AppState,
+    refused: Option<(&console::KeyForm, &WebError)>,
+) -> minijinja::Value {
+    let empty = console::KeyForm::default();
+    let form = refused.map_or(&empty, |(f, _)| f);
+    minijinja::context! {
+        scopes => scope_choices(state, refused.map(|(f, _)| f.scopes.as_slice())),
+        form => form,
+        form_error => refused.map(|(_, e)| tr(&e.message)),
+    }
+}
+
+/// A page re-rendered for a refused form: the refusal's status.
+pub fn refused_page(page: Response, error: &WebError) -> Response {
+    let mut page = page;
+    *page.status_mut() = error.status;
+    page
+}
+
 /// What a rotation shows: `rolled` (the old secret refused at once) or `rotated` (kept
 /// through a grace period).
 pub fn rotated(grace_seconds: u64) -> &'static str {
@@ -468,9 +490,9 @@ pub fn rate_field(
 
 /// The scope picker: the configured aliases, then every catalog scope, each checked when
 /// it is one of `keys.default_scopes`.
-pub fn scope_choices(state: &AppState) -> Vec<minijinja::Value> {
+pub fn scope_choices(state: &AppState, picked: Option<&[String]>) -> Vec<minijinja::Value> {
     let defaults = &state.settings.config.keys.default_scopes;
-    let checked = |name: &str| defaults.iter().any(|d| d == name);
+    let checked = |name: &str| picked.unwrap_or(defaults).iter().any(|d| d == name);
     let aliases = state
         .settings
         .config
@@ -494,8 +516,6 @@ pub fn scope_choices(state: &AppState) -> Vec<minijinja::Value> {
     aliases.chain(units).collect()
 }
 
-/// The chart of the last 24 hours of an account's or a key's decisions (or, with neither,
-/// the deployment's), by hour.
 /// What a key's page shows of its use: the recent activity (newest first) and the traffic
 /// over the last day.
 pub async fn key_use(
@@ -514,6 +534,8 @@ pub async fn key_use(
     })
 }
 
+/// The chart of the last 24 hours of an account's or a key's decisions (or, with neither,
+/// the deployment's), by hour.
 pub async fn day_chart(
     state: &AppState,
     account_id: Option<&str>,

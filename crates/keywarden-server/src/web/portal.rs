@@ -6,7 +6,7 @@
 //! rules as the self-service API (`Manager::key_within`, `Ceiling`).
 
 use super::console::{KeyForm, RevokeForm, RotateForm};
-use super::{csrf_token, id_hash, key_view, new_session_id, render, scope_choices};
+use super::{csrf_token, id_hash, key_view, new_session_id, render};
 use super::{session_cookie, OrBack, SignedIn, WebError};
 use crate::errors::ApiError;
 use crate::extract::{client_ip, peer_ip};
@@ -351,22 +351,31 @@ async fn home(
     Query(q): Query<ModeQuery>,
 ) -> Result<Response, WebError> {
     let mode = c.mode(&q.mode)?;
-    let m = Manager::new(&state);
-    let keys = m.keys_within(&c.ceiling(&state, mode), None, 200).await?;
+    home_page(&state, &c, mode, None).await
+}
+
+/// The portal's page in `mode`; with a refused key form, that form as it was typed.
+async fn home_page(
+    state: &AppState,
+    c: &Customer,
+    mode: Mode,
+    refused: Option<(&KeyForm, &WebError)>,
+) -> Result<Response, WebError> {
+    let m = Manager::new(state);
+    let keys = m.keys_within(&c.ceiling(state, mode), None, 200).await?;
     let keys: Vec<_> = keys.iter().map(key_view).collect();
-    let usage = crate::routes::self_service::usage_body(&state, &c.account, mode).await?;
-    let chart = super::day_chart(&state, Some(&c.account.id), None, Some(mode)).await?;
+    let usage = crate::routes::self_service::usage_body(state, &c.account, mode).await?;
+    let chart = super::day_chart(state, Some(&c.account.id), None, Some(mode)).await?;
     let plans: Vec<&String> = state.settings.plans.keys().collect();
     let roles: Vec<&str> = ["owner", "admin", "developer", "member"]
         .into_iter()
         .filter(|r| r.parse::<Role>().is_ok_and(|r| r.rank() <= c.role().rank()))
         .collect();
-    let ctx = context! { ..base_ctx(&c, mode), ..context! {
+    let ctx = context! { ..base_ctx(c, mode), ..super::key_form_ctx(state, refused), ..context! {
         chart => chart,
         keys => keys,
         usage => usage,
         plans => plans,
-        scopes => scope_choices(&state),
         roles => roles,
         can_manage => c.role().can_manage_keys(),
         is_owner => c.role() == Role::Owner,
@@ -500,16 +509,25 @@ async fn create_key(
     c.check(&f.csrf, &back)?;
     need_manager(&c, &back)?;
     // The key is made in the session's mode, whatever the form says.
-    let new = NewKey {
-        mode,
-        ..f.new_key().back(&back)?
+    let made = match f.new_key() {
+        Ok(new) => {
+            let ceiling = c.ceiling(&state, mode);
+            let new = NewKey { mode, ..new };
+            Manager::new(&state)
+                .create_key(&c.actor(), &c.account, new, Some(&ceiling))
+                .await
+        }
+        Err(e) => Err(e),
     };
-    let ceiling = c.ceiling(&state, mode);
-    let (k, token) = Manager::new(&state)
-        .create_key(&c.actor(), &c.account, new, Some(&ceiling))
-        .await
-        .back(&back)?;
-    Ok(c.secret_page(&k, &token, "created"))
+    match made {
+        Ok((k, token)) => Ok(c.secret_page(&k, &token, "created")),
+        Err(e) => {
+            // The page again, with the form as typed and what was wrong.
+            let e = WebError::from(e);
+            let page = home_page(&state, &c, mode, Some((&f, &e))).await?;
+            Ok(super::refused_page(page, &e))
+        }
+    }
 }
 
 /// `GET /portal/keys/{id}`: a key this session reaches, and its recent activity.
