@@ -560,3 +560,74 @@ async fn the_portal_keeps_to_its_sessions_mode_and_to_the_self_service_groups_se
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn key_lists_go_on_page_by_page() {
+    let app = spawn_app_with("[plans.tiers.default]\nmax_keys = 200\n").await;
+    let acc = app.account("Many keys").await;
+    let mut ids = Vec::new();
+    for i in 0..101 {
+        let k = app
+            .key(&acc, json!({ "name": format!("k{i}"), "mode": "test" }))
+            .await;
+        ids.push(k["id"].as_str().unwrap().to_string());
+    }
+    ids.sort();
+    let (_, cookie) = sign_in(&app.admin, ROOT).await;
+    let session = cookie.split(';').next().unwrap().to_string();
+    let page = |path: String| {
+        let session = session.clone();
+        let admin = app.admin.clone();
+        async move {
+            no_redirects()
+                .get(format!("{admin}{path}"))
+                .header("cookie", session)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let first = page(format!("/console/accounts/{acc}?mode=test")).await;
+    assert!(first.contains(&ids[99]) && !first.contains(&ids[100]));
+    // (`/` is escaped in attributes: `&#x2f;`.)
+    let next = format!("?mode=test&amp;after={}\" id=\"keys-next\"", ids[99]);
+    assert!(first.contains(&next), "{first}");
+    let second = page(format!(
+        "/console/accounts/{acc}?mode=test&after={}",
+        ids[99]
+    ))
+    .await;
+    assert!(second.contains(&ids[100]) && !second.contains(&ids[99]));
+    assert!(!second.contains("id=\"keys-next\""));
+    assert!(second.contains("id=\"keys-first\""));
+    // Anything but a key id is ignored: the first page.
+    let odd = page(format!("/console/accounts/{acc}?mode=test&after=%00x")).await;
+    assert!(odd.contains(&ids[0]));
+
+    // The portal pages the same way.
+    let (portal, _) = portal_session(&app, &acc, "owner").await;
+    let portal_page = |path: String| {
+        let portal = portal.clone();
+        let public = app.public.clone();
+        async move {
+            no_redirects()
+                .get(format!("{public}{path}"))
+                .header("cookie", portal)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let first = portal_page("/portal?mode=test".into()).await;
+    assert!(first.contains(&ids[99]) && !first.contains(&ids[100]));
+    assert!(first.contains("id=\"keys-next\""));
+    let second = portal_page(format!("/portal?mode=test&after={}", ids[99])).await;
+    assert!(second.contains(&ids[100]) && !second.contains(&ids[99]));
+    app.stop().await;
+}

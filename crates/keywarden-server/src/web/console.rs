@@ -3,8 +3,8 @@
 //! browser nor in the database. Every action calls the manager the admin API calls.
 
 use super::{
-    console_id_hash, csrf_token, expiry_field, key_view, list_field, new_session_id, opt_field,
-    rate_field, render, scope_choices, session_cookie, OrBack, SignedIn, WebError,
+    console_id_hash, csrf_token, expiry_field, list_field, new_session_id, opt_field, rate_field,
+    render, scope_choices, session_cookie, OrBack, SignedIn, WebError,
 };
 use crate::auth::matching_root_key;
 use crate::errors::ApiError;
@@ -286,6 +286,9 @@ async fn create_account(
 struct ModeQuery {
     #[serde(default)]
     mode: String,
+    /// The page of keys after this key id.
+    #[serde(default)]
+    after: String,
 }
 
 fn mode_of(s: &str) -> Mode {
@@ -303,7 +306,8 @@ async fn account(
     Path(id): Path<String>,
     Query(q): Query<ModeQuery>,
 ) -> Result<Response, WebError> {
-    account_page(&state, &op, &id, mode_of(&q.mode), None).await
+    let after = super::after_field(&q.after);
+    account_page(&state, &op, &id, mode_of(&q.mode), after, None).await
 }
 
 /// An account's page in `mode`; with a refused key form, that form as it was typed.
@@ -312,22 +316,18 @@ async fn account_page(
     op: &Operator,
     id: &str,
     mode: Mode,
+    after: Option<String>,
     refused: Option<(&KeyForm, &WebError)>,
 ) -> Result<Response, WebError> {
     let m = Manager::new(state);
     let a = m.account(id).await.back("/console/accounts")?;
-    let keys = state
-        .store
-        .list_keys(
-            &a.id,
-            Some(mode),
-            &Page {
-                after_id: None,
-                limit: 200,
-            },
-        )
-        .await?;
-    let keys: Vec<_> = keys.iter().map(key_view).collect();
+    let first_page = format!("/console/accounts/{}?mode={mode}", a.id);
+    let page = Page {
+        after_id: after.clone(),
+        limit: super::KEYS_PER_PAGE + 1,
+    };
+    let keys = state.store.list_keys(&a.id, Some(mode), &page).await?;
+    let (keys, next_page) = super::keys_page(keys, &format!("{first_page}&"));
     let usage = crate::routes::self_service::usage_body(state, &a, mode).await?;
     let chart = super::day_chart(state, Some(&a.id), None, Some(mode)).await?;
     let grants = AppManager::new(state).list_grants(&a.id).await?;
@@ -339,6 +339,8 @@ async fn account_page(
         account => crate::views::Account::from(&a),
         mode => mode.as_str(),
         keys => keys,
+        next_page => next_page,
+        first_page => after.is_some().then_some(first_page),
         usage => usage,
         plans => plans,
         roles => ["owner", "admin", "developer", "member"],
@@ -500,7 +502,8 @@ async fn create_key(
         Err(e) => {
             // The account's page again, with the form as typed and what was wrong.
             let e = WebError::from(e);
-            let page = account_page(&state, &op, &id, mode_of(&f.mode), Some((&f, &e))).await?;
+            let mode = mode_of(&f.mode);
+            let page = account_page(&state, &op, &id, mode, None, Some((&f, &e))).await?;
             Ok(super::refused_page(page, &e))
         }
     }

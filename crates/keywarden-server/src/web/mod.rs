@@ -217,6 +217,30 @@ impl<T, E: Into<WebError>> OrBack<T> for Result<T, E> {
     }
 }
 
+/// The `after` of a page link: a key id, or nothing (anything else is ignored).
+pub fn after_field(s: &str) -> Option<String> {
+    opt_field(s)
+        .filter(|a| a.len() <= 64 && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .map(str::to_string)
+}
+
+/// Keys listed on one page of the console or the portal.
+pub const KEYS_PER_PAGE: u32 = 100;
+
+/// A page of keys out of at most [`KEYS_PER_PAGE`] + 1 read: the ones shown, and the link
+/// to the next page (`{base}after={last shown id}`) when there are more.
+pub fn keys_page(
+    mut keys: Vec<keywarden_core::model::KeyRecord>,
+    base: &str,
+) -> (Vec<minijinja::Value>, Option<String>) {
+    let more = keys.len() > KEYS_PER_PAGE as usize;
+    keys.truncate(KEYS_PER_PAGE as usize);
+    let next = more
+        .then(|| keys.last().map(|k| format!("{base}after={}", k.id)))
+        .flatten();
+    (keys.iter().map(key_view).collect(), next)
+}
+
 /// The key form's part of a page: the scope choices and, when the form was refused, its
 /// fields as they were typed and what was wrong, so nothing typed is lost.
 pub fn key_form_ctx(

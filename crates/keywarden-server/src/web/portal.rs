@@ -6,7 +6,7 @@
 //! rules as the self-service API (`Manager::key_within`, `Ceiling`).
 
 use super::console::{KeyForm, RevokeForm, RotateForm};
-use super::{csrf_token, id_hash, key_view, new_session_id, render};
+use super::{csrf_token, id_hash, new_session_id, render};
 use super::{session_cookie, OrBack, SignedIn, WebError};
 use crate::errors::ApiError;
 use crate::extract::{client_ip, peer_ip};
@@ -330,6 +330,9 @@ async fn start(State(state): State<AppState>, Query(q): Query<StartQuery>) -> Re
 struct ModeQuery {
     #[serde(default)]
     mode: String,
+    /// The page of keys after this key id.
+    #[serde(default)]
+    after: String,
 }
 
 fn base_ctx(c: &Customer, mode: Mode) -> minijinja::Value {
@@ -351,7 +354,8 @@ async fn home(
     Query(q): Query<ModeQuery>,
 ) -> Result<Response, WebError> {
     let mode = c.mode(&q.mode)?;
-    home_page(&state, &c, mode, None).await
+    let after = super::after_field(&q.after);
+    home_page(&state, &c, mode, after, None).await
 }
 
 /// The portal's page in `mode`; with a refused key form, that form as it was typed.
@@ -359,11 +363,16 @@ async fn home_page(
     state: &AppState,
     c: &Customer,
     mode: Mode,
+    after: Option<String>,
     refused: Option<(&KeyForm, &WebError)>,
 ) -> Result<Response, WebError> {
     let m = Manager::new(state);
-    let keys = m.keys_within(&c.ceiling(state, mode), None, 200).await?;
-    let keys: Vec<_> = keys.iter().map(key_view).collect();
+    let ceiling = c.ceiling(state, mode);
+    let first_page = format!("/portal?mode={mode}");
+    let keys = m
+        .keys_within(&ceiling, after.clone(), super::KEYS_PER_PAGE + 1)
+        .await?;
+    let (keys, next_page) = super::keys_page(keys, &format!("{first_page}&"));
     let usage = crate::routes::self_service::usage_body(state, &c.account, mode).await?;
     let chart = super::day_chart(state, Some(&c.account.id), None, Some(mode)).await?;
     let plans: Vec<&String> = state.settings.plans.keys().collect();
@@ -374,6 +383,8 @@ async fn home_page(
     let ctx = context! { ..base_ctx(c, mode), ..super::key_form_ctx(state, refused), ..context! {
         chart => chart,
         keys => keys,
+        next_page => next_page,
+        first_page => after.is_some().then_some(first_page),
         usage => usage,
         plans => plans,
         roles => roles,
@@ -524,7 +535,7 @@ async fn create_key(
         Err(e) => {
             // The page again, with the form as typed and what was wrong.
             let e = WebError::from(e);
-            let page = home_page(&state, &c, mode, Some((&f, &e))).await?;
+            let page = home_page(&state, &c, mode, None, Some((&f, &e))).await?;
             Ok(super::refused_page(page, &e))
         }
     }
