@@ -100,7 +100,13 @@ pub fn public_router(
         routes
     };
     // Gateway mode: what no route above matches goes to the upstream (else 404).
-    crate::gateway::with_fallback(routes, gateway)
+    finish(crate::gateway::with_fallback(routes, gateway), state)
+}
+
+/// What both listeners' routers end with: 405 for a known path with another method, the
+/// body limit, and the request context (request id, language, log line, error rendering).
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
@@ -157,7 +163,7 @@ pub fn admin_router(state: AppState) -> Router {
             state.clone(),
             admin::root_guard,
         ));
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         // Open like the health checks (`docs/concepts.md#listeners`): outside the root-key guard.
@@ -171,14 +177,8 @@ pub fn admin_router(state: AppState) -> Router {
         )
         .merge(admin_api)
         .merge(crate::web::console::routes())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            request_context,
-        ))
-        .with_state(state)
+        .fallback(not_found);
+    finish(routes, state)
 }
 
 async fn method_not_allowed() -> crate::errors::ApiError {

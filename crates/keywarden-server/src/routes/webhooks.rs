@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use keywarden_core::model::Mode;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// The admin API's webhook routes.
 pub fn admin_routes() -> Router<AppState> {
@@ -46,15 +46,6 @@ pub fn self_service_routes() -> Router<AppState> {
             post(redeliver),
         )
         .route("/webhooks/{id}/test", post(test))
-}
-
-/// Distinguishes an absent field from an explicit `null`.
-fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Body of `POST /v1/admin/webhooks`.
@@ -99,7 +90,7 @@ pub struct PatchWebhook {
     /// A new URL.
     pub url: Option<String>,
     /// New event types; `null` = every type.
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "super::admin::nullable")]
     #[schema(value_type = Option<Vec<String>>)]
     pub events: Option<Option<Vec<String>>>,
     /// Enable (which clears why it was disabled) or disable.
