@@ -290,11 +290,13 @@ impl WebhookManager {
             changed.push("description");
         }
         if let Some(enabled) = patch.enabled {
-            e.enabled = enabled;
-            if enabled {
+            // Enabling a disabled endpoint restarts its failure clock (the store does the
+            // same as it writes, so a failure recorded meanwhile is not lost otherwise).
+            if enabled && !e.enabled {
                 e.disabled_reason = None;
                 e.failing_since = None;
             }
+            e.enabled = enabled;
             changed.push("enabled");
         }
         let read_at = e.updated_at;

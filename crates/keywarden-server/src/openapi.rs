@@ -341,7 +341,7 @@ error_response!(
 
 /// The errors a root-key route can answer, whatever it does: no valid root key (401), no
 /// root key configured or the store unreachable (503). Routes under `/v1/admin/` get them
-/// from [`by_caller`]; the others that take a root key (verify, metrics) list this.
+/// from [`by_caller`]; `POST /v1/verify`, which takes a root key too, lists this.
 #[derive(utoipa::IntoResponses)]
 pub enum AdminErrors {
     /// 401.

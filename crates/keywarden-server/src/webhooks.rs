@@ -422,8 +422,9 @@ impl Webhooks {
     /// Raises the derived events due at the clock's time, each once.
     pub async fn scan(&self) -> Result<u64, keywarden_store::StoreError> {
         let now = self.state.clock.now_ms();
-        // Every key with a deadline in the window, a page at a time.
-        let mut fired = Vec::new();
+        // Every key with a deadline in the window, a page at a time, each page's events
+        // written in a transaction of its own.
+        let mut n = 0;
         let mut page = Page {
             after_id: None,
             limit: DEADLINE_PAGE,
@@ -434,7 +435,11 @@ impl Webhooks {
                 .store
                 .keys_with_deadlines(now - LOOKBACK_MS, now + 7 * DAY_MS, &page)
                 .await?;
-            fired.extend(derived_key_events(&keys, now));
+            n += self
+                .state
+                .store
+                .fire_once(&derived_key_events(&keys, now))
+                .await?;
             match keys.last() {
                 Some(last) if keys.len() == DEADLINE_PAGE as usize => {
                     page.after_id = Some(last.id.clone());
@@ -445,8 +450,11 @@ impl Webhooks {
         // Every period that can be current now starts at or after the month's start.
         let month = keywarden_core::limits::Period::Month.bounds(now).0;
         let rows = self.state.store.usage_since(month).await?;
-        fired.extend(quota_events(&self.state, &rows, now));
-        let n = self.state.store.fire_once(&fired).await?;
+        n += self
+            .state
+            .store
+            .fire_once(&quota_events(&self.state, &rows, now))
+            .await?;
         self.state
             .webhook_stats
             .derived

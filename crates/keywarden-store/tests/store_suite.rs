@@ -1571,6 +1571,93 @@ async fn case_disabling_an_endpoint_records_its_event(store: Arc<dyn Store>) {
     assert_eq!(store.webhook_backlog().await.unwrap(), 0);
 }
 
+async fn case_endpoint_updates_and_the_delivery_worker_do_not_undo_each_other(
+    store: Arc<dyn Store>,
+) {
+    let e = endpoint(None, None, Some(&["key.created"]));
+    store.create_webhook(&e, &[]).await.unwrap();
+    let t = 1_700_000_000_000;
+    let fail = |store: Arc<dyn Store>, at: i64, status: u16, disable: Option<&str>| {
+        let endpoint_id = e.id.clone();
+        let disable = disable.map(str::to_string);
+        async move {
+            store
+                .append_events(&[event(None, None, "key.created", at)])
+                .await
+                .unwrap();
+            let due = store.claim_deliveries(at, at + 1, 10).await.unwrap();
+            let events = disable
+                .iter()
+                .map(|_| event(None, None, "webhook.disabled", at))
+                .collect();
+            store
+                .finish_delivery(&AttemptOutcome {
+                    delivery_id: due[0].delivery.id.clone(),
+                    endpoint_id,
+                    attempt: attempt(at, Some(status)),
+                    next: NextStep::GiveUp,
+                    disable,
+                    events,
+                })
+                .await
+                .unwrap();
+        }
+    };
+    // An edit read before a failure does not wipe the failure clock the worker started.
+    let read = store.get_webhook(&e.id).await.unwrap().unwrap();
+    fail(store.clone(), t + 10, 500, None).await;
+    let mut edit = read.clone();
+    edit.description = "edited".into();
+    edit.updated_at = read.updated_at + 1;
+    store
+        .update_webhook(&edit, read.updated_at, &[])
+        .await
+        .unwrap();
+    let now = store.get_webhook(&e.id).await.unwrap().unwrap();
+    assert_eq!(
+        (now.description.as_str(), now.failing_since),
+        ("edited", Some(t + 10))
+    );
+
+    // The worker disabling it moves `updated_at` forward: an edit over the row as it was
+    // read before (same millisecond included) is refused and does not re-enable it.
+    let read = now;
+    fail(store.clone(), read.updated_at, 410, Some("gone")).await;
+    let disabled = store.get_webhook(&e.id).await.unwrap().unwrap();
+    assert!(!disabled.enabled && disabled.updated_at > read.updated_at);
+    let mut stale = read.clone();
+    stale.description = "stale".into();
+    stale.updated_at = read.updated_at + 1;
+    assert!(matches!(
+        store.update_webhook(&stale, read.updated_at, &[]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(!store.get_webhook(&e.id).await.unwrap().unwrap().enabled);
+
+    // Enabling it again (from a fresh read) restarts the failure clock.
+    let mut on = disabled.clone();
+    on.enabled = true;
+    on.disabled_reason = None;
+    on.updated_at = disabled.updated_at + 1;
+    store
+        .update_webhook(&on, disabled.updated_at, &[])
+        .await
+        .unwrap();
+    let on = store.get_webhook(&e.id).await.unwrap().unwrap();
+    assert!(on.enabled && on.failing_since.is_none());
+
+    // An attempt begun before a later change does not disable the endpoint, nor say so.
+    let watcher = endpoint(None, None, Some(&["webhook.disabled"]));
+    store.create_webhook(&watcher, &[]).await.unwrap();
+    fail(store.clone(), on.updated_at - 5, 410, Some("gone")).await;
+    assert!(store.get_webhook(&e.id).await.unwrap().unwrap().enabled);
+    assert!(store
+        .list_deliveries(&watcher.id, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn case_concurrent_claims_take_each_delivery_once(store: Arc<dyn Store>) {
     let a = new_account(&store).await;
     store
@@ -2383,6 +2470,7 @@ suite!(
     case_decision_counts_roll_up,
     case_events_queue_their_deliveries_in_the_same_write,
     case_disabling_an_endpoint_records_its_event,
+    case_endpoint_updates_and_the_delivery_worker_do_not_undo_each_other,
     case_concurrent_claims_take_each_delivery_once,
     case_events_fired_once_are_written_once,
     case_deadlines_and_usage_for_derived_events,

@@ -13,9 +13,10 @@ use keywarden_core::codes::{Code, Locale};
 pub use keywarden_core::codes::ErrorStyle;
 pub use keywarden_store::reply::ErrorFormat;
 
-/// A complete error response: status, body, `Content-Type`, `WWW-Authenticate` on 401,
-/// `Retry-After` when a retry hint is given, and `X-Request-Id`.
-pub(crate) fn response(
+/// A complete error response in `format`, as the layer sends it: status, body,
+/// `Content-Type`, `WWW-Authenticate` on 401, `Retry-After` when a retry hint is given, and
+/// `X-Request-Id`. For a handler that refuses a request itself, in the layer's format.
+pub fn error_response(
     format: &ErrorFormat,
     code: Code,
     retry_after: Option<u64>,
@@ -41,7 +42,7 @@ mod tests {
     #[test]
     fn responses_carry_their_headers() {
         let f = ErrorFormat::default();
-        let res = response(&f, Code::RateLimitExceeded, Some(0), Locale::En, "req_6");
+        let res = error_response(&f, Code::RateLimitExceeded, Some(0), Locale::En, "req_6");
         assert_eq!(res.status(), 429);
         assert_eq!(res.headers()[RETRY_AFTER], "1");
         assert_eq!(res.headers()[CONTENT_TYPE], "application/json");
@@ -51,7 +52,7 @@ mod tests {
             style: ErrorStyle::Problem,
             ..ErrorFormat::default()
         };
-        let res = response(&problem, Code::MissingApiKey, None, Locale::En, "r");
+        let res = error_response(&problem, Code::MissingApiKey, None, Locale::En, "r");
         assert_eq!(res.headers()[CONTENT_TYPE], "application/problem+json");
         assert_eq!(
             res.headers()[WWW_AUTHENTICATE],

@@ -183,7 +183,7 @@ where
                         key_id = out.key.as_ref().map(|k| k.id()),
                         "request denied"
                     );
-                    let mut res = crate::error::response(
+                    let mut res = crate::error::error_response(
                         &shared.format,
                         code,
                         out.retry_after,

@@ -59,7 +59,7 @@ mod principal;
 mod scopes;
 mod source;
 
-pub use error::{ErrorFormat, ErrorStyle};
+pub use error::{error_response, ErrorFormat, ErrorStyle};
 #[cfg(feature = "axum")]
 pub use extract::MissingPrincipal;
 pub use keywarden::{

@@ -2,7 +2,7 @@
 //! [`KeywardenLayer`](crate::KeywardenLayer) put in the request, and answers 403
 //! `insufficient_scope` in the same error format when it lacks one.
 
-use crate::error::{response, ErrorFormat};
+use crate::error::{error_response, ErrorFormat};
 use crate::layer::{Presentation, ResponseFuture};
 use crate::principal::{Principal, RequestId};
 use crate::{Keywarden, KeywardenBody};
@@ -172,11 +172,11 @@ pub(crate) fn refuse<B>(
     let ext = req.extensions();
     let request_id = ext.get::<RequestId>().cloned().unwrap_or_default();
     match ext.get::<Presentation>() {
-        Some(p) => response(&p.format, code, None, p.locale, request_id.as_str()),
+        Some(p) => error_response(&p.format, code, None, p.locale, request_id.as_str()),
         None => {
             let format = ErrorFormat::default();
             let locale = format.locale_for(req.headers());
-            response(&format, code, None, locale, request_id.as_str())
+            error_response(&format, code, None, locale, request_id.as_str())
         }
     }
 }

@@ -771,11 +771,18 @@ impl<B: Backend> Store for B {
         } else {
             tx.run(ENDPOINT_FAILED, &params![endpoint, a.at]).await?;
         }
-        if let Some(reason) = &o.disable {
-            let p = params![endpoint, reason.as_str(), a.at, false];
-            tx.run(ENDPOINT_DISABLE, &p).await?;
+        // An endpoint changed while the attempt was made is left as it now is, and its
+        // disabling is not reported.
+        let report = match &o.disable {
+            Some(reason) => {
+                let p = params![endpoint, reason.as_str(), a.at, false];
+                tx.run(ENDPOINT_DISABLE, &p).await? > 0
+            }
+            None => true,
+        };
+        if report {
+            write_events(&mut *tx, &o.events).await?;
         }
-        write_events(&mut *tx, &o.events).await?;
         commit(tx).await
     }
 

@@ -53,6 +53,16 @@ impl Table {
         )
     }
 
+    /// The parameter number of a mutable column in [`Table::update`].
+    pub(super) fn param_of(&self, col: &str) -> usize {
+        let at = self
+            .columns
+            .iter()
+            .filter(|c| self.updatable(c))
+            .position(|c| *c == col);
+        at.map_or(0, |i| i + 2)
+    }
+
     /// How many parameters [`Table::update`] takes.
     pub(super) fn update_params_len(&self) -> usize {
         1 + self.columns.iter().filter(|c| self.updatable(c)).count()
@@ -176,7 +186,9 @@ pub(super) const WEBHOOKS: Table = Table {
         "created_at",
         "updated_at",
     ],
-    fixed: &["account_id", "mode", "created_at"],
+    // `failing_since` belongs to the delivery worker: an update leaves it, except that
+    // enabling a disabled endpoint clears it (the statement below).
+    fixed: &["account_id", "mode", "created_at", "failing_since"],
 };
 
 pub(super) const DELIVERIES: Table = Table {
@@ -292,10 +304,19 @@ pub(super) static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
     ),
     webhook_insert: WEBHOOKS.insert(),
     webhook_get: format!("{} WHERE id = $1", WEBHOOKS.select()),
-    // Only over the row as it was read: `updated_at` is the last parameter.
+    // Only over the row as it was read: `updated_at` is the last parameter. (In a SET
+    // clause `enabled` is the row's value before the update.)
     webhook_update: format!(
-        "{} AND updated_at = ${}",
-        WEBHOOKS.update(),
+        "{} WHERE id = $1 AND updated_at = ${}",
+        WEBHOOKS.update().replace(" WHERE id = $1", "").replacen(
+            " SET ",
+            &format!(
+                " SET failing_since = CASE WHEN NOT enabled AND ${} THEN NULL \
+                     ELSE failing_since END, ",
+                WEBHOOKS.param_of("enabled")
+            ),
+            1
+        ),
         WEBHOOKS.update_params_len() + 1
     ),
     webhooks_enabled: format!("{} WHERE enabled = $1 ORDER BY id", WEBHOOKS.select()),
@@ -411,8 +432,13 @@ pub(super) const ENDPOINT_SUCCEEDED: &str =
     "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1";
 pub(super) const ENDPOINT_FAILED: &str = "UPDATE webhook_endpoints \
      SET failing_since = COALESCE(failing_since, $2) WHERE id = $1";
+/// Disables an endpoint after an attempt made at `$3`, unless it was changed since (its
+/// `updated_at` is later): its `updated_at` moves forward, so an update over the row as it
+/// was read before is refused.
 pub(super) const ENDPOINT_DISABLE: &str = "UPDATE webhook_endpoints SET enabled = $4, \
-     disabled_reason = $2, updated_at = $3 WHERE id = $1";
+     disabled_reason = $2, \
+     updated_at = CASE WHEN updated_at >= $3 THEN updated_at + 1 ELSE $3 END \
+     WHERE id = $1 AND updated_at <= $3";
 pub(super) const ENDPOINT_EXISTS: &str =
     "SELECT COUNT(*) AS n FROM webhook_endpoints WHERE id = $1";
 pub(super) const DELETE_WEBHOOK: &str = "DELETE FROM webhook_endpoints WHERE id = $1";
