@@ -631,3 +631,89 @@ async fn key_lists_go_on_page_by_page() {
     assert!(second.contains(&ids[100]) && !second.contains(&ids[99]));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_portal_rolls_and_revokes_keys_it_reaches_and_only_those() {
+    let app = spawn_app().await;
+    let acc = app.account("Roller").await;
+    let other = app.account("Other").await;
+    let mine = app
+        .key(
+            &acc,
+            json!({ "name": "mine", "role": "developer", "mode": "live" }),
+        )
+        .await;
+    let theirs = app
+        .key(&other, json!({ "name": "theirs", "mode": "live" }))
+        .await;
+    let (mine_id, theirs_id) = (mine["id"].as_str().unwrap(), theirs["id"].as_str().unwrap());
+    let post = |session: String, path: String, form: Vec<(&'static str, String)>| {
+        let public = app.public.clone();
+        async move {
+            no_redirects()
+                .post(format!("{public}{path}"))
+                .header("cookie", session)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    // A member manages no key: refused, nothing changes.
+    let (member, csrf) = portal_session(&app, &acc, "member").await;
+    let res = post(
+        member,
+        format!("/portal/keys/{mine_id}/rotate"),
+        vec![("csrf", csrf)],
+    )
+    .await;
+    assert_eq!(res.status(), 403);
+
+    let (dev, csrf) = portal_session(&app, &acc, "developer").await;
+    // Another account's key looks like no key at all.
+    let res = post(
+        dev.clone(),
+        format!("/portal/keys/{theirs_id}/revoke"),
+        vec![("csrf", csrf.clone())],
+    )
+    .await;
+    assert_eq!(res.status(), 404);
+    let theirs_now = app
+        .admin_call(Method::GET, &format!("/v1/admin/keys/{theirs_id}"), None)
+        .await
+        .ok(200);
+    assert!(theirs_now["revoked_at"].is_null());
+
+    // Rolling shows the new secret once; the old one is refused at once.
+    let old = mine["api_key"].as_str().unwrap().to_string();
+    let res = post(
+        dev.clone(),
+        format!("/portal/keys/{mine_id}/rotate"),
+        vec![("csrf", csrf.clone()), ("grace_seconds", String::new())],
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let page = res.text().await.unwrap();
+    assert!(!page.contains(&old));
+    assert_eq!(
+        app.verify(json!({ "key": old })).await["code"],
+        "api_key_revoked"
+    );
+
+    // Revoking leads back to the key's page, which says so.
+    let res = post(
+        dev.clone(),
+        format!("/portal/keys/{mine_id}/revoke"),
+        vec![("csrf", csrf), ("reason", "left the team".into())],
+    )
+    .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()[LOCATION], format!("/portal/keys/{mine_id}"));
+    let k = app
+        .admin_call(Method::GET, &format!("/v1/admin/keys/{mine_id}"), None)
+        .await
+        .ok(200);
+    assert_eq!(k["revoked_reason"], "left the team");
+    app.stop().await;
+}

@@ -4,7 +4,7 @@
 
 use super::{
     console_id_hash, csrf_token, expiry_field, list_field, new_session_id, opt_field, rate_field,
-    render, scope_choices, session_cookie, OrBack, SignedIn, WebError,
+    render, scope_choices, session_cookie, KeyChanger, OrBack, SignedIn, WebError,
 };
 use crate::auth::matching_root_key;
 use crate::errors::ApiError;
@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use axum_extra::extract::cookie::CookieJar;
 use axum_extra::extract::Form;
-use keywarden_core::model::{AccountStatus, Mode, Role, WebSession, WebSessionKind};
+use keywarden_core::model::{AccountStatus, KeyRecord, Mode, Role, WebSession, WebSessionKind};
 use keywarden_store::{EventFilter, Page};
 use minijinja::context;
 use serde::Deserialize;
@@ -45,8 +45,8 @@ pub fn routes() -> Router<AppState> {
         .route("/console/accounts/{id}/erase", post(erase))
         .route("/console/accounts/{id}/keys", post(create_key))
         .route("/console/keys/{id}", get(key))
-        .route("/console/keys/{id}/rotate", post(rotate))
-        .route("/console/keys/{id}/revoke", post(revoke))
+        .route("/console/keys/{id}/rotate", post(super::rotate::<Operator>))
+        .route("/console/keys/{id}/revoke", post(super::revoke::<Operator>))
         .route("/console/keys/{id}/enabled", post(set_enabled))
         .route("/console/keys/{id}/reveal", post(reveal))
         .route(
@@ -71,6 +71,21 @@ pub struct Operator {
 }
 
 super::signed_in!(Operator, "console");
+
+impl KeyChanger for Operator {
+    fn actor(&self) -> Actor {
+        self.actor.clone()
+    }
+
+    async fn key_to_change(
+        &self,
+        state: &AppState,
+        id: &str,
+        back: &str,
+    ) -> Result<KeyRecord, WebError> {
+        Manager::new(state).key_of(None, None, id).await.back(back)
+    }
+}
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = Response;
@@ -543,43 +558,12 @@ impl RotateForm {
     }
 }
 
-async fn rotate(
-    State(state): State<AppState>,
-    op: Operator,
-    Path(id): Path<String>,
-    Form(f): Form<RotateForm>,
-) -> Result<Response, WebError> {
-    let back = format!("/console/keys/{id}");
-    op.check(&f.csrf, &back)?;
-    let m = Manager::new(&state);
-    let k = m.key_of(None, None, &id).await.back(&back)?;
-    let grace = f.grace().back(&back)?;
-    let (k, token) = m.rotate_key(&op.actor, k, grace).await.back(&back)?;
-    Ok(op.secret_page(&k, &token, super::rotated(grace)))
-}
-
 #[derive(Deserialize)]
 pub(crate) struct RevokeForm {
     #[serde(default)]
     pub(crate) csrf: String,
     #[serde(default)]
     pub(crate) reason: String,
-}
-
-async fn revoke(
-    State(state): State<AppState>,
-    op: Operator,
-    Path(id): Path<String>,
-    Form(f): Form<RevokeForm>,
-) -> Result<Response, WebError> {
-    let back = format!("/console/keys/{id}");
-    op.check(&f.csrf, &back)?;
-    let m = Manager::new(&state);
-    let k = m.key_of(None, None, &id).await.back(&back)?;
-    m.revoke_key(&op.actor, k, opt_field(&f.reason).map(str::to_string))
-        .await
-        .back(&back)?;
-    Ok(Redirect::to(&back).into_response())
 }
 
 #[derive(Deserialize)]

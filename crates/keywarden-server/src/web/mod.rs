@@ -263,6 +263,57 @@ pub fn refused_page(page: Response, error: &WebError) -> Response {
     page
 }
 
+/// A signed-in session that changes keys from their page (`/{area}/keys/{id}/…`).
+pub trait KeyChanger: SignedIn {
+    /// Who the audit trail names.
+    fn actor(&self) -> crate::manage::Actor;
+
+    /// The key `id`, when this session may change it (else a page leading to `back`).
+    fn key_to_change(
+        &self,
+        state: &AppState,
+        id: &str,
+        back: &str,
+    ) -> impl std::future::Future<Output = Result<keywarden_core::model::KeyRecord, WebError>> + Send;
+}
+
+/// `POST /{area}/keys/{id}/rotate`: a new secret, shown once; the old one is refused at once
+/// or kept through the grace period asked for.
+pub(crate) async fn rotate<S: KeyChanger>(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    s: S,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    axum_extra::extract::Form(f): axum_extra::extract::Form<console::RotateForm>,
+) -> Result<Response, WebError> {
+    let back = format!("/{}/keys/{id}", S::AREA);
+    s.check(&f.csrf, &back)?;
+    let k = s.key_to_change(&state, &id, &back).await?;
+    let grace = f.grace().back(&back)?;
+    let (k, token) = crate::manage::Manager::new(&state)
+        .rotate_key(&s.actor(), k, grace)
+        .await
+        .back(&back)?;
+    Ok(s.secret_page(&k, &token, rotated(grace)))
+}
+
+/// `POST /{area}/keys/{id}/revoke`, with an optional reason; back to the key's page.
+pub(crate) async fn revoke<S: KeyChanger>(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    s: S,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    axum_extra::extract::Form(f): axum_extra::extract::Form<console::RevokeForm>,
+) -> Result<Response, WebError> {
+    let back = format!("/{}/keys/{id}", S::AREA);
+    s.check(&f.csrf, &back)?;
+    let k = s.key_to_change(&state, &id, &back).await?;
+    let reason = opt_field(&f.reason).map(str::to_string);
+    crate::manage::Manager::new(&state)
+        .revoke_key(&s.actor(), k, reason)
+        .await
+        .back(&back)?;
+    Ok(axum::response::Redirect::to(&back).into_response())
+}
+
 /// What a rotation shows: `rolled` (the old secret refused at once) or `rotated` (kept
 /// through a grace period).
 pub fn rotated(grace_seconds: u64) -> &'static str {

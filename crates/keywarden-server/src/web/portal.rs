@@ -5,9 +5,9 @@
 //! every scope: it reaches exactly the keys such a key could have made, through the same
 //! rules as the self-service API (`Manager::key_within`, `Ceiling`).
 
-use super::console::{KeyForm, RevokeForm, RotateForm};
+use super::console::KeyForm;
 use super::{csrf_token, id_hash, new_session_id, render};
-use super::{session_cookie, OrBack, SignedIn, WebError};
+use super::{session_cookie, KeyChanger, OrBack, SignedIn, WebError};
 use crate::errors::ApiError;
 use crate::extract::{client_ip, peer_ip};
 use crate::manage::{Actor, Ceiling, Manager, NewKey};
@@ -49,8 +49,8 @@ pub fn routes() -> Router<AppState> {
         .route("/portal/plan", post(change_plan))
         .route("/portal/keys", post(create_key))
         .route("/portal/keys/{id}", get(key))
-        .route("/portal/keys/{id}/rotate", post(rotate))
-        .route("/portal/keys/{id}/revoke", post(revoke))
+        .route("/portal/keys/{id}/rotate", post(super::rotate::<Customer>))
+        .route("/portal/keys/{id}/revoke", post(super::revoke::<Customer>))
         .route("/portal/authorize", get(consent).post(authorize))
         .layer(axum::middleware::from_fn(super::page_headers))
 }
@@ -182,6 +182,23 @@ impl FromRequestParts<AppState> for Customer {
 }
 
 super::signed_in!(Customer, "portal");
+
+impl KeyChanger for Customer {
+    fn actor(&self) -> Actor {
+        Customer::actor(self)
+    }
+
+    /// Only a role that manages keys changes one, and only a key this session reaches.
+    async fn key_to_change(
+        &self,
+        state: &AppState,
+        id: &str,
+        back: &str,
+    ) -> Result<KeyRecord, WebError> {
+        need_manager(self, back)?;
+        self.key(state, id).await
+    }
+}
 
 impl Customer {
     fn role(&self) -> Role {
@@ -553,45 +570,6 @@ async fn key(
         can_manage => c.role().can_manage_keys(),
     }};
     Ok(render("portal_key.html", ctx))
-}
-
-async fn rotate(
-    State(state): State<AppState>,
-    c: Customer,
-    Path(id): Path<String>,
-    Form(f): Form<RotateForm>,
-) -> Result<Response, WebError> {
-    let back = format!("/portal/keys/{id}");
-    c.check(&f.csrf, &back)?;
-    need_manager(&c, &back)?;
-    let k = c.key(&state, &id).await?;
-    let grace = f.grace().back(&back)?;
-    let (k, token) = Manager::new(&state)
-        .rotate_key(&c.actor(), k, grace)
-        .await
-        .back(&back)?;
-    Ok(c.secret_page(&k, &token, super::rotated(grace)))
-}
-
-async fn revoke(
-    State(state): State<AppState>,
-    c: Customer,
-    Path(id): Path<String>,
-    Form(f): Form<RevokeForm>,
-) -> Result<Response, WebError> {
-    let back = format!("/portal/keys/{id}");
-    c.check(&f.csrf, &back)?;
-    need_manager(&c, &back)?;
-    let k = c.key(&state, &id).await?;
-    Manager::new(&state)
-        .revoke_key(
-            &c.actor(),
-            k,
-            super::opt_field(&f.reason).map(str::to_string),
-        )
-        .await
-        .back(&back)?;
-    Ok(Redirect::to(&back).into_response())
 }
 
 #[derive(Deserialize, Default)]
