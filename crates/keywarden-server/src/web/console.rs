@@ -508,20 +508,13 @@ async fn create_key(
     op.check(&f.csrf, &back)?;
     let m = Manager::new(&state);
     let a = m.account(&id).await.back(&back)?;
-    let made = match f.new_key() {
-        Ok(new) => m.create_key(&op.actor, &a, new, None).await,
-        Err(e) => Err(e),
-    };
-    match made {
-        Ok((k, token)) => Ok(op.secret_page(&k, &token, "created")),
-        Err(e) => {
-            // The account's page again, with the form as typed and what was wrong.
-            let e = WebError::from(e);
-            let mode = mode_of(&f.mode);
-            let page = account_page(&state, &op, &id, mode, None, Some((&f, &e))).await?;
-            Ok(super::refused_page(page, &e))
-        }
-    }
+    let made = async { m.create_key(&op.actor, &a, f.new_key()?, None).await }.await;
+    // Refused: the account's page again, with the form as typed and what was wrong.
+    let (mode, state, op, f) = (mode_of(&f.mode), &state, &op, &f);
+    super::answer_key_form(op, made, |e| async move {
+        account_page(state, op, &id, mode, None, Some((f, &e))).await
+    })
+    .await
 }
 
 /// `GET /console/keys/{id}`: metadata, recent activity, the actions.

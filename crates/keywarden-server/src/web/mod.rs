@@ -256,11 +256,27 @@ pub fn key_form_ctx(
     }
 }
 
-/// A page re-rendered for a refused form: the refusal's status.
-pub fn refused_page(page: Response, error: &WebError) -> Response {
-    let mut page = page;
-    *page.status_mut() = error.status;
-    page
+/// The answer to a key form: the new secret, shown once, when the key was made; else the
+/// form's page again (`page`, given what was wrong) with the refusal's status.
+pub async fn answer_key_form<S, Page>(
+    s: &S,
+    made: Result<(keywarden_core::model::KeyRecord, keywarden_core::Secret), ApiError>,
+    page: impl FnOnce(WebError) -> Page,
+) -> Result<Response, WebError>
+where
+    S: SignedIn,
+    Page: std::future::Future<Output = Result<Response, WebError>>,
+{
+    match made {
+        Ok((k, token)) => Ok(s.secret_page(&k, &token, "created")),
+        Err(e) => {
+            let e = WebError::from(e);
+            let status = e.status;
+            let mut res = page(e).await?;
+            *res.status_mut() = status;
+            Ok(res)
+        }
+    }
 }
 
 /// A signed-in session that changes keys from their page (`/{area}/keys/{id}/…`).

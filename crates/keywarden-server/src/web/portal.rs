@@ -537,25 +537,23 @@ async fn create_key(
     c.check(&f.csrf, &back)?;
     need_manager(&c, &back)?;
     // The key is made in the session's mode, whatever the form says.
-    let made = match f.new_key() {
-        Ok(new) => {
-            let ceiling = c.ceiling(&state, mode);
-            let new = NewKey { mode, ..new };
-            Manager::new(&state)
-                .create_key(&c.actor(), &c.account, new, Some(&ceiling))
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    match made {
-        Ok((k, token)) => Ok(c.secret_page(&k, &token, "created")),
-        Err(e) => {
-            // The page again, with the form as typed and what was wrong.
-            let e = WebError::from(e);
-            let page = home_page(&state, &c, mode, None, Some((&f, &e))).await?;
-            Ok(super::refused_page(page, &e))
-        }
+    let made = async {
+        let new = NewKey {
+            mode,
+            ..f.new_key()?
+        };
+        let ceiling = c.ceiling(&state, mode);
+        Manager::new(&state)
+            .create_key(&c.actor(), &c.account, new, Some(&ceiling))
+            .await
     }
+    .await;
+    // Refused: the page again, with the form as typed and what was wrong.
+    let (state, c, f) = (&state, &c, &f);
+    super::answer_key_form(c, made, |e| async move {
+        home_page(state, c, mode, None, Some((f, &e))).await
+    })
+    .await
 }
 
 /// `GET /portal/keys/{id}`: a key this session reaches, and its recent activity.
