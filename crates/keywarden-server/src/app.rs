@@ -257,11 +257,14 @@ impl Service {
         // Each worker its own gateway (and so its own upstream connections), shared by the
         // front that takes the gateway's requests and the router's fallback.
         let public_app = || {
-            let front = crate::gateway::Front::for_state(state);
-            let router = public_router(state.clone(), front.as_ref().map(|f| f.gateway()));
+            let front = crate::front::Front::for_public(state);
+            let router = public_router(state.clone(), front.as_ref().and_then(|f| f.gateway()));
             App::new(router, front)
         };
-        let admin_app = || App::from(admin_router(state.clone()));
+        let admin_app = || {
+            let front = crate::front::Front::for_admin(state);
+            App::new(admin_router(state.clone()), Some(front))
+        };
         let server = &state.settings.config.server;
         let (public_max, admin_max) =
             fit_open_files(server.max_connections, server.admin_max_connections);

@@ -27,7 +27,7 @@ use crate::errors::ApiError;
 use crate::extract::{client_ip, credentials, peer_ip, percent_decode};
 use crate::in_flight::InFlight;
 pub use crate::in_flight::InFlightTable;
-use crate::middleware::{not_found, DecisionCode, RequestContext, RequestId};
+use crate::middleware::{not_found, DecisionCode, RequestId};
 use crate::routes::needs::{identity_headers, rate_limit_headers, route_needs, Needs};
 use crate::settings::{KeySource, Settings};
 use crate::state::AppState;
@@ -56,7 +56,7 @@ mod pool;
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Adds the public listener's fallback: `gateway` when in gateway mode (this worker's, which
-/// its [`Front`] shares), else 404. Routes of `router` (health, self-service) always match
+/// its [`crate::front::Front`] shares), else 404. Routes of `router` (health, self-service) always match
 /// first.
 pub fn with_fallback(router: Router<AppState>, gateway: Option<Arc<Gateway>>) -> Router<AppState> {
     match gateway {
@@ -66,84 +66,6 @@ pub fn with_fallback(router: Router<AppState>, gateway: Option<Arc<Gateway>>) ->
             async move { gateway.handle(&state, req).await }
         }),
     }
-}
-
-/// The gateway in front of the public listener's router: a request no route of the router
-/// can match is decided and proxied straight away, without the router's matching and
-/// middleware (the same request id, error rendering, `X-Request-Id` and log line as
-/// there, from [`RequestContext`]). Every other request goes through the router as
-/// before, whose fallback is the gateway too.
-#[derive(Debug)]
-pub struct Front {
-    state: AppState,
-    gateway: Arc<Gateway>,
-    /// The beginnings of the public listener's own paths: a request whose path starts with
-    /// none of them matches no route.
-    routed: Vec<String>,
-}
-
-impl Front {
-    /// The front of this worker's public listener, in gateway mode; `None` without it.
-    pub fn for_state(state: &AppState) -> Option<Front> {
-        let upstream = state.settings.gateway.clone()?;
-        Some(Front {
-            gateway: Arc::new(Gateway::new(upstream, state.in_flight.clone())),
-            routed: routed_prefixes(state),
-            state: state.clone(),
-        })
-    }
-
-    /// This worker's gateway, for the router's fallback.
-    pub fn gateway(&self) -> Arc<Gateway> {
-        self.gateway.clone()
-    }
-
-    /// Whether the request is the gateway's without asking the router: its path starts
-    /// with none of the router's paths (matched on the raw path, as the router does).
-    pub fn takes<B>(&self, req: &hyper::Request<B>) -> bool {
-        let path = req.uri().path();
-        !self.routed.iter().any(|p| path.starts_with(p.as_str()))
-    }
-
-    /// Decides about the request and proxies it when allowed.
-    pub async fn serve(&self, req: hyper::Request<Incoming>) -> Response {
-        let mut req = req.map(Body::new);
-        let context = RequestContext::begin(&self.state, &mut req);
-        let res = self.gateway.handle(&self.state, req).await;
-        context.finish(&self.state, res)
-    }
-}
-
-/// What the public router's paths start with: each path of the public listener's API
-/// document (so a route added there is routed first) up to its first parameter, the
-/// health checks, the document itself and the customer portal.
-fn routed_prefixes(state: &AppState) -> Vec<String> {
-    let doc = crate::openapi::document(crate::openapi::Listener::Public, &state.settings);
-    let mut routed: Vec<String> = ["/healthz", "/readyz", "/openapi.json"]
-        .into_iter()
-        .map(String::from)
-        .chain(
-            doc["paths"]
-                .as_object()
-                .into_iter()
-                .flat_map(|paths| paths.keys())
-                .map(|p| p.split('{').next().unwrap_or(p).to_string()),
-        )
-        .collect();
-    // The customer portal's pages are not in the document.
-    if state.settings.self_service.serves("portal") {
-        routed.push("/portal".into());
-    }
-    routed.sort();
-    routed.dedup();
-    // A prefix that another one starts with adds nothing.
-    let mut kept: Vec<String> = Vec::new();
-    for p in routed {
-        if !kept.iter().any(|k| p.starts_with(k.as_str())) {
-            kept.push(p);
-        }
-    }
-    kept
 }
 
 /// The proxy: a pool of HTTP/1.1 connections to the upstream and the per-key in-flight

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod errors;
 pub mod extract;
+pub mod front;
 pub mod gateway;
 pub mod github_keys;
 pub mod in_flight;

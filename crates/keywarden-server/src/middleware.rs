@@ -32,7 +32,7 @@ pub async fn request_context(
 }
 
 /// What [`request_context`] does before and after a request, for a service that answers
-/// without the router (the gateway's requests, `crate::gateway::Front`).
+/// without the router (the gateway's and forward-auth's requests, `crate::front::Front`).
 #[derive(Debug)]
 pub struct RequestContext {
     started: Instant,

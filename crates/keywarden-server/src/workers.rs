@@ -10,7 +10,7 @@
 //! The background tasks — the writer, cache invalidations, the limiter's reconnections —
 //! stay on the main runtime; the workers share the service state.
 
-use crate::gateway::Front;
+use crate::front::Front;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
@@ -67,9 +67,9 @@ impl Default for ConnLimits {
 /// connections.
 pub type Site<'a> = (TcpListener, &'a dyn Fn() -> App, ConnLimits);
 
-/// What serves a listener on one worker: its router, and for the public listener in
-/// gateway mode the gateway's [`Front`], which takes the requests no route can match
-/// before the router sees them.
+/// What serves a listener on one worker: its router, and the [`Front`] that takes some
+/// requests before the router sees them (the gateway's on the public listener in gateway
+/// mode, forward-auth's on the admin listener).
 #[derive(Clone, Debug)]
 pub struct App {
     router: Router,
