@@ -561,6 +561,19 @@ async fn the_portal_keeps_to_its_sessions_mode_and_to_the_self_service_groups_se
     app.stop().await;
 }
 
+/// The page at `url`, as the session in `cookie` sees it.
+async fn page_text(url: String, cookie: String) -> String {
+    no_redirects()
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn key_lists_go_on_page_by_page() {
     let app = spawn_app_with("[plans.tiers.default]\nmax_keys = 200\n").await;
@@ -575,21 +588,7 @@ async fn key_lists_go_on_page_by_page() {
     ids.sort();
     let (_, cookie) = sign_in(&app.admin, ROOT).await;
     let session = cookie.split(';').next().unwrap().to_string();
-    let page = |path: String| {
-        let session = session.clone();
-        let admin = app.admin.clone();
-        async move {
-            no_redirects()
-                .get(format!("{admin}{path}"))
-                .header("cookie", session)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    };
+    let page = |path: String| page_text(format!("{}{path}", app.admin), session.clone());
     let first = page(format!("/console/accounts/{acc}?mode=test")).await;
     assert!(first.contains(&ids[99]) && !first.contains(&ids[100]));
     // (`/` is escaped in attributes: `&#x2f;`.)
@@ -609,21 +608,7 @@ async fn key_lists_go_on_page_by_page() {
 
     // The portal pages the same way.
     let (portal, _) = portal_session(&app, &acc, "owner").await;
-    let portal_page = |path: String| {
-        let portal = portal.clone();
-        let public = app.public.clone();
-        async move {
-            no_redirects()
-                .get(format!("{public}{path}"))
-                .header("cookie", portal)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    };
+    let portal_page = |path: String| page_text(format!("{}{path}", app.public), portal.clone());
     let first = portal_page("/portal?mode=test".into()).await;
     assert!(first.contains(&ids[99]) && !first.contains(&ids[100]));
     assert!(first.contains("id=\"keys-next\""));
