@@ -561,7 +561,8 @@ async fn the_portal_keeps_to_its_sessions_mode_and_to_the_self_service_groups_se
     app.stop().await;
 }
 
-/// The page at `url`, as the session in `cookie` sees it.
+/// The page at `url`, as the session in `cookie` sees it (`/`, which pages escape in text
+/// and attributes as `&#x2f;`, read back as `/`).
 async fn page_text(url: String, cookie: String) -> String {
     no_redirects()
         .get(url)
@@ -572,6 +573,7 @@ async fn page_text(url: String, cookie: String) -> String {
         .text()
         .await
         .unwrap()
+        .replace("&#x2f;", "/")
 }
 
 #[tokio::test]
@@ -591,7 +593,6 @@ async fn key_lists_go_on_page_by_page() {
     let page = |path: String| page_text(format!("{}{path}", app.admin), session.clone());
     let first = page(format!("/console/accounts/{acc}?mode=test")).await;
     assert!(first.contains(&ids[99]) && !first.contains(&ids[100]));
-    // (`/` is escaped in attributes: `&#x2f;`.)
     let next = format!("?mode=test&amp;after={}\" id=\"keys-next\"", ids[99]);
     assert!(first.contains(&next), "{first}");
     let second = page(format!(
@@ -701,4 +702,88 @@ async fn the_portal_rolls_and_revokes_keys_it_reaches_and_only_those() {
         .ok(200);
     assert_eq!(k["revoked_reason"], "left the team");
     app.stop().await;
+}
+
+/// A signed-in console: its session cookie and the CSRF token of its forms.
+async fn console_session(app: &common::TestApp) -> (String, String) {
+    let (status, cookie) = sign_in(&app.admin, ROOT).await;
+    assert_eq!(status, 303);
+    let session = cookie.split(';').next().unwrap().to_string();
+    let page = page_text(format!("{}/console/accounts", app.admin), session.clone()).await;
+    (session, csrf_of(&page))
+}
+
+/// The CSRF token in a page's first form.
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with its token")
+        + 19;
+    page[at..at + page[at..].find('"').unwrap()].to_string()
+}
+
+/// The overview's numbers: accounts, live keys, test keys.
+async fn census_on(app: &common::TestApp) -> (String, String, String) {
+    let (console, _) = console_session(app).await;
+    let page = page_text(format!("{}/console", app.admin), console).await;
+    let num = |id: &str| {
+        let marker = format!("id=\"{id}\">");
+        let at = page.find(&marker).unwrap() + marker.len();
+        page[at..at + page[at..].find('<').unwrap()].to_string()
+    };
+    (
+        num("census-accounts"),
+        num("census-live"),
+        num("census-test"),
+    )
+}
+
+/// The overview counts only keys in use: enabled, unexpired and unrevoked.
+async fn overview_counts_keys_in_use(app: &common::TestApp) {
+    let acc = app.account("Census").await;
+    let (disabled, _) = app.live_key(&acc).await;
+    let (revoked, _) = app.live_key(&acc).await;
+    app.live_key(&acc).await;
+    app.key(
+        &acc,
+        json!({ "mode": "live", "name": "soon", "expires_at": keywarden_server::views::ts(common::T0 + 60_000) }),
+    )
+    .await;
+    app.test_key(&acc).await;
+    assert_eq!(census_on(app).await, ("1".into(), "4".into(), "1".into()));
+    app.admin_call(
+        Method::PATCH,
+        &format!("/v1/admin/keys/{disabled}"),
+        Some(json!({ "enabled": false })),
+    )
+    .await
+    .ok(200);
+    app.admin_call(
+        Method::POST,
+        &format!("/v1/admin/keys/{revoked}/revoke"),
+        Some(json!({})),
+    )
+    .await
+    .ok(200);
+    assert_eq!(census_on(app).await, ("1".into(), "2".into(), "1".into()));
+    // A minute on, the key that expires then is no longer counted.
+    app.clock.advance_ms(60_000);
+    assert_eq!(census_on(app).await, ("1".into(), "1".into(), "1".into()));
+}
+
+#[tokio::test]
+async fn the_overview_counts_only_keys_in_use_on_sqlite() {
+    let app = spawn_app().await;
+    overview_counts_keys_in_use(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_overview_counts_only_keys_in_use_on_postgres() {
+    let Some(pg) = common::pg::spawn_pg_app().await else {
+        eprintln!("KEYWARDEN_TEST_DATABASE_URL is not set: skipping");
+        return;
+    };
+    overview_counts_keys_in_use(&pg.app).await;
+    pg.stop().await;
 }

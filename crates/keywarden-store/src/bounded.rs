@@ -134,7 +134,7 @@ delegate! {
     call fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
     call fn decision_counts(&self, q: &DecisionQuery) -> StoreResult<Vec<(Millis, String, u64)>>;
     call fn prune_decision_counts(&self, granularity: Granularity, before: Millis) -> StoreResult<u64>;
-    call fn census(&self) -> StoreResult<Census>;
+    call fn census(&self, now: Millis) -> StoreResult<Census>;
     call fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
     call fn create_webhook(&self, endpoint: &WebhookEndpoint, events: &[AuditEvent])

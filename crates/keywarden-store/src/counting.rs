@@ -143,7 +143,7 @@ delegate! {
     fn end_web_sessions(&self, account_id: &str) -> StoreResult<u64>;
     fn decision_counts(&self, q: &DecisionQuery) -> StoreResult<Vec<(Millis, String, u64)>>;
     fn prune_decision_counts(&self, granularity: Granularity, before: Millis) -> StoreResult<u64>;
-    fn census(&self) -> StoreResult<Census>;
+    fn census(&self, now: Millis) -> StoreResult<Census>;
     fn get_usage(&self, account_id: &str, mode: Mode, unit: &str, period_start: Millis)
         -> StoreResult<u64>;
     fn create_webhook(&self, endpoint: &WebhookEndpoint, events: &[AuditEvent])

@@ -173,9 +173,9 @@ pub struct DecisionQuery {
 pub struct Census {
     /// Accounts.
     pub accounts: u64,
-    /// Unrevoked live keys.
+    /// Live keys that verify now: enabled, unexpired and unrevoked.
     pub live_keys: u64,
-    /// Unrevoked test keys.
+    /// Test keys that verify now: enabled, unexpired and unrevoked.
     pub test_keys: u64,
 }
 
@@ -427,8 +427,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Adds usage increments (upsert-and-add), in one transaction.
     async fn add_usage(&self, deltas: &[UsageDelta]) -> StoreResult<()>;
     /// Usage of an account for one mode, unit and period start (0 when none).
-    /// How many accounts there are, and how many unrevoked keys in each mode (live, test).
-    async fn census(&self) -> StoreResult<Census>;
+    /// How many accounts there are, and how many keys of each mode (live, test) are in
+    /// use at `now`: enabled, not expired, not revoked.
+    async fn census(&self, now: Millis) -> StoreResult<Census>;
     /// Decision counts per bucket and code, in bucket order: `(bucket start, code, count)`.
     async fn decision_counts(&self, q: &DecisionQuery) -> StoreResult<Vec<(Millis, String, u64)>>;
     /// Deletes buckets of `granularity` that start before `before`.

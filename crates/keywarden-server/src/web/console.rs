@@ -193,10 +193,10 @@ async fn logout(
     Ok((jar, Redirect::to("/console/login")).into_response())
 }
 
-/// `GET /console`: the deployment at a glance: accounts, unrevoked keys per mode, and the
-/// last 24 hours of decisions by outcome.
+/// `GET /console`: the deployment at a glance: accounts, keys in use per mode (enabled,
+/// unexpired, unrevoked), and the last 24 hours of decisions by outcome.
 async fn overview(State(state): State<AppState>, op: Operator) -> Result<Response, WebError> {
-    let census = state.store.census().await?;
+    let census = state.store.census(state.clock.now_ms()).await?;
     let chart = super::day_chart(&state, None, None, None).await?;
     let ctx = context! { ..ctx_base(&op, "overview"), ..context! {
         census => census, chart => chart,

@@ -495,13 +495,14 @@ impl<B: Backend> Store for B {
         commit(tx).await
     }
 
-    async fn census(&self) -> StoreResult<Census> {
+    async fn census(&self, now: Millis) -> StoreResult<Census> {
         let mut c = read(self).await?;
         let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        let in_use = |mode: &'static str| params![mode, true, now];
         Ok(Census {
             accounts: n(count(&mut *c, COUNT_ACCOUNTS, &[]).await?),
-            live_keys: n(count(&mut *c, COUNT_KEYS_OF_MODE, &params!["live"]).await?),
-            test_keys: n(count(&mut *c, COUNT_KEYS_OF_MODE, &params!["test"]).await?),
+            live_keys: n(count(&mut *c, COUNT_KEYS_OF_MODE, &in_use("live")).await?),
+            test_keys: n(count(&mut *c, COUNT_KEYS_OF_MODE, &in_use("test")).await?),
         })
     }
 

@@ -353,8 +353,10 @@ pub(super) const ACCOUNT_EXISTS: &str = "SELECT COUNT(*) AS n FROM accounts WHER
 pub(super) const COUNT_ACTIVE_KEYS: &str =
     "SELECT COUNT(*) AS n FROM api_keys WHERE account_id = $1 AND revoked_at IS NULL";
 pub(super) const COUNT_ACCOUNTS: &str = "SELECT COUNT(*) AS n FROM accounts";
-pub(super) const COUNT_KEYS_OF_MODE: &str =
-    "SELECT COUNT(*) AS n FROM api_keys WHERE mode = $1 AND revoked_at IS NULL";
+/// Keys of mode `$1` in use at `$3`: enabled (`$2` is true), not expired, not revoked.
+pub(super) const COUNT_KEYS_OF_MODE: &str = "SELECT COUNT(*) AS n FROM api_keys \
+     WHERE mode = $1 AND enabled = $2 AND revoked_at IS NULL \
+     AND (expires_at IS NULL OR expires_at > $3)";
 pub(super) const GRANT_EXISTS: &str = "SELECT COUNT(*) AS n FROM grants WHERE id = $1";
 pub(super) const REVOKE_GRANT_KEYS: &str =
     "UPDATE api_keys SET revoked_at = $2, revoked_reason = $3 \
