@@ -351,4 +351,8 @@ pub struct WebSession {
     pub created_at: Millis,
     /// After this instant the session or link is refused.
     pub expires_at: Millis,
+    /// The fingerprint of the root key that made a portal link (and so the session it
+    /// opened): it counts only while that root key is configured.
+    #[serde(default)]
+    pub root_key: Option<String>,
 }

@@ -199,6 +199,14 @@ async fn secure_cookies_and_public_url_follow_the_configuration() {
         url.starts_with("https://keys.example.com/portal/start?token="),
         "{url}"
     );
+    // The portal's cookie is Secure too.
+    let opened = open_link(&app, &link).await;
+    assert_eq!(opened.status(), 303);
+    let cookie = opened.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(
+        cookie.contains("Secure") && cookie.contains("Path=/portal"),
+        "{cookie}"
+    );
     app.stop().await;
 }
 
@@ -704,6 +712,11 @@ async fn the_portal_rolls_and_revokes_keys_it_reaches_and_only_those() {
     app.stop().await;
 }
 
+/// A page's text, `/` read back from `&#x2f;` (see [`page_text`]).
+async fn body(res: reqwest::Response) -> String {
+    res.text().await.unwrap().replace("&#x2f;", "/")
+}
+
 /// A signed-in console: its session cookie and the CSRF token of its forms.
 async fn console_session(app: &common::TestApp) -> (String, String) {
     let (status, cookie) = sign_in(&app.admin, ROOT).await;
@@ -720,6 +733,241 @@ fn csrf_of(page: &str) -> String {
         .expect("a form with its token")
         + 19;
     page[at..at + page[at..].find('"').unwrap()].to_string()
+}
+
+/// A form posted by the session in `cookie`, redirects not followed.
+async fn post_form(url: String, cookie: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    no_redirects()
+        .post(url)
+        .header("cookie", cookie)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The ids of an account's keys, through the admin API.
+async fn key_ids(app: &common::TestApp, acc: &str) -> Vec<String> {
+    let keys = app
+        .admin_call(Method::GET, &format!("/v1/admin/accounts/{acc}/keys"), None)
+        .await
+        .ok(200);
+    keys.as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A new portal link for `acc`: the 201 answer's body.
+async fn new_link(app: &common::TestApp, acc: &str) -> serde_json::Value {
+    app.admin_call(
+        Method::POST,
+        &format!("/v1/admin/accounts/{acc}/portal-sessions"),
+        Some(json!({})),
+    )
+    .await
+    .ok(201)
+}
+
+/// Opens a link on the test's public listener: the answer.
+async fn open_link(app: &common::TestApp, link: &serde_json::Value) -> reqwest::Response {
+    let raw = link["url"].as_str().unwrap();
+    let url = format!("{}{}", app.public, &raw[raw.find("/portal/").unwrap()..]);
+    no_redirects().get(url).send().await.unwrap()
+}
+
+/// The session cookie (`name=value`) a portal link's answer set.
+fn session_of(res: &reqwest::Response) -> String {
+    let cookie = res.headers()[SET_COOKIE].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+/// Asserts the headers every page of the console and the portal carries.
+#[track_caller]
+fn assert_safety_headers(res: &reqwest::Response, what: &str) {
+    let h = res.headers();
+    assert_eq!(
+        h.get(CONTENT_SECURITY_POLICY).map(|v| v.to_str().unwrap()),
+        Some(keywarden_server::web::CSP),
+        "{what}"
+    );
+    assert_eq!(h["x-frame-options"], "DENY", "{what}");
+    assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
+    assert_eq!(h["cache-control"], "no-store", "{what}");
+}
+
+#[tokio::test]
+async fn portal_pages_carry_the_safety_headers_and_portal_sessions_are_stored_hashed() {
+    let app = spawn_app().await;
+    let acc = app.account("Headers").await;
+    let link = new_link(&app, &acc).await;
+    let raw = link["url"].as_str().unwrap();
+    let token = &raw[raw.find("token=").unwrap() + 6..];
+    let now = app.clock.now_ms();
+    let store = &app.state.store;
+    // The link is stored under its hash only.
+    assert!(store.get_web_session(token, now).await.unwrap().is_none());
+    let hash = keywarden_server::web::id_hash(token);
+    assert!(store.get_web_session(&hash, now).await.unwrap().is_some());
+
+    let started = open_link(&app, &link).await;
+    assert_eq!(started.status(), 303);
+    assert_safety_headers(&started, "the /portal/start redirect");
+    let session = session_of(&started);
+    let sid = session.split_once('=').unwrap().1.to_string();
+    assert_eq!(sid.len(), 64, "256 random bits");
+    assert_ne!(sid, token);
+    assert!(store.get_web_session(&sid, now).await.unwrap().is_none());
+    let stored = store
+        .get_web_session(&keywarden_server::web::id_hash(&sid), now)
+        .await
+        .unwrap()
+        .expect("the session, under its hash");
+    assert_eq!(stored.kind, keywarden_core::model::WebSessionKind::Portal);
+    assert_eq!(stored.account_id.as_deref(), Some(acc.as_str()));
+
+    let home = no_redirects()
+        .get(format!("{}/portal", app.public))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(home.status(), 200);
+    assert_safety_headers(&home, "/portal");
+    let csrf = csrf_of(&body(home).await);
+    let made = post_form(
+        format!("{}/portal/keys", app.public),
+        &session,
+        &[("csrf", &csrf), ("name", "headers")],
+    )
+    .await;
+    assert_eq!(made.status(), 201);
+    assert_safety_headers(&made, "a page showing a secret");
+    let id = key_ids(&app, &acc).await.pop().unwrap();
+    let key = no_redirects()
+        .get(format!("{}/portal/keys/{id}", app.public))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(key.status(), 200);
+    assert_safety_headers(&key, "a key's page");
+    let ended = no_redirects()
+        .get(format!("{}/portal", app.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 401);
+    assert_safety_headers(&ended, "a page without a session");
+    let css = no_redirects()
+        .get(format!("{}/portal/assets/app.js", app.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(css.status(), 200);
+    assert!(css.headers().contains_key(CONTENT_SECURITY_POLICY));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn erasing_an_account_ends_its_portal_sessions_and_links() {
+    let app = spawn_app().await;
+    let acc = app.account("Erased").await;
+    let (portal, _) = portal_session(&app, &acc, "owner").await;
+    let unused = new_link(&app, &acc).await;
+    assert_eq!(
+        no_redirects()
+            .get(format!("{}/portal", app.public))
+            .header("cookie", &portal)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.admin_call(Method::DELETE, &format!("/v1/admin/accounts/{acc}"), None)
+        .await
+        .ok(200);
+    let home = no_redirects()
+        .get(format!("{}/portal", app.public))
+        .header("cookie", &portal)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(home.status(), 401);
+    let sid = portal.split_once('=').unwrap().1;
+    let hash = keywarden_server::web::id_hash(sid);
+    let now = app.clock.now_ms();
+    assert!(app
+        .state
+        .store
+        .get_web_session(&hash, now)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(open_link(&app, &unused).await.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_root_key_taken_out_of_the_configuration_ends_the_portal_links_and_sessions_it_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kw.db");
+    let other = "root_test_key_fedcba9876543210";
+    let app = spawn_on(&db, ROOT).await;
+    let acc = app.account("Rooted").await;
+    let (session, _) = portal_session(&app, &acc, "owner").await;
+    let unused = new_link(&app, &acc).await;
+    let home = |public: String, session: String| async move {
+        no_redirects()
+            .get(format!("{public}/portal"))
+            .header("cookie", session)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(home(app.public.clone(), session.clone()).await, 200);
+    app.stop().await;
+
+    // Restarted with the same key beside another: both still count.
+    let app = spawn_on(&db, &format!("{ROOT},{other}")).await;
+    assert_eq!(home(app.public.clone(), session.clone()).await, 200);
+    // A link made with the other key.
+    let res = app
+        .client
+        .post(format!(
+            "{}/v1/admin/accounts/{acc}/portal-sessions",
+            app.admin
+        ))
+        .bearer_auth(other)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let by_other: serde_json::Value = res.json().await.unwrap();
+    app.stop().await;
+
+    // The first key taken out: its session and its unused link end; the other key's link
+    // still opens.
+    let app = spawn_on(&db, other).await;
+    assert_eq!(home(app.public.clone(), session.clone()).await, 401);
+    let hash = keywarden_server::web::id_hash(session.split_once('=').unwrap().1);
+    let now = app.clock.now_ms();
+    assert!(app
+        .state
+        .store
+        .get_web_session(&hash, now)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(open_link(&app, &unused).await.status(), 404);
+    let opened = open_link(&app, &by_other).await;
+    assert_eq!(opened.status(), 303);
+    assert_eq!(home(app.public.clone(), session_of(&opened)).await, 200);
+    app.stop().await;
 }
 
 /// The overview's numbers: accounts, live keys, test keys.

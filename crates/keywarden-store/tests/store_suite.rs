@@ -1957,6 +1957,7 @@ async fn case_a_change_and_its_events_commit_together(store: Arc<dyn Store>) {
         return_url: None,
         created_at: 1_000,
         expires_at: 10_000,
+        root_key: None,
     };
     store
         .create_web_session(&link, 1_000, &ev(Some(&a.id), "portal.link_created", ""))
@@ -2277,6 +2278,7 @@ async fn case_web_sessions(store: Arc<dyn Store>) {
         return_url: Some("https://example.com/back".into()),
         created_at: 1_000,
         expires_at,
+        root_key: Some("root-fingerprint".into()),
     };
     let link = session("link", WebSessionKind::PortalLink, 10_000);
     store.create_web_session(&link, 1_000, &[]).await.unwrap();
@@ -2316,6 +2318,7 @@ async fn case_web_sessions(store: Arc<dyn Store>) {
         mode: None,
         role: None,
         return_url: None,
+        root_key: None,
         ..session("console", WebSessionKind::Console, 90_000)
     };
     store

@@ -237,13 +237,19 @@ pub struct CreatePortalSession {
 pub async fn create_portal_session(
     State(state): State<AppState>,
     root: RootCaller,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<CreatePortalSession>,
 ) -> Result<(StatusCode, Json<views::PortalSession>), ApiError> {
+    // The root key this call was admitted with: the link lives only while it is configured.
+    let root_key = crate::auth::bearer(&headers)
+        .and_then(|t| crate::auth::matching_root_key(&state, t))
+        .ok_or_else(|| ApiError::new(keywarden_core::codes::Code::RootKeyRequired))?;
     let a = Manager::new(&state).account(&id).await?;
     let (url, expires_at) = crate::web::portal::create_link(
         &state,
         &root.actor,
+        root_key,
         &a,
         b.mode,
         b.role.unwrap_or(Role::Owner),

@@ -163,6 +163,7 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
             return_url: None,
             created_at: now,
             expires_at: now + SESSION_SECS * 1000,
+            root_key: None,
         };
         state.store.create_web_session(&session, now, &[]).await?;
         Ok::<_, WebError>(sid)

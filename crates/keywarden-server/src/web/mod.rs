@@ -458,6 +458,23 @@ pub fn console_id_hash(session_id: &str, root_key: &keywarden_core::Secret) -> S
     sha256_hex(format!("keywarden-console\0{root}\0{session_id}").as_bytes())
 }
 
+/// What a portal link and its session keep of the root key that made the link: a
+/// fingerprint under a label of its own, never the key.
+pub fn root_fingerprint(root_key: &keywarden_core::Secret) -> String {
+    sha256_hex(format!("keywarden-root-key\0{}", root_key.expose()).as_bytes())
+}
+
+/// Whether `fingerprint` is that of a root key configured now: a portal link or session
+/// made under a root key since taken out of the configuration no longer counts.
+pub fn root_key_configured(state: &AppState, fingerprint: Option<&str>) -> bool {
+    let Some(fp) = fingerprint else {
+        return false;
+    };
+    state.settings.root_keys.iter().fold(false, |hit, root| {
+        keywarden_core::ct_eq(root_fingerprint(root).as_bytes(), fp.as_bytes()) | hit
+    })
+}
+
 /// The CSRF token of a session: derived from its id, so it needs no storage and tells
 /// nothing of the id.
 pub fn csrf_token(session_id: &str) -> String {

@@ -56,10 +56,12 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// A new portal link for `account`: the URL to give the customer, and when it expires.
-/// Used by `POST /v1/admin/accounts/{id}/portal-sessions`.
+/// Used by `POST /v1/admin/accounts/{id}/portal-sessions`, made with `root_key`: the link,
+/// and the session it opens, count only while that root key is configured.
 pub async fn create_link(
     state: &AppState,
     actor: &Actor,
+    root_key: &keywarden_core::Secret,
     account: &Account,
     mode: Option<Mode>,
     role: Role,
@@ -93,6 +95,7 @@ pub async fn create_link(
         return_url,
         created_at: now,
         expires_at: now + LINK_SECS * 1000,
+        root_key: Some(super::root_fingerprint(root_key)),
     };
     let created = Manager::new(state).event(
         actor,
@@ -155,6 +158,11 @@ impl FromRequestParts<AppState> for Customer {
             Ok(_) => return Err(ended()),
             Err(e) => return Err(WebError::from(e).into_response()),
         };
+        // The root key that made its link was taken out of the configuration: it ends.
+        if !super::root_key_configured(state, session.root_key.as_deref()) {
+            let _ = state.store.take_web_session(&hash, now).await;
+            return Err(ended());
+        }
         let account = match &session.account_id {
             Some(id) => state.store.get_account(id).await,
             None => Ok(None),
@@ -316,7 +324,13 @@ async fn start(State(state): State<AppState>, Query(q): Query<StartQuery>) -> Re
         .take_web_session(&id_hash(q.token.trim()), now)
         .await
     {
-        Ok(Some(l)) if l.kind == WebSessionKind::PortalLink => l,
+        // A link made under a root key since taken out of the configuration is void.
+        Ok(Some(l))
+            if l.kind == WebSessionKind::PortalLink
+                && super::root_key_configured(&state, l.root_key.as_deref()) =>
+        {
+            l
+        }
         Ok(_) => return used(),
         Err(e) => return WebError::from(e).into_response(),
     };

@@ -352,6 +352,7 @@ pub(super) fn session_params(w: &WebSession) -> Vec<Param> {
         w.return_url.as_deref(),
         w.created_at,
         w.expires_at,
+        w.root_key.as_deref(),
     ]
     .to_vec()
 }
@@ -367,6 +368,7 @@ pub(super) fn decode_session<R: RowGet>(r: &R) -> StoreResult<WebSession> {
         return_url: opt("return_url")?,
         created_at: r.int("created_at")?,
         expires_at: r.int("expires_at")?,
+        root_key: opt("root_key")?,
     })
 }
 

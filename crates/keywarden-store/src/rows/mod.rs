@@ -537,7 +537,8 @@ impl<B: Backend> Store for B {
         let mut tx = write(self).await?;
         tx.run(SESSION_EXPIRED, &params![now]).await?;
         let sql = format!(
-            "INSERT INTO web_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            "INSERT INTO web_sessions ({SESSION_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         );
         tx.run(&sql, &session_params(session)).await?;
         write_events(&mut *tx, events).await?;

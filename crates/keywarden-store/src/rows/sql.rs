@@ -381,13 +381,13 @@ pub(super) const ORPHAN_DECISIONS: &str = "DELETE FROM decision_counts WHERE acc
 pub(super) const PRUNE_DECISIONS: &str =
     "DELETE FROM decision_counts WHERE granularity = $1 AND bucket < $2";
 pub(super) const SESSION_COLUMNS: &str =
-    "id_hash, kind, account_id, mode, role, return_url, created_at, expires_at";
+    "id_hash, kind, account_id, mode, role, return_url, created_at, expires_at, root_key";
 pub(super) const SESSION_EXPIRED: &str = "DELETE FROM web_sessions WHERE expires_at <= $1";
 pub(super) const SESSION_GET: &str = "SELECT id_hash, kind, account_id, mode, role, return_url, \
-     created_at, expires_at FROM web_sessions WHERE id_hash = $1 AND expires_at > $2";
-pub(super) const SESSION_TAKE: &str =
-    "DELETE FROM web_sessions WHERE id_hash = $1 AND expires_at > $2 \
-     RETURNING id_hash, kind, account_id, mode, role, return_url, created_at, expires_at";
+     created_at, expires_at, root_key FROM web_sessions WHERE id_hash = $1 AND expires_at > $2";
+pub(super) const SESSION_TAKE: &str = "DELETE FROM web_sessions \
+     WHERE id_hash = $1 AND expires_at > $2 RETURNING id_hash, kind, account_id, mode, role, \
+     return_url, created_at, expires_at, root_key";
 /// Messages about the account (their deliveries go with them) and its once-only markers;
 /// its own endpoints go with the account.
 pub(super) const ERASE_WEBHOOK_MESSAGES: &str =
