@@ -746,6 +746,14 @@ async fn post_form(url: String, cookie: &str, form: &[(&str, &str)]) -> reqwest:
         .unwrap()
 }
 
+/// The secrets a page shows (the read-only `.secret` fields).
+fn secrets_on(page: &str) -> Vec<String> {
+    page.split("class=\"secret\" type=\"text\" readonly value=\"")
+        .skip(1)
+        .map(|rest| rest[..rest.find('"').unwrap()].to_string())
+        .collect()
+}
+
 /// The ids of an account's keys, through the admin API.
 async fn key_ids(app: &common::TestApp, acc: &str) -> Vec<String> {
     let keys = app
@@ -757,6 +765,398 @@ async fn key_ids(app: &common::TestApp, acc: &str) -> Vec<String> {
         .iter()
         .map(|k| k["id"].as_str().unwrap().to_string())
         .collect()
+}
+
+#[tokio::test]
+async fn the_console_shows_an_accounts_default_keys_once_when_it_is_made_and_approved() {
+    let app = spawn_app_with("[keys]\ndefault_sets = true\n").await;
+    let (console, csrf) = console_session(&app).await;
+    // Made pending: its test pair, each secret shown once on the answer.
+    let res = post_form(
+        format!("{}/console/accounts", app.admin),
+        &console,
+        &[
+            ("csrf", &csrf),
+            ("name", "Defaults Ltd"),
+            ("status", "pending"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let page = body(res).await;
+    let shown = secrets_on(&page);
+    assert_eq!(shown.len(), 2, "{page}");
+    assert!(shown[0].starts_with("kw_pk_test_"), "{shown:?}");
+    assert!(shown[1].starts_with("kw_sk_test_"), "{shown:?}");
+    assert!(page.contains("shown only this once"), "{page}");
+    let marker = "data-replace-url=\"/console/accounts/";
+    let at = page.find(marker).unwrap() + marker.len();
+    let acc = page[at..at + page[at..].find('"').unwrap()].to_string();
+    assert!(acc.starts_with("acc_"), "{acc}");
+    assert_eq!(app.verify(json!({ "key": shown[1] })).await["valid"], true);
+    assert_eq!(key_ids(&app, &acc).await.len(), 2);
+
+    // Approved: its live pair, shown once the same way.
+    let res = post_form(
+        format!("{}/console/accounts/{acc}/status", app.admin),
+        &console,
+        &[("csrf", &csrf), ("status", "active")],
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let page = body(res).await;
+    let live = secrets_on(&page);
+    assert_eq!(live.len(), 2, "{page}");
+    assert!(live[0].starts_with("kw_pk_live_") && live[1].starts_with("kw_sk_live_"));
+    assert_eq!(app.verify(json!({ "key": live[1] })).await["valid"], true);
+    assert_eq!(key_ids(&app, &acc).await.len(), 4);
+
+    // The account's page never shows them again.
+    for mode in ["live", "test"] {
+        let page = page_text(
+            format!("{}/console/accounts/{acc}?mode={mode}", app.admin),
+            console.clone(),
+        )
+        .await;
+        for s in shown.iter().chain(&live) {
+            assert!(!page.contains(s.as_str()), "a secret on the account's page");
+        }
+    }
+    // Suspending and approving again makes no new keys: back to the account's page.
+    for status in ["suspended", "active"] {
+        let res = post_form(
+            format!("{}/console/accounts/{acc}/status", app.admin),
+            &console,
+            &[("csrf", &csrf), ("status", status)],
+        )
+        .await;
+        assert_eq!(res.status(), 303, "{status}");
+        assert_eq!(res.headers()[LOCATION], format!("/console/accounts/{acc}"));
+    }
+    assert_eq!(key_ids(&app, &acc).await.len(), 4);
+
+    // Made active at once: all four.
+    let res = post_form(
+        format!("{}/console/accounts", app.admin),
+        &console,
+        &[
+            ("csrf", &csrf),
+            ("name", "Straight In"),
+            ("status", "active"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(secrets_on(&body(res).await).len(), 4);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_the_api_keys_group_the_portal_makes_and_shows_no_keys() {
+    let app = spawn_app_with(
+        "[self_service]\nendpoints = [\"account\", \"portal\"]\n\
+         [plans.tiers.default]\nquotas = [ { unit = \"requests\", limit = 50, period = \"month\" } ]\n",
+    )
+    .await;
+    let acc = app.account("No keys here").await;
+    let (id, token) = app.live_key(&acc).await;
+    let (portal, csrf) = portal_session(&app, &acc, "owner").await;
+    let home = page_text(format!("{}/portal", app.public), portal.clone()).await;
+    assert!(home.contains("No keys here"), "{home}");
+    for absent in [
+        "id=\"create-key\"",
+        id.as_str(),
+        "Usage this period",
+        "Requests by outcome",
+    ] {
+        assert!(!home.contains(absent), "{absent} on {home}");
+    }
+
+    let res = post_form(
+        format!("{}/portal/keys", app.public),
+        &portal,
+        &[("csrf", &csrf), ("name", "sneaky")],
+    )
+    .await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(key_ids(&app, &acc).await, [id.clone()], "no key was made");
+    let page = no_redirects()
+        .get(format!("{}/portal/keys/{id}", app.public))
+        .header("cookie", &portal)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 404);
+    for action in ["rotate", "revoke"] {
+        let res = post_form(
+            format!("{}/portal/keys/{id}/{action}", app.public),
+            &portal,
+            &[("csrf", &csrf)],
+        )
+        .await;
+        assert_eq!(res.status(), 404, "{action}");
+    }
+    assert_eq!(app.verify(json!({ "key": token })).await["valid"], true);
+    app.stop().await;
+}
+
+const MASTER_KEY: &str = "6b657977617264656e2d746573742d6d61737465722d6b65792d303132333435";
+
+#[tokio::test]
+async fn the_console_disables_enables_rotates_with_grace_and_reveals_only_test_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master.key");
+    std::fs::write(&master, MASTER_KEY).unwrap();
+    let app = spawn_app_with(&format!(
+        "[keys]\nrecoverable_test_secrets = true\nmaster_key_file = \"{}\"\n",
+        master.display()
+    ))
+    .await;
+    let acc = app.account("Switches").await;
+    let (id, first) = app.live_key(&acc).await;
+    let (console, csrf) = console_session(&app).await;
+    let key_page = || page_text(format!("{}/console/keys/{id}", app.admin), console.clone());
+
+    // Disabled: refused; enabled again: accepted.
+    let set = |enabled: &'static str| {
+        let (url, console, csrf) = (
+            format!("{}/console/keys/{id}/enabled", app.admin),
+            console.clone(),
+            csrf.clone(),
+        );
+        async move { post_form(url, &console, &[("csrf", &csrf), ("enabled", enabled)]).await }
+    };
+    let res = set("false").await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()[LOCATION], format!("/console/keys/{id}"));
+    let v = app.verify(json!({ "key": first })).await;
+    assert_eq!(
+        (v["valid"].as_bool(), v["code"].as_str()),
+        (Some(false), Some("api_key_disabled"))
+    );
+    let page = key_page().await;
+    assert!(
+        page.contains("<dd id=\"key-state\">disabled</dd>"),
+        "{page}"
+    );
+    assert!(page.contains(">Enable</button>"));
+    set("true").await;
+    assert_eq!(app.verify(json!({ "key": first })).await["valid"], true);
+    assert!(key_page()
+        .await
+        .contains("<dd id=\"key-state\">active</dd>"));
+    assert_eq!(set("maybe").await.status(), 400);
+
+    // Rotated with a grace period of 60 s: both secrets work until it ends.
+    let res = post_form(
+        format!("{}/console/keys/{id}/rotate", app.admin),
+        &console,
+        &[("csrf", &csrf), ("grace_seconds", "60")],
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let page = body(res).await;
+    assert!(page.contains("Key rotated"), "{page}");
+    let second = secrets_on(&page).pop().unwrap();
+    assert_ne!(second, first);
+    assert_eq!(app.verify(json!({ "key": first })).await["valid"], true);
+    assert_eq!(app.verify(json!({ "key": second })).await["valid"], true);
+    assert!(key_page().await.contains("Previous secret works until"));
+    app.clock.advance_ms(61_000);
+    assert_eq!(
+        app.verify(json!({ "key": first })).await["code"],
+        "api_key_revoked"
+    );
+    assert_eq!(app.verify(json!({ "key": second })).await["valid"], true);
+
+    // A live key never offers "reveal", nor reveals when asked.
+    assert!(!key_page().await.contains("id=\"reveal\""));
+    let res = post_form(
+        format!("{}/console/keys/{id}/reveal", app.admin),
+        &console,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(res.status(), 409);
+    assert!(!body(res).await.contains(&second));
+    // A test key made with recoverable test secrets on does.
+    let (test_id, test_token) = app.test_key(&acc).await;
+    let page = page_text(
+        format!("{}/console/keys/{test_id}", app.admin),
+        console.clone(),
+    )
+    .await;
+    assert!(page.contains("id=\"reveal\""), "{page}");
+    let res = post_form(
+        format!("{}/console/keys/{test_id}/reveal", app.admin),
+        &console,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(secrets_on(&body(res).await), [test_token]);
+    app.stop().await;
+}
+
+/// The event types of an audit page, top to bottom.
+fn audit_types(page: &str) -> Vec<String> {
+    page.split("</td><td><code>")
+        .skip(1)
+        .map(|rest| rest[..rest.find('<').unwrap()].to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_audit_page_filters_by_account_type_and_date() {
+    let app = spawn_app().await;
+    let a = app.account("Audited A").await;
+    let b = app.account("Audited B").await;
+    let (ka, _) = app.live_key(&a).await;
+    app.live_key(&b).await;
+    app.admin_call(
+        Method::POST,
+        &format!("/v1/admin/keys/{ka}/revoke"),
+        Some(json!({})),
+    )
+    .await
+    .ok(200);
+    // Two days later, one more change.
+    app.clock.advance_ms(2 * 86_400_000);
+    app.admin_call(
+        Method::PATCH,
+        &format!("/v1/admin/accounts/{b}"),
+        Some(json!({ "name": "Audited B2" })),
+    )
+    .await
+    .ok(200);
+    let (console, _) = console_session(&app).await;
+    let audit = |query: String| {
+        page_text(
+            format!("{}/console/audit?{query}", app.admin),
+            console.clone(),
+        )
+    };
+
+    let page = audit(String::new()).await;
+    let all = audit_types(&page);
+    assert!(page.contains("&quot;reason&quot;"), "each event's data: {page}");
+    assert_eq!(
+        all.first().map(String::as_str),
+        Some("account.updated"),
+        "newest first: {all:?}"
+    );
+    for t in ["account.created", "key.created", "key.revoked"] {
+        assert!(all.iter().any(|x| x == t), "{t} in {all:?}");
+    }
+
+    let page = audit(format!("account_id={a}")).await;
+    assert_eq!(
+        audit_types(&page),
+        ["key.revoked", "key.created", "account.created"]
+    );
+    assert!(!page.contains(&b), "another account's events");
+    assert!(
+        page.contains(&format!("value=\"{a}\"")),
+        "the filter is kept in its field"
+    );
+
+    let created = audit_types(&audit("type=key.created".into()).await);
+    assert_eq!(created, ["key.created", "key.created"]);
+    let keys = audit_types(&audit("type=key.*".into()).await);
+    assert_eq!(keys, ["key.revoked", "key.created", "key.created"]);
+    assert_eq!(
+        audit_types(&audit(format!("account_id={b}&type=key.*")).await),
+        ["key.created"]
+    );
+
+    // Since a date: from that day's start on.
+    assert_eq!(
+        audit_types(&audit("since=2026-03-22".into()).await),
+        ["account.updated"]
+    );
+    assert_eq!(
+        audit_types(&audit("since=2026-03-23".into()).await),
+        Vec::<String>::new()
+    );
+    assert!(audit(String::from("since=2026-03-23"))
+        .await
+        .contains("No events match."));
+    let bad = no_redirects()
+        .get(format!("{}/console/audit?since=yesterday", app.admin))
+        .header("cookie", &console)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn key_pages_show_their_activity_chart_counts_and_the_portal_its_quota() {
+    let app = spawn_app_with(
+        "[plans.tiers.default]\nquotas = [ { unit = \"requests\", limit = 1000, period = \"month\" } ]\n",
+    )
+    .await;
+    let acc = app.account("Busy").await;
+    let (id, token) = app
+        .key_pair(
+            &acc,
+            json!({ "mode": "live", "name": "busy", "scopes": ["account:read"] }),
+        )
+        .await;
+    for path in ["/orders/1", "/orders/2", "/orders/3"] {
+        let v = app
+            .verify(
+                json!({ "key": token, "method": "POST", "path": path, "scopes": ["account:read"] }),
+            )
+            .await;
+        assert_eq!(v["valid"], true, "{v}");
+    }
+    let v = app
+        .verify(
+            json!({ "key": token, "method": "GET", "path": "/usage", "scopes": ["usage:read"] }),
+        )
+        .await;
+    assert_eq!(v["code"], "insufficient_scope", "{v}");
+    app.flush_writer().await;
+
+    let (console, _) = console_session(&app).await;
+    let page = page_text(format!("{}/console/keys/{id}", app.admin), console).await;
+    let table = &page[page
+        .find("<table class=\"activity\">")
+        .expect("an activity table")..];
+    let table = &table[..table.find("</table>").unwrap()];
+    let rows: Vec<&str> = table.split("<tr><td>").skip(1).collect();
+    assert_eq!(rows.len(), 4, "{table}");
+    // Newest first: the refused one, then the three allowed.
+    assert!(rows[0].contains("<td>GET</td><td><code>/usage</code></td><td>403</td><td><code>insufficient_scope</code>"), "{}", rows[0]);
+    for (row, path) in rows[1..]
+        .iter()
+        .zip(["/orders/3", "/orders/2", "/orders/1"])
+    {
+        assert!(
+            row.contains(&format!(
+                "<td>POST</td><td><code>{path}</code></td><td>200</td><td><code>valid</code>"
+            )),
+            "{row}"
+        );
+    }
+    assert!(
+        page.contains("(4 in all; insufficient_scope: 1; valid: 3)"),
+        "the chart's caption counts them: {page}"
+    );
+
+    let (portal, _) = portal_session(&app, &acc, "owner").await;
+    let home = page_text(format!("{}/portal", app.public), portal.clone()).await;
+    assert!(home.contains("requests: 3 of 1000 (month)"), "{home}");
+    assert!(
+        home.contains("(4 in all; insufficient_scope: 1; valid: 3)"),
+        "{home}"
+    );
+    let key = page_text(format!("{}/portal/keys/{id}", app.public), portal).await;
+    assert_eq!(key.matches("<tr><td>").count(), 4, "{key}");
+    app.stop().await;
 }
 
 /// A new portal link for `acc`: the 201 answer's body.
@@ -781,6 +1181,93 @@ async fn open_link(app: &common::TestApp, link: &serde_json::Value) -> reqwest::
 fn session_of(res: &reqwest::Response) -> String {
     let cookie = res.headers()[SET_COOKIE].to_str().unwrap();
     cookie.split(';').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn portal_links_last_five_minutes_and_portal_sessions_an_hour() {
+    let app = spawn_app().await;
+    let acc = app.account("Timed").await;
+    let link = new_link(&app, &acc).await;
+    assert_eq!(
+        link["expires_at"],
+        keywarden_server::views::ts(common::T0 + 5 * 60_000)
+    );
+    let late = new_link(&app, &acc).await;
+    // At 4:59 a link opens; at 5:00 it no longer does.
+    app.clock.advance_ms(5 * 60_000 - 1_000);
+    let opened = open_link(&app, &link).await;
+    assert_eq!(opened.status(), 303);
+    let session = session_of(&opened);
+    assert!(opened.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=3600"));
+    app.clock.advance_ms(1_000);
+    let refused = open_link(&app, &late).await;
+    assert_eq!(refused.status(), 404);
+    assert!(refused.headers().get(SET_COOKIE).is_none());
+
+    // The session lasts an hour from its opening.
+    let home = |session: String| {
+        let url = format!("{}/portal", app.public);
+        async move {
+            no_redirects()
+                .get(url)
+                .header("cookie", session)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    app.clock.advance_ms(3_600_000 - 2_000);
+    assert_eq!(home(session.clone()).await, 200);
+    app.clock.advance_ms(1_000);
+    assert_eq!(home(session).await, 401);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_portal_key_form_keeps_to_the_sessions_role_and_the_plans_key_limit() {
+    let app = spawn_app_with("[plans.tiers.default]\nmax_keys = 2\n").await;
+    let acc = app.account("Limited").await;
+    let (dev, csrf) = portal_session(&app, &acc, "developer").await;
+    let home = page_text(format!("{}/portal", app.public), dev.clone()).await;
+    assert!(!home.contains("<option value=\"owner\""), "{home}");
+    let create = |role: &'static str, name: &'static str| {
+        let (url, dev, csrf) = (
+            format!("{}/portal/keys", app.public),
+            dev.clone(),
+            csrf.clone(),
+        );
+        async move {
+            post_form(
+                url,
+                &dev,
+                &[("csrf", &csrf), ("name", name), ("role", role)],
+            )
+            .await
+        }
+    };
+    // A developer cannot make an owner's key.
+    let res = create("owner", "too strong").await;
+    assert_eq!(res.status(), 403);
+    let page = body(res).await;
+    assert!(page.contains("id=\"key-form-error\""), "{page}");
+    assert!(key_ids(&app, &acc).await.is_empty(), "no key was made");
+    assert_eq!(create("developer", "one").await.status(), 201);
+    assert_eq!(create("member", "two").await.status(), 201);
+    // The plan's limit reached: the form says so, and makes nothing.
+    let res = create("member", "three").await;
+    assert_eq!(res.status(), 403);
+    let page = body(res).await;
+    assert!(
+        page.contains("<code id=\"key-form-error-code\">plan_limit_reached</code>"),
+        "{page}"
+    );
+    assert!(page.contains("value=\"three\""), "the form as typed");
+    assert_eq!(key_ids(&app, &acc).await.len(), 2);
+    app.stop().await;
 }
 
 /// Asserts the headers every page of the console and the portal carries.

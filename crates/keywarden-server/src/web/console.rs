@@ -285,7 +285,7 @@ async fn create_account(
             })?),
             None => None,
         };
-    let (a, _) = AppManager::new(&state)
+    let (a, keys) = AppManager::new(&state)
         .create_account(
             &op.actor,
             &f.name,
@@ -295,7 +295,38 @@ async fn create_account(
         )
         .await
         .back(back)?;
-    Ok(Redirect::to(&format!("/console/accounts/{}", a.id)).into_response())
+    Ok(account_done(&op, &a, &keys))
+}
+
+/// After an account is made or its status set: the account's page, or, when default key
+/// sets (`keys.default_sets`) gave it keys, those keys' secrets, shown once.
+fn account_done(
+    op: &Operator,
+    a: &keywarden_core::model::Account,
+    keys: &[crate::manage_apps::IssuedKey],
+) -> Response {
+    let account_url = format!("/console/accounts/{}", a.id);
+    if keys.is_empty() {
+        return Redirect::to(&account_url).into_response();
+    }
+    let keys: Vec<_> = keys
+        .iter()
+        .map(|(k, token)| {
+            context! {
+                id => k.id, name => k.name, mode => k.mode.as_str(), type => k.key_type.as_str(),
+                secret => token.expose(),
+            }
+        })
+        .collect();
+    let mut res = render(
+        "new_keys.html",
+        context! {
+            area => "console", csrf => op.csrf, account => crate::views::Account::from(a),
+            account_url => account_url, keys => keys,
+        },
+    );
+    *res.status_mut() = StatusCode::CREATED;
+    res
 }
 
 #[derive(Deserialize, Default)]
@@ -386,11 +417,11 @@ async fn set_status(
         .status
         .parse::<AccountStatus>()
         .map_err(|e| WebError::from(ApiError::invalid(format!("status: {e}"))).back(&back))?;
-    AppManager::new(&state)
+    let (a, keys) = AppManager::new(&state)
         .set_status(&op.actor, &id, status)
         .await
         .back(&back)?;
-    Ok(Redirect::to(&back).into_response())
+    Ok(account_done(&op, &a, &keys))
 }
 
 #[derive(Deserialize)]

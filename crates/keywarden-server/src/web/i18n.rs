@@ -28,6 +28,7 @@ const SPANISH: &[(&str, &str)] = &[
     ("Cancel", "Cancelar"),
     ("Change plan", "Cambiar de plan"),
     ("Code", "Código"),
+    ("Copied", "Copiado"),
     ("Copy", "Copiar"),
     ("Copy these secrets now.", "Copia estos secretos ahora."),
     ("Copy this secret now.", "Copia este secreto ahora."),
@@ -35,6 +36,7 @@ const SPANISH: &[(&str, &str)] = &[
     ("Create application", "Crear aplicación"),
     ("Create key", "Crear clave"),
     ("Created", "Creada"),
+    ("Default keys of", "Claves por defecto de"),
     ("Description", "Descripción"),
     ("Details", "Detalles"),
     ("Disable", "Desactivar"),
@@ -51,6 +53,7 @@ const SPANISH: &[(&str, &str)] = &[
     ("Go back", "Volver"),
     ("I have stored it: go to the key", "Ya lo he guardado: ir a la clave"),
     ("I have stored them: back to applications", "Ya los he guardado: volver a las aplicaciones"),
+    ("I have stored them: go to the account", "Ya los he guardado: ir a la cuenta"),
     ("IP allowlist", "IP permitidas"),
     ("IP allowlist (IPs or CIDRs, optional)", "IP permitidas (IP o CIDR, opcional)"),
     ("It is shown only this once: Keywarden keeps only its hash, so it cannot be shown again after you leave or reload this page.", "Solo se muestra esta vez: Keywarden guarda únicamente su hash, así que no se puede volver a mostrar cuando salgas o recargues esta página."),
@@ -174,28 +177,7 @@ mod tests {
             SPANISH.windows(2).all(|w| w[0].0 < w[1].0),
             "keep SPANISH sorted by its English text (byte order) and without duplicates"
         );
-        let templates = [
-            include_str!("templates/base.html"),
-            include_str!("templates/error.html"),
-            include_str!("templates/secret.html"),
-            include_str!("templates/keys_table.html"),
-            include_str!("templates/key_form.html"),
-            include_str!("templates/activity.html"),
-            include_str!("templates/usage.html"),
-            include_str!("templates/chart.html"),
-            include_str!("templates/key_detail.html"),
-            include_str!("templates/login.html"),
-            include_str!("templates/accounts.html"),
-            include_str!("templates/account.html"),
-            include_str!("templates/key.html"),
-            include_str!("templates/audit.html"),
-            include_str!("templates/overview.html"),
-            include_str!("templates/applications.html"),
-            include_str!("templates/app_secrets.html"),
-            include_str!("templates/portal.html"),
-            include_str!("templates/portal_key.html"),
-            include_str!("templates/authorize.html"),
-        ];
+        let templates = super::super::SOURCES.iter().map(|(_, source)| source);
         for t in templates {
             for piece in t.split("t(\"").skip(1) {
                 let text = &piece[..piece.find('"').unwrap()];

@@ -26,42 +26,52 @@ use keywarden_core::model::Millis;
 use minijinja::Environment;
 use std::sync::LazyLock;
 
+/// Every page template embedded in the binary, by name.
+pub(crate) const SOURCES: &[(&str, &str)] = &[
+    ("base.html", include_str!("templates/base.html")),
+    ("error.html", include_str!("templates/error.html")),
+    ("secret.html", include_str!("templates/secret.html")),
+    ("keys_table.html", include_str!("templates/keys_table.html")),
+    ("key_form.html", include_str!("templates/key_form.html")),
+    ("activity.html", include_str!("templates/activity.html")),
+    ("usage.html", include_str!("templates/usage.html")),
+    ("chart.html", include_str!("templates/chart.html")),
+    ("key_detail.html", include_str!("templates/key_detail.html")),
+    ("login.html", include_str!("templates/login.html")),
+    ("accounts.html", include_str!("templates/accounts.html")),
+    ("account.html", include_str!("templates/account.html")),
+    ("key.html", include_str!("templates/key.html")),
+    ("audit.html", include_str!("templates/audit.html")),
+    ("overview.html", include_str!("templates/overview.html")),
+    (
+        "applications.html",
+        include_str!("templates/applications.html"),
+    ),
+    (
+        "app_secrets.html",
+        include_str!("templates/app_secrets.html"),
+    ),
+    ("portal.html", include_str!("templates/portal.html")),
+    ("portal_key.html", include_str!("templates/portal_key.html")),
+    ("authorize.html", include_str!("templates/authorize.html")),
+    ("new_keys.html", include_str!("templates/new_keys.html")),
+];
+
 /// The templates, parsed once. Names ending in `.html` are escaped automatically.
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
-    for (name, source) in [
-        ("base.html", include_str!("templates/base.html")),
-        ("error.html", include_str!("templates/error.html")),
-        ("secret.html", include_str!("templates/secret.html")),
-        ("keys_table.html", include_str!("templates/keys_table.html")),
-        ("key_form.html", include_str!("templates/key_form.html")),
-        ("activity.html", include_str!("templates/activity.html")),
-        ("usage.html", include_str!("templates/usage.html")),
-        ("chart.html", include_str!("templates/chart.html")),
-        ("key_detail.html", include_str!("templates/key_detail.html")),
-        ("login.html", include_str!("templates/login.html")),
-        ("accounts.html", include_str!("templates/accounts.html")),
-        ("account.html", include_str!("templates/account.html")),
-        ("key.html", include_str!("templates/key.html")),
-        ("audit.html", include_str!("templates/audit.html")),
-        ("overview.html", include_str!("templates/overview.html")),
-        (
-            "applications.html",
-            include_str!("templates/applications.html"),
-        ),
-        (
-            "app_secrets.html",
-            include_str!("templates/app_secrets.html"),
-        ),
-        ("portal.html", include_str!("templates/portal.html")),
-        ("portal_key.html", include_str!("templates/portal_key.html")),
-        ("authorize.html", include_str!("templates/authorize.html")),
-    ] {
+    for &(name, source) in SOURCES {
         if let Err(e) = env.add_template(name, source) {
             panic!("embedded template {name} does not parse: {e}");
         }
     }
     env.add_filter("ts", |ms: i64| crate::views::ts(ms));
+    // An event's data as JSON text (escaped like any other text of the page).
+    env.add_filter("tojson", |v: minijinja::Value| {
+        serde_json::to_string(&v).map_err(|e| {
+            minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+        })
+    });
     env.add_function("t", |text: &str| tr(text));
     env
 });
@@ -177,6 +187,8 @@ pub struct WebError {
     status: StatusCode,
     message: String,
     back: String,
+    /// The API's error code, when the refusal is one (`plan_limit_reached`, …).
+    code: Option<&'static str>,
 }
 
 impl WebError {
@@ -186,6 +198,7 @@ impl WebError {
             status,
             message: message.into(),
             back: back.to_string(),
+            code: None,
         }
     }
 
@@ -253,6 +266,7 @@ pub fn key_form_ctx(
         scopes => scope_choices(state, refused.map(|(f, _)| f.scopes.as_slice())),
         form => form,
         form_error => refused.map(|(_, e)| tr(&e.message)),
+        form_error_code => refused.and_then(|(_, e)| e.code),
     }
 }
 
@@ -412,6 +426,7 @@ impl From<ApiError> for WebError {
             status,
             message,
             back: String::new(),
+            code: Some(e.code.as_str()),
         }
     }
 }
@@ -426,7 +441,10 @@ impl IntoResponse for WebError {
     fn into_response(self) -> Response {
         let mut res = render(
             "error.html",
-            minijinja::context! { status => self.status.as_u16(), message => tr(&self.message), back => self.back },
+            minijinja::context! {
+                status => self.status.as_u16(), message => tr(&self.message), back => self.back,
+                code => self.code,
+            },
         );
         *res.status_mut() = self.status;
         res
@@ -665,4 +683,42 @@ pub async fn day_chart(
 /// A key as a page shows it: metadata, never a secret.
 pub fn key_view(k: &keywarden_core::model::KeyRecord) -> minijinja::Value {
     minijinja::Value::from_serialize(crate::views::ApiKey::from(k))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every tag of `html` named `tag`, from `<tag` to its `>`.
+    fn tags<'a>(html: &'a str, tag: &str) -> Vec<&'a str> {
+        let open = format!("<{tag}");
+        html.match_indices(&open)
+            .map(|(at, _)| &html[at..at + html[at..].find('>').map_or(0, |end| end + 1)])
+            .collect()
+    }
+
+    #[test]
+    fn no_embedded_page_loads_anything_from_another_origin() {
+        for (name, source) in super::SOURCES {
+            for tag in [
+                "link", "script", "img", "iframe", "style", "object", "embed",
+            ] {
+                for t in tags(source, tag) {
+                    let lower = t.to_ascii_lowercase();
+                    for far in ["http:", "https:", "//", "data:"] {
+                        assert!(
+                            !lower.contains(&format!("=\"{far}")),
+                            "{name}: {t} loads from another origin"
+                        );
+                    }
+                }
+            }
+            for inline in ["<style", " style=", " onclick=", " onload=", "javascript:"] {
+                assert!(!source.contains(inline), "{name}: {inline} is inline");
+            }
+        }
+        for (name, asset) in [("app.css", super::APP_CSS), ("app.js", super::APP_JS)] {
+            for far in ["http:", "https:", "url(//", "@import"] {
+                assert!(!asset.contains(far), "{name} reaches out: {far}");
+            }
+        }
+    }
 }

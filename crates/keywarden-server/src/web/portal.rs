@@ -203,6 +203,7 @@ impl KeyChanger for Customer {
         id: &str,
         back: &str,
     ) -> Result<KeyRecord, WebError> {
+        need_group(state, "api_keys")?;
         need_manager(self, back)?;
         self.key(state, id).await
     }
@@ -400,12 +401,24 @@ async fn home_page(
     let m = Manager::new(state);
     let ceiling = c.ceiling(state, mode);
     let first_page = format!("/portal?mode={mode}");
-    let keys = m
-        .keys_within(&ceiling, after.clone(), super::KEYS_PER_PAGE + 1)
-        .await?;
-    let (keys, next_page) = super::keys_page(keys, &format!("{first_page}&"));
-    let usage = crate::routes::self_service::usage_body(state, &c.account, mode).await?;
-    let chart = super::day_chart(state, Some(&c.account.id), None, Some(mode)).await?;
+    // The page shows only what the deployment's self-service API serves.
+    let serves = |group| state.settings.self_service.serves(group);
+    let (keys, next_page) = if serves("api_keys") {
+        let keys = m
+            .keys_within(&ceiling, after.clone(), super::KEYS_PER_PAGE + 1)
+            .await?;
+        super::keys_page(keys, &format!("{first_page}&"))
+    } else {
+        (Vec::new(), None)
+    };
+    let (usage, chart) = if serves("usage") {
+        (
+            Some(crate::routes::self_service::usage_body(state, &c.account, mode).await?),
+            Some(super::day_chart(state, Some(&c.account.id), None, Some(mode)).await?),
+        )
+    } else {
+        (None, None)
+    };
     let plans: Vec<&String> = state.settings.plans.keys().collect();
     let roles: Vec<&str> = ["owner", "admin", "developer", "member"]
         .into_iter()
@@ -421,7 +434,8 @@ async fn home_page(
         roles => roles,
         can_manage => c.role().can_manage_keys(),
         is_owner => c.role() == Role::Owner,
-        account_write => state.settings.self_service.serves("account_write"),
+        api_keys => serves("api_keys"),
+        account_write => serves("account_write"),
         key_base => "/portal/keys",
         create_action => "/portal/keys",
     }};
@@ -549,6 +563,7 @@ async fn create_key(
     let mode = c.mode(&f.mode)?;
     let back = format!("/portal?mode={mode}");
     c.check(&f.csrf, &back)?;
+    need_group(&state, "api_keys")?;
     need_manager(&c, &back)?;
     // The key is made in the session's mode, whatever the form says.
     let made = async {
@@ -576,8 +591,13 @@ async fn key(
     c: Customer,
     Path(id): Path<String>,
 ) -> Result<Response, WebError> {
+    need_group(&state, "api_keys")?;
     let k = c.key(&state, &id).await?;
-    let ctx = context! { ..base_ctx(&c, k.mode), ..super::key_use(&state, &k).await?, ..context! {
+    let mut key_use = super::key_use(&state, &k).await?;
+    if !state.settings.self_service.serves("usage") {
+        key_use = context! { chart => (), ..key_use };
+    }
+    let ctx = context! { ..base_ctx(&c, k.mode), ..key_use, ..context! {
         back => format!("/portal?mode={}", k.mode),
         can_manage => c.role().can_manage_keys(),
     }};
