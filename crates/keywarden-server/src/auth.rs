@@ -284,6 +284,40 @@ impl FromRequestParts<AppState> for RootCaller {
     }
 }
 
+/// An admin call as its handler sees it: the service and the admitted operator. Every
+/// admin handler takes this one extractor instead of `State` and [`RootCaller`] apart.
+#[derive(Clone)]
+pub struct Admin {
+    /// The service.
+    pub state: AppState,
+    /// The audit actor (`root`, with the client IP).
+    pub actor: Actor,
+}
+
+impl Admin {
+    /// Key and account management as this operator.
+    pub fn keys(&self) -> crate::manage::Manager {
+        crate::manage::Manager::new(&self.state)
+    }
+
+    /// Applications, grants and accounts with their default keys, as this operator.
+    pub fn apps(&self) -> crate::manage_apps::AppManager {
+        crate::manage_apps::AppManager::new(&self.state)
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let root = RootCaller::from_request_parts(parts, state).await?;
+        Ok(Admin {
+            state: state.clone(),
+            actor: root.actor,
+        })
+    }
+}
+
 /// Authenticates a self-service request: the key must be valid, hold `scope` (when
 /// given), be a secret key, and have the role asked for.
 pub async fn self_service(

@@ -535,6 +535,22 @@ fn by_caller(path: &str, op: &mut Value) {
     let Some(o) = op.as_object_mut() else {
         return;
     };
+    // A handler's `Path` extractor lists each `{x}` bare; the route's `params(…Path)` names it
+    // again with its description. Keep the described one.
+    if let Some(Value::Array(params)) = o.get_mut("parameters") {
+        let described: Vec<String> = params
+            .iter()
+            .filter(|p| p["in"] == "path" && p.get("description").is_some())
+            .filter_map(|p| p["name"].as_str().map(str::to_owned))
+            .collect();
+        params.retain(|p| {
+            p["in"] != "path"
+                || p.get("description").is_some()
+                || !p["name"]
+                    .as_str()
+                    .is_some_and(|n| described.iter().any(|d| d == n))
+        });
+    }
     let mut shared: Vec<(&str, &str)> = Vec::new();
     if path.starts_with("/v1/admin/") {
         // Without a tag of its own an operation is tagged with its module's name.

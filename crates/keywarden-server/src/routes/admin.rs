@@ -1,12 +1,12 @@
 //! The admin API (`docs/api.md#admin-api`) on the admin listener: the operator, with a root key, manages
 //! every account and key.
 
-use crate::auth::RootCaller;
+use crate::auth::{Admin, RootCaller};
 use crate::errors::ApiError;
 use crate::extract::{ApiQuery, JsonBody};
-use crate::manage::{AccountPatch, KeyPatch, Manager, NewKey};
-use crate::manage_apps::AppManager;
+use crate::manage::{AccountPatch, KeyPatch, NewKey};
 use crate::routes::self_service::{page_limit, usage_body, ListQuery, RotateBody};
+use crate::routes::{AccountPath, KeyPath, Reply};
 use crate::state::AppState;
 use crate::views::{self, AccountWithKeys, ApiKey, ApiKeyWithSecret};
 use axum::extract::{Path, State};
@@ -66,39 +66,29 @@ pub struct CreateAccount {
 }
 
 /// `POST /v1/admin/accounts`.
-#[utoipa::path(
-    post, path = "/v1/admin/accounts", request_body = CreateAccount,
-    responses(
-        (status = 201, description = "The account, with its default keys when `keys.default_sets` made some", body = crate::views::AccountWithKeys),
-    )
-)]
+#[utoipa::path(post, path = "/v1/admin/accounts", request_body = CreateAccount,
+    responses((status = 201, description = "The account, with its default keys when `keys.default_sets` made some", body = crate::views::AccountWithKeys)))]
 pub async fn create_account(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     JsonBody(b): JsonBody<CreateAccount>,
 ) -> Result<Response, ApiError> {
-    let actor = root.actor;
     // With `keys.default_sets`, the account's default keys come with it.
-    let (a, keys) = AppManager::new(&state)
-        .create_account(&actor, &b.name, b.plan, b.status, b.metadata)
+    let (a, keys) = admin
+        .apps()
+        .create_account(&admin.actor, &b.name, b.plan, b.status, b.metadata)
         .await?;
     Ok((StatusCode::CREATED, Json(AccountWithKeys::new(&a, &keys))).into_response())
 }
 
 /// `GET /v1/admin/accounts`.
-#[utoipa::path(
-    get, path = "/v1/admin/accounts", params(ListQuery),
-    responses(
-        (status = 200, description = "Accounts by id", body = Vec<crate::views::Account>),
-        (status = 400, response = crate::openapi::BadRequest),
-    )
-)]
+#[utoipa::path(get, path = "/v1/admin/accounts", params(ListQuery),
+    responses((status = 200, description = "Accounts by id", body = Vec<crate::views::Account>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn list_accounts(
-    State(state): State<AppState>,
-    _root: RootCaller,
+    admin: Admin,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<views::Account>>, ApiError> {
-    let list = state
+) -> Reply<Vec<views::Account>> {
+    let list = admin
+        .state
         .store
         .list_accounts(&Page {
             after_id: q.starting_after,
@@ -109,18 +99,10 @@ pub async fn list_accounts(
 }
 
 /// `GET /v1/admin/accounts/{id}`.
-#[utoipa::path(
-    get, path = "/v1/admin/accounts/{id}", params(("id" = String, Path, description = "Account id")),
-    responses(
-        (status = 200, description = "The account", body = crate::views::Account),
-    )
-)]
-pub async fn get_account(
-    State(state): State<AppState>,
-    _root: RootCaller,
-    Path(id): Path<String>,
-) -> Result<Json<views::Account>, ApiError> {
-    let a = Manager::new(&state).account(&id).await?;
+#[utoipa::path(get, path = "/v1/admin/accounts/{id}", params(AccountPath),
+    responses((status = 200, description = "The account", body = crate::views::Account)))]
+pub async fn get_account(admin: Admin, Path(id): Path<String>) -> Reply<views::Account> {
+    let a = admin.keys().account(&id).await?;
     Ok(Json((&a).into()))
 }
 
@@ -142,22 +124,17 @@ pub struct PatchAccount {
 }
 
 /// `PATCH /v1/admin/accounts/{id}`.
-#[utoipa::path(
-    patch, path = "/v1/admin/accounts/{id}", request_body = PatchAccount, params(("id" = String, Path, description = "Account id")),
-    responses(
-        (status = 200, description = "The account, with its live default keys when this made it active", body = crate::views::AccountWithKeys),
-    )
-)]
+#[utoipa::path(patch, path = "/v1/admin/accounts/{id}", request_body = PatchAccount, params(AccountPath),
+    responses((status = 200, description = "The account, with its live default keys when this made it active", body = crate::views::AccountWithKeys)))]
 pub async fn patch_account(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<PatchAccount>,
-) -> Result<Json<AccountWithKeys>, ApiError> {
-    let actor = root.actor;
-    let a = Manager::new(&state)
+) -> Reply<AccountWithKeys> {
+    let a = admin
+        .keys()
         .update_account(
-            &actor,
+            &admin.actor,
             &id,
             AccountPatch {
                 name: b.name,
@@ -168,44 +145,28 @@ pub async fn patch_account(
         )
         .await?;
     // An account made active here is approved: its live default keys, if any, come now.
-    let keys = AppManager::new(&state)
-        .default_set(&actor, &a, Mode::Live)
+    let keys = admin
+        .apps()
+        .default_set(&admin.actor, &a, Mode::Live)
         .await?;
     Ok(Json(AccountWithKeys::new(&a, &keys)))
 }
 
 /// `DELETE /v1/admin/accounts/{id}`: erases the account and everything of it.
-#[utoipa::path(
-    delete, path = "/v1/admin/accounts/{id}", params(("id" = String, Path, description = "Account id")),
-    responses(
-        (status = 200, description = "What was deleted, per kind", body = crate::views::ErasureCounts),
-    )
-)]
-pub async fn erase_account(
-    State(state): State<AppState>,
-    root: RootCaller,
-    Path(id): Path<String>,
-) -> Result<Json<views::ErasureCounts>, ApiError> {
-    let actor = root.actor;
-    let counts = Manager::new(&state).erase_account(&actor, &id).await?;
+#[utoipa::path(delete, path = "/v1/admin/accounts/{id}", params(AccountPath),
+    responses((status = 200, description = "What was deleted, per kind", body = crate::views::ErasureCounts)))]
+pub async fn erase_account(admin: Admin, Path(id): Path<String>) -> Reply<views::ErasureCounts> {
+    let counts = admin.keys().erase_account(&admin.actor, &id).await?;
     Ok(Json(counts.into()))
 }
 
 /// `POST /v1/admin/accounts/{id}/approve`: status `active`.
-#[utoipa::path(
-    post, path = "/v1/admin/accounts/{id}/approve", params(("id" = String, Path, description = "Account id")),
-    responses(
-        (status = 200, description = "The account, now `active`, with its live default keys when that made some", body = crate::views::AccountWithKeys),
-    )
-)]
-pub async fn approve_account(
-    State(state): State<AppState>,
-    root: RootCaller,
-    Path(id): Path<String>,
-) -> Result<Json<AccountWithKeys>, ApiError> {
-    let actor = root.actor;
-    let (a, keys) = AppManager::new(&state)
-        .set_status(&actor, &id, AccountStatus::Active)
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/approve", params(AccountPath),
+    responses((status = 200, description = "The account, now `active`, with its live default keys when that made some", body = crate::views::AccountWithKeys)))]
+pub async fn approve_account(admin: Admin, Path(id): Path<String>) -> Reply<AccountWithKeys> {
+    let (a, keys) = admin
+        .apps()
+        .set_status(&admin.actor, &id, AccountStatus::Active)
         .await?;
     Ok(Json(AccountWithKeys::new(&a, &keys)))
 }
@@ -227,28 +188,22 @@ pub struct CreatePortalSession {
 
 /// `POST /v1/admin/accounts/{id}/portal-sessions`: a single-use link to the customer
 /// portal for this account (`docs/console.md#the-customer-portal`).
-#[utoipa::path(
-    post, path = "/v1/admin/accounts/{id}/portal-sessions", request_body = CreatePortalSession, params(("id" = String, Path, description = "Account id")),
-    responses(
-        (status = 201, description = "The link, usable once until `expires_at`", body = crate::views::PortalSession),
-        (status = 403, response = crate::openapi::Forbidden),
-    )
-)]
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/portal-sessions", request_body = CreatePortalSession, params(AccountPath),
+    responses((status = 201, description = "The link, usable once until `expires_at`", body = crate::views::PortalSession), (status = 403, response = crate::openapi::Forbidden)))]
 pub async fn create_portal_session(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<CreatePortalSession>,
 ) -> Result<(StatusCode, Json<views::PortalSession>), ApiError> {
     // The root key this call was admitted with: the link lives only while it is configured.
     let root_key = crate::auth::bearer(&headers)
-        .and_then(|t| crate::auth::matching_root_key(&state, t))
+        .and_then(|t| crate::auth::matching_root_key(&admin.state, t))
         .ok_or_else(|| ApiError::new(keywarden_core::codes::Code::RootKeyRequired))?;
-    let a = Manager::new(&state).account(&id).await?;
+    let a = admin.keys().account(&id).await?;
     let (url, expires_at) = crate::web::portal::create_link(
-        &state,
-        &root.actor,
+        &admin.state,
+        &admin.actor,
         root_key,
         &a,
         b.mode,
@@ -306,21 +261,14 @@ pub struct CreateKey {
 }
 
 /// `POST /v1/admin/accounts/{id}/keys`: the secret is shown once, as `api_key`.
-#[utoipa::path(
-    post, path = "/v1/admin/accounts/{id}/keys", request_body = CreateKey, params(("id" = String, Path, description = "Account id")),
-    responses(
-        (status = 201, description = "The key with `api_key`, shown once", body = crate::views::ApiKeyWithSecret),
-        (status = 403, response = crate::openapi::Forbidden),
-    )
-)]
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/keys", request_body = CreateKey, params(AccountPath),
+    responses((status = 201, description = "The key with `api_key`, shown once", body = crate::views::ApiKeyWithSecret), (status = 403, response = crate::openapi::Forbidden)))]
 pub async fn create_key(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<CreateKey>,
 ) -> Result<Response, ApiError> {
-    let actor = root.actor;
-    let m = Manager::new(&state);
+    let m = admin.keys();
     let account = m.account(&id).await?;
     let expires_at = b
         .expires_at
@@ -342,11 +290,9 @@ pub async fn create_key(
     };
     // A key of an application is made under the account's grant to it, within its scopes.
     if let Some(app) = &b.app_id {
-        AppManager::new(&state)
-            .bind_to_grant(&account, app, &mut new)
-            .await?;
+        admin.apps().bind_to_grant(&account, app, &mut new).await?;
     }
-    let (rec, token) = m.create_key(&actor, &account, new, None).await?;
+    let (rec, token) = m.create_key(&admin.actor, &account, new, None).await?;
     Ok((
         StatusCode::CREATED,
         Json(ApiKeyWithSecret::new(&rec, &token)),
@@ -370,21 +316,16 @@ pub struct KeysQuery {
 }
 
 /// `GET /v1/admin/accounts/{id}/keys?mode=`.
-#[utoipa::path(
-    get, path = "/v1/admin/accounts/{id}/keys", params(("id" = String, Path, description = "Account id"), KeysQuery),
-    responses(
-        (status = 200, description = "Key metadata, never a secret", body = Vec<crate::views::ApiKey>),
-        (status = 400, response = crate::openapi::BadRequest),
-    )
-)]
+#[utoipa::path(get, path = "/v1/admin/accounts/{id}/keys", params(AccountPath, KeysQuery),
+    responses((status = 200, description = "Key metadata, never a secret", body = Vec<crate::views::ApiKey>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn list_keys(
-    State(state): State<AppState>,
-    _root: RootCaller,
+    admin: Admin,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<KeysQuery>,
-) -> Result<Json<Vec<ApiKey>>, ApiError> {
-    Manager::new(&state).account(&id).await?;
-    let keys = state
+) -> Reply<Vec<ApiKey>> {
+    admin.keys().account(&id).await?;
+    let keys = admin
+        .state
         .store
         .list_keys(
             &id,
@@ -399,18 +340,10 @@ pub async fn list_keys(
 }
 
 /// `GET /v1/admin/keys/{id}`.
-#[utoipa::path(
-    get, path = "/v1/admin/keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")),
-    responses(
-        (status = 200, description = "Key metadata, never a secret", body = crate::views::ApiKey),
-    )
-)]
-pub async fn get_key(
-    State(state): State<AppState>,
-    _root: RootCaller,
-    Path(id): Path<String>,
-) -> Result<Json<ApiKey>, ApiError> {
-    let k = Manager::new(&state).key_of(None, None, &id).await?;
+#[utoipa::path(get, path = "/v1/admin/keys/{id}", params(KeyPath),
+    responses((status = 200, description = "Key metadata, never a secret", body = crate::views::ApiKey)))]
+pub async fn get_key(admin: Admin, Path(id): Path<String>) -> Reply<ApiKey> {
+    let k = admin.keys().key_of(None, None, &id).await?;
     Ok(Json((&k).into()))
 }
 
@@ -450,25 +383,17 @@ pub struct PatchKey {
 }
 
 /// `PATCH /v1/admin/keys/{id}`.
-#[utoipa::path(
-    patch, path = "/v1/admin/keys/{id}", request_body = PatchKey, params(("id" = String, Path, description = "Key id or key_hash")),
-    responses(
-        (status = 200, description = "Key metadata", body = crate::views::ApiKey),
-    )
-)]
+#[utoipa::path(patch, path = "/v1/admin/keys/{id}", request_body = PatchKey, params(KeyPath),
+    responses((status = 200, description = "Key metadata", body = crate::views::ApiKey)))]
 pub async fn patch_key(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<PatchKey>,
-) -> Result<Json<ApiKey>, ApiError> {
-    let actor = root.actor;
-    let m = Manager::new(&state);
+) -> Reply<ApiKey> {
+    let m = admin.keys();
     let k = m.key_of(None, None, &id).await?;
     if let Some(scopes) = &b.scopes {
-        AppManager::new(&state)
-            .check_within_grant(&k, scopes)
-            .await?;
+        admin.apps().check_within_grant(&k, scopes).await?;
     }
     let expires_at = match b.expires_at {
         None => None,
@@ -491,29 +416,22 @@ pub async fn patch_key(
         enabled: b.enabled,
         metadata: b.metadata,
     };
-    let k = m.update_key(&actor, k, patch, None).await?;
+    let k = m.update_key(&admin.actor, k, patch, None).await?;
     Ok(Json((&k).into()))
 }
 
 /// `POST /v1/admin/keys/{id}/rotate`.
-#[utoipa::path(
-    post, path = "/v1/admin/keys/{id}/rotate", request_body = RotateBody, params(("id" = String, Path, description = "Key id or key_hash")),
-    responses(
-        (status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::views::ApiKeyWithSecret),
-        (status = 409, response = crate::openapi::Conflict),
-    )
-)]
+#[utoipa::path(post, path = "/v1/admin/keys/{id}/rotate", request_body = RotateBody, params(KeyPath),
+    responses((status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::views::ApiKeyWithSecret), (status = 409, response = crate::openapi::Conflict)))]
 pub async fn rotate_key(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<RotateBody>,
-) -> Result<Json<ApiKeyWithSecret>, ApiError> {
-    let actor = root.actor;
-    let m = Manager::new(&state);
+) -> Reply<ApiKeyWithSecret> {
+    let m = admin.keys();
     let k = m.key_of(None, None, &id).await?;
     let (rec, token) = m
-        .rotate_key(&actor, k, b.grace_period_seconds.unwrap_or(0))
+        .rotate_key(&admin.actor, k, b.grace_period_seconds.unwrap_or(0))
         .await?;
     Ok(Json(ApiKeyWithSecret::new(&rec, &token)))
 }
@@ -528,39 +446,25 @@ pub struct RevokeBody {
 }
 
 /// `POST /v1/admin/keys/{id}/revoke`.
-#[utoipa::path(
-    post, path = "/v1/admin/keys/{id}/revoke", request_body = RevokeBody, params(("id" = String, Path, description = "Key id or key_hash")),
-    responses(
-        (status = 200, description = "Key metadata, revoked", body = crate::views::ApiKey),
-    )
-)]
+#[utoipa::path(post, path = "/v1/admin/keys/{id}/revoke", request_body = RevokeBody, params(KeyPath),
+    responses((status = 200, description = "Key metadata, revoked", body = crate::views::ApiKey)))]
 pub async fn revoke_key(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<RevokeBody>,
-) -> Result<Json<ApiKey>, ApiError> {
-    let actor = root.actor;
-    let m = Manager::new(&state);
+) -> Reply<ApiKey> {
+    let m = admin.keys();
     let k = m.key_of(None, None, &id).await?;
-    let k = m.revoke_key(&actor, k, b.reason).await?;
+    let k = m.revoke_key(&admin.actor, k, b.reason).await?;
     Ok(Json((&k).into()))
 }
 
 /// `GET /v1/admin/keys/{id}/activity`.
-#[utoipa::path(
-    get, path = "/v1/admin/keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")),
-    responses(
-        (status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::views::Activity>),
-    )
-)]
-pub async fn key_activity(
-    State(state): State<AppState>,
-    _root: RootCaller,
-    Path(id): Path<String>,
-) -> Result<Json<Vec<views::Activity>>, ApiError> {
-    let k = Manager::new(&state).key_of(None, None, &id).await?;
-    let rows = state.store.list_activity(&k.id, 100).await?;
+#[utoipa::path(get, path = "/v1/admin/keys/{id}/activity", params(KeyPath),
+    responses((status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::views::Activity>)))]
+pub async fn key_activity(admin: Admin, Path(id): Path<String>) -> Reply<Vec<views::Activity>> {
+    let k = admin.keys().key_of(None, None, &id).await?;
+    let rows = admin.state.store.list_activity(&k.id, 100).await?;
     Ok(Json(views::list(&rows)))
 }
 
@@ -598,22 +502,13 @@ pub struct ImportKey {
 }
 
 /// `POST /v1/admin/keys/import`.
-#[utoipa::path(
-    post, path = "/v1/admin/keys/import", request_body = ImportKey,
-    responses(
-        (status = 201, description = "Key metadata (there is no secret to show)", body = crate::views::ApiKey),
-        (status = 403, response = crate::openapi::Forbidden),
-        (status = 404, response = crate::openapi::NotFound),
-        (status = 409, response = crate::openapi::Conflict),
-    )
-)]
+#[utoipa::path(post, path = "/v1/admin/keys/import", request_body = ImportKey,
+    responses((status = 201, description = "Key metadata (there is no secret to show)", body = crate::views::ApiKey), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound), (status = 409, response = crate::openapi::Conflict)))]
 pub async fn import_key(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     JsonBody(b): JsonBody<ImportKey>,
 ) -> Result<Response, ApiError> {
-    let actor = root.actor;
-    let m = Manager::new(&state);
+    let m = admin.keys();
     let account = m.account(&b.account_id).await?;
     let scheme: HashScheme =
         b.scheme
@@ -652,7 +547,7 @@ pub async fn import_key(
     });
     let (rec, _) = m
         .import_key(
-            &actor,
+            &admin.actor,
             &account,
             b.mode,
             b.key_type.unwrap_or(KeyType::Secret),
@@ -682,18 +577,13 @@ pub struct ReportUsage {
 }
 
 /// `POST /v1/admin/accounts/{id}/usage`: reports consumption after the fact.
-#[utoipa::path(
-    post, path = "/v1/admin/accounts/{id}/usage", request_body = ReportUsage, params(("id" = String, Path, description = "Account id")),
-    responses(
-        (status = 200, description = "The account's usage after the report", body = crate::views::UsageResponse),
-    )
-)]
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/usage", request_body = ReportUsage, params(AccountPath),
+    responses((status = 200, description = "The account's usage after the report", body = crate::views::UsageResponse)))]
 pub async fn report_usage(
-    State(state): State<AppState>,
-    _root: RootCaller,
+    admin: Admin,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<ReportUsage>,
-) -> Result<Json<views::UsageResponse>, ApiError> {
+) -> Reply<views::UsageResponse> {
     if i64::try_from(b.amount).is_err() {
         return Err(ApiError::invalid(format!(
             "amount: {} is more than a usage counter holds (at most {})",
@@ -701,16 +591,16 @@ pub async fn report_usage(
             i64::MAX
         )));
     }
-    let account = Manager::new(&state).account(&id).await?;
+    let account = admin.keys().account(&id).await?;
     let mode = b.mode.unwrap_or(Mode::Live);
-    let plan = state.verifier.plan(&account.plan);
+    let plan = admin.state.verifier.plan(&account.plan);
     let Some(spec) = plan.quotas.iter().find(|q| q.unit == b.unit) else {
         return Err(ApiError::invalid(format!(
             "unit: the {} plan has no quota for {:?}",
             account.plan, b.unit
         )));
     };
-    let now = state.clock.now_ms();
+    let now = admin.state.clock.now_ms();
     let (start, _) = spec.period.bounds(now);
     let qk = QuotaKey {
         account_id: id.clone(),
@@ -718,8 +608,13 @@ pub async fn report_usage(
         unit: b.unit.clone(),
         period_start: start,
     };
-    state.verifier.add_usage(&qk, spec.period, b.amount).await?;
-    state
+    admin
+        .state
+        .verifier
+        .add_usage(&qk, spec.period, b.amount)
+        .await?;
+    admin
+        .state
         .store
         .add_usage(&[UsageDelta {
             account_id: id,
@@ -729,7 +624,7 @@ pub async fn report_usage(
             amount: b.amount,
         }])
         .await?;
-    Ok(Json(usage_body(&state, &account, mode).await?))
+    Ok(Json(usage_body(&admin.state, &account, mode).await?))
 }
 
 /// Query of `GET /v1/admin/events`.
@@ -753,25 +648,20 @@ pub struct EventsQuery {
 }
 
 /// `GET /v1/admin/events`.
-#[utoipa::path(
-    get, path = "/v1/admin/events", params(EventsQuery),
-    responses(
-        (status = 200, description = "Audit events, newest first", body = Vec<crate::views::AuditEvent>),
-        (status = 400, response = crate::openapi::BadRequest),
-    )
-)]
+#[utoipa::path(get, path = "/v1/admin/events", params(EventsQuery),
+    responses((status = 200, description = "Audit events, newest first", body = Vec<crate::views::AuditEvent>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn events(
-    State(state): State<AppState>,
-    _root: RootCaller,
+    admin: Admin,
     ApiQuery(q): ApiQuery<EventsQuery>,
-) -> Result<Json<Vec<views::AuditEvent>>, ApiError> {
+) -> Reply<Vec<views::AuditEvent>> {
     let since = q
         .since
         .as_deref()
         .map(views::parse_ts)
         .transpose()
         .map_err(|e| ApiError::invalid(format!("since: {e}")))?;
-    let evs = state
+    let evs = admin
+        .state
         .store
         .list_events(&EventFilter {
             account_id: q.account_id,
@@ -788,22 +678,15 @@ pub async fn events(
 
 /// `GET /v1/admin/analytics`: decisions by outcome over time, of an account, a key or the
 /// whole deployment (`docs/analytics.md`).
-#[utoipa::path(
-    get, path = "/v1/admin/analytics", params(crate::analytics::AnalyticsQuery),
-    responses(
-        (status = 200, description = "Decision counts per bucket and outcome code", body = crate::views::AnalyticsReport),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 404, response = crate::openapi::NotFound),
-    )
-)]
+#[utoipa::path(get, path = "/v1/admin/analytics", params(crate::analytics::AnalyticsQuery),
+    responses((status = 200, description = "Decision counts per bucket and outcome code", body = crate::views::AnalyticsReport), (status = 400, response = crate::openapi::BadRequest), (status = 404, response = crate::openapi::NotFound)))]
 pub async fn analytics(
-    State(state): State<AppState>,
-    _root: RootCaller,
+    admin: Admin,
     ApiQuery(q): ApiQuery<crate::analytics::AnalyticsQuery>,
-) -> Result<Json<views::AnalyticsReport>, ApiError> {
-    let range = crate::analytics::range(&state, &q.from, &q.to, q.granularity.as_deref())?;
+) -> Reply<views::AnalyticsReport> {
+    let range = crate::analytics::range(&admin.state, &q.from, &q.to, q.granularity.as_deref())?;
     let mode = crate::analytics::mode_param(q.mode.as_deref())?;
-    let m = Manager::new(&state);
+    let m = admin.keys();
     let mut account_id = q.account_id.filter(|a| !a.is_empty());
     if let Some(a) = &account_id {
         m.account(a).await?;
@@ -816,6 +699,6 @@ pub async fn analytics(
         }
         None => None,
     };
-    let r = crate::analytics::report(&state, range, account_id, key_id, mode).await?;
+    let r = crate::analytics::report(&admin.state, range, account_id, key_id, mode).await?;
     Ok(Json(r))
 }

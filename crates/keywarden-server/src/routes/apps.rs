@@ -2,13 +2,13 @@
 //! in the self-service API (the account's own owner key), and revealing recoverable test
 //! secrets (root key).
 
-use crate::auth::{AccountRead, GrantManager, RootCaller, SelfServiceCaller};
+use crate::auth::{AccountRead, Admin, GrantManager, SelfServiceCaller};
 use crate::errors::ApiError;
 use crate::extract::{ApiQuery, JsonBody};
-use crate::manage::Manager;
 use crate::manage_apps::{AppManager, AppPatch, NewApp};
 use crate::routes::admin::nullable;
 use crate::routes::self_service::{page_limit, ListQuery};
+use crate::routes::{AccountPath, ApplicationPath, GrantPath, KeyPath, Reply};
 use crate::state::AppState;
 use crate::views::{self, ApiKeyWithSecret, Application, Grant, IssuedGrant};
 use axum::extract::{Path, State};
@@ -73,25 +73,19 @@ pub struct CreateApplication {
 }
 
 /// `POST /v1/admin/applications`: the production and sandbox secrets are shown once.
-#[utoipa::path(
-    post, path = "/v1/admin/applications", request_body = CreateApplication,
-    responses(
-        (status = 201, description = "The application with `secrets: {production, sandbox}`, shown once", body = crate::views::CreatedApplication),
-    )
-)]
+#[utoipa::path(post, path = "/v1/admin/applications", request_body = CreateApplication,
+    responses((status = 201, description = "The application with `secrets: {production, sandbox}`, shown once", body = crate::views::CreatedApplication)))]
 pub async fn create_application(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     JsonBody(b): JsonBody<CreateApplication>,
 ) -> Result<Response, ApiError> {
-    let actor = root.actor;
     let new = NewApp {
         name: b.name,
         description: b.description.unwrap_or_default(),
         url: b.url,
         scopes: b.scopes,
     };
-    let (app, secrets) = AppManager::new(&state).create_app(&actor, new).await?;
+    let (app, secrets) = admin.apps().create_app(&admin.actor, new).await?;
     let body = views::CreatedApplication {
         application: (&app).into(),
         secrets: views::ApplicationSecrets {
@@ -103,19 +97,14 @@ pub async fn create_application(
 }
 
 /// `GET /v1/admin/applications`.
-#[utoipa::path(
-    get, path = "/v1/admin/applications", params(ListQuery),
-    responses(
-        (status = 200, description = "Applications by id, never a secret", body = Vec<crate::views::Application>),
-        (status = 400, response = crate::openapi::BadRequest),
-    )
-)]
+#[utoipa::path(get, path = "/v1/admin/applications", params(ListQuery),
+    responses((status = 200, description = "Applications by id, never a secret", body = Vec<crate::views::Application>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn list_applications(
-    State(state): State<AppState>,
-    _root: RootCaller,
+    admin: Admin,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Vec<Application>>, ApiError> {
-    let apps = AppManager::new(&state)
+) -> Reply<Vec<Application>> {
+    let apps = admin
+        .apps()
         .list_apps(&Page {
             after_id: q.starting_after,
             limit: page_limit(q.limit)?,
@@ -125,18 +114,10 @@ pub async fn list_applications(
 }
 
 /// `GET /v1/admin/applications/{id}`.
-#[utoipa::path(
-    get, path = "/v1/admin/applications/{id}", params(("id" = String, Path, description = "Application id")),
-    responses(
-        (status = 200, description = "The application, never a secret", body = crate::views::Application),
-    )
-)]
-pub async fn get_application(
-    State(state): State<AppState>,
-    _root: RootCaller,
-    Path(id): Path<String>,
-) -> Result<Json<Application>, ApiError> {
-    let app = AppManager::new(&state).app(&id).await?;
+#[utoipa::path(get, path = "/v1/admin/applications/{id}", params(ApplicationPath),
+    responses((status = 200, description = "The application, never a secret", body = crate::views::Application)))]
+pub async fn get_application(admin: Admin, Path(id): Path<String>) -> Reply<Application> {
+    let app = admin.apps().app(&id).await?;
     Ok(Json((&app).into()))
 }
 
@@ -159,53 +140,40 @@ pub struct PatchApplication {
 }
 
 /// `PATCH /v1/admin/applications/{id}`.
-#[utoipa::path(
-    patch, path = "/v1/admin/applications/{id}", request_body = PatchApplication, params(("id" = String, Path, description = "Application id")),
-    responses(
-        (status = 200, description = "The application", body = crate::views::Application),
-    )
-)]
+#[utoipa::path(patch, path = "/v1/admin/applications/{id}", request_body = PatchApplication, params(ApplicationPath),
+    responses((status = 200, description = "The application", body = crate::views::Application)))]
 pub async fn patch_application(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<PatchApplication>,
-) -> Result<Json<Application>, ApiError> {
-    let actor = root.actor;
+) -> Reply<Application> {
     let patch = AppPatch {
         name: b.name,
         description: b.description,
         url: b.url,
         scopes: b.scopes,
     };
-    let app = AppManager::new(&state)
-        .update_app(&actor, &id, patch)
-        .await?;
+    let app = admin.apps().update_app(&admin.actor, &id, patch).await?;
     Ok(Json((&app).into()))
 }
 
 /// `POST /v1/admin/applications/{id}/secrets/{production|sandbox}/rotate`: the new secret
 /// is shown once; the old one stops working at once.
-#[utoipa::path(
-    post, path = "/v1/admin/applications/{id}/secrets/{environment}/rotate", params(("id" = String, Path, description = "Application id"), ("environment" = keywarden_core::model::AppEnvironment, Path, description = "`production` or `sandbox`")),
-    responses(
-        (status = 200, description = "The application with `environment` and its new `secret`, shown once", body = crate::views::RotatedApplicationSecret),
-    )
-)]
+#[utoipa::path(post, path = "/v1/admin/applications/{id}/secrets/{environment}/rotate", params(ApplicationPath, ("environment" = keywarden_core::model::AppEnvironment, Path, description = "`production` or `sandbox`")),
+    responses((status = 200, description = "The application with `environment` and its new `secret`, shown once", body = crate::views::RotatedApplicationSecret)))]
 pub async fn rotate_application_secret(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     Path((id, environment)): Path<(String, String)>,
-) -> Result<Json<views::RotatedApplicationSecret>, ApiError> {
-    let actor = root.actor;
+) -> Reply<views::RotatedApplicationSecret> {
     let env: AppEnvironment = environment.parse().map_err(|_| {
         ApiError::with(
             Code::NotFound,
             "an application's secrets are `production` and `sandbox`",
         )
     })?;
-    let (app, secret) = AppManager::new(&state)
-        .rotate_app_secret(&actor, &id, env)
+    let (app, secret) = admin
+        .apps()
+        .rotate_app_secret(&admin.actor, &id, env)
         .await?;
     Ok(Json(views::RotatedApplicationSecret {
         application: (&app).into(),
@@ -231,24 +199,18 @@ pub struct AdminCreateGrant {
 
 /// `POST /v1/admin/accounts/{id}/grants`: the grant and the key made under it (its
 /// `api_key` shown once).
-#[utoipa::path(
-    post, path = "/v1/admin/accounts/{id}/grants", request_body = AdminCreateGrant, params(("id" = String, Path, description = "Account id")),
-    responses(
-        (status = 201, description = "The grant with `key` (and its `api_key`, shown once)", body = crate::views::IssuedGrant),
-        (status = 403, response = crate::openapi::Forbidden),
-    )
-)]
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/grants", request_body = AdminCreateGrant, params(AccountPath),
+    responses((status = 201, description = "The grant with `key` (and its `api_key`, shown once)", body = crate::views::IssuedGrant), (status = 403, response = crate::openapi::Forbidden)))]
 pub async fn admin_create_grant(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<AdminCreateGrant>,
 ) -> Result<Response, ApiError> {
-    let actor = root.actor;
-    let account = Manager::new(&state).account(&id).await?;
-    let issued = AppManager::new(&state)
+    let account = admin.keys().account(&id).await?;
+    let issued = admin
+        .apps()
         .create_grant(
-            &actor,
+            &admin.actor,
             &account,
             &b.app_id,
             b.scopes,
@@ -260,54 +222,32 @@ pub async fn admin_create_grant(
 }
 
 /// `GET /v1/admin/accounts/{id}/grants`.
-#[utoipa::path(
-    get, path = "/v1/admin/accounts/{id}/grants", params(("id" = String, Path, description = "Account id")),
-    responses(
-        (status = 200, description = "The account's grants", body = Vec<crate::views::Grant>),
-    )
-)]
-pub async fn admin_list_grants(
-    State(state): State<AppState>,
-    _root: RootCaller,
-    Path(id): Path<String>,
-) -> Result<Json<Vec<Grant>>, ApiError> {
-    Manager::new(&state).account(&id).await?;
-    let grants = AppManager::new(&state).list_grants(&id).await?;
+#[utoipa::path(get, path = "/v1/admin/accounts/{id}/grants", params(AccountPath),
+    responses((status = 200, description = "The account's grants", body = Vec<crate::views::Grant>)))]
+pub async fn admin_list_grants(admin: Admin, Path(id): Path<String>) -> Reply<Vec<Grant>> {
+    admin.keys().account(&id).await?;
+    let grants = admin.apps().list_grants(&id).await?;
     Ok(Json(views::list(&grants)))
 }
 
 /// `GET /v1/admin/grants/{id}`.
-#[utoipa::path(
-    get, path = "/v1/admin/grants/{id}", params(("id" = String, Path, description = "Grant id")),
-    responses(
-        (status = 200, description = "The grant", body = crate::views::Grant),
-    )
-)]
-pub async fn admin_get_grant(
-    State(state): State<AppState>,
-    _root: RootCaller,
-    Path(id): Path<String>,
-) -> Result<Json<Grant>, ApiError> {
-    let g = AppManager::new(&state).grant(None, &id).await?;
+#[utoipa::path(get, path = "/v1/admin/grants/{id}", params(GrantPath),
+    responses((status = 200, description = "The grant", body = crate::views::Grant)))]
+pub async fn admin_get_grant(admin: Admin, Path(id): Path<String>) -> Reply<Grant> {
+    let g = admin.apps().grant(None, &id).await?;
     Ok(Json((&g).into()))
 }
 
 /// `DELETE /v1/admin/grants/{id}`: every key made under the grant is revoked at once.
-#[utoipa::path(
-    delete, path = "/v1/admin/grants/{id}", params(("id" = String, Path, description = "Grant id")),
-    responses(
-        (status = 200, description = "The deleted grant with `revoked_keys`", body = crate::views::DeletedGrant),
-    )
-)]
+#[utoipa::path(delete, path = "/v1/admin/grants/{id}", params(GrantPath),
+    responses((status = 200, description = "The deleted grant with `revoked_keys`", body = crate::views::DeletedGrant)))]
 pub async fn admin_delete_grant(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     Path(id): Path<String>,
-) -> Result<Json<views::DeletedGrant>, ApiError> {
-    let actor = root.actor;
-    let m = AppManager::new(&state);
+) -> Reply<views::DeletedGrant> {
+    let m = admin.apps();
     let g = m.grant(None, &id).await?;
-    let keys = m.delete_grant(&actor, &g).await?;
+    let keys = m.delete_grant(&admin.actor, &g).await?;
     Ok(Json(views::DeletedGrant {
         grant: (&g).into(),
         deleted: true,
@@ -319,21 +259,11 @@ pub async fn admin_delete_grant(
 
 /// `POST /v1/admin/keys/{id}/reveal`: a test key's secret again, when
 /// `keys.recoverable_test_secrets` is on. Live secrets are never recoverable (409).
-#[utoipa::path(
-    post, path = "/v1/admin/keys/{id}/reveal", params(("id" = String, Path, description = "Key id or key_hash")), description = "Only test keys, and only when `keys.recoverable_test_secrets` is on; a live key, a revoked key, or recoverable secrets switched off answer `conflict`.",
-    responses(
-        (status = 200, description = "Key metadata with `api_key`", body = crate::views::ApiKeyWithSecret),
-        (status = 409, response = crate::openapi::Conflict),
-    )
-)]
-pub async fn reveal_key(
-    State(state): State<AppState>,
-    root: RootCaller,
-    Path(id): Path<String>,
-) -> Result<Json<ApiKeyWithSecret>, ApiError> {
-    let actor = root.actor;
-    let k = Manager::new(&state).key_of(None, None, &id).await?;
-    let secret = AppManager::new(&state).reveal(&actor, &k).await?;
+#[utoipa::path(post, path = "/v1/admin/keys/{id}/reveal", params(KeyPath), description = "Only test keys, and only when `keys.recoverable_test_secrets` is on; a live key, a revoked key, or recoverable secrets switched off answer `conflict`.",
+    responses((status = 200, description = "Key metadata with `api_key`", body = crate::views::ApiKeyWithSecret), (status = 409, response = crate::openapi::Conflict)))]
+pub async fn reveal_key(admin: Admin, Path(id): Path<String>) -> Reply<ApiKeyWithSecret> {
+    let k = admin.keys().key_of(None, None, &id).await?;
+    let secret = admin.apps().reveal(&admin.actor, &k).await?;
     Ok(Json(ApiKeyWithSecret::new(&k, &secret)))
 }
 
@@ -352,14 +282,9 @@ pub struct CreateGrantBody {
 
 /// `POST /v1/grants` (owner): authorises an application; a key of the caller's mode is made
 /// under the grant and its `api_key` shown once.
-#[utoipa::path(
-    post, path = "/v1/grants", request_body = CreateGrantBody, description = "Needs a key with role `owner`. Keys of an application cannot manage grants. The grant stays within what the application requested and what the calling key holds.",
-    responses(
-        (status = 201, description = "The grant with `key` (and its `api_key`, shown once)", body = crate::views::IssuedGrant),
-    ),
-    security(("api_key" = [])),
-    tag = "self-service"
-)]
+#[utoipa::path(post, path = "/v1/grants", request_body = CreateGrantBody, description = "Needs a key with role `owner`. Keys of an application cannot manage grants. The grant stays within what the application requested and what the calling key holds.",
+    responses((status = 201, description = "The grant with `key` (and its `api_key`, shown once)", body = crate::views::IssuedGrant)),
+    security(("api_key" = [])), tag = "self-service")]
 pub async fn create_grant(
     State(state): State<AppState>,
     c: SelfServiceCaller<GrantManager>,
@@ -384,14 +309,9 @@ pub async fn create_grant(
 }
 
 /// `GET /v1/grants`: the account's grants.
-#[utoipa::path(
-    get, path = "/v1/grants",
-    responses(
-        (status = 200, description = "The account's grants", body = Vec<crate::views::Grant>),
-    ),
-    security(("api_key" = ["account:read"])),
-    tag = "self-service"
-)]
+#[utoipa::path(get, path = "/v1/grants",
+    responses((status = 200, description = "The account's grants", body = Vec<crate::views::Grant>)),
+    security(("api_key" = ["account:read"])), tag = "self-service")]
 pub async fn list_grants(
     State(state): State<AppState>,
     c: SelfServiceCaller<AccountRead>,
@@ -402,14 +322,9 @@ pub async fn list_grants(
 }
 
 /// `GET /v1/grants/{id}`.
-#[utoipa::path(
-    get, path = "/v1/grants/{id}", params(("id" = String, Path, description = "Grant id")),
-    responses(
-        (status = 200, description = "The grant", body = crate::views::Grant),
-    ),
-    security(("api_key" = ["account:read"])),
-    tag = "self-service"
-)]
+#[utoipa::path(get, path = "/v1/grants/{id}", params(GrantPath),
+    responses((status = 200, description = "The grant", body = crate::views::Grant)),
+    security(("api_key" = ["account:read"])), tag = "self-service")]
 pub async fn get_grant(
     State(state): State<AppState>,
     c: SelfServiceCaller<AccountRead>,
@@ -422,14 +337,9 @@ pub async fn get_grant(
 }
 
 /// `DELETE /v1/grants/{id}` (owner): the keys made under the grant are revoked at once.
-#[utoipa::path(
-    delete, path = "/v1/grants/{id}", params(("id" = String, Path, description = "Grant id")), description = "Needs a key with role `owner`. Keys of an application cannot manage grants.",
-    responses(
-        (status = 204, description = "Deleted; the keys made under it are revoked at once"),
-    ),
-    security(("api_key" = [])),
-    tag = "self-service"
-)]
+#[utoipa::path(delete, path = "/v1/grants/{id}", params(GrantPath), description = "Needs a key with role `owner`. Keys of an application cannot manage grants.",
+    responses((status = 204, description = "Deleted; the keys made under it are revoked at once")),
+    security(("api_key" = [])), tag = "self-service")]
 pub async fn delete_grant(
     State(state): State<AppState>,
     c: SelfServiceCaller<GrantManager>,

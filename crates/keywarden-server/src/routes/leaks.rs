@@ -2,11 +2,12 @@
 //! GitLab's token revocation API on the public listener, `POST /v1/admin/leaks` on the admin
 //! listener. All three classify with [`Leaks::classify`] and act through [`Leaks::act`].
 
-use crate::auth::RootCaller;
+use crate::auth::Admin;
 use crate::errors::ApiError;
 use crate::extract::{client_ip, parse_json, peer_ip, JsonBody, MAX_BODY_BYTES};
 use crate::leaks::{Classified, Label, Leak, Leaks, Reporter};
 use crate::manage::Actor;
+use crate::routes::Reply;
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -62,25 +63,14 @@ pub struct GithubVerdict {
 }
 
 /// `POST /v1/secret-scanning/github`.
-#[utoipa::path(
-    post, path = "/v1/secret-scanning/github", request_body = Vec<GithubMatch>,
-    params(
-        ("Github-Public-Key-Identifier" = String, Header, description = "The key GitHub signed with"),
-        ("Github-Public-Key-Signature" = String, Header, description = "Base64 DER ECDSA P-256 signature over SHA-256 of the raw body"),
-    ),
-    responses(
-        (status = 200, description = "One verdict per match, in order; true positives are then revoked or notified as `leaks.action_live`/`leaks.action_test` say", body = Vec<GithubVerdict>),
-        (status = 401, response = crate::openapi::ReportUnauthorized),
-        (status = 503, response = crate::openapi::Unavailable),
-    ),
-    security(("github_signature" = [])),
-    tag = "secret-scanning"
-)]
+#[utoipa::path(post, path = "/v1/secret-scanning/github", request_body = Vec<GithubMatch>, params(("Github-Public-Key-Identifier" = String, Header, description = "The key GitHub signed with"), ("Github-Public-Key-Signature" = String, Header, description = "Base64 DER ECDSA P-256 signature over SHA-256 of the raw body")),
+    responses((status = 200, description = "One verdict per match, in order; true positives are then revoked or notified as `leaks.action_live`/`leaks.action_test` say", body = Vec<GithubVerdict>), (status = 401, response = crate::openapi::ReportUnauthorized), (status = 503, response = crate::openapi::Unavailable)),
+    security(("github_signature" = [])), tag = "secret-scanning")]
 pub async fn github_report(
     State(state): State<AppState>,
     parts: Parts,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Vec<GithubVerdict>>, ApiError> {
+) -> Reply<Vec<GithubVerdict>> {
     let body = body.map_err(body_error)?;
     let h = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     state
@@ -134,20 +124,13 @@ pub struct RevocableTokenTypes {
 }
 
 /// `GET /v1/revocable_token_types` (GitLab's token revocation API).
-#[utoipa::path(
-    get, path = "/v1/revocable_token_types",
-    responses(
-        (status = 200, description = "The token types GitLab may send", body = RevocableTokenTypes),
-        (status = 401, response = crate::openapi::ReportUnauthorized),
-        (status = 429, response = crate::openapi::TooManyRequests),
-    ),
-    security(("gitlab_token" = [])),
-    tag = "secret-scanning"
-)]
+#[utoipa::path(get, path = "/v1/revocable_token_types",
+    responses((status = 200, description = "The token types GitLab may send", body = RevocableTokenTypes), (status = 401, response = crate::openapi::ReportUnauthorized), (status = 429, response = crate::openapi::TooManyRequests)),
+    security(("gitlab_token" = [])), tag = "secret-scanning")]
 pub async fn gitlab_token_types(
     State(state): State<AppState>,
     parts: Parts,
-) -> Result<Json<RevocableTokenTypes>, ApiError> {
+) -> Reply<RevocableTokenTypes> {
     gitlab_guard(&state, &parts).await?;
     Ok(Json(RevocableTokenTypes {
         types: Leaks::new(&state).token_types(),
@@ -168,17 +151,9 @@ pub struct GitlabRevocation {
 }
 
 /// `POST /v1/revoke_tokens` (GitLab's token revocation API).
-#[utoipa::path(
-    post, path = "/v1/revoke_tokens", request_body = Vec<GitlabRevocation>,
-    responses(
-        (status = 204, description = "Taken: each token that is an active key of this deployment is revoked or notified as the policy says; anything else changes nothing. Sending the same tokens again changes nothing more."),
-        (status = 401, response = crate::openapi::ReportUnauthorized),
-        (status = 429, response = crate::openapi::TooManyRequests),
-        (status = 503, response = crate::openapi::Unavailable),
-    ),
-    security(("gitlab_token" = [])),
-    tag = "secret-scanning"
-)]
+#[utoipa::path(post, path = "/v1/revoke_tokens", request_body = Vec<GitlabRevocation>,
+    responses((status = 204, description = "Taken: each token that is an active key of this deployment is revoked or notified as the policy says; anything else changes nothing. Sending the same tokens again changes nothing more."), (status = 401, response = crate::openapi::ReportUnauthorized), (status = 429, response = crate::openapi::TooManyRequests), (status = 503, response = crate::openapi::Unavailable)),
+    security(("gitlab_token" = [])), tag = "secret-scanning")]
 pub async fn gitlab_revoke(
     State(state): State<AppState>,
     parts: Parts,
@@ -222,18 +197,12 @@ pub struct LeakVerdict {
 }
 
 /// `POST /v1/admin/leaks`.
-#[utoipa::path(
-    post, path = "/v1/admin/leaks", request_body = LeakReport,
-    responses(
-        (status = 200, description = "One verdict per token, in the order given; true positives have been revoked or notified as the policy says", body = Vec<LeakVerdict>),
-    )
-)]
+#[utoipa::path(post, path = "/v1/admin/leaks", request_body = LeakReport,
+    responses((status = 200, description = "One verdict per token, in the order given; true positives have been revoked or notified as the policy says", body = Vec<LeakVerdict>)))]
 pub async fn admin_report(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     JsonBody(b): JsonBody<LeakReport>,
-) -> Result<Json<Vec<LeakVerdict>>, ApiError> {
-    let actor = root.actor;
+) -> Reply<Vec<LeakVerdict>> {
     if b.tokens.is_empty() {
         return Err(ApiError::invalid("tokens: name at least one token"));
     }
@@ -246,8 +215,13 @@ pub async fn admin_report(
             "source: longer than {MAX_SOURCE} characters"
         )));
     }
-    let found = Leaks::new(&state)
-        .report(&actor, Reporter::Admin, &b.tokens, b.source.as_deref())
+    let found = Leaks::new(&admin.state)
+        .report(
+            &admin.actor,
+            Reporter::Admin,
+            &b.tokens,
+            b.source.as_deref(),
+        )
         .await?;
     Ok(Json(
         found

@@ -18,6 +18,31 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, patch, post};
 use axum::Router;
 
+/// What a handler answers: a JSON body, or the error in the deployment's format.
+pub type Reply<T> = Result<axum::Json<T>, crate::errors::ApiError>;
+
+/// Declares, for the documents, what `{id}` names on a kind of route.
+macro_rules! path_id {
+    ($($name:ident => $what:literal),* $(,)?) => {$(
+        #[doc = concat!("Documents a route's `{id}`: ", $what, ".")]
+        #[derive(utoipa::IntoParams)]
+        #[into_params(parameter_in = Path)]
+        pub struct $name {
+            #[doc = $what]
+            #[allow(dead_code)]
+            id: String,
+        }
+    )*};
+}
+
+path_id! {
+    AccountPath => "Account id",
+    ApplicationPath => "Application id",
+    EndpointPath => "Endpoint id",
+    GrantPath => "Grant id",
+    KeyPath => "Key id or key_hash",
+}
+
 /// The public listener: self-service API, health and, in gateway mode, the proxy (`gateway`,
 /// the worker's own).
 pub fn public_router(
