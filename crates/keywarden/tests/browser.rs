@@ -81,6 +81,11 @@ impl Rig {
     /// `None` (after saying why) when Chromium is missing on a developer's machine; a
     /// failure in CI.
     async fn start() -> Option<Rig> {
+        Self::start_with("").await
+    }
+
+    /// [`Rig::start`] with `extra` TOML at the end of the service's configuration.
+    async fn start_with(extra: &str) -> Option<Rig> {
         let Some((driver_bin, browser_bin)) = browser_tools() else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -99,7 +104,9 @@ default = "free"
 quotas = [ { unit = "requests", limit = 1000, period = "month" } ]
 [plans.tiers.pro]
 quotas = [ { unit = "requests", limit = 100000, period = "month" } ]
-"#,
+"#
+            .to_string()
+                + extra,
         )
         .unwrap();
         let (public, admin) = (free_port(), free_port());
@@ -192,9 +199,12 @@ quotas = [ { unit = "requests", limit = 100000, period = "month" } ]
 
     /// `POST /v1/verify`: whether the key is accepted now, and its code.
     async fn verify(&self, key: &str) -> (bool, String) {
-        let (_, v) = self
-            .admin_api("POST", "/v1/verify", Some(json!({ "key": key })))
-            .await;
+        self.verify_body(json!({ "key": key })).await
+    }
+
+    /// `POST /v1/verify` with this body: whether it is accepted, and its code.
+    async fn verify_body(&self, body: Value) -> (bool, String) {
+        let (_, v) = self.admin_api("POST", "/v1/verify", Some(body)).await;
         (
             v["valid"].as_bool().unwrap_or(false),
             v["code"].as_str().unwrap_or("").to_string(),
@@ -222,7 +232,14 @@ quotas = [ { unit = "requests", limit = 100000, period = "month" } ]
             Err(e) => {
                 let url = self.browser.current_url().await.map(|u| u.to_string());
                 let page = self.source().await;
-                panic!("{css}: {e}\nat {url:?}:\n{page}")
+                // The page as it was when the element did not come, for a person to see.
+                let test = std::thread::current()
+                    .name()
+                    .unwrap_or("browser")
+                    .to_string();
+                let shot = format!("failed_{}", test.replace("::", "_"));
+                self.screenshot(&shot).await;
+                panic!("{css}: {e}\nat {url:?} (screenshot {shot}.png):\n{page}")
             }
         }
     }
@@ -293,6 +310,52 @@ quotas = [ { unit = "requests", limit = 100000, period = "month" } ]
 
     async fn source(&self) -> String {
         self.browser.source().await.unwrap()
+    }
+
+    /// The HTTP status the page now shown was answered with.
+    async fn status(&self) -> u16 {
+        let v = self
+            .browser
+            .execute(
+                "return performance.getEntriesByType('navigation')[0].responseStatus",
+                vec![],
+            )
+            .await
+            .unwrap();
+        v.as_u64().unwrap_or(0) as u16
+    }
+
+    /// The path of the page now shown.
+    async fn path(&self) -> String {
+        self.browser.current_url().await.unwrap().path().to_string()
+    }
+
+    /// Runs `script` in the page and returns what it returns.
+    async fn run(&self, script: &str) -> Value {
+        self.browser.execute(script, vec![]).await.unwrap()
+    }
+
+    /// Asserts that every visible form control of the page has a label.
+    async fn assert_controls_labelled(&self) {
+        let unlabelled = self
+            .run(
+                "return Array.from(document.querySelectorAll('input, select, textarea'))\
+                 .filter(e => e.type !== 'hidden' && e.offsetParent !== null)\
+                 .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))\
+                 .map(e => e.outerHTML)",
+            )
+            .await;
+        assert_eq!(
+            unlabelled,
+            json!([]),
+            "controls without a label on {}",
+            self.path().await
+        );
+    }
+
+    /// The new secret a page shows in `#{id}`.
+    async fn secret(&self, id: &str) -> String {
+        self.value(&format!("#{id}")).await
     }
 
     async fn sign_in(&self) {
@@ -507,6 +570,9 @@ async fn console_form_without_csrf_changes_nothing() {
     assert!(!rig.source().await.contains(&production), "shown once");
     let (_, apps) = rig.admin_api("GET", "/v1/admin/applications", None).await;
     assert_eq!(apps[0]["scopes"], json!(["usage:read"]), "{apps}");
+    // The page it ends on: the applications, without the secrets.
+    assert_eq!(rig.path().await, "/console/applications");
+    rig.screenshot("console_applications_after_reload").await;
     rig.close().await;
 }
 
@@ -623,5 +689,315 @@ async fn portal_consent_creates_a_grant() {
     assert_eq!(grants[0]["app_id"], app_id);
     assert_eq!(grants[0]["scopes"], json!(["usage:read"]));
     rig.screenshot("portal_grant_key_shown").await;
+    rig.close().await;
+}
+
+/// The operator works an account through its life: finds it by searching, approves it,
+/// suspends it, changes its plan, is refused erasing it under a wrong name, then erases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_account_actions() {
+    let Some(rig) = Rig::start().await else {
+        return;
+    };
+    let (status, pending) = rig
+        .admin_api(
+            "POST",
+            "/v1/admin/accounts",
+            Some(json!({ "name": "Pending Parts", "status": "pending" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{pending}");
+    let id = pending["id"].as_str().unwrap().to_string();
+    rig.account("Other Outfit").await;
+    let account_path = format!("/v1/admin/accounts/{id}");
+    let account = || rig.admin_api("GET", &account_path, None);
+    rig.sign_in().await;
+
+    // Search: only the accounts whose name or id match.
+    rig.browser
+        .goto(&rig.console("/console/accounts?q=pending"))
+        .await
+        .unwrap();
+    assert_eq!(rig.value("#q").await, "pending");
+    let page = rig.source().await;
+    assert!(page.contains("Pending Parts") && !page.contains("Other Outfit"));
+    rig.screenshot("console_accounts_search").await;
+    rig.fill("#q", "no such name").await;
+    rig.click(".search button").await;
+    assert!(rig.source().await.contains("No accounts match."));
+    rig.fill("#q", &id).await;
+    rig.click(".search button").await;
+    rig.click(&format!("a[href='/console/accounts/{id}']"))
+        .await;
+    assert_eq!(rig.text("#account-status").await, "pending");
+
+    // Approve, then suspend (confirmed), each shown and stored.
+    rig.click("#approve").await;
+    assert_eq!(rig.text("#account-status").await, "active");
+    assert_eq!(account().await.1["status"], "active");
+    rig.click_confirmed("#suspend").await;
+    assert_eq!(rig.text("#account-status").await, "suspended");
+    assert_eq!(account().await.1["status"], "suspended");
+    assert_eq!(rig.text("#approve").await, "Reactivate");
+
+    // Change plan.
+    let plan = rig.element("#plan").await;
+    plan.select_by_value("pro").await.unwrap();
+    rig.click("#change-plan").await;
+    assert_eq!(account().await.1["plan"], "pro");
+    assert!(rig.source().await.contains("<strong>pro</strong>"));
+    rig.screenshot("console_account_suspended_on_pro").await;
+
+    // Erase under a wrong name: refused with 400, the account still there.
+    rig.fill("#confirm", "Pending Part").await;
+    rig.click_confirmed("#erase").await;
+    assert_eq!(rig.status().await, 400);
+    assert!(rig
+        .text("#error-message")
+        .await
+        .contains("type the account's name exactly"));
+    assert_eq!(account().await.0, 200);
+    rig.screenshot("console_erase_refused").await;
+    rig.click("#error-message + p a, a[href^='/console/accounts/']")
+        .await;
+    assert_eq!(rig.path().await, format!("/console/accounts/{id}"));
+
+    // Under its name: erased, back to the list without it.
+    rig.fill("#confirm", "Pending Parts").await;
+    rig.click_confirmed("#erase").await;
+    assert_eq!(rig.path().await, "/console/accounts");
+    assert!(!rig.source().await.contains("Pending Parts"));
+    assert_eq!(account().await.0, 404);
+    rig.screenshot("console_account_erased").await;
+    rig.close().await;
+}
+
+/// An application's secret rotated in the console: the new one differs and works, the old
+/// one is refused at once, and a reload no longer shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_rotates_an_application_secret() {
+    let Some(rig) = Rig::start_with("[auth]\napp_secret_header = \"X-App-Secret\"\n").await else {
+        return;
+    };
+    let (status, app) = rig
+        .admin_api(
+            "POST",
+            "/v1/admin/applications",
+            Some(json!({ "name": "Ledger Sync", "scopes": ["usage:read"] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{app}");
+    let app_id = app["id"].as_str().unwrap();
+    let old = app["secrets"]["production"].as_str().unwrap().to_string();
+    let account = rig.account("Granting Co").await;
+    let (status, grant) = rig
+        .admin_api(
+            "POST",
+            &format!("/v1/admin/accounts/{account}/grants"),
+            Some(json!({ "app_id": app_id, "mode": "live" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{grant}");
+    let key = grant["key"]["api_key"].as_str().unwrap().to_string();
+    let with = |secret: &str| json!({ "key": key, "app_secret": secret });
+    assert_eq!(rig.verify_body(with(&old)).await, (true, "valid".into()));
+
+    rig.sign_in().await;
+    rig.click("a[href='/console/applications']").await;
+    rig.click_confirmed(&format!("#rotate-{app_id}-production"))
+        .await;
+    let new = rig.secret("secret-production").await;
+    assert!(new.starts_with("kwapp_prod_"), "{new}");
+    assert_ne!(new, old);
+    assert!(rig.text(".warning").await.contains("shown only this once"));
+    rig.screenshot("console_application_secret_rotated").await;
+    assert_eq!(
+        rig.verify_body(with(&old)).await,
+        (false, "invalid_app_secret".into())
+    );
+    assert_eq!(rig.verify_body(with(&new)).await, (true, "valid".into()));
+
+    rig.browser.refresh().await.unwrap();
+    rig.element("#create-app").await;
+    assert_eq!(rig.path().await, "/console/applications");
+    let page = rig.source().await;
+    assert!(!page.contains(&new) && !page.contains(&old), "shown once");
+    rig.screenshot("console_applications_after_rotation").await;
+    rig.close().await;
+}
+
+/// After a secret is shown, neither Back then Forward nor a reload brings it back, in the
+/// console or the portal; the copy button says it copied, in the page's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_stay_out_of_the_browser_history() {
+    let Some(rig) = Rig::start().await else {
+        return;
+    };
+    let account = rig.account("History Co").await;
+    rig.sign_in().await;
+    rig.browser
+        .goto(&rig.console(&format!("/console/accounts/{account}")))
+        .await
+        .unwrap();
+    rig.fill("#key-name", "history").await;
+    rig.click("#create-key-submit").await;
+    let secret = rig.secret("secret").await;
+    assert!(secret.starts_with("kw_sk_live_"), "{secret}");
+    // Copy: the button says so.
+    assert_eq!(rig.text("button.copy").await, "Copy");
+    rig.tick("button.copy").await;
+    let started = Instant::now();
+    while rig.text("button.copy").await != "Copied" {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the copy button never changed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rig.screenshot("console_secret_copied").await;
+
+    // Back, then Forward: the key's page, without its secret.
+    let old = rig.element("html").await;
+    rig.browser.back().await.unwrap();
+    rig.wait_for_next_page(old).await;
+    assert_eq!(rig.path().await, format!("/console/accounts/{account}"));
+    assert!(!rig.source().await.contains(&secret));
+    let old = rig.element("html").await;
+    rig.browser.forward().await.unwrap();
+    rig.wait_for_next_page(old).await;
+    rig.element("#key-id").await;
+    assert!(rig.path().await.starts_with("/console/keys/key_"));
+    assert!(
+        !rig.source().await.contains(&secret),
+        "Forward showed the secret again"
+    );
+    assert!(rig.browser.find(Locator::Css("#secret")).await.is_err());
+    rig.screenshot("console_forward_after_secret").await;
+
+    // The portal: the same after Back and Forward, and after a reload.
+    let link = rig.portal_link(&account, json!({ "mode": "live" })).await;
+    rig.browser.goto(&link).await.unwrap();
+    rig.fill("#key-name", "portal history").await;
+    rig.click("#create-key-submit").await;
+    let secret = rig.secret("secret").await;
+    assert!(secret.starts_with("kw_sk_live_"), "{secret}");
+    rig.browser.refresh().await.unwrap();
+    rig.element("#key-id").await;
+    assert!(rig.path().await.starts_with("/portal/keys/key_"));
+    assert!(
+        !rig.source().await.contains(&secret),
+        "a reload showed the secret"
+    );
+    rig.browser
+        .goto(&format!("http://127.0.0.1:{}/portal", rig.public))
+        .await
+        .unwrap();
+    rig.fill("#key-name", "portal history 2").await;
+    rig.click("#create-key-submit").await;
+    let secret = rig.secret("secret").await;
+    let old = rig.element("html").await;
+    rig.browser.back().await.unwrap();
+    rig.wait_for_next_page(old).await;
+    assert_eq!(rig.path().await, "/portal");
+    let old = rig.element("html").await;
+    rig.browser.forward().await.unwrap();
+    rig.wait_for_next_page(old).await;
+    rig.element("#key-id").await;
+    assert!(
+        !rig.source().await.contains(&secret),
+        "Forward showed the secret again"
+    );
+    rig.screenshot("portal_forward_after_secret").await;
+    rig.close().await;
+}
+
+/// On a phone-sized screen (390×844) the pages are usable: nothing wider than the screen,
+/// every visible control labelled, and the sign-in form reached with Tab.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_fit_a_phone_and_every_control_is_labelled() {
+    let Some(rig) = Rig::start().await else {
+        return;
+    };
+    rig.browser.set_window_size(390, 844).await.unwrap();
+    let account = rig.account("Pocket Co").await;
+    let (status, key) = rig
+        .admin_api(
+            "POST",
+            &format!("/v1/admin/accounts/{account}/keys"),
+            Some(json!({ "mode": "live", "name": "pocket key" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let key_id = key["id"].as_str().unwrap();
+    assert_eq!(rig.verify(key["api_key"].as_str().unwrap()).await.0, true);
+
+    // The keyboard alone signs in: Tab from the root key reaches the button.
+    rig.browser.goto(&rig.console("/console")).await.unwrap();
+    rig.element("#root_key").await.click().await.unwrap();
+    rig.element("#root_key")
+        .await
+        .send_keys(&format!(
+            "{ROOT_KEY}{}",
+            char::from(fantoccini::key::Key::Tab)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rig.run("return document.activeElement.id").await, "sign-in");
+    rig.assert_controls_labelled().await;
+    let fits = "return document.documentElement.scrollWidth <= window.innerWidth";
+    assert_eq!(
+        rig.run(fits).await,
+        true,
+        "the sign-in page is wider than the phone"
+    );
+    rig.screenshot("phone_console_sign_in").await;
+    let old = rig.element("html").await;
+    rig.element("#sign-in")
+        .await
+        .send_keys(&char::from(fantoccini::key::Key::Enter).to_string())
+        .await
+        .unwrap();
+    rig.wait_for_next_page(old).await;
+    assert_eq!(rig.path().await, "/console");
+
+    let pages = [
+        "/console".to_string(),
+        "/console/accounts".into(),
+        format!("/console/accounts/{account}"),
+        format!("/console/keys/{key_id}"),
+        "/console/applications".into(),
+        "/console/audit".into(),
+    ];
+    for path in &pages {
+        rig.browser.goto(&rig.console(path)).await.unwrap();
+        rig.element("main").await;
+        rig.assert_controls_labelled().await;
+        assert_eq!(rig.run(fits).await, true, "{path} is wider than the phone");
+    }
+    rig.browser
+        .goto(&rig.console(&format!("/console/accounts/{account}")))
+        .await
+        .unwrap();
+    rig.element("#create-key").await;
+    rig.screenshot("phone_console_account").await;
+
+    let link = rig.portal_link(&account, json!({})).await;
+    rig.browser.goto(&link).await.unwrap();
+    rig.element("#account-name").await;
+    for path in ["/portal".to_string(), format!("/portal/keys/{key_id}")] {
+        rig.browser
+            .goto(&format!("http://127.0.0.1:{}{path}", rig.public))
+            .await
+            .unwrap();
+        rig.element("main").await;
+        rig.assert_controls_labelled().await;
+        assert_eq!(rig.run(fits).await, true, "{path} is wider than the phone");
+    }
+    rig.browser
+        .goto(&format!("http://127.0.0.1:{}/portal", rig.public))
+        .await
+        .unwrap();
+    rig.element("#create-key").await;
+    rig.screenshot("phone_portal_home").await;
     rig.close().await;
 }
