@@ -873,8 +873,9 @@ impl Manager {
             ));
         }
         let before = key.clone();
-        let now = self.now();
         let (token, secret, prefix, start, key_hash) = self.mint(key.mode, key.key_type).await?;
+        // The grace starts once the new secret exists: a slow hash takes its time.
+        let now = self.now();
         // The rotated-out secret is kept even with no grace (it ends now), so presenting it
         // answers `api_key_revoked` rather than `invalid_api_key`.
         key.previous = Some(PreviousSecret {
