@@ -7,6 +7,7 @@
 //! then compiles what the request path needs (template, catalog, routes, plans).
 
 use keywarden_core::limits::QuotaSpec;
+use keywarden_core::model::Role;
 use keywarden_core::routes::{DefaultRoute, RouteConfig};
 use keywarden_core::scopes::CatalogEntry;
 use keywarden_store::defaults;
@@ -284,6 +285,9 @@ pub struct KeysConfig {
     /// (`default_scopes`, its type's defaults), so clearing a key's restrictions makes it
     /// unrestricted again when the defaults are `["*"]`.
     pub empty_scopes: EmptyScopes,
+    /// The roles a secret key may be given; creating, importing or changing a key to any
+    /// other is refused. Must include `owner`, the role of a key made without one.
+    pub allowed_roles: Vec<Role>,
 }
 
 /// `keys.empty_scopes`: what an empty scope list on a key means.
@@ -316,6 +320,7 @@ impl Default for KeysConfig {
             master_key_file: String::new(),
             require_app: false,
             empty_scopes: EmptyScopes::None,
+            allowed_roles: Role::ALL.to_vec(),
         }
     }
 }

@@ -679,6 +679,19 @@ impl Manager {
         Ok(())
     }
 
+    /// Refuses a role this deployment does not give (`keys.allowed_roles`).
+    fn check_role(&self, role: Role) -> Result<(), ApiError> {
+        let allowed = &self.s().config.keys.allowed_roles;
+        if allowed.contains(&role) {
+            return Ok(());
+        }
+        let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+        Err(ApiError::invalid(format!(
+            "role: {role} is not a role keys may have here; expected one of {}",
+            names.join(", ")
+        )))
+    }
+
     fn check_expiry(&self, at: Option<Millis>) -> Result<(), ApiError> {
         if at.is_some_and(|t| t <= self.now()) {
             return Err(ApiError::invalid("expires_at: must be in the future"));
@@ -737,6 +750,10 @@ impl Manager {
         let name = check_name("name", &new.name)?;
         check_len("description", &new.description, MAX_DESCRIPTION)?;
         check_len("owner", &new.owner, MAX_TEXT)?;
+        // A publishable key is always `member`, whatever was asked.
+        if new.key_type == KeyType::Secret {
+            self.check_role(new.role)?;
+        }
         let scopes = self.check_scopes(new.key_type, new.scopes, within.map(|c| &c.key.scopes))?;
         Self::check_allowlist(&new.ip_allowlist)?;
         Self::check_rate_limit(new.rate_limit)?;
@@ -983,6 +1000,7 @@ impl Manager {
             changed.push("owner");
         }
         if let Some(r) = patch.role {
+            self.check_role(r)?;
             key.role = r;
             changed.push("role");
         }
@@ -1052,6 +1070,7 @@ impl Manager {
         key_hash: String,
     ) -> Result<(KeyRecord, ()), ApiError> {
         let name = check_name("name", name)?;
+        self.check_role(role)?;
         if self.s().config.keys.require_app {
             return Err(ApiError::invalid(
                 "every key here belongs to an application, and imported keys belong to none",

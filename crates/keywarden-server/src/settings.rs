@@ -8,7 +8,7 @@ use keywarden_core::codes::{CodeOverrides, Locale};
 use keywarden_core::hashing::SecretHasher;
 use keywarden_core::ip::TrustedProxies;
 use keywarden_core::limits::{Lockout, RateLimit};
-use keywarden_core::model::HashScheme;
+use keywarden_core::model::{HashScheme, Role};
 use keywarden_core::routes::RouteTable;
 use keywarden_core::scopes::ScopeCatalog;
 use keywarden_core::template::{KeyTemplate, TemplateTags};
@@ -355,6 +355,12 @@ impl Settings {
         let verify_token = env_secrets("auth.verify_token_env", &c.auth.verify_token_env)?
             .into_iter()
             .next();
+        if !c.keys.allowed_roles.contains(&Role::Owner) {
+            return Err(ConfigError::new(
+                "keys.allowed_roles",
+                "must include owner, the role of a key made without one",
+            ));
+        }
         if c.keys.require_app && c.keys.default_sets {
             return Err(ConfigError::new(
                 "keys.default_sets",
@@ -581,5 +587,32 @@ mod usage_writer_tests {
             usage_writer(&st).unwrap().1,
             keywarden_store::UsageDurability::Strict
         );
+    }
+}
+
+#[cfg(test)]
+mod compile_tests {
+    use super::*;
+
+    fn compile(toml: &str) -> Result<Settings, ConfigError> {
+        let config = Config::from_parts(toml, &[]).unwrap();
+        Settings::from_config(
+            config,
+            Some(Secret::new("a-pepper-of-32-bytes-or-more-0123456789")),
+        )
+        .map(|(s, _)| s)
+    }
+
+    #[test]
+    fn allowed_roles_must_include_owner() {
+        let s = compile("[keys]\nallowed_roles = [\"owner\", \"member\"]\n").unwrap();
+        assert_eq!(s.config.keys.allowed_roles, [Role::Owner, Role::Member]);
+        assert_eq!(compile("").unwrap().config.keys.allowed_roles, Role::ALL);
+        for bad in ["[]", "[\"member\"]"] {
+            let e = compile(&format!("[keys]\nallowed_roles = {bad}\n")).unwrap_err();
+            assert_eq!(e.field, "keys.allowed_roles", "{e}");
+        }
+        let e = Config::from_parts("[keys]\nallowed_roles = [\"boss\"]\n", &[]).unwrap_err();
+        assert!(e.field.starts_with("keys.allowed_roles"), "{e}");
     }
 }
