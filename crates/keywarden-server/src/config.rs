@@ -634,7 +634,16 @@ pub struct SelfServiceConfig {
     /// What `period_end` in usage answers shows: `next_start` (the first instant of the next
     /// period) or `last_second` (the period's last whole second).
     pub period_end: String,
+    /// Answer (one of [`SELF_SERVICE_ANSWERS`]) → the only top-level fields it shows, by
+    /// their names before `rename`; an answer not named shows every field.
+    pub fields: BTreeMap<String, Vec<String>>,
 }
+
+/// The self-service answers whose fields `self_service.fields` can choose: `account`
+/// (`GET /v1/account`, `PATCH /v1/account`, `PATCH /v1/account/plan`), `api_key` (each key
+/// of `GET /v1/api-keys`, and `GET /v1/api-keys/{id}`) and `created_api_key`
+/// (`POST /v1/api-keys`).
+pub const SELF_SERVICE_ANSWERS: &[&str] = &["account", "api_key", "created_api_key"];
 
 /// Every self-service endpoint group, in the order of `docs/self-service.md`.
 pub const SELF_SERVICE_GROUPS: &[&str] = &[
@@ -655,6 +664,7 @@ impl Default for SelfServiceConfig {
             endpoints: SELF_SERVICE_GROUPS.iter().map(|g| g.to_string()).collect(),
             rename: BTreeMap::new(),
             period_end: "next_start".into(),
+            fields: BTreeMap::new(),
         }
     }
 }

@@ -91,12 +91,20 @@ pub struct SelfService {
     pub rename: BTreeMap<String, String>,
     /// `period_end` is the period's last whole second (else the next period's start).
     pub period_end_last_second: bool,
+    /// Answer → the only top-level fields it shows (`self_service.fields`).
+    pub fields: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 impl SelfService {
     /// Whether the endpoint group `group` is served.
     pub fn serves(&self, group: &str) -> bool {
         self.endpoints.contains(group)
+    }
+
+    /// The only top-level fields the answer `answer` shows, when `self_service.fields`
+    /// names it.
+    pub fn fields(&self, answer: &str) -> Option<&std::collections::BTreeSet<String>> {
+        self.fields.get(answer)
     }
 
     /// Compiles `[self_service]`, naming the field of a bad entry.
@@ -138,11 +146,73 @@ impl SelfService {
                 ))
             }
         };
+        let mut fields = BTreeMap::new();
+        for (answer, names) in &c.fields {
+            let field = format!("self_service.fields.{answer}");
+            if !crate::config::SELF_SERVICE_ANSWERS.contains(&answer.as_str()) {
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "not an answer whose fields can be chosen; expected one of {}",
+                        crate::config::SELF_SERVICE_ANSWERS.join(", ")
+                    ),
+                ));
+            }
+            if names.is_empty() {
+                return Err(ConfigError::new(field, "at least one field"));
+            }
+            let known = answer_fields(answer);
+            if let Some(bad) = names.iter().find(|n| !known.contains(n)) {
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "{bad:?} is not a field of this answer; expected some of {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            if answer == "created_api_key" && !names.iter().any(|n| n == "api_key") {
+                return Err(ConfigError::new(
+                    field,
+                    "must include api_key: the new key's secret is shown in this answer only",
+                ));
+            }
+            fields.insert(answer.clone(), names.iter().cloned().collect());
+        }
         Ok(Self {
             endpoints,
             rename: c.rename.clone(),
             period_end_last_second,
+            fields,
         })
+    }
+}
+
+/// The top-level fields of the self-service answer `answer` (one of
+/// `SELF_SERVICE_ANSWERS`), as its wire types write them.
+fn answer_fields(answer: &str) -> Vec<String> {
+    fn props<T: utoipa::PartialSchema>() -> Vec<String> {
+        serde_json::to_value(T::schema())
+            .ok()
+            .and_then(|s| {
+                s.get("properties")
+                    .and_then(serde_json::Value::as_object)
+                    .map(|p| p.keys().cloned().collect())
+            })
+            .unwrap_or_default()
+    }
+    use crate::views::{AccountSummary, ApiKey, CallerAccount, CreatedApiKey};
+    match answer {
+        "account" => {
+            let mut all = props::<CallerAccount>();
+            all.extend(props::<AccountSummary>());
+            all.sort();
+            all.dedup();
+            all
+        }
+        "api_key" => props::<ApiKey>(),
+        "created_api_key" => props::<CreatedApiKey>(),
+        _ => Vec::new(),
     }
 }
 
@@ -601,6 +671,52 @@ mod compile_tests {
             Some(Secret::new("a-pepper-of-32-bytes-or-more-0123456789")),
         )
         .map(|(s, _)| s)
+    }
+
+    #[test]
+    fn chosen_fields_are_fields_of_their_answer() {
+        let s = compile(
+            "[self_service]\nfields = { account = [\"account_id\", \"role\"], api_key = [\"key_hash\", \"type\"], created_api_key = [\"api_key\", \"name\"] }\n",
+        )
+        .unwrap();
+        let account = s.self_service.fields("account").unwrap();
+        assert_eq!(account.iter().collect::<Vec<_>>(), ["account_id", "role"]);
+        assert!(compile("")
+            .unwrap()
+            .self_service
+            .fields("account")
+            .is_none());
+        for (toml, field, says) in [
+            (
+                "fields = { usage = [\"plan\"] }",
+                "self_service.fields.usage",
+                "expected one of",
+            ),
+            (
+                "fields = { account = [] }",
+                "self_service.fields.account",
+                "at least one",
+            ),
+            (
+                "fields = { account = [\"nme\"] }",
+                "self_service.fields.account",
+                "\"nme\"",
+            ),
+            (
+                "fields = { api_key = [\"secret\"] }",
+                "self_service.fields.api_key",
+                "key_hash",
+            ),
+            (
+                "fields = { created_api_key = [\"name\"] }",
+                "self_service.fields.created_api_key",
+                "api_key",
+            ),
+        ] {
+            let e = compile(&format!("[self_service]\n{toml}\n")).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -16,11 +16,12 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use keywarden_core::codes::Code;
 use keywarden_core::limits::Period;
 use keywarden_core::model::KeyType;
 use keywarden_store::limiter::QuotaKey;
 use keywarden_store::EventFilter;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// `GET /v1/account`.
@@ -41,11 +42,30 @@ pub async fn get_account(
     let k = c.record(&state).await?;
     let scopes = state.settings.catalog.names(&c.key.scopes);
     let body = views::CallerAccount::new(&c.account, &k, owned(scopes));
-    Ok((c.limits(), Json(body)))
+    Ok((c.limits(), shown(&state, "account", body)?))
 }
 
 fn owned(names: Vec<&str>) -> Vec<String> {
     names.into_iter().map(str::to_string).collect()
+}
+
+/// `body` as the answer `answer` (one of `SELF_SERVICE_ANSWERS`) shows it: every field, or
+/// only the top-level fields `self_service.fields` names for it (in each item of a list).
+fn shown<T: Serialize>(state: &AppState, answer: &str, body: T) -> Result<Response, ApiError> {
+    let Some(keep) = state.settings.self_service.fields(answer) else {
+        return Ok(Json(body).into_response());
+    };
+    let mut value = serde_json::to_value(&body).map_err(|_| ApiError::new(Code::InternalError))?;
+    let only = |v: &mut serde_json::Value| {
+        if let serde_json::Value::Object(map) = v {
+            map.retain(|name, _| keep.contains(name));
+        }
+    };
+    match &mut value {
+        serde_json::Value::Array(items) => items.iter_mut().for_each(only),
+        other => only(other),
+    }
+    Ok(Json(value).into_response())
 }
 
 /// Body of `PATCH /v1/account`.
@@ -80,7 +100,8 @@ pub async fn patch_account(
     let a = Manager::new(&state)
         .update_account(&c.actor(), &c.account.id, patch)
         .await?;
-    Ok((c.limits(), Json(AccountSummary::new(&a, c.key.role))))
+    let body = AccountSummary::new(&a, c.key.role);
+    Ok((c.limits(), shown(&state, "account", body)?))
 }
 
 /// Body of `PATCH /v1/account/plan`.
@@ -112,7 +133,8 @@ pub async fn patch_plan(
     let a = Manager::new(&state)
         .update_account(&c.actor(), &c.account.id, patch)
         .await?;
-    Ok((c.limits(), Json(AccountSummary::new(&a, c.key.role))))
+    let body = AccountSummary::new(&a, c.key.role);
+    Ok((c.limits(), shown(&state, "account", body)?))
 }
 
 /// `GET /v1/account/usage`.
@@ -275,7 +297,8 @@ pub async fn create_key(
         .create_key(&c.actor(), &c.account, new, Some(&within))
         .await?;
     let out = CreatedApiKey::new(&rec, &token);
-    Ok((StatusCode::CREATED, c.limits(), Json(out)))
+    let out = shown(&state, "created_api_key", out)?;
+    Ok((StatusCode::CREATED, c.limits(), out))
 }
 
 /// Paging of lists.
@@ -327,7 +350,7 @@ pub async fn list_keys(
         .await?;
     let more = keys.len() > limit as usize;
     let items: Vec<ApiKey> = views::list(keys.iter().take(limit as usize));
-    let mut res = (c.limits(), Json(items)).into_response();
+    let mut res = (c.limits(), shown(&state, "api_key", items)?).into_response();
     if more {
         if let Some(last) = keys.get(limit as usize - 1) {
             // The router strips the base path; the link must carry it.
@@ -362,7 +385,7 @@ pub async fn get_key(
     let k = m
         .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
         .await?;
-    Ok((c.limits(), Json(ApiKey::from(&k))))
+    Ok((c.limits(), shown(&state, "api_key", ApiKey::from(&k))?))
 }
 
 /// `DELETE /v1/api-keys/{id or key_hash}`: revoked at once.
