@@ -107,6 +107,67 @@ pub fn start_profile(name: &str, env: &[(&str, &str)]) -> Running {
     running
 }
 
+/// Starts `keywarden serve ARGS` in a fresh working directory with nothing in its
+/// environment but the root key and the two listeners, as an operator first runs it: the
+/// database and whatever is generated beside it land in that directory, and without an
+/// upstream there is no gateway.
+pub fn start_bare(args: &[&str]) -> Running {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (public_port, admin_port) = (free_port(), free_port());
+    let log = std::fs::File::create(dir.join("keywarden.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_keywarden"))
+        .arg("serve")
+        .args(args)
+        .current_dir(&dir)
+        .env_clear()
+        .env("KEYWARDEN_ROOT_KEY", ROOT_KEY)
+        .env(
+            "KEYWARDEN_SERVER__PUBLIC_LISTEN",
+            format!("127.0.0.1:{public_port}"),
+        )
+        .env(
+            "KEYWARDEN_SERVER__ADMIN_LISTEN",
+            format!("127.0.0.1:{admin_port}"),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("keywarden starts");
+    let mut running = Running {
+        public: format!("http://127.0.0.1:{public_port}"),
+        admin: format!("http://127.0.0.1:{admin_port}"),
+        root: ROOT_KEY.into(),
+        upstream: String::new(),
+        dir,
+        child,
+        _tmp: tmp,
+    };
+    wait_ready(&mut running, admin_port);
+    running
+}
+
+/// The profile `name` starts with only the root key (and its listeners) set, both built in
+/// (`--profile NAME`) and from its file (`--config profiles/NAME.toml`): `/readyz` answers
+/// 200 on the admin listener, and the database and each of `generated` are created in the
+/// working directory.
+pub async fn assert_serves_with_only_the_root_key(name: &str, generated: &[&str]) {
+    let file = format!("{}/../../profiles/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+    for args in [["--profile", name], ["--config", file.as_str()]] {
+        let r = start_bare(&args);
+        let ready = call("GET", &format!("{}/readyz", r.admin), &[], None).await;
+        assert_eq!(ready.status, 200, "{args:?}: {:?}\n{}", ready.body, r.log());
+        for f in std::iter::once(&"keywarden.db").chain(generated) {
+            assert!(
+                r.dir.join(f).is_file(),
+                "{args:?}: no {f} in the working directory:\n{}",
+                r.log()
+            );
+        }
+    }
+}
+
 /// Waits until `/readyz` answers 200 on the admin listener; panics with the log when the
 /// process exits or does not get there within 60 s.
 fn wait_ready(r: &mut Running, port: u16) {
