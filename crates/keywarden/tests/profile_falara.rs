@@ -57,6 +57,20 @@ fn assert_detail(a: &Reply, status: u16) {
     assert!(!obj["detail"].as_str().unwrap().is_empty(), "{}", a.body);
 }
 
+/// Asserts that `v` is an object with exactly these fields.
+#[track_caller]
+fn assert_fields(v: &Value, fields: &[&str]) {
+    let obj = v.as_object().unwrap_or_else(|| panic!("{v}"));
+    let mut got: Vec<&str> = obj.keys().map(String::as_str).collect();
+    got.sort_unstable();
+    let mut want = fields.to_vec();
+    want.sort_unstable();
+    assert_eq!(got, want, "{v}");
+}
+
+/// The fields of the reference's account bodies (GET and PATCH /v1/account).
+const ACCOUNT_FIELDS: [&str; 4] = ["account_id", "account_name", "plan", "role"];
+
 #[track_caller]
 fn assert_key_shape(key: &str) {
     let rest = key.strip_prefix("fal_").unwrap_or_else(|| panic!("{key}"));
@@ -136,9 +150,10 @@ async fn keys_account_usage_and_erasure_as_the_reference_shows_them() {
     let a = r.public_call("GET", "/v1/translate", &[], None).await;
     assert_detail(&a, 401);
 
-    // GET /v1/account.
+    // GET /v1/account: the reference's four fields, and no others.
     let a = call(&r, "GET", "/v1/account", &owner, None).await;
     assert_eq!(a.status, 200, "{}", a.body);
+    assert_fields(&a.body, &ACCOUNT_FIELDS);
     assert_eq!(a.body["account_id"], acc.as_str());
     assert_eq!(a.body["account_name"], "Eurotext GmbH");
     assert_eq!(a.body["plan"], "professional");
@@ -154,6 +169,7 @@ async fn keys_account_usage_and_erasure_as_the_reference_shows_them() {
     )
     .await;
     assert_eq!(a.status, 201, "{}", a.body);
+    assert_fields(&a.body, &["api_key", "key_hash", "name", "created_at"]);
     let backend = a.body["api_key"].as_str().unwrap().to_string();
     assert_key_shape(&backend);
     let backend_hash = a.body["key_hash"].as_str().unwrap().to_string();
@@ -229,6 +245,7 @@ async fn keys_account_usage_and_erasure_as_the_reference_shows_them() {
     let list = a.body.as_array().unwrap();
     assert_eq!(list.len(), 3);
     for k in list {
+        assert_fields(k, &["key_hash", "name", "created_at"]);
         assert!(k["key_hash"].as_str().unwrap().starts_with("sha256_"));
         assert!(k["name"].is_string());
         assert_timestamp(&k["created_at"]);
@@ -241,6 +258,18 @@ async fn keys_account_usage_and_erasure_as_the_reference_shows_them() {
     assert!(list
         .iter()
         .any(|k| k["name"] == "Staging" && k["key_hash"] == staging_hash.as_str()));
+    // One key, by its hash, reads the same.
+    let a = call(
+        &r,
+        "GET",
+        &format!("/v1/api-keys/{staging_hash}"),
+        &owner,
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_fields(&a.body, &["key_hash", "name", "created_at"]);
+    assert_eq!(a.body["name"], "Staging");
 
     // DELETE /v1/api-keys/{key_hash}: 204, the key stops working at once; unknown is 404.
     let a = call(
@@ -273,6 +302,7 @@ async fn keys_account_usage_and_erasure_as_the_reference_shows_them() {
     )
     .await;
     assert_eq!(a.status, 200, "{}", a.body);
+    assert_fields(&a.body, &ACCOUNT_FIELDS);
     assert_eq!(a.body["account_id"], acc.as_str());
     assert_eq!(a.body["account_name"], "Eurotext International");
     assert_eq!(a.body["plan"], "professional");
@@ -336,6 +366,7 @@ async fn keys_account_usage_and_erasure_as_the_reference_shows_them() {
     )
     .await;
     assert_eq!(a.status, 200, "{}", a.body);
+    assert_fields(&a.body, &ACCOUNT_FIELDS);
     assert_eq!(a.body["plan"], "business");
     assert_eq!(verify(1).await.body["valid"], true);
     let a = call(&r, "GET", "/v1/account/usage", &owner, None).await;
@@ -526,12 +557,156 @@ async fn fifty_requests_a_minute_then_429_with_retry_after_and_an_upgrade_lifts_
     assert_eq!(a.status, 200, "{}", a.body);
 }
 
+#[tokio::test]
+async fn roles_are_owner_and_member_only() {
+    // Keywarden's other roles, given to a key while they were allowed...
+    let all_roles = r#"["owner", "admin", "developer", "member"]"#;
+    let before = start(&[("KEYWARDEN_KEYS__ALLOWED_ROLES", all_roles)]);
+    let acc = account(&before, "Eurotext GmbH", "business").await;
+    let admin = admin_key(&before, &acc, "admin").await;
+    let db = format!("sqlite://{}", before.dir.join("keywarden.db").display());
+
+    // ...are refused by the profile, naming the field: through the admin API...
+    let r = start(&[("KEYWARDEN_DATABASE_URL", &db)]);
+    let owner = admin_key(&r, &acc, "owner").await;
+    let member = admin_key(&r, &acc, "member").await;
+    let keys = format!("/v1/admin/accounts/{acc}/keys");
+    for role in ["admin", "developer"] {
+        let a = r
+            .admin_call(
+                "POST",
+                &keys,
+                Some(json!({ "mode": "live", "name": role, "role": role })),
+            )
+            .await;
+        assert_detail(&a, 400);
+        let detail = a.body["detail"].as_str().unwrap();
+        assert!(detail.contains("role") && detail.contains(role), "{detail}");
+    }
+    let listed = r.admin_call("GET", &keys, None).await;
+    let member_id = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "member")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = r
+        .admin_call(
+            "PATCH",
+            &format!("/v1/admin/keys/{member_id}"),
+            Some(json!({ "role": "admin" })),
+        )
+        .await;
+    assert_detail(&a, 400);
+    assert!(a.body["detail"].as_str().unwrap().contains("role"));
+    let a = r
+        .admin_call(
+            "PATCH",
+            &format!("/v1/admin/keys/{member_id}"),
+            Some(json!({ "role": "owner" })),
+        )
+        .await;
+    assert_eq!(
+        (a.status, &a.body["role"]),
+        (200, &json!("owner")),
+        "{}",
+        a.body
+    );
+    let a = r
+        .admin_call(
+            "POST",
+            "/v1/admin/keys/import",
+            Some(json!({
+                "account_id": acc, "mode": "live", "name": "old", "scheme": "sha256",
+                "hash": "0".repeat(64), "role": "developer",
+            })),
+        )
+        .await;
+    assert_detail(&a, 400);
+    assert!(a.body["detail"].as_str().unwrap().contains("role"));
+
+    // ...and through the self-service API, where a new key takes its creator's role.
+    let a = call(
+        &r,
+        "POST",
+        "/v1/api-keys",
+        &admin,
+        Some(json!({ "name": "from admin" })),
+    )
+    .await;
+    assert_detail(&a, 400);
+    assert!(a.body["detail"].as_str().unwrap().contains("role"));
+    let a = call(
+        &r,
+        "POST",
+        "/v1/api-keys",
+        &owner,
+        Some(json!({ "name": "from owner" })),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let made = a.body["api_key"].as_str().unwrap().to_string();
+    let a = call(&r, "GET", "/v1/account", &made, None).await;
+    assert_eq!(a.body["role"], "owner");
+    let a = call(&r, "GET", "/v1/account", &member, None).await;
+    assert_eq!(a.body["role"], "owner", "promoted above");
+}
+
+#[tokio::test]
+async fn another_accounts_key_is_404_and_an_unknown_plan_400() {
+    let r = start(&[]);
+    let mine = account(&r, "Eurotext GmbH", "professional").await;
+    let theirs = account(&r, "Other AG", "professional").await;
+    let owner = admin_key(&r, &mine, "owner").await;
+    let other = admin_key(&r, &theirs, "owner").await;
+    let their_hash = fingerprint(&other);
+    // Another account's key, by its hash, is unknown here: 404, and it keeps working.
+    for method in ["GET", "DELETE"] {
+        let a = call(
+            &r,
+            method,
+            &format!("/v1/api-keys/{their_hash}"),
+            &owner,
+            None,
+        )
+        .await;
+        assert_detail(&a, 404);
+    }
+    let a = call(&r, "GET", "/v1/account", &other, None).await;
+    assert_eq!((a.status, &a.body["account_id"]), (200, &json!(theirs)));
+    let a = call(&r, "GET", "/v1/api-keys", &owner, None).await;
+    assert!(!a.body.to_string().contains(&their_hash), "{}", a.body);
+
+    // A plan that does not exist is 400; the account stays on its plan.
+    for plan in ["platinum", "", "Professional"] {
+        let a = call(
+            &r,
+            "PATCH",
+            "/v1/account/plan",
+            &owner,
+            Some(json!({ "plan": plan })),
+        )
+        .await;
+        assert_detail(&a, 400);
+    }
+    let a = call(&r, "GET", "/v1/account", &owner, None).await;
+    assert_eq!(a.body["plan"], "professional");
+}
+
+#[tokio::test]
+async fn serves_with_only_the_root_key() {
+    profile_support::assert_serves_with_only_the_root_key("falara", &[]).await;
+}
+
 #[test]
 fn config_check_passes_with_only_the_root_key() {
-    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../profiles/falara.toml");
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keywarden"));
-    cmd.args(["config", "check", "--config", file])
+    cmd.args(["config", "check", "--profile", "falara"])
         .current_dir(dir.path());
     for (k, _) in std::env::vars() {
         if k.starts_with("KEYWARDEN_") {
@@ -553,4 +728,6 @@ fn config_check_passes_with_only_the_root_key() {
         !stdout.contains(profile_support::ROOT_KEY),
         "the root key is printed"
     );
+    // Checking writes nothing.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
