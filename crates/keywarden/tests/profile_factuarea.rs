@@ -2,14 +2,19 @@
 //! on the wire: key shapes and storage, the two ways to present a key and which wins, the
 //! closed scope catalog and the method rule of the routes, the error envelope with the
 //! reference's own Spanish messages, `doc_url` and `request_id`, revocation and expiry as
-//! `api_key_revoked`, the lockout, `GET /v1/account`, rotation with a grace period and the
-//! IP allowlist with its audit event. Through the gateway (an echo upstream) and the
-//! self-service API, on the real binary.
+//! `api_key_revoked`, the lockout, `GET /v1/account`, rotation with a grace period, the
+//! IP allowlist with its audit event, the reference's own example keys imported by their
+//! bcrypt hashes, and the choices the profile makes where the reference is silent. Through
+//! the gateway (an echo upstream) and the self-service API, on the real binary.
 
 #![cfg(unix)]
 
 mod profile_support;
 
+use keywarden_core::codes::{Code, Locale};
+use keywarden_core::hashing::{fingerprint, SecretHasher};
+use keywarden_core::model::HashScheme;
+use keywarden_core::Secret;
 use profile_support::{start_profile, Reply, Running};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -192,6 +197,32 @@ async fn keys_headers_scopes_and_errors_as_the_reference_shows_them() {
     assert_eq!(a.body["query"], "limit=10");
     assert!(a.body["headers"].get("authorization").is_none());
     assert!(a.body["headers"].get("x-api-key").is_none());
+    // The API behind learns the key's scopes (the action scopes are its to check), and
+    // which key and company; a client cannot claim scopes of its own.
+    let up = &a.body["headers"];
+    assert_eq!(
+        up["x-keywarden-scopes"], "account:read clients:read",
+        "{up}"
+    );
+    assert_eq!(up["x-keywarden-key-id"], live["id"], "{up}");
+    assert_eq!(up["x-keywarden-account-id"], acc.as_str(), "{up}");
+    let a = r
+        .public_call(
+            "GET",
+            "/v1/clients",
+            &[
+                ("authorization", &format!("Bearer {live_token}")),
+                ("x-keywarden-scopes", "*"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.body["headers"]["x-keywarden-scopes"], "account:read clients:read",
+        "{}",
+        a.body
+    );
     assert!(a.header("x-request-id").unwrap().starts_with("req_"));
     // X-API-Key works the same, and on a test key.
     let a = x_api_key(&r, "GET", "/v1/clients", &live_token).await;
@@ -512,8 +543,12 @@ async fn an_ip_outside_the_allowlist_is_401_and_audited() {
     )
     .await;
     let a = bearer(&r, "GET", "/v1/clients", &token(&fenced)).await;
-    assert_eq!(a.status, 401, "{}", a.body);
-    assert_eq!(a.body["error"]["type"], "authentication_error");
+    assert_error(&a, 401, "authentication_error", "ip_not_allowed", None);
+    assert!(
+        a.body.get("path").is_none(),
+        "it reached the upstream: {}",
+        a.body
+    );
     // An empty allowlist allows any IP.
     let open = key(
         &r,
@@ -525,8 +560,8 @@ async fn an_ip_outside_the_allowlist_is_401_and_audited() {
         bearer(&r, "GET", "/v1/clients", &token(&open)).await.status,
         200
     );
-    // The incident is in the audit log.
-    let mut seen = false;
+    // The incident is in the audit log: key.ip_denied, naming the key.
+    let mut seen = None;
     for _ in 0..100 {
         let a = r
             .admin_call("GET", "/v1/admin/events?type=key.ip_denied", None)
@@ -534,13 +569,244 @@ async fn an_ip_outside_the_allowlist_is_401_and_audited() {
         assert_eq!(a.status, 200, "{}", a.body);
         let list = a.body.as_array().cloned().unwrap_or_default();
         if let Some(e) = list.first() {
-            assert_eq!(e["account_id"], acc.as_str());
-            seen = true;
+            assert_eq!(list.len(), 1, "{}", a.body);
+            seen = Some(e.clone());
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(seen, "no key.ip_denied event");
+    let e = seen.expect("no key.ip_denied event");
+    assert_eq!(e["type"], "key.ip_denied", "{e}");
+    assert_eq!(e["account_id"], acc.as_str(), "{e}");
+    assert_eq!(e["data"]["key_id"], fenced["id"], "{e}");
+    assert_eq!(e["actor"], fenced["id"], "{e}");
+    assert_eq!(e["ip"], "127.0.0.1", "{e}");
+}
+
+#[tokio::test]
+async fn the_old_secret_stops_when_a_short_grace_ends() {
+    let r = start();
+    let acc = company(&r, "Acme SL").await;
+    let k = key(
+        &r,
+        &acc,
+        json!({ "mode": "live", "name": "ERP", "scopes": ["clients:read"] }),
+    )
+    .await;
+    let old = token(&k);
+    assert_eq!(bearer(&r, "GET", "/v1/clients", &old).await.status, 200);
+    let a = r
+        .admin_call(
+            "POST",
+            &format!("/v1/admin/keys/{}/rotate", k["id"].as_str().unwrap()),
+            Some(json!({ "grace_period_seconds": 2 })),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let new = a.body["api_key"].as_str().unwrap().to_string();
+    let rotated = std::time::Instant::now();
+    // Both work during the grace...
+    assert_eq!(bearer(&r, "GET", "/v1/clients", &old).await.status, 200);
+    assert_eq!(bearer(&r, "GET", "/v1/clients", &new).await.status, 200);
+    // ...and the old one stops once it is over.
+    let mut a = bearer(&r, "GET", "/v1/clients", &old).await;
+    while a.status == 200 {
+        assert!(
+            rotated.elapsed() < Duration::from_secs(30),
+            "the old secret still works 30 s after a 2 s grace"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        a = bearer(&r, "GET", "/v1/clients", &old).await;
+    }
+    assert!(rotated.elapsed() >= Duration::from_secs(1), "stopped early");
+    assert_error(&a, 401, "authentication_error", "api_key_revoked", None);
+    assert_eq!(bearer(&r, "GET", "/v1/clients", &new).await.status, 200);
+}
+
+/// The reference's own example keys.
+const LIVE_EXAMPLE: &str = "fact_live_8KqW3pXnR2VbY7TcA9eFmN5z";
+const TEST_EXAMPLE: &str = "fact_test_3pXnR2VbY7TcA9eFmN5z8KqW";
+
+#[tokio::test]
+async fn the_reference_example_keys_work_once_their_bcrypt_hashes_are_imported() {
+    let r = start();
+    let acc = company(&r, "Acme SL").await;
+    // What Factuarea keeps of a key: its bcrypt hash at cost 12, nothing else.
+    let bcrypt = SecretHasher::new(HashScheme::Bcrypt, None, Vec::new(), 12).unwrap();
+    for (example, mode) in [(LIVE_EXAMPLE, "live"), (TEST_EXAMPLE, "test")] {
+        let prefix = format!("fact_{mode}_");
+        assert_shape(example, &prefix);
+        let a = bearer(&r, "GET", "/v1/clients", example).await;
+        assert_error(
+            &a,
+            401,
+            "authentication_error",
+            "invalid_api_key",
+            Some(INVALID),
+        );
+        let stored = bcrypt
+            .store(
+                &Secret::new(example),
+                &example[prefix.len()..prefix.len() + 8],
+            )
+            .unwrap();
+        assert!(stored.hash.starts_with("$2b$12$"), "{}", stored.hash);
+        let i = r
+            .admin_call(
+                "POST",
+                "/v1/admin/keys/import",
+                Some(json!({
+                    "account_id": acc, "mode": mode, "name": "example", "scheme": "bcrypt",
+                    "hash": stored.hash, "lookup": stored.lookup, "prefix": prefix,
+                    "key_hash": fingerprint(example), "scopes": ["clients:read", "account:read"],
+                })),
+            )
+            .await;
+        assert_eq!(i.status, 201, "{}", i.body);
+        assert_eq!(i.body["mode"], mode);
+        // Either header, as the reference sends them; the prefix gives the environment.
+        let a = bearer(&r, "GET", "/v1/clients?limit=10", example).await;
+        assert_eq!(a.status, 200, "{mode}: {}", a.body);
+        assert_eq!(a.body["query"], "limit=10");
+        assert_eq!(a.body["headers"]["x-keywarden-mode"], mode);
+        assert_eq!(a.body["headers"]["x-keywarden-key-id"], i.body["id"]);
+        let a = x_api_key(&r, "GET", "/v1/clients", example).await;
+        assert_eq!(a.status, 200, "{mode}: {}", a.body);
+        assert_eq!(a.body["headers"]["x-keywarden-mode"], mode);
+        assert!(a.body["headers"].get("x-api-key").is_none());
+        let a = bearer(&r, "GET", "/v1/account", example).await;
+        assert_eq!(a.status, 200, "{mode}: {}", a.body);
+        assert_eq!(a.body["key"]["id"], i.body["id"]);
+        assert_eq!(a.body["key"]["prefix"], prefix.as_str());
+        // The scopes still hold.
+        let a = bearer(&r, "POST", "/v1/clients", example).await;
+        assert_error(
+            &a,
+            403,
+            "authorization_error",
+            "insufficient_scope",
+            Some(NO_SCOPE),
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_choices_the_profile_makes_where_the_reference_is_silent() {
+    let r = start();
+    let acc = company(&r, "Acme SL").await;
+
+    // Messages are Spanish unless the client asks for English.
+    let bad = format!("Bearer {LIVE_EXAMPLE}");
+    for (lang, message) in [
+        (None, INVALID),
+        (Some("es-ES,es;q=0.9"), INVALID),
+        (
+            Some("en-GB,en;q=0.8"),
+            Code::InvalidApiKey.message(Locale::En),
+        ),
+    ] {
+        let mut headers = vec![("authorization", bad.as_str())];
+        headers.extend(lang.map(|l| ("accept-language", l)));
+        let a = r.public_call("GET", "/v1/clients", &headers, None).await;
+        assert_error(
+            &a,
+            401,
+            "authentication_error",
+            "invalid_api_key",
+            Some(message),
+        );
+    }
+
+    // A key created with no scopes reads its own account, and nothing else.
+    let bare = key(&r, &acc, json!({ "mode": "live", "name": "bare" })).await;
+    assert_eq!(bare["scopes"], json!(["account:read"]));
+    let a = bearer(&r, "GET", "/v1/account", &token(&bare)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["key"]["scopes"], json!(["account:read"]));
+    let auth = format!("Bearer {}", token(&bare));
+    let a = r
+        .public_call(
+            "GET",
+            "/v1/clients",
+            &[("authorization", &auth), ("accept-language", "en")],
+            None,
+        )
+        .await;
+    assert_error(
+        &a,
+        403,
+        "authorization_error",
+        "insufficient_scope",
+        Some(Code::InsufficientScope.message(Locale::En)),
+    );
+
+    // HEAD is a read: it needs {resource}:read, like GET.
+    let reader = key(
+        &r,
+        &acc,
+        json!({ "mode": "live", "name": "reader", "scopes": ["clients:read"] }),
+    )
+    .await;
+    let writer = key(
+        &r,
+        &acc,
+        json!({ "mode": "live", "name": "writer", "scopes": ["clients:write", "clients:delete"] }),
+    )
+    .await;
+    for path in ["/v1/clients", "/v1/clients/7"] {
+        let a = bearer(&r, "HEAD", path, &token(&reader)).await;
+        assert_eq!(a.status, 200, "{path}");
+        let a = bearer(&r, "HEAD", path, &token(&writer)).await;
+        assert_eq!(a.status, 403, "{path}");
+        assert!(a.header("x-request-id").is_some());
+    }
+
+    // A disabled key is refused as revoked, until enabled again.
+    let id = reader["id"].as_str().unwrap();
+    for (enabled, status) in [(false, 401), (true, 200)] {
+        let a = r
+            .admin_call(
+                "PATCH",
+                &format!("/v1/admin/keys/{id}"),
+                Some(json!({ "enabled": enabled })),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let a = bearer(&r, "GET", "/v1/clients", &token(&reader)).await;
+        assert_eq!(a.status, status, "{}", a.body);
+        if !enabled {
+            assert_error(&a, 401, "authentication_error", "api_key_revoked", None);
+        }
+    }
+
+    // A rotation's grace is at most 7 days.
+    let rotate_path = format!("/v1/admin/keys/{id}/rotate");
+    let rotate = |grace: u64| {
+        r.admin_call(
+            "POST",
+            &rotate_path,
+            Some(json!({ "grace_period_seconds": grace })),
+        )
+    };
+    let a = rotate(604_801).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "invalid_request");
+    assert!(a.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("grace_period_seconds"));
+    assert_eq!(
+        bearer(&r, "GET", "/v1/clients", &token(&reader))
+            .await
+            .status,
+        200
+    );
+    let a = rotate(604_800).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let new = a.body["api_key"].as_str().unwrap();
+    for t in [new, token(&reader).as_str()] {
+        assert_eq!(bearer(&r, "GET", "/v1/clients", t).await.status, 200);
+    }
 }
 
 #[tokio::test]
@@ -572,12 +838,16 @@ async fn repeated_failures_are_429_too_many_auth_failures() {
     assert!(a.header("retry-after").is_some());
 }
 
+#[tokio::test]
+async fn serves_with_only_the_root_key() {
+    profile_support::assert_serves_with_only_the_root_key("factuarea", &[]).await;
+}
+
 #[test]
 fn config_check_passes_with_only_the_root_key() {
-    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../profiles/factuarea.toml");
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_keywarden"));
-    cmd.args(["config", "check", "--config", file])
+    cmd.args(["config", "check", "--profile", "factuarea"])
         .current_dir(dir.path());
     for (k, _) in std::env::vars() {
         if k.starts_with("KEYWARDEN_") {
@@ -599,4 +869,6 @@ fn config_check_passes_with_only_the_root_key() {
         !stdout.contains(profile_support::ROOT_KEY),
         "the root key is printed"
     );
+    // Checking writes nothing.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
