@@ -117,10 +117,33 @@ async fn both_headers_are_required_and_the_secret_matches_the_environment() {
         up.get("x-falco-api-key").is_none(),
         "the key reached the upstream: {up}"
     );
+    assert!(
+        up.get("x-falco-app-secret").is_none(),
+        "the application's secret reached the upstream: {up}"
+    );
     // The sandbox secret goes with a test key.
     let ok = gw(&r, "GET", "/v1/customers/c_1", test_key, Some(&app.sandbox)).await;
     assert_eq!(ok.status, 200, "{:?}", ok.body);
     assert_eq!(ok.body["headers"]["x-keywarden-mode"], "test");
+    assert!(ok.body["headers"].get("x-falco-app-secret").is_none());
+
+    // default_route = "deny": a path no route names is refused, however good the key.
+    for (method, path) in [
+        ("GET", "/v1/quotes"),
+        ("GET", "/v1/quotes/q_1"),
+        ("GET", "/v2/customers"),
+        ("GET", "/v1"),
+        ("GET", "/"),
+        ("POST", "/v1/peppol/participants/0208:0123456789"),
+    ] {
+        let d = gw(&r, method, path, live_key, Some(&app.production)).await;
+        assert_eq!(d.status, 403, "{method} {path}: {:?}", d.body);
+        assert_eq!(code(&d), "insufficient_scope", "{method} {path}");
+        assert!(
+            d.body.get("path").is_none(),
+            "{method} {path} reached the upstream"
+        );
+    }
 
     // No secret, the other environment's, or a wrong one: 401.
     for (key, secret) in [
@@ -440,6 +463,61 @@ async fn aggregate_scopes_expand_exactly_as_the_reference_lists_them() {
 }
 
 #[tokio::test]
+async fn an_application_that_requested_invoices_write_may_delete_invoices() {
+    let r = start_profile("falco", &[]);
+    let app = create_app(&r, &["invoices:write"]).await;
+    let acc = create_account(&r).await;
+    let key = grant(&r, &acc, &app, &["invoices:write"], "live").await;
+    assert_eq!(key["scopes"], json!(["invoices:write"]));
+    let token = key["api_key"].as_str().unwrap();
+    let s = Some(app.production.as_str());
+    // invoices:delete is enabled, so invoices:write brings it with the other three.
+    for unit in [
+        "invoices:read",
+        "invoices:write",
+        "invoices:attachments:read",
+        "invoices:attachments:write",
+        "invoices:delete",
+    ] {
+        assert!(holds(&r, token, &app.production, &[unit]).await, "{unit}");
+    }
+    for unit in ["invoices:send", "customers:read"] {
+        assert!(!holds(&r, token, &app.production, &[unit]).await, "{unit}");
+    }
+    for (method, path, status) in [
+        ("GET", "/v1/invoices/i_1", 200),
+        ("PATCH", "/v1/invoices/i_1", 200),
+        ("DELETE", "/v1/invoices/i_1", 200),
+        ("DELETE", "/v1/invoices/i_1/attachments/a_1", 200),
+        ("POST", "/v1/invoices/i_1/send", 403),
+        ("GET", "/v1/customers", 403),
+    ] {
+        let a = gw(&r, method, path, token, s).await;
+        assert_eq!(a.status, status, "{method} {path}: {:?}", a.body);
+    }
+    // What invoices:write brings may be granted alone; nothing beyond it may.
+    let key = grant(&r, &acc, &app, &["invoices:delete"], "live").await;
+    let token = key["api_key"].as_str().unwrap();
+    assert_eq!(
+        gw(&r, "DELETE", "/v1/invoices/i_1", token, s).await.status,
+        200
+    );
+    assert_eq!(
+        gw(&r, "GET", "/v1/invoices/i_1", token, s).await.status,
+        403
+    );
+    let g = r
+        .admin_call(
+            "POST",
+            &format!("/v1/admin/accounts/{acc}/grants"),
+            Some(json!({ "app_id": app.id, "scopes": ["invoices:send"] })),
+        )
+        .await;
+    assert_eq!(g.status, 400, "{:?}", g.body);
+    assert_eq!(g.body["error"]["code"], "invalid_scope");
+}
+
+#[tokio::test]
 async fn a_key_bound_to_no_application_is_refused_when_it_is_used() {
     // A key made before every key had to belong to an application...
     let loose = start_profile("falco", &[("KEYWARDEN_KEYS__REQUIRE_APP", "false")]);
@@ -468,6 +546,11 @@ async fn a_key_bound_to_no_application_is_refused_when_it_is_used() {
         .await;
     assert_eq!(v.body["valid"], false);
     assert_eq!(v.body["code"], "invalid_api_key");
+}
+
+#[tokio::test]
+async fn serves_with_only_the_root_key() {
+    profile_support::assert_serves_with_only_the_root_key("falco", &[]).await;
 }
 
 #[test]
