@@ -181,6 +181,37 @@ async fn the_reference_example_keys_are_keys_of_this_profile() {
 }
 
 #[tokio::test]
+async fn no_key_is_missing_api_key_and_an_unknown_well_formed_key_invalid_api_key() {
+    let r = start_profile("falu", &[]);
+    let (_, keys) = workspace(&r).await;
+    let sk = of_type(&keys, "secret")["api_key"].as_str().unwrap();
+    assert_eq!(gw(&r, "GET", "/v1/payments", sk).await.status, 200);
+    // No Authorization header, or one without a key in it.
+    for headers in [vec![], vec![("authorization", "Bearer ")]] {
+        let d = r.public_call("GET", "/v1/payments", &headers, None).await;
+        assert_eq!(d.status, 401, "{headers:?}: {:?}", d.body);
+        assert_eq!(code(&d), "missing_api_key", "{headers:?}");
+    }
+    // The shape of a test secret key, but no workspace's: 43 random base62 characters.
+    let alphabet = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let seed = sha2::Sha256::digest(sk.as_bytes());
+    let random: String = (0..43)
+        .map(|i| char::from(alphabet[usize::from(seed[i % 32] ^ (i as u8)) % 62]))
+        .collect();
+    for unknown in [format!("fskt_{random}"), format!("fskl_{random}")] {
+        assert!(shaped(&unknown, &unknown[..5], 43), "{unknown}");
+        assert_ne!(unknown, sk);
+        let d = gw(&r, "GET", "/v1/payments", &unknown).await;
+        assert_eq!(d.status, 401, "{unknown}: {:?}", d.body);
+        assert_eq!(code(&d), "invalid_api_key", "{unknown}");
+        assert!(
+            d.body.get("path").is_none(),
+            "{unknown} reached the upstream"
+        );
+    }
+}
+
+#[tokio::test]
 async fn publishable_keys_only_identify_the_workspace_and_secret_keys_may_do_anything() {
     let r = start_profile("falu", &[]);
     let (acc, keys) = workspace(&r).await;
@@ -503,6 +534,13 @@ async fn only_developers_admins_and_owners_view_and_manage_keys() {
         .all(|k| k["mode"] == "test"));
     let d = dash(&r, "GET", &format!("/api-keys/{live_id}"), &owner, None).await;
     assert_eq!(d.status, 404, "{:?}", d.body);
+}
+
+#[tokio::test]
+async fn serves_with_only_the_root_key() {
+    // The master key sealing test secrets is generated beside the database.
+    profile_support::assert_serves_with_only_the_root_key("falu", &["keywarden.db.master_key"])
+        .await;
 }
 
 #[test]
