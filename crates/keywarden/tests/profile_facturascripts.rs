@@ -104,17 +104,35 @@ async fn keys_are_20_random_characters_sent_in_x_auth_token_or_token() {
         assert_eq!(d.status, 401, "{h:?}");
     }
 
-    // lastactivity: the key's last use is recorded.
+    // lastactivity: the key's last use is recorded...
+    last_used_after(&r, &id, None).await;
+    // ...and moves with a later use: once the uses above are written (the writer flushes
+    // at least every second), one more use changes it again.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let settled = last_used_after(&r, &id, None).await;
+    assert_eq!(api(&r, "GET", "/api/3", &token).await.status, 200);
+    let later = last_used_after(&r, &id, Some(&settled)).await;
+    assert_ne!(later, settled);
+}
+
+/// The key's `last_used_at` once it is set and differs from `before`, waiting for the
+/// batched writer (10 s at most); checks `last_used_ip` along the way.
+async fn last_used_after(r: &Running, id: &str, before: Option<&str>) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let k = r
             .admin_call("GET", &format!("/v1/admin/keys/{id}"), None)
             .await;
-        if k.body["last_used_at"].is_string() {
-            assert_eq!(k.body["last_used_ip"], "127.0.0.1");
-            break;
+        if let Some(at) = k.body["last_used_at"].as_str() {
+            if before != Some(at) {
+                assert_eq!(k.body["last_used_ip"], "127.0.0.1");
+                return at.to_string();
+            }
         }
-        assert!(Instant::now() < deadline, "last_used_at never set");
+        assert!(
+            Instant::now() < deadline,
+            "last_used_at never moved from {before:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -241,6 +259,32 @@ async fn permissions_are_per_resource_and_method() {
             assert_eq!(a.status, 200, "{method} {res}");
         }
     }
+    // A resource outside the catalog is refused even with full access: its permissions
+    // cannot be given, so nothing may pass.
+    for (method, path) in [
+        ("GET", "/api/3/pluginrecursos"),
+        ("POST", "/api/3/pluginrecursos/1"),
+        ("DELETE", "/api/3/pluginrecursos/1/lineas"),
+    ] {
+        let d = api(&r, method, path, &full).await;
+        assert_eq!(d.status, 403, "{method} {path}: {:?}", d.body);
+        assert_eq!(code(&d), "insufficient_scope", "{method} {path}");
+        assert!(d.body.get("path").is_none(), "{path} reached the upstream");
+    }
+    // Only /api/3 reaches the API: any other path is refused, whatever the key.
+    for path in [
+        "/",
+        "/api",
+        "/api/2/clientes",
+        "/api/30",
+        "/api/3x/clientes",
+        "/clientes",
+        "/v1/clientes",
+    ] {
+        let d = api(&r, "GET", path, &full).await;
+        assert_eq!(d.status, 403, "{path}: {:?}", d.body);
+        assert!(d.body.get("path").is_none(), "{path} reached the upstream");
+    }
     // A key made without permissions has none beyond the API root.
     let (_, none) = user_key(&r, &acc, &[]).await;
     let k = r
@@ -285,15 +329,32 @@ async fn a_disabled_api_is_403() {
             ("KEYWARDEN_GLOBAL_KEYS", "GlobalKeyOne0123456789"),
         ],
     );
+    // A user key with full access, made in the admin panel while the API is off.
+    let acc = account(&r).await;
+    let (_, user) = user_key(&r, &acc, &["*"]).await;
     for (headers, path) in [
         (vec![("X-Auth-Token", "GlobalKeyOne0123456789")], "/api/3"),
         (vec![("Token", "GlobalKeyOne0123456789")], "/api/3/clientes"),
+        (vec![("X-Auth-Token", user.as_str())], "/api/3"),
+        (vec![("Token", user.as_str())], "/api/3/productos/1"),
         (vec![], "/api/3"),
     ] {
         let d: Reply = r.public_call("GET", path, &headers, None).await;
         assert_eq!(d.status, 403, "{path}: {:?}", d.body);
         assert_eq!(code(&d), "api_disabled");
     }
+    // Switched on again, the same key works.
+    let db = format!("sqlite://{}", r.dir.join("keywarden.db").display());
+    let on = start_profile("facturascripts", &[("KEYWARDEN_DATABASE_URL", &db)]);
+    assert_eq!(
+        api(&on, "GET", "/api/3/productos/1", &user).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn serves_with_only_the_root_key() {
+    profile_support::assert_serves_with_only_the_root_key("facturascripts", &[]).await;
 }
 
 #[test]
