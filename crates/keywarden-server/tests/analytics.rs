@@ -1,12 +1,58 @@
 //! Analytics counts equal the requests made, by outcome (`docs/analytics.md`): per key, per
 //! account and deployment-wide, in minute, hour and day buckets, whichever way a request
-//! came (verify, self-service), on SQLite and on PostgreSQL.
+//! came (verify, forward-auth, the gateway, self-service), on SQLite and on PostgreSQL.
 
 mod common;
 
-use common::{spawn_app, TestApp, T0};
+use common::upstream::{spawn_upstream, Upstream};
+use common::{spawn_app_with, TestApp, T0};
 use reqwest::Method;
 use serde_json::{json, Value};
+
+/// Gateway mode in front of `up`, with a route any key may take and one that needs
+/// `usage:read`; forward-auth decides by the same routes.
+fn config(up: &Upstream) -> String {
+    format!(
+        r#"
+[gateway]
+upstream = "{}/base"
+
+[[routes]]
+path = "/api/**"
+
+[[routes]]
+path = "/reports/**"
+scopes = ["usage:read"]
+"#,
+        up.url()
+    )
+}
+
+/// A proxy's forward-auth subrequest (nginx's convention) for `GET uri` with `token`.
+async fn forward_auth(app: &TestApp, uri: &str, token: &str) -> u16 {
+    app.client
+        .get(format!("{}/v1/forward-auth", app.admin))
+        .header("X-Original-Method", "GET")
+        .header("X-Original-URI", uri)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// `GET path` through the gateway with `token`.
+async fn through_gateway(app: &TestApp, path: &str, token: &str) -> u16 {
+    app.client
+        .get(format!("{}{path}", app.public))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
 
 fn ts(ms: i64) -> String {
     keywarden_server::views::ts(ms)
@@ -37,6 +83,12 @@ async fn counts_equal_requests(app: &TestApp) {
             json!({ "mode": "live", "name": "narrow", "scopes": ["account:read"] }),
         )
         .await;
+    let (kp, tp) = app
+        .key_pair(
+            &a,
+            json!({ "mode": "live", "name": "proxied", "scopes": ["account:read"] }),
+        )
+        .await;
 
     // A's live key: 3 allowed, then 2 over its rate limit.
     for _ in 0..5 {
@@ -52,6 +104,14 @@ async fn counts_equal_requests(app: &TestApp) {
             .await;
     }
     app.verify(json!({ "key": tb })).await;
+    // A's proxied key: through forward-auth and through the gateway, 2 allowed and 1
+    // refused for scope each.
+    for _ in 0..2 {
+        assert_eq!(forward_auth(app, "/api/orders", &tp).await, 200);
+        assert_eq!(through_gateway(app, "/api/orders", &tp).await, 200);
+    }
+    assert_eq!(forward_auth(app, "/reports/monthly", &tp).await, 403);
+    assert_eq!(through_gateway(app, "/reports/monthly", &tp).await, 403);
     // Keys nobody knows: deployment-wide totals only.
     for _ in 0..3 {
         app.verify(json!({ "key": "kw_sk_live_notakeynotakeynotakeynotakey00" }))
@@ -64,10 +124,10 @@ async fn counts_equal_requests(app: &TestApp) {
     let r = report(app, &format!("account_id={a}&granularity=hour&{range}")).await;
     assert_eq!(
         r["totals"],
-        json!({ "valid": 5, "rate_limit_exceeded": 2 }),
+        json!({ "valid": 9, "rate_limit_exceeded": 2, "insufficient_scope": 2 }),
         "{r}"
     );
-    assert_eq!(r["total"], 7);
+    assert_eq!(r["total"], 13);
     assert_eq!(r["buckets"].as_array().unwrap().len(), 3, "{r}");
 
     let r = report(app, &format!("key_id={k1}&granularity=minute&{range}")).await;
@@ -93,6 +153,13 @@ async fn counts_equal_requests(app: &TestApp) {
     .await;
     assert_eq!(r["totals"], json!({ "valid": 2 }), "{r}");
 
+    let r = report(app, &format!("key_id={kp}&granularity=minute&{range}")).await;
+    assert_eq!(
+        r["totals"],
+        json!({ "valid": 4, "insufficient_scope": 2 }),
+        "forward-auth and the gateway count for their key: {r}"
+    );
+
     let r = report(app, &format!("key_id={kb}&granularity=hour&{range}")).await;
     let by_hour: Vec<(Value, Value)> = r["buckets"]
         .as_array()
@@ -117,7 +184,7 @@ async fn counts_equal_requests(app: &TestApp) {
     let r = report(app, &format!("granularity=day&{range}")).await;
     assert_eq!(
         r["totals"],
-        json!({ "valid": 7, "rate_limit_exceeded": 2, "insufficient_scope": 2, "invalid_api_key": 3 }),
+        json!({ "valid": 11, "rate_limit_exceeded": 2, "insufficient_scope": 4, "invalid_api_key": 3 }),
         "{r}"
     );
 
@@ -166,18 +233,33 @@ async fn counts_equal_requests(app: &TestApp) {
     )
     .await
     .invalid("from");
+
+    // A key without `usage:read` reads no analytics, not even its own.
+    app.call(
+        Method::GET,
+        &format!("/v1/analytics?key_id={kb}"),
+        &tb,
+        None,
+    )
+    .await
+    .err(403, "insufficient_scope");
+    app.call(Method::GET, "/v1/analytics", &tb, None)
+        .await
+        .err(403, "insufficient_scope");
 }
 
 #[tokio::test]
 async fn analytics_counts_equal_requests_on_sqlite() {
-    let app = spawn_app().await;
+    let up = spawn_upstream().await;
+    let app = spawn_app_with(&config(&up)).await;
     counts_equal_requests(&app).await;
     app.stop().await;
 }
 
 #[tokio::test]
 async fn analytics_counts_equal_requests_on_postgres() {
-    let Some(pg) = common::pg::spawn_pg_app().await else {
+    let up = spawn_upstream().await;
+    let Some(pg) = common::pg::spawn_pg_app_with(&config(&up)).await else {
         eprintln!("KEYWARDEN_TEST_DATABASE_URL is not set: skipping");
         return;
     };
