@@ -576,6 +576,11 @@ pub struct WebhooksConfig {
     pub poll_interval_ms: u64,
     /// Most attempts in flight at once in this process.
     pub concurrency: usize,
+    /// Most attempts in flight to one endpoint at once, counted over every process on the
+    /// database, so a slow endpoint leaves room for the others; `None` for a quarter of
+    /// `concurrency` (at least 1). See [`WebhooksConfig::per_endpoint`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_endpoint_concurrency: Option<usize>,
     /// An endpoint whose every attempt has failed for this long is disabled (and a
     /// `webhook.disabled` event says so).
     pub disable_after_failing_hours: u64,
@@ -601,10 +606,22 @@ impl Default for WebhooksConfig {
             max_response_bytes: 4_096,
             poll_interval_ms: 1_000,
             concurrency: 32,
+            per_endpoint_concurrency: None,
             disable_after_failing_hours: 120,
             secret_overlap_hours: 24,
             scan_interval_seconds: 60,
         }
+    }
+}
+
+impl WebhooksConfig {
+    /// Most attempts in flight to one endpoint at once: `per_endpoint_concurrency`, or a
+    /// quarter of `concurrency` (at least 1); never more than `concurrency`.
+    pub fn per_endpoint(&self) -> usize {
+        let all = self.concurrency.max(1);
+        self.per_endpoint_concurrency
+            .unwrap_or(all / 4)
+            .clamp(1, all)
     }
 }
 
@@ -861,6 +878,22 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn one_endpoint_may_use_a_quarter_of_the_attempts_unless_set() {
+        let w = |toml: &str| Config::from_parts(toml, &[]).unwrap().webhooks;
+        assert_eq!(w("").per_endpoint(), 8);
+        assert_eq!(w("[webhooks]\nconcurrency = 2\n").per_endpoint(), 1);
+        assert_eq!(w("[webhooks]\nconcurrency = 10\n").per_endpoint(), 2);
+        let set = w("[webhooks]\nconcurrency = 10\nper_endpoint_concurrency = 10\n");
+        assert_eq!(set.per_endpoint(), 10);
+        let c = Config::from_parts(
+            "",
+            &env(&[("KEYWARDEN_WEBHOOKS__PER_ENDPOINT_CONCURRENCY", "3")]),
+        )
+        .unwrap();
+        assert_eq!(c.webhooks.per_endpoint(), 3);
     }
 
     #[test]

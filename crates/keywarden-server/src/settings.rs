@@ -324,6 +324,17 @@ fn check_webhooks(w: &crate::config::WebhooksConfig) -> Result<(), ConfigError> 
             "must be between 1 and 1024",
         ));
     }
+    if let Some(n) = w.per_endpoint_concurrency {
+        if !(1..=w.concurrency).contains(&n) {
+            return Err(ConfigError::new(
+                "webhooks.per_endpoint_concurrency",
+                format!(
+                    "must be between 1 and webhooks.concurrency ({})",
+                    w.concurrency
+                ),
+            ));
+        }
+    }
     if w.max_response_bytes > 65_536 {
         return Err(ConfigError::new(
             "webhooks.max_response_bytes",
@@ -657,6 +668,31 @@ mod usage_writer_tests {
             usage_writer(&st).unwrap().1,
             keywarden_store::UsageDurability::Strict
         );
+    }
+}
+
+#[cfg(test)]
+mod webhooks_tests {
+    use super::*;
+    use crate::config::WebhooksConfig;
+
+    #[test]
+    fn a_per_endpoint_limit_above_the_whole_is_refused_naming_the_field() {
+        let w = |per_endpoint| WebhooksConfig {
+            concurrency: 4,
+            per_endpoint_concurrency: per_endpoint,
+            ..WebhooksConfig::default()
+        };
+        for ok in [None, Some(1), Some(4)] {
+            check_webhooks(&w(ok)).unwrap();
+        }
+        for bad in [0, 5] {
+            let e = check_webhooks(&w(Some(bad))).unwrap_err().to_string();
+            assert!(
+                e.contains("webhooks.per_endpoint_concurrency") && e.contains("(4)"),
+                "{e}"
+            );
+        }
     }
 }
 

@@ -3,8 +3,9 @@
 //! events (`key.expiring`, `key.expired`, `key.rotation_grace_ending`, `quota.threshold`).
 //!
 //! Each due delivery is claimed for a lease, sent in a task of its own (at most
-//! `webhooks.concurrency` at once), and its outcome recorded; a slow endpoint holds only
-//! its own tasks. Times (due dates, leases, the `webhook-timestamp` header) come from the
+//! `webhooks.concurrency` at once, and at most `webhooks.per_endpoint_concurrency` to one
+//! endpoint), and its outcome recorded; a slow endpoint holds only its own tasks, never
+//! all of them. Times (due dates, leases, the `webhook-timestamp` header) come from the
 //! service's clock, so tests move them.
 
 use crate::config::WebhooksConfig;
@@ -380,10 +381,11 @@ impl Webhooks {
         let lease_ms = i64::try_from(self.cfg().timeout_seconds.saturating_add(30) * 1000)
             .unwrap_or(i64::MAX / 2);
         let limit = u32::try_from(free.min(100)).unwrap_or(100);
+        let per_endpoint = u32::try_from(self.cfg().per_endpoint()).unwrap_or(u32::MAX);
         let due = self
             .state
             .store
-            .claim_deliveries(now, now.saturating_add(lease_ms), limit)
+            .claim_deliveries(now, now.saturating_add(lease_ms), limit, per_endpoint)
             .await?;
         let n = due.len();
         for d in due {

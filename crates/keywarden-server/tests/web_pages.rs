@@ -322,6 +322,23 @@ async fn pages_speak_spanish_when_asked() {
     let en = page("en-GB").await;
     assert!(en.contains("<html lang=\"en\">"));
     assert!(en.contains("Sign in"));
+    // The copy button's words, the one it shows after copying included.
+    let acc = app.account("Hola").await;
+    let (console, csrf) = console_session(&app).await;
+    let shown = no_redirects()
+        .post(format!("{}/console/accounts/{acc}/keys", app.admin))
+        .header("cookie", &console)
+        .header(ACCEPT_LANGUAGE, "es")
+        .form(&[("csrf", csrf.as_str()), ("name", "clave")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shown.status(), 201);
+    let es = body(shown).await;
+    assert!(
+        es.contains("data-copied=\"Copiado\">Copiar</button>"),
+        "{es}"
+    );
     app.stop().await;
 }
 
@@ -880,7 +897,11 @@ async fn without_the_api_keys_group_the_portal_makes_and_shows_no_keys() {
     )
     .await;
     assert_eq!(res.status(), 404);
-    assert_eq!(key_ids(&app, &acc).await, [id.clone()], "no key was made");
+    assert_eq!(
+        key_ids(&app, &acc).await,
+        std::slice::from_ref(&id),
+        "no key was made"
+    );
     let page = no_redirects()
         .get(format!("{}/portal/keys/{id}", app.public))
         .header("cookie", &portal)
@@ -1040,7 +1061,10 @@ async fn the_audit_page_filters_by_account_type_and_date() {
 
     let page = audit(String::new()).await;
     let all = audit_types(&page);
-    assert!(page.contains("&quot;reason&quot;"), "each event's data: {page}");
+    assert!(
+        page.contains("&quot;reason&quot;"),
+        "each event's data: {page}"
+    );
     assert_eq!(
         all.first().map(String::as_str),
         Some("account.updated"),

@@ -7,7 +7,9 @@ mod common;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use common::{spawn_app_with, spawn_config, TestApp, ROOT};
@@ -38,10 +40,19 @@ impl Received {
     }
 }
 
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Received>>>);
+/// What the receiver got, and the signal that lets `/held` answer.
+#[derive(Clone)]
+struct Seen {
+    got: Arc<Mutex<Vec<Received>>>,
+    release: Arc<tokio::sync::watch::Sender<bool>>,
+}
 
-/// A webhook receiver: `/ok` answers 204, `/gone` 410, `/fail` 500, `/slow` never.
+/// The body `/big` answers with: 5,000 two-byte characters.
+const BIG_CHAR: &str = "é";
+
+/// A webhook receiver: `/ok` answers 204, `/gone` 410, `/fail` 500, `/slow` never,
+/// `/held` 204 once the test releases it, `/redirect` 302 to `/target` (204), `/big` 200
+/// with 10,000 bytes.
 struct Receiver {
     url: String,
     seen: Seen,
@@ -59,25 +70,35 @@ async fn receive(
     Path(what): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
-    seen.0.lock().unwrap().push(Received {
+) -> Response {
+    seen.got.lock().unwrap().push(Received {
         path: what.clone(),
         headers,
         body,
     });
     match what.as_str() {
-        "ok" => StatusCode::NO_CONTENT,
-        "gone" => StatusCode::GONE,
+        "ok" | "target" => StatusCode::NO_CONTENT.into_response(),
+        "gone" => StatusCode::GONE.into_response(),
         "slow" => {
             std::future::pending::<()>().await;
-            StatusCode::OK
+            StatusCode::OK.into_response()
         }
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+        "held" => {
+            let mut released = seen.release.subscribe();
+            let _ = released.wait_for(|r| *r).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        "redirect" => (StatusCode::FOUND, [(LOCATION, "/target")]).into_response(),
+        "big" => (StatusCode::OK, BIG_CHAR.repeat(5_000)).into_response(),
+        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
 async fn receiver() -> Receiver {
-    let seen = Seen::default();
+    let seen = Seen {
+        got: Arc::default(),
+        release: Arc::new(tokio::sync::watch::Sender::new(false)),
+    };
     let app = Router::new()
         .route("/{what}", post(receive))
         .with_state(seen.clone());
@@ -90,9 +111,14 @@ async fn receiver() -> Receiver {
 }
 
 impl Receiver {
+    /// Lets every request `/held` is holding, and every later one, be answered.
+    fn release(&self) {
+        self.seen.release.send_replace(true);
+    }
+
     fn seen(&self, path: &str) -> Vec<Received> {
         self.seen
-            .0
+            .got
             .lock()
             .unwrap()
             .iter()
@@ -437,6 +463,97 @@ async fn a_slow_endpoint_holds_neither_the_others_nor_requests() {
     })
     .await;
     app.stop().await;
+}
+
+/// Two attempts in flight at most, so one to an endpoint (a quarter, at least one).
+const TWO_AT_A_TIME: &str = "timeout_seconds = 120\nconcurrency = 2\n";
+
+/// The oldest due deliveries all go to an endpoint that answers only when released; with
+/// two attempts in flight at most, it holds one and the other endpoint gets every
+/// delivery through the other, before the held ones end.
+async fn a_slow_endpoint_gets_only_its_share(app: &TestApp) {
+    let r = receiver().await;
+    let held = endpoint(
+        app,
+        format!("{}/held", r.url),
+        None,
+        None,
+        Some(&["account.created"]),
+    )
+    .await;
+    let fast = endpoint(
+        app,
+        format!("{}/ok", r.url),
+        None,
+        None,
+        Some(&["key.created"]),
+    )
+    .await;
+    let mut accounts = Vec::new();
+    for i in 0..4 {
+        accounts.push(app.account(&format!("Held {i}")).await);
+    }
+    r.wait("held", 1).await;
+    let started = std::time::Instant::now();
+    for i in 0..3 {
+        app.key(
+            &accounts[0],
+            json!({ "mode": "live", "name": format!("k{i}") }),
+        )
+        .await;
+    }
+    let queued = until_deliveries(app, &fast.id, |d| d.len() >= 3)
+        .await
+        .len();
+    r.wait("ok", queued).await;
+    let waited = started.elapsed();
+    until_deliveries(app, &fast.id, |d| {
+        d.iter().all(|d| d.status == DeliveryStatus::Delivered)
+    })
+    .await;
+    // Meanwhile the held endpoint had one attempt in flight, never more, and its other
+    // deliveries are still waiting.
+    assert_eq!(r.seen("held").len(), 1);
+    let d = app
+        .state
+        .store
+        .list_deliveries(&held.id, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(d.len(), 4);
+    assert!(d
+        .iter()
+        .all(|d| d.status == DeliveryStatus::Pending && d.attempts == 0));
+    eprintln!(
+        "the fast endpoint got its {queued} deliveries {} ms after the events, \
+         while the held endpoint kept one attempt waiting",
+        waited.as_millis()
+    );
+    // Released, the held endpoint gets the rest, one at a time.
+    r.release();
+    r.wait("held", 4).await;
+    until_deliveries(app, &held.id, |d| {
+        d.iter().all(|d| d.status == DeliveryStatus::Delivered)
+    })
+    .await;
+    assert_eq!(r.seen("held").len(), 4);
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_gets_only_its_share_on_sqlite() {
+    let app = spawn_app_with(&format!("{FAST}{TWO_AT_A_TIME}")).await;
+    a_slow_endpoint_gets_only_its_share(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_gets_only_its_share_on_postgres() {
+    let Some(pg) = common::pg::spawn_pg_app_with(&format!("{FAST}{TWO_AT_A_TIME}")).await else {
+        eprintln!("KEYWARDEN_TEST_DATABASE_URL is not set: skipping");
+        return;
+    };
+    a_slow_endpoint_gets_only_its_share(&pg.app).await;
+    pg.stop().await;
 }
 
 #[tokio::test]

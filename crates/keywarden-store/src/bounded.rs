@@ -148,7 +148,7 @@ delegate! {
         -> StoreResult<Vec<WebhookDelivery>>;
     call fn get_delivery(&self, id: &str) -> StoreResult<Option<WebhookDelivery>>;
     call fn list_attempts(&self, delivery_id: &str) -> StoreResult<Vec<WebhookAttempt>>;
-    long fn claim_deliveries(&self, now: Millis, lease_until: Millis, limit: u32)
+    long fn claim_deliveries(&self, now: Millis, lease_until: Millis, limit: u32, per_endpoint: u32)
         -> StoreResult<Vec<DueDelivery>>;
     long fn finish_delivery(&self, outcome: &AttemptOutcome) -> StoreResult<()>;
     call fn redeliver(&self, endpoint_id: &str, delivery_id: &str, at: Millis) -> StoreResult<()>;

@@ -157,7 +157,7 @@ delegate! {
         -> StoreResult<Vec<WebhookDelivery>>;
     fn get_delivery(&self, id: &str) -> StoreResult<Option<WebhookDelivery>>;
     fn list_attempts(&self, delivery_id: &str) -> StoreResult<Vec<WebhookAttempt>>;
-    fn claim_deliveries(&self, now: Millis, lease_until: Millis, limit: u32)
+    fn claim_deliveries(&self, now: Millis, lease_until: Millis, limit: u32, per_endpoint: u32)
         -> StoreResult<Vec<DueDelivery>>;
     fn finish_delivery(&self, outcome: &AttemptOutcome) -> StoreResult<()>;
     fn redeliver(&self, endpoint_id: &str, delivery_id: &str, at: Millis) -> StoreResult<()>;

@@ -504,14 +504,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A delivery's attempts, oldest first.
     async fn list_attempts(&self, delivery_id: &str) -> StoreResult<Vec<WebhookAttempt>>;
     /// Claims up to `limit` pending deliveries due at `now` to enabled endpoints and not
-    /// claimed by anyone else, marking them claimed until `lease_until`. On PostgreSQL the
-    /// rows are chosen `FOR UPDATE SKIP LOCKED`, so several replicas never claim one
-    /// delivery at once.
+    /// claimed by anyone else, oldest first, marking them claimed until `lease_until`. No
+    /// endpoint is left with more than `per_endpoint` deliveries claimed at once (those
+    /// claimed before, by any process, and not yet finished included), so one slow
+    /// endpoint cannot take every attempt. On PostgreSQL the rows are chosen
+    /// `FOR UPDATE SKIP LOCKED`, so several replicas never claim one delivery at once.
     async fn claim_deliveries(
         &self,
         now: Millis,
         lease_until: Millis,
         limit: u32,
+        per_endpoint: u32,
     ) -> StoreResult<Vec<DueDelivery>>;
     /// Records an attempt and what follows it; disables the endpoint when asked, and
     /// writes the outcome's events, in one transaction.

@@ -1414,14 +1414,17 @@ async fn case_events_queue_their_deliveries_in_the_same_write(store: Arc<dyn Sto
 
     // Nothing is due before its time; claimed ones are not claimed again within the lease.
     assert!(store
-        .claim_deliveries(t - 1, t + 10, 100)
+        .claim_deliveries(t - 1, t + 10, 100, 100)
         .await
         .unwrap()
         .is_empty());
-    let due = store.claim_deliveries(t, t + 10_000, 100).await.unwrap();
+    let due = store
+        .claim_deliveries(t, t + 10_000, 100, 100)
+        .await
+        .unwrap();
     assert_eq!(due.len(), 6);
     assert!(store
-        .claim_deliveries(t + 1, t + 10_000, 100)
+        .claim_deliveries(t + 1, t + 10_000, 100, 100)
         .await
         .unwrap()
         .is_empty());
@@ -1479,7 +1482,7 @@ async fn case_events_queue_their_deliveries_in_the_same_write(store: Arc<dyn Sto
     assert_eq!(store.webhook_backlog().await.unwrap(), 4);
     // The retry is due at its time, once the lease is over.
     let again = store
-        .claim_deliveries(t + 60_000, t + 70_000, 100)
+        .claim_deliveries(t + 60_000, t + 70_000, 100, 100)
         .await
         .unwrap();
     assert!(again.iter().any(|d| d.delivery.id == d1.id));
@@ -1519,7 +1522,7 @@ async fn case_disabling_an_endpoint_records_its_event(store: Arc<dyn Store>) {
         .append_events(&[event(Some(&a.id), Some(Mode::Live), "key.created", t)])
         .await
         .unwrap();
-    let due = store.claim_deliveries(t, t + 1, 10).await.unwrap();
+    let due = store.claim_deliveries(t, t + 1, 10, 100).await.unwrap();
     assert_eq!(due.len(), 1);
     store
         .finish_delivery(&AttemptOutcome {
@@ -1585,7 +1588,7 @@ async fn case_endpoint_updates_and_the_delivery_worker_do_not_undo_each_other(
                 .append_events(&[event(None, None, "key.created", at)])
                 .await
                 .unwrap();
-            let due = store.claim_deliveries(at, at + 1, 10).await.unwrap();
+            let due = store.claim_deliveries(at, at + 1, 10, 100).await.unwrap();
             let events = disable
                 .iter()
                 .map(|_| event(None, None, "webhook.disabled", at))
@@ -1675,7 +1678,7 @@ async fn case_concurrent_claims_take_each_delivery_once(store: Arc<dyn Store>) {
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             loop {
-                let due = store.claim_deliveries(t, t + 60_000, 4).await.unwrap();
+                let due = store.claim_deliveries(t, t + 60_000, 4, 100).await.unwrap();
                 if due.is_empty() {
                     break got;
                 }
@@ -1691,6 +1694,80 @@ async fn case_concurrent_claims_take_each_delivery_once(store: Arc<dyn Store>) {
     all.sort();
     all.dedup();
     assert_eq!((n, all.len()), (60, 60));
+}
+
+/// A claim leaves no endpoint more than its share of deliveries in flight, counting those
+/// claimed before and not finished, so the deliveries of others are claimed beside the
+/// oldest ones.
+async fn case_claims_leave_each_endpoint_its_share(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let slow = endpoint(None, None, Some(&["key.updated"]));
+    let other = endpoint(None, None, Some(&["key.created"]));
+    store.create_webhook(&slow, &[]).await.unwrap();
+    store.create_webhook(&other, &[]).await.unwrap();
+    let t = 1_700_000_000_000;
+    // The slow endpoint's five deliveries are older than the other's two.
+    let mut events: Vec<AuditEvent> = (0..5)
+        .map(|i| event(Some(&a.id), Some(Mode::Live), "key.updated", t + i))
+        .collect();
+    events.extend((0..2).map(|i| event(Some(&a.id), Some(Mode::Live), "key.created", t + 10 + i)));
+    store.append_events(&events).await.unwrap();
+    let now = t + 100;
+    let lease = now + 60_000;
+    let of = |due: &[keywarden_store::webhooks::DueDelivery], e: &WebhookEndpoint| {
+        due.iter().filter(|d| d.endpoint.id == e.id).count()
+    };
+    // Two each at most: the slow endpoint's two oldest and the other's two.
+    let first = store.claim_deliveries(now, lease, 10, 2).await.unwrap();
+    assert_eq!((of(&first, &slow), of(&first, &other)), (2, 2));
+    let mut oldest: Vec<i64> = first
+        .iter()
+        .filter(|d| d.endpoint.id == slow.id)
+        .map(|d| d.delivery.created_at)
+        .collect();
+    oldest.sort();
+    assert_eq!(oldest, [t, t + 1]);
+    // Both endpoints have their share in flight: nothing more until one ends.
+    assert!(store
+        .claim_deliveries(now, lease, 10, 2)
+        .await
+        .unwrap()
+        .is_empty());
+    let done = first.iter().find(|d| d.delivery.created_at == t).unwrap();
+    store
+        .finish_delivery(&AttemptOutcome {
+            delivery_id: done.delivery.id.clone(),
+            endpoint_id: slow.id.clone(),
+            attempt: attempt(now, Some(200)),
+            next: NextStep::Delivered,
+            disable: None,
+            events: vec![],
+        })
+        .await
+        .unwrap();
+    let next = store.claim_deliveries(now, lease, 10, 2).await.unwrap();
+    assert_eq!(of(&next, &slow), 1);
+    assert_eq!(next[0].delivery.created_at, t + 2);
+    // Leases that ran out free their places: each endpoint's oldest unsent again.
+    let later = store
+        .claim_deliveries(lease, lease + 60_000, 10, 2)
+        .await
+        .unwrap();
+    assert_eq!((of(&later, &slow), of(&later, &other)), (2, 2));
+    let mut oldest: Vec<i64> = later
+        .iter()
+        .filter(|d| d.endpoint.id == slow.id)
+        .map(|d| d.delivery.created_at)
+        .collect();
+    oldest.sort();
+    assert_eq!(oldest, [t + 1, t + 2]);
+    // Within the limit, the oldest of all come first.
+    let one = store
+        .claim_deliveries(lease + 60_000, lease + 120_000, 1, 2)
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].delivery.created_at, t + 1);
 }
 
 async fn case_events_fired_once_are_written_once(store: Arc<dyn Store>) {
@@ -2475,6 +2552,7 @@ suite!(
     case_disabling_an_endpoint_records_its_event,
     case_endpoint_updates_and_the_delivery_worker_do_not_undo_each_other,
     case_concurrent_claims_take_each_delivery_once,
+    case_claims_leave_each_endpoint_its_share,
     case_events_fired_once_are_written_once,
     case_deadlines_and_usage_for_derived_events,
     case_a_refused_change_writes_none_of_its_events,

@@ -684,18 +684,35 @@ impl<B: Backend> Store for B {
         now: Millis,
         lease_until: Millis,
         limit: u32,
+        per_endpoint: u32,
     ) -> StoreResult<Vec<DueDelivery>> {
+        // Each endpoint's due deliveries are numbered, those being sent first: a delivery
+        // keeps its `next_attempt_at` while it is claimed, so they are among the due ones.
+        // Only the free ones within the first `per_endpoint` places are claimed, the oldest
+        // first. The rows are then locked apart from the numbering (PostgreSQL locks no
+        // rows of a query with window functions), and checked again as they are locked.
         let claim = format!(
             "UPDATE webhook_deliveries SET locked_until = $2 WHERE id IN (\
-             SELECT d.id FROM webhook_deliveries d \
-             JOIN webhook_endpoints e ON e.id = d.endpoint_id \
-             WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-             AND (d.locked_until IS NULL OR d.locked_until <= $1) AND e.enabled = $4 \
-             ORDER BY d.next_attempt_at, d.id LIMIT $3{}) RETURNING id",
+             SELECT d.id FROM webhook_deliveries d WHERE d.id IN (\
+             SELECT r.id FROM (SELECT w.id, w.next_attempt_at, w.locked_until, \
+             ROW_NUMBER() OVER (PARTITION BY w.endpoint_id ORDER BY \
+             CASE WHEN w.locked_until > $1 THEN 0 ELSE 1 END, w.next_attempt_at, w.id) AS place \
+             FROM webhook_deliveries w JOIN webhook_endpoints e ON e.id = w.endpoint_id \
+             WHERE w.status = 'pending' AND w.next_attempt_at <= $1 AND e.enabled = $4) r \
+             WHERE r.place <= $5 AND (r.locked_until IS NULL OR r.locked_until <= $1) \
+             ORDER BY r.next_attempt_at, r.id LIMIT $3) \
+             AND d.status = 'pending' AND (d.locked_until IS NULL OR d.locked_until <= $1)\
+             {}) RETURNING id",
             B::SKIP_LOCKED
         );
         let mut tx = write(self).await?;
-        let p = params![now, lease_until, i64::from(limit), true];
+        let p = params![
+            now,
+            lease_until,
+            i64::from(limit),
+            true,
+            i64::from(per_endpoint.max(1))
+        ];
         let mut ids = all(&mut *tx, &claim, &p, |r| r.text("id")).await?;
         ids.sort();
         let mut out = Vec::with_capacity(ids.len());
