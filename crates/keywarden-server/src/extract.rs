@@ -42,6 +42,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// The `{id}` of a route (an account, key, application, grant or endpoint id), refused as
+/// `invalid_request` when it cannot be read.
+#[derive(Debug)]
+pub struct Id(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| Id(id))
+            .map_err(|e| ApiError::invalid(e.body_text()))
+    }
+}
+
 /// A query string parsed strictly, refused as `invalid_request` naming what is wrong.
 #[derive(Debug)]
 pub struct ApiQuery<T>(pub T);

@@ -3,13 +3,13 @@
 
 use crate::auth::{Admin, RootCaller};
 use crate::errors::ApiError;
-use crate::extract::{ApiQuery, JsonBody};
+use crate::extract::{ApiQuery, Id, JsonBody};
 use crate::manage::{AccountPatch, KeyPatch, NewKey};
 use crate::routes::self_service::{page_limit, usage_body, ListQuery, RotateBody};
 use crate::routes::{AccountPath, KeyPath, Reply};
 use crate::state::AppState;
 use crate::views::{self, AccountWithKeys, ApiKey, ApiKeyWithSecret};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -101,7 +101,7 @@ pub async fn list_accounts(
 /// `GET /v1/admin/accounts/{id}`.
 #[utoipa::path(get, path = "/v1/admin/accounts/{id}", params(AccountPath),
     responses((status = 200, description = "The account", body = crate::views::Account)))]
-pub async fn get_account(admin: Admin, Path(id): Path<String>) -> Reply<views::Account> {
+pub async fn get_account(admin: Admin, Id(id): Id) -> Reply<views::Account> {
     let a = admin.keys().account(&id).await?;
     Ok(Json((&a).into()))
 }
@@ -128,7 +128,7 @@ pub struct PatchAccount {
     responses((status = 200, description = "The account, with its live default keys when this made it active", body = crate::views::AccountWithKeys)))]
 pub async fn patch_account(
     admin: Admin,
-    Path(id): Path<String>,
+    Id(id): Id,
     JsonBody(b): JsonBody<PatchAccount>,
 ) -> Reply<AccountWithKeys> {
     let a = admin
@@ -155,7 +155,7 @@ pub async fn patch_account(
 /// `DELETE /v1/admin/accounts/{id}`: erases the account and everything of it.
 #[utoipa::path(delete, path = "/v1/admin/accounts/{id}", params(AccountPath),
     responses((status = 200, description = "What was deleted, per kind", body = crate::views::ErasureCounts)))]
-pub async fn erase_account(admin: Admin, Path(id): Path<String>) -> Reply<views::ErasureCounts> {
+pub async fn erase_account(admin: Admin, Id(id): Id) -> Reply<views::ErasureCounts> {
     let counts = admin.keys().erase_account(&admin.actor, &id).await?;
     Ok(Json(counts.into()))
 }
@@ -163,7 +163,7 @@ pub async fn erase_account(admin: Admin, Path(id): Path<String>) -> Reply<views:
 /// `POST /v1/admin/accounts/{id}/approve`: status `active`.
 #[utoipa::path(post, path = "/v1/admin/accounts/{id}/approve", params(AccountPath),
     responses((status = 200, description = "The account, now `active`, with its live default keys when that made some", body = crate::views::AccountWithKeys)))]
-pub async fn approve_account(admin: Admin, Path(id): Path<String>) -> Reply<AccountWithKeys> {
+pub async fn approve_account(admin: Admin, Id(id): Id) -> Reply<AccountWithKeys> {
     let (a, keys) = admin
         .apps()
         .set_status(&admin.actor, &id, AccountStatus::Active)
@@ -193,7 +193,7 @@ pub struct CreatePortalSession {
 pub async fn create_portal_session(
     admin: Admin,
     headers: axum::http::HeaderMap,
-    Path(id): Path<String>,
+    Id(id): Id,
     JsonBody(b): JsonBody<CreatePortalSession>,
 ) -> Result<(StatusCode, Json<views::PortalSession>), ApiError> {
     // The root key this call was admitted with: the link lives only while it is configured.
@@ -265,7 +265,7 @@ pub struct CreateKey {
     responses((status = 201, description = "The key with `api_key`, shown once", body = crate::views::ApiKeyWithSecret), (status = 403, response = crate::openapi::Forbidden)))]
 pub async fn create_key(
     admin: Admin,
-    Path(id): Path<String>,
+    Id(id): Id,
     JsonBody(b): JsonBody<CreateKey>,
 ) -> Result<Response, ApiError> {
     let m = admin.keys();
@@ -320,7 +320,7 @@ pub struct KeysQuery {
     responses((status = 200, description = "Key metadata, never a secret", body = Vec<crate::views::ApiKey>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn list_keys(
     admin: Admin,
-    Path(id): Path<String>,
+    Id(id): Id,
     ApiQuery(q): ApiQuery<KeysQuery>,
 ) -> Reply<Vec<ApiKey>> {
     admin.keys().account(&id).await?;
@@ -342,7 +342,7 @@ pub async fn list_keys(
 /// `GET /v1/admin/keys/{id}`.
 #[utoipa::path(get, path = "/v1/admin/keys/{id}", params(KeyPath),
     responses((status = 200, description = "Key metadata, never a secret", body = crate::views::ApiKey)))]
-pub async fn get_key(admin: Admin, Path(id): Path<String>) -> Reply<ApiKey> {
+pub async fn get_key(admin: Admin, Id(id): Id) -> Reply<ApiKey> {
     let k = admin.keys().key_of(None, None, &id).await?;
     Ok(Json((&k).into()))
 }
@@ -385,11 +385,7 @@ pub struct PatchKey {
 /// `PATCH /v1/admin/keys/{id}`.
 #[utoipa::path(patch, path = "/v1/admin/keys/{id}", request_body = PatchKey, params(KeyPath),
     responses((status = 200, description = "Key metadata", body = crate::views::ApiKey)))]
-pub async fn patch_key(
-    admin: Admin,
-    Path(id): Path<String>,
-    JsonBody(b): JsonBody<PatchKey>,
-) -> Reply<ApiKey> {
+pub async fn patch_key(admin: Admin, Id(id): Id, JsonBody(b): JsonBody<PatchKey>) -> Reply<ApiKey> {
     let m = admin.keys();
     let k = m.key_of(None, None, &id).await?;
     if let Some(scopes) = &b.scopes {
@@ -425,7 +421,7 @@ pub async fn patch_key(
     responses((status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::views::ApiKeyWithSecret), (status = 409, response = crate::openapi::Conflict)))]
 pub async fn rotate_key(
     admin: Admin,
-    Path(id): Path<String>,
+    Id(id): Id,
     JsonBody(b): JsonBody<RotateBody>,
 ) -> Reply<ApiKeyWithSecret> {
     let m = admin.keys();
@@ -450,7 +446,7 @@ pub struct RevokeBody {
     responses((status = 200, description = "Key metadata, revoked", body = crate::views::ApiKey)))]
 pub async fn revoke_key(
     admin: Admin,
-    Path(id): Path<String>,
+    Id(id): Id,
     JsonBody(b): JsonBody<RevokeBody>,
 ) -> Reply<ApiKey> {
     let m = admin.keys();
@@ -462,7 +458,7 @@ pub async fn revoke_key(
 /// `GET /v1/admin/keys/{id}/activity`.
 #[utoipa::path(get, path = "/v1/admin/keys/{id}/activity", params(KeyPath),
     responses((status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::views::Activity>)))]
-pub async fn key_activity(admin: Admin, Path(id): Path<String>) -> Reply<Vec<views::Activity>> {
+pub async fn key_activity(admin: Admin, Id(id): Id) -> Reply<Vec<views::Activity>> {
     let k = admin.keys().key_of(None, None, &id).await?;
     let rows = admin.state.store.list_activity(&k.id, 100).await?;
     Ok(Json(views::list(&rows)))
@@ -581,7 +577,7 @@ pub struct ReportUsage {
     responses((status = 200, description = "The account's usage after the report", body = crate::views::UsageResponse)))]
 pub async fn report_usage(
     admin: Admin,
-    Path(id): Path<String>,
+    Id(id): Id,
     JsonBody(b): JsonBody<ReportUsage>,
 ) -> Reply<views::UsageResponse> {
     if i64::try_from(b.amount).is_err() {

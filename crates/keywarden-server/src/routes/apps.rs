@@ -4,7 +4,7 @@
 
 use crate::auth::{AccountRead, Admin, GrantManager, SelfServiceCaller};
 use crate::errors::ApiError;
-use crate::extract::{ApiQuery, JsonBody};
+use crate::extract::{ApiQuery, Id, JsonBody};
 use crate::manage_apps::{AppManager, AppPatch, NewApp};
 use crate::routes::admin::nullable;
 use crate::routes::self_service::{page_limit, ListQuery};
@@ -116,7 +116,7 @@ pub async fn list_applications(
 /// `GET /v1/admin/applications/{id}`.
 #[utoipa::path(get, path = "/v1/admin/applications/{id}", params(ApplicationPath),
     responses((status = 200, description = "The application, never a secret", body = crate::views::Application)))]
-pub async fn get_application(admin: Admin, Path(id): Path<String>) -> Reply<Application> {
+pub async fn get_application(admin: Admin, Id(id): Id) -> Reply<Application> {
     let app = admin.apps().app(&id).await?;
     Ok(Json((&app).into()))
 }
@@ -144,7 +144,7 @@ pub struct PatchApplication {
     responses((status = 200, description = "The application", body = crate::views::Application)))]
 pub async fn patch_application(
     admin: Admin,
-    Path(id): Path<String>,
+    Id(id): Id,
     JsonBody(b): JsonBody<PatchApplication>,
 ) -> Reply<Application> {
     let patch = AppPatch {
@@ -203,7 +203,7 @@ pub struct AdminCreateGrant {
     responses((status = 201, description = "The grant with `key` (and its `api_key`, shown once)", body = crate::views::IssuedGrant), (status = 403, response = crate::openapi::Forbidden)))]
 pub async fn admin_create_grant(
     admin: Admin,
-    Path(id): Path<String>,
+    Id(id): Id,
     JsonBody(b): JsonBody<AdminCreateGrant>,
 ) -> Result<Response, ApiError> {
     let account = admin.keys().account(&id).await?;
@@ -224,7 +224,7 @@ pub async fn admin_create_grant(
 /// `GET /v1/admin/accounts/{id}/grants`.
 #[utoipa::path(get, path = "/v1/admin/accounts/{id}/grants", params(AccountPath),
     responses((status = 200, description = "The account's grants", body = Vec<crate::views::Grant>)))]
-pub async fn admin_list_grants(admin: Admin, Path(id): Path<String>) -> Reply<Vec<Grant>> {
+pub async fn admin_list_grants(admin: Admin, Id(id): Id) -> Reply<Vec<Grant>> {
     admin.keys().account(&id).await?;
     let grants = admin.apps().list_grants(&id).await?;
     Ok(Json(views::list(&grants)))
@@ -233,7 +233,7 @@ pub async fn admin_list_grants(admin: Admin, Path(id): Path<String>) -> Reply<Ve
 /// `GET /v1/admin/grants/{id}`.
 #[utoipa::path(get, path = "/v1/admin/grants/{id}", params(GrantPath),
     responses((status = 200, description = "The grant", body = crate::views::Grant)))]
-pub async fn admin_get_grant(admin: Admin, Path(id): Path<String>) -> Reply<Grant> {
+pub async fn admin_get_grant(admin: Admin, Id(id): Id) -> Reply<Grant> {
     let g = admin.apps().grant(None, &id).await?;
     Ok(Json((&g).into()))
 }
@@ -241,10 +241,7 @@ pub async fn admin_get_grant(admin: Admin, Path(id): Path<String>) -> Reply<Gran
 /// `DELETE /v1/admin/grants/{id}`: every key made under the grant is revoked at once.
 #[utoipa::path(delete, path = "/v1/admin/grants/{id}", params(GrantPath),
     responses((status = 200, description = "The deleted grant with `revoked_keys`", body = crate::views::DeletedGrant)))]
-pub async fn admin_delete_grant(
-    admin: Admin,
-    Path(id): Path<String>,
-) -> Reply<views::DeletedGrant> {
+pub async fn admin_delete_grant(admin: Admin, Id(id): Id) -> Reply<views::DeletedGrant> {
     let m = admin.apps();
     let g = m.grant(None, &id).await?;
     let keys = m.delete_grant(&admin.actor, &g).await?;
@@ -261,7 +258,7 @@ pub async fn admin_delete_grant(
 /// `keys.recoverable_test_secrets` is on. Live secrets are never recoverable (409).
 #[utoipa::path(post, path = "/v1/admin/keys/{id}/reveal", params(KeyPath), description = "Only test keys, and only when `keys.recoverable_test_secrets` is on; a live key, a revoked key, or recoverable secrets switched off answer `conflict`.",
     responses((status = 200, description = "Key metadata with `api_key`", body = crate::views::ApiKeyWithSecret), (status = 409, response = crate::openapi::Conflict)))]
-pub async fn reveal_key(admin: Admin, Path(id): Path<String>) -> Reply<ApiKeyWithSecret> {
+pub async fn reveal_key(admin: Admin, Id(id): Id) -> Reply<ApiKeyWithSecret> {
     let k = admin.keys().key_of(None, None, &id).await?;
     let secret = admin.apps().reveal(&admin.actor, &k).await?;
     Ok(Json(ApiKeyWithSecret::new(&k, &secret)))
@@ -328,7 +325,7 @@ pub async fn list_grants(
 pub async fn get_grant(
     State(state): State<AppState>,
     c: SelfServiceCaller<AccountRead>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Response, ApiError> {
     let g = AppManager::new(&state)
         .grant(Some(&c.account.id), &id)
@@ -343,7 +340,7 @@ pub async fn get_grant(
 pub async fn delete_grant(
     State(state): State<AppState>,
     c: SelfServiceCaller<GrantManager>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Response, ApiError> {
     let m = AppManager::new(&state);
     let g = m.grant(Some(&c.account.id), &id).await?;
