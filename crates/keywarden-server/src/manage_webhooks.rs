@@ -8,6 +8,7 @@ use crate::manage::{check_len, Actor, Manager, MAX_DESCRIPTION};
 use crate::state::AppState;
 use crate::views::{Delivery, DeliveryAttempt};
 use crate::webhooks::{check_url, UrlError};
+use keywarden_core::codes::Code;
 use keywarden_core::model::{new_id, AuditEvent, Millis, Mode};
 use keywarden_core::webhooks::new_secret;
 use keywarden_store::webhooks::{WebhookEndpoint, WebhookFilter};
@@ -376,7 +377,7 @@ impl WebhookManager {
         Ok(out)
     }
 
-    /// Sends a delivery again, now.
+    /// Sends a delivery again, now. Refused (409) while the endpoint is disabled.
     pub async fn redeliver(
         &self,
         owner: &Owner,
@@ -384,6 +385,7 @@ impl WebhookManager {
         delivery_id: &str,
     ) -> Result<Delivery, ApiError> {
         let e = self.get(owner, id).await?;
+        sendable(&e)?;
         self.state
             .store
             .redeliver(&e.id, delivery_id, self.now())
@@ -399,9 +401,11 @@ impl WebhookManager {
         Ok(Delivery::from(&d))
     }
 
-    /// Queues a `webhook.test` event for this endpoint only.
+    /// Queues a `webhook.test` event for this endpoint only. Refused (409) while the
+    /// endpoint is disabled.
     pub async fn send_test(&self, owner: &Owner, id: &str) -> Result<Delivery, ApiError> {
         let e = self.get(owner, id).await?;
+        sendable(&e)?;
         let event = AuditEvent {
             id: new_id("evt"),
             account_id: e.account_id.clone(),
@@ -427,6 +431,26 @@ impl WebhookManager {
             .ok_or_else(ApiError::not_found)?;
         Ok(Delivery::from(&d))
     }
+}
+
+/// Refuses to queue anything for a disabled endpoint: nothing is sent to it, so the
+/// delivery would wait unseen until the endpoint is enabled again.
+fn sendable(e: &WebhookEndpoint) -> Result<(), ApiError> {
+    if e.enabled {
+        return Ok(());
+    }
+    let why = match e.disabled_reason.as_deref() {
+        Some("gone") => " (Keywarden disabled it: it answered 410 Gone)",
+        Some("failing") => " (Keywarden disabled it: its attempts failed for too long)",
+        _ => "",
+    };
+    Err(ApiError::with(
+        Code::Conflict,
+        format!(
+            "the webhook endpoint is disabled{why}, so the delivery would never be sent; \
+             enable it first (\"enabled\": true)"
+        ),
+    ))
 }
 
 /// The `updated_at` a change writes: now, and always later than the version it replaces,

@@ -316,7 +316,8 @@ error_response!(
     Conflict,
     "`conflict`: the request conflicts with the object's current state (e.g. rotating a \
      revoked key, importing a key that already exists, changing a webhook endpoint that \
-     another change reached first: read it again and retry)."
+     another change reached first: read it again and retry; redelivering to or testing a \
+     disabled webhook endpoint, which would never be sent: enable it first)."
 );
 error_response!(
     /// 413.

@@ -386,8 +386,14 @@ async fn gone_disables_the_endpoint_and_says_so() {
         .unwrap();
     assert!(!e.enabled);
     assert_eq!(e.disabled_reason.as_deref(), Some("gone"));
-    // Nothing more goes to it.
+    // Nothing more goes to it, and what would only wait is refused, saying why.
     app.account("Other").await;
+    let m = keywarden_server::manage_webhooks::WebhookManager::new(&app.state);
+    let root = keywarden_server::manage_webhooks::Owner::Root;
+    let err = m.send_test(&root, &gone.id).await.unwrap_err();
+    assert_eq!(err.code.status(), 409);
+    let why = err.detail.unwrap();
+    assert!(why.contains("disabled") && why.contains("410"), "{why}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(r.seen("gone").len(), 1);
     let _ = watcher;
@@ -962,6 +968,7 @@ async fn a_lockout_is_announced_once_to_the_operator() {
 
 mod http {
     use super::*;
+    use common::Answer;
     use reqwest::Method;
 
     #[tokio::test]
@@ -1080,6 +1087,128 @@ mod http {
             .admin(Method::GET, &format!("/v1/admin/webhooks/{id}"), None)
             .await;
         assert_eq!(res.status(), 404);
+        app.stop().await;
+    }
+
+    async fn backlog(app: &TestApp) -> u64 {
+        let metrics = app
+            .client
+            .get(format!("{}/metrics", app.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("keywarden_webhook_backlog "))
+            .unwrap_or_else(|| panic!("no backlog in:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_disabled_endpoint_refuses_redelivery_and_tests_and_leaves_the_backlog() {
+        // No worker: deliveries stay pending, so the backlog shows them.
+        let app = spawn_app_with("[webhooks]\nenabled = false\n").await;
+        let res = app
+            .admin(
+                Method::POST,
+                "/v1/admin/webhooks",
+                Some(json!({ "url": "https://93.184.216.34/hook" })),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        let id = res.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // Its own webhook.created waits to be sent.
+        assert_eq!(backlog(&app).await, 1);
+        let log: Value = app
+            .admin(
+                Method::GET,
+                &format!("/v1/admin/webhooks/{id}/deliveries"),
+                None,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let delivery = log[0]["id"].as_str().unwrap().to_string();
+        let res = app
+            .admin(
+                Method::PATCH,
+                &format!("/v1/admin/webhooks/{id}"),
+                Some(json!({ "enabled": false })),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(backlog(&app).await, 0);
+        for path in [
+            format!("/v1/admin/webhooks/{id}/test"),
+            format!("/v1/admin/webhooks/{id}/deliveries/{delivery}/redeliver"),
+        ] {
+            let a = Answer::of(app.admin(Method::POST, &path, None).await)
+                .await
+                .err(409, "conflict");
+            assert!(
+                a.message().contains("disabled") && a.message().contains("never be sent"),
+                "{path}: {}",
+                a.message()
+            );
+        }
+        // Nothing was queued by the refused test.
+        let log: Value = app
+            .admin(
+                Method::GET,
+                &format!("/v1/admin/webhooks/{id}/deliveries"),
+                None,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(log.as_array().unwrap().len(), 1);
+        // Enabled again: its pending delivery counts again, with the change's own event.
+        let res = app
+            .admin(
+                Method::PATCH,
+                &format!("/v1/admin/webhooks/{id}"),
+                Some(json!({ "enabled": true })),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(backlog(&app).await, 2);
+        let res = app
+            .admin(Method::POST, &format!("/v1/admin/webhooks/{id}/test"), None)
+            .await;
+        assert_eq!(res.status(), 202);
+        assert_eq!(backlog(&app).await, 3);
+
+        // The API documents say so, for the operator's routes and the accounts' own.
+        for (base, prefix) in [(&app.admin, "/v1/admin"), (&app.public, "/v1")] {
+            let doc: Value = app
+                .client
+                .get(format!("{base}/openapi.json"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for path in [
+                format!("{prefix}/webhooks/{{id}}/test"),
+                format!("{prefix}/webhooks/{{id}}/deliveries/{{delivery_id}}/redeliver"),
+            ] {
+                let op = &doc["paths"][&path]["post"];
+                assert!(op["responses"].get("409").is_some(), "{path}: {op}");
+                let said = op["description"].as_str().unwrap_or_default();
+                assert!(said.contains("disabled"), "{path}: {said}");
+            }
+        }
         app.stop().await;
     }
 

@@ -529,7 +529,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         endpoint_id: &str,
         event: &AuditEvent,
     ) -> StoreResult<String>;
-    /// Pending deliveries (the outbox backlog).
+    /// Pending deliveries of enabled endpoints (the outbox backlog: what the worker has
+    /// to send).
     async fn webhook_backlog(&self) -> StoreResult<u64>;
     /// Writes each event whose marker was never written before, with its marker, in one
     /// transaction; returns how many were written. Events raised once (`key.expiring`,

@@ -273,9 +273,11 @@ pub async fn admin_deliveries(
 /// `POST /v1/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver`.
 #[utoipa::path(
     post, path = "/v1/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+    description = "Refused with 409 `conflict` while the endpoint is disabled (nothing is sent to a disabled endpoint, so the delivery would never be sent: enable it first) and while the delivery is being sent.",
     params(("id" = String, Path, description = "Endpoint id"), ("delivery_id" = String, Path, description = "Delivery id")),
     responses(
         (status = 202, description = "The delivery, pending again and due now", body = crate::views::Delivery),
+        (status = 409, response = crate::openapi::Conflict),
     ),
 )]
 pub async fn admin_redeliver(
@@ -292,8 +294,10 @@ pub async fn admin_redeliver(
 /// `POST /v1/admin/webhooks/{id}/test`.
 #[utoipa::path(
     post, path = "/v1/admin/webhooks/{id}/test", params(("id" = String, Path, description = "Endpoint id")),
+    description = "Refused with 409 `conflict` while the endpoint is disabled: nothing is sent to a disabled endpoint, so the test event would never be sent; enable it first.",
     responses(
         (status = 202, description = "A `webhook.test` event queued for this endpoint only", body = crate::views::Delivery),
+        (status = 409, response = crate::openapi::Conflict),
     ),
 )]
 pub async fn admin_test(
@@ -465,9 +469,11 @@ pub async fn deliveries(
 /// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/redeliver`.
 #[utoipa::path(
     post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+    description = "Refused with 409 `conflict` while the endpoint is disabled (nothing is sent to a disabled endpoint, so the delivery would never be sent: enable it first) and while the delivery is being sent.",
     params(("id" = String, Path, description = "Endpoint id"), ("delivery_id" = String, Path, description = "Delivery id")),
     responses(
         (status = 202, description = "The delivery, pending again and due now", body = crate::views::Delivery),
+        (status = 409, response = crate::openapi::Conflict),
     ),
     security(("api_key" = ["webhooks:write"])), tag = "self-service"
 )]
@@ -485,8 +491,10 @@ pub async fn redeliver(
 /// `POST /v1/webhooks/{id}/test`.
 #[utoipa::path(
     post, path = "/v1/webhooks/{id}/test", params(("id" = String, Path, description = "Endpoint id")),
+    description = "Refused with 409 `conflict` while the endpoint is disabled: nothing is sent to a disabled endpoint, so the test event would never be sent; enable it first.",
     responses(
         (status = 202, description = "A `webhook.test` event queued for this endpoint only", body = crate::views::Delivery),
+        (status = 409, response = crate::openapi::Conflict),
     ),
     security(("api_key" = ["webhooks:write"])), tag = "self-service"
 )]

@@ -836,7 +836,7 @@ impl<B: Backend> Store for B {
 
     async fn webhook_backlog(&self) -> StoreResult<u64> {
         let mut c = read(self).await?;
-        narrow("n", count(&mut *c, BACKLOG, &[]).await?)
+        narrow("n", count(&mut *c, BACKLOG, &params![true]).await?)
     }
 
     async fn fire_once(&self, fired: &[(String, AuditEvent)]) -> StoreResult<u64> {

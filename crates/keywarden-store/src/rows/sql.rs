@@ -450,8 +450,10 @@ pub(super) const REDELIVER: &str = "UPDATE webhook_deliveries SET status = 'pend
      AND (locked_until IS NULL OR locked_until <= $3)";
 pub(super) const DELIVERY_OF_ENDPOINT: &str =
     "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE id = $2 AND endpoint_id = $1";
-pub(super) const BACKLOG: &str =
-    "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE status = 'pending'";
+/// Pending deliveries of enabled endpoints (`$1` is true): a disabled endpoint's wait for
+/// it to be enabled again, and are no work for the worker until then.
+pub(super) const BACKLOG: &str = "SELECT COUNT(*) AS n FROM webhook_deliveries d \
+     JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.status = 'pending' AND e.enabled = $1";
 pub(super) const FIRE_MARKER: &str = "INSERT INTO fired_events (marker, account_id, at) \
      VALUES ($1, $2, $3) ON CONFLICT (marker) DO NOTHING";
 pub(super) const USAGE_SINCE: &str =
