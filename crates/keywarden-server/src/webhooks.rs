@@ -228,8 +228,26 @@ impl Sender {
                 _ => break,
             }
         }
-        String::from_utf8_lossy(&buf).into_owned()
+        bounded_text(&buf, self.max_body)
     }
+}
+
+/// The start of a body as text of at most `max` bytes: a character cut by the bound is
+/// left out, and bytes that are not UTF-8 become U+FFFD (still within the bound).
+fn bounded_text(buf: &[u8], max: usize) -> String {
+    let whole = match std::str::from_utf8(buf) {
+        Err(e) if e.error_len().is_none() => &buf[..e.valid_up_to()],
+        _ => buf,
+    };
+    let mut text = String::from_utf8_lossy(whole).into_owned();
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// A transport error in a few words, without the URL's query.
@@ -651,6 +669,17 @@ mod tests {
             response: String::new(),
             error: None,
         }
+    }
+
+    #[test]
+    fn kept_bodies_stay_within_the_bound_as_whole_characters() {
+        assert_eq!(bounded_text(b"hello", 5), "hello");
+        // "é" is two bytes: one cut in half by the bound is left out.
+        assert_eq!(bounded_text("ééé".as_bytes()[..5].as_ref(), 5), "éé");
+        // A byte that is not UTF-8 becomes U+FFFD (three bytes), kept within the bound.
+        let t = bounded_text(b"abc\xff", 4);
+        assert!(t.len() <= 4 && t.starts_with("abc"), "{t:?}");
+        assert_eq!(bounded_text(b"ab\xffcd", 8), "ab\u{fffd}cd");
     }
 
     #[test]

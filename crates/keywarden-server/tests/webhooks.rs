@@ -563,6 +563,60 @@ async fn a_slow_endpoint_gets_only_its_share_on_postgres() {
 }
 
 #[tokio::test]
+async fn redirects_are_failed_attempts_and_bodies_are_kept_up_to_the_bound() {
+    let app = spawn_app_with(&format!(
+        "{FAST}retry_schedule_seconds_live = [60]\nmax_response_bytes = 101\n"
+    ))
+    .await;
+    let r = receiver().await;
+    let redirect = endpoint(
+        &app,
+        format!("{}/redirect", r.url),
+        None,
+        None,
+        Some(&["account.created"]),
+    )
+    .await;
+    let big = endpoint(
+        &app,
+        format!("{}/big", r.url),
+        None,
+        None,
+        Some(&["account.created"]),
+    )
+    .await;
+    app.account("Acme").await;
+    // The 302 is a failed attempt, retried on the schedule; its target is never asked.
+    let d = until_deliveries(&app, &redirect.id, |d| d.len() == 1 && d[0].attempts == 1).await;
+    assert_eq!(
+        (d[0].status, d[0].last_status),
+        (DeliveryStatus::Pending, Some(302))
+    );
+    let retry_in = d[0].next_attempt_at.unwrap() - app.clock.now_ms();
+    assert!((48_000..=72_000).contains(&retry_in), "{retry_in}");
+    app.clock.set_ms(d[0].next_attempt_at.unwrap());
+    let d = until_deliveries(&app, &redirect.id, |d| d[0].attempts == 2).await;
+    assert_eq!(
+        (d[0].status, d[0].last_status),
+        (DeliveryStatus::Failed, Some(302))
+    );
+    assert_eq!(r.seen("redirect").len(), 2);
+    assert!(r.seen("target").is_empty());
+
+    // Of a 10,000-byte answer, at most 101 bytes are kept, as whole characters.
+    let d = until_deliveries(&app, &big.id, |d| {
+        d.len() == 1 && d[0].status == DeliveryStatus::Delivered
+    })
+    .await;
+    let kept = d[0].last_response.clone().unwrap();
+    assert_eq!(kept, BIG_CHAR.repeat(50));
+    assert_eq!(kept.len(), 100);
+    let attempts = app.state.store.list_attempts(&d[0].id).await.unwrap();
+    assert_eq!(attempts[0].response, kept);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn expiring_keys_and_quota_thresholds_fire_once_each() {
     let app = spawn_app_with(&format!(
         "{FAST}scan_interval_seconds = 3600\n\
