@@ -880,6 +880,39 @@ mod tests {
             .collect()
     }
 
+    /// How many attempts a delivery that always fails gets on `schedule`, and how long after
+    /// the first its last one is made, each delay shrunk or stretched by `jitter`.
+    fn attempts_and_span_hours(schedule: &[u64], jitter: f64) -> (u32, f64) {
+        let mut attempts = 1;
+        let mut span_ms = 0_i64;
+        while let Some(d) = keywarden_core::webhooks::retry_delay_ms(schedule, attempts, jitter) {
+            span_ms += d;
+            attempts += 1;
+        }
+        (attempts, span_ms as f64 / 3_600_000.0)
+    }
+
+    #[test]
+    fn default_retries_last_about_72_hours_live_and_3_attempts_over_hours_in_test() {
+        let w = Config::from_parts("", &[]).unwrap().webhooks;
+        // Live: the first retry about 5 s after a failure, the last about 72 h after the
+        // first attempt, whatever the jitter draws.
+        assert_eq!(w.retry_schedule_seconds_live[0], 5);
+        let (attempts, hours) = attempts_and_span_hours(&w.retry_schedule_seconds_live, 0.0);
+        assert_eq!(attempts, 13);
+        assert!((70.0..=74.0).contains(&hours), "{hours} h");
+        let (_, short) = attempts_and_span_hours(&w.retry_schedule_seconds_live, -0.2);
+        let (_, long) = attempts_and_span_hours(&w.retry_schedule_seconds_live, 0.2);
+        assert!(short >= 57.0 && long <= 87.0, "{short} h to {long} h");
+        // Test: three attempts in all, over a few hours.
+        assert_eq!(w.retry_schedule_seconds_test[0], 5);
+        let (attempts, hours) = attempts_and_span_hours(&w.retry_schedule_seconds_test, 0.0);
+        assert_eq!(attempts, 3);
+        assert!((2.0..=4.0).contains(&hours), "{hours} h");
+        let (_, long) = attempts_and_span_hours(&w.retry_schedule_seconds_test, 0.2);
+        assert!(long <= 4.0, "{long} h");
+    }
+
     #[test]
     fn one_endpoint_may_use_a_quarter_of_the_attempts_unless_set() {
         let w = |toml: &str| Config::from_parts(toml, &[]).unwrap().webhooks;

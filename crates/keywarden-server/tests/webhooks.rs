@@ -563,6 +563,88 @@ async fn a_slow_endpoint_gets_only_its_share_on_postgres() {
 }
 
 #[tokio::test]
+async fn a_rotation_grace_ending_is_announced_once() {
+    let app = spawn_app_with(&format!("{FAST}scan_interval_seconds = 3600\n")).await;
+    let r = receiver().await;
+    let e = endpoint(
+        &app,
+        format!("{}/ok", r.url),
+        None,
+        None,
+        Some(&["key.rotation_grace_ending"]),
+    )
+    .await;
+    let account = app.account("Acme").await;
+    let (key_id, _) = app.live_key(&account).await;
+    let day = 86_400_000;
+    let rotate = |grace_days: i64| {
+        let app = &app;
+        let key_id = key_id.clone();
+        async move {
+            let res = app
+                .admin(
+                    reqwest::Method::POST,
+                    &format!("/v1/admin/keys/{key_id}/rotate"),
+                    Some(json!({ "grace_period_seconds": grace_days * 86_400 })),
+                )
+                .await;
+            assert_eq!(res.status(), 200);
+            let k: KeyRecord = app.state.store.get_key(&key_id).await.unwrap().unwrap();
+            k.previous
+                .expect("a previous secret in its grace")
+                .valid_until
+        }
+    };
+    let end = rotate(3).await;
+    let hooks = Webhooks::new(app.state.clone());
+    // Nothing while more than a day is left, once within the last day, then nothing more,
+    // nor after the grace is over.
+    assert_eq!(hooks.scan().await.unwrap(), 0);
+    app.clock.set_ms(end - day - 1);
+    assert_eq!(hooks.scan().await.unwrap(), 0);
+    app.clock.set_ms(end - day + 1);
+    assert_eq!(hooks.scan().await.unwrap(), 1);
+    assert_eq!(hooks.scan().await.unwrap(), 0);
+    app.clock.set_ms(end - 1);
+    assert_eq!(hooks.scan().await.unwrap(), 0);
+    app.clock.set_ms(end + 1);
+    assert_eq!(hooks.scan().await.unwrap(), 0);
+    let got = r.wait("ok", 1).await;
+    // Signed as at the moved clock's time (which a library would find too old).
+    let ts: i64 = got[0].header("webhook-timestamp").parse().unwrap();
+    let signed =
+        keywarden_core::webhooks::sign(&e.secret, got[0].header("webhook-id"), ts, &got[0].body);
+    assert_eq!(got[0].header("webhook-signature"), signed.unwrap());
+    let body = got[0].json();
+    assert_eq!(body["type"], "key.rotation_grace_ending");
+    assert_eq!(body["data"]["key_id"], key_id.as_str());
+    assert_eq!(body["data"]["account_id"], account.as_str());
+    assert_eq!(body["data"]["mode"], "live");
+    assert_eq!(body["data"]["previous_valid_until"], end);
+    until_deliveries(&app, &e.id, |d| {
+        d.len() == 1 && d[0].status == DeliveryStatus::Delivered
+    })
+    .await;
+    assert_eq!(r.seen("ok").len(), 1);
+
+    // A new rotation is a new grace, announced once too.
+    let end2 = rotate(2).await;
+    assert!(end2 > end);
+    assert_eq!(hooks.scan().await.unwrap(), 0);
+    app.clock.set_ms(end2 - day + 1);
+    assert_eq!(hooks.scan().await.unwrap(), 1);
+    assert_eq!(hooks.scan().await.unwrap(), 0);
+    let got = r.wait("ok", 2).await;
+    assert_eq!(got[1].json()["data"]["previous_valid_until"], end2);
+    until_deliveries(&app, &e.id, |d| {
+        d.len() == 2 && d.iter().all(|d| d.status == DeliveryStatus::Delivered)
+    })
+    .await;
+    assert_eq!(r.seen("ok").len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn redirects_are_failed_attempts_and_bodies_are_kept_up_to_the_bound() {
     let app = spawn_app_with(&format!(
         "{FAST}retry_schedule_seconds_live = [60]\nmax_response_bytes = 101\n"
@@ -613,6 +695,63 @@ async fn redirects_are_failed_attempts_and_bodies_are_kept_up_to_the_bound() {
     assert_eq!(kept.len(), 100);
     let attempts = app.state.store.list_attempts(&d[0].id).await.unwrap();
     assert_eq!(attempts[0].response, kept);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_denied_ip_is_announced_to_a_subscribed_endpoint() {
+    let app = spawn_app_with(FAST).await;
+    app.clock.set_ms(now_ms());
+    let r = receiver().await;
+    let account = app.account("Acme").await;
+    let e = endpoint(
+        &app,
+        format!("{}/ok", r.url),
+        Some(&account),
+        None,
+        Some(&["key.ip_denied"]),
+    )
+    .await;
+    let key = app
+        .key(
+            &account,
+            json!({ "mode": "live", "name": "office", "ip_allowlist": ["10.0.0.0/8"] }),
+        )
+        .await;
+    let key_id = key["id"].as_str().unwrap();
+    let token = key["api_key"].as_str().unwrap();
+    // Allowed, then from elsewhere: asked about by a backend, and calling the public API
+    // from 127.0.0.1.
+    let ok = app.verify(json!({ "key": token, "ip": "10.1.2.3" })).await;
+    assert_eq!(ok["valid"], true, "{ok}");
+    let denied = app
+        .verify(json!({ "key": token, "ip": "192.168.1.1" }))
+        .await;
+    assert_eq!(denied["code"], "ip_not_allowed", "{denied}");
+    let res = app
+        .public(reqwest::Method::GET, "/v1/account", token, None)
+        .await;
+    assert!(res.status().is_client_error(), "{}", res.status());
+    app.state.verifier.writer().flush_now().await.unwrap();
+    let d = until_deliveries(&app, &e.id, |d| {
+        d.len() == 2 && d.iter().all(|d| d.status == DeliveryStatus::Delivered)
+    })
+    .await;
+    assert!(d.iter().all(|d| d.kind == "key.ip_denied"));
+    let got = r.wait("ok", 2).await;
+    let wh = standardwebhooks::Webhook::new(&e.secret).unwrap();
+    for req in &got {
+        wh.verify(&req.body, &req.headers)
+            .expect("the signature verifies");
+        let body = req.json();
+        assert_eq!(body["type"], "key.ip_denied");
+        assert_eq!(body["data"]["key_id"], key_id);
+        assert_eq!(body["data"]["account_id"], account.as_str());
+        assert_eq!(body["data"]["mode"], "live");
+        assert_eq!(body["data"]["actor"], key_id);
+        assert!(!String::from_utf8_lossy(&req.body).contains(token));
+    }
+    assert_eq!(r.seen("ok").len(), 2);
     app.stop().await;
 }
 
@@ -1263,6 +1402,189 @@ mod http {
                 assert!(said.contains("disabled"), "{path}: {said}");
             }
         }
+        app.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_account_changes_tests_and_redelivers_its_own_endpoint() {
+        let app = spawn_app_with(FAST).await;
+        app.clock.set_ms(now_ms());
+        let r = receiver().await;
+        let a = app.account("A").await;
+        let (_, key) = app.live_key(&a).await;
+        let created = Answer::of(
+            app.public(
+                Method::POST,
+                "/v1/webhooks",
+                &key,
+                Some(json!({ "url": format!("{}/ok", r.url), "events": ["key.created"] })),
+            )
+            .await,
+        )
+        .await
+        .ok(201);
+        let id = created["id"].as_str().unwrap().to_string();
+        let first_secret = created["secret"].as_str().unwrap().to_string();
+        let call = |method: Method, path: String, key: &str, body: Option<Value>| {
+            let app = &app;
+            let key = key.to_string();
+            async move { Answer::of(app.public(method, &path, &key, body).await).await }
+        };
+
+        // PATCH: new events and description; the secret is never shown again.
+        let patched = call(
+            Method::PATCH,
+            format!("/v1/webhooks/{id}"),
+            &key,
+            Some(json!({ "events": ["key.*"], "description": "billing" })),
+        )
+        .await
+        .ok(200);
+        assert_eq!(
+            (patched["events"].clone(), patched["description"].clone()),
+            (json!(["key.*"]), json!("billing"))
+        );
+        assert!(patched.get("secret").is_none());
+
+        // rotate-secret: a new secret, shown once; both sign during the overlap.
+        let rotated = call(
+            Method::POST,
+            format!("/v1/webhooks/{id}/rotate-secret"),
+            &key,
+            None,
+        )
+        .await
+        .ok(200);
+        let secret = rotated["secret"].as_str().unwrap().to_string();
+        assert!(secret.starts_with("whsec_") && secret != first_secret);
+        assert!(rotated["previous_secret_until"].is_string());
+        let shown = call(Method::GET, format!("/v1/webhooks/{id}"), &key, None)
+            .await
+            .ok(200);
+        assert!(!shown.to_string().contains("whsec_"));
+
+        let (key_id, _) = app.live_key(&a).await;
+        let got = r.wait("ok", 1).await;
+        assert_eq!(got[0].json()["data"]["key_id"], key_id.as_str());
+        for s in [&first_secret, &secret] {
+            standardwebhooks::Webhook::new(s)
+                .unwrap()
+                .verify(&got[0].body, &got[0].headers)
+                .unwrap();
+        }
+
+        // deliveries: the log with its attempt; redeliver sends the same event again.
+        let log = call(
+            Method::GET,
+            format!("/v1/webhooks/{id}/deliveries?limit=10"),
+            &key,
+            None,
+        )
+        .await
+        .ok(200);
+        let sent = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["event_id"] == got[0].header("webhook-id"))
+            .unwrap_or_else(|| panic!("the delivery is in the log: {log}"));
+        assert_eq!(sent["attempt_log"][0]["status"], 204);
+        let delivery = sent["id"].as_str().unwrap();
+        let again = call(
+            Method::POST,
+            format!("/v1/webhooks/{id}/deliveries/{delivery}/redeliver"),
+            &key,
+            None,
+        )
+        .await
+        .ok(202);
+        assert_eq!(again["status"], "pending");
+        let got = r.wait("ok", 2).await;
+        assert_eq!(got[1].header("webhook-id"), got[0].header("webhook-id"));
+
+        // test: a webhook.test event for this endpoint.
+        let test = call(Method::POST, format!("/v1/webhooks/{id}/test"), &key, None)
+            .await
+            .ok(202);
+        assert_eq!(test["type"], "webhook.test");
+        let got = r.wait("ok", 3).await;
+        assert_eq!(got[2].json()["type"], "webhook.test");
+        assert_eq!(got[2].json()["data"]["webhook_id"], id.as_str());
+
+        // Disabled, the endpoint refuses tests and redeliveries, saying why.
+        call(
+            Method::PATCH,
+            format!("/v1/webhooks/{id}"),
+            &key,
+            Some(json!({ "enabled": false })),
+        )
+        .await
+        .ok(200);
+        for path in [
+            format!("/v1/webhooks/{id}/test"),
+            format!("/v1/webhooks/{id}/deliveries/{delivery}/redeliver"),
+        ] {
+            let a = call(Method::POST, path, &key, None)
+                .await
+                .err(409, "conflict");
+            assert!(a.message().contains("disabled"), "{}", a.message());
+        }
+
+        // A key that may write but not delete endpoints cannot delete one.
+        let writer = app
+            .key(
+                &a,
+                json!({ "mode": "live", "name": "w", "scopes": ["webhooks:read", "webhooks:write"] }),
+            )
+            .await;
+        let writer = writer["api_key"].as_str().unwrap();
+        call(
+            Method::PATCH,
+            format!("/v1/webhooks/{id}"),
+            writer,
+            Some(json!({ "enabled": true })),
+        )
+        .await
+        .ok(200);
+        call(Method::DELETE, format!("/v1/webhooks/{id}"), writer, None)
+            .await
+            .err(403, "insufficient_scope");
+
+        // A test-mode key of the same account does not see the live endpoint at all.
+        let test_key = app.key(&a, json!({ "mode": "test", "name": "t" })).await;
+        let test_key = test_key["api_key"].as_str().unwrap();
+        for (method, path) in [
+            (Method::GET, format!("/v1/webhooks/{id}")),
+            (Method::PATCH, format!("/v1/webhooks/{id}")),
+            (Method::DELETE, format!("/v1/webhooks/{id}")),
+            (Method::POST, format!("/v1/webhooks/{id}/rotate-secret")),
+            (Method::GET, format!("/v1/webhooks/{id}/deliveries")),
+            (
+                Method::POST,
+                format!("/v1/webhooks/{id}/deliveries/{delivery}/redeliver"),
+            ),
+            (Method::POST, format!("/v1/webhooks/{id}/test")),
+        ] {
+            let body = (method == Method::PATCH).then(|| json!({ "description": "x" }));
+            call(method, path, test_key, body)
+                .await
+                .err(404, "not_found");
+        }
+        let list = call(Method::GET, "/v1/webhooks".into(), test_key, None)
+            .await
+            .ok(200);
+        assert_eq!(list, json!([]));
+        // Still there, unchanged by the refused calls; its owner deletes it.
+        let shown = call(Method::GET, format!("/v1/webhooks/{id}"), &key, None)
+            .await
+            .ok(200);
+        assert_eq!(shown["description"], "billing");
+        assert_eq!(
+            call(Method::DELETE, format!("/v1/webhooks/{id}"), &key, None)
+                .await
+                .status,
+            204
+        );
         app.stop().await;
     }
 
