@@ -234,12 +234,17 @@ impl ScopeNeeds {
 /// budget spent) before anything else of the request is read, so a stranger learns nothing
 /// from its input.
 #[derive(Debug)]
-pub struct SelfServiceCaller<N: Need>(pub Caller, PhantomData<N>);
+pub struct SelfServiceCaller<N: Need> {
+    caller: Caller,
+    /// The service.
+    pub state: AppState,
+    need: PhantomData<N>,
+}
 
 impl<N: Need> std::ops::Deref for SelfServiceCaller<N> {
     type Target = Caller;
     fn deref(&self) -> &Caller {
-        &self.0
+        &self.caller
     }
 }
 
@@ -249,7 +254,11 @@ impl<N: Need> FromRequestParts<AppState> for SelfServiceCaller<N> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let caller = self_service(state, parts, N::SCOPE, N::ROLE).await?;
         N::check(&caller)?;
-        Ok(SelfServiceCaller(caller, PhantomData))
+        Ok(SelfServiceCaller {
+            caller,
+            state: state.clone(),
+            need: PhantomData,
+        })
     }
 }
 

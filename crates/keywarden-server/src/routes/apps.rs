@@ -11,7 +11,7 @@ use crate::routes::self_service::{page_limit, ListQuery};
 use crate::routes::{AccountPath, ApplicationPath, GrantPath, KeyPath, Reply};
 use crate::state::AppState;
 use crate::views::{self, ApiKeyWithSecret, Application, Grant, IssuedGrant};
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -283,11 +283,10 @@ pub struct CreateGrantBody {
     responses((status = 201, description = "The grant with `key` (and its `api_key`, shown once)", body = crate::views::IssuedGrant)),
     security(("api_key" = [])), tag = "self-service")]
 pub async fn create_grant(
-    State(state): State<AppState>,
     c: SelfServiceCaller<GrantManager>,
     JsonBody(body): JsonBody<CreateGrantBody>,
 ) -> Result<Response, ApiError> {
-    let issued = AppManager::new(&state)
+    let issued = AppManager::new(&c.state)
         .create_grant(
             &c.actor(),
             &c.account,
@@ -309,11 +308,8 @@ pub async fn create_grant(
 #[utoipa::path(get, path = "/v1/grants",
     responses((status = 200, description = "The account's grants", body = Vec<crate::views::Grant>)),
     security(("api_key" = ["account:read"])), tag = "self-service")]
-pub async fn list_grants(
-    State(state): State<AppState>,
-    c: SelfServiceCaller<AccountRead>,
-) -> Result<Response, ApiError> {
-    let grants = AppManager::new(&state).list_grants(&c.account.id).await?;
+pub async fn list_grants(c: SelfServiceCaller<AccountRead>) -> Result<Response, ApiError> {
+    let grants = AppManager::new(&c.state).list_grants(&c.account.id).await?;
     let items: Vec<Grant> = views::list(&grants);
     Ok((c.limits(), Json(items)).into_response())
 }
@@ -323,11 +319,10 @@ pub async fn list_grants(
     responses((status = 200, description = "The grant", body = crate::views::Grant)),
     security(("api_key" = ["account:read"])), tag = "self-service")]
 pub async fn get_grant(
-    State(state): State<AppState>,
     c: SelfServiceCaller<AccountRead>,
     Id(id): Id,
 ) -> Result<Response, ApiError> {
-    let g = AppManager::new(&state)
+    let g = AppManager::new(&c.state)
         .grant(Some(&c.account.id), &id)
         .await?;
     Ok((c.limits(), Json(Grant::from(&g))).into_response())
@@ -338,11 +333,10 @@ pub async fn get_grant(
     responses((status = 204, description = "Deleted; the keys made under it are revoked at once")),
     security(("api_key" = [])), tag = "self-service")]
 pub async fn delete_grant(
-    State(state): State<AppState>,
     c: SelfServiceCaller<GrantManager>,
     Id(id): Id,
 ) -> Result<Response, ApiError> {
-    let m = AppManager::new(&state);
+    let m = AppManager::new(&c.state);
     let g = m.grant(Some(&c.account.id), &id).await?;
     m.delete_grant(&c.actor(), &g).await?;
     Ok((StatusCode::NO_CONTENT, c.limits(), ()).into_response())

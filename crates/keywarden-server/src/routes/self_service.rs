@@ -8,11 +8,12 @@ use crate::auth::{
     UsageRead,
 };
 use crate::errors::ApiError;
-use crate::extract::{ApiQuery, JsonBody};
+use crate::extract::{ApiQuery, Id, JsonBody};
 use crate::manage::{AccountPatch as Patch, Manager, NewKey};
+use crate::routes::{KeyPath, Reply};
 use crate::state::AppState;
 use crate::views::{self, AccountSummary, ApiKey, ApiKeyWithSecret, CreatedApiKey};
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::OriginalUri;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,24 +26,16 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// `GET /v1/account`.
-#[utoipa::path(
-    get, path = "/v1/account",
-    responses(
-        (status = 200, description = "The caller's account and the calling key", body = crate::views::CallerAccount),
-    ),
-    security(("api_key" = ["account:read"])),
-    tag = "self-service"
-)]
-pub async fn get_account(
-    State(state): State<AppState>,
-    c: SelfServiceCaller<AccountRead>,
-) -> Result<impl IntoResponse, ApiError> {
+#[utoipa::path(get, path = "/v1/account",
+    responses((status = 200, description = "The caller's account and the calling key", body = crate::views::CallerAccount)),
+    security(("api_key" = ["account:read"])), tag = "self-service")]
+pub async fn get_account(c: SelfServiceCaller<AccountRead>) -> Result<impl IntoResponse, ApiError> {
     // Read fresh: uses are recorded in the store off the request path, and the verified
     // key carries no usage.
-    let k = c.record(&state).await?;
-    let scopes = state.settings.catalog.names(&c.key.scopes);
+    let k = c.record(&c.state).await?;
+    let scopes = c.state.settings.catalog.names(&c.key.scopes);
     let body = views::CallerAccount::new(&c.account, &k, owned(scopes));
-    Ok((c.limits(), shown(&state, "account", body)?))
+    Ok((c.limits(), shown(&c.state, "account", body)?))
 }
 
 fn owned(names: Vec<&str>) -> Vec<String> {
@@ -78,16 +71,10 @@ pub struct AccountPatch {
 }
 
 /// `PATCH /v1/account` (owner).
-#[utoipa::path(
-    patch, path = "/v1/account", request_body = AccountPatch, description = "Needs a key with role `owner`.",
-    responses(
-        (status = 200, description = "The account", body = crate::views::AccountSummary),
-    ),
-    security(("api_key" = ["account:write"])),
-    tag = "self-service"
-)]
+#[utoipa::path(patch, path = "/v1/account", request_body = AccountPatch, description = "Needs a key with role `owner`.",
+    responses((status = 200, description = "The account", body = crate::views::AccountSummary)),
+    security(("api_key" = ["account:write"])), tag = "self-service")]
 pub async fn patch_account(
-    State(state): State<AppState>,
     c: SelfServiceCaller<AccountWrite>,
     JsonBody(body): JsonBody<AccountPatch>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -97,11 +84,20 @@ pub async fn patch_account(
         name: Some(name),
         ..Patch::default()
     };
-    let a = Manager::new(&state)
+    change_own_account(&c, patch).await
+}
+
+/// Applies an owner's change to its own account and answers the account as
+/// `GET /v1/account` shows it.
+async fn change_own_account(
+    c: &SelfServiceCaller<AccountWrite>,
+    patch: Patch,
+) -> Result<Response, ApiError> {
+    let a = Manager::new(&c.state)
         .update_account(&c.actor(), &c.account.id, patch)
         .await?;
     let body = AccountSummary::new(&a, c.key.role);
-    Ok((c.limits(), shown(&state, "account", body)?))
+    Ok((c.limits(), shown(&c.state, "account", body)?).into_response())
 }
 
 /// Body of `PATCH /v1/account/plan`.
@@ -113,16 +109,10 @@ pub struct PlanPatch {
 }
 
 /// `PATCH /v1/account/plan` (owner).
-#[utoipa::path(
-    patch, path = "/v1/account/plan", request_body = PlanPatch, description = "Needs a key with role `owner`.",
-    responses(
-        (status = 200, description = "The account, on its new plan at once", body = crate::views::AccountSummary),
-    ),
-    security(("api_key" = ["account:write"])),
-    tag = "self-service"
-)]
+#[utoipa::path(patch, path = "/v1/account/plan", request_body = PlanPatch, description = "Needs a key with role `owner`.",
+    responses((status = 200, description = "The account, on its new plan at once", body = crate::views::AccountSummary)),
+    security(("api_key" = ["account:write"])), tag = "self-service")]
 pub async fn patch_plan(
-    State(state): State<AppState>,
     c: SelfServiceCaller<AccountWrite>,
     JsonBody(body): JsonBody<PlanPatch>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -130,27 +120,15 @@ pub async fn patch_plan(
         plan: Some(body.plan),
         ..Patch::default()
     };
-    let a = Manager::new(&state)
-        .update_account(&c.actor(), &c.account.id, patch)
-        .await?;
-    let body = AccountSummary::new(&a, c.key.role);
-    Ok((c.limits(), shown(&state, "account", body)?))
+    change_own_account(&c, patch).await
 }
 
 /// `GET /v1/account/usage`.
-#[utoipa::path(
-    get, path = "/v1/account/usage",
-    responses(
-        (status = 200, description = "Usage of the current periods", body = crate::views::UsageResponse),
-    ),
-    security(("api_key" = ["usage:read"])),
-    tag = "self-service"
-)]
-pub async fn get_usage(
-    State(state): State<AppState>,
-    c: SelfServiceCaller<UsageRead>,
-) -> Result<impl IntoResponse, ApiError> {
-    let body = usage_body(&state, &c.account, c.key.mode).await?;
+#[utoipa::path(get, path = "/v1/account/usage",
+    responses((status = 200, description = "Usage of the current periods", body = crate::views::UsageResponse)),
+    security(("api_key" = ["usage:read"])), tag = "self-service")]
+pub async fn get_usage(c: SelfServiceCaller<UsageRead>) -> Result<impl IntoResponse, ApiError> {
+    let body = usage_body(&c.state, &c.account, c.key.mode).await?;
     Ok((c.limits(), Json(body)))
 }
 
@@ -211,19 +189,11 @@ pub async fn usage_body(
 }
 
 /// `DELETE /v1/account/data` (owner): erases the account and everything of it.
-#[utoipa::path(
-    delete, path = "/v1/account/data", description = "Needs a key with role `owner`. The account's keys fail at once.",
-    responses(
-        (status = 200, description = "What was deleted, per kind", body = crate::views::ErasureCounts),
-    ),
-    security(("api_key" = [])),
-    tag = "self-service"
-)]
-pub async fn erase(
-    State(state): State<AppState>,
-    c: SelfServiceCaller<AccountOwner>,
-) -> Result<Json<views::ErasureCounts>, ApiError> {
-    let counts = Manager::new(&state)
+#[utoipa::path(delete, path = "/v1/account/data", description = "Needs a key with role `owner`. The account's keys fail at once.",
+    responses((status = 200, description = "What was deleted, per kind", body = crate::views::ErasureCounts)),
+    security(("api_key" = [])), tag = "self-service")]
+pub async fn erase(c: SelfServiceCaller<AccountOwner>) -> Reply<views::ErasureCounts> {
+    let counts = Manager::new(&c.state)
         .erase_account(&c.actor(), &c.account.id)
         .await?;
     Ok(Json(counts.into()))
@@ -251,16 +221,10 @@ pub struct CreateKeyBody {
 }
 
 /// `POST /v1/api-keys`: a new key of the caller's mode with at most the caller's scopes.
-#[utoipa::path(
-    post, path = "/v1/api-keys", request_body = CreateKeyBody, description = "Needs a key with role `owner`, `admin` or `developer`. The new key has the caller's mode, its role, and at most the caller's effective scopes (else `insufficient_scope`); it inherits the caller's `expires_at`, `ip_allowlist` and rate limit, and may narrow but not widen them (else `invalid_request` naming the field); the plan's `max_keys` counts active keys (else `plan_limit_reached`).",
-    responses(
-        (status = 201, description = "The key, with `api_key` shown once", body = crate::views::CreatedApiKey),
-    ),
-    security(("api_key" = ["api_keys:write"])),
-    tag = "self-service"
-)]
+#[utoipa::path(post, path = "/v1/api-keys", request_body = CreateKeyBody, description = "Needs a key with role `owner`, `admin` or `developer`. The new key has the caller's mode, its role, and at most the caller's effective scopes (else `insufficient_scope`); it inherits the caller's `expires_at`, `ip_allowlist` and rate limit, and may narrow but not widen them (else `invalid_request` naming the field); the plan's `max_keys` counts active keys (else `plan_limit_reached`).",
+    responses((status = 201, description = "The key, with `api_key` shown once", body = crate::views::CreatedApiKey)),
+    security(("api_key" = ["api_keys:write"])), tag = "self-service")]
 pub async fn create_key(
-    State(state): State<AppState>,
     c: SelfServiceCaller<KeysWrite>,
     JsonBody(body): JsonBody<CreateKeyBody>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -271,7 +235,7 @@ pub async fn create_key(
         .transpose()
         .map_err(|e| ApiError::invalid(format!("expires_at: {e}")))?;
     let mode = c.key.mode;
-    let caller = c.record(&state).await?;
+    let caller = c.record(&c.state).await?;
     // The new key is made within the caller (docs/self-service.md): what the body leaves
     // out it inherits, and what it asks for is checked against the caller's own.
     // Without explicit scopes the new key inherits the caller's own grants (as written,
@@ -291,13 +255,13 @@ pub async fn create_key(
         grant_id: caller.grant_id,
         ..NewKey::named(mode, &body.name)
     };
-    let m = Manager::new(&state);
+    let m = Manager::new(&c.state);
     let within = m.ceiling(c.key.clone(), &c.account);
     let (rec, token) = m
         .create_key(&c.actor(), &c.account, new, Some(&within))
         .await?;
     let out = CreatedApiKey::new(&rec, &token);
-    let out = shown(&state, "created_api_key", out)?;
+    let out = shown(&c.state, "created_api_key", out)?;
     Ok((StatusCode::CREATED, c.limits(), out))
 }
 
@@ -323,24 +287,17 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
 }
 
 /// `GET /v1/api-keys`: the caller's mode's keys, never a secret; `Link: rel="next"` pages.
-#[utoipa::path(
-    get, path = "/v1/api-keys", params(ListQuery), description = "Needs a key with role `owner`, `admin` or `developer`.",
-    responses(
-        (status = 200, description = "Metadata of the keys of the caller's mode that it could have made, and its own; never a secret", body = Vec<crate::views::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))),
-        (status = 400, response = crate::openapi::BadRequest),
-    ),
-    security(("api_key" = ["api_keys:read"])),
-    tag = "self-service"
-)]
+#[utoipa::path(get, path = "/v1/api-keys", params(ListQuery), description = "Needs a key with role `owner`, `admin` or `developer`.",
+    responses((status = 200, description = "Metadata of the keys of the caller's mode that it could have made, and its own; never a secret", body = Vec<crate::views::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))), (status = 400, response = crate::openapi::BadRequest)),
+    security(("api_key" = ["api_keys:read"])), tag = "self-service")]
 pub async fn list_keys(
-    State(state): State<AppState>,
     OriginalUri(original): OriginalUri,
     ApiQuery(q): ApiQuery<ListQuery>,
     c: SelfServiceCaller<KeysRead>,
 ) -> Result<Response, ApiError> {
     let limit = page_limit(q.limit)?;
     // Only the keys the caller reaches are listed (docs/self-service.md).
-    let m = Manager::new(&state);
+    let m = Manager::new(&c.state);
     let keys = m
         .keys_within(
             &m.ceiling(c.key.clone(), &c.account),
@@ -350,7 +307,7 @@ pub async fn list_keys(
         .await?;
     let more = keys.len() > limit as usize;
     let items: Vec<ApiKey> = views::list(keys.iter().take(limit as usize));
-    let mut res = (c.limits(), shown(&state, "api_key", items)?).into_response();
+    let mut res = (c.limits(), shown(&c.state, "api_key", items)?).into_response();
     if more {
         if let Some(last) = keys.get(limit as usize - 1) {
             // The router strips the base path; the link must carry it.
@@ -368,41 +325,29 @@ pub async fn list_keys(
 }
 
 /// `GET /v1/api-keys/{id or key_hash}`.
-#[utoipa::path(
-    get, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
-    responses(
-        (status = 200, description = "Key metadata, never a secret", body = crate::views::ApiKey),
-    ),
-    security(("api_key" = ["api_keys:read"])),
-    tag = "self-service"
-)]
+#[utoipa::path(get, path = "/v1/api-keys/{id}", params(KeyPath), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
+    responses((status = 200, description = "Key metadata, never a secret", body = crate::views::ApiKey)),
+    security(("api_key" = ["api_keys:read"])), tag = "self-service")]
 pub async fn get_key(
-    State(state): State<AppState>,
     c: SelfServiceCaller<KeysRead>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<impl IntoResponse, ApiError> {
-    let m = Manager::new(&state);
+    let m = Manager::new(&c.state);
     let k = m
         .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
         .await?;
-    Ok((c.limits(), shown(&state, "api_key", ApiKey::from(&k))?))
+    Ok((c.limits(), shown(&c.state, "api_key", ApiKey::from(&k))?))
 }
 
 /// `DELETE /v1/api-keys/{id or key_hash}`: revoked at once.
-#[utoipa::path(
-    delete, path = "/v1/api-keys/{id}", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
-    responses(
-        (status = 204, description = "Revoked at once"),
-    ),
-    security(("api_key" = ["api_keys:delete"])),
-    tag = "self-service"
-)]
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", params(KeyPath), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
+    responses((status = 204, description = "Revoked at once")),
+    security(("api_key" = ["api_keys:delete"])), tag = "self-service")]
 pub async fn delete_key(
-    State(state): State<AppState>,
     c: SelfServiceCaller<KeysDelete>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<impl IntoResponse, ApiError> {
-    let m = Manager::new(&state);
+    let m = Manager::new(&c.state);
     let k = m
         .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
         .await?;
@@ -421,22 +366,15 @@ pub struct RotateBody {
 }
 
 /// `POST /v1/api-keys/{id or key_hash}/rotate`.
-#[utoipa::path(
-    post, path = "/v1/api-keys/{id}/rotate", request_body = RotateBody, params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
-    responses(
-        (status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::views::ApiKeyWithSecret),
-        (status = 409, response = crate::openapi::Conflict),
-    ),
-    security(("api_key" = ["api_keys:write"])),
-    tag = "self-service"
-)]
+#[utoipa::path(post, path = "/v1/api-keys/{id}/rotate", request_body = RotateBody, params(KeyPath), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
+    responses((status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::views::ApiKeyWithSecret), (status = 409, response = crate::openapi::Conflict)),
+    security(("api_key" = ["api_keys:write"])), tag = "self-service")]
 pub async fn rotate_key(
-    State(state): State<AppState>,
     c: SelfServiceCaller<KeysWrite>,
-    Path(id): Path<String>,
+    Id(id): Id,
     JsonBody(body): JsonBody<RotateBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let m = Manager::new(&state);
+    let m = Manager::new(&c.state);
     let k = m
         .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
         .await?;
@@ -447,44 +385,32 @@ pub async fn rotate_key(
 }
 
 /// `GET /v1/api-keys/{id}/activity`.
-#[utoipa::path(
-    get, path = "/v1/api-keys/{id}/activity", params(("id" = String, Path, description = "Key id or key_hash")), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
-    responses(
-        (status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::views::Activity>),
-    ),
-    security(("api_key" = ["api_keys:read"])),
-    tag = "self-service"
-)]
+#[utoipa::path(get, path = "/v1/api-keys/{id}/activity", params(KeyPath), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
+    responses((status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::views::Activity>)),
+    security(("api_key" = ["api_keys:read"])), tag = "self-service")]
 pub async fn key_activity(
-    State(state): State<AppState>,
     c: SelfServiceCaller<KeysRead>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<impl IntoResponse, ApiError> {
-    let m = Manager::new(&state);
+    let m = Manager::new(&c.state);
     let k = m
         .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
         .await?;
-    let rows = state.store.list_activity(&k.id, 100).await?;
+    let rows = c.state.store.list_activity(&k.id, 100).await?;
     let items: Vec<views::Activity> = views::list(&rows);
     Ok((c.limits(), Json(items)))
 }
 
 /// `GET /v1/events`: the account's audit events of the caller's mode.
-#[utoipa::path(
-    get, path = "/v1/events", params(ListQuery),
-    responses(
-        (status = 200, description = "The account's audit events of the caller's mode, newest first", body = Vec<crate::views::AuditEvent>),
-        (status = 400, response = crate::openapi::BadRequest),
-    ),
-    security(("api_key" = ["account:read"])),
-    tag = "self-service"
-)]
+#[utoipa::path(get, path = "/v1/events", params(ListQuery),
+    responses((status = 200, description = "The account's audit events of the caller's mode, newest first", body = Vec<crate::views::AuditEvent>), (status = 400, response = crate::openapi::BadRequest)),
+    security(("api_key" = ["account:read"])), tag = "self-service")]
 pub async fn events(
-    State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
     c: SelfServiceCaller<AccountRead>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let evs = state
+    let evs = c
+        .state
         .store
         .list_events(&EventFilter {
             account_id: Some(c.account.id.clone()),
@@ -501,32 +427,24 @@ pub async fn events(
 
 /// `GET /v1/analytics`: the caller's account's decisions by outcome over time, in its mode,
 /// or one key's it reaches (`docs/analytics.md`).
-#[utoipa::path(
-    get, path = "/v1/analytics", params(crate::analytics::SelfAnalyticsQuery),
-    responses(
-        (status = 200, description = "Decision counts per bucket and outcome code", body = crate::views::AnalyticsReport),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 404, response = crate::openapi::NotFound),
-    ),
-    security(("api_key" = ["usage:read"])),
-    tag = "self-service"
-)]
+#[utoipa::path(get, path = "/v1/analytics", params(crate::analytics::SelfAnalyticsQuery),
+    responses((status = 200, description = "Decision counts per bucket and outcome code", body = crate::views::AnalyticsReport), (status = 400, response = crate::openapi::BadRequest), (status = 404, response = crate::openapi::NotFound)),
+    security(("api_key" = ["usage:read"])), tag = "self-service")]
 pub async fn analytics(
-    State(state): State<AppState>,
     c: SelfServiceCaller<UsageRead>,
     ApiQuery(q): ApiQuery<crate::analytics::SelfAnalyticsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let range = crate::analytics::range(&state, &q.from, &q.to, q.granularity.as_deref())?;
+    let range = crate::analytics::range(&c.state, &q.from, &q.to, q.granularity.as_deref())?;
     let key_id = match q.key_id.filter(|k| !k.is_empty()) {
         Some(k) => {
-            let m = Manager::new(&state);
+            let m = Manager::new(&c.state);
             let ceiling = m.ceiling(c.key.clone(), &c.account);
             Some(m.key_within(&ceiling, &k).await?.id)
         }
         None => None,
     };
     let r = crate::analytics::report(
-        &state,
+        &c.state,
         range,
         Some(c.account.id.clone()),
         key_id,
