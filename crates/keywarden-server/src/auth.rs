@@ -313,6 +313,11 @@ impl Admin {
     pub fn apps(&self) -> crate::manage_apps::AppManager {
         crate::manage_apps::AppManager::new(&self.state)
     }
+
+    /// Webhook endpoints, as this operator.
+    pub fn webhooks(&self) -> crate::manage_webhooks::WebhookManager {
+        crate::manage_webhooks::WebhookManager::new(&self.state)
+    }
 }
 
 impl FromRequestParts<AppState> for Admin {

@@ -3,13 +3,14 @@
 //! `/v1/webhooks` (its events, of the calling key's mode). Both go through
 //! [`WebhookManager`], as the CLI does.
 
-use crate::auth::{RootCaller, SelfServiceCaller, WebhooksDelete, WebhooksRead, WebhooksWrite};
+use crate::auth::{Admin, SelfServiceCaller, WebhooksDelete, WebhooksRead, WebhooksWrite};
 use crate::errors::ApiError;
-use crate::extract::{ApiQuery, JsonBody};
+use crate::extract::{ApiQuery, Id, JsonBody};
 use crate::manage_webhooks::{NewWebhook, Owner, WebhookManager, WebhookPatch};
+use crate::routes::{EndpointPath, Reply};
 use crate::state::AppState;
 use crate::views::{Delivery, Webhook, WebhookWithSecret};
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -128,20 +129,16 @@ fn with_secret(e: &keywarden_store::webhooks::WebhookEndpoint) -> WebhookWithSec
 // ---- admin ----
 
 /// `POST /v1/admin/webhooks`.
-#[utoipa::path(
-    post, path = "/v1/admin/webhooks", request_body = CreateWebhook,
-    responses(
-        (status = 201, description = "The endpoint with its signing `secret`, shown once", body = crate::views::WebhookWithSecret),
-    ),
-)]
+#[utoipa::path(post, path = "/v1/admin/webhooks", request_body = CreateWebhook,
+    responses((status = 201, description = "The endpoint with its signing `secret`, shown once", body = crate::views::WebhookWithSecret)))]
 pub async fn admin_create(
-    State(state): State<AppState>,
-    root: RootCaller,
+    admin: Admin,
     JsonBody(b): JsonBody<CreateWebhook>,
 ) -> Result<Response, ApiError> {
-    let e = WebhookManager::new(&state)
+    let e = admin
+        .webhooks()
         .create(
-            &root.actor,
+            &admin.actor,
             &Owner::Root,
             NewWebhook {
                 url: b.url,
@@ -156,110 +153,68 @@ pub async fn admin_create(
 }
 
 /// `GET /v1/admin/webhooks`.
-#[utoipa::path(
-    get, path = "/v1/admin/webhooks",
-    responses(
-        (status = 200, description = "Every endpoint, by id", body = Vec<crate::views::Webhook>),
-    ),
-)]
-pub async fn admin_list(
-    State(state): State<AppState>,
-    _root: RootCaller,
-) -> Result<Json<Vec<Webhook>>, ApiError> {
-    let list = WebhookManager::new(&state).list(&Owner::Root).await?;
+#[utoipa::path(get, path = "/v1/admin/webhooks",
+    responses((status = 200, description = "Every endpoint, by id", body = Vec<crate::views::Webhook>)))]
+pub async fn admin_list(admin: Admin) -> Reply<Vec<Webhook>> {
+    let list = admin.webhooks().list(&Owner::Root).await?;
     Ok(Json(list.iter().map(Webhook::from).collect()))
 }
 
 /// `GET /v1/admin/webhooks/{id}`.
-#[utoipa::path(
-    get, path = "/v1/admin/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
-    responses(
-        (status = 200, description = "The endpoint", body = crate::views::Webhook),
-    ),
-)]
-pub async fn admin_get(
-    State(state): State<AppState>,
-    _root: RootCaller,
-    Path(id): Path<String>,
-) -> Result<Json<Webhook>, ApiError> {
-    let e = WebhookManager::new(&state).get(&Owner::Root, &id).await?;
+#[utoipa::path(get, path = "/v1/admin/webhooks/{id}", params(EndpointPath),
+    responses((status = 200, description = "The endpoint", body = crate::views::Webhook)))]
+pub async fn admin_get(admin: Admin, Id(id): Id) -> Reply<Webhook> {
+    let e = admin.webhooks().get(&Owner::Root, &id).await?;
     Ok(Json(Webhook::from(&e)))
 }
 
 /// `PATCH /v1/admin/webhooks/{id}`.
-#[utoipa::path(
-    patch, path = "/v1/admin/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
-    request_body = PatchWebhook,
-    responses(
-        (status = 200, description = "The endpoint", body = crate::views::Webhook),
-        (status = 409, response = crate::openapi::Conflict),
-    ),
-)]
+#[utoipa::path(patch, path = "/v1/admin/webhooks/{id}", params(EndpointPath), request_body = PatchWebhook,
+    responses((status = 200, description = "The endpoint", body = crate::views::Webhook), (status = 409, response = crate::openapi::Conflict)))]
 pub async fn admin_patch(
-    State(state): State<AppState>,
-    root: RootCaller,
-    Path(id): Path<String>,
+    admin: Admin,
+    Id(id): Id,
     JsonBody(b): JsonBody<PatchWebhook>,
-) -> Result<Json<Webhook>, ApiError> {
-    let e = WebhookManager::new(&state)
-        .update(&root.actor, &Owner::Root, &id, b.into())
+) -> Reply<Webhook> {
+    let e = admin
+        .webhooks()
+        .update(&admin.actor, &Owner::Root, &id, b.into())
         .await?;
     Ok(Json(Webhook::from(&e)))
 }
 
 /// `DELETE /v1/admin/webhooks/{id}`.
-#[utoipa::path(
-    delete, path = "/v1/admin/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
-    responses(
-        (status = 204, description = "Deleted, with its delivery log"),
-    ),
-)]
-pub async fn admin_delete(
-    State(state): State<AppState>,
-    root: RootCaller,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    WebhookManager::new(&state)
-        .delete(&root.actor, &Owner::Root, &id)
+#[utoipa::path(delete, path = "/v1/admin/webhooks/{id}", params(EndpointPath),
+    responses((status = 204, description = "Deleted, with its delivery log")))]
+pub async fn admin_delete(admin: Admin, Id(id): Id) -> Result<StatusCode, ApiError> {
+    admin
+        .webhooks()
+        .delete(&admin.actor, &Owner::Root, &id)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /v1/admin/webhooks/{id}/rotate-secret`.
-#[utoipa::path(
-    post, path = "/v1/admin/webhooks/{id}/rotate-secret", params(("id" = String, Path, description = "Endpoint id")),
-    responses(
-        (status = 200, description = "The endpoint with its new `secret`, shown once; the previous one signs too until `previous_secret_until`", body = crate::views::WebhookWithSecret),
-        (status = 409, response = crate::openapi::Conflict),
-    ),
-)]
-pub async fn admin_rotate(
-    State(state): State<AppState>,
-    root: RootCaller,
-    Path(id): Path<String>,
-) -> Result<Json<WebhookWithSecret>, ApiError> {
-    let e = WebhookManager::new(&state)
-        .rotate_secret(&root.actor, &Owner::Root, &id)
+#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/rotate-secret", params(EndpointPath),
+    responses((status = 200, description = "The endpoint with its new `secret`, shown once; the previous one signs too until `previous_secret_until`", body = crate::views::WebhookWithSecret), (status = 409, response = crate::openapi::Conflict)))]
+pub async fn admin_rotate(admin: Admin, Id(id): Id) -> Reply<WebhookWithSecret> {
+    let e = admin
+        .webhooks()
+        .rotate_secret(&admin.actor, &Owner::Root, &id)
         .await?;
     Ok(Json(with_secret(&e)))
 }
 
 /// `GET /v1/admin/webhooks/{id}/deliveries`.
-#[utoipa::path(
-    get, path = "/v1/admin/webhooks/{id}/deliveries",
-    params(("id" = String, Path, description = "Endpoint id"), DeliveriesQuery),
-    responses(
-        (status = 200, description = "The delivery log, newest first, each with its attempts", body = Vec<crate::views::Delivery>),
-        (status = 400, response = crate::openapi::BadRequest),
-    ),
-)]
+#[utoipa::path(get, path = "/v1/admin/webhooks/{id}/deliveries", params(EndpointPath, DeliveriesQuery),
+    responses((status = 200, description = "The delivery log, newest first, each with its attempts", body = Vec<crate::views::Delivery>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn admin_deliveries(
-    State(state): State<AppState>,
-    _root: RootCaller,
-    Path(id): Path<String>,
+    admin: Admin,
+    Id(id): Id,
     ApiQuery(q): ApiQuery<DeliveriesQuery>,
-) -> Result<Json<Vec<Delivery>>, ApiError> {
-    let list = WebhookManager::new(&state)
+) -> Reply<Vec<Delivery>> {
+    let list = admin
+        .webhooks()
         .deliveries(
             &Owner::Root,
             &id,
@@ -271,43 +226,24 @@ pub async fn admin_deliveries(
 }
 
 /// `POST /v1/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver`.
-#[utoipa::path(
-    post, path = "/v1/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver",
-    description = "Refused with 409 `conflict` while the endpoint is disabled (nothing is sent to a disabled endpoint, so the delivery would never be sent: enable it first) and while the delivery is being sent.",
-    params(("id" = String, Path, description = "Endpoint id"), ("delivery_id" = String, Path, description = "Delivery id")),
-    responses(
-        (status = 202, description = "The delivery, pending again and due now", body = crate::views::Delivery),
-        (status = 409, response = crate::openapi::Conflict),
-    ),
-)]
+#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver", description = "Refused with 409 `conflict` while the endpoint is disabled (nothing is sent to a disabled endpoint, so the delivery would never be sent: enable it first) and while the delivery is being sent.", params(EndpointPath, ("delivery_id" = String, Path, description = "Delivery id")),
+    responses((status = 202, description = "The delivery, pending again and due now", body = crate::views::Delivery), (status = 409, response = crate::openapi::Conflict)))]
 pub async fn admin_redeliver(
-    State(state): State<AppState>,
-    _root: RootCaller,
+    admin: Admin,
     Path((id, delivery_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let d = WebhookManager::new(&state)
+    let d = admin
+        .webhooks()
         .redeliver(&Owner::Root, &id, &delivery_id)
         .await?;
     Ok((StatusCode::ACCEPTED, Json(d)).into_response())
 }
 
 /// `POST /v1/admin/webhooks/{id}/test`.
-#[utoipa::path(
-    post, path = "/v1/admin/webhooks/{id}/test", params(("id" = String, Path, description = "Endpoint id")),
-    description = "Refused with 409 `conflict` while the endpoint is disabled: nothing is sent to a disabled endpoint, so the test event would never be sent; enable it first.",
-    responses(
-        (status = 202, description = "A `webhook.test` event queued for this endpoint only", body = crate::views::Delivery),
-        (status = 409, response = crate::openapi::Conflict),
-    ),
-)]
-pub async fn admin_test(
-    State(state): State<AppState>,
-    _root: RootCaller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let d = WebhookManager::new(&state)
-        .send_test(&Owner::Root, &id)
-        .await?;
+#[utoipa::path(post, path = "/v1/admin/webhooks/{id}/test", params(EndpointPath), description = "Refused with 409 `conflict` while the endpoint is disabled: nothing is sent to a disabled endpoint, so the test event would never be sent; enable it first.",
+    responses((status = 202, description = "A `webhook.test` event queued for this endpoint only", body = crate::views::Delivery), (status = 409, response = crate::openapi::Conflict)))]
+pub async fn admin_test(admin: Admin, Id(id): Id) -> Result<Response, ApiError> {
+    let d = admin.webhooks().send_test(&Owner::Root, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(d)).into_response())
 }
 
@@ -321,20 +257,14 @@ fn owner(c: &crate::auth::Caller) -> Owner {
 }
 
 /// `POST /v1/webhooks`.
-#[utoipa::path(
-    post, path = "/v1/webhooks", request_body = CreateOwnWebhook,
-    description = "The endpoint receives the account's events of the calling key's mode, and the account's events without a mode.",
-    responses(
-        (status = 201, description = "The endpoint with its signing `secret`, shown once", body = crate::views::WebhookWithSecret),
-    ),
-    security(("api_key" = ["webhooks:write"])), tag = "self-service"
-)]
+#[utoipa::path(post, path = "/v1/webhooks", request_body = CreateOwnWebhook, description = "The endpoint receives the account's events of the calling key's mode, and the account's events without a mode.",
+    responses((status = 201, description = "The endpoint with its signing `secret`, shown once", body = crate::views::WebhookWithSecret)),
+    security(("api_key" = ["webhooks:write"])), tag = "self-service")]
 pub async fn create(
-    State(state): State<AppState>,
     c: SelfServiceCaller<WebhooksWrite>,
     JsonBody(b): JsonBody<CreateOwnWebhook>,
 ) -> Result<Response, ApiError> {
-    let e = WebhookManager::new(&state)
+    let e = WebhookManager::new(&c.state)
         .create(
             &c.actor(),
             &owner(&c),
@@ -350,160 +280,99 @@ pub async fn create(
 }
 
 /// `GET /v1/webhooks`.
-#[utoipa::path(
-    get, path = "/v1/webhooks",
-    responses(
-        (status = 200, description = "The account's endpoints of the key's mode", body = Vec<crate::views::Webhook>),
-    ),
-    security(("api_key" = ["webhooks:read"])), tag = "self-service"
-)]
-pub async fn list(
-    State(state): State<AppState>,
-    c: SelfServiceCaller<WebhooksRead>,
-) -> Result<Response, ApiError> {
-    let list = WebhookManager::new(&state).list(&owner(&c)).await?;
+#[utoipa::path(get, path = "/v1/webhooks",
+    responses((status = 200, description = "The account's endpoints of the key's mode", body = Vec<crate::views::Webhook>)),
+    security(("api_key" = ["webhooks:read"])), tag = "self-service")]
+pub async fn list(c: SelfServiceCaller<WebhooksRead>) -> Result<Response, ApiError> {
+    let list = WebhookManager::new(&c.state).list(&owner(&c)).await?;
     let items: Vec<Webhook> = list.iter().map(Webhook::from).collect();
     Ok((c.limits(), Json(items)).into_response())
 }
 
 /// `GET /v1/webhooks/{id}`.
-#[utoipa::path(
-    get, path = "/v1/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
-    responses(
-        (status = 200, description = "The endpoint", body = crate::views::Webhook),
-    ),
-    security(("api_key" = ["webhooks:read"])), tag = "self-service"
-)]
-pub async fn show(
-    State(state): State<AppState>,
-    c: SelfServiceCaller<WebhooksRead>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let e = WebhookManager::new(&state).get(&owner(&c), &id).await?;
+#[utoipa::path(get, path = "/v1/webhooks/{id}", params(EndpointPath),
+    responses((status = 200, description = "The endpoint", body = crate::views::Webhook)),
+    security(("api_key" = ["webhooks:read"])), tag = "self-service")]
+pub async fn show(c: SelfServiceCaller<WebhooksRead>, Id(id): Id) -> Result<Response, ApiError> {
+    let e = WebhookManager::new(&c.state).get(&owner(&c), &id).await?;
     Ok((c.limits(), Json(Webhook::from(&e))).into_response())
 }
 
 /// `PATCH /v1/webhooks/{id}`.
-#[utoipa::path(
-    patch, path = "/v1/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
-    request_body = PatchWebhook,
-    responses(
-        (status = 200, description = "The endpoint", body = crate::views::Webhook),
-        (status = 409, response = crate::openapi::Conflict),
-    ),
-    security(("api_key" = ["webhooks:write"])), tag = "self-service"
-)]
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", params(EndpointPath), request_body = PatchWebhook,
+    responses((status = 200, description = "The endpoint", body = crate::views::Webhook), (status = 409, response = crate::openapi::Conflict)),
+    security(("api_key" = ["webhooks:write"])), tag = "self-service")]
 pub async fn patch(
-    State(state): State<AppState>,
     c: SelfServiceCaller<WebhooksWrite>,
-    Path(id): Path<String>,
+    Id(id): Id,
     JsonBody(b): JsonBody<PatchWebhook>,
 ) -> Result<Response, ApiError> {
-    let e = WebhookManager::new(&state)
+    let e = WebhookManager::new(&c.state)
         .update(&c.actor(), &owner(&c), &id, b.into())
         .await?;
     Ok((c.limits(), Json(Webhook::from(&e))).into_response())
 }
 
 /// `DELETE /v1/webhooks/{id}`.
-#[utoipa::path(
-    delete, path = "/v1/webhooks/{id}", params(("id" = String, Path, description = "Endpoint id")),
-    responses(
-        (status = 204, description = "Deleted, with its delivery log"),
-    ),
-    security(("api_key" = ["webhooks:delete"])), tag = "self-service"
-)]
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", params(EndpointPath),
+    responses((status = 204, description = "Deleted, with its delivery log")),
+    security(("api_key" = ["webhooks:delete"])), tag = "self-service")]
 pub async fn delete(
-    State(state): State<AppState>,
     c: SelfServiceCaller<WebhooksDelete>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Response, ApiError> {
-    WebhookManager::new(&state)
+    WebhookManager::new(&c.state)
         .delete(&c.actor(), &owner(&c), &id)
         .await?;
     Ok((StatusCode::NO_CONTENT, c.limits(), ()).into_response())
 }
 
 /// `POST /v1/webhooks/{id}/rotate-secret`.
-#[utoipa::path(
-    post, path = "/v1/webhooks/{id}/rotate-secret", params(("id" = String, Path, description = "Endpoint id")),
-    responses(
-        (status = 200, description = "The endpoint with its new `secret`, shown once; the previous one signs too until `previous_secret_until`", body = crate::views::WebhookWithSecret),
-        (status = 409, response = crate::openapi::Conflict),
-    ),
-    security(("api_key" = ["webhooks:write"])), tag = "self-service"
-)]
-pub async fn rotate(
-    State(state): State<AppState>,
-    c: SelfServiceCaller<WebhooksWrite>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let e = WebhookManager::new(&state)
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", params(EndpointPath),
+    responses((status = 200, description = "The endpoint with its new `secret`, shown once; the previous one signs too until `previous_secret_until`", body = crate::views::WebhookWithSecret), (status = 409, response = crate::openapi::Conflict)),
+    security(("api_key" = ["webhooks:write"])), tag = "self-service")]
+pub async fn rotate(c: SelfServiceCaller<WebhooksWrite>, Id(id): Id) -> Result<Response, ApiError> {
+    let e = WebhookManager::new(&c.state)
         .rotate_secret(&c.actor(), &owner(&c), &id)
         .await?;
     Ok((c.limits(), Json(with_secret(&e))).into_response())
 }
 
 /// `GET /v1/webhooks/{id}/deliveries`.
-#[utoipa::path(
-    get, path = "/v1/webhooks/{id}/deliveries",
-    params(("id" = String, Path, description = "Endpoint id"), DeliveriesQuery),
-    responses(
-        (status = 200, description = "The delivery log, newest first, each with its attempts", body = Vec<crate::views::Delivery>),
-        (status = 400, response = crate::openapi::BadRequest),
-    ),
-    security(("api_key" = ["webhooks:read"])), tag = "self-service"
-)]
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", params(EndpointPath, DeliveriesQuery),
+    responses((status = 200, description = "The delivery log, newest first, each with its attempts", body = Vec<crate::views::Delivery>), (status = 400, response = crate::openapi::BadRequest)),
+    security(("api_key" = ["webhooks:read"])), tag = "self-service")]
 pub async fn deliveries(
-    State(state): State<AppState>,
     c: SelfServiceCaller<WebhooksRead>,
-    Path(id): Path<String>,
+    Id(id): Id,
     ApiQuery(q): ApiQuery<DeliveriesQuery>,
 ) -> Result<Response, ApiError> {
-    let list = WebhookManager::new(&state)
+    let list = WebhookManager::new(&c.state)
         .deliveries(&owner(&c), &id, q.before.as_deref(), q.limit.unwrap_or(20))
         .await?;
     Ok((c.limits(), Json(list)).into_response())
 }
 
 /// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/redeliver`.
-#[utoipa::path(
-    post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
-    description = "Refused with 409 `conflict` while the endpoint is disabled (nothing is sent to a disabled endpoint, so the delivery would never be sent: enable it first) and while the delivery is being sent.",
-    params(("id" = String, Path, description = "Endpoint id"), ("delivery_id" = String, Path, description = "Delivery id")),
-    responses(
-        (status = 202, description = "The delivery, pending again and due now", body = crate::views::Delivery),
-        (status = 409, response = crate::openapi::Conflict),
-    ),
-    security(("api_key" = ["webhooks:write"])), tag = "self-service"
-)]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", description = "Refused with 409 `conflict` while the endpoint is disabled (nothing is sent to a disabled endpoint, so the delivery would never be sent: enable it first) and while the delivery is being sent.", params(EndpointPath, ("delivery_id" = String, Path, description = "Delivery id")),
+    responses((status = 202, description = "The delivery, pending again and due now", body = crate::views::Delivery), (status = 409, response = crate::openapi::Conflict)),
+    security(("api_key" = ["webhooks:write"])), tag = "self-service")]
 pub async fn redeliver(
-    State(state): State<AppState>,
     c: SelfServiceCaller<WebhooksWrite>,
     Path((id, delivery_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let d = WebhookManager::new(&state)
+    let d = WebhookManager::new(&c.state)
         .redeliver(&owner(&c), &id, &delivery_id)
         .await?;
     Ok((StatusCode::ACCEPTED, c.limits(), Json(d)).into_response())
 }
 
 /// `POST /v1/webhooks/{id}/test`.
-#[utoipa::path(
-    post, path = "/v1/webhooks/{id}/test", params(("id" = String, Path, description = "Endpoint id")),
-    description = "Refused with 409 `conflict` while the endpoint is disabled: nothing is sent to a disabled endpoint, so the test event would never be sent; enable it first.",
-    responses(
-        (status = 202, description = "A `webhook.test` event queued for this endpoint only", body = crate::views::Delivery),
-        (status = 409, response = crate::openapi::Conflict),
-    ),
-    security(("api_key" = ["webhooks:write"])), tag = "self-service"
-)]
-pub async fn test(
-    State(state): State<AppState>,
-    c: SelfServiceCaller<WebhooksWrite>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let d = WebhookManager::new(&state)
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", params(EndpointPath), description = "Refused with 409 `conflict` while the endpoint is disabled: nothing is sent to a disabled endpoint, so the test event would never be sent; enable it first.",
+    responses((status = 202, description = "A `webhook.test` event queued for this endpoint only", body = crate::views::Delivery), (status = 409, response = crate::openapi::Conflict)),
+    security(("api_key" = ["webhooks:write"])), tag = "self-service")]
+pub async fn test(c: SelfServiceCaller<WebhooksWrite>, Id(id): Id) -> Result<Response, ApiError> {
+    let d = WebhookManager::new(&c.state)
         .send_test(&owner(&c), &id)
         .await?;
     Ok((StatusCode::ACCEPTED, c.limits(), Json(d)).into_response())
