@@ -680,7 +680,7 @@ impl Manager {
     }
 
     /// Refuses a role this deployment does not give (`keys.allowed_roles`).
-    fn check_role(&self, role: Role) -> Result<(), ApiError> {
+    pub(crate) fn check_role(&self, role: Role) -> Result<(), ApiError> {
         let allowed = &self.s().config.keys.allowed_roles;
         if allowed.contains(&role) {
             return Ok(());
@@ -750,8 +750,9 @@ impl Manager {
         let name = check_name("name", &new.name)?;
         check_len("description", &new.description, MAX_DESCRIPTION)?;
         check_len("owner", &new.owner, MAX_TEXT)?;
-        // A publishable key is always `member`, whatever was asked.
-        if new.key_type == KeyType::Secret {
+        // A publishable key, and a key made under an application's grant, is always
+        // `member`, whatever was asked.
+        if new.key_type == KeyType::Secret && new.grant_id.is_none() {
             self.check_role(new.role)?;
         }
         let scopes = self.check_scopes(new.key_type, new.scopes, within.map(|c| &c.key.scopes))?;

@@ -129,6 +129,12 @@ async fn a_missing_key_is_401_missing_api_key() {
         .await
         .unwrap();
     Answer::of(res).await.err(401, "missing_api_key");
+
+    // A stranger learns nothing from a query it sends: the key is asked for first.
+    for path in ["/v1/api-keys?limit=lots", "/v1/events?limit=lots"] {
+        let res = app.public_request(Method::GET, path).send().await.unwrap();
+        Answer::of(res).await.err(401, "missing_api_key");
+    }
 }
 
 #[tokio::test]

@@ -1747,6 +1747,11 @@ async fn case_claims_leave_each_endpoint_its_share(store: Arc<dyn Store>) {
         .unwrap();
     let next = store.claim_deliveries(now, lease, 10, 2).await.unwrap();
     assert_eq!(of(&next, &slow), 1);
+    assert_eq!(
+        next.len(),
+        1,
+        "the other endpoint has nothing left to claim"
+    );
     assert_eq!(next[0].delivery.created_at, t + 2);
     // Leases that ran out free their places: each endpoint's oldest unsent again.
     let later = store

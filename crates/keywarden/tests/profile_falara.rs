@@ -654,6 +654,18 @@ async fn roles_are_owner_and_member_only() {
     assert_eq!(a.body["role"], "owner");
     let a = call(&r, "GET", "/v1/account", &member, None).await;
     assert_eq!(a.body["role"], "owner", "promoted above");
+
+    // A portal session acts with an allowed role only.
+    let portal = format!("/v1/admin/accounts/{acc}/portal-sessions");
+    let a = r
+        .admin_call("POST", &portal, Some(json!({ "role": "admin" })))
+        .await;
+    assert_detail(&a, 400);
+    assert!(a.body["detail"].as_str().unwrap().contains("role"));
+    let a = r
+        .admin_call("POST", &portal, Some(json!({ "role": "member" })))
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
 }
 
 #[tokio::test]

@@ -291,9 +291,9 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     responses((status = 200, description = "Metadata of the keys of the caller's mode that it could have made, and its own; never a secret", body = Vec<crate::views::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))), (status = 400, response = crate::openapi::BadRequest)),
     security(("api_key" = ["api_keys:read"])), tag = "self-service")]
 pub async fn list_keys(
+    c: SelfServiceCaller<KeysRead>,
     OriginalUri(original): OriginalUri,
     ApiQuery(q): ApiQuery<ListQuery>,
-    c: SelfServiceCaller<KeysRead>,
 ) -> Result<Response, ApiError> {
     let limit = page_limit(q.limit)?;
     // Only the keys the caller reaches are listed (docs/self-service.md).
@@ -406,8 +406,8 @@ pub async fn key_activity(
     responses((status = 200, description = "The account's audit events of the caller's mode, newest first", body = Vec<crate::views::AuditEvent>), (status = 400, response = crate::openapi::BadRequest)),
     security(("api_key" = ["account:read"])), tag = "self-service")]
 pub async fn events(
-    ApiQuery(q): ApiQuery<ListQuery>,
     c: SelfServiceCaller<AccountRead>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let evs = c
         .state

@@ -476,20 +476,28 @@ pub fn console_id_hash(session_id: &str, root_key: &keywarden_core::Secret) -> S
     sha256_hex(format!("keywarden-console\0{root}\0{session_id}").as_bytes())
 }
 
-/// What a portal link and its session keep of the root key that made the link: a
-/// fingerprint under a label of its own, never the key.
-pub fn root_fingerprint(root_key: &keywarden_core::Secret) -> String {
-    sha256_hex(format!("keywarden-root-key\0{}", root_key.expose()).as_bytes())
+/// What a portal link or portal session keeps of the root key that made the link: a hash
+/// of that key together with the link's or session's own id, which the store never holds,
+/// so a copy of the database gives nothing to test guesses of a root key against.
+pub fn root_fingerprint(root_key: &keywarden_core::Secret, session_id: &str) -> String {
+    let root = sha256_hex(root_key.expose().as_bytes());
+    sha256_hex(format!("keywarden-root-key\0{root}\0{session_id}").as_bytes())
 }
 
-/// Whether `fingerprint` is that of a root key configured now: a portal link or session
-/// made under a root key since taken out of the configuration no longer counts.
-pub fn root_key_configured(state: &AppState, fingerprint: Option<&str>) -> bool {
-    let Some(fp) = fingerprint else {
-        return false;
-    };
-    state.settings.root_keys.iter().fold(false, |hit, root| {
-        keywarden_core::ct_eq(root_fingerprint(root).as_bytes(), fp.as_bytes()) | hit
+/// The configured root key whose fingerprint with `session_id` is `fingerprint`: `None` for
+/// a portal link or session made under a root key since taken out of the configuration.
+pub fn root_key_of<'s>(
+    state: &'s AppState,
+    fingerprint: Option<&str>,
+    session_id: &str,
+) -> Option<&'s keywarden_core::Secret> {
+    let fp = fingerprint?;
+    // Every configured key is compared, so timing does not tell which one matched.
+    state.settings.root_keys.iter().fold(None, |hit, root| {
+        match keywarden_core::ct_eq(root_fingerprint(root, session_id).as_bytes(), fp.as_bytes()) {
+            true => Some(root),
+            false => hit,
+        }
     })
 }
 
@@ -693,6 +701,16 @@ mod tests {
         html.match_indices(&open)
             .map(|(at, _)| &html[at..at + html[at..].find('>').map_or(0, |end| end + 1)])
             .collect()
+    }
+
+    #[test]
+    fn a_root_fingerprint_is_bound_to_its_session_and_never_the_keys_own_hash() {
+        let root = keywarden_core::Secret::new("kw_root_0123456789abcdefghij");
+        let a = super::root_fingerprint(&root, "session-a");
+        assert_ne!(a, super::root_fingerprint(&root, "session-b"));
+        assert_eq!(a, super::root_fingerprint(&root, "session-a"));
+        assert_ne!(a, super::sha256_hex(root.expose().as_bytes()));
+        assert!(!a.contains(root.expose()));
     }
 
     #[test]

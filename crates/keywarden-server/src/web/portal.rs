@@ -78,6 +78,7 @@ pub async fn create_link(
             ));
         }
     }
+    Manager::new(state).check_role(role)?;
     if account.status == AccountStatus::Suspended {
         return Err(ApiError::with(
             Code::AccountInactive,
@@ -95,7 +96,7 @@ pub async fn create_link(
         return_url,
         created_at: now,
         expires_at: now + LINK_SECS * 1000,
-        root_key: Some(super::root_fingerprint(root_key)),
+        root_key: Some(super::root_fingerprint(root_key, &token)),
     };
     let created = Manager::new(state).event(
         actor,
@@ -159,7 +160,7 @@ impl FromRequestParts<AppState> for Customer {
             Err(e) => return Err(WebError::from(e).into_response()),
         };
         // The root key that made its link was taken out of the configuration: it ends.
-        if !super::root_key_configured(state, session.root_key.as_deref()) {
+        if super::root_key_of(state, session.root_key.as_deref(), &sid).is_none() {
             let _ = state.store.take_web_session(&hash, now).await;
             return Err(ended());
         }
@@ -320,25 +321,21 @@ async fn start(State(state): State<AppState>, Query(q): Query<StartQuery>) -> Re
         .into_response()
     };
     let now = state.clock.now_ms();
-    let link = match state
-        .store
-        .take_web_session(&id_hash(q.token.trim()), now)
-        .await
-    {
-        // A link made under a root key since taken out of the configuration is void.
-        Ok(Some(l))
-            if l.kind == WebSessionKind::PortalLink
-                && super::root_key_configured(&state, l.root_key.as_deref()) =>
-        {
-            l
-        }
+    let token = q.token.trim();
+    let link = match state.store.take_web_session(&id_hash(token), now).await {
+        Ok(Some(l)) if l.kind == WebSessionKind::PortalLink => l,
         Ok(_) => return used(),
         Err(e) => return WebError::from(e).into_response(),
+    };
+    // A link made under a root key since taken out of the configuration is void.
+    let Some(root) = super::root_key_of(&state, link.root_key.as_deref(), token) else {
+        return used();
     };
     let result = async {
         let sid = new_session_id()?;
         let session = WebSession {
             id_hash: id_hash(&sid),
+            root_key: Some(super::root_fingerprint(root, &sid)),
             kind: WebSessionKind::Portal,
             created_at: now,
             expires_at: now + SESSION_SECS * 1000,
@@ -422,7 +419,11 @@ async fn home_page(
     let plans: Vec<&String> = state.settings.plans.keys().collect();
     let roles: Vec<&str> = ["owner", "admin", "developer", "member"]
         .into_iter()
-        .filter(|r| r.parse::<Role>().is_ok_and(|r| r.rank() <= c.role().rank()))
+        .filter(|r| {
+            r.parse::<Role>().is_ok_and(|r| {
+                r.rank() <= c.role().rank() && state.settings.config.keys.allowed_roles.contains(&r)
+            })
+        })
         .collect();
     let ctx = context! { ..base_ctx(c, mode), ..super::key_form_ctx(state, refused), ..context! {
         chart => chart,
