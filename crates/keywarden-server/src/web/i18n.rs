@@ -51,6 +51,7 @@ const SPANISH: &[(&str, &str)] = &[
     ("Filter", "Filtrar"),
     ("First keys", "Primeras claves"),
     ("Go back", "Volver"),
+    ("I have stored it: back to applications", "Ya lo he guardado: volver a las aplicaciones"),
     ("I have stored it: go to the key", "Ya lo he guardado: ir a la clave"),
     ("I have stored them: back to applications", "Ya los he guardado: volver a las aplicaciones"),
     ("I have stored them: go to the account", "Ya los he guardado: ir a la cuenta"),
