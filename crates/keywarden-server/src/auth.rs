@@ -332,6 +332,32 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
+/// An admin call that changes one resource: the [`Admin`], the route's `{id}` and the
+/// JSON body, read in that order (so a stranger learns nothing about the body's form).
+pub struct AdminEdit<T> {
+    /// The service and the operator.
+    pub admin: Admin,
+    /// The route's `{id}`.
+    pub id: String,
+    /// The request body.
+    pub body: T,
+}
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for AdminEdit<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let admin = Admin::from_request_parts(&mut parts, state).await?;
+        let crate::extract::Id(id) =
+            crate::extract::Id::from_request_parts(&mut parts, state).await?;
+        let req = axum::extract::Request::from_parts(parts, body);
+        let crate::extract::JsonBody(body) =
+            crate::extract::JsonBody::from_request(req, state).await?;
+        Ok(AdminEdit { admin, id, body })
+    }
+}
+
 /// Authenticates a self-service request: the key must be valid, hold `scope` (when
 /// given), be a secret key, and have the role asked for.
 pub async fn self_service(

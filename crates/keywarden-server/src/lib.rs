@@ -4,6 +4,7 @@
 pub mod analytics;
 pub mod app;
 pub mod auth;
+pub mod bodies;
 pub mod config;
 pub mod errors;
 pub mod extract;

@@ -450,7 +450,15 @@ fn routes_in(src: &str, modules: &[(&str, &str)]) -> Vec<(String, String)> {
             .nth(1)
             .expect("route path")
             .replace("{*", "{");
-        let router = &args[args.find(',').expect("method router")..];
+        let mut router = &args[args.find(',').expect("method router")..];
+        // A method router named beforehand: `let name = get(..)...;`.
+        let named = router.trim_matches(|c: char| c == ',' || c.is_whitespace());
+        if !named.is_empty() && named.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            let at = src
+                .find(&format!("let {named} = "))
+                .unwrap_or_else(|| panic!("no `let {named} =` before its route"));
+            router = &src[at..at + src[at..].find(';').expect("end of let")];
+        }
         for m in methods_in(router) {
             out.push((m, path.clone()));
         }

@@ -1,11 +1,15 @@
 //! The admin API (`docs/api.md#admin-api`) on the admin listener: the operator, with a root key, manages
 //! every account and key.
 
-use crate::auth::{Admin, RootCaller};
+use crate::auth::{Admin, AdminEdit, RootCaller};
+use crate::bodies::{
+    CreateAccount, CreateKey, CreatePortalSession, EventsQuery, ImportKey, KeysQuery, ListQuery,
+    PatchAccount, PatchKey, ReportUsage, RevokeBody, RotateBody,
+};
 use crate::errors::ApiError;
 use crate::extract::{ApiQuery, Id, JsonBody};
 use crate::manage::{AccountPatch, KeyPatch, NewKey};
-use crate::routes::self_service::{page_limit, usage_body, ListQuery, RotateBody};
+use crate::routes::self_service::{page_limit, usage_body};
 use crate::routes::{AccountPath, KeyPath, Reply};
 use crate::state::AppState;
 use crate::views::{self, AccountWithKeys, ApiKey, ApiKeyWithSecret};
@@ -13,13 +17,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use keywarden_core::model::{
-    AccountStatus, HashScheme, KeyType, Mode, RateLimitSpec, Role, StoredSecret,
-};
+use keywarden_core::model::{AccountStatus, HashScheme, KeyType, Mode, Role, StoredSecret};
 use keywarden_store::limiter::QuotaKey;
 use keywarden_store::{EventFilter, Page, UsageDelta};
-use serde::{Deserialize, Deserializer};
-use serde_json::Value;
 
 /// Refuses an admin call without a root key before its body or query is read, and hands
 /// the admitted [`RootCaller`] to the handler.
@@ -37,32 +37,6 @@ pub async fn root_guard(
         }
         Err(e) => e.into_response(),
     }
-}
-
-/// Distinguishes an absent field from an explicit `null` in PATCH bodies.
-pub(crate) fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
-/// Body of `POST /v1/admin/accounts`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateAccount {
-    /// 1–100 characters.
-    #[schema(min_length = 1, max_length = 100)]
-    pub name: String,
-    /// A configured plan (default: `plans.default`).
-    pub plan: Option<String>,
-    /// `pending`, `active` (default) or `suspended`.
-    #[schema(value_type = Option<keywarden_core::model::AccountStatus>)]
-    pub status: Option<AccountStatus>,
-    /// A JSON object ≤ 4 KiB.
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
 }
 
 /// `POST /v1/admin/accounts`.
@@ -106,30 +80,11 @@ pub async fn get_account(admin: Admin, Id(id): Id) -> Reply<views::Account> {
     Ok(Json((&a).into()))
 }
 
-/// Body of `PATCH /v1/admin/accounts/{id}`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PatchAccount {
-    /// New name, 1–100 characters.
-    #[schema(min_length = 1, max_length = 100)]
-    pub name: Option<String>,
-    /// New plan (takes effect at once).
-    pub plan: Option<String>,
-    /// New status.
-    #[schema(value_type = Option<keywarden_core::model::AccountStatus>)]
-    pub status: Option<AccountStatus>,
-    /// New metadata, a JSON object ≤ 4 KiB.
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-}
-
 /// `PATCH /v1/admin/accounts/{id}`.
 #[utoipa::path(patch, path = "/v1/admin/accounts/{id}", request_body = PatchAccount, params(AccountPath),
     responses((status = 200, description = "The account, with its live default keys when this made it active", body = crate::views::AccountWithKeys)))]
 pub async fn patch_account(
-    admin: Admin,
-    Id(id): Id,
-    JsonBody(b): JsonBody<PatchAccount>,
+    AdminEdit { admin, id, body: b }: AdminEdit<PatchAccount>,
 ) -> Reply<AccountWithKeys> {
     let a = admin
         .keys()
@@ -171,21 +126,6 @@ pub async fn approve_account(admin: Admin, Id(id): Id) -> Reply<AccountWithKeys>
     Ok(Json(AccountWithKeys::new(&a, &keys)))
 }
 
-/// Body of `POST /v1/admin/accounts/{id}/portal-sessions`.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreatePortalSession {
-    /// Where the portal's "back" link and sign-out lead: an absolute http(s) URL.
-    #[schema(max_length = 2000)]
-    pub return_url: Option<String>,
-    /// Confine the session to `live` or `test` keys (default: both, live first).
-    #[schema(value_type = Option<keywarden_core::model::Mode>)]
-    pub mode: Option<Mode>,
-    /// The highest role the session acts with (default `owner`).
-    #[schema(value_type = Option<keywarden_core::model::Role>)]
-    pub role: Option<Role>,
-}
-
 /// `POST /v1/admin/accounts/{id}/portal-sessions`: a single-use link to the customer
 /// portal for this account (`docs/console.md#the-customer-portal`).
 #[utoipa::path(post, path = "/v1/admin/accounts/{id}/portal-sessions", request_body = CreatePortalSession, params(AccountPath),
@@ -220,53 +160,11 @@ pub async fn create_portal_session(
     ))
 }
 
-/// Body of `POST /v1/admin/accounts/{id}/keys`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateKey {
-    /// `live` or `test`.
-    #[schema(value_type = keywarden_core::model::Mode)]
-    pub mode: Mode,
-    /// `secret` (default) or `publishable`.
-    #[serde(rename = "type")]
-    #[schema(value_type = Option<keywarden_core::model::KeyType>)]
-    pub key_type: Option<KeyType>,
-    /// 1–100 characters.
-    #[schema(min_length = 1, max_length = 100)]
-    pub name: String,
-    /// Where the key is stored, ≤ 500 characters.
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
-    /// The person responsible, ≤ 200 characters.
-    #[schema(max_length = 200)]
-    pub owner: Option<String>,
-    /// `owner` (default), `admin`, `developer` or `member`.
-    #[schema(value_type = Option<keywarden_core::model::Role>)]
-    pub role: Option<Role>,
-    /// Scopes (default: `keys.default_scopes`).
-    pub scopes: Option<Vec<String>>,
-    /// RFC 3339 expiry.
-    #[schema(format = DateTime)]
-    pub expires_at: Option<String>,
-    /// IPs and CIDRs.
-    pub ip_allowlist: Option<Vec<String>>,
-    /// Per-key rate limit `{requests, per_seconds}`.
-    #[schema(value_type = Option<crate::views::RateLimit>)]
-    pub rate_limit: Option<RateLimitSpec>,
-    /// A JSON object ≤ 4 KiB.
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-    /// The application the key is bound to.
-    pub app_id: Option<String>,
-}
-
 /// `POST /v1/admin/accounts/{id}/keys`: the secret is shown once, as `api_key`.
 #[utoipa::path(post, path = "/v1/admin/accounts/{id}/keys", request_body = CreateKey, params(AccountPath),
     responses((status = 201, description = "The key with `api_key`, shown once", body = crate::views::ApiKeyWithSecret), (status = 403, response = crate::openapi::Forbidden)))]
 pub async fn create_key(
-    admin: Admin,
-    Id(id): Id,
-    JsonBody(b): JsonBody<CreateKey>,
+    AdminEdit { admin, id, body: b }: AdminEdit<CreateKey>,
 ) -> Result<Response, ApiError> {
     let m = admin.keys();
     let account = m.account(&id).await?;
@@ -298,21 +196,6 @@ pub async fn create_key(
         Json(ApiKeyWithSecret::new(&rec, &token)),
     )
         .into_response())
-}
-
-/// Query of `GET /v1/admin/accounts/{id}/keys`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct KeysQuery {
-    /// Only keys of this mode.
-    #[param(value_type = Option<keywarden_core::model::Mode>)]
-    pub mode: Option<Mode>,
-    /// Page size 1–100 (default 20).
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<u32>,
-    /// Keys after this id.
-    pub starting_after: Option<String>,
 }
 
 /// `GET /v1/admin/accounts/{id}/keys?mode=`.
@@ -347,45 +230,10 @@ pub async fn get_key(admin: Admin, Id(id): Id) -> Reply<ApiKey> {
     Ok(Json((&k).into()))
 }
 
-/// Body of `PATCH /v1/admin/keys/{id}`.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PatchKey {
-    /// New label, 1–100 characters.
-    #[schema(min_length = 1, max_length = 100)]
-    pub name: Option<String>,
-    /// New description, ≤ 500 characters.
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
-    /// New owner, ≤ 200 characters.
-    #[schema(max_length = 200)]
-    pub owner: Option<String>,
-    /// New role.
-    #[schema(value_type = Option<keywarden_core::model::Role>)]
-    pub role: Option<Role>,
-    /// New scopes.
-    pub scopes: Option<Vec<String>>,
-    /// New expiry (RFC 3339), or `null` to remove it.
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub expires_at: Option<Option<String>>,
-    /// New allowlist.
-    pub ip_allowlist: Option<Vec<String>>,
-    /// New rate limit, or `null` to use the plan's.
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<crate::views::RateLimit>)]
-    pub rate_limit: Option<Option<RateLimitSpec>>,
-    /// Enable or disable the key.
-    pub enabled: Option<bool>,
-    /// New metadata, a JSON object ≤ 4 KiB.
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-}
-
 /// `PATCH /v1/admin/keys/{id}`.
 #[utoipa::path(patch, path = "/v1/admin/keys/{id}", request_body = PatchKey, params(KeyPath),
     responses((status = 200, description = "Key metadata", body = crate::views::ApiKey)))]
-pub async fn patch_key(admin: Admin, Id(id): Id, JsonBody(b): JsonBody<PatchKey>) -> Reply<ApiKey> {
+pub async fn patch_key(AdminEdit { admin, id, body: b }: AdminEdit<PatchKey>) -> Reply<ApiKey> {
     let m = admin.keys();
     let k = m.key_of(None, None, &id).await?;
     if let Some(scopes) = &b.scopes {
@@ -420,9 +268,7 @@ pub async fn patch_key(admin: Admin, Id(id): Id, JsonBody(b): JsonBody<PatchKey>
 #[utoipa::path(post, path = "/v1/admin/keys/{id}/rotate", request_body = RotateBody, params(KeyPath),
     responses((status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::views::ApiKeyWithSecret), (status = 409, response = crate::openapi::Conflict)))]
 pub async fn rotate_key(
-    admin: Admin,
-    Id(id): Id,
-    JsonBody(b): JsonBody<RotateBody>,
+    AdminEdit { admin, id, body: b }: AdminEdit<RotateBody>,
 ) -> Reply<ApiKeyWithSecret> {
     let m = admin.keys();
     let k = m.key_of(None, None, &id).await?;
@@ -432,23 +278,10 @@ pub async fn rotate_key(
     Ok(Json(ApiKeyWithSecret::new(&rec, &token)))
 }
 
-/// Body of `POST /v1/admin/keys/{id}/revoke`.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RevokeBody {
-    /// Why (≤ 200 characters).
-    #[schema(max_length = 200)]
-    pub reason: Option<String>,
-}
-
 /// `POST /v1/admin/keys/{id}/revoke`.
 #[utoipa::path(post, path = "/v1/admin/keys/{id}/revoke", request_body = RevokeBody, params(KeyPath),
     responses((status = 200, description = "Key metadata, revoked", body = crate::views::ApiKey)))]
-pub async fn revoke_key(
-    admin: Admin,
-    Id(id): Id,
-    JsonBody(b): JsonBody<RevokeBody>,
-) -> Reply<ApiKey> {
+pub async fn revoke_key(AdminEdit { admin, id, body: b }: AdminEdit<RevokeBody>) -> Reply<ApiKey> {
     let m = admin.keys();
     let k = m.key_of(None, None, &id).await?;
     let k = m.revoke_key(&admin.actor, k, b.reason).await?;
@@ -462,39 +295,6 @@ pub async fn key_activity(admin: Admin, Id(id): Id) -> Reply<Vec<views::Activity
     let k = admin.keys().key_of(None, None, &id).await?;
     let rows = admin.state.store.list_activity(&k.id, 100).await?;
     Ok(Json(views::list(&rows)))
-}
-
-/// Body of `POST /v1/admin/keys/import`: an existing key by its hash, without its secret.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ImportKey {
-    /// The account.
-    pub account_id: String,
-    /// `live` or `test`.
-    #[schema(value_type = keywarden_core::model::Mode)]
-    pub mode: Mode,
-    /// `secret` (default) or `publishable`.
-    #[serde(rename = "type")]
-    #[schema(value_type = Option<keywarden_core::model::KeyType>)]
-    pub key_type: Option<KeyType>,
-    /// Label, 1–100 characters.
-    #[schema(min_length = 1, max_length = 100)]
-    pub name: String,
-    /// `sha256`, `bcrypt`, `argon2id` or `hmac-sha256` (under the current pepper).
-    pub scheme: String,
-    /// The hash: hex digest for sha256/hmac, PHC/bcrypt string for slow schemes.
-    pub hash: String,
-    /// The lookup segment (first 8 random characters) for slow schemes.
-    pub lookup: Option<String>,
-    /// The fixed start of the tokens (for display).
-    pub prefix: Option<String>,
-    /// The public `sha256_…` fingerprint, when known.
-    pub key_hash: Option<String>,
-    /// Scopes (default: `keys.default_scopes`).
-    pub scopes: Option<Vec<String>>,
-    /// Role (default owner).
-    #[schema(value_type = Option<keywarden_core::model::Role>)]
-    pub role: Option<Role>,
 }
 
 /// `POST /v1/admin/keys/import`.
@@ -558,27 +358,11 @@ pub async fn import_key(
     Ok((StatusCode::CREATED, Json(ApiKey::from(&rec))).into_response())
 }
 
-/// Body of `POST /v1/admin/accounts/{id}/usage`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReportUsage {
-    /// The unit.
-    pub unit: String,
-    /// How much was consumed, at most 2⁶³ − 1 (what a usage counter can hold).
-    #[schema(maximum = 9_223_372_036_854_775_807_i64)]
-    pub amount: u64,
-    /// `live` (default) or `test`.
-    #[schema(value_type = Option<keywarden_core::model::Mode>)]
-    pub mode: Option<Mode>,
-}
-
 /// `POST /v1/admin/accounts/{id}/usage`: reports consumption after the fact.
 #[utoipa::path(post, path = "/v1/admin/accounts/{id}/usage", request_body = ReportUsage, params(AccountPath),
     responses((status = 200, description = "The account's usage after the report", body = crate::views::UsageResponse)))]
 pub async fn report_usage(
-    admin: Admin,
-    Id(id): Id,
-    JsonBody(b): JsonBody<ReportUsage>,
+    AdminEdit { admin, id, body: b }: AdminEdit<ReportUsage>,
 ) -> Reply<views::UsageResponse> {
     if i64::try_from(b.amount).is_err() {
         return Err(ApiError::invalid(format!(
@@ -621,26 +405,6 @@ pub async fn report_usage(
         }])
         .await?;
     Ok(Json(usage_body(&admin.state, &account, mode).await?))
-}
-
-/// Query of `GET /v1/admin/events`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct EventsQuery {
-    /// Only this account's events.
-    pub account_id: Option<String>,
-    /// Only this type, or a family like `key.*`.
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    /// Only events at or after this RFC 3339 time.
-    #[param(format = DateTime)]
-    pub since: Option<String>,
-    /// 1–100 (default 20).
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<u32>,
-    /// Events older than this event id.
-    pub starting_after: Option<String>,
 }
 
 /// `GET /v1/admin/events`.

@@ -2,12 +2,14 @@
 //! in the self-service API (the account's own owner key), and revealing recoverable test
 //! secrets (root key).
 
-use crate::auth::{AccountRead, Admin, GrantManager, SelfServiceCaller};
+use crate::auth::{AccountRead, Admin, AdminEdit, GrantManager, SelfServiceCaller};
+use crate::bodies::{
+    AdminCreateGrant, CreateApplication, CreateGrantBody, ListQuery, PatchApplication,
+};
 use crate::errors::ApiError;
 use crate::extract::{ApiQuery, Id, JsonBody};
 use crate::manage_apps::{AppManager, AppPatch, NewApp};
-use crate::routes::admin::nullable;
-use crate::routes::self_service::{page_limit, ListQuery};
+use crate::routes::self_service::page_limit;
 use crate::routes::{AccountPath, ApplicationPath, GrantPath, KeyPath, Reply};
 use crate::state::AppState;
 use crate::views::{self, ApiKeyWithSecret, Application, Grant, IssuedGrant};
@@ -19,31 +21,23 @@ use axum::{Json, Router};
 use keywarden_core::codes::Code;
 use keywarden_core::model::{AppEnvironment, Mode};
 use keywarden_store::Page;
-use serde::Deserialize;
 
 /// The admin routes of this module (the caller adds the root-key guard).
 pub fn admin_routes() -> Router<AppState> {
+    let apps = post(create_application).get(list_applications);
+    let app = get(get_application).patch(patch_application);
+    let rotate = post(rotate_application_secret);
+    let grants = post(admin_create_grant).get(admin_list_grants);
+    let grant = get(admin_get_grant).delete(admin_delete_grant);
     Router::new()
-        .route(
-            "/v1/admin/applications",
-            post(create_application).get(list_applications),
-        )
-        .route(
-            "/v1/admin/applications/{id}",
-            get(get_application).patch(patch_application),
-        )
+        .route("/v1/admin/applications", apps)
+        .route("/v1/admin/applications/{id}", app)
         .route(
             "/v1/admin/applications/{id}/secrets/{environment}/rotate",
-            post(rotate_application_secret),
+            rotate,
         )
-        .route(
-            "/v1/admin/accounts/{id}/grants",
-            post(admin_create_grant).get(admin_list_grants),
-        )
-        .route(
-            "/v1/admin/grants/{id}",
-            get(admin_get_grant).delete(admin_delete_grant),
-        )
+        .route("/v1/admin/accounts/{id}/grants", grants)
+        .route("/v1/admin/grants/{id}", grant)
         .route("/v1/admin/keys/{id}/reveal", post(reveal_key))
 }
 
@@ -55,22 +49,6 @@ pub fn self_service_routes() -> Router<AppState> {
 }
 
 // ---- applications (admin) ----
-
-/// Body of `POST /v1/admin/applications`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateApplication {
-    /// 1–100 characters.
-    #[schema(min_length = 1, max_length = 100)]
-    pub name: String,
-    /// Short description of the integration, ≤ 500 characters.
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
-    /// Public page about the integration (`http://` or `https://`).
-    pub url: Option<String>,
-    /// The scopes the application requests (catalog names or aliases); grants are subsets.
-    pub scopes: Vec<String>,
-}
 
 /// `POST /v1/admin/applications`: the production and sandbox secrets are shown once.
 #[utoipa::path(post, path = "/v1/admin/applications", request_body = CreateApplication,
@@ -121,31 +99,11 @@ pub async fn get_application(admin: Admin, Id(id): Id) -> Reply<Application> {
     Ok(Json((&app).into()))
 }
 
-/// Body of `PATCH /v1/admin/applications/{id}`.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PatchApplication {
-    /// New name, 1–100 characters.
-    #[schema(min_length = 1, max_length = 100)]
-    pub name: Option<String>,
-    /// New description, ≤ 500 characters.
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
-    /// New URL, or `null` to remove it.
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
-    pub url: Option<Option<String>>,
-    /// New requested scopes; existing grants keep what they were given.
-    pub scopes: Option<Vec<String>>,
-}
-
 /// `PATCH /v1/admin/applications/{id}`.
 #[utoipa::path(patch, path = "/v1/admin/applications/{id}", request_body = PatchApplication, params(ApplicationPath),
     responses((status = 200, description = "The application", body = crate::views::Application)))]
 pub async fn patch_application(
-    admin: Admin,
-    Id(id): Id,
-    JsonBody(b): JsonBody<PatchApplication>,
+    AdminEdit { admin, id, body: b }: AdminEdit<PatchApplication>,
 ) -> Reply<Application> {
     let patch = AppPatch {
         name: b.name,
@@ -184,27 +142,12 @@ pub async fn rotate_application_secret(
 
 // ---- grants (admin) ----
 
-/// Body of `POST /v1/admin/accounts/{id}/grants`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AdminCreateGrant {
-    /// The application.
-    pub app_id: String,
-    /// The granted scopes, within what the application requested (default: all of them).
-    pub scopes: Option<Vec<String>>,
-    /// The mode of the key made under the grant: `live` (default) or `test`.
-    #[schema(value_type = Option<keywarden_core::model::Mode>)]
-    pub mode: Option<Mode>,
-}
-
 /// `POST /v1/admin/accounts/{id}/grants`: the grant and the key made under it (its
 /// `api_key` shown once).
 #[utoipa::path(post, path = "/v1/admin/accounts/{id}/grants", request_body = AdminCreateGrant, params(AccountPath),
     responses((status = 201, description = "The grant with `key` (and its `api_key`, shown once)", body = crate::views::IssuedGrant), (status = 403, response = crate::openapi::Forbidden)))]
 pub async fn admin_create_grant(
-    admin: Admin,
-    Id(id): Id,
-    JsonBody(b): JsonBody<AdminCreateGrant>,
+    AdminEdit { admin, id, body: b }: AdminEdit<AdminCreateGrant>,
 ) -> Result<Response, ApiError> {
     let account = admin.keys().account(&id).await?;
     let issued = admin
@@ -265,17 +208,6 @@ pub async fn reveal_key(admin: Admin, Id(id): Id) -> Reply<ApiKeyWithSecret> {
 }
 
 // ---- grants (self-service) ----
-
-/// Body of `POST /v1/grants`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateGrantBody {
-    /// The application to authorise.
-    pub app_id: String,
-    /// The granted scopes, within what the application requested and what the calling key
-    /// holds (default: everything the application requested).
-    pub scopes: Option<Vec<String>>,
-}
 
 /// `POST /v1/grants` (owner): authorises an application; a key of the caller's mode is made
 /// under the grant and its `api_key` shown once.

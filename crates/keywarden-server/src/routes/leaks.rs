@@ -3,6 +3,7 @@
 //! listener. All three classify with [`Leaks::classify`] and act through [`Leaks::act`].
 
 use crate::auth::Admin;
+use crate::bodies::{GithubMatch, GitlabRevocation, LeakReport};
 use crate::errors::ApiError;
 use crate::extract::{client_ip, parse_json, peer_ip, JsonBody, MAX_BODY_BYTES};
 use crate::leaks::{Classified, Label, Leak, Leaks, Reporter};
@@ -20,7 +21,7 @@ use keywarden_core::ct_eq;
 use keywarden_core::hashing::sha256;
 use keywarden_core::ip::ClientAddr;
 use keywarden_core::limits::RateLimit;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 
 /// The most tokens one report may carry.
@@ -32,24 +33,6 @@ const GITLAB_RATE: RateLimit = RateLimit {
     limit: 60,
     window_ms: 60_000,
 };
-
-/// One match of a GitHub secret-scanning report. The format is GitHub's, which has grown
-/// fields before (`source`), so fields it may add later are ignored rather than refused:
-/// refusing them would drop real leaks.
-#[derive(Deserialize, ToSchema)]
-pub struct GithubMatch {
-    /// The token found.
-    pub token: String,
-    /// The token type, one of `leaks.token_types`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Where it was found.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// What kind of place (`content`, `commit`, `issue_comment`, …).
-    #[serde(default)]
-    pub source: Option<String>,
-}
 
 /// GitHub's answer for one match.
 #[derive(Debug, Serialize, ToSchema)]
@@ -137,19 +120,6 @@ pub async fn gitlab_token_types(
     }))
 }
 
-/// One token GitLab asks to revoke. GitLab's format: fields it may add later are ignored.
-#[derive(Deserialize, ToSchema)]
-pub struct GitlabRevocation {
-    /// One of the types from `GET /v1/revocable_token_types`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The token found.
-    pub token: String,
-    /// Where it was found.
-    #[serde(default)]
-    pub location: Option<String>,
-}
-
 /// `POST /v1/revoke_tokens` (GitLab's token revocation API).
 #[utoipa::path(post, path = "/v1/revoke_tokens", request_body = Vec<GitlabRevocation>,
     responses((status = 204, description = "Taken: each token that is an active key of this deployment is revoked or notified as the policy says; anything else changes nothing. Sending the same tokens again changes nothing more."), (status = 401, response = crate::openapi::ReportUnauthorized), (status = 429, response = crate::openapi::TooManyRequests), (status = 503, response = crate::openapi::Unavailable)),
@@ -175,16 +145,6 @@ pub async fn gitlab_revoke(
     }
     svc.act(&actor, Reporter::Gitlab, leaks).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Body of `POST /v1/admin/leaks`.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LeakReport {
-    /// The tokens found (1–1000).
-    pub tokens: Vec<String>,
-    /// Where they were found (a URL, a file; ≤ 2048 characters), kept in `key.leaked`.
-    pub source: Option<String>,
 }
 
 /// The answer for one reported token.

@@ -145,35 +145,25 @@ fn finish(routes: Router<AppState>, state: AppState) -> Router {
 pub fn admin_router(state: AppState) -> Router {
     // The root key is checked before a body is read, so an unauthenticated caller learns
     // nothing about the admin API's input.
+    let accounts = post(admin::create_account).get(admin::list_accounts);
+    let account = get(admin::get_account)
+        .patch(admin::patch_account)
+        .delete(admin::erase_account);
+    let account_keys = post(admin::create_key).get(admin::list_keys);
+    let portal_sessions = post(admin::create_portal_session);
+    let key = get(admin::get_key).patch(admin::patch_key);
     let admin_api = Router::new()
-        .route(
-            "/v1/admin/accounts",
-            post(admin::create_account).get(admin::list_accounts),
-        )
-        .route(
-            "/v1/admin/accounts/{id}",
-            get(admin::get_account)
-                .patch(admin::patch_account)
-                .delete(admin::erase_account),
-        )
+        .route("/v1/admin/accounts", accounts)
+        .route("/v1/admin/accounts/{id}", account)
         .route(
             "/v1/admin/accounts/{id}/approve",
             post(admin::approve_account),
         )
-        .route(
-            "/v1/admin/accounts/{id}/keys",
-            post(admin::create_key).get(admin::list_keys),
-        )
+        .route("/v1/admin/accounts/{id}/keys", account_keys)
         .route("/v1/admin/accounts/{id}/usage", post(admin::report_usage))
-        .route(
-            "/v1/admin/accounts/{id}/portal-sessions",
-            post(admin::create_portal_session),
-        )
+        .route("/v1/admin/accounts/{id}/portal-sessions", portal_sessions)
         .route("/v1/admin/keys/import", post(admin::import_key))
-        .route(
-            "/v1/admin/keys/{id}",
-            get(admin::get_key).patch(admin::patch_key),
-        )
+        .route("/v1/admin/keys/{id}", key)
         .route("/v1/admin/keys/{id}/rotate", post(admin::rotate_key))
         .route("/v1/admin/keys/{id}/revoke", post(admin::revoke_key))
         .route("/v1/admin/keys/{id}/activity", get(admin::key_activity))

@@ -7,6 +7,7 @@ use crate::auth::{
     AccountOwner, AccountRead, AccountWrite, KeysDelete, KeysRead, KeysWrite, SelfServiceCaller,
     UsageRead,
 };
+use crate::bodies::{AccountPatch, CreateKeyBody, ListQuery, PlanPatch, RotateBody};
 use crate::errors::ApiError;
 use crate::extract::{ApiQuery, Id, JsonBody};
 use crate::manage::{AccountPatch as Patch, Manager, NewKey};
@@ -22,7 +23,7 @@ use keywarden_core::limits::Period;
 use keywarden_core::model::KeyType;
 use keywarden_store::limiter::QuotaKey;
 use keywarden_store::EventFilter;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// `GET /v1/account`.
@@ -61,15 +62,6 @@ fn shown<T: Serialize>(state: &AppState, answer: &str, body: T) -> Result<Respon
     Ok(Json(value).into_response())
 }
 
-/// Body of `PATCH /v1/account`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AccountPatch {
-    /// The new name, 1–100 characters.
-    #[schema(min_length = 1, max_length = 100)]
-    pub account_name: String,
-}
-
 /// `PATCH /v1/account` (owner).
 #[utoipa::path(patch, path = "/v1/account", request_body = AccountPatch, description = "Needs a key with role `owner`.",
     responses((status = 200, description = "The account", body = crate::views::AccountSummary)),
@@ -98,14 +90,6 @@ async fn change_own_account(
         .await?;
     let body = AccountSummary::new(&a, c.key.role);
     Ok((c.limits(), shown(&c.state, "account", body)?).into_response())
-}
-
-/// Body of `PATCH /v1/account/plan`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PlanPatch {
-    /// The new plan; takes effect at once.
-    pub plan: String,
 }
 
 /// `PATCH /v1/account/plan` (owner).
@@ -199,27 +183,6 @@ pub async fn erase(c: SelfServiceCaller<AccountOwner>) -> Reply<views::ErasureCo
     Ok(Json(counts.into()))
 }
 
-/// Body of `POST /v1/api-keys`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateKeyBody {
-    /// Label, 1–100 characters.
-    #[schema(min_length = 1, max_length = 100)]
-    pub name: String,
-    /// Scopes (default: the caller's own effective scopes are the ceiling; `default_scopes`
-    /// when omitted, capped to the caller's).
-    pub scopes: Option<Vec<String>>,
-    /// RFC 3339 expiry, no later than the caller's own (default: the caller's).
-    #[schema(format = DateTime)]
-    pub expires_at: Option<String>,
-    /// IPs and CIDRs, each inside one of the caller's own networks when it has an
-    /// allowlist (default: the caller's).
-    pub ip_allowlist: Option<Vec<String>>,
-    /// Where the key will be stored, ≤ 500 characters.
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
-}
-
 /// `POST /v1/api-keys`: a new key of the caller's mode with at most the caller's scopes.
 #[utoipa::path(post, path = "/v1/api-keys", request_body = CreateKeyBody, description = "Needs a key with role `owner`, `admin` or `developer`. The new key has the caller's mode, its role, and at most the caller's effective scopes (else `insufficient_scope`); it inherits the caller's `expires_at`, `ip_allowlist` and rate limit, and may narrow but not widen them (else `invalid_request` naming the field); the plan's `max_keys` counts active keys (else `plan_limit_reached`).",
     responses((status = 201, description = "The key, with `api_key` shown once", body = crate::views::CreatedApiKey)),
@@ -263,18 +226,6 @@ pub async fn create_key(
     let out = CreatedApiKey::new(&rec, &token);
     let out = shown(&c.state, "created_api_key", out)?;
     Ok((StatusCode::CREATED, c.limits(), out))
-}
-
-/// Paging of lists.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Page size, 1–100 (default 20).
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<u32>,
-    /// Return items after this id.
-    pub starting_after: Option<String>,
 }
 
 /// Validates a page size.
@@ -324,6 +275,19 @@ pub async fn list_keys(
     Ok(res)
 }
 
+/// The key `id` names (an id or a `key_hash`) when it is within the caller's reach: one
+/// it could have made, or itself. Any other is `not_found`.
+async fn key_in_reach<N: crate::auth::Need>(
+    c: &SelfServiceCaller<N>,
+    id: &str,
+) -> Result<(Manager, keywarden_core::model::KeyRecord), ApiError> {
+    let m = Manager::new(&c.state);
+    let k = m
+        .key_within(&m.ceiling(c.key.clone(), &c.account), id)
+        .await?;
+    Ok((m, k))
+}
+
 /// `GET /v1/api-keys/{id or key_hash}`.
 #[utoipa::path(get, path = "/v1/api-keys/{id}", params(KeyPath), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
     responses((status = 200, description = "Key metadata, never a secret", body = crate::views::ApiKey)),
@@ -332,10 +296,7 @@ pub async fn get_key(
     c: SelfServiceCaller<KeysRead>,
     Id(id): Id,
 ) -> Result<impl IntoResponse, ApiError> {
-    let m = Manager::new(&c.state);
-    let k = m
-        .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
-        .await?;
+    let (_, k) = key_in_reach(&c, &id).await?;
     Ok((c.limits(), shown(&c.state, "api_key", ApiKey::from(&k))?))
 }
 
@@ -347,22 +308,10 @@ pub async fn delete_key(
     c: SelfServiceCaller<KeysDelete>,
     Id(id): Id,
 ) -> Result<impl IntoResponse, ApiError> {
-    let m = Manager::new(&c.state);
-    let k = m
-        .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
-        .await?;
+    let (m, k) = key_in_reach(&c, &id).await?;
     m.revoke_key(&c.actor(), k, Some("revoked through the API".into()))
         .await?;
     Ok((StatusCode::NO_CONTENT, c.limits(), ()))
-}
-
-/// Body of a rotation.
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RotateBody {
-    /// How long the old secret keeps working, 0–604800 s (default 0).
-    #[schema(maximum = 604800)]
-    pub grace_period_seconds: Option<u64>,
 }
 
 /// `POST /v1/api-keys/{id or key_hash}/rotate`.
@@ -374,10 +323,7 @@ pub async fn rotate_key(
     Id(id): Id,
     JsonBody(body): JsonBody<RotateBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let m = Manager::new(&c.state);
-    let k = m
-        .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
-        .await?;
+    let (m, k) = key_in_reach(&c, &id).await?;
     let (rec, token) = m
         .rotate_key(&c.actor(), k, body.grace_period_seconds.unwrap_or(0))
         .await?;
@@ -392,10 +338,7 @@ pub async fn key_activity(
     c: SelfServiceCaller<KeysRead>,
     Id(id): Id,
 ) -> Result<impl IntoResponse, ApiError> {
-    let m = Manager::new(&c.state);
-    let k = m
-        .key_within(&m.ceiling(c.key.clone(), &c.account), &id)
-        .await?;
+    let (_, k) = key_in_reach(&c, &id).await?;
     let rows = c.state.store.list_activity(&k.id, 100).await?;
     let items: Vec<views::Activity> = views::list(&rows);
     Ok((c.limits(), Json(items)))

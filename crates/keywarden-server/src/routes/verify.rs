@@ -2,6 +2,7 @@
 //! body's `status` is what a gateway should answer.
 
 use crate::auth::require_verifier;
+use crate::bodies::VerifyBody;
 use crate::errors::ApiError;
 use crate::extract::{credentials, JsonBody};
 use crate::routes::needs::{route_needs, Needs};
@@ -12,39 +13,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::Json;
 use keywarden_core::codes::Code;
 use keywarden_core::ip::ClientAddr;
-use keywarden_core::model::Mode;
 use keywarden_store::verifier::VerifyRequest;
-use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::net::IpAddr;
-
-/// The verify request body. Its `Debug` never shows the key, the application secret or the
-/// original headers (which may carry either).
-#[derive(Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VerifyBody {
-    /// The key to check.
-    pub key: Option<String>,
-    /// Or the original request's headers, read with the configured key sources.
-    pub headers: Option<BTreeMap<String, String>>,
-    /// The application secret, for keys bound to an application.
-    pub app_secret: Option<String>,
-    /// Scopes that are all required.
-    pub scopes: Option<Vec<String>>,
-    /// Scopes of which one is required.
-    pub any_scopes: Option<Vec<String>>,
-    /// The client's IP, for allowlists and the lockout.
-    pub ip: Option<String>,
-    /// The original method (with `path`, route rules apply when no scopes are given).
-    pub method: Option<String>,
-    /// The original path.
-    pub path: Option<String>,
-    /// The mode of the object the request touches.
-    #[schema(value_type = Option<keywarden_core::model::Mode>)]
-    pub mode: Option<Mode>,
-    /// Quota units consumed by the request.
-    pub cost: Option<BTreeMap<String, u64>>,
-}
 
 impl std::fmt::Debug for VerifyBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -3,7 +3,10 @@
 //! `/v1/webhooks` (its events, of the calling key's mode). Both go through
 //! [`WebhookManager`], as the CLI does.
 
-use crate::auth::{Admin, SelfServiceCaller, WebhooksDelete, WebhooksRead, WebhooksWrite};
+use crate::auth::{
+    Admin, AdminEdit, SelfServiceCaller, WebhooksDelete, WebhooksRead, WebhooksWrite,
+};
+use crate::bodies::{CreateOwnWebhook, CreateWebhook, DeliveriesQuery, PatchWebhook};
 use crate::errors::ApiError;
 use crate::extract::{ApiQuery, Id, JsonBody};
 use crate::manage_webhooks::{NewWebhook, Owner, WebhookManager, WebhookPatch};
@@ -15,22 +18,19 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use keywarden_core::model::Mode;
-use serde::Deserialize;
 
 /// The admin API's webhook routes.
 pub fn admin_routes() -> Router<AppState> {
+    let endpoint = get(admin_get).patch(admin_patch).delete(admin_delete);
+    let redeliver = post(admin_redeliver);
     Router::new()
         .route("/v1/admin/webhooks", post(admin_create).get(admin_list))
-        .route(
-            "/v1/admin/webhooks/{id}",
-            get(admin_get).patch(admin_patch).delete(admin_delete),
-        )
+        .route("/v1/admin/webhooks/{id}", endpoint)
         .route("/v1/admin/webhooks/{id}/rotate-secret", post(admin_rotate))
         .route("/v1/admin/webhooks/{id}/deliveries", get(admin_deliveries))
         .route(
             "/v1/admin/webhooks/{id}/deliveries/{delivery_id}/redeliver",
-            post(admin_redeliver),
+            redeliver,
         )
         .route("/v1/admin/webhooks/{id}/test", post(admin_test))
 }
@@ -49,57 +49,6 @@ pub fn self_service_routes() -> Router<AppState> {
         .route("/webhooks/{id}/test", post(test))
 }
 
-/// Body of `POST /v1/admin/webhooks`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateWebhook {
-    /// An absolute `http` or `https` URL, not on a private network unless
-    /// `webhooks.allow_private_networks`.
-    #[schema(max_length = 2048)]
-    pub url: String,
-    /// Event types (`key.created`) or families (`key.*`); absent = every type.
-    pub events: Option<Vec<String>>,
-    /// Only this account's events; absent = every account's.
-    pub account_id: Option<String>,
-    /// Only this mode's events; absent = both.
-    #[schema(value_type = Option<keywarden_core::model::Mode>)]
-    pub mode: Option<Mode>,
-    /// Free text, at most 500 characters.
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
-}
-
-/// Body of `POST /v1/webhooks`: the endpoint is the account's, of the key's mode.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateOwnWebhook {
-    /// An absolute `http` or `https` URL, not on a private network unless
-    /// `webhooks.allow_private_networks`.
-    #[schema(max_length = 2048)]
-    pub url: String,
-    /// Event types (`key.created`) or families (`key.*`); absent = every type.
-    pub events: Option<Vec<String>>,
-    /// Free text, at most 500 characters.
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
-}
-
-/// Body of `PATCH .../webhooks/{id}`; absent fields stay.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PatchWebhook {
-    /// A new URL.
-    pub url: Option<String>,
-    /// New event types; `null` = every type.
-    #[serde(default, deserialize_with = "super::admin::nullable")]
-    #[schema(value_type = Option<Vec<String>>)]
-    pub events: Option<Option<Vec<String>>>,
-    /// Enable (which clears why it was disabled) or disable.
-    pub enabled: Option<bool>,
-    /// A new description.
-    pub description: Option<String>,
-}
-
 impl From<PatchWebhook> for WebhookPatch {
     fn from(b: PatchWebhook) -> Self {
         WebhookPatch {
@@ -109,17 +58,6 @@ impl From<PatchWebhook> for WebhookPatch {
             description: b.description,
         }
     }
-}
-
-/// Query of the delivery log.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct DeliveriesQuery {
-    /// At most this many (1–100, default 20).
-    pub limit: Option<u32>,
-    /// Only deliveries older than this one (paging: the last id seen).
-    pub before: Option<String>,
 }
 
 fn with_secret(e: &keywarden_store::webhooks::WebhookEndpoint) -> WebhookWithSecret {
@@ -172,9 +110,7 @@ pub async fn admin_get(admin: Admin, Id(id): Id) -> Reply<Webhook> {
 #[utoipa::path(patch, path = "/v1/admin/webhooks/{id}", params(EndpointPath), request_body = PatchWebhook,
     responses((status = 200, description = "The endpoint", body = crate::views::Webhook), (status = 409, response = crate::openapi::Conflict)))]
 pub async fn admin_patch(
-    admin: Admin,
-    Id(id): Id,
-    JsonBody(b): JsonBody<PatchWebhook>,
+    AdminEdit { admin, id, body: b }: AdminEdit<PatchWebhook>,
 ) -> Reply<Webhook> {
     let e = admin
         .webhooks()

@@ -35,7 +35,6 @@ pub const SESSION_SECS: i64 = 8 * 3600;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/console", get(overview))
-        .route("/console/assets/{name}", get(super::asset))
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
         .route("/console/accounts", get(accounts).post(create_account))
@@ -45,8 +44,6 @@ pub fn routes() -> Router<AppState> {
         .route("/console/accounts/{id}/erase", post(erase))
         .route("/console/accounts/{id}/keys", post(create_key))
         .route("/console/keys/{id}", get(key))
-        .route("/console/keys/{id}/rotate", post(super::rotate::<Operator>))
-        .route("/console/keys/{id}/revoke", post(super::revoke::<Operator>))
         .route("/console/keys/{id}/enabled", post(set_enabled))
         .route("/console/keys/{id}/reveal", post(reveal))
         .route(
@@ -58,11 +55,14 @@ pub fn routes() -> Router<AppState> {
             post(rotate_application_secret),
         )
         .route("/console/audit", get(audit))
+        .merge(super::shared_routes::<Operator>())
         .layer(axum::middleware::from_fn(super::page_headers))
 }
 
 /// A signed-in operator: the session's CSRF token and the audit actor.
 pub struct Operator {
+    /// The service.
+    pub state: AppState,
     session_id: String,
     /// What the store keeps of the session id (bound to its root key).
     stored_hash: String,
@@ -73,17 +73,19 @@ pub struct Operator {
 super::signed_in!(Operator, "console");
 
 impl KeyChanger for Operator {
+    fn state(&self) -> &AppState {
+        &self.state
+    }
+
     fn actor(&self) -> Actor {
         self.actor.clone()
     }
 
-    async fn key_to_change(
-        &self,
-        state: &AppState,
-        id: &str,
-        back: &str,
-    ) -> Result<KeyRecord, WebError> {
-        Manager::new(state).key_of(None, None, id).await.back(back)
+    async fn key_to_change(&self, id: &str, back: &str) -> Result<KeyRecord, WebError> {
+        Manager::new(&self.state)
+            .key_of(None, None, id)
+            .await
+            .back(back)
     }
 }
 
@@ -108,6 +110,7 @@ impl FromRequestParts<AppState> for Operator {
             if found.is_some_and(|s| s.kind == WebSessionKind::Console) {
                 let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions));
                 return Ok(Operator {
+                    state: state.clone(),
                     csrf: csrf_token(&sid),
                     session_id: sid,
                     stored_hash,
@@ -127,9 +130,9 @@ async fn login_page() -> Response {
     render("login.html", context! { area => "console" })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct LoginForm {
-    #[serde(default)]
     root_key: String,
 }
 
@@ -184,21 +187,19 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
     }
 }
 
-async fn logout(
-    State(state): State<AppState>,
-    op: Operator,
-    Form(f): Form<super::CsrfOnly>,
-) -> Result<Response, WebError> {
+async fn logout(op: Operator, Form(f): Form<super::CsrfOnly>) -> Result<Response, WebError> {
+    let state = &op.state;
     op.check(&f.csrf, "/console/accounts")?;
-    let jar = super::end_session(&state, &op.stored_hash, COOKIE, "/console").await?;
+    let jar = super::end_session(state, &op.stored_hash, COOKIE, "/console").await?;
     Ok((jar, Redirect::to("/console/login")).into_response())
 }
 
 /// `GET /console`: the deployment at a glance: accounts, keys in use per mode (enabled,
 /// unexpired, unrevoked), and the last 24 hours of decisions by outcome.
-async fn overview(State(state): State<AppState>, op: Operator) -> Result<Response, WebError> {
+async fn overview(op: Operator) -> Result<Response, WebError> {
+    let state = &op.state;
     let census = state.store.census(state.clock.now_ms()).await?;
-    let chart = super::day_chart(&state, None, None, None).await?;
+    let chart = super::day_chart(state, None, None, None).await?;
     let ctx = context! { ..ctx_base(&op, "overview"), ..context! {
         census => census, chart => chart,
     }};
@@ -206,19 +207,15 @@ async fn overview(State(state): State<AppState>, op: Operator) -> Result<Respons
 }
 
 #[derive(Deserialize, Default)]
+#[serde(default)]
 struct AccountsQuery {
-    #[serde(default)]
     q: String,
-    #[serde(default)]
     after: String,
 }
 
 /// `GET /console/accounts`: accounts by id, searched by id or name.
-async fn accounts(
-    State(state): State<AppState>,
-    op: Operator,
-    Query(q): Query<AccountsQuery>,
-) -> Result<Response, WebError> {
+async fn accounts(op: Operator, Query(q): Query<AccountsQuery>) -> Result<Response, WebError> {
+    let state = &op.state;
     let needle = q.q.trim().to_lowercase();
     let mut found = Vec::new();
     let mut page = Page {
@@ -259,23 +256,20 @@ async fn accounts(
     Ok(render("accounts.html", ctx))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct CreateAccountForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     name: String,
-    #[serde(default)]
     plan: String,
-    #[serde(default)]
     status: String,
 }
 
 async fn create_account(
-    State(state): State<AppState>,
     op: Operator,
     Form(f): Form<CreateAccountForm>,
 ) -> Result<Response, WebError> {
+    let state = &op.state;
     let back = "/console/accounts";
     op.check(&f.csrf, back)?;
     let status =
@@ -285,7 +279,7 @@ async fn create_account(
             })?),
             None => None,
         };
-    let (a, keys) = AppManager::new(&state)
+    let (a, keys) = AppManager::new(state)
         .create_account(
             &op.actor,
             &f.name,
@@ -330,11 +324,10 @@ fn account_done(
 }
 
 #[derive(Deserialize, Default)]
+#[serde(default)]
 struct ModeQuery {
-    #[serde(default)]
     mode: String,
     /// The page of keys after this key id.
-    #[serde(default)]
     after: String,
 }
 
@@ -348,13 +341,13 @@ fn mode_of(s: &str) -> Mode {
 
 /// `GET /console/accounts/{id}`: the account, its keys of one mode and the forms.
 async fn account(
-    State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
     Query(q): Query<ModeQuery>,
 ) -> Result<Response, WebError> {
+    let state = &op.state;
     let after = super::after_field(&q.after);
-    account_page(&state, &op, &id, mode_of(&q.mode), after, None).await
+    account_page(state, &op, &id, mode_of(&q.mode), after, None).await
 }
 
 /// An account's page in `mode`; with a refused key form, that form as it was typed.
@@ -397,50 +390,48 @@ async fn account_page(
     Ok(render("account.html", ctx))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct StatusForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     status: String,
 }
 
 async fn set_status(
-    State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
     Form(f): Form<StatusForm>,
 ) -> Result<Response, WebError> {
+    let state = &op.state;
     let back = format!("/console/accounts/{id}");
     op.check(&f.csrf, &back)?;
     let status = f
         .status
         .parse::<AccountStatus>()
         .map_err(|e| WebError::from(ApiError::invalid(format!("status: {e}"))).back(&back))?;
-    let (a, keys) = AppManager::new(&state)
+    let (a, keys) = AppManager::new(state)
         .set_status(&op.actor, &id, status)
         .await
         .back(&back)?;
     Ok(account_done(&op, &a, &keys))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct PlanForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     plan: String,
 }
 
 async fn set_plan(
-    State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
     Form(f): Form<PlanForm>,
 ) -> Result<Response, WebError> {
+    let state = &op.state;
     let back = format!("/console/accounts/{id}");
     op.check(&f.csrf, &back)?;
-    Manager::new(&state)
+    Manager::new(state)
         .update_account(
             &op.actor,
             &id,
@@ -454,24 +445,23 @@ async fn set_plan(
     Ok(Redirect::to(&back).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct EraseForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     confirm: String,
 }
 
 /// `POST /console/accounts/{id}/erase`: only when the account's name is typed to confirm.
 async fn erase(
-    State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
     Form(f): Form<EraseForm>,
 ) -> Result<Response, WebError> {
+    let state = &op.state;
     let back = format!("/console/accounts/{id}");
     op.check(&f.csrf, &back)?;
-    let m = Manager::new(&state);
+    let m = Manager::new(state);
     let a = m.account(&id).await.back(&back)?;
     if f.confirm.trim() != a.name {
         return Err(WebError::new(
@@ -531,14 +521,14 @@ impl KeyForm {
 }
 
 async fn create_key(
-    State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
     Form(f): Form<KeyForm>,
 ) -> Result<Response, WebError> {
+    let state = &op.state;
     let back = format!("/console/accounts/{id}?mode={}", mode_of(&f.mode));
     op.check(&f.csrf, &back)?;
-    let m = Manager::new(&state);
+    let m = Manager::new(state);
     let a = m.account(&id).await.back(&back)?;
     let made = async { m.create_key(&op.actor, &a, f.new_key()?, None).await }.await;
     // Refused: the account's page again, with the form as typed and what was wrong.
@@ -550,14 +540,11 @@ async fn create_key(
 }
 
 /// `GET /console/keys/{id}`: metadata, recent activity, the actions.
-async fn key(
-    State(state): State<AppState>,
-    op: Operator,
-    Path(id): Path<String>,
-) -> Result<Response, WebError> {
-    let m = Manager::new(&state);
+async fn key(op: Operator, Path(id): Path<String>) -> Result<Response, WebError> {
+    let state = &op.state;
+    let m = Manager::new(state);
     let k = m.key_of(None, None, &id).await.back("/console/accounts")?;
-    let ctx = context! { ..ctx_base(&op, "accounts"), ..super::key_use(&state, &k).await?, ..context! {
+    let ctx = context! { ..ctx_base(&op, "accounts"), ..super::key_use(state, &k).await?, ..context! {
         recoverable => k.recoverable.is_some() && state.settings.secretbox.is_some(),
         back => format!("/console/accounts/{}?mode={}", k.account_id, k.mode),
     }};
@@ -591,23 +578,22 @@ pub(crate) struct RevokeForm {
     pub(crate) reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct EnabledForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     enabled: String,
 }
 
 async fn set_enabled(
-    State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
     Form(f): Form<EnabledForm>,
 ) -> Result<Response, WebError> {
+    let state = &op.state;
     let back = format!("/console/keys/{id}");
     op.check(&f.csrf, &back)?;
-    let m = Manager::new(&state);
+    let m = Manager::new(state);
     let k = m.key_of(None, None, &id).await.back(&back)?;
     let patch = KeyPatch {
         enabled: Some(match f.enabled.as_str() {
@@ -627,18 +613,18 @@ async fn set_enabled(
 
 /// `POST /console/keys/{id}/reveal`: a recoverable test secret, shown again (audited).
 async fn reveal(
-    State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
     Form(f): Form<super::CsrfOnly>,
 ) -> Result<Response, WebError> {
+    let state = &op.state;
     let back = format!("/console/keys/{id}");
     op.check(&f.csrf, &back)?;
-    let k = Manager::new(&state)
+    let k = Manager::new(state)
         .key_of(None, None, &id)
         .await
         .back(&back)?;
-    let token = AppManager::new(&state)
+    let token = AppManager::new(state)
         .reveal(&op.actor, &k)
         .await
         .back(&back)?;
@@ -646,8 +632,9 @@ async fn reveal(
 }
 
 /// `GET /console/applications`: third-party applications and the scopes they request.
-async fn applications(State(state): State<AppState>, op: Operator) -> Result<Response, WebError> {
-    let apps = AppManager::new(&state)
+async fn applications(op: Operator) -> Result<Response, WebError> {
+    let state = &op.state;
+    let apps = AppManager::new(state)
         .list_apps(&Page {
             after_id: None,
             limit: 500,
@@ -655,34 +642,27 @@ async fn applications(State(state): State<AppState>, op: Operator) -> Result<Res
         .await?;
     let apps: Vec<_> = apps.iter().map(crate::views::Application::from).collect();
     let ctx = context! { ..ctx_base(&op, "applications"), ..context! {
-        apps => apps, scopes => scope_choices(&state, None),
+        apps => apps, scopes => scope_choices(state, None),
     }};
     Ok(render("applications.html", ctx))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct AppForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     name: String,
-    #[serde(default)]
     description: String,
-    #[serde(default)]
     url: String,
-    #[serde(default)]
     scopes: Vec<String>,
 }
 
 /// `POST /console/applications`: its production and sandbox secrets, shown once.
-async fn create_application(
-    State(state): State<AppState>,
-    op: Operator,
-    Form(f): Form<AppForm>,
-) -> Result<Response, WebError> {
+async fn create_application(op: Operator, Form(f): Form<AppForm>) -> Result<Response, WebError> {
+    let state = &op.state;
     let back = "/console/applications";
     op.check(&f.csrf, back)?;
-    let (app, secrets) = AppManager::new(&state)
+    let (app, secrets) = AppManager::new(state)
         .create_app(
             &op.actor,
             crate::manage_apps::NewApp {
@@ -711,17 +691,17 @@ async fn create_application(
 /// `POST /console/applications/{id}/secrets/{environment}/rotate`: a new secret for one
 /// environment, shown once; the old one stops at once.
 async fn rotate_application_secret(
-    State(state): State<AppState>,
     op: Operator,
     Path((id, environment)): Path<(String, String)>,
     Form(f): Form<super::CsrfOnly>,
 ) -> Result<Response, WebError> {
+    let state = &op.state;
     let back = "/console/applications";
     op.check(&f.csrf, back)?;
     let env = environment
         .parse::<keywarden_core::model::AppEnvironment>()
         .map_err(|e| WebError::from(ApiError::invalid(format!("environment: {e}"))).back(back))?;
-    let (app, secret) = AppManager::new(&state)
+    let (app, secret) = AppManager::new(state)
         .rotate_app_secret(&op.actor, &id, env)
         .await
         .back(back)?;
@@ -745,11 +725,8 @@ struct AuditQuery {
 }
 
 /// `GET /console/audit`: events, newest first, by account, type and time.
-async fn audit(
-    State(state): State<AppState>,
-    op: Operator,
-    Query(q): Query<AuditQuery>,
-) -> Result<Response, WebError> {
+async fn audit(op: Operator, Query(q): Query<AuditQuery>) -> Result<Response, WebError> {
+    let state = &op.state;
     let since = match opt_field(&q.since) {
         Some(s) => Some(
             crate::views::parse_ts(&if s.len() == 10 {

@@ -294,32 +294,62 @@ where
 }
 
 /// A signed-in session that changes keys from their page (`/{area}/keys/{id}/…`).
-pub trait KeyChanger: SignedIn {
+pub trait KeyChanger: SignedIn + Sync {
+    /// The service.
+    fn state(&self) -> &AppState;
+
     /// Who the audit trail names.
     fn actor(&self) -> crate::manage::Actor;
 
     /// The key `id`, when this session may change it (else a page leading to `back`).
     fn key_to_change(
         &self,
-        state: &AppState,
         id: &str,
         back: &str,
     ) -> impl std::future::Future<Output = Result<keywarden_core::model::KeyRecord, WebError>> + Send;
+
+    /// A form posted from the page of key `id`: its CSRF token checked, the key it may
+    /// change, and that page's address to go back to.
+    fn changing(
+        &self,
+        id: &str,
+        csrf: &str,
+    ) -> impl std::future::Future<
+        Output = Result<(keywarden_core::model::KeyRecord, String), WebError>,
+    > + Send {
+        async move {
+            let back = format!("/{}/keys/{id}", Self::AREA);
+            self.check(csrf, &back)?;
+            let k = self.key_to_change(id, &back).await?;
+            Ok((k, back))
+        }
+    }
+}
+
+/// The routes both areas have under `/{area}`: the assets, and a key's rotation and
+/// revocation from its page.
+pub(crate) fn shared_routes<S>() -> axum::Router<AppState>
+where
+    S: KeyChanger + axum::extract::FromRequestParts<AppState> + Send + 'static,
+{
+    use axum::routing::{get, post};
+    let area = S::AREA;
+    axum::Router::new()
+        .route(&format!("/{area}/assets/{{name}}"), get(asset))
+        .route(&format!("/{area}/keys/{{id}}/rotate"), post(rotate::<S>))
+        .route(&format!("/{area}/keys/{{id}}/revoke"), post(revoke::<S>))
 }
 
 /// `POST /{area}/keys/{id}/rotate`: a new secret, shown once; the old one is refused at once
 /// or kept through the grace period asked for.
-pub(crate) async fn rotate<S: KeyChanger>(
-    axum::extract::State(state): axum::extract::State<AppState>,
+async fn rotate<S: KeyChanger>(
     s: S,
     axum::extract::Path(id): axum::extract::Path<String>,
     axum_extra::extract::Form(f): axum_extra::extract::Form<console::RotateForm>,
 ) -> Result<Response, WebError> {
-    let back = format!("/{}/keys/{id}", S::AREA);
-    s.check(&f.csrf, &back)?;
-    let k = s.key_to_change(&state, &id, &back).await?;
+    let (k, back) = s.changing(&id, &f.csrf).await?;
     let grace = f.grace().back(&back)?;
-    let (k, token) = crate::manage::Manager::new(&state)
+    let (k, token) = crate::manage::Manager::new(s.state())
         .rotate_key(&s.actor(), k, grace)
         .await
         .back(&back)?;
@@ -327,17 +357,14 @@ pub(crate) async fn rotate<S: KeyChanger>(
 }
 
 /// `POST /{area}/keys/{id}/revoke`, with an optional reason; back to the key's page.
-pub(crate) async fn revoke<S: KeyChanger>(
-    axum::extract::State(state): axum::extract::State<AppState>,
+async fn revoke<S: KeyChanger>(
     s: S,
     axum::extract::Path(id): axum::extract::Path<String>,
     axum_extra::extract::Form(f): axum_extra::extract::Form<console::RevokeForm>,
 ) -> Result<Response, WebError> {
-    let back = format!("/{}/keys/{id}", S::AREA);
-    s.check(&f.csrf, &back)?;
-    let k = s.key_to_change(&state, &id, &back).await?;
+    let (k, back) = s.changing(&id, &f.csrf).await?;
     let reason = opt_field(&f.reason).map(str::to_string);
-    crate::manage::Manager::new(&state)
+    crate::manage::Manager::new(s.state())
         .revoke_key(&s.actor(), k, reason)
         .await
         .back(&back)?;
@@ -537,10 +564,10 @@ pub fn session_cookie(
 }
 
 /// A form that carries only its CSRF token (sign-out buttons).
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
 pub struct CsrfOnly {
     /// The session's CSRF token.
-    #[serde(default)]
     pub csrf: String,
 }
 

@@ -42,15 +42,13 @@ pub const SESSION_SECS: i64 = 3600;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/portal", get(home))
-        .route("/portal/assets/{name}", get(super::asset))
         .route("/portal/start", get(start))
         .route("/portal/logout", post(logout))
-        .route("/portal/account", post(rename))
-        .route("/portal/plan", post(change_plan))
+        .route("/portal/account", post(change_account))
+        .route("/portal/plan", post(change_account))
         .route("/portal/keys", post(create_key))
         .route("/portal/keys/{id}", get(key))
-        .route("/portal/keys/{id}/rotate", post(super::rotate::<Customer>))
-        .route("/portal/keys/{id}/revoke", post(super::revoke::<Customer>))
+        .merge(super::shared_routes::<Customer>())
         .route("/portal/authorize", get(consent).post(authorize))
         .layer(axum::middleware::from_fn(super::page_headers))
 }
@@ -129,6 +127,8 @@ pub fn public_url(state: &AppState) -> String {
 
 /// A customer in the portal: its account (read fresh each request) and its bounds.
 pub struct Customer {
+    /// The service.
+    pub state: AppState,
     session_id: String,
     csrf: String,
     account: Account,
@@ -181,6 +181,7 @@ impl FromRequestParts<AppState> for Customer {
             .and_then(|c| c.ip())
             .map(|i| i.to_string());
         Ok(Customer {
+            state: state.clone(),
             csrf: csrf_token(&sid),
             session_id: sid,
             account,
@@ -193,20 +194,19 @@ impl FromRequestParts<AppState> for Customer {
 super::signed_in!(Customer, "portal");
 
 impl KeyChanger for Customer {
+    fn state(&self) -> &AppState {
+        &self.state
+    }
+
     fn actor(&self) -> Actor {
         Customer::actor(self)
     }
 
     /// Only a role that manages keys changes one, and only a key this session reaches.
-    async fn key_to_change(
-        &self,
-        state: &AppState,
-        id: &str,
-        back: &str,
-    ) -> Result<KeyRecord, WebError> {
-        need_group(state, "api_keys")?;
+    async fn key_to_change(&self, id: &str, back: &str) -> Result<KeyRecord, WebError> {
+        need_group(&self.state, "api_keys")?;
         need_manager(self, back)?;
-        self.key(state, id).await
+        self.key(&self.state, id).await
     }
 }
 
@@ -305,8 +305,8 @@ impl Customer {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(default)]
 struct StartQuery {
-    #[serde(default)]
     token: String,
 }
 
@@ -356,11 +356,10 @@ async fn start(State(state): State<AppState>, Query(q): Query<StartQuery>) -> Re
 }
 
 #[derive(Deserialize, Default)]
+#[serde(default)]
 struct ModeQuery {
-    #[serde(default)]
     mode: String,
     /// The page of keys after this key id.
-    #[serde(default)]
     after: String,
 }
 
@@ -377,14 +376,11 @@ fn base_ctx(c: &Customer, mode: Mode) -> minijinja::Value {
 }
 
 /// `GET /portal`: the account, its keys of one mode, usage against the plan, the forms.
-async fn home(
-    State(state): State<AppState>,
-    c: Customer,
-    Query(q): Query<ModeQuery>,
-) -> Result<Response, WebError> {
+async fn home(c: Customer, Query(q): Query<ModeQuery>) -> Result<Response, WebError> {
+    let state = &c.state;
     let mode = c.mode(&q.mode)?;
     let after = super::after_field(&q.after);
-    home_page(&state, &c, mode, after, None).await
+    home_page(state, &c, mode, after, None).await
 }
 
 /// The portal's page in `mode`; with a refused key form, that form as it was typed.
@@ -443,13 +439,10 @@ async fn home_page(
     Ok(render("portal.html", ctx))
 }
 
-async fn logout(
-    State(state): State<AppState>,
-    c: Customer,
-    Form(f): Form<super::CsrfOnly>,
-) -> Result<Response, WebError> {
+async fn logout(c: Customer, Form(f): Form<super::CsrfOnly>) -> Result<Response, WebError> {
+    let state = &c.state;
     c.check(&f.csrf, "/portal")?;
-    let jar = super::end_session(&state, &id_hash(&c.session_id), COOKIE, "/portal").await?;
+    let jar = super::end_session(state, &id_hash(&c.session_id), COOKIE, "/portal").await?;
     let to = c.session.return_url.clone();
     Ok(match to {
         Some(u) => (jar, Redirect::to(&u)).into_response(),
@@ -499,44 +492,23 @@ fn need_manager(c: &Customer, back: &str) -> Result<(), WebError> {
     }
 }
 
-#[derive(Deserialize)]
-struct RenameForm {
-    #[serde(default)]
+/// The account forms' fields: a new name (`/portal/account`) or a new plan (`/portal/plan`).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AccountForm {
     csrf: String,
-    #[serde(default)]
-    name: String,
+    name: Option<String>,
+    plan: Option<String>,
 }
 
-async fn rename(
-    State(state): State<AppState>,
-    c: Customer,
-    Form(f): Form<RenameForm>,
-) -> Result<Response, WebError> {
+/// An owner's change to the session's account: its name or its plan.
+async fn change_account(c: Customer, Form(f): Form<AccountForm>) -> Result<Response, WebError> {
     let patch = crate::manage::AccountPatch {
-        name: Some(f.name),
+        name: f.name,
+        plan: f.plan,
         ..Default::default()
     };
-    patch_own_account(&state, &c, &f.csrf, patch).await
-}
-
-#[derive(Deserialize)]
-struct PlanForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    plan: String,
-}
-
-async fn change_plan(
-    State(state): State<AppState>,
-    c: Customer,
-    Form(f): Form<PlanForm>,
-) -> Result<Response, WebError> {
-    let patch = crate::manage::AccountPatch {
-        plan: Some(f.plan),
-        ..Default::default()
-    };
-    patch_own_account(&state, &c, &f.csrf, patch).await
+    patch_own_account(&c.state, &c, &f.csrf, patch).await
 }
 
 /// An owner's change to the session's account, back to the portal's home page.
@@ -556,15 +528,12 @@ async fn patch_own_account(
     Ok(Redirect::to("/portal").into_response())
 }
 
-async fn create_key(
-    State(state): State<AppState>,
-    c: Customer,
-    Form(f): Form<KeyForm>,
-) -> Result<Response, WebError> {
+async fn create_key(c: Customer, Form(f): Form<KeyForm>) -> Result<Response, WebError> {
+    let state = &c.state;
     let mode = c.mode(&f.mode)?;
     let back = format!("/portal?mode={mode}");
     c.check(&f.csrf, &back)?;
-    need_group(&state, "api_keys")?;
+    need_group(state, "api_keys")?;
     need_manager(&c, &back)?;
     // The key is made in the session's mode, whatever the form says.
     let made = async {
@@ -572,8 +541,8 @@ async fn create_key(
             mode,
             ..f.new_key()?
         };
-        let ceiling = c.ceiling(&state, mode);
-        Manager::new(&state)
+        let ceiling = c.ceiling(state, mode);
+        Manager::new(state)
             .create_key(&c.actor(), &c.account, new, Some(&ceiling))
             .await
     }
@@ -587,14 +556,11 @@ async fn create_key(
 }
 
 /// `GET /portal/keys/{id}`: a key this session reaches, and its recent activity.
-async fn key(
-    State(state): State<AppState>,
-    c: Customer,
-    Path(id): Path<String>,
-) -> Result<Response, WebError> {
-    need_group(&state, "api_keys")?;
-    let k = c.key(&state, &id).await?;
-    let mut key_use = super::key_use(&state, &k).await?;
+async fn key(c: Customer, Path(id): Path<String>) -> Result<Response, WebError> {
+    let state = &c.state;
+    need_group(state, "api_keys")?;
+    let k = c.key(state, &id).await?;
+    let mut key_use = super::key_use(state, &k).await?;
     if !state.settings.self_service.serves("usage") {
         key_use = context! { chart => (), ..key_use };
     }
@@ -606,12 +572,10 @@ async fn key(
 }
 
 #[derive(Deserialize, Default)]
+#[serde(default)]
 struct ConsentQuery {
-    #[serde(default)]
     app_id: String,
-    #[serde(default)]
     scopes: String,
-    #[serde(default)]
     mode: String,
 }
 
@@ -620,15 +584,12 @@ fn scope_list(s: &str) -> Vec<String> {
 }
 
 /// `GET /portal/authorize?app_id=…&scopes=…`: what an application asks for, to approve.
-async fn consent(
-    State(state): State<AppState>,
-    c: Customer,
-    Query(q): Query<ConsentQuery>,
-) -> Result<Response, WebError> {
+async fn consent(c: Customer, Query(q): Query<ConsentQuery>) -> Result<Response, WebError> {
+    let state = &c.state;
     let mode = c.mode(&q.mode)?;
     need_owner(&c)?;
-    need_group(&state, "grants")?;
-    let app = AppManager::new(&state)
+    need_group(state, "grants")?;
+    let app = AppManager::new(state)
         .app(q.app_id.trim())
         .await
         .map_err(|_| {
@@ -651,32 +612,26 @@ async fn consent(
     Ok(render("authorize.html", ctx))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct AuthorizeForm {
-    #[serde(default)]
     csrf: String,
-    #[serde(default)]
     app_id: String,
-    #[serde(default)]
     scopes: Vec<String>,
-    #[serde(default)]
     mode: String,
 }
 
 /// `POST /portal/authorize`: the owner grants the application the scopes; the key made
 /// under the grant is shown once, for the application to receive.
-async fn authorize(
-    State(state): State<AppState>,
-    c: Customer,
-    Form(f): Form<AuthorizeForm>,
-) -> Result<Response, WebError> {
+async fn authorize(c: Customer, Form(f): Form<AuthorizeForm>) -> Result<Response, WebError> {
+    let state = &c.state;
     let mode = c.mode(&f.mode)?;
     let back = "/portal";
     c.check(&f.csrf, back)?;
     need_owner(&c)?;
-    need_group(&state, "grants")?;
-    let ceiling = c.ceiling(&state, mode);
-    let issued = AppManager::new(&state)
+    need_group(state, "grants")?;
+    let ceiling = c.ceiling(state, mode);
+    let issued = AppManager::new(state)
         .create_grant(
             &c.actor(),
             &c.account,
