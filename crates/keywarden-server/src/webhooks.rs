@@ -308,6 +308,7 @@ pub fn outcome(
         next: NextStep::GiveUp,
         disable: None,
         events: Vec::new(),
+        lease_until: due.lease_until,
     };
     match out.attempt.status {
         Some(s) if (200..300).contains(&s) => {
@@ -658,6 +659,7 @@ mod tests {
                 updated_at: 0,
             },
             payload: json!({ "type": "key.created", "data": { "mode": mode } }).to_string(),
+            lease_until: 30_000,
         }
     }
 

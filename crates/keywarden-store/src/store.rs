@@ -517,7 +517,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         per_endpoint: u32,
     ) -> StoreResult<Vec<DueDelivery>>;
     /// Records an attempt and what follows it; disables the endpoint when asked, and
-    /// writes the outcome's events, in one transaction.
+    /// writes the outcome's events, in one transaction. Writes nothing when the delivery
+    /// no longer holds the lease it was claimed with (the lease ran out and another claim
+    /// took it, or the endpoint was deleted), so an attempt is never recorded twice.
     async fn finish_delivery(&self, outcome: &AttemptOutcome) -> StoreResult<()>;
     /// Makes a delivery of this endpoint pending again, due at `at`. `NotFound` if absent;
     /// `Conflict` while a process holds it to send it (its lease has not run out).

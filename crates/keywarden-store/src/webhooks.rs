@@ -167,6 +167,9 @@ pub struct DueDelivery {
     pub endpoint: WebhookEndpoint,
     /// The body to send.
     pub payload: String,
+    /// The end of this claim's lease: the attempt is recorded only while the delivery
+    /// still holds it.
+    pub lease_until: Millis,
 }
 
 /// What happens to a delivery after an attempt.
@@ -195,6 +198,8 @@ pub struct AttemptOutcome {
     pub disable: Option<String>,
     /// Events to record with it (the endpoint's disabling), in the same transaction.
     pub events: Vec<AuditEvent>,
+    /// The lease the delivery was claimed with ([`DueDelivery::lease_until`]).
+    pub lease_until: Millis,
 }
 
 /// A usage counter with its account's plan, for quota thresholds.

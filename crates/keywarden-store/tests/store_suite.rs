@@ -1441,6 +1441,7 @@ async fn case_events_queue_their_deliveries_in_the_same_write(store: Arc<dyn Sto
         next,
         disable: None,
         events: vec![],
+        lease_until: due[i].lease_until,
     };
     store
         .finish_delivery(&outcome(0, Some(200), NextStep::Delivered))
@@ -1532,6 +1533,7 @@ async fn case_disabling_an_endpoint_records_its_event(store: Arc<dyn Store>) {
             next: NextStep::GiveUp,
             disable: Some("gone".into()),
             events: vec![event(None, None, "webhook.disabled", t)],
+            lease_until: due[0].lease_until,
         })
         .await
         .unwrap();
@@ -1601,6 +1603,7 @@ async fn case_endpoint_updates_and_the_delivery_worker_do_not_undo_each_other(
                     next: NextStep::GiveUp,
                     disable,
                     events,
+                    lease_until: due[0].lease_until,
                 })
                 .await
                 .unwrap();
@@ -1696,6 +1699,60 @@ async fn case_concurrent_claims_take_each_delivery_once(store: Arc<dyn Store>) {
     assert_eq!((n, all.len()), (60, 60));
 }
 
+/// An attempt that outlives its lease is not recorded: the delivery was claimed again, and
+/// only that claim's attempt counts, once.
+async fn case_an_attempt_past_its_lease_is_not_recorded(store: Arc<dyn Store>) {
+    let a = new_account(&store).await;
+    let e = endpoint(None, None, Some(&["key.created"]));
+    store.create_webhook(&e, &[]).await.unwrap();
+    let t = 1_700_000_000_000;
+    store
+        .append_events(&[event(Some(&a.id), Some(Mode::Live), "key.created", t)])
+        .await
+        .unwrap();
+    let late = store.claim_deliveries(t, t + 1_000, 10, 100).await.unwrap();
+    assert_eq!(late.len(), 1);
+    // The first lease runs out; another process claims the delivery.
+    let again = store
+        .claim_deliveries(t + 2_000, t + 3_000, 10, 100)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery.id, late[0].delivery.id);
+    let finish = |due: &keywarden_store::webhooks::DueDelivery, at, next| AttemptOutcome {
+        delivery_id: due.delivery.id.clone(),
+        endpoint_id: e.id.clone(),
+        attempt: attempt(at, Some(200)),
+        next,
+        disable: None,
+        events: vec![],
+        lease_until: due.lease_until,
+    };
+    // The first attempt ends late: nothing is written.
+    store
+        .finish_delivery(&finish(&late[0], t + 2_500, NextStep::Delivered))
+        .await
+        .unwrap();
+    let id = &late[0].delivery.id;
+    let d = store.get_delivery(id).await.unwrap().unwrap();
+    assert_eq!((d.status, d.attempts), (DeliveryStatus::Pending, 0));
+    assert!(store.list_attempts(id).await.unwrap().is_empty());
+    // The second claim's attempt is recorded, once.
+    store
+        .finish_delivery(&finish(&again[0], t + 2_600, NextStep::Delivered))
+        .await
+        .unwrap();
+    let d = store.get_delivery(id).await.unwrap().unwrap();
+    assert_eq!((d.status, d.attempts), (DeliveryStatus::Delivered, 1));
+    assert_eq!(store.list_attempts(id).await.unwrap().len(), 1);
+    // Finishing it again with the same lease changes nothing.
+    store
+        .finish_delivery(&finish(&again[0], t + 2_700, NextStep::Delivered))
+        .await
+        .unwrap();
+    assert_eq!(store.list_attempts(id).await.unwrap().len(), 1);
+}
+
 /// A claim leaves no endpoint more than its share of deliveries in flight, counting those
 /// claimed before and not finished, so the deliveries of others are claimed beside the
 /// oldest ones.
@@ -1742,6 +1799,7 @@ async fn case_claims_leave_each_endpoint_its_share(store: Arc<dyn Store>) {
             next: NextStep::Delivered,
             disable: None,
             events: vec![],
+            lease_until: done.lease_until,
         })
         .await
         .unwrap();
@@ -2558,6 +2616,7 @@ suite!(
     case_endpoint_updates_and_the_delivery_worker_do_not_undo_each_other,
     case_concurrent_claims_take_each_delivery_once,
     case_claims_leave_each_endpoint_its_share,
+    case_an_attempt_past_its_lease_is_not_recorded,
     case_events_fired_once_are_written_once,
     case_deadlines_and_usage_for_derived_events,
     case_a_refused_change_writes_none_of_its_events,

@@ -746,6 +746,7 @@ impl<B: Backend> Store for B {
                 delivery,
                 endpoint,
                 payload,
+                lease_until,
             });
         }
         commit(tx).await?;
@@ -770,9 +771,11 @@ impl<B: Backend> Store for B {
             a.response.as_str(),
             a.error.as_deref(),
             delivered_at,
+            o.lease_until,
         ];
         if tx.run(DELIVERY_FINISH, &p).await? == 0 {
-            // The endpoint was deleted while the attempt was made.
+            // The endpoint was deleted while the attempt was made, or the lease ran out
+            // and another claim has the delivery now: that claim records its own attempt.
             return Ok(());
         }
         let p = params![

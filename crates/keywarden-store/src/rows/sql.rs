@@ -425,7 +425,7 @@ pub(super) const DELIVERY_INSERT: &str =
 pub(super) const DELIVERY_FINISH: &str = "UPDATE webhook_deliveries SET status = $2, \
      attempts = attempts + 1, next_attempt_at = $3, locked_until = NULL, last_status = $4, \
      last_duration_ms = $5, last_response = $6, last_error = $7, delivered_at = $8 \
-     WHERE id = $1";
+     WHERE id = $1 AND locked_until = $9";
 pub(super) const ATTEMPT_INSERT: &str = "INSERT INTO webhook_attempts (delivery_id, at, status, \
      duration_ms, response, error) VALUES ($1, $2, $3, $4, $5, $6)";
 pub(super) const ATTEMPT_LIST: &str = "SELECT at, status, duration_ms, response, error \
