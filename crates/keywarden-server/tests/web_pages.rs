@@ -436,6 +436,28 @@ async fn an_owner_renames_and_changes_plan_in_the_portal_and_signing_out_ends_th
         (a["name"].as_str(), a["plan"].as_str()),
         (Some("After"), Some("pro"))
     );
+    // A form that gives neither a name nor a plan, or both, changes nothing.
+    for fields in [
+        vec![("csrf", csrf.clone())],
+        vec![
+            ("csrf", csrf.clone()),
+            ("name", "Both".into()),
+            ("plan", "free".into()),
+        ],
+    ] {
+        let res = post(owner.clone(), "/portal/account", fields).await;
+        assert_eq!(res.status(), 400);
+        assert!(res
+            .text()
+            .await
+            .unwrap()
+            .contains("either a new name or a new plan"));
+    }
+    let a = account().await.ok(200);
+    assert_eq!(
+        (a["name"].as_str(), a["plan"].as_str()),
+        (Some("After"), Some("pro"))
+    );
     // An unknown plan is refused with the reason, and the plan stays.
     let res = post(
         owner.clone(),

@@ -501,26 +501,25 @@ struct AccountForm {
     plan: Option<String>,
 }
 
-/// An owner's change to the session's account: its name or its plan.
+/// An owner's change to the session's account: its name or its plan, one per form; back
+/// to the portal's home page.
 async fn change_account(c: Customer, Form(f): Form<AccountForm>) -> Result<Response, WebError> {
+    let state = &c.state;
+    c.check(&f.csrf, "/portal")?;
+    need_owner(&c)?;
+    need_group(state, "account_write")?;
+    if f.name.is_some() == f.plan.is_some() {
+        return Err(WebError::new(
+            StatusCode::BAD_REQUEST,
+            "The form must give either a new name or a new plan.",
+            "/portal",
+        ));
+    }
     let patch = crate::manage::AccountPatch {
         name: f.name,
         plan: f.plan,
         ..Default::default()
     };
-    patch_own_account(&c.state, &c, &f.csrf, patch).await
-}
-
-/// An owner's change to the session's account, back to the portal's home page.
-async fn patch_own_account(
-    state: &AppState,
-    c: &Customer,
-    csrf: &str,
-    patch: crate::manage::AccountPatch,
-) -> Result<Response, WebError> {
-    c.check(csrf, "/portal")?;
-    need_owner(c)?;
-    need_group(state, "account_write")?;
     Manager::new(state)
         .update_account(&c.actor(), &c.account.id, patch)
         .await
