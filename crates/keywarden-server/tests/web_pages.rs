@@ -1568,3 +1568,107 @@ async fn the_overview_counts_only_keys_in_use_on_postgres() {
     overview_counts_keys_in_use(&pg.app).await;
     pg.stop().await;
 }
+
+#[tokio::test]
+async fn every_form_without_its_sessions_token_is_refused_before_anything_is_read() {
+    let app = spawn_app().await;
+    let acc = app.account("Guarded").await;
+    let (key, token) = app.live_key(&acc).await;
+    let (console, csrf) = console_session(&app).await;
+    let (portal, portal_csrf) = portal_session(&app, &acc, "owner").await;
+    let console_forms = [
+        "/console/logout".to_string(),
+        "/console/accounts".into(),
+        format!("/console/accounts/{acc}/status"),
+        format!("/console/accounts/{acc}/plan"),
+        format!("/console/accounts/{acc}/erase"),
+        format!("/console/accounts/{acc}/keys"),
+        format!("/console/keys/{key}/enabled"),
+        format!("/console/keys/{key}/reveal"),
+        format!("/console/keys/{key}/rotate"),
+        format!("/console/keys/{key}/revoke"),
+        "/console/applications".into(),
+        // The application does not exist: the token is checked before it is looked up.
+        "/console/applications/app_none/secrets/production/rotate".into(),
+    ];
+    let portal_forms = [
+        "/portal/logout".to_string(),
+        "/portal/account".into(),
+        "/portal/plan".into(),
+        "/portal/keys".into(),
+        format!("/portal/keys/{key}/rotate"),
+        format!("/portal/keys/{key}/revoke"),
+        "/portal/authorize".into(),
+    ];
+    // Each form otherwise valid, with a token of another session or none at all.
+    let fields = |token: &str| {
+        let mut form = vec![
+            ("status", "suspended".to_string()),
+            ("plan", "default".into()),
+            ("confirm", "Guarded".into()),
+            ("name", "Forged".into()),
+            ("enabled", "false".into()),
+            ("mode", "live".into()),
+        ];
+        if !token.is_empty() {
+            form.push(("csrf", token.to_string()));
+        }
+        form
+    };
+    let sessions = [
+        (
+            app.admin.clone(),
+            &console,
+            &console_forms[..],
+            portal_csrf.as_str(),
+            "/console",
+        ),
+        (
+            app.public.clone(),
+            &portal,
+            &portal_forms[..],
+            csrf.as_str(),
+            "/portal",
+        ),
+    ];
+    for (base, cookie, forms, foreign, home) in sessions {
+        for path in forms {
+            for token in [foreign, ""] {
+                let res = no_redirects()
+                    .post(format!("{base}{path}"))
+                    .header("cookie", cookie.as_str())
+                    .form(&fields(token))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 403, "{path} with {token:?}");
+                let page = body(res).await;
+                assert!(
+                    page.contains("did not come from this page"),
+                    "{path}: {page}"
+                );
+                assert!(page.contains(&format!("href=\"{home}\"")), "{path}: {page}");
+            }
+        }
+    }
+    // Nothing changed: the account, its one key and both sessions are as they were.
+    let account = app
+        .admin_call(Method::GET, &format!("/v1/admin/accounts/{acc}"), None)
+        .await
+        .ok(200);
+    assert_eq!(
+        (account["name"].as_str(), account["status"].as_str()),
+        (Some("Guarded"), Some("active"))
+    );
+    assert_eq!(app.verify(json!({ "key": token })).await["valid"], true);
+    let keys = app
+        .admin_call(Method::GET, &format!("/v1/admin/accounts/{acc}/keys"), None)
+        .await
+        .ok(200);
+    assert_eq!(keys.as_array().map(Vec::len), Some(1), "{keys}");
+    let still = page_text(format!("{}/console/accounts", app.admin), console.clone()).await;
+    assert!(still.contains("Guarded"), "{still}");
+    let still = page_text(format!("{}/portal", app.public), portal.clone()).await;
+    assert!(still.contains("Guarded"), "{still}");
+    app.stop().await;
+}

@@ -4,7 +4,8 @@
 
 use super::{
     console_id_hash, csrf_token, expiry_field, list_field, new_session_id, opt_field, rate_field,
-    render, scope_choices, session_cookie, KeyChanger, OrBack, SignedIn, WebError,
+    render, scope_choices, session_cookie, KeyChanger, NoFields, OrBack, Posted, SignedIn,
+    WebError,
 };
 use crate::auth::matching_root_key;
 use crate::errors::ApiError;
@@ -187,10 +188,9 @@ async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Respo
     }
 }
 
-async fn logout(op: Operator, Form(f): Form<super::CsrfOnly>) -> Result<Response, WebError> {
-    let state = &op.state;
-    op.check(&f.csrf, "/console/accounts")?;
-    let jar = super::end_session(state, &op.stored_hash, COOKIE, "/console").await?;
+async fn logout(p: Posted<Operator, NoFields>) -> Result<Response, WebError> {
+    let op = p.by;
+    let jar = super::end_session(&op.state, &op.stored_hash, COOKIE, "/console").await?;
     Ok((jar, Redirect::to("/console/login")).into_response())
 }
 
@@ -259,19 +259,13 @@ async fn accounts(op: Operator, Query(q): Query<AccountsQuery>) -> Result<Respon
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct CreateAccountForm {
-    csrf: String,
     name: String,
     plan: String,
     status: String,
 }
 
-async fn create_account(
-    op: Operator,
-    Form(f): Form<CreateAccountForm>,
-) -> Result<Response, WebError> {
-    let state = &op.state;
-    let back = "/console/accounts";
-    op.check(&f.csrf, back)?;
+async fn create_account(p: Posted<Operator, CreateAccountForm>) -> Result<Response, WebError> {
+    let (op, f, back) = (p.by, p.form, "/console/accounts");
     let status =
         match opt_field(&f.status) {
             Some(s) => Some(s.parse::<AccountStatus>().map_err(|e| {
@@ -279,7 +273,7 @@ async fn create_account(
             })?),
             None => None,
         };
-    let (a, keys) = AppManager::new(state)
+    let (a, keys) = AppManager::new(&op.state)
         .create_account(
             &op.actor,
             &f.name,
@@ -393,53 +387,35 @@ async fn account_page(
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct StatusForm {
-    csrf: String,
     status: String,
 }
 
-async fn set_status(
-    op: Operator,
-    Path(id): Path<String>,
-    Form(f): Form<StatusForm>,
-) -> Result<Response, WebError> {
-    let state = &op.state;
-    let back = format!("/console/accounts/{id}");
-    op.check(&f.csrf, &back)?;
-    let status = f
-        .status
-        .parse::<AccountStatus>()
+async fn set_status(p: Posted<Operator, StatusForm>) -> Result<Response, WebError> {
+    let op = &p.by;
+    let back = format!("/console/accounts/{}", p.id);
+    let status = (p.form.status.parse::<AccountStatus>())
         .map_err(|e| WebError::from(ApiError::invalid(format!("status: {e}"))).back(&back))?;
-    let (a, keys) = AppManager::new(state)
-        .set_status(&op.actor, &id, status)
+    let (a, keys) = AppManager::new(&op.state)
+        .set_status(&op.actor, &p.id, status)
         .await
         .back(&back)?;
-    Ok(account_done(&op, &a, &keys))
+    Ok(account_done(op, &a, &keys))
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct PlanForm {
-    csrf: String,
     plan: String,
 }
 
-async fn set_plan(
-    op: Operator,
-    Path(id): Path<String>,
-    Form(f): Form<PlanForm>,
-) -> Result<Response, WebError> {
-    let state = &op.state;
-    let back = format!("/console/accounts/{id}");
-    op.check(&f.csrf, &back)?;
-    Manager::new(state)
-        .update_account(
-            &op.actor,
-            &id,
-            crate::manage::AccountPatch {
-                plan: Some(f.plan),
-                ..Default::default()
-            },
-        )
+async fn set_plan(p: Posted<Operator, PlanForm>) -> Result<Response, WebError> {
+    let back = format!("/console/accounts/{}", p.id);
+    let patch = crate::manage::AccountPatch {
+        plan: Some(p.form.plan),
+        ..Default::default()
+    };
+    Manager::new(&p.by.state)
+        .update_account(&p.by.actor, &p.id, patch)
         .await
         .back(&back)?;
     Ok(Redirect::to(&back).into_response())
@@ -448,37 +424,29 @@ async fn set_plan(
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct EraseForm {
-    csrf: String,
     confirm: String,
 }
 
 /// `POST /console/accounts/{id}/erase`: only when the account's name is typed to confirm.
-async fn erase(
-    op: Operator,
-    Path(id): Path<String>,
-    Form(f): Form<EraseForm>,
-) -> Result<Response, WebError> {
-    let state = &op.state;
+async fn erase(p: Posted<Operator, EraseForm>) -> Result<Response, WebError> {
+    let (op, id) = (&p.by, &p.id);
     let back = format!("/console/accounts/{id}");
-    op.check(&f.csrf, &back)?;
-    let m = Manager::new(state);
-    let a = m.account(&id).await.back(&back)?;
-    if f.confirm.trim() != a.name {
+    let m = Manager::new(&op.state);
+    let a = m.account(id).await.back(&back)?;
+    if p.form.confirm.trim() != a.name {
         return Err(WebError::new(
             StatusCode::BAD_REQUEST,
             "confirm: type the account's name exactly to erase it; nothing was erased",
             &back,
         ));
     }
-    m.erase_account(&op.actor, &id).await.back(&back)?;
+    m.erase_account(&op.actor, id).await.back(&back)?;
     Ok(Redirect::to("/console/accounts").into_response())
 }
 
 /// The key form, shared with the portal.
 #[derive(Default, Deserialize, serde::Serialize)]
 pub struct KeyForm {
-    #[serde(default, skip_serializing)]
-    pub(crate) csrf: String,
     #[serde(default)]
     pub(crate) mode: String,
     #[serde(default)]
@@ -520,14 +488,14 @@ impl KeyForm {
     }
 }
 
-async fn create_key(
-    op: Operator,
-    Path(id): Path<String>,
-    Form(f): Form<KeyForm>,
-) -> Result<Response, WebError> {
+async fn create_key(p: Posted<Operator, KeyForm>) -> Result<Response, WebError> {
+    let Posted {
+        by: op,
+        id,
+        form: f,
+    } = p;
     let state = &op.state;
     let back = format!("/console/accounts/{id}?mode={}", mode_of(&f.mode));
-    op.check(&f.csrf, &back)?;
     let m = Manager::new(state);
     let a = m.account(&id).await.back(&back)?;
     let made = async { m.create_key(&op.actor, &a, f.new_key()?, None).await }.await;
@@ -554,8 +522,6 @@ async fn key(op: Operator, Path(id): Path<String>) -> Result<Response, WebError>
 #[derive(Deserialize)]
 pub(crate) struct RotateForm {
     #[serde(default)]
-    pub(crate) csrf: String,
-    #[serde(default)]
     pub(crate) grace_seconds: String,
 }
 
@@ -573,30 +539,20 @@ impl RotateForm {
 #[derive(Deserialize)]
 pub(crate) struct RevokeForm {
     #[serde(default)]
-    pub(crate) csrf: String,
-    #[serde(default)]
     pub(crate) reason: String,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct EnabledForm {
-    csrf: String,
     enabled: String,
 }
 
-async fn set_enabled(
-    op: Operator,
-    Path(id): Path<String>,
-    Form(f): Form<EnabledForm>,
-) -> Result<Response, WebError> {
-    let state = &op.state;
-    let back = format!("/console/keys/{id}");
-    op.check(&f.csrf, &back)?;
-    let m = Manager::new(state);
-    let k = m.key_of(None, None, &id).await.back(&back)?;
+async fn set_enabled(p: Posted<Operator, EnabledForm>) -> Result<Response, WebError> {
+    let op = &p.by;
+    let (k, back) = op.changing(&p.id).await?;
     let patch = KeyPatch {
-        enabled: Some(match f.enabled.as_str() {
+        enabled: Some(match p.form.enabled.as_str() {
             "true" => true,
             "false" => false,
             _ => {
@@ -607,24 +563,17 @@ async fn set_enabled(
         }),
         ..KeyPatch::default()
     };
-    m.update_key(&op.actor, k, patch, None).await.back(&back)?;
+    (Manager::new(&op.state).update_key(&op.actor, k, patch, None))
+        .await
+        .back(&back)?;
     Ok(Redirect::to(&back).into_response())
 }
 
 /// `POST /console/keys/{id}/reveal`: a recoverable test secret, shown again (audited).
-async fn reveal(
-    op: Operator,
-    Path(id): Path<String>,
-    Form(f): Form<super::CsrfOnly>,
-) -> Result<Response, WebError> {
-    let state = &op.state;
-    let back = format!("/console/keys/{id}");
-    op.check(&f.csrf, &back)?;
-    let k = Manager::new(state)
-        .key_of(None, None, &id)
-        .await
-        .back(&back)?;
-    let token = AppManager::new(state)
+async fn reveal(p: Posted<Operator, NoFields>) -> Result<Response, WebError> {
+    let op = &p.by;
+    let (k, back) = op.changing(&p.id).await?;
+    let token = AppManager::new(&op.state)
         .reveal(&op.actor, &k)
         .await
         .back(&back)?;
@@ -650,7 +599,6 @@ async fn applications(op: Operator) -> Result<Response, WebError> {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct AppForm {
-    csrf: String,
     name: String,
     description: String,
     url: String,
@@ -658,11 +606,9 @@ struct AppForm {
 }
 
 /// `POST /console/applications`: its production and sandbox secrets, shown once.
-async fn create_application(op: Operator, Form(f): Form<AppForm>) -> Result<Response, WebError> {
-    let state = &op.state;
-    let back = "/console/applications";
-    op.check(&f.csrf, back)?;
-    let (app, secrets) = AppManager::new(state)
+async fn create_application(p: Posted<Operator, AppForm>) -> Result<Response, WebError> {
+    let (op, f, back) = (p.by, p.form, "/console/applications");
+    let (app, secrets) = AppManager::new(&op.state)
         .create_app(
             &op.actor,
             crate::manage_apps::NewApp {
@@ -691,18 +637,15 @@ async fn create_application(op: Operator, Form(f): Form<AppForm>) -> Result<Resp
 /// `POST /console/applications/{id}/secrets/{environment}/rotate`: a new secret for one
 /// environment, shown once; the old one stops at once.
 async fn rotate_application_secret(
-    op: Operator,
-    Path((id, environment)): Path<(String, String)>,
-    Form(f): Form<super::CsrfOnly>,
+    Path((_, environment)): Path<(String, String)>,
+    p: Posted<Operator, NoFields>,
 ) -> Result<Response, WebError> {
-    let state = &op.state;
-    let back = "/console/applications";
-    op.check(&f.csrf, back)?;
+    let (op, id, back) = (&p.by, &p.id, "/console/applications");
     let env = environment
         .parse::<keywarden_core::model::AppEnvironment>()
         .map_err(|e| WebError::from(ApiError::invalid(format!("environment: {e}"))).back(back))?;
-    let (app, secret) = AppManager::new(state)
-        .rotate_app_secret(&op.actor, &id, env)
+    let (app, secret) = AppManager::new(&op.state)
+        .rotate_app_secret(&op.actor, id, env)
         .await
         .back(back)?;
     Ok(render(

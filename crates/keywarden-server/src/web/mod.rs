@@ -308,18 +308,16 @@ pub trait KeyChanger: SignedIn + Sync {
         back: &str,
     ) -> impl std::future::Future<Output = Result<keywarden_core::model::KeyRecord, WebError>> + Send;
 
-    /// A form posted from the page of key `id`: its CSRF token checked, the key it may
-    /// change, and that page's address to go back to.
+    /// The key `id` a form posted from its page changes, when this session may change it,
+    /// and that page's address to go back to.
     fn changing(
         &self,
         id: &str,
-        csrf: &str,
     ) -> impl std::future::Future<
         Output = Result<(keywarden_core::model::KeyRecord, String), WebError>,
     > + Send {
         async move {
             let back = format!("/{}/keys/{id}", Self::AREA);
-            self.check(csrf, &back)?;
             let k = self.key_to_change(id, &back).await?;
             Ok((k, back))
         }
@@ -330,7 +328,10 @@ pub trait KeyChanger: SignedIn + Sync {
 /// revocation from its page.
 pub(crate) fn shared_routes<S>() -> axum::Router<AppState>
 where
-    S: KeyChanger + axum::extract::FromRequestParts<AppState> + Send + 'static,
+    S: KeyChanger
+        + axum::extract::FromRequestParts<AppState, Rejection = Response>
+        + Send
+        + 'static,
 {
     use axum::routing::{get, post};
     let area = S::AREA;
@@ -342,13 +343,10 @@ where
 
 /// `POST /{area}/keys/{id}/rotate`: a new secret, shown once; the old one is refused at once
 /// or kept through the grace period asked for.
-async fn rotate<S: KeyChanger>(
-    s: S,
-    axum::extract::Path(id): axum::extract::Path<String>,
-    axum_extra::extract::Form(f): axum_extra::extract::Form<console::RotateForm>,
-) -> Result<Response, WebError> {
-    let (k, back) = s.changing(&id, &f.csrf).await?;
-    let grace = f.grace().back(&back)?;
+async fn rotate<S: KeyChanger>(p: Posted<S, console::RotateForm>) -> Result<Response, WebError> {
+    let s = &p.by;
+    let (k, back) = s.changing(&p.id).await?;
+    let grace = p.form.grace().back(&back)?;
     let (k, token) = crate::manage::Manager::new(s.state())
         .rotate_key(&s.actor(), k, grace)
         .await
@@ -357,13 +355,10 @@ async fn rotate<S: KeyChanger>(
 }
 
 /// `POST /{area}/keys/{id}/revoke`, with an optional reason; back to the key's page.
-async fn revoke<S: KeyChanger>(
-    s: S,
-    axum::extract::Path(id): axum::extract::Path<String>,
-    axum_extra::extract::Form(f): axum_extra::extract::Form<console::RevokeForm>,
-) -> Result<Response, WebError> {
-    let (k, back) = s.changing(&id, &f.csrf).await?;
-    let reason = opt_field(&f.reason).map(str::to_string);
+async fn revoke<S: KeyChanger>(p: Posted<S, console::RevokeForm>) -> Result<Response, WebError> {
+    let s = &p.by;
+    let (k, back) = s.changing(&p.id).await?;
+    let reason = opt_field(&p.form.reason).map(str::to_string);
     crate::manage::Manager::new(s.state())
         .revoke_key(&s.actor(), k, reason)
         .await
@@ -563,12 +558,66 @@ pub fn session_cookie(
         .build()
 }
 
-/// A form that carries only its CSRF token (sign-out buttons).
+/// The CSRF token of a posted form, read apart from its other fields.
 #[derive(serde::Deserialize, Default)]
 #[serde(default)]
-pub struct CsrfOnly {
-    /// The session's CSRF token.
-    pub csrf: String,
+struct CsrfOnly {
+    csrf: String,
+}
+
+/// A form with no field besides its CSRF token (sign-out and one-button forms).
+#[derive(serde::Deserialize)]
+pub struct NoFields {}
+
+/// A form posted by a signed-in session `S`, read in this order: the session (so a visitor
+/// without one learns nothing about the form), the path's `{id}`, the CSRF token, and only
+/// then the form's own fields `F`. A form without the session's token is refused before
+/// anything else is read or changed, with a link to the area's home page.
+pub struct Posted<S, F> {
+    /// Who posted it.
+    pub by: S,
+    /// The path's `{id}` (empty on a path without one).
+    pub id: String,
+    /// The form's fields besides the token.
+    pub form: F,
+}
+
+impl<S, F> axum::extract::FromRequest<AppState> for Posted<S, F>
+where
+    S: SignedIn + axum::extract::FromRequestParts<AppState, Rejection = Response> + Send,
+    F: serde::de::DeserializeOwned,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, Response> {
+        use axum::extract::{FromRequestParts, RawPathParams};
+        let (mut parts, body) = req.into_parts();
+        let by = S::from_request_parts(&mut parts, state).await?;
+        let id = match RawPathParams::from_request_parts(&mut parts, state).await {
+            Ok(params) => params
+                .iter()
+                .find(|(k, _)| *k == "id")
+                .map(|(_, v)| v.to_string()),
+            Err(_) => None,
+        };
+        let req = axum::extract::Request::from_parts(parts, body);
+        let bytes = bytes::Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let home = format!("/{}", S::AREA);
+        let token: CsrfOnly = serde_html_form::from_bytes(&bytes).unwrap_or_default();
+        by.check(&token.csrf, &home)
+            .map_err(IntoResponse::into_response)?;
+        let form = serde_html_form::from_bytes(&bytes).map_err(|e| {
+            let message = format!("The form could not be read ({e}); nothing was changed.");
+            WebError::new(StatusCode::BAD_REQUEST, message, &home).into_response()
+        })?;
+        Ok(Posted {
+            by,
+            id: id.unwrap_or_default(),
+            form,
+        })
+    }
 }
 
 /// Ends the session `session_id` and returns the jar that clears its cookie `name` (set on

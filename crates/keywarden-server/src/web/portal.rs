@@ -7,7 +7,7 @@
 
 use super::console::KeyForm;
 use super::{csrf_token, id_hash, new_session_id, render};
-use super::{session_cookie, KeyChanger, OrBack, SignedIn, WebError};
+use super::{session_cookie, KeyChanger, NoFields, OrBack, Posted, SignedIn, WebError};
 use crate::errors::ApiError;
 use crate::extract::{client_ip, peer_ip};
 use crate::manage::{Actor, Ceiling, Manager, NewKey};
@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use axum_extra::extract::cookie::CookieJar;
-use axum_extra::extract::Form;
 use keywarden_core::codes::Code;
 use keywarden_core::decision::CompiledKey;
 use keywarden_core::model::{
@@ -439,10 +438,9 @@ async fn home_page(
     Ok(render("portal.html", ctx))
 }
 
-async fn logout(c: Customer, Form(f): Form<super::CsrfOnly>) -> Result<Response, WebError> {
-    let state = &c.state;
-    c.check(&f.csrf, "/portal")?;
-    let jar = super::end_session(state, &id_hash(&c.session_id), COOKIE, "/portal").await?;
+async fn logout(p: Posted<Customer, NoFields>) -> Result<Response, WebError> {
+    let c = p.by;
+    let jar = super::end_session(&c.state, &id_hash(&c.session_id), COOKIE, "/portal").await?;
     let to = c.session.return_url.clone();
     Ok(match to {
         Some(u) => (jar, Redirect::to(&u)).into_response(),
@@ -496,16 +494,15 @@ fn need_manager(c: &Customer, back: &str) -> Result<(), WebError> {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct AccountForm {
-    csrf: String,
     name: Option<String>,
     plan: Option<String>,
 }
 
 /// An owner's change to the session's account: its name or its plan, one per form; back
 /// to the portal's home page.
-async fn change_account(c: Customer, Form(f): Form<AccountForm>) -> Result<Response, WebError> {
+async fn change_account(p: Posted<Customer, AccountForm>) -> Result<Response, WebError> {
+    let (c, f) = (p.by, p.form);
     let state = &c.state;
-    c.check(&f.csrf, "/portal")?;
     need_owner(&c)?;
     need_group(state, "account_write")?;
     if f.name.is_some() == f.plan.is_some() {
@@ -527,11 +524,11 @@ async fn change_account(c: Customer, Form(f): Form<AccountForm>) -> Result<Respo
     Ok(Redirect::to("/portal").into_response())
 }
 
-async fn create_key(c: Customer, Form(f): Form<KeyForm>) -> Result<Response, WebError> {
+async fn create_key(p: Posted<Customer, KeyForm>) -> Result<Response, WebError> {
+    let (c, f) = (p.by, p.form);
     let state = &c.state;
     let mode = c.mode(&f.mode)?;
     let back = format!("/portal?mode={mode}");
-    c.check(&f.csrf, &back)?;
     need_group(state, "api_keys")?;
     need_manager(&c, &back)?;
     // The key is made in the session's mode, whatever the form says.
@@ -614,7 +611,6 @@ async fn consent(c: Customer, Query(q): Query<ConsentQuery>) -> Result<Response,
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct AuthorizeForm {
-    csrf: String,
     app_id: String,
     scopes: Vec<String>,
     mode: String,
@@ -622,11 +618,10 @@ struct AuthorizeForm {
 
 /// `POST /portal/authorize`: the owner grants the application the scopes; the key made
 /// under the grant is shown once, for the application to receive.
-async fn authorize(c: Customer, Form(f): Form<AuthorizeForm>) -> Result<Response, WebError> {
+async fn authorize(p: Posted<Customer, AuthorizeForm>) -> Result<Response, WebError> {
+    let (c, f, back) = (p.by, p.form, "/portal");
     let state = &c.state;
     let mode = c.mode(&f.mode)?;
-    let back = "/portal";
-    c.check(&f.csrf, back)?;
     need_owner(&c)?;
     need_group(state, "grants")?;
     let ceiling = c.ceiling(state, mode);
