@@ -107,10 +107,7 @@ pub fn public_router(
             ))
             .route_layer(axum::middleware::from_fn(refuse_nul_in_uri));
     }
-    let routes = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(crate::openapi::openapi_json))
+    let routes = open_routes(crate::openapi::openapi_json)
         .route("/v1/secret-scanning/github", post(leaks::github_report))
         .route("/v1/revocable_token_types", get(leaks::gitlab_token_types))
         .route("/v1/revoke_tokens", post(leaks::gitlab_revoke));
@@ -126,6 +123,19 @@ pub fn public_router(
     };
     // Gateway mode: what no route above matches goes to the upstream (else 404).
     finish(crate::gateway::with_fallback(routes, gateway), state)
+}
+
+/// What both listeners serve to anyone: the health checks and the listener's API document
+/// (`openapi`).
+fn open_routes<H, T>(openapi: H) -> Router<AppState>
+where
+    H: axum::handler::Handler<T, AppState>,
+    T: 'static,
+{
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi))
 }
 
 /// What both listeners' routers end with: 405 for a known path with another method, the
@@ -178,11 +188,9 @@ pub fn admin_router(state: AppState) -> Router {
             state.clone(),
             admin::root_guard,
         ));
-    let routes = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        // Open like the health checks (`docs/concepts.md#listeners`): outside the root-key guard.
-        .route("/openapi.json", get(crate::openapi::admin_openapi_json))
+    // The document is open like the health checks (`docs/concepts.md#listeners`): outside
+    // the root-key guard.
+    let routes = open_routes(crate::openapi::admin_openapi_json)
         .route("/metrics", get(metrics::metrics))
         .route("/v1/verify", post(verify::verify))
         .route("/v1/forward-auth", any(forward_auth::forward_auth))

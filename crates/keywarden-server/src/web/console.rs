@@ -339,22 +339,20 @@ async fn account(
     Path(id): Path<String>,
     Query(q): Query<ModeQuery>,
 ) -> Result<Response, WebError> {
-    let state = &op.state;
     let after = super::after_field(&q.after);
-    account_page(state, &op, &id, mode_of(&q.mode), after, None).await
+    account_page(&op, &id, mode_of(&q.mode), after, None).await
 }
 
 /// An account's page in `mode`; with a refused key form, that form as it was typed.
 async fn account_page(
-    state: &AppState,
     op: &Operator,
     id: &str,
     mode: Mode,
     after: Option<String>,
     refused: Option<(&KeyForm, &WebError)>,
 ) -> Result<Response, WebError> {
-    let m = Manager::new(state);
-    let a = m.account(id).await.back("/console/accounts")?;
+    let state = &op.state;
+    let a = Manager::new(state).account(id).await.back("/console/accounts")?;
     let first_page = format!("/console/accounts/{}?mode={mode}", a.id);
     let page = Page {
         after_id: after.clone(),
@@ -446,24 +444,16 @@ async fn erase(p: Posted<Operator, EraseForm>) -> Result<Response, WebError> {
 
 /// The key form, shared with the portal.
 #[derive(Default, Deserialize, serde::Serialize)]
+#[serde(default)]
 pub struct KeyForm {
-    #[serde(default)]
     pub(crate) mode: String,
-    #[serde(default)]
     pub(crate) name: String,
-    #[serde(default)]
     pub(crate) role: String,
-    #[serde(default)]
     pub(crate) scopes: Vec<String>,
-    #[serde(default)]
     pub(crate) expires_at: String,
-    #[serde(default)]
     pub(crate) ip_allowlist: String,
-    #[serde(default)]
     pub(crate) rate_requests: String,
-    #[serde(default)]
     pub(crate) rate_per_seconds: String,
-    #[serde(default)]
     pub(crate) description: String,
 }
 
@@ -489,20 +479,14 @@ impl KeyForm {
 }
 
 async fn create_key(p: Posted<Operator, KeyForm>) -> Result<Response, WebError> {
-    let Posted {
-        by: op,
-        id,
-        form: f,
-    } = p;
-    let state = &op.state;
-    let back = format!("/console/accounts/{id}?mode={}", mode_of(&f.mode));
-    let m = Manager::new(state);
-    let a = m.account(&id).await.back(&back)?;
+    let (op, id, f) = (&p.by, &p.id, &p.form);
+    let mode = mode_of(&f.mode);
+    let m = Manager::new(&op.state);
+    let a = m.account(id).await.back(&format!("/console/accounts/{id}?mode={mode}"))?;
     let made = async { m.create_key(&op.actor, &a, f.new_key()?, None).await }.await;
     // Refused: the account's page again, with the form as typed and what was wrong.
-    let (mode, state, op, f) = (mode_of(&f.mode), &state, &op, &f);
     super::answer_key_form(op, made, |e| async move {
-        account_page(state, op, &id, mode, None, Some((f, &e))).await
+        account_page(op, id, mode, None, Some((f, &e))).await
     })
     .await
 }
@@ -549,8 +533,8 @@ struct EnabledForm {
 }
 
 async fn set_enabled(p: Posted<Operator, EnabledForm>) -> Result<Response, WebError> {
+    let (k, back) = p.by.changing(&p.id).await?;
     let op = &p.by;
-    let (k, back) = op.changing(&p.id).await?;
     let patch = KeyPatch {
         enabled: Some(match p.form.enabled.as_str() {
             "true" => true,

@@ -29,6 +29,7 @@ use std::sync::LazyLock;
 /// Every page template embedded in the binary, by name.
 pub(crate) const SOURCES: &[(&str, &str)] = &[
     ("base.html", include_str!("templates/base.html")),
+    ("new_card.html", include_str!("templates/new_card.html")),
     ("error.html", include_str!("templates/error.html")),
     ("secret.html", include_str!("templates/secret.html")),
     ("keys_table.html", include_str!("templates/keys_table.html")),

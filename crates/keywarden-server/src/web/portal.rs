@@ -42,12 +42,12 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/portal", get(home))
         .route("/portal/start", get(start))
+        .route("/portal/keys/{id}", get(key))
+        .merge(super::shared_routes::<Customer>())
         .route("/portal/logout", post(logout))
         .route("/portal/account", post(change_account))
         .route("/portal/plan", post(change_account))
         .route("/portal/keys", post(create_key))
-        .route("/portal/keys/{id}", get(key))
-        .merge(super::shared_routes::<Customer>())
         .route("/portal/authorize", get(consent).post(authorize))
         .layer(axum::middleware::from_fn(super::page_headers))
 }
@@ -376,27 +376,25 @@ fn base_ctx(c: &Customer, mode: Mode) -> minijinja::Value {
 
 /// `GET /portal`: the account, its keys of one mode, usage against the plan, the forms.
 async fn home(c: Customer, Query(q): Query<ModeQuery>) -> Result<Response, WebError> {
-    let state = &c.state;
     let mode = c.mode(&q.mode)?;
     let after = super::after_field(&q.after);
-    home_page(state, &c, mode, after, None).await
+    home_page(&c, mode, after, None).await
 }
 
 /// The portal's page in `mode`; with a refused key form, that form as it was typed.
 async fn home_page(
-    state: &AppState,
     c: &Customer,
     mode: Mode,
     after: Option<String>,
     refused: Option<(&KeyForm, &WebError)>,
 ) -> Result<Response, WebError> {
-    let m = Manager::new(state);
+    let state = &c.state;
     let ceiling = c.ceiling(state, mode);
     let first_page = format!("/portal?mode={mode}");
     // The page shows only what the deployment's self-service API serves.
     let serves = |group| state.settings.self_service.serves(group);
     let (keys, next_page) = if serves("api_keys") {
-        let keys = m
+        let keys = Manager::new(state)
             .keys_within(&ceiling, after.clone(), super::KEYS_PER_PAGE + 1)
             .await?;
         super::keys_page(keys, &format!("{first_page}&"))
@@ -525,12 +523,12 @@ async fn change_account(p: Posted<Customer, AccountForm>) -> Result<Response, We
 }
 
 async fn create_key(p: Posted<Customer, KeyForm>) -> Result<Response, WebError> {
-    let (c, f) = (p.by, p.form);
+    let (c, f) = (&p.by, &p.form);
     let state = &c.state;
     let mode = c.mode(&f.mode)?;
     let back = format!("/portal?mode={mode}");
     need_group(state, "api_keys")?;
-    need_manager(&c, &back)?;
+    need_manager(c, &back)?;
     // The key is made in the session's mode, whatever the form says.
     let made = async {
         let new = NewKey {
@@ -544,9 +542,8 @@ async fn create_key(p: Posted<Customer, KeyForm>) -> Result<Response, WebError> 
     }
     .await;
     // Refused: the page again, with the form as typed and what was wrong.
-    let (state, c, f) = (&state, &c, &f);
     super::answer_key_form(c, made, |e| async move {
-        home_page(state, c, mode, None, Some((f, &e))).await
+        home_page(c, mode, None, Some((f, &e))).await
     })
     .await
 }
