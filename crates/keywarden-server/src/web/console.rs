@@ -4,7 +4,7 @@
 
 use super::{
     console_id_hash, csrf_token, expiry_field, list_field, new_session_id, opt_field, rate_field,
-    render, scope_choices, session_cookie, KeyChanger, NoFields, OrBack, Posted, SignedIn,
+    render, scope_choices, session_cookie, KeyChanger, NoFields, OrBack, Posted, Shown, SignedIn,
     WebError,
 };
 use crate::auth::matching_root_key;
@@ -339,20 +339,22 @@ async fn account(
     Path(id): Path<String>,
     Query(q): Query<ModeQuery>,
 ) -> Result<Response, WebError> {
-    let after = super::after_field(&q.after);
-    account_page(&op, &id, mode_of(&q.mode), after, None).await
+    let shown = Shown::After(super::after_field(&q.after));
+    account_page(&op, &id, mode_of(&q.mode), shown).await
 }
 
-/// An account's page in `mode`; with a refused key form, that form as it was typed.
+/// An account's page in `mode`, its keys and its key form as `shown`.
 async fn account_page(
     op: &Operator,
     id: &str,
     mode: Mode,
-    after: Option<String>,
-    refused: Option<(&KeyForm, &WebError)>,
+    shown: Shown<'_>,
 ) -> Result<Response, WebError> {
-    let state = &op.state;
-    let a = Manager::new(state).account(id).await.back("/console/accounts")?;
+    let (state, after) = (&op.state, shown.after());
+    let a = Manager::new(state)
+        .account(id)
+        .await
+        .back("/console/accounts")?;
     let first_page = format!("/console/accounts/{}?mode={mode}", a.id);
     let page = Page {
         after_id: after.clone(),
@@ -365,7 +367,7 @@ async fn account_page(
     let grants = AppManager::new(state).list_grants(&a.id).await?;
     let grants: Vec<_> = grants.iter().map(crate::views::Grant::from).collect();
     let plans: Vec<&String> = state.settings.plans.keys().collect();
-    let ctx = context! { ..ctx_base(op, "accounts"), ..super::key_form_ctx(state, refused), ..context! {
+    let ctx = context! { ..ctx_base(op, "accounts"), ..super::key_form_ctx(state, &shown), ..context! {
         chart => chart,
         grants => grants,
         account => crate::views::Account::from(&a),
@@ -482,11 +484,14 @@ async fn create_key(p: Posted<Operator, KeyForm>) -> Result<Response, WebError> 
     let (op, id, f) = (&p.by, &p.id, &p.form);
     let mode = mode_of(&f.mode);
     let m = Manager::new(&op.state);
-    let a = m.account(id).await.back(&format!("/console/accounts/{id}?mode={mode}"))?;
+    let a = m
+        .account(id)
+        .await
+        .back(&format!("/console/accounts/{id}?mode={mode}"))?;
     let made = async { m.create_key(&op.actor, &a, f.new_key()?, None).await }.await;
     // Refused: the account's page again, with the form as typed and what was wrong.
     super::answer_key_form(op, made, |e| async move {
-        account_page(op, id, mode, None, Some((f, &e))).await
+        account_page(op, id, mode, Shown::Refused(f, &e)).await
     })
     .await
 }

@@ -115,6 +115,7 @@ const SPANISH: &[(&str, &str)] = &[
     ("Secret", "Secreto"),
     ("Secret of", "Secreto de"),
     ("Secrets", "Secretos"),
+    ("Show all accounts", "Ver todas las cuentas"),
     ("Sign in", "Iniciar sesión"),
     ("Sign out", "Cerrar sesión"),
     ("Since", "Desde"),

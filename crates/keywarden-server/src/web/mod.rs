@@ -255,12 +255,32 @@ pub fn keys_page(
     (keys.iter().map(key_view).collect(), next)
 }
 
+/// What a page listing keys shows with them: the keys after a given one (a later page), or
+/// the first page with the key form that was refused, as it was typed and what was wrong.
+pub enum Shown<'a> {
+    /// The keys after this one (from the first when `None`).
+    After(Option<String>),
+    /// The key form refused, and why.
+    Refused(&'a console::KeyForm, &'a WebError),
+}
+
+impl Shown<'_> {
+    /// The key the list starts after.
+    pub fn after(&self) -> Option<String> {
+        match self {
+            Shown::After(after) => after.clone(),
+            Shown::Refused(..) => None,
+        }
+    }
+}
+
 /// The key form's part of a page: the scope choices and, when the form was refused, its
 /// fields as they were typed and what was wrong, so nothing typed is lost.
-pub fn key_form_ctx(
-    state: &AppState,
-    refused: Option<(&console::KeyForm, &WebError)>,
-) -> minijinja::Value {
+pub fn key_form_ctx(state: &AppState, shown: &Shown<'_>) -> minijinja::Value {
+    let refused = match shown {
+        Shown::Refused(f, e) => Some((*f, *e)),
+        Shown::After(_) => None,
+    };
     let empty = console::KeyForm::default();
     let form = refused.map_or(&empty, |(f, _)| f);
     minijinja::context! {

@@ -7,7 +7,7 @@
 
 use super::console::KeyForm;
 use super::{csrf_token, id_hash, new_session_id, render};
-use super::{session_cookie, KeyChanger, NoFields, OrBack, Posted, SignedIn, WebError};
+use super::{session_cookie, KeyChanger, NoFields, OrBack, Posted, Shown, SignedIn, WebError};
 use crate::errors::ApiError;
 use crate::extract::{client_ip, peer_ip};
 use crate::manage::{Actor, Ceiling, Manager, NewKey};
@@ -377,18 +377,12 @@ fn base_ctx(c: &Customer, mode: Mode) -> minijinja::Value {
 /// `GET /portal`: the account, its keys of one mode, usage against the plan, the forms.
 async fn home(c: Customer, Query(q): Query<ModeQuery>) -> Result<Response, WebError> {
     let mode = c.mode(&q.mode)?;
-    let after = super::after_field(&q.after);
-    home_page(&c, mode, after, None).await
+    home_page(&c, mode, Shown::After(super::after_field(&q.after))).await
 }
 
-/// The portal's page in `mode`; with a refused key form, that form as it was typed.
-async fn home_page(
-    c: &Customer,
-    mode: Mode,
-    after: Option<String>,
-    refused: Option<(&KeyForm, &WebError)>,
-) -> Result<Response, WebError> {
-    let state = &c.state;
+/// The portal's page in `mode`, its keys and its key form as `shown`.
+async fn home_page(c: &Customer, mode: Mode, shown: Shown<'_>) -> Result<Response, WebError> {
+    let (state, after) = (&c.state, shown.after());
     let ceiling = c.ceiling(state, mode);
     let first_page = format!("/portal?mode={mode}");
     // The page shows only what the deployment's self-service API serves.
@@ -418,7 +412,7 @@ async fn home_page(
             })
         })
         .collect();
-    let ctx = context! { ..base_ctx(c, mode), ..super::key_form_ctx(state, refused), ..context! {
+    let ctx = context! { ..base_ctx(c, mode), ..super::key_form_ctx(state, &shown), ..context! {
         chart => chart,
         keys => keys,
         next_page => next_page,
@@ -543,7 +537,7 @@ async fn create_key(p: Posted<Customer, KeyForm>) -> Result<Response, WebError> 
     .await;
     // Refused: the page again, with the form as typed and what was wrong.
     super::answer_key_form(c, made, |e| async move {
-        home_page(c, mode, None, Some((f, &e))).await
+        home_page(c, mode, Shown::Refused(f, &e)).await
     })
     .await
 }
