@@ -2,6 +2,7 @@
 //! (`crate::extract`), and documented for the API documents by the same types. The answers
 //! are in `crate::views`.
 
+use crate::errors::ApiError;
 use keywarden_core::model::{AccountStatus, KeyType, Mode, RateLimitSpec, Role};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -375,6 +376,40 @@ pub struct CreateKeyBody {
     /// Where the key will be stored, ≤ 500 characters.
     #[schema(max_length = 500)]
     pub description: Option<String>,
+}
+
+/// Validates a page size.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(20),
+        Some(n) if (1..=100).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::invalid(format!("limit: {n} is outside 1–100"))),
+    }
+}
+
+/// The page a list query asks for.
+fn page(
+    limit: Option<u32>,
+    starting_after: &Option<String>,
+) -> Result<keywarden_store::Page, ApiError> {
+    Ok(keywarden_store::Page {
+        after_id: starting_after.clone(),
+        limit: page_limit(limit)?,
+    })
+}
+
+impl ListQuery {
+    /// The page asked for.
+    pub fn page(&self) -> Result<keywarden_store::Page, ApiError> {
+        page(self.limit, &self.starting_after)
+    }
+}
+
+impl KeysQuery {
+    /// The page asked for.
+    pub fn page(&self) -> Result<keywarden_store::Page, ApiError> {
+        page(self.limit, &self.starting_after)
+    }
 }
 
 /// Paging of lists.

@@ -528,11 +528,15 @@ fn has_tag(op: &Value, tags: &[&str]) -> bool {
 
 /// What every operation of a kind of caller shares, stated once here instead of in each
 /// route: an admin route (`/v1/admin/…`) is tagged `admin`, takes a root key and can answer
-/// 401 and 503 whatever it does; a self-service route can answer 401, 403 and 429; a route
+/// 401 and 503 whatever it does; a self-service route (one that takes an account's key) is
+/// tagged `self-service` and can answer 401, 403 and 429; a route
 /// that reads a JSON body can answer 400 and 413; a route about one object (`{id}`) can
 /// answer 404. A route that documents one of these statuses itself keeps its own.
 fn by_caller(path: &str, op: &mut Value) {
-    let self_service = has_tag(op, &[TAG_SELF_SERVICE]);
+    // A self-service operation is one a key of an account may call.
+    let self_service = op["security"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|r| r.get("api_key").is_some()));
     let Some(o) = op.as_object_mut() else {
         return;
     };
@@ -561,6 +565,7 @@ fn by_caller(path: &str, op: &mut Value) {
         shared.extend([("401", "RootKeyRequired"), ("503", "Unavailable")]);
     }
     if self_service {
+        o.insert("tags".into(), json!([TAG_SELF_SERVICE]));
         shared.extend([
             ("401", "Unauthorized"),
             ("403", "Forbidden"),

@@ -96,6 +96,13 @@ pub fn parse_ts(s: &str) -> Result<Millis, String> {
         .map_err(|_| format!("{s:?} is not an RFC 3339 timestamp like 2026-01-31T12:00:00Z"))
 }
 
+/// An optional RFC 3339 field of a request (`field`, for the error), in milliseconds.
+pub fn opt_ts(field: &str, s: Option<&str>) -> Result<Option<Millis>, crate::errors::ApiError> {
+    s.map(parse_ts)
+        .transpose()
+        .map_err(|e| crate::errors::ApiError::invalid(format!("{field}: {e}")))
+}
+
 // ---------------------------------------------------------------------------------------
 // Shared value types.
 

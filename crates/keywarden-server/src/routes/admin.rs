@@ -2,6 +2,7 @@
 //! every account and key.
 
 use crate::auth::{Admin, AdminEdit, RootCaller};
+use crate::bodies::page_limit;
 use crate::bodies::{
     CreateAccount, CreateKey, CreatePortalSession, EventsQuery, ImportKey, KeysQuery, ListQuery,
     PatchAccount, PatchKey, ReportUsage, RevokeBody, RotateBody,
@@ -9,7 +10,7 @@ use crate::bodies::{
 use crate::errors::ApiError;
 use crate::extract::{ApiQuery, Id, JsonBody};
 use crate::manage::{AccountPatch, KeyPatch, NewKey};
-use crate::routes::self_service::{page_limit, usage_body};
+use crate::routes::self_service::usage_body;
 use crate::routes::{AccountPath, KeyPath, Reply};
 use crate::state::AppState;
 use crate::views::{self, AccountWithKeys, ApiKey, ApiKeyWithSecret};
@@ -19,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keywarden_core::model::{AccountStatus, HashScheme, KeyType, Mode, Role, StoredSecret};
 use keywarden_store::limiter::QuotaKey;
-use keywarden_store::{EventFilter, Page, UsageDelta};
+use keywarden_store::{EventFilter, UsageDelta};
 
 /// Refuses an admin call without a root key before its body or query is read, and hands
 /// the admitted [`RootCaller`] to the handler.
@@ -61,14 +62,7 @@ pub async fn list_accounts(
     admin: Admin,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Reply<Vec<views::Account>> {
-    let list = admin
-        .state
-        .store
-        .list_accounts(&Page {
-            after_id: q.starting_after,
-            limit: page_limit(q.limit)?,
-        })
-        .await?;
+    let list = admin.state.store.list_accounts(&q.page()?).await?;
     Ok(Json(views::list(&list)))
 }
 
@@ -168,12 +162,7 @@ pub async fn create_key(
 ) -> Result<Response, ApiError> {
     let m = admin.keys();
     let account = m.account(&id).await?;
-    let expires_at = b
-        .expires_at
-        .as_deref()
-        .map(views::parse_ts)
-        .transpose()
-        .map_err(|e| ApiError::invalid(format!("expires_at: {e}")))?;
+    let expires_at = views::opt_ts("expires_at", b.expires_at.as_deref())?;
     let mut new = NewKey {
         key_type: b.key_type.unwrap_or(KeyType::Secret),
         description: b.description.unwrap_or_default(),
@@ -207,18 +196,7 @@ pub async fn list_keys(
     ApiQuery(q): ApiQuery<KeysQuery>,
 ) -> Reply<Vec<ApiKey>> {
     admin.keys().account(&id).await?;
-    let keys = admin
-        .state
-        .store
-        .list_keys(
-            &id,
-            q.mode,
-            &Page {
-                after_id: q.starting_after,
-                limit: page_limit(q.limit)?,
-            },
-        )
-        .await?;
+    let keys = admin.state.store.list_keys(&id, q.mode, &q.page()?).await?;
     Ok(Json(views::list(&keys)))
 }
 
@@ -414,12 +392,7 @@ pub async fn events(
     admin: Admin,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Reply<Vec<views::AuditEvent>> {
-    let since = q
-        .since
-        .as_deref()
-        .map(views::parse_ts)
-        .transpose()
-        .map_err(|e| ApiError::invalid(format!("since: {e}")))?;
+    let since = views::opt_ts("since", q.since.as_deref())?;
     let evs = admin
         .state
         .store

@@ -9,7 +9,6 @@ use crate::bodies::{
 use crate::errors::ApiError;
 use crate::extract::{ApiQuery, Id, JsonBody};
 use crate::manage_apps::{AppManager, AppPatch, NewApp};
-use crate::routes::self_service::page_limit;
 use crate::routes::{AccountPath, ApplicationPath, GrantPath, KeyPath, Reply};
 use crate::state::AppState;
 use crate::views::{self, ApiKeyWithSecret, Application, Grant, IssuedGrant};
@@ -20,7 +19,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use keywarden_core::codes::Code;
 use keywarden_core::model::{AppEnvironment, Mode};
-use keywarden_store::Page;
 
 /// The admin routes of this module (the caller adds the root-key guard).
 pub fn admin_routes() -> Router<AppState> {
@@ -81,13 +79,7 @@ pub async fn list_applications(
     admin: Admin,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Reply<Vec<Application>> {
-    let apps = admin
-        .apps()
-        .list_apps(&Page {
-            after_id: q.starting_after,
-            limit: page_limit(q.limit)?,
-        })
-        .await?;
+    let apps = admin.apps().list_apps(&q.page()?).await?;
     Ok(Json(views::list(&apps)))
 }
 
@@ -211,9 +203,8 @@ pub async fn reveal_key(admin: Admin, Id(id): Id) -> Reply<ApiKeyWithSecret> {
 
 /// `POST /v1/grants` (owner): authorises an application; a key of the caller's mode is made
 /// under the grant and its `api_key` shown once.
-#[utoipa::path(post, path = "/v1/grants", request_body = CreateGrantBody, description = "Needs a key with role `owner`. Keys of an application cannot manage grants. The grant stays within what the application requested and what the calling key holds.",
-    responses((status = 201, description = "The grant with `key` (and its `api_key`, shown once)", body = crate::views::IssuedGrant)),
-    security(("api_key" = [])), tag = "self-service")]
+#[utoipa::path(post, path = "/v1/grants", security(("api_key" = [])), request_body = CreateGrantBody, description = "Needs a key with role `owner`. Keys of an application cannot manage grants. The grant stays within what the application requested and what the calling key holds.",
+    responses((status = 201, description = "The grant with `key` (and its `api_key`, shown once)", body = crate::views::IssuedGrant)))]
 pub async fn create_grant(
     c: SelfServiceCaller<GrantManager>,
     JsonBody(body): JsonBody<CreateGrantBody>,
@@ -237,9 +228,8 @@ pub async fn create_grant(
 }
 
 /// `GET /v1/grants`: the account's grants.
-#[utoipa::path(get, path = "/v1/grants",
-    responses((status = 200, description = "The account's grants", body = Vec<crate::views::Grant>)),
-    security(("api_key" = ["account:read"])), tag = "self-service")]
+#[utoipa::path(get, path = "/v1/grants", security(("api_key" = ["account:read"])),
+    responses((status = 200, description = "The account's grants", body = Vec<crate::views::Grant>)))]
 pub async fn list_grants(c: SelfServiceCaller<AccountRead>) -> Result<Response, ApiError> {
     let grants = AppManager::new(&c.state).list_grants(&c.account.id).await?;
     let items: Vec<Grant> = views::list(&grants);
@@ -247,9 +237,8 @@ pub async fn list_grants(c: SelfServiceCaller<AccountRead>) -> Result<Response, 
 }
 
 /// `GET /v1/grants/{id}`.
-#[utoipa::path(get, path = "/v1/grants/{id}", params(GrantPath),
-    responses((status = 200, description = "The grant", body = crate::views::Grant)),
-    security(("api_key" = ["account:read"])), tag = "self-service")]
+#[utoipa::path(get, path = "/v1/grants/{id}", security(("api_key" = ["account:read"])), params(GrantPath),
+    responses((status = 200, description = "The grant", body = crate::views::Grant)))]
 pub async fn get_grant(
     c: SelfServiceCaller<AccountRead>,
     Id(id): Id,
@@ -261,9 +250,8 @@ pub async fn get_grant(
 }
 
 /// `DELETE /v1/grants/{id}` (owner): the keys made under the grant are revoked at once.
-#[utoipa::path(delete, path = "/v1/grants/{id}", params(GrantPath), description = "Needs a key with role `owner`. Keys of an application cannot manage grants.",
-    responses((status = 204, description = "Deleted; the keys made under it are revoked at once")),
-    security(("api_key" = [])), tag = "self-service")]
+#[utoipa::path(delete, path = "/v1/grants/{id}", security(("api_key" = [])), params(GrantPath), description = "Needs a key with role `owner`. Keys of an application cannot manage grants.",
+    responses((status = 204, description = "Deleted; the keys made under it are revoked at once")))]
 pub async fn delete_grant(
     c: SelfServiceCaller<GrantManager>,
     Id(id): Id,

@@ -7,6 +7,7 @@ use crate::auth::{
     AccountOwner, AccountRead, AccountWrite, KeysDelete, KeysRead, KeysWrite, SelfServiceCaller,
     UsageRead,
 };
+use crate::bodies::page_limit;
 use crate::bodies::{AccountPatch, CreateKeyBody, ListQuery, PlanPatch, RotateBody};
 use crate::errors::ApiError;
 use crate::extract::{ApiQuery, Id, JsonBody};
@@ -27,9 +28,8 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// `GET /v1/account`.
-#[utoipa::path(get, path = "/v1/account",
-    responses((status = 200, description = "The caller's account and the calling key", body = crate::views::CallerAccount)),
-    security(("api_key" = ["account:read"])), tag = "self-service")]
+#[utoipa::path(get, path = "/v1/account", security(("api_key" = ["account:read"])),
+    responses((status = 200, description = "The caller's account and the calling key", body = crate::views::CallerAccount)))]
 pub async fn get_account(c: SelfServiceCaller<AccountRead>) -> Result<impl IntoResponse, ApiError> {
     // Read fresh: uses are recorded in the store off the request path, and the verified
     // key carries no usage.
@@ -63,9 +63,8 @@ fn shown<T: Serialize>(state: &AppState, answer: &str, body: T) -> Result<Respon
 }
 
 /// `PATCH /v1/account` (owner).
-#[utoipa::path(patch, path = "/v1/account", request_body = AccountPatch, description = "Needs a key with role `owner`.",
-    responses((status = 200, description = "The account", body = crate::views::AccountSummary)),
-    security(("api_key" = ["account:write"])), tag = "self-service")]
+#[utoipa::path(patch, path = "/v1/account", security(("api_key" = ["account:write"])), request_body = AccountPatch, description = "Needs a key with role `owner`.",
+    responses((status = 200, description = "The account", body = crate::views::AccountSummary)))]
 pub async fn patch_account(
     c: SelfServiceCaller<AccountWrite>,
     JsonBody(body): JsonBody<AccountPatch>,
@@ -93,9 +92,8 @@ async fn change_own_account(
 }
 
 /// `PATCH /v1/account/plan` (owner).
-#[utoipa::path(patch, path = "/v1/account/plan", request_body = PlanPatch, description = "Needs a key with role `owner`.",
-    responses((status = 200, description = "The account, on its new plan at once", body = crate::views::AccountSummary)),
-    security(("api_key" = ["account:write"])), tag = "self-service")]
+#[utoipa::path(patch, path = "/v1/account/plan", security(("api_key" = ["account:write"])), request_body = PlanPatch, description = "Needs a key with role `owner`.",
+    responses((status = 200, description = "The account, on its new plan at once", body = crate::views::AccountSummary)))]
 pub async fn patch_plan(
     c: SelfServiceCaller<AccountWrite>,
     JsonBody(body): JsonBody<PlanPatch>,
@@ -108,9 +106,8 @@ pub async fn patch_plan(
 }
 
 /// `GET /v1/account/usage`.
-#[utoipa::path(get, path = "/v1/account/usage",
-    responses((status = 200, description = "Usage of the current periods", body = crate::views::UsageResponse)),
-    security(("api_key" = ["usage:read"])), tag = "self-service")]
+#[utoipa::path(get, path = "/v1/account/usage", security(("api_key" = ["usage:read"])),
+    responses((status = 200, description = "Usage of the current periods", body = crate::views::UsageResponse)))]
 pub async fn get_usage(c: SelfServiceCaller<UsageRead>) -> Result<impl IntoResponse, ApiError> {
     let body = usage_body(&c.state, &c.account, c.key.mode).await?;
     Ok((c.limits(), Json(body)))
@@ -173,9 +170,8 @@ pub async fn usage_body(
 }
 
 /// `DELETE /v1/account/data` (owner): erases the account and everything of it.
-#[utoipa::path(delete, path = "/v1/account/data", description = "Needs a key with role `owner`. The account's keys fail at once.",
-    responses((status = 200, description = "What was deleted, per kind", body = crate::views::ErasureCounts)),
-    security(("api_key" = [])), tag = "self-service")]
+#[utoipa::path(delete, path = "/v1/account/data", security(("api_key" = [])), description = "Needs a key with role `owner`. The account's keys fail at once.",
+    responses((status = 200, description = "What was deleted, per kind", body = crate::views::ErasureCounts)))]
 pub async fn erase(c: SelfServiceCaller<AccountOwner>) -> Reply<views::ErasureCounts> {
     let counts = Manager::new(&c.state)
         .erase_account(&c.actor(), &c.account.id)
@@ -184,19 +180,13 @@ pub async fn erase(c: SelfServiceCaller<AccountOwner>) -> Reply<views::ErasureCo
 }
 
 /// `POST /v1/api-keys`: a new key of the caller's mode with at most the caller's scopes.
-#[utoipa::path(post, path = "/v1/api-keys", request_body = CreateKeyBody, description = "Needs a key with role `owner`, `admin` or `developer`. The new key has the caller's mode, its role, and at most the caller's effective scopes (else `insufficient_scope`); it inherits the caller's `expires_at`, `ip_allowlist` and rate limit, and may narrow but not widen them (else `invalid_request` naming the field); the plan's `max_keys` counts active keys (else `plan_limit_reached`).",
-    responses((status = 201, description = "The key, with `api_key` shown once", body = crate::views::CreatedApiKey)),
-    security(("api_key" = ["api_keys:write"])), tag = "self-service")]
+#[utoipa::path(post, path = "/v1/api-keys", security(("api_key" = ["api_keys:write"])), request_body = CreateKeyBody, description = "Needs a key with role `owner`, `admin` or `developer`. The new key has the caller's mode, its role, and at most the caller's effective scopes (else `insufficient_scope`); it inherits the caller's `expires_at`, `ip_allowlist` and rate limit, and may narrow but not widen them (else `invalid_request` naming the field); the plan's `max_keys` counts active keys (else `plan_limit_reached`).",
+    responses((status = 201, description = "The key, with `api_key` shown once", body = crate::views::CreatedApiKey)))]
 pub async fn create_key(
     c: SelfServiceCaller<KeysWrite>,
     JsonBody(body): JsonBody<CreateKeyBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let expires_at = body
-        .expires_at
-        .as_deref()
-        .map(views::parse_ts)
-        .transpose()
-        .map_err(|e| ApiError::invalid(format!("expires_at: {e}")))?;
+    let expires_at = views::opt_ts("expires_at", body.expires_at.as_deref())?;
     let mode = c.key.mode;
     let caller = c.record(&c.state).await?;
     // The new key is made within the caller (docs/self-service.md): what the body leaves
@@ -228,19 +218,9 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, c.limits(), out))
 }
 
-/// Validates a page size.
-pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
-    match limit {
-        None => Ok(20),
-        Some(n) if (1..=100).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::invalid(format!("limit: {n} is outside 1–100"))),
-    }
-}
-
 /// `GET /v1/api-keys`: the caller's mode's keys, never a secret; `Link: rel="next"` pages.
-#[utoipa::path(get, path = "/v1/api-keys", params(ListQuery), description = "Needs a key with role `owner`, `admin` or `developer`.",
-    responses((status = 200, description = "Metadata of the keys of the caller's mode that it could have made, and its own; never a secret", body = Vec<crate::views::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))), (status = 400, response = crate::openapi::BadRequest)),
-    security(("api_key" = ["api_keys:read"])), tag = "self-service")]
+#[utoipa::path(get, path = "/v1/api-keys", security(("api_key" = ["api_keys:read"])), params(ListQuery), description = "Needs a key with role `owner`, `admin` or `developer`.",
+    responses((status = 200, description = "Metadata of the keys of the caller's mode that it could have made, and its own; never a secret", body = Vec<crate::views::ApiKey>, headers(("Link" = String, description = "`<…?limit=N&starting_after=ID>; rel=\"next\"` when there are more"))), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn list_keys(
     c: SelfServiceCaller<KeysRead>,
     OriginalUri(original): OriginalUri,
@@ -289,9 +269,8 @@ async fn key_in_reach<N: crate::auth::Need>(
 }
 
 /// `GET /v1/api-keys/{id or key_hash}`.
-#[utoipa::path(get, path = "/v1/api-keys/{id}", params(KeyPath), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
-    responses((status = 200, description = "Key metadata, never a secret", body = crate::views::ApiKey)),
-    security(("api_key" = ["api_keys:read"])), tag = "self-service")]
+#[utoipa::path(get, path = "/v1/api-keys/{id}", security(("api_key" = ["api_keys:read"])), params(KeyPath), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
+    responses((status = 200, description = "Key metadata, never a secret", body = crate::views::ApiKey)))]
 pub async fn get_key(
     c: SelfServiceCaller<KeysRead>,
     Id(id): Id,
@@ -301,9 +280,8 @@ pub async fn get_key(
 }
 
 /// `DELETE /v1/api-keys/{id or key_hash}`: revoked at once.
-#[utoipa::path(delete, path = "/v1/api-keys/{id}", params(KeyPath), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
-    responses((status = 204, description = "Revoked at once")),
-    security(("api_key" = ["api_keys:delete"])), tag = "self-service")]
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", security(("api_key" = ["api_keys:delete"])), params(KeyPath), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
+    responses((status = 204, description = "Revoked at once")))]
 pub async fn delete_key(
     c: SelfServiceCaller<KeysDelete>,
     Id(id): Id,
@@ -315,9 +293,8 @@ pub async fn delete_key(
 }
 
 /// `POST /v1/api-keys/{id or key_hash}/rotate`.
-#[utoipa::path(post, path = "/v1/api-keys/{id}/rotate", request_body = RotateBody, params(KeyPath), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
-    responses((status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::views::ApiKeyWithSecret), (status = 409, response = crate::openapi::Conflict)),
-    security(("api_key" = ["api_keys:write"])), tag = "self-service")]
+#[utoipa::path(post, path = "/v1/api-keys/{id}/rotate", security(("api_key" = ["api_keys:write"])), request_body = RotateBody, params(KeyPath), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
+    responses((status = 200, description = "The key with its new `api_key`, shown once; the old secret works until the grace ends", body = crate::views::ApiKeyWithSecret), (status = 409, response = crate::openapi::Conflict)))]
 pub async fn rotate_key(
     c: SelfServiceCaller<KeysWrite>,
     Id(id): Id,
@@ -331,9 +308,8 @@ pub async fn rotate_key(
 }
 
 /// `GET /v1/api-keys/{id}/activity`.
-#[utoipa::path(get, path = "/v1/api-keys/{id}/activity", params(KeyPath), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
-    responses((status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::views::Activity>)),
-    security(("api_key" = ["api_keys:read"])), tag = "self-service")]
+#[utoipa::path(get, path = "/v1/api-keys/{id}/activity", security(("api_key" = ["api_keys:read"])), params(KeyPath), description = "Needs a key with role `owner`, `admin` or `developer`. Only a key the caller could have made (role, effective scopes and restrictions within its own) or the caller itself; any other answers `not_found`.",
+    responses((status = 200, description = "Recent requests made with the key, newest first", body = Vec<crate::views::Activity>)))]
 pub async fn key_activity(
     c: SelfServiceCaller<KeysRead>,
     Id(id): Id,
@@ -345,9 +321,8 @@ pub async fn key_activity(
 }
 
 /// `GET /v1/events`: the account's audit events of the caller's mode.
-#[utoipa::path(get, path = "/v1/events", params(ListQuery),
-    responses((status = 200, description = "The account's audit events of the caller's mode, newest first", body = Vec<crate::views::AuditEvent>), (status = 400, response = crate::openapi::BadRequest)),
-    security(("api_key" = ["account:read"])), tag = "self-service")]
+#[utoipa::path(get, path = "/v1/events", security(("api_key" = ["account:read"])), params(ListQuery),
+    responses((status = 200, description = "The account's audit events of the caller's mode, newest first", body = Vec<crate::views::AuditEvent>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn events(
     c: SelfServiceCaller<AccountRead>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -370,9 +345,8 @@ pub async fn events(
 
 /// `GET /v1/analytics`: the caller's account's decisions by outcome over time, in its mode,
 /// or one key's it reaches (`docs/analytics.md`).
-#[utoipa::path(get, path = "/v1/analytics", params(crate::analytics::SelfAnalyticsQuery),
-    responses((status = 200, description = "Decision counts per bucket and outcome code", body = crate::views::AnalyticsReport), (status = 400, response = crate::openapi::BadRequest), (status = 404, response = crate::openapi::NotFound)),
-    security(("api_key" = ["usage:read"])), tag = "self-service")]
+#[utoipa::path(get, path = "/v1/analytics", security(("api_key" = ["usage:read"])), params(crate::analytics::SelfAnalyticsQuery),
+    responses((status = 200, description = "Decision counts per bucket and outcome code", body = crate::views::AnalyticsReport), (status = 400, response = crate::openapi::BadRequest), (status = 404, response = crate::openapi::NotFound)))]
 pub async fn analytics(
     c: SelfServiceCaller<UsageRead>,
     ApiQuery(q): ApiQuery<crate::analytics::SelfAnalyticsQuery>,

@@ -193,9 +193,8 @@ fn owner(c: &crate::auth::Caller) -> Owner {
 }
 
 /// `POST /v1/webhooks`.
-#[utoipa::path(post, path = "/v1/webhooks", request_body = CreateOwnWebhook, description = "The endpoint receives the account's events of the calling key's mode, and the account's events without a mode.",
-    responses((status = 201, description = "The endpoint with its signing `secret`, shown once", body = crate::views::WebhookWithSecret)),
-    security(("api_key" = ["webhooks:write"])), tag = "self-service")]
+#[utoipa::path(post, path = "/v1/webhooks", security(("api_key" = ["webhooks:write"])), request_body = CreateOwnWebhook, description = "The endpoint receives the account's events of the calling key's mode, and the account's events without a mode.",
+    responses((status = 201, description = "The endpoint with its signing `secret`, shown once", body = crate::views::WebhookWithSecret)))]
 pub async fn create(
     c: SelfServiceCaller<WebhooksWrite>,
     JsonBody(b): JsonBody<CreateOwnWebhook>,
@@ -216,9 +215,8 @@ pub async fn create(
 }
 
 /// `GET /v1/webhooks`.
-#[utoipa::path(get, path = "/v1/webhooks",
-    responses((status = 200, description = "The account's endpoints of the key's mode", body = Vec<crate::views::Webhook>)),
-    security(("api_key" = ["webhooks:read"])), tag = "self-service")]
+#[utoipa::path(get, path = "/v1/webhooks", security(("api_key" = ["webhooks:read"])),
+    responses((status = 200, description = "The account's endpoints of the key's mode", body = Vec<crate::views::Webhook>)))]
 pub async fn list(c: SelfServiceCaller<WebhooksRead>) -> Result<Response, ApiError> {
     let list = WebhookManager::new(&c.state).list(&owner(&c)).await?;
     let items: Vec<Webhook> = list.iter().map(Webhook::from).collect();
@@ -226,18 +224,16 @@ pub async fn list(c: SelfServiceCaller<WebhooksRead>) -> Result<Response, ApiErr
 }
 
 /// `GET /v1/webhooks/{id}`.
-#[utoipa::path(get, path = "/v1/webhooks/{id}", params(EndpointPath),
-    responses((status = 200, description = "The endpoint", body = crate::views::Webhook)),
-    security(("api_key" = ["webhooks:read"])), tag = "self-service")]
+#[utoipa::path(get, path = "/v1/webhooks/{id}", security(("api_key" = ["webhooks:read"])), params(EndpointPath),
+    responses((status = 200, description = "The endpoint", body = crate::views::Webhook)))]
 pub async fn show(c: SelfServiceCaller<WebhooksRead>, Id(id): Id) -> Result<Response, ApiError> {
     let e = WebhookManager::new(&c.state).get(&owner(&c), &id).await?;
     Ok((c.limits(), Json(Webhook::from(&e))).into_response())
 }
 
 /// `PATCH /v1/webhooks/{id}`.
-#[utoipa::path(patch, path = "/v1/webhooks/{id}", params(EndpointPath), request_body = PatchWebhook,
-    responses((status = 200, description = "The endpoint", body = crate::views::Webhook), (status = 409, response = crate::openapi::Conflict)),
-    security(("api_key" = ["webhooks:write"])), tag = "self-service")]
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", security(("api_key" = ["webhooks:write"])), params(EndpointPath), request_body = PatchWebhook,
+    responses((status = 200, description = "The endpoint", body = crate::views::Webhook), (status = 409, response = crate::openapi::Conflict)))]
 pub async fn patch(
     c: SelfServiceCaller<WebhooksWrite>,
     Id(id): Id,
@@ -250,9 +246,8 @@ pub async fn patch(
 }
 
 /// `DELETE /v1/webhooks/{id}`.
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", params(EndpointPath),
-    responses((status = 204, description = "Deleted, with its delivery log")),
-    security(("api_key" = ["webhooks:delete"])), tag = "self-service")]
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", security(("api_key" = ["webhooks:delete"])), params(EndpointPath),
+    responses((status = 204, description = "Deleted, with its delivery log")))]
 pub async fn delete(
     c: SelfServiceCaller<WebhooksDelete>,
     Id(id): Id,
@@ -264,9 +259,8 @@ pub async fn delete(
 }
 
 /// `POST /v1/webhooks/{id}/rotate-secret`.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", params(EndpointPath),
-    responses((status = 200, description = "The endpoint with its new `secret`, shown once; the previous one signs too until `previous_secret_until`", body = crate::views::WebhookWithSecret), (status = 409, response = crate::openapi::Conflict)),
-    security(("api_key" = ["webhooks:write"])), tag = "self-service")]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", security(("api_key" = ["webhooks:write"])), params(EndpointPath),
+    responses((status = 200, description = "The endpoint with its new `secret`, shown once; the previous one signs too until `previous_secret_until`", body = crate::views::WebhookWithSecret), (status = 409, response = crate::openapi::Conflict)))]
 pub async fn rotate(c: SelfServiceCaller<WebhooksWrite>, Id(id): Id) -> Result<Response, ApiError> {
     let e = WebhookManager::new(&c.state)
         .rotate_secret(&c.actor(), &owner(&c), &id)
@@ -275,9 +269,8 @@ pub async fn rotate(c: SelfServiceCaller<WebhooksWrite>, Id(id): Id) -> Result<R
 }
 
 /// `GET /v1/webhooks/{id}/deliveries`.
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", params(EndpointPath, DeliveriesQuery),
-    responses((status = 200, description = "The delivery log, newest first, each with its attempts", body = Vec<crate::views::Delivery>), (status = 400, response = crate::openapi::BadRequest)),
-    security(("api_key" = ["webhooks:read"])), tag = "self-service")]
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", security(("api_key" = ["webhooks:read"])), params(EndpointPath, DeliveriesQuery),
+    responses((status = 200, description = "The delivery log, newest first, each with its attempts", body = Vec<crate::views::Delivery>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn deliveries(
     c: SelfServiceCaller<WebhooksRead>,
     Id(id): Id,
@@ -290,9 +283,8 @@ pub async fn deliveries(
 }
 
 /// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/redeliver`.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", description = "Refused with 409 `conflict` while the endpoint is disabled (nothing is sent to a disabled endpoint, so the delivery would never be sent: enable it first) and while the delivery is being sent.", params(EndpointPath, ("delivery_id" = String, Path, description = "Delivery id")),
-    responses((status = 202, description = "The delivery, pending again and due now", body = crate::views::Delivery), (status = 409, response = crate::openapi::Conflict)),
-    security(("api_key" = ["webhooks:write"])), tag = "self-service")]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", security(("api_key" = ["webhooks:write"])), description = "Refused with 409 `conflict` while the endpoint is disabled (nothing is sent to a disabled endpoint, so the delivery would never be sent: enable it first) and while the delivery is being sent.", params(EndpointPath, ("delivery_id" = String, Path, description = "Delivery id")),
+    responses((status = 202, description = "The delivery, pending again and due now", body = crate::views::Delivery), (status = 409, response = crate::openapi::Conflict)))]
 pub async fn redeliver(
     c: SelfServiceCaller<WebhooksWrite>,
     Path((id, delivery_id)): Path<(String, String)>,
@@ -304,9 +296,8 @@ pub async fn redeliver(
 }
 
 /// `POST /v1/webhooks/{id}/test`.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/test", params(EndpointPath), description = "Refused with 409 `conflict` while the endpoint is disabled: nothing is sent to a disabled endpoint, so the test event would never be sent; enable it first.",
-    responses((status = 202, description = "A `webhook.test` event queued for this endpoint only", body = crate::views::Delivery), (status = 409, response = crate::openapi::Conflict)),
-    security(("api_key" = ["webhooks:write"])), tag = "self-service")]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", security(("api_key" = ["webhooks:write"])), params(EndpointPath), description = "Refused with 409 `conflict` while the endpoint is disabled: nothing is sent to a disabled endpoint, so the test event would never be sent; enable it first.",
+    responses((status = 202, description = "A `webhook.test` event queued for this endpoint only", body = crate::views::Delivery), (status = 409, response = crate::openapi::Conflict)))]
 pub async fn test(c: SelfServiceCaller<WebhooksWrite>, Id(id): Id) -> Result<Response, ApiError> {
     let d = WebhookManager::new(&c.state)
         .send_test(&owner(&c), &id)
