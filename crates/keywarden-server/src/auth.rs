@@ -358,6 +358,45 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Ad
     }
 }
 
+/// A call with a JSON body: its caller `C` (an [`Admin`] or a [`SelfServiceCaller`]),
+/// admitted first so a stranger learns nothing about the body's form, then the body `T`.
+pub struct WithBody<C, T>(pub C, pub T);
+
+impl<C, T> axum::extract::FromRequest<AppState> for WithBody<C, T>
+where
+    C: FromRequestParts<AppState, Rejection = ApiError> + Send,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let caller = C::from_request_parts(&mut parts, state).await?;
+        let req = axum::extract::Request::from_parts(parts, body);
+        let crate::extract::JsonBody(body) =
+            crate::extract::JsonBody::from_request(req, state).await?;
+        Ok(WithBody(caller, body))
+    }
+}
+
+/// A call with a query string: its caller `C`, admitted first, then the query `Q`.
+pub struct WithQuery<C, Q>(pub C, pub Q);
+
+impl<C, Q> FromRequestParts<AppState> for WithQuery<C, Q>
+where
+    C: FromRequestParts<AppState, Rejection = ApiError> + Send,
+    Q: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = C::from_request_parts(parts, state).await?;
+        let crate::extract::ApiQuery(query) =
+            crate::extract::ApiQuery::from_request_parts(parts, state).await?;
+        Ok(WithQuery(caller, query))
+    }
+}
+
 /// Authenticates a self-service request: the key must be valid, hold `scope` (when
 /// given), be a secret key, and have the role asked for.
 pub async fn self_service(

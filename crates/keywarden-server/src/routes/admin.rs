@@ -1,14 +1,14 @@
 //! The admin API (`docs/api.md#admin-api`) on the admin listener: the operator, with a root key, manages
 //! every account and key.
 
-use crate::auth::{Admin, AdminEdit, RootCaller};
+use crate::auth::{Admin, AdminEdit, RootCaller, WithBody, WithQuery};
 use crate::bodies::page_limit;
 use crate::bodies::{
     CreateAccount, CreateKey, CreatePortalSession, EventsQuery, ImportKey, KeysQuery, ListQuery,
     PatchAccount, PatchKey, ReportUsage, RevokeBody, RotateBody,
 };
 use crate::errors::ApiError;
-use crate::extract::{ApiQuery, Id, JsonBody};
+use crate::extract::{Id, JsonBody};
 use crate::manage::{AccountPatch, KeyPatch, NewKey};
 use crate::routes::self_service::usage_body;
 use crate::routes::{AccountPath, KeyPath, Reply};
@@ -44,8 +44,7 @@ pub async fn root_guard(
 #[utoipa::path(post, path = "/v1/admin/accounts", request_body = CreateAccount,
     responses((status = 201, description = "The account, with its default keys when `keys.default_sets` made some", body = crate::views::AccountWithKeys)))]
 pub async fn create_account(
-    admin: Admin,
-    JsonBody(b): JsonBody<CreateAccount>,
+    WithBody(admin, b): WithBody<Admin, CreateAccount>,
 ) -> Result<Response, ApiError> {
     // With `keys.default_sets`, the account's default keys come with it.
     let (a, keys) = admin
@@ -59,8 +58,7 @@ pub async fn create_account(
 #[utoipa::path(get, path = "/v1/admin/accounts", params(ListQuery),
     responses((status = 200, description = "Accounts by id", body = Vec<crate::views::Account>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn list_accounts(
-    admin: Admin,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    WithQuery(admin, q): WithQuery<Admin, ListQuery>,
 ) -> Reply<Vec<views::Account>> {
     let list = admin.state.store.list_accounts(&q.page()?).await?;
     Ok(Json(views::list(&list)))
@@ -70,8 +68,9 @@ pub async fn list_accounts(
 #[utoipa::path(get, path = "/v1/admin/accounts/{id}", params(AccountPath),
     responses((status = 200, description = "The account", body = crate::views::Account)))]
 pub async fn get_account(admin: Admin, Id(id): Id) -> Reply<views::Account> {
-    let a = admin.keys().account(&id).await?;
-    Ok(Json((&a).into()))
+    Ok(Json(views::Account::from(
+        &admin.keys().account(&id).await?,
+    )))
 }
 
 /// `PATCH /v1/admin/accounts/{id}`.
@@ -191,9 +190,8 @@ pub async fn create_key(
 #[utoipa::path(get, path = "/v1/admin/accounts/{id}/keys", params(AccountPath, KeysQuery),
     responses((status = 200, description = "Key metadata, never a secret", body = Vec<crate::views::ApiKey>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn list_keys(
-    admin: Admin,
+    WithQuery(admin, q): WithQuery<Admin, KeysQuery>,
     Id(id): Id,
-    ApiQuery(q): ApiQuery<KeysQuery>,
 ) -> Reply<Vec<ApiKey>> {
     admin.keys().account(&id).await?;
     let keys = admin.state.store.list_keys(&id, q.mode, &q.page()?).await?;
@@ -279,8 +277,7 @@ pub async fn key_activity(admin: Admin, Id(id): Id) -> Reply<Vec<views::Activity
 #[utoipa::path(post, path = "/v1/admin/keys/import", request_body = ImportKey,
     responses((status = 201, description = "Key metadata (there is no secret to show)", body = crate::views::ApiKey), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound), (status = 409, response = crate::openapi::Conflict)))]
 pub async fn import_key(
-    admin: Admin,
-    JsonBody(b): JsonBody<ImportKey>,
+    WithBody(admin, b): WithBody<Admin, ImportKey>,
 ) -> Result<Response, ApiError> {
     let m = admin.keys();
     let account = m.account(&b.account_id).await?;
@@ -389,8 +386,7 @@ pub async fn report_usage(
 #[utoipa::path(get, path = "/v1/admin/events", params(EventsQuery),
     responses((status = 200, description = "Audit events, newest first", body = Vec<crate::views::AuditEvent>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn events(
-    admin: Admin,
-    ApiQuery(q): ApiQuery<EventsQuery>,
+    WithQuery(admin, q): WithQuery<Admin, EventsQuery>,
 ) -> Reply<Vec<views::AuditEvent>> {
     let since = views::opt_ts("since", q.since.as_deref())?;
     let evs = admin
@@ -414,8 +410,7 @@ pub async fn events(
 #[utoipa::path(get, path = "/v1/admin/analytics", params(crate::analytics::AnalyticsQuery),
     responses((status = 200, description = "Decision counts per bucket and outcome code", body = crate::views::AnalyticsReport), (status = 400, response = crate::openapi::BadRequest), (status = 404, response = crate::openapi::NotFound)))]
 pub async fn analytics(
-    admin: Admin,
-    ApiQuery(q): ApiQuery<crate::analytics::AnalyticsQuery>,
+    WithQuery(admin, q): WithQuery<Admin, crate::analytics::AnalyticsQuery>,
 ) -> Reply<views::AnalyticsReport> {
     let range = crate::analytics::range(&admin.state, &q.from, &q.to, q.granularity.as_deref())?;
     let mode = crate::analytics::mode_param(q.mode.as_deref())?;

@@ -2,12 +2,14 @@
 //! in the self-service API (the account's own owner key), and revealing recoverable test
 //! secrets (root key).
 
-use crate::auth::{AccountRead, Admin, AdminEdit, GrantManager, SelfServiceCaller};
+use crate::auth::{
+    AccountRead, Admin, AdminEdit, GrantManager, SelfServiceCaller, WithBody, WithQuery,
+};
 use crate::bodies::{
     AdminCreateGrant, CreateApplication, CreateGrantBody, ListQuery, PatchApplication,
 };
 use crate::errors::ApiError;
-use crate::extract::{ApiQuery, Id, JsonBody};
+use crate::extract::Id;
 use crate::manage_apps::{AppManager, AppPatch, NewApp};
 use crate::routes::{AccountPath, ApplicationPath, GrantPath, KeyPath, Reply};
 use crate::state::AppState;
@@ -52,8 +54,7 @@ pub fn self_service_routes() -> Router<AppState> {
 #[utoipa::path(post, path = "/v1/admin/applications", request_body = CreateApplication,
     responses((status = 201, description = "The application with `secrets: {production, sandbox}`, shown once", body = crate::views::CreatedApplication)))]
 pub async fn create_application(
-    admin: Admin,
-    JsonBody(b): JsonBody<CreateApplication>,
+    WithBody(admin, b): WithBody<Admin, CreateApplication>,
 ) -> Result<Response, ApiError> {
     let new = NewApp {
         name: b.name,
@@ -76,8 +77,7 @@ pub async fn create_application(
 #[utoipa::path(get, path = "/v1/admin/applications", params(ListQuery),
     responses((status = 200, description = "Applications by id, never a secret", body = Vec<crate::views::Application>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn list_applications(
-    admin: Admin,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    WithQuery(admin, q): WithQuery<Admin, ListQuery>,
 ) -> Reply<Vec<Application>> {
     let apps = admin.apps().list_apps(&q.page()?).await?;
     Ok(Json(views::list(&apps)))
@@ -206,8 +206,7 @@ pub async fn reveal_key(admin: Admin, Id(id): Id) -> Reply<ApiKeyWithSecret> {
 #[utoipa::path(post, path = "/v1/grants", security(("api_key" = [])), request_body = CreateGrantBody, description = "Needs a key with role `owner`. Keys of an application cannot manage grants. The grant stays within what the application requested and what the calling key holds.",
     responses((status = 201, description = "The grant with `key` (and its `api_key`, shown once)", body = crate::views::IssuedGrant)))]
 pub async fn create_grant(
-    c: SelfServiceCaller<GrantManager>,
-    JsonBody(body): JsonBody<CreateGrantBody>,
+    WithBody(c, body): WithBody<SelfServiceCaller<GrantManager>, CreateGrantBody>,
 ) -> Result<Response, ApiError> {
     let issued = AppManager::new(&c.state)
         .create_grant(

@@ -5,7 +5,7 @@
 
 use crate::auth::{
     AccountOwner, AccountRead, AccountWrite, KeysDelete, KeysRead, KeysWrite, SelfServiceCaller,
-    UsageRead,
+    UsageRead, WithBody, WithQuery,
 };
 use crate::bodies::page_limit;
 use crate::bodies::{AccountPatch, CreateKeyBody, ListQuery, PlanPatch, RotateBody};
@@ -66,8 +66,7 @@ fn shown<T: Serialize>(state: &AppState, answer: &str, body: T) -> Result<Respon
 #[utoipa::path(patch, path = "/v1/account", security(("api_key" = ["account:write"])), request_body = AccountPatch, description = "Needs a key with role `owner`.",
     responses((status = 200, description = "The account", body = crate::views::AccountSummary)))]
 pub async fn patch_account(
-    c: SelfServiceCaller<AccountWrite>,
-    JsonBody(body): JsonBody<AccountPatch>,
+    WithBody(c, body): WithBody<SelfServiceCaller<AccountWrite>, AccountPatch>,
 ) -> Result<impl IntoResponse, ApiError> {
     // Checked here so the error names this endpoint's field.
     let name = crate::manage::check_name("account_name", &body.account_name)?;
@@ -95,8 +94,7 @@ async fn change_own_account(
 #[utoipa::path(patch, path = "/v1/account/plan", security(("api_key" = ["account:write"])), request_body = PlanPatch, description = "Needs a key with role `owner`.",
     responses((status = 200, description = "The account, on its new plan at once", body = crate::views::AccountSummary)))]
 pub async fn patch_plan(
-    c: SelfServiceCaller<AccountWrite>,
-    JsonBody(body): JsonBody<PlanPatch>,
+    WithBody(c, body): WithBody<SelfServiceCaller<AccountWrite>, PlanPatch>,
 ) -> Result<impl IntoResponse, ApiError> {
     let patch = Patch {
         plan: Some(body.plan),
@@ -183,8 +181,7 @@ pub async fn erase(c: SelfServiceCaller<AccountOwner>) -> Reply<views::ErasureCo
 #[utoipa::path(post, path = "/v1/api-keys", security(("api_key" = ["api_keys:write"])), request_body = CreateKeyBody, description = "Needs a key with role `owner`, `admin` or `developer`. The new key has the caller's mode, its role, and at most the caller's effective scopes (else `insufficient_scope`); it inherits the caller's `expires_at`, `ip_allowlist` and rate limit, and may narrow but not widen them (else `invalid_request` naming the field); the plan's `max_keys` counts active keys (else `plan_limit_reached`).",
     responses((status = 201, description = "The key, with `api_key` shown once", body = crate::views::CreatedApiKey)))]
 pub async fn create_key(
-    c: SelfServiceCaller<KeysWrite>,
-    JsonBody(body): JsonBody<CreateKeyBody>,
+    WithBody(c, body): WithBody<SelfServiceCaller<KeysWrite>, CreateKeyBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let expires_at = views::opt_ts("expires_at", body.expires_at.as_deref())?;
     let mode = c.key.mode;
@@ -324,8 +321,7 @@ pub async fn key_activity(
 #[utoipa::path(get, path = "/v1/events", security(("api_key" = ["account:read"])), params(ListQuery),
     responses((status = 200, description = "The account's audit events of the caller's mode, newest first", body = Vec<crate::views::AuditEvent>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn events(
-    c: SelfServiceCaller<AccountRead>,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    WithQuery(c, q): WithQuery<SelfServiceCaller<AccountRead>, ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let evs = c
         .state
@@ -348,8 +344,7 @@ pub async fn events(
 #[utoipa::path(get, path = "/v1/analytics", security(("api_key" = ["usage:read"])), params(crate::analytics::SelfAnalyticsQuery),
     responses((status = 200, description = "Decision counts per bucket and outcome code", body = crate::views::AnalyticsReport), (status = 400, response = crate::openapi::BadRequest), (status = 404, response = crate::openapi::NotFound)))]
 pub async fn analytics(
-    c: SelfServiceCaller<UsageRead>,
-    ApiQuery(q): ApiQuery<crate::analytics::SelfAnalyticsQuery>,
+    WithQuery(c, q): WithQuery<SelfServiceCaller<UsageRead>, crate::analytics::SelfAnalyticsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let range = crate::analytics::range(&c.state, &q.from, &q.to, q.granularity.as_deref())?;
     let key_id = match q.key_id.filter(|k| !k.is_empty()) {

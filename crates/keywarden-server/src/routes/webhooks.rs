@@ -4,7 +4,8 @@
 //! [`WebhookManager`], as the CLI does.
 
 use crate::auth::{
-    Admin, AdminEdit, SelfServiceCaller, WebhooksDelete, WebhooksRead, WebhooksWrite,
+    Admin, AdminEdit, SelfServiceCaller, WebhooksDelete, WebhooksRead, WebhooksWrite, WithBody,
+    WithQuery,
 };
 use crate::bodies::{CreateOwnWebhook, CreateWebhook, DeliveriesQuery, PatchWebhook};
 use crate::errors::ApiError;
@@ -70,8 +71,7 @@ fn with_secret(e: &keywarden_store::webhooks::WebhookEndpoint) -> WebhookWithSec
 #[utoipa::path(post, path = "/v1/admin/webhooks", request_body = CreateWebhook,
     responses((status = 201, description = "The endpoint with its signing `secret`, shown once", body = crate::views::WebhookWithSecret)))]
 pub async fn admin_create(
-    admin: Admin,
-    JsonBody(b): JsonBody<CreateWebhook>,
+    WithBody(admin, b): WithBody<Admin, CreateWebhook>,
 ) -> Result<Response, ApiError> {
     let e = admin
         .webhooks()
@@ -196,21 +196,16 @@ fn owner(c: &crate::auth::Caller) -> Owner {
 #[utoipa::path(post, path = "/v1/webhooks", security(("api_key" = ["webhooks:write"])), request_body = CreateOwnWebhook, description = "The endpoint receives the account's events of the calling key's mode, and the account's events without a mode.",
     responses((status = 201, description = "The endpoint with its signing `secret`, shown once", body = crate::views::WebhookWithSecret)))]
 pub async fn create(
-    c: SelfServiceCaller<WebhooksWrite>,
-    JsonBody(b): JsonBody<CreateOwnWebhook>,
+    WithBody(c, b): WithBody<SelfServiceCaller<WebhooksWrite>, CreateOwnWebhook>,
 ) -> Result<Response, ApiError> {
-    let e = WebhookManager::new(&c.state)
-        .create(
-            &c.actor(),
-            &owner(&c),
-            NewWebhook {
-                url: b.url,
-                events: b.events,
-                description: b.description,
-                ..NewWebhook::default()
-            },
-        )
-        .await?;
+    let new = NewWebhook {
+        url: b.url,
+        events: b.events,
+        description: b.description,
+        ..NewWebhook::default()
+    };
+    let webhooks = WebhookManager::new(&c.state);
+    let e = webhooks.create(&c.actor(), &owner(&c), new).await?;
     Ok((StatusCode::CREATED, c.limits(), Json(with_secret(&e))).into_response())
 }
 
@@ -272,9 +267,8 @@ pub async fn rotate(c: SelfServiceCaller<WebhooksWrite>, Id(id): Id) -> Result<R
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", security(("api_key" = ["webhooks:read"])), params(EndpointPath, DeliveriesQuery),
     responses((status = 200, description = "The delivery log, newest first, each with its attempts", body = Vec<crate::views::Delivery>), (status = 400, response = crate::openapi::BadRequest)))]
 pub async fn deliveries(
-    c: SelfServiceCaller<WebhooksRead>,
+    WithQuery(c, q): WithQuery<SelfServiceCaller<WebhooksRead>, DeliveriesQuery>,
     Id(id): Id,
-    ApiQuery(q): ApiQuery<DeliveriesQuery>,
 ) -> Result<Response, ApiError> {
     let list = WebhookManager::new(&c.state)
         .deliveries(&owner(&c), &id, q.before.as_deref(), q.limit.unwrap_or(20))
