@@ -725,6 +725,11 @@ async fn console_account_actions() {
     rig.fill("#q", "no such name").await;
     rig.click(".search button").await;
     assert!(rig.source().await.contains("No accounts match."));
+    rig.screenshot("console_accounts_no_match").await;
+    // The way back to every account.
+    rig.click("a[href='/console/accounts']").await;
+    let page = rig.source().await;
+    assert!(page.contains("Pending Parts") && page.contains("Other Outfit"));
     rig.fill("#q", &id).await;
     rig.click(".search button").await;
     rig.click(&format!("a[href='/console/accounts/{id}']"))
