@@ -77,12 +77,11 @@ impl Front {
     }
 
     /// Serves a request it takes.
-    pub async fn serve(&self, req: hyper::Request<Incoming>) -> Response {
-        let mut req = req.map(Body::new);
+    pub async fn serve(&self, mut req: hyper::Request<Incoming>) -> Response {
         let context = RequestContext::begin(&self.state, &mut req);
         let res = match &self.kind {
             Kind::Gateway { gateway, .. } => gateway.handle(&self.state, req).await,
-            Kind::ForwardAuth => forward_auth(State(self.state.clone()), req).await,
+            Kind::ForwardAuth => forward_auth(State(self.state.clone()), req.map(Body::new)).await,
         };
         context.finish(&self.state, res)
     }

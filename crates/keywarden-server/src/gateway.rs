@@ -93,9 +93,15 @@ impl Gateway {
         }
     }
 
-    /// Decides about one request and proxies it when allowed.
-    pub async fn handle(&self, state: &AppState, req: Request) -> Response {
+    /// Decides about one request and proxies it when allowed. Its body comes straight from
+    /// hyper (the worker's front) or through the router (its fallback).
+    pub async fn handle<B: Into<ClientBody>>(
+        &self,
+        state: &AppState,
+        req: axum::http::Request<B>,
+    ) -> Response {
         let (mut parts, body) = req.into_parts();
+        let body = body.into();
         let s = &state.settings;
         if let Err(e) = check_transfer_coding(&parts.headers) {
             // The body's framing is in doubt: nothing more is read from this connection.
@@ -254,80 +260,68 @@ impl Gateway {
         if let Some(out) = &outcome {
             rate_limit_headers(response.headers_mut(), out);
         }
-        response.extensions_mut().insert(DecisionCode("valid"));
+        // Only the log line reads it: no extension is made for a line not written.
+        if tracing::enabled!(tracing::Level::INFO) {
+            response.extensions_mut().insert(DecisionCode("valid"));
+        }
         response
     }
 
-    /// Turns the client's headers into the upstream's, in one pass over them: hop-by-hop
-    /// headers, credentials, `Host`, `Expect`, every `X-Keywarden-*` header, method
-    /// overrides when `strip_overrides`, and (from a peer that is not a trusted proxy) the
-    /// client's own forwarding claims stay behind; the forwarding and identity headers are
-    /// added.
+    /// Turns the client's headers into the upstream's, in place: hop-by-hop headers,
+    /// credentials, `Host`, `Expect`, every `X-Keywarden-*` header, method overrides when
+    /// `strip_overrides`, and (from a peer that is not a trusted proxy) the client's own
+    /// forwarding claims stay behind; the forwarding and identity headers are added.
     fn upstream_headers(
         &self,
         state: &AppState,
-        client: HeaderMap,
+        mut headers: HeaderMap,
         extensions: &axum::http::Extensions,
         outcome: Option<&VerifyOutcome>,
         strip_overrides: bool,
     ) -> HeaderMap {
         let s = &state.settings;
-        let connection_named = connection_named(&client);
+        let connection_named = connection_named(&headers);
         let peer = peer_ip(extensions);
         // None when the peer is unknown: the client's forwarding headers then pass as sent.
         let trusted = peer.map(|p| s.trusted_proxies.contains(p));
-        let mut headers = HeaderMap::with_capacity(client.len() + 8);
-        let mut host = None;
-        let mut prior_for = String::new();
-        let mut last: Option<HeaderName> = None;
-        for (name, value) in client {
-            // Later values of a repeated header come without their name.
-            let name = match name {
-                Some(n) => {
-                    last = Some(n.clone());
-                    n
-                }
-                None => match &last {
-                    Some(n) => n.clone(),
-                    None => continue,
-                },
-            };
-            if is_hop_by_hop(&name)
-                || connection_named.contains(&name)
+        let stays_behind = |name: &HeaderName| {
+            is_hop_by_hop(name)
+                || connection_named.contains(name)
                 || name == header::EXPECT
-                || is_credential(s, &name)
+                || is_credential(s, name)
                 || name.as_str().starts_with("x-keywarden-")
-                || (strip_overrides && METHOD_OVERRIDES.contains(&name))
-            {
-                continue;
-            }
-            if name == header::HOST {
-                host = Some(value);
-                continue;
-            }
-            if peer.is_some() && name == X_FORWARDED_FOR {
-                if trusted == Some(true) {
-                    if let Ok(v) = value.to_str() {
+                || (strip_overrides && METHOD_OVERRIDES.contains(name))
+                // A client's own forwarding claims are not passed on.
+                || (trusted == Some(false)
+                    && (name == X_FORWARDED_PROTO
+                        || name == X_FORWARDED_HOST
+                        || name == header::FORWARDED))
+        };
+        let behind: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| stays_behind(n))
+            .cloned()
+            .collect();
+        for name in behind {
+            headers.remove(name);
+        }
+        // The last `Host` the client sent becomes `X-Forwarded-Host`.
+        let host = headers.get_all(header::HOST).iter().next_back().cloned();
+        headers.remove(header::HOST);
+
+        if let Some(peer) = peer {
+            // A trusted proxy's `X-Forwarded-For` is extended; anyone else's is replaced.
+            let mut prior_for = String::new();
+            if trusted == Some(true) {
+                for v in headers.get_all(X_FORWARDED_FOR) {
+                    if let Ok(v) = v.to_str() {
                         if !prior_for.is_empty() {
                             prior_for.push_str(", ");
                         }
                         prior_for.push_str(v);
                     }
                 }
-                continue;
             }
-            // A client's own forwarding claims are not passed on.
-            if trusted == Some(false)
-                && (name == X_FORWARDED_PROTO
-                    || name == X_FORWARDED_HOST
-                    || name == header::FORWARDED)
-            {
-                continue;
-            }
-            headers.append(name, value);
-        }
-
-        if let Some(peer) = peer {
             let mut buf = [0u8; IP_TEXT_MAX];
             let peer = ip_text(peer, &mut buf);
             let value = if prior_for.is_empty() {
@@ -335,6 +329,7 @@ impl Gateway {
             } else {
                 HeaderValue::from_str(&format!("{prior_for}, {peer}"))
             };
+            headers.remove(X_FORWARDED_FOR);
             if let Ok(v) = value {
                 headers.insert(X_FORWARDED_FOR, v);
             }
@@ -581,10 +576,61 @@ impl Activity {
     }
 }
 
+/// The client's request body as the gateway got it: straight from hyper, or boxed by the
+/// router. Kept as it came, so the front's requests are not boxed again.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// From the worker's front.
+    Incoming(Incoming),
+    /// Through the router.
+    Routed(Body),
+}
+
+impl From<Incoming> for ClientBody {
+    fn from(b: Incoming) -> Self {
+        ClientBody::Incoming(b)
+    }
+}
+
+impl From<Body> for ClientBody {
+    fn from(b: Body) -> Self {
+        ClientBody::Routed(b)
+    }
+}
+
+impl HttpBody for ClientBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        match self.get_mut() {
+            ClientBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(axum::Error::new),
+            ClientBody::Routed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Incoming(b) => b.is_end_stream(),
+            ClientBody::Routed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Incoming(b) => b.size_hint(),
+            ClientBody::Routed(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The client's body on its way up, noting each chunk the upstream takes.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Body,
+    inner: ClientBody,
     activity: Arc<Activity>,
 }
 

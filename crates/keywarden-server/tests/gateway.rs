@@ -364,6 +364,22 @@ async fn self_service_and_health_still_answer_on_the_gateway_listener() {
     assert_eq!(res.status(), 200);
     assert_eq!(header(&res, "x-upstream"), Some("yes"));
     assert_eq!(up.last().uri, "/base/v1/invoices");
+
+    // A path that only begins like a self-service one goes through the router to its
+    // fallback, and up from there with its body.
+    let body = json!({ "n": 1 });
+    let res = app
+        .public(Method::POST, "/v1/accounting", &token, Some(body))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "x-upstream"), Some("yes"));
+    let seen = up.last();
+    assert_eq!(
+        (seen.method.as_str(), seen.uri.as_str()),
+        ("POST", "/base/v1/accounting")
+    );
+    assert_eq!(seen.header("content-length"), Some("7"));
+    assert_eq!(seen.header("authorization"), None);
     app.stop().await;
 }
 

@@ -314,7 +314,7 @@ mod tests {
 
     fn get() -> hyper::Request<RequestBody> {
         let mut req = hyper::Request::new(RequestBody {
-            inner: Body::empty(),
+            inner: Body::empty().into(),
             activity: Arc::new(Activity::new()),
         });
         *req.uri_mut() = Uri::from_static("/");

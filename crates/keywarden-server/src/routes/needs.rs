@@ -54,6 +54,9 @@ const SCOPES: HeaderName = HeaderName::from_static("x-keywarden-scopes");
 
 /// The identity headers of an allowed request.
 pub fn identity_headers(state: &AppState, headers: &mut HeaderMap, out: &VerifyOutcome) {
+    if let Some(k) = &out.key {
+        headers.insert(MODE, HeaderValue::from_static(k.mode.as_str()));
+    }
     let mut set = |name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
@@ -62,7 +65,6 @@ pub fn identity_headers(state: &AppState, headers: &mut HeaderMap, out: &VerifyO
     if let Some(k) = &out.key {
         set(KEY_ID, k.id());
         set(ACCOUNT_ID, k.account_id());
-        set(MODE, k.mode.as_str());
         let mut names = String::with_capacity(64);
         for name in state.settings.catalog.iter_names(&k.scopes) {
             if !names.is_empty() {
