@@ -305,6 +305,8 @@ impl Gateway {
         for name in behind {
             headers.remove(name);
         }
+        // Room for the forwarding and identity headers, so the map grows once at most.
+        headers.reserve(8);
         // The last `Host` the client sent becomes `X-Forwarded-Host`.
         let host = headers.get_all(header::HOST).iter().next_back().cloned();
         headers.remove(header::HOST);
