@@ -1651,6 +1651,22 @@ async fn every_form_without_its_sessions_token_is_refused_before_anything_is_rea
             }
         }
     }
+    // With its token, a form whose fields cannot be read (a field given twice) is refused
+    // with 400, naming the field, and changes nothing either.
+    let res = no_redirects()
+        .post(format!("{}/console/accounts/{acc}/status", app.admin))
+        .header("cookie", console.as_str())
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("status", "suspended"),
+            ("status", "active"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let page = body(res).await;
+    assert!(page.contains("could not be read (status: "), "{page}");
     // Nothing changed: the account, its one key and both sessions are as they were.
     let account = app
         .admin_call(Method::GET, &format!("/v1/admin/accounts/{acc}"), None)

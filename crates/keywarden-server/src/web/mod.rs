@@ -629,8 +629,13 @@ where
         let token: CsrfOnly = serde_html_form::from_bytes(&bytes).unwrap_or_default();
         by.check(&token.csrf, &home)
             .map_err(IntoResponse::into_response)?;
-        let form = serde_html_form::from_bytes(&bytes).map_err(|e| {
-            let message = format!("The form could not be read ({e}); nothing was changed.");
+        let fields = serde_html_form::Deserializer::from_bytes(&bytes);
+        let form = serde_path_to_error::deserialize(fields).map_err(|e| {
+            let message = format!(
+                "The form could not be read ({}: {}); nothing was changed.",
+                e.path(),
+                e.inner()
+            );
             WebError::new(StatusCode::BAD_REQUEST, message, &home).into_response()
         })?;
         Ok(Posted {
