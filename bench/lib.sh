@@ -82,7 +82,7 @@ TOML
   KW_PID=$!
   pids+=($KW_PID)
   local up=0
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$ADM/healthz" >/dev/null && { up=1; break; }; sleep 0.1; done
+  for _ in $(seq 1 "${KW_START_TRIES:-100}"); do curl -sf "http://127.0.0.1:$ADM/healthz" >/dev/null && { up=1; break; }; sleep 0.1; done
   if [ "$up" = 0 ]; then
     echo "Keywarden did not start; its log:" >&2; tail -20 "$dir/serve.log" >&2; return 1
   fi

@@ -403,7 +403,8 @@ fn hmac_hex(mac: &HmacSha256, token: &str) -> String {
 fn digest_hex(digest: &[u8]) -> String {
     let mut buf = [0u8; DIGEST_HEX_LEN];
     match hex::encode_to_slice(digest, &mut buf) {
-        Ok(()) => buf.iter().map(|&b| char::from(b)).collect(),
+        // Hex digits are ASCII: always UTF-8.
+        Ok(()) => std::str::from_utf8(&buf).map_or_else(|_| hex::encode(digest), String::from),
         Err(_) => hex::encode(digest),
     }
 }

@@ -43,8 +43,10 @@ use keywarden_core::codes::Code;
 use keywarden_core::decision::CompiledKey;
 use keywarden_core::ip::{ip_text, IP_TEXT_MAX};
 use keywarden_store::verifier::{Admit, VerifyOutcome, VerifyRequest};
+use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -167,8 +169,8 @@ impl Gateway {
         let request_id = parts
             .extensions
             .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_default();
+            .cloned()
+            .unwrap_or(RequestId(HeaderValue::from_static("")));
         let query = parts
             .uri
             .query()
@@ -192,9 +194,7 @@ impl Gateway {
                 HeaderValue::from_static("chunked"),
             );
         }
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            headers.insert(X_REQUEST_ID, v);
-        }
+        headers.insert(X_REQUEST_ID, request_id.0.clone());
         headers.insert(header::HOST, self.upstream.host.clone());
 
         let activity = Arc::new(Activity::new());
@@ -219,7 +219,7 @@ impl Gateway {
                 () = sleep.as_mut() => {
                     let deadline = activity.last() + timeout;
                     if deadline <= Instant::now() {
-                        tracing::warn!(request_id = %request_id, "upstream timed out");
+                        tracing::warn!(request_id = %request_id.as_str(), "upstream timed out");
                         return ApiError::new(Code::UpstreamTimeout).into_response();
                     }
                     sleep.as_mut().reset(deadline.into());
@@ -240,7 +240,7 @@ impl Gateway {
                 } else {
                     Code::UpstreamUnavailable
                 };
-                tracing::warn!(request_id = %request_id, error = %error_chain(&*e), "upstream request failed");
+                tracing::warn!(request_id = %request_id.as_str(), error = %error_chain(&*e), "upstream request failed");
                 return ApiError::new(code).into_response();
             }
         };
@@ -321,11 +321,11 @@ impl Gateway {
                     }
                 }
             }
-            let mut buf = [0u8; IP_TEXT_MAX];
-            let peer = ip_text(peer, &mut buf);
             let value = if prior_for.is_empty() {
-                HeaderValue::from_str(peer)
+                Ok(peer_text(peer))
             } else {
+                let mut buf = [0u8; IP_TEXT_MAX];
+                let peer = ip_text(peer, &mut buf);
                 HeaderValue::from_str(&format!("{prior_for}, {peer}"))
             };
             headers.remove(X_FORWARDED_FOR);
@@ -346,6 +346,24 @@ impl Gateway {
         }
         headers
     }
+}
+
+/// `peer` as a header value. The last one made on this thread is kept, since a
+/// connection's requests, and often the next connection's, come from the same peer.
+fn peer_text(peer: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((ip, text)) if *ip == peer => text.clone(),
+        _ => {
+            let mut buf = [0u8; IP_TEXT_MAX];
+            let text = HeaderValue::from_str(ip_text(peer, &mut buf))
+                .unwrap_or(HeaderValue::from_static(""));
+            *last = Some((peer, text.clone()));
+            text
+        }
+    })
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -672,7 +690,7 @@ struct ResponseBody {
     waiting: bool,
     slot: Option<InFlight>,
     lease: Option<pool::Lease>,
-    request_id: String,
+    request_id: RequestId,
 }
 
 impl Drop for ResponseBody {
@@ -717,7 +735,7 @@ impl HttpBody for ResponseBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.slot = None;
-                tracing::warn!(request_id = %this.request_id, error = %e, "upstream response body failed");
+                tracing::warn!(request_id = %this.request_id.as_str(), error = %e, "upstream response body failed");
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Pending => {
@@ -749,7 +767,7 @@ impl ResponseBody {
         match self.sleep.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 self.slot = None;
-                tracing::warn!(request_id = %self.request_id, "upstream stopped sending the response body");
+                tracing::warn!(request_id = %self.request_id.as_str(), "upstream stopped sending the response body");
                 Poll::Ready(Some(Err(Box::new(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "the upstream stopped sending the response body",

@@ -11,9 +11,18 @@ use axum::response::{IntoResponse, Response};
 use keywarden_core::codes::Locale;
 use std::time::Instant;
 
-/// The request's id (`req_<ULID>`), in request and response extensions.
+/// The request's id (`req_<ULID>`) in request extensions, as the header value it is sent
+/// in (upstream and to the client), so it is encoded once.
 #[derive(Clone, Debug)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub HeaderValue);
+
+impl RequestId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Made from a `req_<ULID>` string: always visible ASCII.
+        self.0.to_str().unwrap_or_default()
+    }
+}
 
 /// The decision code of a handled request, for the log line (set by handlers that decide).
 #[derive(Clone, Copy, Debug)]
@@ -26,6 +35,8 @@ pub async fn request_context(
     next: Next,
 ) -> Response {
     let context = RequestContext::begin(&state, &mut req);
+    // The web pages speak the same language as the errors.
+    req.extensions_mut().insert(context.locale);
     let style = state.settings.timestamps;
     let res = crate::views::with_timestamp_style(style, next.run(req)).await;
     context.finish(&state, res)
@@ -36,7 +47,7 @@ pub async fn request_context(
 #[derive(Debug)]
 pub struct RequestContext {
     started: Instant,
-    id: String,
+    id: RequestId,
     locale: Locale,
     logged: Option<(Method, String)>,
 }
@@ -47,10 +58,8 @@ impl RequestContext {
     pub fn begin<B>(state: &AppState, req: &mut axum::http::Request<B>) -> Self {
         let started = Instant::now();
         let id = request_id();
-        req.extensions_mut().insert(RequestId(id.clone()));
+        req.extensions_mut().insert(id.clone());
         let locale = state.settings.renderer.locale_for(req.headers());
-        // The web pages speak the same language as the errors.
-        req.extensions_mut().insert(locale);
         // The path without its query string: a query may carry a key (`query:NAME` sources).
         let logged = tracing::enabled!(tracing::Level::INFO)
             .then(|| (req.method().clone(), req.uri().path().to_string()));
@@ -73,7 +82,7 @@ impl RequestContext {
         let mut code: Option<std::borrow::Cow<'static, str>> =
             res.extensions().get::<DecisionCode>().map(|c| c.0.into());
         if let Some(PendingError(err)) = res.extensions_mut().remove::<PendingError>() {
-            let (mut new, wire) = render(&state.settings.renderer, &err, locale, &id);
+            let (mut new, wire) = render(&state.settings.renderer, &err, locale, id.as_str());
             code = Some(wire.into());
             // Keep headers a handler set on the error response (e.g. rate-limit figures).
             for (k, v) in res.headers() {
@@ -83,12 +92,10 @@ impl RequestContext {
             }
             res = new;
         }
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            res.headers_mut().insert(X_REQUEST_ID, v);
-        }
+        res.headers_mut().insert(X_REQUEST_ID, id.0.clone());
         if let Some((method, path)) = logged {
             tracing::info!(
-                request_id = %id,
+                request_id = %id.as_str(),
                 method = %method,
                 path = %path,
                 status = res.status().as_u16(),
@@ -104,13 +111,14 @@ impl RequestContext {
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A new request id, `req_<ULID>`.
-fn request_id() -> String {
+fn request_id() -> RequestId {
+    let mut id = [0u8; 4 + ulid::ULID_LEN];
+    id[..4].copy_from_slice(b"req_");
     let mut buf = [0u8; ulid::ULID_LEN];
     let ulid = ulid::Ulid::new();
-    let mut id = String::with_capacity(4 + ulid::ULID_LEN);
-    id.push_str("req_");
-    id.push_str(ulid.array_to_str(&mut buf));
-    id
+    id[4..].copy_from_slice(ulid.array_to_str(&mut buf).as_bytes());
+    // Letters, digits and `_`: a valid header value.
+    RequestId(HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("req_")))
 }
 
 /// The answer to any path no route matches.

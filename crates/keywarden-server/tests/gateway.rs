@@ -154,6 +154,64 @@ async fn allowed_requests_reach_the_upstream_with_identity_and_without_credentia
 }
 
 #[tokio::test]
+async fn the_identity_headers_follow_each_key_and_a_change_of_its_scopes() {
+    let _s = SERIAL.read().await;
+    let up = spawn_upstream().await;
+    let app = gateway(&up, 5, "").await;
+    let acc = app.account("Acme").await;
+    let other = app.account("Other").await;
+    let scoped = scoped_key(&app, &acc, &["invoices:read"]).await;
+    let (other_id, other_token) = app.live_key(&other).await;
+    let seen_with = |token: String| {
+        let (app, up) = (&app, &up);
+        async move {
+            let res = app
+                .client
+                .get(format!("{}/things", app.public))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            up.last()
+        }
+    };
+    let header_of = |seen: &common::upstream::Seen, name: &str| {
+        seen.header(name).map(str::to_string).unwrap_or_default()
+    };
+
+    // Two keys, one after the other, each sent up with its own identity, twice over.
+    for _ in 0..2 {
+        let seen = seen_with(scoped.clone()).await;
+        assert_eq!(header_of(&seen, "x-keywarden-account-id"), acc);
+        assert_eq!(header_of(&seen, "x-keywarden-scopes"), "invoices:read");
+        let seen = seen_with(other_token.clone()).await;
+        assert_eq!(header_of(&seen, "x-keywarden-key-id"), other_id);
+        assert_eq!(header_of(&seen, "x-keywarden-account-id"), other);
+        assert_ne!(header_of(&seen, "x-keywarden-scopes"), "invoices:read");
+    }
+
+    // The scoped key loses its scope: the next request goes up without it.
+    let scoped_id = seen_with(scoped.clone())
+        .await
+        .header("x-keywarden-key-id")
+        .unwrap()
+        .to_string();
+    let res = app
+        .admin(
+            Method::PATCH,
+            &format!("/v1/admin/keys/{scoped_id}"),
+            Some(json!({ "scopes": [] })),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let seen = seen_with(scoped).await;
+    assert_eq!(header_of(&seen, "x-keywarden-key-id"), scoped_id);
+    assert_eq!(header_of(&seen, "x-keywarden-scopes"), "");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn forged_keywarden_headers_never_reach_the_upstream() {
     let _s = SERIAL.read().await;
     let up = spawn_upstream().await;

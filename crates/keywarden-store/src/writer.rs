@@ -162,18 +162,22 @@ struct UsageKey {
     period_start: Millis,
 }
 
+/// A map by key id, hashed with a seeded hasher faster than the standard one: each request
+/// updates three of them.
+type IdMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// Records accepted from the request path and not yet handed to the flusher.
 #[derive(Default)]
 struct Pending {
     /// Latest use per key id: when and from where.
-    touches: HashMap<String, (Millis, Option<String>)>,
+    touches: IdMap<(Millis, Option<String>)>,
     /// Activity rows per key id, oldest first, at most `activity_retain_per_key` each.
-    activity: HashMap<String, VecDeque<Activity>>,
+    activity: IdMap<VecDeque<Activity>>,
     /// Activity rows held in `activity`.
     activity_len: usize,
     events: Vec<AuditEvent>,
     /// Decision counts per key id: its account and mode, and `(minute, code, count)`.
-    decisions: HashMap<String, KeyTally>,
+    decisions: IdMap<KeyTally>,
     /// Decision counts of no known key: `(minute, code, count)`.
     unknown: Vec<(Millis, &'static str, u64)>,
     /// Tallies held in `decisions` and `unknown`.

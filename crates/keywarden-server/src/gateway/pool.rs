@@ -47,7 +47,7 @@ pub(super) struct Pool {
 
 #[derive(Debug)]
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -84,7 +84,8 @@ impl Conn {
 /// A connection one request is using; [`Lease::give_back`] returns it to its pool.
 #[derive(Debug)]
 pub(super) struct Lease {
-    conn: Conn,
+    /// Boxed, so handing it on between the pool, the request and its body moves a pointer.
+    conn: Box<Conn>,
     pool: Arc<Pool>,
 }
 
@@ -152,7 +153,7 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open and ready.
-    async fn take_idle(&self) -> Option<Conn> {
+    async fn take_idle(&self) -> Option<Box<Conn>> {
         loop {
             let Idle { mut conn, since } = self.lock().pop()?;
             if conn.is_closed() || since.elapsed() >= self.idle_timeout {
@@ -174,19 +175,19 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Conn, BoxError> {
+    async fn connect(&self) -> Result<Box<Conn>, BoxError> {
         let io = self.connector.clone().call(self.origin.clone()).await?;
         let (sender, driver) = http1::Builder::new()
             .handshake::<_, RequestBody>(io)
             .await?;
-        Ok(Conn {
+        Ok(Box::new(Conn {
             sender,
             driver,
             ended: false,
-        })
+        }))
     }
 
-    fn put(self: &Arc<Self>, conn: Conn) {
+    fn put(self: &Arc<Self>, conn: Box<Conn>) {
         if conn.is_closed() {
             return;
         }
@@ -432,7 +433,7 @@ mod tests {
             waiting: false,
             slot: None,
             lease: Some(lease),
-            request_id: String::new(),
+            request_id: crate::middleware::RequestId(axum::http::HeaderValue::from_static("")),
         }
     }
 

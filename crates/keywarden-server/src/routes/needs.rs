@@ -3,10 +3,13 @@
 
 use crate::state::AppState;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use keywarden_core::decision::CompiledKey;
 use keywarden_core::routes::{PathError, RouteDecision};
-use keywarden_core::scopes::ScopeSet;
+use keywarden_core::scopes::{ScopeCatalog, ScopeSet};
 use keywarden_store::verifier::VerifyOutcome;
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::sync::Arc;
 
 /// What a route requires, owned so it can be borrowed by a `VerifyRequest`.
 #[derive(Debug)]
@@ -56,25 +59,79 @@ const SCOPES: HeaderName = HeaderName::from_static("x-keywarden-scopes");
 pub fn identity_headers(state: &AppState, headers: &mut HeaderMap, out: &VerifyOutcome) {
     if let Some(k) = &out.key {
         headers.insert(MODE, HeaderValue::from_static(k.mode.as_str()));
-    }
-    let mut set = |name: HeaderName, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
-        }
-    };
-    if let Some(k) = &out.key {
-        set(KEY_ID, k.id());
-        set(ACCOUNT_ID, k.account_id());
-        let mut names = String::with_capacity(64);
-        for name in state.settings.catalog.iter_names(&k.scopes) {
-            if !names.is_empty() {
-                names.push(' ');
+        // A value that cannot be a header's (none of this service's making) is left out.
+        for (name, value) in [KEY_ID, ACCOUNT_ID, SCOPES]
+            .into_iter()
+            .zip(key_identity(state, k))
+        {
+            if let Some(value) = value {
+                headers.insert(name, value);
             }
-            names.push_str(name);
         }
-        set(SCOPES, &names);
     } else if out.global {
-        set(KEY_ID, "global");
-        set(SCOPES, "*");
+        headers.insert(KEY_ID, HeaderValue::from_static("global"));
+        headers.insert(SCOPES, HeaderValue::from_static("*"));
     }
+}
+
+/// A key's id, account id and scope names as header values. The values are kept per
+/// thread, a slot per key id, and reused while the key's id, account, scopes and the
+/// catalog naming them are what they were: a busy key's requests then copy nothing.
+fn key_identity(state: &AppState, k: &CompiledKey) -> [Option<HeaderValue>; 3] {
+    thread_local! {
+        static SLOTS: RefCell<Vec<Option<IdentitySlot>>> = const { RefCell::new(Vec::new()) };
+    }
+    let catalog = &state.settings.catalog;
+    let id = k.id();
+    // Key ids end in random characters: their last eight bytes pick the slot.
+    let tail = id.as_bytes()[id.len().saturating_sub(8)..]
+        .iter()
+        .fold(0u64, |h, &b| (h << 8) | u64::from(b));
+    let slot = (tail.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize;
+    SLOTS.with_borrow_mut(|slots| {
+        if slots.is_empty() {
+            slots.resize_with(IDENTITY_SLOTS, || None);
+        }
+        match &slots[slot] {
+            Some(kept)
+                if &*kept.key_id == id
+                    && &*kept.account_id == k.account_id()
+                    && kept.scopes == k.scopes
+                    && Arc::ptr_eq(&kept.catalog, catalog) =>
+            {
+                kept.values.clone()
+            }
+            _ => {
+                let mut names = String::with_capacity(64);
+                for name in catalog.iter_names(&k.scopes) {
+                    if !names.is_empty() {
+                        names.push(' ');
+                    }
+                    names.push_str(name);
+                }
+                let value = |text: &str| HeaderValue::from_str(text).ok();
+                let values = [value(id), value(k.account_id()), value(&names)];
+                slots[slot] = Some(IdentitySlot {
+                    key_id: id.into(),
+                    account_id: k.account_id().into(),
+                    scopes: k.scopes.clone(),
+                    catalog: catalog.clone(),
+                    values: values.clone(),
+                });
+                values
+            }
+        }
+    })
+}
+
+/// Slots in each thread's identity cache (a power of two: the top six bits of a hash).
+const IDENTITY_SLOTS: usize = 64;
+
+/// What [`key_identity`] keeps for one key.
+struct IdentitySlot {
+    key_id: Box<str>,
+    account_id: Box<str>,
+    scopes: ScopeSet,
+    catalog: Arc<ScopeCatalog>,
+    values: [Option<HeaderValue>; 3],
 }
