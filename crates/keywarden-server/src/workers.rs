@@ -290,17 +290,27 @@ async fn serve(
 }
 
 /// What a connection's watchdog knows: when a byte last moved, how many requests are being
-/// handled, and whether one has been received.
+/// handled, since when none has been, and whether one has been received.
 #[derive(Debug)]
 struct Activity {
-    /// When the connection was opened; `last` counts from here.
+    /// When the connection was opened; `last` and `free_since` count from here.
     opened: Instant,
     /// Nanoseconds from `opened` to the last byte read or written, or the last response.
     last: AtomicU64,
-    /// Requests being handled.
+    /// Nanoseconds from `opened` to when the last request's response ended (0: none yet).
+    /// An HTTP/1.1 connection's next head must have come within the header-read timeout
+    /// of this, however many bytes of it trickle in meanwhile.
+    free_since: AtomicU64,
+    /// Requests being handled: their handler has not answered yet.
     busy: AtomicUsize,
+    /// Responses whose body is being sent: like any idle connection, one whose client
+    /// takes nothing for the idle timeout is closed.
+    sending: AtomicUsize,
     /// Whether a request was received.
     served: AtomicBool,
+    /// Whether the connection speaks HTTP/2, where requests share the connection and only
+    /// the idle timeout applies once one was received.
+    h2: AtomicBool,
 }
 
 impl Activity {
@@ -308,30 +318,64 @@ impl Activity {
         Arc::new(Activity {
             opened: Instant::now(),
             last: AtomicU64::new(0),
+            free_since: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
+            sending: AtomicUsize::new(0),
             served: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
         })
     }
 
+    fn nanos_now(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     fn touch(&self) {
-        let nanos = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last.store(nanos, Ordering::Relaxed);
+        self.last.store(self.nanos_now(), Ordering::Relaxed);
     }
 
-    fn last(&self) -> Instant {
-        self.opened + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    fn at(&self, nanos: &AtomicU64) -> Instant {
+        self.opened + Duration::from_nanos(nanos.load(Ordering::Relaxed))
     }
 
-    /// Resolves once the connection has handled no request and moved no byte for as long
-    /// as it may: the header-read timeout before its first request, the idle timeout after.
+    /// When the connection may be closed unless a request is being handled: a whole head
+    /// is due within the header-read timeout of the connection's opening, and on HTTP/1.1
+    /// of its last response's end, however many of its bytes trickle in; once a request
+    /// was received it is also closed after the idle timeout without a byte moving, and
+    /// only then on HTTP/2 or while a response's body is being sent.
+    fn deadline(&self, limits: ConnLimits) -> Instant {
+        let idle = self.at(&self.last) + limits.idle_timeout;
+        let head = self.at(&self.free_since) + limits.header_read_timeout;
+        if !self.served.load(Ordering::Relaxed) {
+            head
+        } else if self.h2.load(Ordering::Relaxed) || self.sending.load(Ordering::Relaxed) > 0 {
+            idle
+        } else {
+            head.min(idle)
+        }
+    }
+
+    /// Notes that a request or its response has ended; the connection is free once none
+    /// is left.
+    fn ended(&self, count: &AtomicUsize) {
+        let now = self.nanos_now();
+        self.last.store(now, Ordering::Relaxed);
+        count.fetch_sub(1, Ordering::Relaxed);
+        if self.busy.load(Ordering::Relaxed) == 0 && self.sending.load(Ordering::Relaxed) == 0 {
+            self.free_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves once the connection may be closed ([`Activity::deadline`]) and no request
+    /// is being handled.
     async fn expired(&self, limits: ConnLimits) {
         loop {
             let allowed = if self.served.load(Ordering::Relaxed) {
-                limits.idle_timeout
+                limits.idle_timeout.min(limits.header_read_timeout)
             } else {
                 limits.header_read_timeout
             };
-            let deadline = self.last() + allowed;
+            let deadline = self.deadline(limits);
             if Instant::now() >= deadline {
                 if self.busy.load(Ordering::Relaxed) == 0 {
                     return;
@@ -345,21 +389,67 @@ impl Activity {
     }
 }
 
-/// Counts a request as being handled while it lives.
+/// Counts a request as being handled while it lives; [`Busy::sending`] turns it into its
+/// response being sent.
 struct Busy(Arc<Activity>);
 
 impl Busy {
-    fn enter(activity: &Arc<Activity>) -> Busy {
+    fn enter(activity: &Arc<Activity>, version: hyper::Version) -> Busy {
         activity.served.store(true, Ordering::Relaxed);
+        if version == hyper::Version::HTTP_2 {
+            activity.h2.store(true, Ordering::Relaxed);
+        }
         activity.busy.fetch_add(1, Ordering::Relaxed);
         Busy(activity.clone())
+    }
+
+    /// The handler has answered: its response's body is being sent from now on.
+    fn sending(self) -> Sending {
+        let activity = self.0.clone();
+        activity.sending.fetch_add(1, Ordering::Relaxed);
+        drop(self);
+        Sending(activity)
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.ended(&self.0.busy);
+    }
+}
+
+/// Counts a response's body as being sent while it lives.
+struct Sending(Arc<Activity>);
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.ended(&self.0.sending);
+    }
+}
+
+/// A response's body, holding its [`Sending`] until it has been sent or dropped.
+struct Tracked {
+    body: axum::body::Body,
+    _sending: Sending,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -383,7 +473,7 @@ async fn connection(
     let seen = activity.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        let busy = Busy::enter(&seen);
+        let busy = Busy::enter(&seen, req.version());
         let front = app.front.clone().filter(|f| f.takes(&req));
         let mut router = app.router.clone();
         async move {
@@ -394,15 +484,20 @@ async fn connection(
                     Err(never) => match never {},
                 },
             };
-            drop(busy);
-            Ok::<_, std::convert::Infallible>(res)
+            let sending = busy.sending();
+            Ok::<_, std::convert::Infallible>(res.map(|body| Tracked {
+                body,
+                _sending: sending,
+            }))
         }
     });
     let mut builder = Builder::new(TokioExecutor::new());
+    // The header-read timeout is the watchdog's (`Activity::deadline`), timed per
+    // connection rather than by a timer per request.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(None);
     // CONNECT protocol, for HTTP/2 websockets.
     builder.http2().enable_connect_protocol();
     let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));

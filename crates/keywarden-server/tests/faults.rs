@@ -137,6 +137,35 @@ async fn a_head_sent_slowly_or_a_connection_left_idle_is_closed() {
         closed_within(&mut idle, BOUND).await,
         "an idle connection stayed open"
     );
+
+    // After an answer, the next head trickles in on the same connection: it is cut off
+    // like the first one would be.
+    let mut again = TcpStream::connect(host(&app.admin)).await.unwrap();
+    again
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = again.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    again
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if again.write_all(b"X").await.is_err() {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(
+        tokio::time::timeout(BOUND * 2, trickle)
+            .await
+            .unwrap_or(false),
+        "a second head trickled byte by byte was never cut off"
+    );
     app.stop().await;
 }
 

@@ -547,6 +547,50 @@ async fn an_upstream_stalling_mid_body_is_cut_off_not_waited_for() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_body_streaming_for_longer_than_the_header_read_timeout_is_not_cut_off() {
+    let _s = SERIAL.read().await;
+    // Ten chunks, 100 ms apart: a second in all, where a head is due within 300 ms.
+    let up = spawn_upstream_with(Router::new().route(
+        "/base/drip",
+        get(|| async {
+            let chunks = futures::stream::unfold(0u8, |i| async move {
+                (i < 10).then_some(())?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Some((
+                    Ok::<_, Infallible>(Bytes::from(format!("chunk {i};"))),
+                    i + 1,
+                ))
+            });
+            Body::from_stream(chunks)
+        }),
+    ))
+    .await;
+    let app = spawn_app_with(&format!(
+        "[server]\nheader_read_timeout_ms = 300\nidle_timeout_ms = 300\n{}",
+        config(&up.url(), 5, "")
+    ))
+    .await;
+    let acc = app.account("Acme").await;
+    let (_, token) = app.live_key(&acc).await;
+    for _ in 0..2 {
+        let res = app
+            .client
+            .get(format!("{}/drip", app.public))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body = res.text().await.unwrap();
+        assert!(
+            body.starts_with("chunk 0;") && body.ends_with("chunk 9;"),
+            "{body}"
+        );
+    }
+    app.stop().await;
+}
+
 /// An upstream whose `/base/slow` sends a first chunk at once and the rest when `gate` opens.
 async fn slow_upstream(gate: Arc<Semaphore>) -> Upstream {
     spawn_upstream_with(Router::new().route(
