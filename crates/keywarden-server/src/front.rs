@@ -7,7 +7,7 @@
 //! - On the admin listener, `/v1/forward-auth` (nginx's and Traefik's conventions) is
 //!   decided; its Envoy form `/v1/forward-auth/<path>` goes through the router.
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, PROXIED};
 use crate::middleware::RequestContext;
 use crate::routes::forward_auth::{forward_auth, FORWARD_AUTH_PATH};
 use crate::state::AppState;
@@ -79,11 +79,16 @@ impl Front {
     /// Serves a request it takes.
     pub async fn serve(&self, mut req: hyper::Request<Incoming>) -> Response {
         let context = RequestContext::begin(&self.state, &mut req);
-        let res = match &self.kind {
-            Kind::Gateway { gateway, .. } => gateway.handle(&self.state, req).await,
-            Kind::ForwardAuth => forward_auth(State(self.state.clone()), req.map(Body::new)).await,
-        };
-        context.finish(&self.state, res)
+        match &self.kind {
+            Kind::Gateway { gateway, .. } => {
+                let res = gateway.handle(&self.state, req).await;
+                context.finish_decided(&self.state, res, Some(PROXIED))
+            }
+            Kind::ForwardAuth => {
+                let res = forward_auth(State(self.state.clone()), req.map(Body::new)).await;
+                context.finish(&self.state, res)
+            }
+        }
     }
 }
 

@@ -65,10 +65,18 @@ pub fn with_fallback(router: Router<AppState>, gateway: Option<Arc<Gateway>>) ->
         None => router.fallback(not_found),
         Some(gateway) => router.fallback(move |State(state): State<AppState>, req: Request| {
             let gateway = gateway.clone();
-            async move { gateway.handle(&state, req).await }
+            async move {
+                let mut res = gateway.handle(&state, req).await;
+                res.extensions_mut().insert(DecisionCode(PROXIED));
+                res
+            }
         }),
     }
 }
+
+/// The decision code of a request the gateway passed on (the upstream's answer is logged
+/// under it whatever its status; a refusal is logged under its error's code).
+pub const PROXIED: &str = "valid";
 
 /// The proxy: a pool of HTTP/1.1 connections to the upstream and the per-key in-flight
 /// counters. Each public worker builds its own (so its upstream connections are driven on
@@ -260,7 +268,6 @@ impl Gateway {
         if let Some(out) = &outcome {
             rate_limit_headers(response.headers_mut(), out);
         }
-        response.extensions_mut().insert(DecisionCode("valid"));
         response
     }
 

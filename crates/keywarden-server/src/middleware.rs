@@ -72,15 +72,31 @@ impl RequestContext {
     }
 
     /// Renders a pending error, adds `X-Request-Id` and writes the log line.
-    pub fn finish(self, state: &AppState, mut res: Response) -> Response {
+    pub fn finish(self, state: &AppState, res: Response) -> Response {
+        self.finish_decided(state, res, None)
+    }
+
+    /// [`RequestContext::finish`] for a response whose decision code, unless it carries
+    /// one ([`DecisionCode`]) or is an error, is `decided`: the caller knows it, and the
+    /// response's extensions need not be made for it.
+    pub fn finish_decided(
+        self,
+        state: &AppState,
+        mut res: Response,
+        decided: Option<&'static str>,
+    ) -> Response {
         let RequestContext {
             started,
             id,
             locale,
             logged,
         } = self;
-        let mut code: Option<std::borrow::Cow<'static, str>> =
-            res.extensions().get::<DecisionCode>().map(|c| c.0.into());
+        let mut code: Option<std::borrow::Cow<'static, str>> = res
+            .extensions()
+            .get::<DecisionCode>()
+            .map(|c| c.0)
+            .or(decided)
+            .map(Into::into);
         if let Some(PendingError(err)) = res.extensions_mut().remove::<PendingError>() {
             let (mut new, wire) = render(&state.settings.renderer, &err, locale, id.as_str());
             code = Some(wire.into());

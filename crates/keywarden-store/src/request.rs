@@ -142,13 +142,19 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// The client behind `peer`, read through the request's `X-Forwarded-For` hops (joined in
 /// order) as far as they are trusted; see [`keywarden_core::ip::client_ip`]. A header value
 /// that is not text (raw bytes above ASCII) is read as a hop that is not an address, never
 /// skipped: skipping it would make the proxy the client.
 pub fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> ClientAddr {
+    // An untrusted peer's header is not read at all.
+    if !trusted.contains(keywarden_core::ip::normalize(peer)) {
+        return keywarden_core::ip::client_ip(peer, None, trusted);
+    }
     let mut joined = String::new();
-    for v in headers.get_all("x-forwarded-for") {
+    for v in headers.get_all(X_FORWARDED_FOR) {
         if !joined.is_empty() {
             joined.push(',');
         }
