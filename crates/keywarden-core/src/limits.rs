@@ -61,7 +61,7 @@ const MS_PER_SEC: i128 = 1_000;
 const MS_PER_DAY: i64 = 86_400_000;
 
 /// The policy name used in both rate-limit header fields; Keywarden advertises one policy.
-const POLICY_NAME: &str = "default";
+pub const POLICY_NAME: &str = "default";
 
 /// Rounds a non-negative duration in microseconds up to whole seconds, because a client told
 /// to wait that long must then find the request admitted. Negative durations count as zero.

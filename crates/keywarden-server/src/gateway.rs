@@ -35,6 +35,7 @@ pub use crate::upstream::Upstream;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
@@ -43,6 +44,7 @@ use keywarden_core::codes::Code;
 use keywarden_core::decision::CompiledKey;
 use keywarden_core::ip::{ip_text, IP_TEXT_MAX};
 use keywarden_store::verifier::{Admit, VerifyOutcome, VerifyRequest};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::future::Future;
@@ -183,7 +185,18 @@ impl Gateway {
             .uri
             .query()
             .map(|q| strip_query(s, q, strip_overrides));
-        let Some(uri) = self.upstream.target(&path, query.as_deref()) else {
+        // A path decided as sent, with no query, to an upstream without a base path goes
+        // up as the client's own (shared, not copied).
+        let as_sent = match (&path, &query) {
+            (Cow::Borrowed(decided), None) if self.upstream.base_path.is_empty() => parts
+                .uri
+                .path_and_query()
+                .filter(|sent| sent.path() == *decided && sent.query().is_none())
+                .cloned()
+                .map(Uri::from),
+            _ => None,
+        };
+        let Some(uri) = as_sent.or_else(|| self.upstream.target(&path, query.as_deref())) else {
             return ApiError::invalid("the request path cannot be forwarded").into_response();
         };
         let client = std::mem::take(&mut parts.headers);

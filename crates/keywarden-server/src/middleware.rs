@@ -46,29 +46,28 @@ pub async fn request_context(
 /// without the router (the gateway's and forward-auth's requests, `crate::front::Front`).
 #[derive(Debug)]
 pub struct RequestContext {
-    started: Instant,
     id: RequestId,
     locale: Locale,
-    logged: Option<(Method, String)>,
+    /// When it began, its method and its path, when its log line will be written.
+    logged: Option<(Instant, Method, String)>,
 }
 
 impl RequestContext {
     /// Assigns the request its id ([`RequestId`] in its extensions) and notes what the
     /// log line and an error's rendering will need.
     pub fn begin<B>(state: &AppState, req: &mut axum::http::Request<B>) -> Self {
-        let started = Instant::now();
         let id = request_id();
         req.extensions_mut().insert(id.clone());
         let locale = state.settings.renderer.locale_for(req.headers());
         // The path without its query string: a query may carry a key (`query:NAME` sources).
-        let logged = tracing::enabled!(tracing::Level::INFO)
-            .then(|| (req.method().clone(), req.uri().path().to_string()));
-        RequestContext {
-            started,
-            id,
-            locale,
-            logged,
-        }
+        let logged = tracing::enabled!(tracing::Level::INFO).then(|| {
+            (
+                Instant::now(),
+                req.method().clone(),
+                req.uri().path().to_string(),
+            )
+        });
+        RequestContext { id, locale, logged }
     }
 
     /// Renders a pending error, adds `X-Request-Id` and writes the log line.
@@ -85,12 +84,7 @@ impl RequestContext {
         mut res: Response,
         decided: Option<&'static str>,
     ) -> Response {
-        let RequestContext {
-            started,
-            id,
-            locale,
-            logged,
-        } = self;
+        let RequestContext { id, locale, logged } = self;
         let mut code: Option<std::borrow::Cow<'static, str>> = res
             .extensions()
             .get::<DecisionCode>()
@@ -109,7 +103,7 @@ impl RequestContext {
             res = new;
         }
         res.headers_mut().insert(X_REQUEST_ID, id.0.clone());
-        if let Some((method, path)) = logged {
+        if let Some((started, method, path)) = logged {
             tracing::info!(
                 request_id = %id.as_str(),
                 method = %method,

@@ -279,6 +279,41 @@ async fn the_upstream_gets_the_path_that_was_decided() {
 }
 
 #[tokio::test]
+async fn an_upstream_without_a_base_path_gets_the_decided_path_too() {
+    let up = upstream().await;
+    let app = spawn_app_with(&config(&up.url(), "", "").replace("/base\"", "\"")).await;
+    let acc = app.account("Acme").await;
+    let admin = app
+        .key(
+            &acc,
+            json!({ "mode": "live", "name": "k", "scopes": ["admin:write"] }),
+        )
+        .await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = Some(admin.as_str());
+    let cases = [
+        ("/admin/secret", "/admin/secret"),
+        ("/admin/secret?a=1&b=2", "/admin/secret?a=1&b=2"),
+        ("/ADMIN/secret", "/ADMIN/secret"),
+        ("/public/../admin/secret", "/admin/secret"),
+        ("/public/%2e%2e/admin/secret", "/admin/secret"),
+        ("//admin//secret/", "/admin/secret/"),
+        ("/%61dmin/%7Esecret", "/admin/~secret"),
+        ("/admin/./x?a=%2e%2e/../y", "/admin/x?a=%2e%2e/../y"),
+        ("http://example.com/admin/secret", "/admin/secret"),
+        ("http://example.com/public/../admin/x?y=1", "/admin/x?y=1"),
+    ];
+    for (target, forwarded) in cases {
+        let out = exchange(&app, &get(target, a)).await;
+        assert_eq!(statuses(&out), [200], "{target}: {out}");
+        assert_eq!(up.last().uri, forwarded, "{target}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn paths_can_be_matched_case_sensitively_when_configured() {
     let Setup {
         up, app, reader, ..

@@ -69,18 +69,24 @@ pub struct LookupKey([u8; 32]);
 impl LookupKey {
     /// The cache key of a lookup value.
     pub fn of(lookup: &str) -> Self {
-        let mut bytes = [0u8; 32];
-        let hex_digest = lookup.len() == 64
-            && lookup
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            && hex::decode_to_slice(lookup, &mut bytes).is_ok();
-        if hex_digest {
-            LookupKey(bytes)
-        } else {
-            LookupKey(sha256(lookup.as_bytes()))
-        }
+        lower_hex_digest(lookup).map_or_else(|| LookupKey(sha256(lookup.as_bytes())), LookupKey)
     }
+}
+
+/// The 32 bytes a 64-digit lower-case hex string spells, read in one pass (every request
+/// reads one); `None` for anything else.
+fn lower_hex_digest(text: &str) -> Option<[u8; 32]> {
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let text: &[u8; 64] = text.as_bytes().try_into().ok()?;
+    let mut bytes = [0u8; 32];
+    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(bytes)
 }
 
 impl std::fmt::Debug for LookupKey {
@@ -481,5 +487,31 @@ pub(crate) fn duplicate(e: &StoreError) -> StoreError {
         StoreError::Database(m) => StoreError::Database(m.clone()),
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lower_case_hex_digest_is_kept_as_its_bytes_and_anything_else_as_its_hash() {
+        let digest: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37));
+        let text = hex::encode(digest);
+        assert_eq!(LookupKey::of(&text), LookupKey(digest));
+        for other in [
+            text.to_uppercase(),
+            text[..62].to_string(),
+            format!("{text}0"),
+            format!("{}g", &text[..63]),
+            "abc_segment".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(
+                LookupKey::of(&other),
+                LookupKey(sha256(other.as_bytes())),
+                "{other}"
+            );
+        }
     }
 }

@@ -11,6 +11,8 @@ use crate::verifier::VerifyOutcome;
 use http::header::{ACCEPT_LANGUAGE, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use keywarden_core::codes::{Code, CodeOverrides, ErrorBody, ErrorStyle, Locale};
+use keywarden_core::limits::{RateLimit, POLICY_NAME};
+use std::cell::RefCell;
 
 /// How errors are rendered: the `[errors]` section of the configuration.
 #[derive(Clone, Debug, Default)]
@@ -113,16 +115,45 @@ impl ErrorFormat {
 /// rate limit applied to the decision.
 pub fn rate_limit_headers(headers: &mut HeaderMap, out: &VerifyOutcome) {
     if let (Some(limit), Some(rate)) = (&out.rate_limit, &out.rate) {
-        let pairs = [
-            ("ratelimit-policy", limit.policy_header()),
-            ("ratelimit", rate.header()),
-        ];
-        for (name, value) in pairs {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(HeaderName::from_static(name), v);
-            }
+        headers.insert(RATELIMIT_POLICY, policy_value(limit));
+        // `"default";r=12;t=37`, as `RateOutcome::header` writes it, without its `format!`.
+        let mut value = [0u8; 64];
+        let mut len = 0;
+        let mut push = |part: &[u8]| {
+            value[len..len + part.len()].copy_from_slice(part);
+            len += part.len();
+        };
+        let (mut remaining, mut reset) = (itoa::Buffer::new(), itoa::Buffer::new());
+        push(b"\"");
+        push(POLICY_NAME.as_bytes());
+        push(b"\";r=");
+        push(remaining.format(rate.remaining).as_bytes());
+        push(b";t=");
+        push(reset.format(rate.reset_secs).as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&value[..len]) {
+            headers.insert(RATELIMIT, v);
         }
     }
+}
+
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// The `RateLimit-Policy` value of a policy. The last one made on this thread is kept: a
+/// deployment has few policies, and a busy key asks for the same one request after request.
+fn policy_value(policy: &RateLimit) -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<Option<(RateLimit, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((kept, value)) if kept == policy => value.clone(),
+        _ => {
+            let value = HeaderValue::from_str(&policy.policy_header())
+                .unwrap_or(HeaderValue::from_static(""));
+            *last = Some((*policy, value.clone()));
+            value
+        }
+    })
 }
 
 #[cfg(test)]
@@ -140,6 +171,33 @@ mod tests {
             style,
             doc_url: "https://docs.example.com/errors#{code}".into(),
             ..ErrorFormat::default()
+        }
+    }
+
+    #[test]
+    fn the_rate_limit_headers_are_the_outcomes_own() {
+        use keywarden_core::limits::GcraState;
+        for (limit, window_ms) in [(50, 60_000), (7, 1_000), (1_000_000, 3_600_000), (3, 1_500)] {
+            let policy = RateLimit { limit, window_ms };
+            let mut state = GcraState::default();
+            for spent in 0..3 {
+                let rate = policy.check(&mut state, 1_000 * spent, 1);
+                let out = VerifyOutcome {
+                    code: Code::Valid,
+                    retry_after: None,
+                    key: None,
+                    account: None,
+                    rate: Some(rate),
+                    rate_limit: Some(policy),
+                    quotas: Vec::new(),
+                    global: false,
+                    detail: None,
+                };
+                let mut headers = HeaderMap::new();
+                rate_limit_headers(&mut headers, &out);
+                assert_eq!(headers["ratelimit"], rate.header().as_str());
+                assert_eq!(headers["ratelimit-policy"], policy.policy_header().as_str());
+            }
         }
     }
 
