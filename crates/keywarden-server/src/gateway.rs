@@ -34,7 +34,7 @@ use crate::state::AppState;
 pub use crate::upstream::Upstream;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -325,8 +325,10 @@ impl Gateway {
         // Room for the forwarding and identity headers, so the map grows once at most.
         headers.reserve(8);
         // The last `Host` the client sent becomes `X-Forwarded-Host`.
-        let host = headers.get_all(header::HOST).iter().next_back().cloned();
-        headers.remove(header::HOST);
+        let host = match headers.entry(header::HOST) {
+            Entry::Occupied(e) => e.remove_entry_mult().1.last(),
+            Entry::Vacant(_) => None,
+        };
 
         if let Some(peer) = peer {
             // A trusted proxy's `X-Forwarded-For` is extended; anyone else's is replaced.
@@ -348,19 +350,18 @@ impl Gateway {
                 let peer = ip_text(peer, &mut buf);
                 HeaderValue::from_str(&format!("{prior_for}, {peer}"))
             };
-            headers.remove(X_FORWARDED_FOR);
-            if let Ok(v) = value {
-                headers.insert(X_FORWARDED_FOR, v);
-            }
+            // Replacing every value the client sent.
+            match value {
+                Ok(v) => headers.insert(X_FORWARDED_FOR, v),
+                Err(_) => headers.remove(X_FORWARDED_FOR),
+            };
         }
         if let Some(h) = host {
-            if !headers.contains_key(X_FORWARDED_HOST) {
-                headers.insert(X_FORWARDED_HOST, h);
-            }
+            headers.entry(X_FORWARDED_HOST).or_insert(h);
         }
-        if !headers.contains_key(X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        }
+        headers
+            .entry(X_FORWARDED_PROTO)
+            .or_insert(HeaderValue::from_static("http"));
         if let Some(out) = outcome {
             identity_headers(state, &mut headers, out);
         }
