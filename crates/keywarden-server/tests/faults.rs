@@ -91,6 +91,27 @@ async fn a_flood_of_partial_requests_is_bounded_and_the_admin_listener_keeps_ser
     app.stop().await;
 }
 
+/// Starts a head on `s` and sends one more byte of it every 100 ms, never ending it:
+/// whether the service cut the connection off (within twice the bound).
+async fn head_trickled_is_cut_off(s: &mut TcpStream) -> bool {
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // A closed connection fails a write once the reset arrives.
+            if s.write_all(b"X").await.is_err() {
+                return true;
+            }
+        }
+        false
+    };
+    tokio::time::timeout(BOUND * 2, trickle)
+        .await
+        .unwrap_or(false)
+}
+
 #[tokio::test]
 async fn a_head_sent_slowly_or_a_connection_left_idle_is_closed() {
     let app =
@@ -98,23 +119,8 @@ async fn a_head_sent_slowly_or_a_connection_left_idle_is_closed() {
 
     // Bytes keep coming, one every 100 ms, but the head does not end.
     let mut s = TcpStream::connect(host(&app.public)).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    let trickle = async {
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if s.write_all(b"X").await.is_err() {
-                return true;
-            }
-            // A closed connection fails a write once the reset arrives.
-        }
-        false
-    };
     assert!(
-        tokio::time::timeout(BOUND * 2, trickle)
-            .await
-            .unwrap_or(false),
+        head_trickled_is_cut_off(&mut s).await,
         "a head trickled byte by byte was never cut off"
     );
 
@@ -147,23 +153,8 @@ async fn a_head_sent_slowly_or_a_connection_left_idle_is_closed() {
         .unwrap();
     let n = again.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    again
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    let trickle = async {
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if again.write_all(b"X").await.is_err() {
-                return true;
-            }
-        }
-        false
-    };
     assert!(
-        tokio::time::timeout(BOUND * 2, trickle)
-            .await
-            .unwrap_or(false),
+        head_trickled_is_cut_off(&mut again).await,
         "a second head trickled byte by byte was never cut off"
     );
     app.stop().await;
