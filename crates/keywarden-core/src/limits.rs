@@ -61,7 +61,7 @@ const MS_PER_SEC: i128 = 1_000;
 const MS_PER_DAY: i64 = 86_400_000;
 
 /// The policy name used in both rate-limit header fields; Keywarden advertises one policy.
-pub const POLICY_NAME: &str = "default";
+const POLICY_NAME: &str = "default";
 
 /// Rounds a non-negative duration in microseconds up to whole seconds, because a client told
 /// to wait that long must then find the request admitted. Negative durations count as zero.
@@ -277,17 +277,61 @@ impl RateLimit {
 
 /// Renders a `RateLimit-Policy` field value from its two figures.
 fn policy_header(limit: u32, window_secs: u64) -> String {
-    format!("\"{POLICY_NAME}\";q={limit};w={window_secs}")
+    FieldValue::new(("q", u64::from(limit)), ("w", window_secs))
+        .as_str()
+        .to_owned()
+}
+
+/// A rate-limit field value, `"default";a=1;b=2`, written on the stack: every answer a
+/// rate limit applies to carries one.
+#[derive(Clone, Copy)]
+pub struct FieldValue {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl FieldValue {
+    /// The policy's name and two parameters (at most 55 bytes in all).
+    fn new(first: (&str, u64), second: (&str, u64)) -> Self {
+        let mut value = FieldValue {
+            buf: [0; 64],
+            len: 0,
+        };
+        let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
+        for part in [
+            "\"",
+            POLICY_NAME,
+            "\";",
+            first.0,
+            "=",
+            a.format(first.1),
+            ";",
+            second.0,
+            "=",
+            b.format(second.1),
+        ] {
+            value.buf[value.len..value.len + part.len()].copy_from_slice(part.as_bytes());
+            value.len += part.len();
+        }
+        value
+    }
+
+    /// The value as text (visible ASCII).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
 }
 
 impl RateOutcome {
     /// The `RateLimit` field value (IETF httpapi ratelimit-headers draft 11), for example
     /// `"default";r=12;t=37`: `r` requests remain and the bucket is full again in `t` seconds.
     pub fn header(&self) -> String {
-        format!(
-            "\"{POLICY_NAME}\";r={};t={}",
-            self.remaining, self.reset_secs
-        )
+        self.header_value().as_str().to_owned()
+    }
+
+    /// [`RateOutcome::header`] without allocating.
+    pub fn header_value(&self) -> FieldValue {
+        FieldValue::new(("r", u64::from(self.remaining)), ("t", self.reset_secs))
     }
 
     /// The `RateLimit-Policy` field value for the policy that produced this outcome, so a
@@ -605,6 +649,27 @@ mod tests {
         // After the reset the bucket is full again.
         let p = rl.peek(&st, T0 + 70_000);
         assert_eq!(p.header(), "\"default\";r=50;t=0");
+    }
+
+    #[test]
+    fn the_largest_figures_fit_the_fields() {
+        let out = RateOutcome {
+            allowed: true,
+            limit: u32::MAX,
+            remaining: u32::MAX,
+            reset_secs: u64::MAX,
+            retry_after_secs: 0,
+            window_secs: u64::MAX,
+        };
+        assert_eq!(
+            out.header(),
+            "\"default\";r=4294967295;t=18446744073709551615"
+        );
+        assert_eq!(out.header_value().as_str(), out.header());
+        assert_eq!(
+            out.policy_header(),
+            "\"default\";q=4294967295;w=18446744073709551615"
+        );
     }
 
     #[test]

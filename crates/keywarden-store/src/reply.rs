@@ -11,7 +11,7 @@ use crate::verifier::VerifyOutcome;
 use http::header::{ACCEPT_LANGUAGE, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use keywarden_core::codes::{Code, CodeOverrides, ErrorBody, ErrorStyle, Locale};
-use keywarden_core::limits::{RateLimit, POLICY_NAME};
+use keywarden_core::limits::RateLimit;
 use std::cell::RefCell;
 
 /// How errors are rendered: the `[errors]` section of the configuration.
@@ -116,21 +116,7 @@ impl ErrorFormat {
 pub fn rate_limit_headers(headers: &mut HeaderMap, out: &VerifyOutcome) {
     if let (Some(limit), Some(rate)) = (&out.rate_limit, &out.rate) {
         headers.insert(RATELIMIT_POLICY, policy_value(limit));
-        // `"default";r=12;t=37`, as `RateOutcome::header` writes it, without its `format!`.
-        let mut value = [0u8; 64];
-        let mut len = 0;
-        let mut push = |part: &[u8]| {
-            value[len..len + part.len()].copy_from_slice(part);
-            len += part.len();
-        };
-        let (mut remaining, mut reset) = (itoa::Buffer::new(), itoa::Buffer::new());
-        push(b"\"");
-        push(POLICY_NAME.as_bytes());
-        push(b"\";r=");
-        push(remaining.format(rate.remaining).as_bytes());
-        push(b";t=");
-        push(reset.format(rate.reset_secs).as_bytes());
-        if let Ok(v) = HeaderValue::from_bytes(&value[..len]) {
+        if let Ok(v) = HeaderValue::from_str(rate.header_value().as_str()) {
             headers.insert(RATELIMIT, v);
         }
     }
