@@ -7,14 +7,15 @@
 //! - On the admin listener, `/v1/forward-auth` (nginx's and Traefik's conventions) is
 //!   decided; its Envoy form `/v1/forward-auth/<path>` goes through the router.
 
-use crate::gateway::{Gateway, PROXIED};
+use crate::gateway::{Arrival, Gateway, PROXIED};
 use crate::middleware::RequestContext;
 use crate::routes::forward_auth::{forward_auth, FORWARD_AUTH_PATH};
 use crate::state::AppState;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use hyper::body::Incoming;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The requests a worker serves before its router, and how.
@@ -76,15 +77,23 @@ impl Front {
         }
     }
 
-    /// Serves a request it takes.
-    pub async fn serve(&self, mut req: hyper::Request<Incoming>) -> Response {
-        let context = RequestContext::begin(&self.state, &mut req);
+    /// Serves a request it takes, from `peer`.
+    pub async fn serve(&self, mut req: hyper::Request<Incoming>, peer: SocketAddr) -> Response {
         match &self.kind {
             Kind::Gateway { gateway, .. } => {
-                let res = gateway.handle(&self.state, req).await;
+                // The gateway is handed the peer and the id: the request's extensions stay
+                // empty, and cost nothing.
+                let context = RequestContext::unmarked(&self.state, &req);
+                let arrival = Arrival {
+                    peer: Some(peer.ip()),
+                    id: context.id().clone(),
+                };
+                let res = gateway.handle(&self.state, req, arrival).await;
                 context.finish_decided(&self.state, res, Some(PROXIED))
             }
             Kind::ForwardAuth => {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let context = RequestContext::begin(&self.state, &mut req);
                 let res = forward_auth(State(self.state.clone()), req.map(Body::new)).await;
                 context.finish(&self.state, res)
             }

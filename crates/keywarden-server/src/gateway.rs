@@ -49,7 +49,7 @@ use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -68,11 +68,36 @@ pub fn with_fallback(router: Router<AppState>, gateway: Option<Arc<Gateway>>) ->
         Some(gateway) => router.fallback(move |State(state): State<AppState>, req: Request| {
             let gateway = gateway.clone();
             async move {
-                let mut res = gateway.handle(&state, req).await;
+                let arrival = Arrival::of(req.extensions());
+                let mut res = gateway.handle(&state, req, arrival).await;
                 res.extensions_mut().insert(DecisionCode(PROXIED));
                 res
             }
         }),
+    }
+}
+
+/// Where a request came from and the id it was given. The router's requests carry both in
+/// their extensions; the worker's front hands them over directly, so a proxied request
+/// needs no extensions at all.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    /// The connection's peer, when served over a real socket.
+    pub peer: Option<IpAddr>,
+    /// The request's id.
+    pub id: RequestId,
+}
+
+impl Arrival {
+    /// What a request's extensions say of it.
+    pub fn of(extensions: &axum::http::Extensions) -> Self {
+        Arrival {
+            peer: peer_ip(extensions),
+            id: extensions
+                .get::<RequestId>()
+                .cloned()
+                .unwrap_or(RequestId(HeaderValue::from_static(""))),
+        }
     }
 }
 
@@ -111,7 +136,12 @@ impl Gateway {
         &self,
         state: &AppState,
         req: axum::http::Request<B>,
+        arrival: Arrival,
     ) -> Response {
+        let Arrival {
+            peer,
+            id: request_id,
+        } = arrival;
         let (mut parts, body) = req.into_parts();
         let body = body.into();
         let s = &state.settings;
@@ -160,7 +190,7 @@ impl Gateway {
             let out = state
                 .verifier
                 .verify(&VerifyRequest {
-                    client_ip: client_ip(s, &parts.headers, peer_ip(&parts.extensions)),
+                    client_ip: client_ip(s, &parts.headers, peer),
                     scopes_all: scopes,
                     impossible: matches!(needs, Needs::Impossible),
                     method,
@@ -176,11 +206,6 @@ impl Gateway {
             outcome = Some(out);
         }
 
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or(RequestId(HeaderValue::from_static("")));
         let query = parts
             .uri
             .query()
@@ -200,13 +225,8 @@ impl Gateway {
             return ApiError::invalid("the request path cannot be forwarded").into_response();
         };
         let client = std::mem::take(&mut parts.headers);
-        let mut headers = self.upstream_headers(
-            state,
-            client,
-            &parts.extensions,
-            outcome.as_ref(),
-            strip_overrides,
-        );
+        let mut headers =
+            self.upstream_headers(state, client, peer, outcome.as_ref(), strip_overrides);
         // A body of unknown length goes up chunked whatever the method: left to itself,
         // the client would send a GET's as empty.
         if !body.is_end_stream() && body.size_hint().exact().is_none() {
@@ -218,7 +238,9 @@ impl Gateway {
         headers.insert(X_REQUEST_ID, request_id.0.clone());
         headers.insert(header::HOST, self.upstream.host.clone());
 
-        let activity = Arc::new(Activity::new());
+        // Only a body's progress needs noting: without one, the upstream's time runs from
+        // the request's sending.
+        let activity = (!body.is_end_stream()).then(|| Arc::new(Activity::new()));
         let mut upstream_req = hyper::Request::new(RequestBody {
             inner: body,
             activity: activity.clone(),
@@ -230,16 +252,17 @@ impl Gateway {
         let timeout = self.upstream.timeout;
         let sent = self.pool.send(upstream_req);
         tokio::pin!(sent);
-        // One timer per request: it bounds the wait for the response head here, then the
-        // waits for each chunk of the response body.
-        let mut sleep = Box::pin(tokio::time::sleep(timeout));
+        // The wait for the response head is timed here (the body's, chunk by chunk, by
+        // the response body).
+        let mut sleep = pin!(tokio::time::sleep(timeout));
         let result = loop {
             tokio::select! {
                 biased;
                 r = &mut sent => break r,
                 () = sleep.as_mut() => {
-                    let deadline = activity.last() + timeout;
-                    if deadline <= Instant::now() {
+                    let now = Instant::now();
+                    let deadline = activity.as_ref().map_or(now, |a| a.last() + timeout);
+                    if deadline <= now {
                         tracing::warn!(request_id = %request_id.as_str(), "upstream timed out");
                         return ApiError::new(Code::UpstreamTimeout).into_response();
                     }
@@ -249,7 +272,7 @@ impl Gateway {
         };
         let (res, lease) = match result {
             Ok(sent) => sent,
-            Err(_) if activity.client_failed() => {
+            Err(_) if activity.as_ref().is_some_and(|a| a.client_failed()) => {
                 // The client's body broke off or was malformed (a bad chunk size): its
                 // fault, not the upstream's.
                 return ApiError::invalid("the request body is malformed or incomplete")
@@ -271,7 +294,7 @@ impl Gateway {
         let body = ResponseBody {
             inner: incoming,
             idle: timeout,
-            sleep,
+            sleep: None,
             waiting: false,
             slot,
             lease: Some(lease),
@@ -292,13 +315,12 @@ impl Gateway {
         &self,
         state: &AppState,
         mut headers: HeaderMap,
-        extensions: &axum::http::Extensions,
+        peer: Option<IpAddr>,
         outcome: Option<&VerifyOutcome>,
         strip_overrides: bool,
     ) -> HeaderMap {
         let s = &state.settings;
         let connection_named = connection_named(&headers);
-        let peer = peer_ip(extensions);
         // None when the peer is unknown: the client's forwarding headers then pass as sent.
         let trusted = peer.map(|p| s.trusted_proxies.contains(p));
         let stays_behind = |name: &HeaderName| {
@@ -665,11 +687,12 @@ impl HttpBody for ClientBody {
     }
 }
 
-/// The client's body on its way up, noting each chunk the upstream takes.
+/// The client's body on its way up, noting each chunk the upstream takes (in `activity`,
+/// when there is a body at all).
 #[derive(Debug)]
 pub struct RequestBody {
     inner: ClientBody,
-    activity: Arc<Activity>,
+    activity: Option<Arc<Activity>>,
 }
 
 impl HttpBody for RequestBody {
@@ -680,12 +703,16 @@ impl HttpBody for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let Some(activity) = &this.activity else {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        };
         // Being asked for more is progress: the upstream is taking the body.
-        self.activity.touch();
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        activity.touch();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.activity.touch(),
-            Poll::Ready(Some(Err(_))) => self.activity.client_failed.store(true, Ordering::Relaxed),
+            Poll::Ready(None) => activity.touch(),
+            Poll::Ready(Some(Err(_))) => activity.client_failed.store(true, Ordering::Relaxed),
             _ => {}
         }
         polled
@@ -707,7 +734,8 @@ impl HttpBody for RequestBody {
 struct ResponseBody {
     inner: Incoming,
     idle: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Set while waiting for the upstream (made the first time it keeps the body waiting).
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     waiting: bool,
     slot: Option<InFlight>,
     lease: Option<pool::Lease>,
@@ -766,7 +794,10 @@ impl HttpBody for ResponseBody {
                 if !this.waiting {
                     this.waiting = true;
                     let deadline = tokio::time::Instant::now() + this.idle;
-                    this.sleep.as_mut().reset(deadline);
+                    match &mut this.sleep {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                 }
                 this.poll_idle(cx)
             }
@@ -785,7 +816,10 @@ impl HttpBody for ResponseBody {
 impl ResponseBody {
     /// Whether the upstream has now been silent for the whole idle timeout.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.sleep.as_mut().poll(cx) {
+        let Some(sleep) = &mut self.sleep else {
+            return Poll::Pending;
+        };
+        match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 self.slot = None;
                 tracing::warn!(request_id = %self.request_id.as_str(), "upstream stopped sending the response body");

@@ -56,8 +56,15 @@ impl RequestContext {
     /// Assigns the request its id ([`RequestId`] in its extensions) and notes what the
     /// log line and an error's rendering will need.
     pub fn begin<B>(state: &AppState, req: &mut axum::http::Request<B>) -> Self {
+        let context = Self::unmarked(state, req);
+        req.extensions_mut().insert(context.id.clone());
+        context
+    }
+
+    /// [`RequestContext::begin`] for a request whose handler is given the id directly
+    /// ([`RequestContext::id`]): its extensions are left as they are.
+    pub fn unmarked<B>(state: &AppState, req: &axum::http::Request<B>) -> Self {
         let id = request_id();
-        req.extensions_mut().insert(id.clone());
         let locale = state.settings.renderer.locale_for(req.headers());
         // The path without its query string: a query may carry a key (`query:NAME` sources).
         let logged = tracing::enabled!(tracing::Level::INFO).then(|| {
@@ -68,6 +75,11 @@ impl RequestContext {
             )
         });
         RequestContext { id, locale, logged }
+    }
+
+    /// The request's id.
+    pub fn id(&self) -> &RequestId {
+        &self.id
     }
 
     /// Renders a pending error, adds `X-Request-Id` and writes the log line.

@@ -471,18 +471,21 @@ async fn connection(
         activity: activity.clone(),
     });
     let seen = activity.clone();
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let busy = Busy::enter(&seen, req.version());
         let front = app.front.clone().filter(|f| f.takes(&req));
         let mut router = app.router.clone();
         async move {
             let res = match front {
-                Some(front) => front.serve(req).await,
-                None => match router.call(req.map(axum::body::Body::new)).await {
-                    Ok(res) => res,
-                    Err(never) => match never {},
-                },
+                Some(front) => front.serve(req, peer).await,
+                None => {
+                    let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    match router.call(req).await {
+                        Ok(res) => res,
+                        Err(never) => match never {},
+                    }
+                }
             };
             let sending = busy.sending();
             Ok::<_, std::convert::Infallible>(res.map(|body| Tracked {

@@ -249,7 +249,6 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::Activity;
     use axum::body::Body;
     use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -316,7 +315,7 @@ mod tests {
     fn get() -> hyper::Request<RequestBody> {
         let mut req = hyper::Request::new(RequestBody {
             inner: Body::empty().into(),
-            activity: Arc::new(Activity::new()),
+            activity: None,
         });
         *req.uri_mut() = Uri::from_static("/");
         req
@@ -429,7 +428,7 @@ mod tests {
         crate::gateway::ResponseBody {
             inner: res.into_body(),
             idle: Duration::from_secs(5),
-            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(5))),
+            sleep: None,
             waiting: false,
             slot: None,
             lease: Some(lease),
