@@ -143,9 +143,15 @@ impl Gateway {
             id: request_id,
         } = arrival;
         let (mut parts, body) = req.into_parts();
-        let body = body.into();
+        let body: ClientBody = body.into();
         let s = &state.settings;
-        if let Err(e) = check_transfer_coding(&parts.headers) {
+        // A `Transfer-Encoding` comes only with a body of unknown length: hyper takes none
+        // that does not end in `chunked`, and chunked framing leaves the length open.
+        let framed_by_coding = body.size_hint().exact().is_none();
+        if let Err(e) = framed_by_coding
+            .then(|| check_transfer_coding(&parts.headers))
+            .unwrap_or(Ok(()))
+        {
             // The body's framing is in doubt: nothing more is read from this connection.
             let mut res = e.into_response();
             res.headers_mut()
@@ -320,12 +326,10 @@ impl Gateway {
         strip_overrides: bool,
     ) -> HeaderMap {
         let s = &state.settings;
-        let connection_named = connection_named(&headers);
         // None when the peer is unknown: the client's forwarding headers then pass as sent.
         let trusted = peer.map(|p| s.trusted_proxies.contains(p));
         let stays_behind = |name: &HeaderName| {
             is_hop_by_hop(name)
-                || connection_named.contains(name)
                 || name == header::EXPECT
                 || is_credential(s, name)
                 || name.as_str().starts_with("x-keywarden-")
@@ -336,14 +340,7 @@ impl Gateway {
                         || name == X_FORWARDED_HOST
                         || name == header::FORWARDED))
         };
-        let behind: Vec<HeaderName> = headers
-            .keys()
-            .filter(|n| stays_behind(n))
-            .cloned()
-            .collect();
-        for name in behind {
-            headers.remove(name);
-        }
+        remove_headers(&mut headers, stays_behind);
         // Room for the forwarding and identity headers, so the map grows once at most.
         headers.reserve(8);
         // The last `Host` the client sent becomes `X-Forwarded-Host`.
@@ -448,39 +445,47 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
-/// The headers the `Connection` header names (hop-by-hop as well).
-fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+/// The header names one value of a `Connection` header lists (hop-by-hop as well).
+fn connection_named(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
+    value
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
         .map(str::trim)
         // The usual options, not header names.
         .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
         .filter_map(|n| HeaderName::try_from(n).ok())
-        .collect()
+}
+
+/// Removes the headers `goes` picks and those a `Connection` header names. The map is
+/// read once; only the names that go are looked up again.
+fn remove_headers(headers: &mut HeaderMap, goes: impl Fn(&HeaderName) -> bool) {
+    // Most messages lose a header or two: their names are kept on the stack.
+    let mut few: [Option<HeaderName>; 4] = Default::default();
+    let mut more = Vec::new();
+    let mut last: Option<&HeaderName> = None;
+    for (name, value) in headers.iter() {
+        if *name == header::CONNECTION {
+            more.extend(connection_named(value));
+        }
+        // A name with several values comes once per value, one after the other.
+        if last == Some(name) || !goes(name) {
+            continue;
+        }
+        last = Some(name);
+        match few.iter_mut().find(|f| f.is_none()) {
+            Some(free) => *free = Some(name.clone()),
+            None => more.push(name.clone()),
+        }
+    }
+    for name in few.into_iter().flatten().chain(more) {
+        headers.remove(name);
+    }
 }
 
 /// Removes the hop-by-hop headers and those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        }
-    }
-    if present == 0 {
-        return;
-    }
-    for n in connection_named(headers) {
-        headers.remove(n);
-    }
-    for (i, n) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(n);
-        }
-    }
+    remove_headers(headers, is_hop_by_hop);
 }
 
 /// The query string without the parameters of `query:NAME` sources and, when
@@ -850,6 +855,34 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_goes_however_many_there_are() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "x-a, keep-alive"),
+            ("connection", "X-B"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("te", "gzip"),
+            ("trailer", "x-c"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic eA=="),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("x-b", "3"),
+            ("x-c", "4"),
+            ("accept", "*/*"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-c"], "only end-to-end headers stay");
+        assert_eq!(h.get_all("x-c").iter().count(), 1);
     }
 
     #[test]

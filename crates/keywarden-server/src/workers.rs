@@ -473,12 +473,16 @@ async fn connection(
     let seen = activity.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let busy = Busy::enter(&seen, req.version());
-        let front = app.front.clone().filter(|f| f.takes(&req));
-        let mut router = app.router.clone();
+        // The front's requests need no router (nor a copy of it).
+        let front = app.front.as_ref().filter(|f| f.takes(&req)).cloned();
+        let by = match front {
+            Some(front) => By::Front(front),
+            None => By::Router(app.router.clone()),
+        };
         async move {
-            let res = match front {
-                Some(front) => front.serve(req, peer).await,
-                None => {
+            let res = match by {
+                By::Front(front) => front.serve(req, peer).await,
+                By::Router(mut router) => {
                     let mut req = req.map(axum::body::Body::new);
                     req.extensions_mut().insert(ConnectInfo(peer));
                     match router.call(req).await {
@@ -508,6 +512,8 @@ async fn connection(
     let mut stopping = false;
     loop {
         tokio::select! {
+            // The connection first: it is what wakes the task, request after request.
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
@@ -527,6 +533,12 @@ async fn connection(
         }
     }
     drop(held);
+}
+
+/// What serves one request of a connection.
+enum By {
+    Front(Arc<Front>),
+    Router(Router),
 }
 
 /// A connection's socket, noting in its [`Activity`] each time a byte moves.

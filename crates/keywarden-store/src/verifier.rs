@@ -531,15 +531,15 @@ impl Verifier {
     /// for analytics by the batched writer: under its key and account when a key was
     /// recognised, else in the deployment's totals only (`docs/analytics.md`).
     pub async fn verify(&self, req: &VerifyRequest<'_>) -> VerifyOutcome {
-        let out = self.decide(req).await;
+        // One reading of the clock: the decision is counted in the minute it was made.
+        let now = self.clock.now_ms();
+        let out = self.decide(req, now).await;
         let key = out.key.as_ref().map(|k| (k.id(), k.account_id(), k.mode));
-        self.writer
-            .decided(key, out.code.as_str(), self.clock.now_ms());
+        self.writer.decided(key, out.code.as_str(), now);
         out
     }
 
-    async fn decide(&self, req: &VerifyRequest<'_>) -> VerifyOutcome {
-        let now = self.clock.now_ms();
+    async fn decide(&self, req: &VerifyRequest<'_>, now: i64) -> VerifyOutcome {
         let bucket = req.client_ip.map(ClientAddr::lockout_bucket);
         let locked_out = match &bucket {
             Some(b) => self.limiter.locked(b, now).await,
