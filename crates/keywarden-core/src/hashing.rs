@@ -255,6 +255,21 @@ impl SecretHasher {
         out
     }
 
+    /// The digest [`SecretHasher::lookup`] is the hex of, for the fast schemes: the
+    /// current-pepper HMAC or the plain SHA-256. `None` for the slow schemes (whose lookup
+    /// is the lookup segment) and for an HMAC without a pepper.
+    pub fn lookup_digest(&self, token: &str) -> Option<[u8; 32]> {
+        match self.scheme {
+            HashScheme::HmacSha256 => self.current.as_ref().map(|mac| {
+                let mut mac = mac.clone();
+                mac.update(token.as_bytes());
+                mac.finalize().into_bytes().into()
+            }),
+            HashScheme::Sha256 => Some(sha256(token.as_bytes())),
+            HashScheme::Bcrypt | HashScheme::Argon2id => None,
+        }
+    }
+
     /// The first of [`SecretHasher::lookups`]: the current-pepper digest, the plain digest or
     /// the lookup segment. This is the hot path, so it allocates only the returned string.
     pub fn lookup(&self, token: &str, lookup_segment: &str) -> String {
@@ -553,6 +568,24 @@ mod tests {
 
     fn store(h: H, token: &str) -> StoredSecret {
         hasher(h).store(&Secret::new(token), SEGMENT).unwrap()
+    }
+
+    #[test]
+    fn a_lookup_digest_is_the_bytes_of_the_lookup() {
+        for h in [H::Hmac, H::Rotated, H::Sha, H::Rfc4231] {
+            let hasher = hasher(h);
+            let digest = hasher
+                .lookup_digest(TOKEN)
+                .expect("a fast scheme has a digest");
+            check(
+                &format!("{h:?}"),
+                hex::encode(digest),
+                hasher.lookup(TOKEN, SEGMENT),
+            );
+        }
+        for h in [H::Bcrypt, H::BcryptPeppered, H::Argon] {
+            check(&format!("{h:?}"), hasher(h).lookup_digest(TOKEN), None);
+        }
     }
 
     #[test]

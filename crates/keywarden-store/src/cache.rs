@@ -71,6 +71,11 @@ impl LookupKey {
     pub fn of(lookup: &str) -> Self {
         lower_hex_digest(lookup).map_or_else(|| LookupKey(sha256(lookup.as_bytes())), LookupKey)
     }
+
+    /// The cache key of a fast scheme's digest: what [`LookupKey::of`] makes of its hex.
+    pub fn of_digest(digest: [u8; 32]) -> Self {
+        LookupKey(digest)
+    }
 }
 
 /// The 32 bytes a 64-digit lower-case hex string spells, read in one pass (every request
@@ -437,7 +442,22 @@ impl<V: Clone + Send + Sync + 'static> KeyResolver<V> {
         lookup: &str,
         build: impl FnOnce(Vec<KeyRecord>) -> Option<V>,
     ) -> Result<Option<V>, StoreError> {
-        let key = LookupKey::of(lookup);
+        self.resolve_key(
+            LookupKey::of(lookup),
+            || lookup.into(),
+            |_, records| build(records),
+        )
+        .await
+    }
+
+    /// [`KeyCache::resolve`] by the lookup's cache key, the lookup value itself made by
+    /// `lookup` only on a miss (a hit needs no text); `build` gets it with the records.
+    pub async fn resolve_key<'l>(
+        &self,
+        key: LookupKey,
+        lookup: impl FnOnce() -> std::borrow::Cow<'l, str>,
+        build: impl FnOnce(&str, Vec<KeyRecord>) -> Option<V>,
+    ) -> Result<Option<V>, StoreError> {
         match self.cache.get_key(&key) {
             Lookup::Hit(v) => return Ok(Some(v)),
             Lookup::KnownMissing => return Ok(None),
@@ -455,12 +475,13 @@ impl<V: Clone + Send + Sync + 'static> KeyResolver<V> {
                     flight: joined,
                 };
                 let started = cache.generation.load(Ordering::SeqCst);
-                match store.find_keys_by_lookup(lookup).await {
+                let lookup = lookup();
+                match store.find_keys_by_lookup(&lookup).await {
                     Ok(records) => {
                         let value = if records.is_empty() {
                             None
                         } else {
-                            build(records)
+                            build(&lookup, records)
                         };
                         cache.fill(key, &value, started);
                         Ok(value)

@@ -7,7 +7,7 @@
 //! application come from memory, and what must be remembered (last use, activity, usage,
 //! `key.ip_denied` incidents) goes to the batched [`Writer`].
 
-use crate::cache::{KeyCache, KeyResolver, RecordCache};
+use crate::cache::{KeyCache, KeyResolver, LookupKey, RecordCache};
 use crate::limiter::{Limiter, QuotaKey};
 use crate::store::{Invalidation, Store, StoreResult, UsageDelta};
 use crate::writer::{KeyUse, Writer};
@@ -417,10 +417,26 @@ impl Verifier {
         parsed: &ParsedToken<'_>,
     ) -> StoreResult<Option<(Arc<CompiledKey>, SecretMatch)>> {
         let segment = parsed.lookup_segment();
-        let current = self.cfg.hasher.lookup(token, segment);
         let catalog = &self.cfg.catalog;
-        let build = |records| Candidates::build(&current, records, catalog);
-        if let Some(cands) = self.keys.resolve(&current, build).await? {
+        let build = |lookup: &str, records| Candidates::build(lookup, records, catalog);
+        // A fast scheme's digest is the cache's key as it is; its hex, the stored lookup,
+        // is written out only when the cache misses.
+        let resolved = match self.cfg.hasher.lookup_digest(token) {
+            Some(digest) => {
+                let lookup = || hex::encode(digest).into();
+                self.keys
+                    .resolve_key(LookupKey::of_digest(digest), lookup, build)
+                    .await?
+            }
+            None => {
+                let current = self.cfg.hasher.lookup(token, segment);
+                let lookup = || current.as_str().into();
+                self.keys
+                    .resolve_key(LookupKey::of(&current), lookup, build)
+                    .await?
+            }
+        };
+        if let Some(cands) = resolved {
             if let Some(hit) = self.match_secret(token, &cands).await {
                 return Ok(Some(hit));
             }
