@@ -75,30 +75,24 @@ pub fn identity_headers(state: &AppState, headers: &mut HeaderMap, out: &VerifyO
 }
 
 /// A key's id, account id and scope names as header values. The values are kept per
-/// thread, a slot per key id, and reused while the key's id, account, scopes and the
-/// catalog naming them are what they were: a busy key's requests then copy nothing.
-fn key_identity(state: &AppState, k: &CompiledKey) -> [Option<HeaderValue>; 3] {
+/// thread, a slot per compiled key, and reused while the key and the catalog naming its
+/// scopes are the ones they were made from: a busy key's requests then copy nothing. A
+/// key whose record changes is compiled anew, so a kept key is never out of date.
+fn key_identity(state: &AppState, k: &Arc<CompiledKey>) -> [Option<HeaderValue>; 3] {
     thread_local! {
         static SLOTS: RefCell<Vec<Option<IdentitySlot>>> = const { RefCell::new(Vec::new()) };
     }
     let catalog = &state.settings.catalog;
-    let id = k.id();
-    // Key ids end in random characters: their last eight bytes pick the slot.
-    let tail = id.as_bytes()[id.len().saturating_sub(8)..]
-        .iter()
-        .fold(0u64, |h, &b| (h << 8) | u64::from(b));
-    let slot = (tail.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize;
+    // The key's address picks the slot (the slot holds the key, so the address is not
+    // reused while it is kept).
+    let at = Arc::as_ptr(k) as usize as u64;
+    let slot = (at.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize;
     SLOTS.with_borrow_mut(|slots| {
         if slots.is_empty() {
             slots.resize_with(IDENTITY_SLOTS, || None);
         }
         match &slots[slot] {
-            Some(kept)
-                if &*kept.key_id == id
-                    && &*kept.account_id == k.account_id()
-                    && kept.scopes == k.scopes
-                    && Arc::ptr_eq(&kept.catalog, catalog) =>
-            {
+            Some(kept) if Arc::ptr_eq(&kept.key, k) && Arc::ptr_eq(&kept.catalog, catalog) => {
                 kept.values.clone()
             }
             _ => {
@@ -110,11 +104,9 @@ fn key_identity(state: &AppState, k: &CompiledKey) -> [Option<HeaderValue>; 3] {
                     names.push_str(name);
                 }
                 let value = |text: &str| HeaderValue::from_str(text).ok();
-                let values = [value(id), value(k.account_id()), value(&names)];
+                let values = [value(k.id()), value(k.account_id()), value(&names)];
                 slots[slot] = Some(IdentitySlot {
-                    key_id: id.into(),
-                    account_id: k.account_id().into(),
-                    scopes: k.scopes.clone(),
+                    key: k.clone(),
                     catalog: catalog.clone(),
                     values: values.clone(),
                 });
@@ -129,9 +121,7 @@ const IDENTITY_SLOTS: usize = 64;
 
 /// What [`key_identity`] keeps for one key.
 struct IdentitySlot {
-    key_id: Box<str>,
-    account_id: Box<str>,
-    scopes: ScopeSet,
+    key: Arc<CompiledKey>,
     catalog: Arc<ScopeCatalog>,
     values: [Option<HeaderValue>; 3],
 }
