@@ -448,13 +448,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// The header names one value of a `Connection` header lists (hop-by-hop as well).
 fn connection_named(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
     value
-        .to_str()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
+        .as_bytes()
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
         // The usual options, not header names.
-        .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
-        .filter_map(|n| HeaderName::try_from(n).ok())
+        .filter(|n| !n.eq_ignore_ascii_case(b"keep-alive") && !n.eq_ignore_ascii_case(b"close"))
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
 }
 
 /// Removes the headers `goes` picks and those a `Connection` header names. The map is

@@ -366,24 +366,67 @@ impl Activity {
         }
     }
 
-    /// Resolves once the connection may be closed ([`Activity::deadline`]) and no request
-    /// is being handled.
-    async fn expired(&self, limits: ConnLimits) {
+    /// When the watchdog should look again, from `now`; `None` once the connection may be
+    /// closed ([`Activity::deadline`]) and no request is being handled.
+    fn next_look(&self, limits: ConnLimits, now: Instant) -> Option<Instant> {
+        let deadline = self.deadline(limits);
+        if now < deadline {
+            return Some(deadline);
+        }
+        if self.busy.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        // A handler is at work: look again once it may have finished.
+        let allowed = if self.served.load(Ordering::Relaxed) {
+            limits.idle_timeout.min(limits.header_read_timeout)
+        } else {
+            limits.header_read_timeout
+        };
+        Some(now + allowed)
+    }
+}
+
+/// A connection's watchdog: resolves once the connection may be closed and no request is
+/// being handled. It looks at the connection's [`Activity`] only when its timer goes off;
+/// on the task's other wakes (a request's bytes wake it several times) it only checks
+/// that the timer has not, which keeps the waker the timer was given (the connection's
+/// task, the only one to poll it).
+struct Watchdog {
+    activity: Arc<Activity>,
+    limits: ConnLimits,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Whether the timer holds the task's waker.
+    armed: bool,
+}
+
+impl Watchdog {
+    fn new(activity: Arc<Activity>, limits: ConnLimits) -> Self {
+        let first = activity.opened + limits.header_read_timeout;
+        Watchdog {
+            activity,
+            limits,
+            timer: Box::pin(tokio::time::sleep_until(first)),
+            armed: false,
+        }
+    }
+}
+
+impl Future for Watchdog {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.armed && !this.timer.is_elapsed() {
+            return Poll::Pending;
+        }
         loop {
-            let allowed = if self.served.load(Ordering::Relaxed) {
-                limits.idle_timeout.min(limits.header_read_timeout)
-            } else {
-                limits.header_read_timeout
-            };
-            let deadline = self.deadline(limits);
-            if Instant::now() >= deadline {
-                if self.busy.load(Ordering::Relaxed) == 0 {
-                    return;
-                }
-                // A handler is at work: look again once it may have finished.
-                tokio::time::sleep(allowed).await;
-            } else {
-                tokio::time::sleep_until(deadline).await;
+            if this.timer.as_mut().poll(cx).is_pending() {
+                this.armed = true;
+                return Poll::Pending;
+            }
+            match this.activity.next_look(this.limits, Instant::now()) {
+                None => return Poll::Ready(()),
+                Some(at) => this.timer.as_mut().reset(at),
             }
         }
     }
@@ -508,8 +551,20 @@ async fn connection(
     // CONNECT protocol, for HTTP/2 websockets.
     builder.http2().enable_connect_protocol();
     let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
-    let mut expired = pin!(activity.expired(limits));
+    let mut expired = pin!(Watchdog::new(activity.clone(), limits));
     let mut stopping = false;
+    // The stop is looked for, like the watchdog's timer, only once it may have come: the
+    // wait, registered on its first poll, keeps the task's waker meanwhile.
+    let probe = stop.clone();
+    let mut stop_wait = pin!(stop.wait_for(|s| *s));
+    let mut stop_armed = false;
+    let mut stopped = std::future::poll_fn(|cx| {
+        if stop_armed && !probe.has_changed().unwrap_or(true) {
+            return Poll::Pending;
+        }
+        stop_armed = true;
+        stop_wait.as_mut().poll(cx).map(|changed| changed.is_ok())
+    });
     loop {
         tokio::select! {
             // The connection first: it is what wakes the task, request after request.
@@ -524,9 +579,9 @@ async fn connection(
                 tracing::debug!(%peer, "closing an idle connection");
                 break;
             }
-            changed = stop.wait_for(|s| *s), if !stopping => {
+            changed = &mut stopped, if !stopping => {
                 stopping = true;
-                if changed.is_ok() {
+                if changed {
                     conn.as_mut().graceful_shutdown();
                 }
             }
