@@ -462,7 +462,7 @@ impl Writer {
         let queue = self.shared.activity_queue;
         let retain = self.shared.activity_retain;
         let mut ip_buf = [0u8; keywarden_core::ip::IP_TEXT_MAX];
-        let ip = u.ip.map(|ip| keywarden_core::ip::ip_text(ip, &mut ip_buf));
+        let ip = u.ip.map(|ip| last_ip_text(ip, &mut ip_buf));
         let mut dropped = false;
         self.shared.with_pending(|p| {
             if success {
@@ -1097,6 +1097,32 @@ impl KeyUse<'_> {
     }
 }
 
+/// `ip` as text, written into `buf`. The last address written on this thread is kept: a
+/// busy client's requests, one after another, then copy its text instead of writing it.
+fn last_ip_text(ip: std::net::IpAddr, buf: &mut [u8; keywarden_core::ip::IP_TEXT_MAX]) -> &str {
+    type Kept = Option<(
+        std::net::IpAddr,
+        [u8; keywarden_core::ip::IP_TEXT_MAX],
+        usize,
+    )>;
+    thread_local! {
+        static LAST: std::cell::Cell<Kept> = const { std::cell::Cell::new(None) };
+    }
+    let len = match LAST.get() {
+        Some((kept, text, len)) if kept == ip => {
+            *buf = text;
+            len
+        }
+        _ => {
+            let len = keywarden_core::ip::ip_text(ip, buf).len();
+            LAST.set(Some((ip, *buf, len)));
+            len
+        }
+    };
+    // Written by `ip_text`: ASCII.
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+}
+
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
 fn prefix(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -1128,5 +1154,25 @@ fn backoff_after(last: Option<Duration>, ok: bool) -> Option<Duration> {
         None
     } else {
         Some(last.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_address_is_written_as_itself_whichever_came_before() {
+        let addresses = [
+            "203.0.113.7",
+            "2001:db8::1",
+            "203.0.113.7",
+            "10.0.0.1",
+            "10.0.0.1",
+        ];
+        for text in addresses {
+            let mut buf = [0u8; keywarden_core::ip::IP_TEXT_MAX];
+            assert_eq!(last_ip_text(text.parse().unwrap(), &mut buf), text);
+        }
     }
 }
