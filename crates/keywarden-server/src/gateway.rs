@@ -148,10 +148,12 @@ impl Gateway {
         // A `Transfer-Encoding` comes only with a body of unknown length: hyper takes none
         // that does not end in `chunked`, and chunked framing leaves the length open.
         let framed_by_coding = body.size_hint().exact().is_none();
-        if let Err(e) = framed_by_coding
-            .then(|| check_transfer_coding(&parts.headers))
-            .unwrap_or(Ok(()))
-        {
+        let framing = if framed_by_coding {
+            check_transfer_coding(&parts.headers)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = framing {
             // The body's framing is in doubt: nothing more is read from this connection.
             let mut res = e.into_response();
             res.headers_mut()
