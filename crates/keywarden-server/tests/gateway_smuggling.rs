@@ -93,8 +93,13 @@ async fn setup(top: &str) -> Setup {
 }
 
 async fn setup_with(top: &str, gateway: &str) -> Setup {
+    setup_configured(|url| config(url, top, gateway)).await
+}
+
+/// The service configured by `configure`, given the upstream's URL, with the two keys.
+async fn setup_configured(configure: impl FnOnce(&str) -> String) -> Setup {
     let up = upstream().await;
-    let app = spawn_app_with(&config(&up.url(), top, gateway)).await;
+    let app = spawn_app_with(&configure(&up.url())).await;
     let acc = app.account("Acme").await;
     let key = |scopes: &[&str]| {
         let body = json!({ "mode": "live", "name": "k", "scopes": scopes });
@@ -291,18 +296,8 @@ async fn the_upstream_gets_the_path_that_was_decided() {
 
 #[tokio::test]
 async fn an_upstream_without_a_base_path_gets_the_decided_path_too() {
-    let up = upstream().await;
-    let app = spawn_app_with(&config(&up.url(), "", "").replace("/base\"", "\"")).await;
-    let acc = app.account("Acme").await;
-    let admin = app
-        .key(
-            &acc,
-            json!({ "mode": "live", "name": "k", "scopes": ["admin:write"] }),
-        )
-        .await["api_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let Setup { up, app, admin, .. } =
+        setup_configured(|url| config(url, "", "").replace("/base\"", "\"")).await;
     let a = Some(admin.as_str());
     let cases = [
         ("/admin/secret", "/admin/secret"),
