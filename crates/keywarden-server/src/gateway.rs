@@ -49,7 +49,7 @@ use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::IpAddr;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -258,35 +258,23 @@ impl Gateway {
         *upstream_req.headers_mut() = headers;
 
         let timeout = self.upstream.timeout;
-        let sent = self.pool.send(upstream_req);
-        tokio::pin!(sent);
-        // The wait for the response head is timed here (the body's, chunk by chunk, by
-        // the response body).
-        let mut sleep = pin!(tokio::time::sleep(timeout));
-        let result = loop {
-            tokio::select! {
-                biased;
-                r = &mut sent => break r,
-                () = sleep.as_mut() => {
-                    let now = Instant::now();
-                    let deadline = activity.as_ref().map_or(now, |a| a.last() + timeout);
-                    if deadline <= now {
-                        tracing::warn!(request_id = %request_id.as_str(), "upstream timed out");
-                        return ApiError::new(Code::UpstreamTimeout).into_response();
-                    }
-                    sleep.as_mut().reset(deadline.into());
-                }
-            }
-        };
-        let (res, lease) = match result {
+        let sent = self
+            .pool
+            .send(upstream_req, timeout, activity.as_deref())
+            .await;
+        let (res, lease) = match sent {
             Ok(sent) => sent,
+            Err(pool::Failed::TimedOut) => {
+                tracing::warn!(request_id = %request_id.as_str(), "upstream timed out");
+                return ApiError::new(Code::UpstreamTimeout).into_response();
+            }
             Err(_) if activity.as_ref().is_some_and(|a| a.client_failed()) => {
                 // The client's body broke off or was malformed (a bad chunk size): its
                 // fault, not the upstream's.
                 return ApiError::invalid("the request body is malformed or incomplete")
                     .into_response();
             }
-            Err(e) => {
+            Err(pool::Failed::Error(e)) => {
                 let code = if is_timeout(&*e) {
                     Code::UpstreamTimeout
                 } else {
@@ -302,7 +290,6 @@ impl Gateway {
         let body = ResponseBody {
             inner: incoming,
             idle: timeout,
-            sleep: None,
             waiting: false,
             slot,
             lease: Some(lease),
@@ -740,8 +727,7 @@ impl HttpBody for RequestBody {
 struct ResponseBody {
     inner: Incoming,
     idle: Duration,
-    /// Set while waiting for the upstream (made the first time it keeps the body waiting).
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the upstream keeps the body waiting (the lease's timer is then set).
     waiting: bool,
     slot: Option<InFlight>,
     lease: Option<pool::Lease>,
@@ -797,15 +783,22 @@ impl HttpBody for ResponseBody {
                 // The clock runs only while waiting for the upstream, not while the client
                 // is slow to take what was already sent; a chunk already at hand starts no
                 // clock at all.
+                let Some(lease) = &mut this.lease else {
+                    return Poll::Pending;
+                };
                 if !this.waiting {
                     this.waiting = true;
-                    let deadline = tokio::time::Instant::now() + this.idle;
-                    match &mut this.sleep {
-                        Some(sleep) => sleep.as_mut().reset(deadline),
-                        None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                    }
+                    lease.timer().reset(tokio::time::Instant::now() + this.idle);
                 }
-                this.poll_idle(cx)
+                if lease.timer().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.slot = None;
+                tracing::warn!(request_id = %this.request_id.as_str(), "upstream stopped sending the response body");
+                Poll::Ready(Some(Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the upstream stopped sending the response body",
+                )))))
             }
         }
     }
@@ -816,26 +809,6 @@ impl HttpBody for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl ResponseBody {
-    /// Whether the upstream has now been silent for the whole idle timeout.
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Some(sleep) = &mut self.sleep else {
-            return Poll::Pending;
-        };
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.slot = None;
-                tracing::warn!(request_id = %self.request_id.as_str(), "upstream stopped sending the response body");
-                Poll::Ready(Some(Err(Box::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the upstream stopped sending the response body",
-                )))))
-            }
-            Poll::Pending => Poll::Pending,
-        }
     }
 }
 

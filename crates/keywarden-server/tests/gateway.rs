@@ -591,6 +591,96 @@ async fn a_body_streaming_for_longer_than_the_header_read_timeout_is_not_cut_off
     app.stop().await;
 }
 
+#[tokio::test]
+async fn the_timeout_runs_from_each_request_on_a_reused_upstream_connection() {
+    let _s = SERIAL.read().await;
+    // One upstream connection carries both: a quick answer, then a head that never comes.
+    let up = spawn_upstream_with(
+        Router::new()
+            .route("/base/quick", get(|| async { "quick" }))
+            .route("/base/never", get(futures::future::pending::<&'static str>)),
+    )
+    .await;
+    let app = gateway(&up, 1, "").await;
+    let acc = app.account("Acme").await;
+    let (_, token) = app.live_key(&acc).await;
+    for _ in 0..3 {
+        let res = app
+            .client
+            .get(format!("{}/quick", app.public))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.text().await.unwrap(), "quick");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // More than the timeout has passed since the first request: the wait is still timed
+    // from this one.
+    let started = Instant::now();
+    let res = app
+        .client
+        .get(format!("{}/never", app.public))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(res.status(), 504);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // And the next request after it is answered in time.
+    let res = app
+        .client
+        .get(format!("{}/quick", app.public))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.text().await.unwrap(), "quick");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_body_sent_for_longer_than_the_timeout_is_not_cut_off() {
+    let _s = SERIAL.read().await;
+    let up = spawn_upstream_with(Router::new().route(
+        "/base/upload",
+        post(|body: Body| async move {
+            let bytes = body.collect().await.unwrap().to_bytes();
+            format!("got {}", bytes.len())
+        }),
+    ))
+    .await;
+    let app = gateway(&up, 1, "").await;
+    let acc = app.account("Acme").await;
+    let (_, token) = app.live_key(&acc).await;
+    // Eight chunks 250 ms apart: two seconds of steady progress, twice the timeout.
+    let frames = Box::pin(futures::stream::unfold(0u8, |i| async move {
+        (i < 8).then_some(())?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        Some((
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"0123456789"))),
+            i + 1,
+        ))
+    }));
+    let client: Client<_, StreamBody<_>> =
+        Client::builder(TokioExecutor::new()).build_http::<StreamBody<_>>();
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("{}/upload", app.public))
+        .header("authorization", format!("Bearer {token}"))
+        .body(StreamBody::new(frames))
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"got 80");
+    app.stop().await;
+}
+
 /// An upstream whose `/base/slow` sends a first chunk at once and the rest when `gate` opens.
 async fn slow_upstream(gate: Arc<Semaphore>) -> Upstream {
     spawn_upstream_with(Router::new().route(

@@ -7,11 +7,14 @@
 //! using it drives it (writes the request, reads the response) from the client
 //! connection's task, so a proxied request wakes one task, not two, and a lease costs one
 //! uncontended lock.
+//! Each connection keeps one timer for the requests it carries, set again for each: a
+//! deadline later than the last only moves a number, where a timer per request is put into
+//! and taken out of the runtime's timer wheel.
 //! Connections idle for `idle_timeout` are closed: by the next lease or return that meets
 //! them, and otherwise by a reaper task that runs while the pool lives, so a burst of
 //! traffic does not leave its connections open once it has passed.
 
-use super::RequestBody;
+use super::{Activity, RequestBody};
 use axum::http::Uri;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
@@ -26,6 +29,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tower::Service;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -59,6 +63,9 @@ struct Conn {
     driver: Connection<TokioIo<TcpStream>, RequestBody>,
     /// Whether the connection has ended (closed by either side, or failed).
     ended: bool,
+    /// The wait for the upstream of the request using the connection: for its response's
+    /// head, then for each chunk of its body.
+    timer: Pin<Box<Sleep>>,
 }
 
 impl Conn {
@@ -100,6 +107,21 @@ impl Lease {
     pub(super) fn drive(&mut self, cx: &mut Context<'_>) {
         self.conn.drive(cx);
     }
+
+    /// The connection's timer, for the wait for the response's body.
+    pub(super) fn timer(&mut self) -> Pin<&mut Sleep> {
+        self.conn.timer.as_mut()
+    }
+}
+
+/// Why no response came.
+#[derive(Debug)]
+pub(super) enum Failed {
+    /// The upstream took longer than the timeout (from the request's sending, or from the
+    /// last progress of its body) to answer, or to take a new connection.
+    TimedOut,
+    /// The connection or the exchange failed.
+    Error(BoxError),
 }
 
 impl Pool {
@@ -119,35 +141,56 @@ impl Pool {
 
     /// Sends `req` on an idle connection, or a new one, and waits for the response's head,
     /// driving the connection meanwhile. A request that never left because its idle
-    /// connection had closed meanwhile goes on the next one.
+    /// connection had closed meanwhile goes on the next one. The upstream has `timeout`
+    /// from now to answer, or from the last progress of the request's body (`progress`).
     pub(super) async fn send(
         self: &Arc<Self>,
         mut req: hyper::Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), BoxError> {
+        timeout: Duration,
+        progress: Option<&Activity>,
+    ) -> Result<(Response<Incoming>, Lease), Failed> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let (mut conn, reused) = match self.take_idle().await {
                 Some(c) => (c, true),
-                None => (self.connect().await?, false),
+                None => match tokio::time::timeout_at(deadline, self.connect(deadline)).await {
+                    Ok(made) => (made.map_err(Failed::Error)?, false),
+                    Err(_) => return Err(Failed::TimedOut),
+                },
             };
+            conn.timer.as_mut().reset(deadline);
             let mut sent = pin!(conn.sender.try_send_request(req));
             let result = poll_fn(|cx| {
                 // Taken up by the connection as soon as it is driven.
                 conn.drive(cx);
-                sent.as_mut().poll(cx)
+                if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                // Polled only while the head is awaited, so it holds this task's waker.
+                while conn.timer.as_mut().poll(cx).is_ready() {
+                    let now = tokio::time::Instant::now();
+                    let until = progress.map_or(now, |a| (a.last() + timeout).into());
+                    if until <= now {
+                        return Poll::Ready(None);
+                    }
+                    conn.timer.as_mut().reset(until);
+                }
+                Poll::Pending
             })
             .await;
             match result {
-                Ok(res) => {
+                Some(Ok(res)) => {
                     let lease = Lease {
                         conn,
                         pool: self.clone(),
                     };
                     return Ok((res, lease));
                 }
-                Err(mut e) => match e.take_message() {
+                Some(Err(mut e)) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(Box::new(e.into_error())),
+                    _ => return Err(Failed::Error(Box::new(e.into_error()))),
                 },
+                None => return Err(Failed::TimedOut),
             }
         }
     }
@@ -175,7 +218,7 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Box<Conn>, BoxError> {
+    async fn connect(&self, deadline: tokio::time::Instant) -> Result<Box<Conn>, BoxError> {
         let io = self.connector.clone().call(self.origin.clone()).await?;
         let (sender, driver) = http1::Builder::new()
             .handshake::<_, RequestBody>(io)
@@ -184,6 +227,7 @@ impl Pool {
             sender,
             driver,
             ended: false,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
         }))
     }
 
@@ -342,7 +386,10 @@ mod tests {
     async fn a_response_left_unread_takes_its_connection_with_it() {
         let (origin, accepted) = upstream(None).await;
         let pool = pool(origin);
-        let (res, lease) = pool.send(get()).await.unwrap();
+        let (res, lease) = pool
+            .send(get(), Duration::from_secs(5), None)
+            .await
+            .unwrap();
         drop((res, lease));
         assert_eq!(pool.idle_count(), 0);
         assert_eq!(round_trip(&pool).await, b"ok");
@@ -424,11 +471,13 @@ mod tests {
 
     /// The body the gateway answers with, around an upstream response.
     async fn proxied(pool: &Arc<Pool>) -> crate::gateway::ResponseBody {
-        let (res, lease) = pool.send(get()).await.unwrap();
+        let (res, lease) = pool
+            .send(get(), Duration::from_secs(5), None)
+            .await
+            .unwrap();
         crate::gateway::ResponseBody {
             inner: res.into_body(),
             idle: Duration::from_secs(5),
-            sleep: None,
             waiting: false,
             slot: None,
             lease: Some(lease),
@@ -472,7 +521,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let pool = pool(format!("http://{addr}/").parse().unwrap());
-        assert!(pool.send(get()).await.is_err());
+        assert!(pool
+            .send(get(), Duration::from_secs(5), None)
+            .await
+            .is_err());
         assert_eq!(pool.idle_count(), 0);
     }
 }
