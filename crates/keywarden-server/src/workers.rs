@@ -291,10 +291,15 @@ async fn serve(
 
 /// What a connection's watchdog knows: when a byte last moved, how many requests are being
 /// handled, since when none has been, and whether one has been received.
+///
+/// Its times are noted several times per request, so they are read off the coarse clock
+/// ([`coarse_nanos`]): a few milliseconds either way do not matter to timeouts of seconds.
 #[derive(Debug)]
 struct Activity {
     /// When the connection was opened; `last` and `free_since` count from here.
     opened: Instant,
+    /// `opened` on the coarse clock.
+    opened_coarse: u64,
     /// Nanoseconds from `opened` to the last byte read or written, or the last response.
     last: AtomicU64,
     /// Nanoseconds from `opened` to when the last request's response ended (0: none yet).
@@ -317,6 +322,7 @@ impl Activity {
     fn new() -> Arc<Self> {
         Arc::new(Activity {
             opened: Instant::now(),
+            opened_coarse: coarse_nanos(),
             last: AtomicU64::new(0),
             free_since: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
@@ -327,7 +333,7 @@ impl Activity {
     }
 
     fn nanos_now(&self) -> u64 {
-        u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        coarse_nanos().saturating_sub(self.opened_coarse)
     }
 
     fn touch(&self) {
@@ -384,6 +390,25 @@ impl Activity {
         };
         Some(now + allowed)
     }
+}
+
+/// Nanoseconds on the monotonic clock as the kernel last noted it (at most a scheduler tick
+/// behind), read without asking the CPU's counter: several times cheaper than a precise
+/// reading.
+#[cfg(target_os = "linux")]
+fn coarse_nanos() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(t.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+/// Nanoseconds on the monotonic clock, from the first reading.
+#[cfg(not(target_os = "linux"))]
+fn coarse_nanos() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    u64::try_from(START.get_or_init(std::time::Instant::now).elapsed().as_nanos())
+        .unwrap_or(u64::MAX)
 }
 
 /// A connection's watchdog: resolves once the connection may be closed and no request is
