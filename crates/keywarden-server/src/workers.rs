@@ -16,6 +16,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
+use keywarden_core::clock::coarse_nanos;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -390,25 +391,6 @@ impl Activity {
         };
         Some(now + allowed)
     }
-}
-
-/// Nanoseconds on the monotonic clock as the kernel last noted it (at most a scheduler tick
-/// behind), read without asking the CPU's counter: several times cheaper than a precise
-/// reading.
-#[cfg(target_os = "linux")]
-fn coarse_nanos() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(t.tv_nsec).unwrap_or(0);
-    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
-}
-
-/// Nanoseconds on the monotonic clock, from the first reading.
-#[cfg(not(target_os = "linux"))]
-fn coarse_nanos() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    u64::try_from(START.get_or_init(std::time::Instant::now).elapsed().as_nanos())
-        .unwrap_or(u64::MAX)
 }
 
 /// A connection's watchdog: resolves once the connection may be closed and no request is

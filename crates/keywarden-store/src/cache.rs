@@ -12,13 +12,14 @@
 //! store, and concurrent misses for one lookup share a single store call.
 
 use crate::store::{Store, StoreError};
+use keywarden_core::clock::{coarse_between, coarse_nanos};
 use keywarden_core::hashing::sha256;
 use keywarden_core::model::KeyRecord;
 use quick_cache::sync::Cache;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::OnceCell;
 
 /// Sizes and lifetimes of the key cache.
@@ -107,7 +108,9 @@ pub struct RecordCache<V: Clone + Send + Sync + 'static> {
     /// Value and expiry (milliseconds since `epoch`) by id.
     entries: Arc<Cache<String, (V, u64)>>,
     ttl_ms: u64,
-    epoch: Instant,
+    /// When it was made, on the coarse clock ([`coarse_nanos`]): an entry's age is read on
+    /// every request, and a few milliseconds either way do not matter to it.
+    epoch: u64,
 }
 
 impl<V: Clone + Send + Sync + 'static> Clone for RecordCache<V> {
@@ -136,12 +139,12 @@ impl<V: Clone + Send + Sync + 'static> RecordCache<V> {
                 usize::try_from(max.max(1)).unwrap_or(usize::MAX),
             )),
             ttl_ms: millis(ttl),
-            epoch: Instant::now(),
+            epoch: coarse_nanos(),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        millis(self.epoch.elapsed())
+        millis(coarse_between(self.epoch, coarse_nanos()))
     }
 
     /// The record cached under `id`, unless it has expired.
@@ -189,7 +192,8 @@ pub struct KeyCache<V: Clone + Send + Sync + 'static> {
     negative: Arc<Cache<LookupKey, u64>>,
     ttl_ms: u64,
     negative_ttl_ms: u64,
-    epoch: Instant,
+    /// When it was made, on the coarse clock ([`coarse_nanos`]).
+    epoch: u64,
     /// Bumped by every invalidation, before entries are dropped. A fill that started before
     /// an invalidation may carry a record read before the write it reflects; comparing
     /// generations lets the fill drop what it cached instead of keeping a stale key until
@@ -242,14 +246,14 @@ impl<V: Clone + Send + Sync + 'static> KeyCache<V> {
             negative: Arc::new(Cache::new(capacity(cfg.negative_max))),
             ttl_ms: millis(cfg.ttl),
             negative_ttl_ms: millis(cfg.negative_ttl),
-            epoch: Instant::now(),
+            epoch: coarse_nanos(),
             generation: Arc::new(AtomicU64::new(0)),
             flights: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        millis(self.epoch.elapsed())
+        millis(coarse_between(self.epoch, coarse_nanos()))
     }
 
     /// What the cache knows about `lookup`, without touching the store. A hit allocates

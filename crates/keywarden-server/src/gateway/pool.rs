@@ -21,13 +21,14 @@ use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper::Response;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
+use keywarden_core::clock::{coarse_between, coarse_nanos};
 use std::error::Error as StdError;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tower::Service;
@@ -52,7 +53,8 @@ pub(super) struct Pool {
 #[derive(Debug)]
 struct Idle {
     conn: Box<Conn>,
-    since: Instant,
+    /// When it was given back ([`coarse_nanos`]).
+    since: u64,
 }
 
 /// One keep-alive connection: the handle requests are sent on, and the connection itself,
@@ -199,7 +201,7 @@ impl Pool {
     async fn take_idle(&self) -> Option<Box<Conn>> {
         loop {
             let Idle { mut conn, since } = self.lock().pop()?;
-            if conn.is_closed() || since.elapsed() >= self.idle_timeout {
+            if conn.is_closed() || coarse_between(since, coarse_nanos()) >= self.idle_timeout {
                 continue;
             }
             // Ready as soon as the connection has seen the previous response end; one the
@@ -235,13 +237,13 @@ impl Pool {
         if conn.is_closed() {
             return;
         }
-        let now = Instant::now();
+        let now = coarse_nanos();
         {
             let mut idle = self.lock();
             // The least recently used sit at the front: those idle too long are closed.
             let stale = idle
                 .iter()
-                .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+                .take_while(|i| coarse_between(i.since, now) >= self.idle_timeout)
                 .count();
             idle.drain(..stale);
             if idle.len() < MAX_IDLE {
@@ -269,15 +271,15 @@ impl Pool {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
-                pool.reap(Instant::now());
+                pool.reap(coarse_nanos());
             }
         });
     }
 
     /// Closes the idle connections that have been idle for `idle_timeout` or have ended.
-    fn reap(&self, now: Instant) {
+    fn reap(&self, now: u64) {
         self.lock()
-            .retain(|i| !i.conn.is_closed() && now.duration_since(i.since) < self.idle_timeout);
+            .retain(|i| !i.conn.is_closed() && coarse_between(i.since, now) < self.idle_timeout);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
