@@ -139,8 +139,12 @@ fn request_id() -> RequestId {
     let mut buf = [0u8; ulid::ULID_LEN];
     let ulid = ulid::Ulid::new();
     id[4..].copy_from_slice(ulid.array_to_str(&mut buf).as_bytes());
-    // Letters, digits and `_`: a valid header value.
-    RequestId(HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("req_")))
+    // Letters, digits and `_`: a valid header value. Held by its owner, so the copies the
+    // request's log line, upstream and answer take share one allocation from the start.
+    RequestId(
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+            .unwrap_or(HeaderValue::from_static("req_")),
+    )
 }
 
 /// The answer to any path no route matches.
