@@ -27,7 +27,7 @@ use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -82,6 +82,20 @@ impl Conn {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "upstream connection closed");
             }
+        }
+    }
+
+    /// Whether the connection can take a request now (`Some(false)`: it has ended), looked
+    /// at without registering any waker; `None` when it cannot tell yet.
+    fn ready_now(&mut self) -> Option<bool> {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.drive(&mut cx);
+        if self.ended {
+            return Some(false);
+        }
+        match self.sender.poll_ready(&mut cx) {
+            Poll::Ready(r) => Some(r.is_ok()),
+            Poll::Pending => None,
         }
     }
 
@@ -162,10 +176,30 @@ impl Pool {
             };
             conn.timer.as_mut().reset(deadline);
             let mut sent = pin!(conn.sender.try_send_request(req));
+            let mut woken = false;
             let result = poll_fn(|cx| {
+                let mut unwoken = Context::from_waker(Waker::noop());
+                // Only the connection, driven here, answers: the answer is looked for after
+                // each drive and needs no waker of its own (woken by the drive in this very
+                // poll, it would only poll the task again for nothing).
+                //
+                // Once woken (most often by the answer's arrival), the connection is first
+                // driven without the task's waker: what it registers while taking in the
+                // answer (the response body's sender waiting for its reader) would wake
+                // the task again for nothing as soon as the body is read. The body is read
+                // by `ResponseBody`, which drives the connection with the task's waker
+                // before it waits. Without an answer yet, the drive below registers the
+                // task's waker for the socket.
+                if woken {
+                    conn.drive(&mut unwoken);
+                    if let Poll::Ready(r) = sent.as_mut().poll(&mut unwoken) {
+                        return Poll::Ready(Some(r));
+                    }
+                }
+                woken = true;
                 // Taken up by the connection as soon as it is driven.
                 conn.drive(cx);
-                if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+                if let Poll::Ready(r) = sent.as_mut().poll(&mut unwoken) {
                     return Poll::Ready(Some(r));
                 }
                 // Polled only while the head is awaited, so it holds this task's waker.
@@ -205,7 +239,15 @@ impl Pool {
                 continue;
             }
             // Ready as soon as the connection has seen the previous response end; one the
-            // upstream closed while it sat idle ends here, when it reads that.
+            // upstream closed while it sat idle ends here, when it reads that. Looked at
+            // first without the task's waker: the connection's wish for the next request,
+            // signalled as this drive takes it, would otherwise wake the task for nothing.
+            if let Some(ready) = conn.ready_now() {
+                if ready {
+                    return Some(conn);
+                }
+                continue;
+            }
             let ready = poll_fn(|cx| {
                 conn.drive(cx);
                 if conn.ended {
