@@ -644,6 +644,59 @@ async fn the_timeout_runs_from_each_request_on_a_reused_upstream_connection() {
 }
 
 #[tokio::test]
+async fn an_answer_arriving_in_pieces_is_waited_for_and_passed_on_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _s = SERIAL.read().await;
+    // Each answer comes in three pieces with pauses between them: part of the head, the
+    // rest of it, then the body.
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        for piece in [
+                            &b"HTTP/1.1 200 OK\r\ncontent-"[..],
+                            b"length: 6\r\n\r\n",
+                            b"pieces",
+                        ] {
+                            tokio::time::sleep(Duration::from_millis(150)).await;
+                            if tcp.write_all(piece).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let app = spawn_app_with(&config(&format!("http://{addr}"), 5, "")).await;
+    let acc = app.account("Acme").await;
+    let (_, token) = app.live_key(&acc).await;
+    for _ in 0..2 {
+        let res = app
+            .client
+            .get(format!("{}/anything", app.public))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.text().await.unwrap(), "pieces");
+    }
+    server.abort();
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_request_body_sent_for_longer_than_the_timeout_is_not_cut_off() {
     let _s = SERIAL.read().await;
     let up = spawn_upstream_with(Router::new().route(
