@@ -65,6 +65,20 @@ fn header<'a>(res: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     res.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// `GET path`, answered 504 once the gateway's one-second timeout has run, not before and
+/// not long after.
+async fn times_out(app: &TestApp, token: &str, path: &str) -> reqwest::Response {
+    let started = Instant::now();
+    let res = app.public(Method::GET, path, token, None).await;
+    let took = started.elapsed();
+    assert_eq!(res.status(), 504);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    res
+}
+
 async fn scoped_key(app: &TestApp, account: &str, scopes: &[&str]) -> String {
     let v = app
         .key(
@@ -494,20 +508,7 @@ async fn a_stalling_upstream_gives_504_within_the_timeout() {
     let acc = app.account("Acme").await;
     let (_, token) = app.live_key(&acc).await;
 
-    let started = Instant::now();
-    let res = app
-        .client
-        .get(format!("{}/anything", app.public))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let took = started.elapsed();
-    assert_eq!(res.status(), 504);
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
-        "{took:?}"
-    );
+    let res = times_out(&app, &token, "/anything").await;
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
     holder.abort();
@@ -605,40 +606,15 @@ async fn the_timeout_runs_from_each_request_on_a_reused_upstream_connection() {
     let acc = app.account("Acme").await;
     let (_, token) = app.live_key(&acc).await;
     for _ in 0..3 {
-        let res = app
-            .client
-            .get(format!("{}/quick", app.public))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let res = app.public(Method::GET, "/quick", &token, None).await;
         assert_eq!(res.text().await.unwrap(), "quick");
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     // More than the timeout has passed since the first request: the wait is still timed
     // from this one.
-    let started = Instant::now();
-    let res = app
-        .client
-        .get(format!("{}/never", app.public))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let took = started.elapsed();
-    assert_eq!(res.status(), 504);
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
-        "{took:?}"
-    );
+    times_out(&app, &token, "/never").await;
     // And the next request after it is answered in time.
-    let res = app
-        .client
-        .get(format!("{}/quick", app.public))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let res = app.public(Method::GET, "/quick", &token, None).await;
     assert_eq!(res.text().await.unwrap(), "quick");
     app.stop().await;
 }
@@ -682,13 +658,7 @@ async fn an_answer_arriving_in_pieces_is_waited_for_and_passed_on_whole() {
     let acc = app.account("Acme").await;
     let (_, token) = app.live_key(&acc).await;
     for _ in 0..2 {
-        let res = app
-            .client
-            .get(format!("{}/anything", app.public))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let res = app.public(Method::GET, "/anything", &token, None).await;
         assert_eq!(res.status(), 200);
         assert_eq!(res.text().await.unwrap(), "pieces");
     }
