@@ -441,7 +441,7 @@ impl Future for Watchdog {
 
 /// Counts a request as being handled while it lives; [`Busy::sending`] turns it into its
 /// response being sent.
-struct Busy(Arc<Activity>);
+struct Busy(Option<Arc<Activity>>);
 
 impl Busy {
     fn enter(activity: &Arc<Activity>, version: hyper::Version) -> Busy {
@@ -450,21 +450,24 @@ impl Busy {
             activity.h2.store(true, Ordering::Relaxed);
         }
         activity.busy.fetch_add(1, Ordering::Relaxed);
-        Busy(activity.clone())
+        Busy(Some(activity.clone()))
     }
 
-    /// The handler has answered: its response's body is being sent from now on.
-    fn sending(self) -> Sending {
-        let activity = self.0.clone();
+    /// The handler has answered: its response's body is being sent from now on. The
+    /// connection stays taken, so nothing else is noted (its bytes note their own times).
+    fn sending(mut self) -> Option<Sending> {
+        let activity = self.0.take()?;
         activity.sending.fetch_add(1, Ordering::Relaxed);
-        drop(self);
-        Sending(activity)
+        activity.busy.fetch_sub(1, Ordering::Relaxed);
+        Some(Sending(activity))
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.ended(&self.0.busy);
+        if let Some(activity) = &self.0 {
+            activity.ended(&activity.busy);
+        }
     }
 }
 
@@ -480,7 +483,7 @@ impl Drop for Sending {
 /// A response's body, holding its [`Sending`] until it has been sent or dropped.
 struct Tracked {
     body: axum::body::Body,
-    _sending: Sending,
+    _sending: Option<Sending>,
 }
 
 impl hyper::body::Body for Tracked {
