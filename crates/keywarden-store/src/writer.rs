@@ -48,6 +48,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use thread_local::ThreadLocal;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -166,7 +167,8 @@ struct UsageKey {
 /// updates three of them.
 type IdMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
-/// Records accepted from the request path and not yet handed to the flusher.
+/// Records accepted from the request path and not yet handed to the flusher: one thread's
+/// share, or all of them merged.
 #[derive(Default)]
 struct Pending {
     /// Latest use per key id: when and from where.
@@ -175,7 +177,6 @@ struct Pending {
     activity: IdMap<VecDeque<Activity>>,
     /// Activity rows held in `activity`.
     activity_len: usize,
-    events: Vec<AuditEvent>,
     /// Decision counts per key id: its account and mode, and `(minute, code, count)`.
     decisions: IdMap<KeyTally>,
     /// Decision counts of no known key: `(minute, code, count)`.
@@ -191,22 +192,23 @@ struct KeyTally {
     counts: Vec<(Millis, &'static str, u64)>,
 }
 
-/// Adds one decision to a list of `(minute, code, count)`; true when it made a new entry.
+/// Adds `n` decisions to a list of `(minute, code, count)`; true when it made a new entry.
 fn tally(
     counts: &mut Vec<(Millis, &'static str, u64)>,
     minute: Millis,
     code: &'static str,
+    n: u64,
 ) -> bool {
     match counts
         .iter_mut()
         .find(|(m, c, _)| *m == minute && *c == code)
     {
         Some(entry) => {
-            entry.2 += 1;
+            entry.2 += n;
             false
         }
         None => {
-            counts.push((minute, code, 1));
+            counts.push((minute, code, n));
             true
         }
     }
@@ -214,7 +216,7 @@ fn tally(
 
 impl Pending {
     fn len(&self) -> usize {
-        self.touches.len() + self.activity_len + self.events.len() + self.decisions_len
+        self.touches.len() + self.activity_len + self.decisions_len
     }
 
     /// Keeps a key's latest use (`at`, client IP): an earlier one is ignored.
@@ -235,10 +237,9 @@ impl Pending {
     /// Where a key's next activity row goes. A key's queued rows never outnumber the rows
     /// kept per key (`retain`; 0: no such bound): once it holds that many, a new row takes
     /// the place of its oldest, which the next write would have trimmed anyway. Otherwise
-    /// the row is added while the whole queue holds fewer than `queue` rows, and counted
-    /// here, so the caller must add exactly one row for `Append` and `First`.
-    fn place(&mut self, key_id: &str, queue: usize, retain: usize) -> Place<'_> {
-        let room = self.activity_len < queue;
+    /// the row is added if `room` grants it a place in the whole queue, and counted here,
+    /// so the caller must add exactly one row for `Append` and `First`.
+    fn place(&mut self, key_id: &str, retain: usize, room: impl FnOnce() -> bool) -> Place<'_> {
         match self.activity.get_mut(key_id) {
             Some(rows) if retain > 0 && rows.len() >= retain => {
                 rows.rotate_left(1);
@@ -247,15 +248,72 @@ impl Pending {
                     None => Place::Full,
                 }
             }
-            Some(rows) if room => {
+            _ if !room() => Place::Full,
+            Some(rows) => {
                 self.activity_len += 1;
                 Place::Append(rows)
             }
-            None if room => {
+            None => {
                 self.activity_len += 1;
                 Place::First
             }
-            _ => Place::Full,
+        }
+    }
+
+    /// Adds another thread's records to these, coalescing as each thread does: the latest
+    /// use per key, decision counts summed, and a key's activity rows cut to its newest
+    /// `retain` (0: all kept).
+    fn merge(&mut self, other: Pending, retain: usize) {
+        use std::collections::hash_map::Entry;
+        for (key_id, (at, ip)) in other.touches {
+            match self.touches.entry(key_id) {
+                Entry::Occupied(e) if e.get().0 > at => {}
+                Entry::Occupied(mut e) => {
+                    e.insert((at, ip));
+                }
+                Entry::Vacant(e) => {
+                    e.insert((at, ip));
+                }
+            }
+        }
+        for (key_id, rows) in other.activity {
+            self.activity_len += rows.len();
+            match self.activity.entry(key_id) {
+                Entry::Occupied(mut e) => {
+                    let queued = e.get_mut();
+                    queued.extend(rows);
+                    if retain > 0 && queued.len() > retain {
+                        queued.make_contiguous().sort_by_key(|row| row.at);
+                        let cut = queued.len() - retain;
+                        queued.drain(..cut);
+                        self.activity_len -= cut;
+                    }
+                }
+                Entry::Vacant(e) => {
+                    e.insert(rows);
+                }
+            }
+        }
+        for (key_id, theirs) in other.decisions {
+            match self.decisions.entry(key_id) {
+                Entry::Occupied(mut e) => {
+                    let ours = &mut e.get_mut().counts;
+                    for (minute, code, n) in theirs.counts {
+                        if tally(ours, minute, code, n) {
+                            self.decisions_len += 1;
+                        }
+                    }
+                }
+                Entry::Vacant(e) => {
+                    self.decisions_len += theirs.counts.len();
+                    e.insert(theirs);
+                }
+            }
+        }
+        for (minute, code, n) in other.unknown {
+            if tally(&mut self.unknown, minute, code, n) {
+                self.decisions_len += 1;
+            }
         }
     }
 }
@@ -310,9 +368,30 @@ fn add_to(sums: &mut HashMap<UsageKey, u64>, delta: UsageDelta) {
     *sum = sum.saturating_add(amount);
 }
 
+/// One thread's pending records, on cache lines of their own.
+#[derive(Default)]
+#[repr(align(128))]
+struct Lane(Mutex<Pending>);
+
+impl Lane {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// State shared by every [`Writer`] clone and the flusher task.
 struct Shared {
-    pending: Mutex<Pending>,
+    /// The request path's records, in a lane per thread that adds them: serving threads
+    /// neither wait for one another's lock nor pull one another's cache lines. The flusher
+    /// takes every lane's.
+    pending: ThreadLocal<Lane>,
+    /// Audit events, in the order they came: they are few, and kept in one list.
+    events: Mutex<Vec<AuditEvent>>,
+    /// Records held in the lanes and `events` together. It changes only when a record is
+    /// new (a busy key's records coalesce), so a busy key's request does not write it.
+    pending_len: AtomicUsize,
+    /// Activity rows held in the lanes, bounded by `activity_queue`.
+    activity_len: AtomicUsize,
     usage: Mutex<UsageQueue>,
     /// Wakes the usage lane: a strict charge waits, or `max_batch` counters do.
     usage_due: Notify,
@@ -333,23 +412,76 @@ struct Shared {
 }
 
 impl Shared {
-    /// Runs `add` on the pending records, then wakes the flusher if a batch is full.
+    /// Runs `add` on this thread's pending records, then wakes the flusher if a batch is
+    /// full.
     fn with_pending(&self, add: impl FnOnce(&mut Pending)) {
+        let lane = self.pending.get_or_default();
+        let mut p = lane.lock();
+        let before = p.len();
+        add(&mut p);
+        let added = p.len().saturating_sub(before);
+        // Counted under the lane's lock, which `take_all` holds as it subtracts the lane's.
+        let len = (added > 0).then(|| self.counted(added));
+        drop(p);
+        if len.is_some_and(|len| len >= self.max_batch) {
+            self.full.notify_one();
+        }
+    }
+
+    /// Adds `added` new records to the pending count; returns the new count.
+    fn counted(&self, added: usize) -> usize {
+        self.pending_len.fetch_add(added, Ordering::SeqCst) + added
+    }
+
+    /// Takes a place in the activity queue for one row, if it has room.
+    fn activity_room(&self) -> bool {
+        self.activity_len
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.activity_queue).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Adds an audit event, which is never dropped.
+    fn push_event(&self, event: AuditEvent) {
         let len = {
-            let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            add(&mut p);
-            p.len()
+            let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            events.push(event);
+            self.counted(1)
         };
         if len >= self.max_batch {
             self.full.notify_one();
         }
     }
 
-    /// Takes every pending record, counting them as in flight.
-    fn take_all(&self) -> Pending {
-        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        self.in_flight.fetch_add(p.len(), Ordering::SeqCst);
-        std::mem::take(&mut *p)
+    /// Takes every pending record, counting them as in flight: the lanes' merged, and the
+    /// events.
+    fn take_all(&self) -> (Pending, Vec<AuditEvent>) {
+        let mut all = Pending::default();
+        let mut taken = 0;
+        for lane in self.pending.iter() {
+            let mut p = lane.lock();
+            let n = p.len();
+            if n == 0 {
+                continue;
+            }
+            // In flight before no longer pending, so `Writer::pending` never misses them.
+            self.in_flight.fetch_add(n, Ordering::SeqCst);
+            self.pending_len.fetch_sub(n, Ordering::SeqCst);
+            self.activity_len.fetch_sub(p.activity_len, Ordering::Relaxed);
+            taken += n;
+            all.merge(std::mem::take(&mut *p), self.activity_retain);
+        }
+        // Records of one key from several threads became one.
+        self.in_flight
+            .fetch_sub(taken - all.len(), Ordering::SeqCst);
+        let events = {
+            let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            self.in_flight.fetch_add(events.len(), Ordering::SeqCst);
+            self.pending_len.fetch_sub(events.len(), Ordering::SeqCst);
+            std::mem::take(&mut *events)
+        };
+        (all, events)
     }
 
     fn usage_queue(&self) -> std::sync::MutexGuard<'_, UsageQueue> {
@@ -407,7 +539,10 @@ impl Writer {
             ..cfg
         };
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending::default()),
+            pending: ThreadLocal::new(),
+            events: Mutex::new(Vec::new()),
+            pending_len: AtomicUsize::new(0),
+            activity_len: AtomicUsize::new(0),
             usage: Mutex::new(UsageQueue::default()),
             usage_due: Notify::new(),
             usage_in_flight: AtomicUsize::new(0),
@@ -459,7 +594,6 @@ impl Writer {
     /// when `success`. One lock for both; a busy key's row reuses the buffers of the queued
     /// row it replaces, so a request allocates nothing here once its key is in the queue.
     pub fn used(&self, u: &KeyUse<'_>, success: bool) {
-        let queue = self.shared.activity_queue;
         let retain = self.shared.activity_retain;
         let mut ip_buf = [0u8; keywarden_core::ip::IP_TEXT_MAX];
         let ip = u.ip.map(|ip| last_ip_text(ip, &mut ip_buf));
@@ -468,7 +602,7 @@ impl Writer {
             if success {
                 p.touch(u.key_id, u.at, ip);
             }
-            match p.place(u.key_id, queue, retain) {
+            match p.place(u.key_id, retain, || self.shared.activity_room()) {
                 Place::Replace(oldest) => u.fill(oldest, ip),
                 Place::Append(rows) => rows.push_back(u.row(ip)),
                 Place::First => {
@@ -491,7 +625,7 @@ impl Writer {
         self.shared.with_pending(|p| {
             let added = match key {
                 Some((key_id, account_id, mode)) => match p.decisions.get_mut(key_id) {
-                    Some(t) => tally(&mut t.counts, minute, code),
+                    Some(t) => tally(&mut t.counts, minute, code, 1),
                     None => {
                         p.decisions.insert(
                             key_id.to_owned(),
@@ -504,7 +638,7 @@ impl Writer {
                         true
                     }
                 },
-                None => tally(&mut p.unknown, minute, code),
+                None => tally(&mut p.unknown, minute, code, 1),
             };
             if added {
                 p.decisions_len += 1;
@@ -525,18 +659,18 @@ impl Writer {
     /// key's oldest queued one. So a busy key costs at most `activity_retain_per_key` rows
     /// per flush, whatever its traffic.
     pub fn activity(&self, row: Activity) {
-        let queue = self.shared.activity_queue;
         let retain = self.shared.activity_retain;
         let mut dropped = false;
-        self.shared
-            .with_pending(|p| match p.place(&row.key_id, queue, retain) {
+        self.shared.with_pending(|p| {
+            match p.place(&row.key_id, retain, || self.shared.activity_room()) {
                 Place::Replace(oldest) => *oldest = row,
                 Place::Append(rows) => rows.push_back(row),
                 Place::First => {
                     p.activity.insert(row.key_id.clone(), VecDeque::from([row]));
                 }
                 Place::Full => dropped = true,
-            });
+            }
+        });
         if dropped {
             self.shared.dropped_activity.fetch_add(1, Ordering::Relaxed);
         }
@@ -597,7 +731,7 @@ impl Writer {
 
     /// Queues an audit event raised on the request path; it is never dropped.
     pub fn event(&self, event: AuditEvent) {
-        self.shared.with_pending(|p| p.events.push(event));
+        self.shared.push_event(event);
     }
 
     /// Writes everything pending now and waits for it: for tests, and for callers that must
@@ -617,14 +751,10 @@ impl Writer {
     }
 
     /// Records accepted and not yet written (including a batch being written or retried).
-    /// Coalesced uses and increments count once per key or counter.
+    /// Coalesced uses count once per key and thread that recorded them, increments once per
+    /// counter.
     pub fn pending(&self) -> usize {
-        let queued = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
+        let queued = self.shared.pending_len.load(Ordering::SeqCst);
         let usage = self.shared.usage_queue().len();
         queued
             + usage
@@ -679,7 +809,7 @@ struct Backlog {
 }
 
 impl Backlog {
-    fn from_pending(p: Pending) -> Self {
+    fn from_pending((p, events): (Pending, Vec<AuditEvent>)) -> Self {
         let count = |key: Option<(String, String, Mode)>| {
             move |(minute, code, count): (Millis, &'static str, u64)| DecisionCount {
                 minute,
@@ -695,7 +825,7 @@ impl Backlog {
         }
         Backlog {
             decisions,
-            events: p.events,
+            events,
             touches: p
                 .touches
                 .into_iter()
@@ -869,11 +999,7 @@ impl Flusher {
     }
 
     fn pending_len(&self) -> usize {
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.shared.pending_len.load(Ordering::SeqCst)
     }
 }
 

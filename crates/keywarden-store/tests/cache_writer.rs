@@ -3,11 +3,11 @@
 //! and the writer coalesces, bounds and flushes what the request path hands it.
 
 use keywarden_core::model::{
-    new_id, Account, AccountStatus, Activity, AuditEvent, HashScheme, KeyRecord, KeyType, Mode,
-    Role, StoredSecret,
+    new_id, Account, AccountStatus, Activity, AuditEvent, HashScheme, KeyRecord, KeyType, Millis,
+    Mode, Role, StoredSecret,
 };
 use keywarden_store::{
-    open, CacheConfig, CountingStore, EventFilter, KeyCache, KeyResolver, KeyTouch, KeyUse, Lookup,
+    open, CacheConfig, CountingStore, DecisionQuery, EventFilter, Granularity, KeyCache, KeyResolver, KeyTouch, KeyUse, Lookup,
     RecordCache, Store, StoreError, UsageDelta, UsageDurability, Writer, WriterConfig,
     WriterHandle,
 };
@@ -789,6 +789,92 @@ async fn touches_keep_the_latest_use_per_key() {
     let b = db.store.get_key(&b.id).await.unwrap().unwrap();
     assert_eq!(b.last_used_at, Some(500));
     assert_eq!(b.last_used_ip.as_deref(), Some("2001:db8::1"));
+    handle.shutdown().await;
+}
+
+/// Each thread records into a buffer of its own; a flush merges them as one thread's
+/// records would have coalesced.
+#[tokio::test]
+async fn records_from_several_threads_coalesce_when_flushed() {
+    let (db, key, writer, handle) = writing(WriterConfig {
+        activity_queue: 20,
+        activity_retain_per_key: 3,
+        ..manual()
+    })
+    .await;
+    let ip: std::net::IpAddr = "192.0.2.9".parse().unwrap();
+    let minute = 60_000 * 1_000;
+    // The threads wait for one another before they end, so none takes over the buffer of
+    // one that ended (a new thread may).
+    let all_recorded = std::sync::Barrier::new(4);
+    std::thread::scope(|scope| {
+        for t in 0..4i64 {
+            let (writer, key_id, all_recorded) = (&writer, key.id.as_str(), &all_recorded);
+            let account_id = db.account_id.as_str();
+            scope.spawn(move || {
+                for n in 0..5 {
+                    // Thread 2 holds the newest uses of all.
+                    let at = minute + if t == 2 { 900 + n } else { t * 10 + n };
+                    writer.used(
+                        &KeyUse {
+                            key_id,
+                            at,
+                            ip: Some(ip),
+                            method: "GET",
+                            path: "/p",
+                            status: 200,
+                            code: "valid",
+                        },
+                        true,
+                    );
+                    writer.decided(Some((key_id, account_id, Mode::Live)), "valid", at);
+                }
+                all_recorded.wait();
+            });
+        }
+    });
+    assert_eq!(writer.pending(), 20, "each thread's use, 3 rows and count of the busy key");
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let writer = &writer;
+            // Keys of their own per thread: more rows than the queue takes in all.
+            scope.spawn(move || {
+                for n in 0..10 {
+                    writer.activity(activity(&format!("key_{t}_{n}"), n));
+                }
+            });
+        }
+    });
+    // Each thread's 3 rows of the busy key, and 20 - 12 = 8 of the 40 others.
+    assert_eq!(writer.dropped_activity(), 32, "the queue's bound holds across threads");
+    writer.flush_now().await.unwrap();
+    assert_eq!(writer.pending(), 0, "nothing is left counted once written");
+
+    let kept: Vec<i64> = db
+        .store
+        .list_activity(&key.id, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.at - minute)
+        .collect();
+    assert_eq!(kept, vec![904, 903, 902], "the newest rows of every thread's");
+    let stored = db.store.get_key(&key.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_used_at, Some(minute + 904), "the latest use wins");
+    let counts = db
+        .store
+        .decision_counts(&DecisionQuery {
+            granularity: Granularity::Minute,
+            account_id: Some(db.account_id.clone()),
+            key_id: Some(key.id.clone()),
+            mode: None,
+            from: 0,
+            to: Millis::MAX,
+        })
+        .await
+        .unwrap();
+    let total: u64 = counts.iter().map(|(_, _, n)| n).sum();
+    assert_eq!(total, 20, "every decision counted once: {counts:?}");
     handle.shutdown().await;
 }
 
