@@ -11,6 +11,7 @@
 //! [`KeyResolver`] is the whole read path: a hit answers from memory without calling the
 //! store, and concurrent misses for one lookup share a single store call.
 
+use crate::near::Near;
 use crate::store::{Store, StoreError};
 use keywarden_core::clock::{coarse_between, coarse_nanos};
 use keywarden_core::hashing::sha256;
@@ -103,7 +104,8 @@ impl std::fmt::Debug for LookupKey {
 }
 
 /// A bounded cache of records by id (accounts, applications) with a time-to-live, checked
-/// on every read. Clones share the same entries.
+/// on every read. Clones share the same entries. Each thread keeps its own copies of the
+/// entries it reads most, trusted until the next change to the cache (`near`).
 pub struct RecordCache<V: Clone + Send + Sync + 'static> {
     /// Value and expiry (milliseconds since `epoch`) by id.
     entries: Arc<Cache<String, (V, u64)>>,
@@ -111,6 +113,10 @@ pub struct RecordCache<V: Clone + Send + Sync + 'static> {
     /// When it was made, on the coarse clock ([`coarse_nanos`]): an entry's age is read on
     /// every request, and a few milliseconds either way do not matter to it.
     epoch: u64,
+    /// Moved after every insertion and removal: a thread's near copy read before it is not
+    /// used.
+    generation: Arc<AtomicU64>,
+    near: Arc<Near<String, V>>,
 }
 
 impl<V: Clone + Send + Sync + 'static> Clone for RecordCache<V> {
@@ -119,6 +125,8 @@ impl<V: Clone + Send + Sync + 'static> Clone for RecordCache<V> {
             entries: self.entries.clone(),
             ttl_ms: self.ttl_ms,
             epoch: self.epoch,
+            generation: self.generation.clone(),
+            near: self.near.clone(),
         }
     }
 }
@@ -140,7 +148,17 @@ impl<V: Clone + Send + Sync + 'static> RecordCache<V> {
             )),
             ttl_ms: millis(ttl),
             epoch: coarse_nanos(),
+            generation: Arc::new(AtomicU64::new(0)),
+            near: Arc::new(Near::new(V::clone)),
         }
+    }
+
+    /// The same cache, whose threads copy a value they read often with `copy` (for an
+    /// `Arc`, a new one around a clone of its content), so that its reference count is
+    /// their own. Clones made before keep their own near entries, copied as before.
+    pub fn copied_with(mut self, copy: fn(&V) -> V) -> Self {
+        self.near = Arc::new(Near::new(copy));
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -149,9 +167,14 @@ impl<V: Clone + Send + Sync + 'static> RecordCache<V> {
 
     /// The record cached under `id`, unless it has expired.
     pub fn get(&self, id: &str) -> Option<V> {
-        let (v, until) = self.entries.get(id)?;
         let now = self.now_ms();
+        let generation = self.generation.load(Ordering::SeqCst);
+        if let Some(v) = self.near.get(id, now, generation) {
+            return Some(v);
+        }
+        let (v, until) = self.entries.get(id)?;
         if now < until {
+            self.near.put(id.to_owned(), &v, until, generation);
             return Some(v);
         }
         self.entries.remove_if(id, |(_, u)| *u <= now);
@@ -162,16 +185,19 @@ impl<V: Clone + Send + Sync + 'static> RecordCache<V> {
     pub fn insert(&self, id: &str, v: V) {
         let until = self.now_ms().saturating_add(self.ttl_ms);
         self.entries.insert(id.to_owned(), (v, until));
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Forgets `id`.
     pub fn invalidate(&self, id: &str) {
         self.entries.remove(id);
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Forgets everything.
     pub fn invalidate_all(&self) {
         self.entries.clear();
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -184,7 +210,8 @@ type Flight<V> = Arc<OnceCell<Result<Option<V>, Arc<StoreError>>>>;
 ///
 /// Both maps are `quick_cache` maps (a few dozen bytes of overhead per entry, so a million
 /// cached keys stay small); each entry carries the instant it stops being trusted, checked
-/// on every read.
+/// on every read. In front of the positive map, each thread keeps its own copies of the
+/// entries it reads most, trusted until the generation moves.
 pub struct KeyCache<V: Clone + Send + Sync + 'static> {
     /// Value and expiry (milliseconds since `epoch`) by lookup.
     positive: Arc<Cache<LookupKey, (V, u64)>>,
@@ -194,11 +221,13 @@ pub struct KeyCache<V: Clone + Send + Sync + 'static> {
     negative_ttl_ms: u64,
     /// When it was made, on the coarse clock ([`coarse_nanos`]).
     epoch: u64,
-    /// Bumped by every invalidation, before entries are dropped. A fill that started before
-    /// an invalidation may carry a record read before the write it reflects; comparing
-    /// generations lets the fill drop what it cached instead of keeping a stale key until
-    /// the TTL.
+    /// Bumped by every invalidation, before entries are dropped and again after. A fill
+    /// that started before an invalidation may carry a record read before the write it
+    /// reflects; comparing generations lets the fill drop what it cached instead of keeping
+    /// a stale key until the TTL. A thread's near copy is used only at the generation it
+    /// was read at.
     generation: Arc<AtomicU64>,
+    near: Arc<Near<LookupKey, V>>,
     /// Store calls in progress, by lookup, so concurrent misses make one call.
     flights: Arc<Mutex<HashMap<LookupKey, Flight<V>>>>,
 }
@@ -212,6 +241,7 @@ impl<V: Clone + Send + Sync + 'static> Clone for KeyCache<V> {
             negative_ttl_ms: self.negative_ttl_ms,
             epoch: self.epoch,
             generation: self.generation.clone(),
+            near: self.near.clone(),
             flights: self.flights.clone(),
         }
     }
@@ -248,8 +278,18 @@ impl<V: Clone + Send + Sync + 'static> KeyCache<V> {
             negative_ttl_ms: millis(cfg.negative_ttl),
             epoch: coarse_nanos(),
             generation: Arc::new(AtomicU64::new(0)),
+            near: Arc::new(Near::new(V::clone)),
             flights: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// The same cache, whose threads copy a value they read often with `copy` (one that
+    /// holds `Arc`s makes new ones around clones of their contents), so that its reference
+    /// counts are their own. Clones made before keep their own near entries, copied as
+    /// before.
+    pub fn copied_with(mut self, copy: fn(&V) -> V) -> Self {
+        self.near = Arc::new(Near::new(copy));
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -265,8 +305,13 @@ impl<V: Clone + Send + Sync + 'static> KeyCache<V> {
 
     fn get_key(&self, key: &LookupKey) -> Lookup<V> {
         let now = self.now_ms();
+        let generation = self.generation.load(Ordering::SeqCst);
+        if let Some(v) = self.near.get(key, now, generation) {
+            return Lookup::Hit(v);
+        }
         if let Some((v, until)) = self.positive.get(key) {
             if now < until {
+                self.near.put(*key, &v, until, generation);
                 return Lookup::Hit(v);
             }
             self.positive.remove_if(key, |(_, u)| *u <= now);
@@ -282,6 +327,8 @@ impl<V: Clone + Send + Sync + 'static> KeyCache<V> {
     /// Caches `v` under `lookup`, replacing any entry and any negative entry.
     pub fn insert(&self, lookup: &str, v: V) {
         self.insert_key(LookupKey::of(lookup), v);
+        // A thread's near copy of the value it replaces is not used.
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     fn insert_key(&self, key: LookupKey, v: V) {
@@ -293,6 +340,7 @@ impl<V: Clone + Send + Sync + 'static> KeyCache<V> {
     /// Remembers that `lookup` matches no key, replacing any cached value.
     pub fn insert_missing(&self, lookup: &str) {
         self.insert_missing_key(LookupKey::of(lookup));
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     fn insert_missing_key(&self, key: LookupKey) {
@@ -317,6 +365,8 @@ impl<V: Clone + Send + Sync + 'static> KeyCache<V> {
             self.positive.remove(&key);
             self.negative.remove(&key);
         }
+        // And again: a thread's near copy read before the removals is not used.
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Forgets every entry (after an erasure or anything else that touches many keys).
@@ -328,6 +378,7 @@ impl<V: Clone + Send + Sync + 'static> KeyCache<V> {
             .clear();
         self.positive.clear();
         self.negative.clear();
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Number of cached lookups with a value, for metrics (expired entries count until a
@@ -363,6 +414,8 @@ impl<V: Clone + Send + Sync + 'static> KeyCache<V> {
         if self.generation.load(Ordering::SeqCst) != started {
             self.positive.remove(&key);
             self.negative.remove(&key);
+            // A thread may have copied the entry meanwhile.
+            self.generation.fetch_add(1, Ordering::SeqCst);
         }
     }
 }

@@ -23,6 +23,7 @@ pub use sqlite::SqliteStore;
 
 pub mod cache;
 pub mod counting;
+mod near;
 pub mod writer;
 
 pub use cache::{CacheConfig, KeyCache, KeyResolver, Lookup, LookupKey, RecordCache};

@@ -230,6 +230,17 @@ impl Candidates {
         }
     }
 
+    /// A copy that shares no reference count with this one (several candidates, rare,
+    /// are shared).
+    pub fn local_copy(&self) -> Self {
+        match self {
+            Candidates::One((key, which)) => {
+                Candidates::One((Arc::new(CompiledKey::clone(key)), *which))
+            }
+            Candidates::Many(all) => Candidates::Many(all.clone()),
+        }
+    }
+
     /// The candidates, in the store's order.
     pub fn as_slice(&self) -> &[Candidate] {
         match self {
@@ -279,8 +290,13 @@ impl Verifier {
     ) -> Self {
         let limiter = limiter.into();
         let ttl = cfg.record_ttl;
-        let accounts = RecordCache::new(1_000_000, ttl);
-        let apps = RecordCache::new(100_000, ttl);
+        // Each serving thread's copies of the keys and records it reads most are its own,
+        // reference counts included.
+        let cache = cache.copied_with(Candidates::local_copy);
+        let accounts = RecordCache::new(1_000_000, ttl)
+            .copied_with(|a: &Arc<Account>| Arc::new(Account::clone(a)));
+        let apps = RecordCache::new(100_000, ttl)
+            .copied_with(|a: &Arc<Application>| Arc::new(Application::clone(a)));
         let follower = match (store.invalidations(), tokio::runtime::Handle::try_current()) {
             (Some(feed), Ok(runtime)) => Some(AbortOnDrop(runtime.spawn(follow(
                 feed,

@@ -468,7 +468,8 @@ impl Shared {
             // In flight before no longer pending, so `Writer::pending` never misses them.
             self.in_flight.fetch_add(n, Ordering::SeqCst);
             self.pending_len.fetch_sub(n, Ordering::SeqCst);
-            self.activity_len.fetch_sub(p.activity_len, Ordering::Relaxed);
+            self.activity_len
+                .fetch_sub(p.activity_len, Ordering::Relaxed);
             taken += n;
             all.merge(std::mem::take(&mut *p), self.activity_retain);
         }

@@ -7,9 +7,9 @@ use keywarden_core::model::{
     Mode, Role, StoredSecret,
 };
 use keywarden_store::{
-    open, CacheConfig, CountingStore, DecisionQuery, EventFilter, Granularity, KeyCache, KeyResolver, KeyTouch, KeyUse, Lookup,
-    RecordCache, Store, StoreError, UsageDelta, UsageDurability, Writer, WriterConfig,
-    WriterHandle,
+    open, CacheConfig, CountingStore, DecisionQuery, EventFilter, Granularity, KeyCache,
+    KeyResolver, KeyTouch, KeyUse, Lookup, RecordCache, Store, StoreError, UsageDelta,
+    UsageDurability, Writer, WriterConfig, WriterHandle,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -833,7 +833,11 @@ async fn records_from_several_threads_coalesce_when_flushed() {
             });
         }
     });
-    assert_eq!(writer.pending(), 20, "each thread's use, 3 rows and count of the busy key");
+    assert_eq!(
+        writer.pending(),
+        20,
+        "each thread's use, 3 rows and count of the busy key"
+    );
     std::thread::scope(|scope| {
         for t in 0..4 {
             let writer = &writer;
@@ -846,7 +850,11 @@ async fn records_from_several_threads_coalesce_when_flushed() {
         }
     });
     // Each thread's 3 rows of the busy key, and 20 - 12 = 8 of the 40 others.
-    assert_eq!(writer.dropped_activity(), 32, "the queue's bound holds across threads");
+    assert_eq!(
+        writer.dropped_activity(),
+        32,
+        "the queue's bound holds across threads"
+    );
     writer.flush_now().await.unwrap();
     assert_eq!(writer.pending(), 0, "nothing is left counted once written");
 
@@ -858,9 +866,17 @@ async fn records_from_several_threads_coalesce_when_flushed() {
         .iter()
         .map(|a| a.at - minute)
         .collect();
-    assert_eq!(kept, vec![904, 903, 902], "the newest rows of every thread's");
+    assert_eq!(
+        kept,
+        vec![904, 903, 902],
+        "the newest rows of every thread's"
+    );
     let stored = db.store.get_key(&key.id).await.unwrap().unwrap();
-    assert_eq!(stored.last_used_at, Some(minute + 904), "the latest use wins");
+    assert_eq!(
+        stored.last_used_at,
+        Some(minute + 904),
+        "the latest use wins"
+    );
     let counts = db
         .store
         .decision_counts(&DecisionQuery {
@@ -1037,4 +1053,89 @@ fn cached_records_expire_and_are_forgotten_on_invalidation() {
             .count()
             <= 10
     );
+}
+
+/// A thread that reads one entry of a cache when asked, and answers with the value and
+/// the address of the `Arc` it got.
+fn reader<F>(read: F) -> impl FnMut() -> Option<(String, usize)>
+where
+    F: Fn() -> Option<Arc<String>> + Send + 'static,
+{
+    let (ask, asked) = std::sync::mpsc::channel::<()>();
+    let (answer, answers) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for () in asked {
+            let got = read().map(|v| (String::clone(&v), Arc::as_ptr(&v) as usize));
+            if answer.send(got).is_err() {
+                return;
+            }
+        }
+    });
+    move || {
+        ask.send(()).unwrap();
+        answers.recv().unwrap()
+    }
+}
+
+/// Each thread keeps its own copy of an entry it reads often; none outlives a change made
+/// on another thread.
+#[test]
+fn a_threads_own_copies_never_outlive_a_change() {
+    let copy = |v: &Arc<String>| Arc::new(String::clone(v));
+    let keys: KeyCache<Arc<String>> = KeyCache::new(CacheConfig::default()).copied_with(copy);
+    let records: RecordCache<Arc<String>> =
+        RecordCache::new(10, Duration::from_secs(60)).copied_with(copy);
+    let lookup = lookup(1);
+    let shared = Arc::new("old".to_string());
+    keys.insert(&lookup, shared.clone());
+    records.insert("acc_1", shared.clone());
+
+    let (k, l) = (keys.clone(), lookup.clone());
+    let mut read_key = reader(move || match k.get(&l) {
+        Lookup::Hit(v) => Some(v),
+        _ => None,
+    });
+    let r = records.clone();
+    let mut read_record = reader(move || r.get("acc_1"));
+    for read in [&mut read_key as &mut dyn FnMut() -> _, &mut read_record] {
+        let seen: Vec<_> = (0..20).map(|_| read().unwrap()).collect();
+        assert!(seen.iter().all(|(v, _)| v == "old"));
+        // Read often, the entry became the thread's own: an `Arc` not shared with the map.
+        assert_eq!(seen[0].1, Arc::as_ptr(&shared) as usize);
+        assert_ne!(seen[19].1, Arc::as_ptr(&shared) as usize);
+    }
+
+    keys.invalidate(&[&lookup]);
+    records.invalidate("acc_1");
+    assert_eq!(read_key(), None, "invalidated on another thread");
+    assert_eq!(read_record(), None, "invalidated on another thread");
+
+    keys.insert(&lookup, Arc::new("new".into()));
+    records.insert("acc_1", Arc::new("new".into()));
+    for _ in 0..20 {
+        assert_eq!(read_key().unwrap().0, "new");
+        assert_eq!(read_record().unwrap().0, "new");
+    }
+    // Replaced in place, without an invalidation first.
+    keys.insert(&lookup, Arc::new("newer".into()));
+    records.insert("acc_1", Arc::new("newer".into()));
+    assert_eq!(read_key().unwrap().0, "newer");
+    assert_eq!(read_record().unwrap().0, "newer");
+
+    keys.invalidate_all();
+    records.invalidate_all();
+    assert_eq!(read_key(), None);
+    assert_eq!(read_record(), None);
+}
+
+/// A thread's copy keeps the shared entry's time-to-live.
+#[test]
+fn a_threads_own_copy_expires_with_the_entry() {
+    let records: RecordCache<Arc<String>> = RecordCache::new(10, Duration::from_millis(50));
+    records.insert("acc_1", Arc::new("Acme".into()));
+    for _ in 0..20 {
+        assert!(records.get("acc_1").is_some());
+    }
+    std::thread::sleep(Duration::from_millis(80));
+    assert!(records.get("acc_1").is_none(), "past its time-to-live");
 }
