@@ -174,7 +174,7 @@ struct Pending {
     /// Latest use per key id: when and from where.
     touches: IdMap<(Millis, Option<String>)>,
     /// Activity rows per key id, oldest first, at most `activity_retain_per_key` each.
-    activity: IdMap<VecDeque<Activity>>,
+    activity: IdMap<KeyActivity>,
     /// Activity rows held in `activity`.
     activity_len: usize,
     /// Decision counts per key id: its account and mode, and `(minute, code, count)`.
@@ -234,30 +234,44 @@ impl Pending {
         }
     }
 
-    /// Where a key's next activity row goes. A key's queued rows never outnumber the rows
-    /// kept per key (`retain`; 0: no such bound): once it holds that many, a new row takes
-    /// the place of its oldest, which the next write would have trimmed anyway. Otherwise
-    /// the row is added if `room` grants it a place in the whole queue, and counted here,
-    /// so the caller must add exactly one row for `Append` and `First`.
-    fn place(&mut self, key_id: &str, retain: usize, room: impl FnOnce() -> bool) -> Place<'_> {
+    /// Queues a key's activity row, saying `said`; false when the queue is full and the
+    /// row is dropped. A key's queued rows never outnumber the rows kept per key (`retain`;
+    /// 0: no such bound): once it holds that many, a new row takes the place of its oldest,
+    /// which the next write would have trimmed anyway. Otherwise the row is added if `room`
+    /// grants it a place in the whole queue.
+    fn add_activity(
+        &mut self,
+        key_id: &str,
+        at: Millis,
+        said: Said<'_>,
+        retain: usize,
+        room: impl FnOnce() -> bool,
+    ) -> bool {
         match self.activity.get_mut(key_id) {
-            Some(rows) if retain > 0 && rows.len() >= retain => {
-                rows.rotate_left(1);
-                match rows.back_mut() {
-                    Some(oldest) => Place::Replace(oldest),
-                    None => Place::Full,
+            Some(queued) => {
+                let full = retain > 0 && queued.rows.len() >= retain;
+                if !full {
+                    if !room() {
+                        return false;
+                    }
+                    self.activity_len += 1;
+                }
+                queued.push(at, said);
+                if full {
+                    queued.drop_oldest();
                 }
             }
-            _ if !room() => Place::Full,
-            Some(rows) => {
-                self.activity_len += 1;
-                Place::Append(rows)
-            }
             None => {
+                if !room() {
+                    return false;
+                }
                 self.activity_len += 1;
-                Place::First
+                let mut queued = KeyActivity::default();
+                queued.push(at, said);
+                self.activity.insert(key_id.to_owned(), queued);
             }
         }
+        true
     }
 
     /// Adds another thread's records to these, coalescing as each thread does: the latest
@@ -276,21 +290,14 @@ impl Pending {
                 }
             }
         }
-        for (key_id, rows) in other.activity {
-            self.activity_len += rows.len();
+        for (key_id, theirs) in other.activity {
+            self.activity_len += theirs.rows.len();
             match self.activity.entry(key_id) {
                 Entry::Occupied(mut e) => {
-                    let queued = e.get_mut();
-                    queued.extend(rows);
-                    if retain > 0 && queued.len() > retain {
-                        queued.make_contiguous().sort_by_key(|row| row.at);
-                        let cut = queued.len() - retain;
-                        queued.drain(..cut);
-                        self.activity_len -= cut;
-                    }
+                    self.activity_len -= e.get_mut().absorb(theirs, retain);
                 }
                 Entry::Vacant(e) => {
-                    e.insert(rows);
+                    e.insert(theirs);
                 }
             }
         }
@@ -318,16 +325,155 @@ impl Pending {
     }
 }
 
-/// Where a key's next activity row goes (see [`Pending::place`]).
-enum Place<'a> {
-    /// Overwrite this row, the key's oldest, now moved to the back of its queue.
-    Replace(&'a mut Activity),
-    /// Append to the key's queue.
-    Append(&'a mut VecDeque<Activity>),
-    /// Start the key's queue.
-    First,
-    /// The queue is full: drop the row and count it.
-    Full,
+/// What an activity row says besides its key and time.
+#[derive(Clone, Copy)]
+struct Said<'a> {
+    ip: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    code: &'a str,
+}
+
+impl Said<'_> {
+    fn of(row: &Activity) -> Said<'_> {
+        Said {
+            ip: row.ip.as_deref(),
+            method: &row.method,
+            path: &row.path,
+            status: row.status,
+            code: &row.code,
+        }
+    }
+
+    fn is(&self, d: &Detail) -> bool {
+        self.status == d.status
+            && self.path == d.path
+            && self.ip == d.ip.as_deref()
+            && self.method == d.method
+            && self.code == d.code
+    }
+
+    fn detail(&self) -> Detail {
+        Detail {
+            ip: self.ip.map(str::to_owned),
+            method: self.method.to_owned(),
+            path: self.path.to_owned(),
+            status: self.status,
+            code: self.code.to_owned(),
+            rows: 0,
+        }
+    }
+
+    /// Overwrites `d`, reusing its buffers.
+    fn fill(&self, d: &mut Detail) {
+        set_opt(&mut d.ip, self.ip);
+        set(&mut d.method, self.method);
+        set(&mut d.path, self.path);
+        d.status = self.status;
+        set(&mut d.code, self.code);
+    }
+}
+
+/// What one or more queued rows of a key say besides their time.
+struct Detail {
+    ip: Option<String>,
+    method: String,
+    path: String,
+    status: u16,
+    code: String,
+    /// Rows that say it; none: it is free for reuse.
+    rows: u32,
+}
+
+/// A key's queued activity rows. A busy key's rows mostly say the same (one client, one
+/// path), so each row is its time and the index of what it says, kept once: queueing a
+/// row writes 16 bytes into a ring that stays in the cache, not a row's worth of strings
+/// into the oldest of a thousand.
+#[derive(Default)]
+struct KeyActivity {
+    /// Oldest first.
+    rows: VecDeque<(Millis, u32)>,
+    details: Vec<Detail>,
+    /// Details no row says, for reuse.
+    free: Vec<u32>,
+    /// The detail the newest row says.
+    last: u32,
+}
+
+impl KeyActivity {
+    fn push(&mut self, at: Millis, said: Said<'_>) {
+        let i = self.detail_for(said);
+        self.rows.push_back((at, i));
+    }
+
+    fn detail_for(&mut self, said: Said<'_>) -> u32 {
+        if let Some(d) = self.details.get_mut(self.last as usize) {
+            if d.rows > 0 && said.is(d) {
+                d.rows += 1;
+                return self.last;
+            }
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                said.fill(&mut self.details[i as usize]);
+                i
+            }
+            None => {
+                self.details.push(said.detail());
+                u32::try_from(self.details.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.details[i as usize].rows = 1;
+        self.last = i;
+        i
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some((_, i)) = self.rows.pop_front() {
+            let d = &mut self.details[i as usize];
+            d.rows -= 1;
+            if d.rows == 0 {
+                self.free.push(i);
+            }
+        }
+    }
+
+    /// Takes in another thread's rows of the same key, then keeps the newest `retain` (0:
+    /// all). Returns the number of rows cut.
+    fn absorb(&mut self, other: KeyActivity, retain: usize) -> usize {
+        let offset = u32::try_from(self.details.len()).unwrap_or(u32::MAX);
+        self.details.extend(other.details);
+        self.free.extend(other.free.into_iter().map(|i| i + offset));
+        self.rows
+            .extend(other.rows.into_iter().map(|(at, i)| (at, i + offset)));
+        let mut cut = 0;
+        if retain > 0 && self.rows.len() > retain {
+            self.rows.make_contiguous().sort_by_key(|(at, _)| *at);
+            while self.rows.len() > retain {
+                self.drop_oldest();
+                cut += 1;
+            }
+        }
+        cut
+    }
+
+    /// The rows, oldest first, as written.
+    fn into_rows(self, key_id: String) -> impl Iterator<Item = Activity> {
+        let details = self.details;
+        self.rows.into_iter().map(move |(at, i)| {
+            let d = &details[i as usize];
+            Activity {
+                key_id: key_id.clone(),
+                at,
+                ip: d.ip.clone(),
+                method: d.method.clone(),
+                path: d.path.clone(),
+                status: d.status,
+                code: d.code.clone(),
+            }
+        })
+    }
 }
 
 /// Usage increments accepted and not yet handed to the usage lane.
@@ -592,26 +738,26 @@ impl Writer {
     }
 
     /// Records one use of a key from the request path: its activity row, and its last use
-    /// when `success`. One lock for both; a busy key's row reuses the buffers of the queued
-    /// row it replaces, so a request allocates nothing here once its key is in the queue.
+    /// when `success`. One lock for both; a busy key's row that says what its previous one
+    /// said is its time and an index, so a request allocates nothing here once its key is
+    /// in the queue.
     pub fn used(&self, u: &KeyUse<'_>, success: bool) {
         let retain = self.shared.activity_retain;
         let mut ip_buf = [0u8; keywarden_core::ip::IP_TEXT_MAX];
         let ip = u.ip.map(|ip| last_ip_text(ip, &mut ip_buf));
+        let said = Said {
+            ip,
+            method: prefix(u.method, METHOD_MAX),
+            path: prefix(u.path, PATH_MAX),
+            status: u.status,
+            code: u.code,
+        };
         let mut dropped = false;
         self.shared.with_pending(|p| {
             if success {
                 p.touch(u.key_id, u.at, ip);
             }
-            match p.place(u.key_id, retain, || self.shared.activity_room()) {
-                Place::Replace(oldest) => u.fill(oldest, ip),
-                Place::Append(rows) => rows.push_back(u.row(ip)),
-                Place::First => {
-                    p.activity
-                        .insert(u.key_id.to_owned(), VecDeque::from([u.row(ip)]));
-                }
-                Place::Full => dropped = true,
-            }
+            dropped = !p.add_activity(u.key_id, u.at, said, retain, || self.shared.activity_room());
         });
         if dropped {
             self.shared.dropped_activity.fetch_add(1, Ordering::Relaxed);
@@ -663,14 +809,9 @@ impl Writer {
         let retain = self.shared.activity_retain;
         let mut dropped = false;
         self.shared.with_pending(|p| {
-            match p.place(&row.key_id, retain, || self.shared.activity_room()) {
-                Place::Replace(oldest) => *oldest = row,
-                Place::Append(rows) => rows.push_back(row),
-                Place::First => {
-                    p.activity.insert(row.key_id.clone(), VecDeque::from([row]));
-                }
-                Place::Full => dropped = true,
-            }
+            dropped = !p.add_activity(&row.key_id, row.at, Said::of(&row), retain, || {
+                self.shared.activity_room()
+            });
         });
         if dropped {
             self.shared.dropped_activity.fetch_add(1, Ordering::Relaxed);
@@ -832,7 +973,11 @@ impl Backlog {
                 .into_iter()
                 .map(|(key_id, (at, ip))| KeyTouch { key_id, at, ip })
                 .collect(),
-            activity: p.activity.into_values().flatten().collect(),
+            activity: p
+                .activity
+                .into_iter()
+                .flat_map(|(key_id, queued)| queued.into_rows(key_id))
+                .collect(),
         }
     }
 
@@ -1198,31 +1343,6 @@ pub struct KeyUse<'a> {
 /// Longest method and path an activity row keeps.
 const METHOD_MAX: usize = 16;
 const PATH_MAX: usize = 512;
-
-impl KeyUse<'_> {
-    /// A new activity row.
-    fn row(&self, ip: Option<&str>) -> Activity {
-        Activity {
-            key_id: self.key_id.to_owned(),
-            at: self.at,
-            ip: ip.map(str::to_owned),
-            method: prefix(self.method, METHOD_MAX).to_owned(),
-            path: prefix(self.path, PATH_MAX).to_owned(),
-            status: self.status,
-            code: self.code.to_owned(),
-        }
-    }
-
-    /// Overwrites a row of the same key in place, reusing its buffers.
-    fn fill(&self, row: &mut Activity, ip: Option<&str>) {
-        row.at = self.at;
-        set_opt(&mut row.ip, ip);
-        set(&mut row.method, prefix(self.method, METHOD_MAX));
-        set(&mut row.path, prefix(self.path, PATH_MAX));
-        row.status = self.status;
-        set(&mut row.code, self.code);
-    }
-}
 
 /// `ip` as text, written into `buf`. The last address written on this thread is kept: a
 /// busy client's requests, one after another, then copy its text instead of writing it.

@@ -762,6 +762,49 @@ async fn uses_from_the_request_path_keep_each_field_of_the_newest_rows() {
     handle.shutdown().await;
 }
 
+/// A busy key's rows that say the same share what they say; each row still reads back
+/// as its own.
+#[tokio::test]
+async fn rows_that_say_the_same_and_rows_that_differ_keep_their_own_fields() {
+    let (db, key, writer, handle) = writing(WriterConfig {
+        activity_retain_per_key: 5,
+        ..manual()
+    })
+    .await;
+    let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let other: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+    // Runs of one kind of use, then uses that alternate, wrapping the queue several times.
+    let mut uses = vec![(ip, "/a", 200); 7];
+    uses.extend([(other, "/b", 429), (ip, "/a", 200)].repeat(4));
+    uses.extend([(other, "/c", 403); 2]);
+    for (n, (ip, path, status)) in uses.iter().enumerate() {
+        writer.used(
+            &KeyUse {
+                key_id: &key.id,
+                at: n as i64,
+                ip: Some(*ip),
+                method: "GET",
+                path,
+                status: *status,
+                code: if *status == 200 { "valid" } else { "denied" },
+            },
+            *status == 200,
+        );
+    }
+    writer.flush_now().await.unwrap();
+    let rows = db.store.list_activity(&key.id, 10).await.unwrap();
+    let got: Vec<(i64, String, &str, u16)> = rows
+        .iter()
+        .map(|r| (r.at, r.ip.clone().unwrap(), r.path.as_str(), r.status))
+        .collect();
+    let want: Vec<(i64, String, &str, u16)> = (uses.len() - 5..uses.len())
+        .rev()
+        .map(|n| (n as i64, uses[n].0.to_string(), uses[n].1, uses[n].2))
+        .collect();
+    assert_eq!(got, want, "the newest five, newest first");
+    handle.shutdown().await;
+}
+
 #[tokio::test]
 async fn touches_keep_the_latest_use_per_key() {
     let (db, a, writer, handle) = writing(manual()).await;
