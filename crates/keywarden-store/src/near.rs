@@ -24,10 +24,13 @@ const COPY_AFTER: u32 = 8;
 
 /// The near entries of every thread, for one shared cache and its clones.
 pub(crate) struct Near<K: Send, V: Send> {
-    threads: ThreadLocal<RefCell<Vec<Option<Entry<K, V>>>>>,
+    threads: ThreadLocal<RefCell<Slots<K, V>>>,
     copy: fn(&V) -> V,
     hasher: foldhash::fast::FixedState,
 }
+
+/// One thread's entries, by slot.
+type Slots<K, V> = Vec<Option<Entry<K, V>>>;
 
 struct Entry<K, V> {
     key: K,
