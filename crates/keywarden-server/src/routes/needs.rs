@@ -4,6 +4,7 @@
 use crate::state::AppState;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use keywarden_core::decision::CompiledKey;
+use keywarden_core::model::Mode;
 use keywarden_core::routes::{PathError, RouteDecision};
 use keywarden_core::scopes::{ScopeCatalog, ScopeSet};
 use keywarden_store::verifier::VerifyOutcome;
@@ -58,16 +59,23 @@ const SCOPES: HeaderName = HeaderName::from_static("x-keywarden-scopes");
 /// The identity headers of an allowed request.
 pub fn identity_headers(state: &AppState, headers: &mut HeaderMap, out: &VerifyOutcome) {
     if let Some(k) = &out.key {
-        headers.insert(MODE, HeaderValue::from_static(k.mode.as_str()));
-        // A value that cannot be a header's (none of this service's making) is left out.
-        for (name, value) in [KEY_ID, ACCOUNT_ID, SCOPES]
-            .into_iter()
-            .zip(key_identity(state, k))
-        {
-            if let Some(value) = value {
-                headers.insert(name, value);
+        const LIVE: HeaderValue = HeaderValue::from_static(Mode::Live.as_str());
+        const TEST: HeaderValue = HeaderValue::from_static(Mode::Test.as_str());
+        headers.insert(
+            MODE,
+            match k.mode {
+                Mode::Live => LIVE,
+                Mode::Test => TEST,
+            },
+        );
+        with_key_identity(state, k, |values| {
+            // A value that cannot be a header's (none of this service's making) is left out.
+            for (name, value) in [KEY_ID, ACCOUNT_ID, SCOPES].into_iter().zip(values) {
+                if let Some(value) = value {
+                    headers.insert(name, value.clone());
+                }
             }
-        }
+        });
     } else if out.global {
         headers.insert(KEY_ID, HeaderValue::from_static("global"));
         headers.insert(SCOPES, HeaderValue::from_static("*"));
@@ -78,7 +86,11 @@ pub fn identity_headers(state: &AppState, headers: &mut HeaderMap, out: &VerifyO
 /// thread, a slot per compiled key, and reused while the key and the catalog naming its
 /// scopes are the ones they were made from: a busy key's requests then copy nothing. A
 /// key whose record changes is compiled anew, so a kept key is never out of date.
-fn key_identity(state: &AppState, k: &Arc<CompiledKey>) -> [Option<HeaderValue>; 3] {
+fn with_key_identity(
+    state: &AppState,
+    k: &Arc<CompiledKey>,
+    then: impl FnOnce(&[Option<HeaderValue>; 3]),
+) {
     thread_local! {
         static SLOTS: RefCell<Vec<Option<IdentitySlot>>> = const { RefCell::new(Vec::new()) };
     }
@@ -93,7 +105,7 @@ fn key_identity(state: &AppState, k: &Arc<CompiledKey>) -> [Option<HeaderValue>;
         }
         match &slots[slot] {
             Some(kept) if Arc::ptr_eq(&kept.key, k) && Arc::ptr_eq(&kept.catalog, catalog) => {
-                kept.values.clone()
+                then(&kept.values);
             }
             _ => {
                 let mut names = String::with_capacity(64);
@@ -104,13 +116,12 @@ fn key_identity(state: &AppState, k: &Arc<CompiledKey>) -> [Option<HeaderValue>;
                     names.push_str(name);
                 }
                 let value = |text: &str| HeaderValue::from_str(text).ok();
-                let values = [value(k.id()), value(k.account_id()), value(&names)];
-                slots[slot] = Some(IdentitySlot {
+                let kept = slots[slot].insert(IdentitySlot {
                     key: k.clone(),
                     catalog: catalog.clone(),
-                    values: values.clone(),
+                    values: [value(k.id()), value(k.account_id()), value(&names)],
                 });
-                values
+                then(&kept.values);
             }
         }
     })
