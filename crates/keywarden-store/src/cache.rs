@@ -105,7 +105,7 @@ impl std::fmt::Debug for LookupKey {
 
 /// A bounded cache of records by id (accounts, applications) with a time-to-live, checked
 /// on every read. Clones share the same entries. Each thread keeps its own copies of the
-/// entries it reads most, trusted until the next change to the cache (`near`).
+/// entries it has read last, trusted until the next change to the cache (`near`).
 pub struct RecordCache<V: Clone + Send + Sync + 'static> {
     /// Value and expiry (milliseconds since `epoch`) by id.
     entries: Arc<Cache<String, (V, u64)>>,
@@ -211,7 +211,7 @@ type Flight<V> = Arc<OnceCell<Result<Option<V>, Arc<StoreError>>>>;
 /// Both maps are `quick_cache` maps (a few dozen bytes of overhead per entry, so a million
 /// cached keys stay small); each entry carries the instant it stops being trusted, checked
 /// on every read. In front of the positive map, each thread keeps its own copies of the
-/// entries it reads most, trusted until the generation moves.
+/// entries it has read last, trusted until the generation moves.
 pub struct KeyCache<V: Clone + Send + Sync + 'static> {
     /// Value and expiry (milliseconds since `epoch`) by lookup.
     positive: Arc<Cache<LookupKey, (V, u64)>>,

@@ -1,4 +1,4 @@
-//! Each thread's own copies of the cache entries it reads most, in front of a shared cache.
+//! Each thread's own copies of the cache entries it has read last, in front of a shared cache.
 //!
 //! A hit in a shared map takes its shard's read lock and clones the value, and both write
 //! memory every other thread uses too (the lock's reader count, an `Arc`'s reference

@@ -290,7 +290,7 @@ impl Verifier {
     ) -> Self {
         let limiter = limiter.into();
         let ttl = cfg.record_ttl;
-        // Each serving thread's copies of the keys and records it reads most are its own,
+        // Each serving thread's copies of the keys and records it reads often are its own,
         // reference counts included.
         let cache = cache.copied_with(Candidates::local_copy);
         let accounts = RecordCache::new(1_000_000, ttl)

@@ -567,16 +567,16 @@ impl Shared {
         add(&mut p);
         let added = p.len().saturating_sub(before);
         // Counted under the lane's lock, which `take_all` holds as it subtracts the lane's.
-        let len = (added > 0).then(|| self.counted(added));
+        let full = added > 0 && self.counted(added);
         drop(p);
-        if len.is_some_and(|len| len >= self.max_batch) {
+        if full {
             self.full.notify_one();
         }
     }
 
-    /// Adds `added` new records to the pending count; returns the new count.
-    fn counted(&self, added: usize) -> usize {
-        self.pending_len.fetch_add(added, Ordering::SeqCst) + added
+    /// Adds `added` new records to the pending count; true when a batch is full.
+    fn counted(&self, added: usize) -> bool {
+        self.pending_len.fetch_add(added, Ordering::SeqCst) + added >= self.max_batch
     }
 
     /// Takes a place in the activity queue for one row, if it has room.
@@ -590,12 +590,12 @@ impl Shared {
 
     /// Adds an audit event, which is never dropped.
     fn push_event(&self, event: AuditEvent) {
-        let len = {
+        let full = {
             let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
             events.push(event);
             self.counted(1)
         };
-        if len >= self.max_batch {
+        if full {
             self.full.notify_one();
         }
     }
