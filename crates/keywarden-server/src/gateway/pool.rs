@@ -264,7 +264,11 @@ impl Pool {
 
     async fn connect(&self, deadline: tokio::time::Instant) -> Result<Box<Conn>, BoxError> {
         let io = self.connector.clone().call(self.origin.clone()).await?;
+        // A request's head and body are copied into one buffer and written with one
+        // `write`: most requests a gateway forwards have no body or a small one, and
+        // queueing the pieces for a vectored write costs more than copying them.
         let (sender, driver) = http1::Builder::new()
+            .writev(false)
             .handshake::<_, RequestBody>(io)
             .await?;
         Ok(Box::new(Conn {
