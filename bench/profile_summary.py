@@ -24,7 +24,8 @@ STAGES = [
     ("freeing (drop)", "drop_in_place"),
 ]
 KERNEL_STAGES = [
-    ("writev (sending, the peer's receive path, waking it)", "do_writev"),
+    # The client's answers go out with `writev`, the upstream's requests with `send`.
+    ("writing (sending, the peer's receive path, waking it)", ("do_writev", "__sys_sendto")),
     ("reading", "tcp_recvmsg"),
     ("epoll_wait", "do_epoll_wait"),
     ("switching tasks (finish_task_switch)", "finish_task_switch"),
@@ -61,8 +62,9 @@ def main():
         name = frames[0].split("+0x")[0].split(" (")[0]
         leaf[("[k] " if in_kernel else "") + name[:110]] += 1
         if in_kernel:
-            for label, mark in KERNEL_STAGES:
-                if any(mark in f for f in frames):
+            for label, marks in KERNEL_STAGES:
+                marks = (marks,) if isinstance(marks, str) else marks
+                if any(m in f for f in frames for m in marks):
                     kstage[label] += 1
             continue
         user += 1
@@ -86,4 +88,5 @@ def main():
         print(f"  {pct(n)}  {name}")
 
 
-main()
+if __name__ == "__main__":
+    main()
