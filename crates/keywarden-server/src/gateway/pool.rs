@@ -264,9 +264,10 @@ impl Pool {
 
     async fn connect(&self, deadline: tokio::time::Instant) -> Result<Box<Conn>, BoxError> {
         let io = self.connector.clone().call(self.origin.clone()).await?;
-        // A request's head and body are copied into one buffer and written with one
-        // `write`: most requests a gateway forwards have no body or a small one, and
-        // queueing the pieces for a vectored write costs more than copying them.
+        // A request's head and body are copied into one buffer and written with plain
+        // writes (a small request in one): most requests a gateway forwards have no body
+        // or a small one, and queueing the pieces for a vectored write costs more than
+        // copying them.
         let (sender, driver) = http1::Builder::new()
             .writev(false)
             .handshake::<_, RequestBody>(io)
