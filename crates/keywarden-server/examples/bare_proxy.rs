@@ -4,8 +4,8 @@
 //! UPSTREAM_ADDR`, e.g. `bare_proxy 127.0.0.1:9000 127.0.0.1:8080`.
 //!
 //! Arranged as the gateway is: one thread per CPU, each with its own single-threaded
-//! runtime accepting on its own clone of the listener and its own pool of keep-alive
-//! upstream connections, so a request lives on one thread from first byte to last. A
+//! runtime and its own pool of keep-alive upstream connections, so a request lives on one
+//! thread from first byte to last; the connections are dealt to the threads in turn. A
 //! request goes upstream as it came (method, path and query, headers less the hop-by-hop
 //! ones, body streamed) and so does the response; a failure is a 502 with an empty body.
 //! Each upstream connection is driven by a task of its own (`tokio::spawn`, on this thread
@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 thread_local! {
     /// This thread's idle upstream connections, the most recently used last.
@@ -39,38 +39,52 @@ fn main() -> std::io::Result<()> {
         std::process::exit(2);
     };
     let listener = std::net::TcpListener::bind(listen)?;
-    listener.set_nonblocking(true)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = (0..threads)
+    let (queues, workers): (Vec<_>, Vec<_>) = (0..threads)
         .map(|_| {
-            let listener = listener.try_clone()?;
-            Ok(std::thread::spawn(move || {
+            let (queue, accepted) = tokio::sync::mpsc::unbounded_channel();
+            let worker = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                rt.block_on(accept(listener, upstream))
-            }))
+                rt.block_on(serve(accepted, upstream))
+            });
+            (queue, worker)
         })
-        .collect::<std::io::Result<Vec<_>>>()?;
+        .unzip();
+    // Connections are dealt to the threads in turn, as the gateway's acceptor spreads them
+    // over its workers: threads racing to accept would take them unevenly, and a run in
+    // which one thread got most of them would measure that rather than the proxy.
+    for (tcp, queue) in listener.incoming().zip(queues.iter().cycle()) {
+        let Ok(tcp) = tcp else {
+            // Out of file descriptors, say: pause rather than spin.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            continue;
+        };
+        tcp.set_nonblocking(true)?;
+        if queue.send(tcp).is_err() {
+            break;
+        }
+    }
+    drop(queues);
     for worker in workers {
         worker.join().expect("a worker panicked")?;
     }
     Ok(())
 }
 
-async fn accept(listener: std::net::TcpListener, upstream: SocketAddr) -> std::io::Result<()> {
-    let listener = TcpListener::from_std(listener)?;
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            // Out of file descriptors, say: pause rather than spin.
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            continue;
-        };
+async fn serve(
+    mut accepted: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    upstream: SocketAddr,
+) -> std::io::Result<()> {
+    while let Some(tcp) = accepted.recv().await {
+        let tcp = TcpStream::from_std(tcp)?;
         let _ = tcp.set_nodelay(true);
         let service = hyper::service::service_fn(move |req| proxy(req, upstream));
         let conn = hyper::server::conn::http1::Builder::new();
         tokio::spawn(conn.serve_connection(TokioIo::new(tcp), service));
     }
+    Ok(())
 }
 
 async fn proxy(
