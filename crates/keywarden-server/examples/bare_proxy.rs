@@ -1,7 +1,11 @@
 //! A bare HTTP/1.1 keep-alive proxy made of hyper's server and hyper's client and nothing
 //! else: the floor `bench/run` measures the gateway against (`hyper_proxy_*`,
 //! `gateway_vs_hyper`), not part of the product. Usage: `bare_proxy LISTEN_ADDR
-//! UPSTREAM_ADDR`, e.g. `bare_proxy 127.0.0.1:9000 127.0.0.1:8080`.
+//! UPSTREAM_ADDR [--up 'NAME: VALUE']... [--down 'NAME: VALUE']...`, e.g. `bare_proxy
+//! 127.0.0.1:9000 127.0.0.1:8080`. Each `--up` header is set on every request sent
+//! upstream and each `--down` one on every response: with the headers the gateway adds,
+//! the proxy does the gateway's wire work (what the upstream and the client then read)
+//! and none of its deciding (`hyper_headers_proxy_*`, `gateway_vs_hyper_headers`).
 //!
 //! Arranged as the gateway is: one thread per CPU, each with its own single-threaded
 //! runtime and its own pool of keep-alive upstream connections, so a request lives on one
@@ -18,7 +22,9 @@
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderMap, HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::cell::RefCell;
@@ -32,12 +38,43 @@ thread_local! {
     static IDLE: RefCell<Vec<SendRequest<Incoming>>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Headers set on every request sent upstream (`up`) and on every response (`down`).
+#[derive(Default)]
+struct Added {
+    up: Vec<(HeaderName, HeaderValue)>,
+    down: Vec<(HeaderName, HeaderValue)>,
+}
+
+fn usage() -> ! {
+    eprintln!("usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR [--up 'NAME: VALUE']... [--down 'NAME: VALUE']...");
+    std::process::exit(2);
+}
+
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(Ok(upstream))) = (args.get(1), args.get(2).map(|a| a.parse())) else {
-        eprintln!("usage: bare_proxy LISTEN_ADDR UPSTREAM_ADDR");
-        std::process::exit(2);
+        usage();
     };
+    let mut added = Added::default();
+    let mut rest = args.iter().skip(3);
+    while let Some(flag) = rest.next() {
+        let side = match flag.as_str() {
+            "--up" => &mut added.up,
+            "--down" => &mut added.down,
+            _ => usage(),
+        };
+        let header = rest
+            .next()
+            .and_then(|h| h.split_once(':'))
+            .and_then(|(n, v)| {
+                Some((
+                    HeaderName::from_bytes(n.trim().as_bytes()).ok()?,
+                    HeaderValue::from_str(v.trim()).ok()?,
+                ))
+            });
+        side.push(header.unwrap_or_else(|| usage()));
+    }
+    let added: &'static Added = Box::leak(Box::new(added));
     let listener = std::net::TcpListener::bind(listen)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (queues, workers): (Vec<_>, Vec<_>) = (0..threads)
@@ -47,7 +84,7 @@ fn main() -> std::io::Result<()> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                rt.block_on(serve(accepted, upstream))
+                rt.block_on(serve(accepted, upstream, added))
             });
             (queue, worker)
         })
@@ -76,11 +113,12 @@ fn main() -> std::io::Result<()> {
 async fn serve(
     mut accepted: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
     upstream: SocketAddr,
+    added: &'static Added,
 ) -> std::io::Result<()> {
     while let Some(tcp) = accepted.recv().await {
         let tcp = TcpStream::from_std(tcp)?;
         let _ = tcp.set_nodelay(true);
-        let service = hyper::service::service_fn(move |req| proxy(req, upstream));
+        let service = hyper::service::service_fn(move |req| proxy(req, upstream, added));
         let conn = hyper::server::conn::http1::Builder::new();
         tokio::spawn(conn.serve_connection(TokioIo::new(tcp), service));
     }
@@ -90,8 +128,12 @@ async fn serve(
 async fn proxy(
     mut req: Request<Incoming>,
     upstream: SocketAddr,
+    added: &Added,
 ) -> Result<Response<Proxied>, std::convert::Infallible> {
     strip_hop_by_hop(req.headers_mut());
+    for (name, value) in &added.up {
+        req.headers_mut().insert(name.clone(), value.clone());
+    }
     loop {
         let idle = IDLE.with_borrow_mut(Vec::pop);
         let reused = idle.is_some();
@@ -112,6 +154,9 @@ async fn proxy(
             Ok(res) => {
                 let (mut head, body) = res.into_parts();
                 strip_hop_by_hop(&mut head.headers);
+                for (name, value) in &added.down {
+                    head.headers.insert(name.clone(), value.clone());
+                }
                 let mut body = Proxied {
                     body: Some(body),
                     sender: Some(sender),
