@@ -9,10 +9,8 @@
 
 use crate::gateway::{Arrival, Gateway, PROXIED};
 use crate::middleware::RequestContext;
-use crate::routes::forward_auth::{forward_auth, FORWARD_AUTH_PATH};
+use crate::routes::forward_auth::{self, FORWARD_AUTH_PATH};
 use crate::state::AppState;
-use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
@@ -78,7 +76,7 @@ impl Front {
     }
 
     /// Serves a request it takes, from `peer`.
-    pub async fn serve(&self, mut req: hyper::Request<Incoming>, peer: SocketAddr) -> Response {
+    pub async fn serve(&self, req: hyper::Request<Incoming>, peer: SocketAddr) -> Response {
         match &self.kind {
             Kind::Gateway { gateway, .. } => {
                 // The gateway is handed the peer and the id: the request's extensions stay
@@ -92,10 +90,13 @@ impl Front {
                 context.finish_decided(&self.state, res, Some(PROXIED))
             }
             Kind::ForwardAuth => {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                let context = RequestContext::begin(&self.state, &mut req);
-                let res = forward_auth(State(self.state.clone()), req.map(Body::new)).await;
-                context.finish(&self.state, res)
+                // As the gateway's: handed the peer directly, the request's extensions
+                // stay empty, and the body is never read.
+                let context = RequestContext::unmarked(&self.state, &req);
+                let (parts, _body) = req.into_parts();
+                let (res, allowed) =
+                    forward_auth::answer(&self.state, &parts, Some(peer.ip())).await;
+                context.finish_decided(&self.state, res, allowed)
             }
         }
     }

@@ -175,33 +175,48 @@ fn refuse(state: &AppState, e: ApiError) -> Response {
     tag = "verify"
 )]
 pub async fn forward_auth(State(state): State<AppState>, req: Request) -> Response {
+    let peer = peer_ip(req.extensions());
     let (parts, _body) = req.into_parts();
-    if let Err(e) = require_forward_auth_token(&state, &parts.headers) {
-        return refuse(&state, e);
+    let (mut res, allowed) = answer(&state, &parts, peer).await;
+    if let Some(code) = allowed {
+        res.extensions_mut().insert(DecisionCode(code));
+    }
+    res
+}
+
+/// Forward-auth's answer to the request `parts` from `peer`, and its decision code when
+/// it allows (a refusal carries its own). The request's extensions are not read: the
+/// listener's front calls this directly, with the peer, and leaves them empty.
+pub async fn answer(
+    state: &AppState,
+    parts: &Parts,
+    peer: Option<std::net::IpAddr>,
+) -> (Response, Option<&'static str>) {
+    if let Err(e) = require_forward_auth_token(state, &parts.headers) {
+        return (refuse(state, e), None);
     }
     let h = &parts.headers;
     if let Some(code) = header_of(h, &[RENDER]) {
-        return render(&state, h, code);
+        return (render(state, h, code), None);
     }
-    let (method, uri) = match original(state.settings.config.forward_auth.convention, &parts) {
+    let (method, uri) = match original(state.settings.config.forward_auth.convention, parts) {
         Ok(found) => found,
-        Err(why) => return refuse(&state, ApiError::invalid(why)),
+        Err(why) => return (refuse(state, ApiError::invalid(why)), None),
     };
     // Decided on the canonical path; one that has none is refused, never guessed at.
-    let (needs, path) = match route_needs(&state, &method, uri.path()) {
+    let (needs, path) = match route_needs(state, &method, uri.path()) {
         Ok(routed) => routed,
-        Err(e) => return refuse(&state, ApiError::invalid(e.to_string())),
+        Err(e) => return (refuse(state, ApiError::invalid(e.to_string())), None),
     };
     if matches!(needs, Needs::Public) {
         let mut res = ().into_response();
         stamp(&mut res, 200, "valid");
-        res.extensions_mut().insert(DecisionCode("valid"));
-        return res;
+        return (res, Some("valid"));
     }
     let s = &state.settings;
     // The credential may sit in the original query string when a `query:` source is on.
     let creds = credentials(s, h, &uri);
-    let ip = client_ip(s, h, peer_ip(&parts.extensions));
+    let ip = client_ip(s, h, peer);
     let scopes = match &needs {
         Needs::Scopes(set) => Some(set),
         _ => None,
@@ -219,19 +234,20 @@ pub async fn forward_auth(State(state): State<AppState>, req: Request) -> Respon
         .await;
 
     let presented = s.renderer.overrides.present(out.code);
-    let mut res = if out.is_valid() {
+    let (mut res, allowed) = if out.is_valid() {
         let mut res = ().into_response();
-        identity_headers(&state, res.headers_mut(), &out);
-        res.extensions_mut().insert(DecisionCode("valid"));
-        res
+        // Room for the identity headers, the two stamps and the request id at once, rather
+        // than a map that grows twice on the way.
+        res.headers_mut().reserve(8);
+        identity_headers(state, res.headers_mut(), &out);
+        (res, Some("valid"))
     } else {
-        ApiError::new(out.code)
-            .retry_after(out.retry_after)
-            .into_response()
+        let refused = ApiError::new(out.code).retry_after(out.retry_after);
+        (refused.into_response(), None)
     };
     rate_limit_headers(res.headers_mut(), &out);
     stamp(&mut res, presented.status, presented.name);
-    res
+    (res, allowed)
 }
 
 /// Adds the decision's real status and wire code: `X-Keywarden-Status` and
