@@ -98,7 +98,10 @@ fn main() -> std::io::Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(10));
             continue;
         };
-        tcp.set_nonblocking(true)?;
+        // A connection that cannot be made non-blocking is dropped, not the proxy.
+        if tcp.set_nonblocking(true).is_err() {
+            continue;
+        }
         if queue.send(tcp).is_err() {
             break;
         }
