@@ -97,6 +97,27 @@ TOML
   GATEWAY=(-H "Authorization: Bearer $KEY" "http://127.0.0.1:$PUB/ping")
 }
 
+# The bare proxy's arguments (`ADDED`) for the headers the gateway adds for the bench key:
+# its identity headers, as forward-auth answers them for that key, the forwarding headers
+# and a request id each way. Stops when forward-auth's answer lacks one, as the bare proxy
+# would then send less than the gateway.
+gateway_headers() {
+  ADDED=(--up "x-forwarded-for: 127.0.0.1" --up "x-forwarded-host: 127.0.0.1:$PUB" --up "x-forwarded-proto: http")
+  while IFS= read -r h; do
+    case "${h,,}" in
+      x-keywarden-mode:* | x-keywarden-key-id:* | x-keywarden-account-id:* | x-keywarden-scopes:*)
+        ADDED+=(--up "$h") ;;
+      x-request-id:*) ADDED+=(--up "$h" --down "$h") ;;
+    esac
+  done < <(curl -si "${FORWARD_AUTH[@]}" | tr -d '\r')
+  # Four identity headers and the request id, or the reference would not send what the gateway
+  # sends.
+  if [ "${#ADDED[@]}" != 18 ]; then
+    echo "forward-auth's answer for the bench key lacked identity headers or a request id:" >&2
+    curl -si "${FORWARD_AUTH[@]}" >&2; exit 1
+  fi
+}
+
 # wrk prints Requests/sec and, with --latency, the 99th percentile.
 rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
 p99_ms() {
