@@ -28,7 +28,7 @@ use crate::views;
 use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 use utoipa::{OpenApi, ToResponse};
 
@@ -415,6 +415,70 @@ fn self_service_group(method: &str, rest: &str) -> Option<&'static str> {
     })
 }
 
+/// The self-service answer (one of `SELF_SERVICE_ANSWERS`) whose fields `self_service.fields`
+/// chooses that an operation answers with (`rest` is its path after the base path).
+fn self_service_answer(method: &str, rest: &str) -> Option<&'static str> {
+    Some(match (method, rest) {
+        ("get", "/account") | ("patch", "/account") | ("patch", "/account/plan") => "account",
+        ("get", "/api-keys") | ("get", "/api-keys/{id}") => "api_key",
+        ("post", "/api-keys") => "created_api_key",
+        _ => return None,
+    })
+}
+
+/// The schemas a self-service operation answers with when it succeeds: the name of each
+/// one's component (the item's, for a list) and the answer whose fields are chosen for it.
+fn answer_schemas<'o>(
+    method: &str,
+    rest: &str,
+    op: &'o Value,
+) -> impl Iterator<Item = (String, Option<&'static str>)> + 'o {
+    let answer = self_service_answer(method, rest);
+    op["responses"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(status, _)| status.starts_with('2'))
+        .filter_map(|(_, res)| {
+            let schema = &res["content"]["application/json"]["schema"];
+            let target = if schema["type"] == "array" {
+                &schema["items"]["$ref"]
+            } else {
+                &schema["$ref"]
+            };
+            target.as_str()?.strip_prefix("#/components/schemas/")
+        })
+        .map(move |name| (name.to_string(), answer))
+}
+
+/// Shapes a self-service answer's schema as the deployment answers: only the fields
+/// `self_service.fields` keeps for `answer`, then each field `self_service.rename`
+/// names under its new name (the order the answers themselves take).
+fn shape_answer(schema: &mut Value, answer: Option<&str>, settings: &Settings) {
+    let keep = answer.and_then(|a| settings.self_service.fields(a));
+    let renames = &settings.self_service.rename;
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        if let Some(keep) = keep {
+            props.retain(|name, _| keep.contains(name));
+        }
+        for (from, to) in renames {
+            if let Some(p) = props.remove(from) {
+                props.insert(to.clone(), p);
+            }
+        }
+    }
+    if let Some(required) = schema.get_mut("required").and_then(Value::as_array_mut) {
+        if let Some(keep) = keep {
+            required.retain(|n| n.as_str().is_some_and(|n| keep.contains(n)));
+        }
+        for name in required.iter_mut() {
+            if let Some(to) = name.as_str().and_then(|n| renames.get(n)) {
+                *name = Value::String(to.clone());
+            }
+        }
+    }
+}
+
 /// The document a listener serves under `settings`.
 pub fn document(listener: Listener, settings: &Settings) -> Value {
     let mut doc = FULL.clone();
@@ -423,6 +487,8 @@ pub fn document(listener: Listener, settings: &Settings) -> Value {
 
     let paths = take_object(&mut doc, "paths");
     let mut kept = Map::new();
+    // The self-service answers' schemas, to be shaped as the deployment answers.
+    let mut answers: BTreeMap<String, Option<&'static str>> = BTreeMap::new();
     for (path, mut item) in paths {
         let Some(ops) = item.as_object_mut() else {
             continue;
@@ -445,6 +511,9 @@ pub fn document(listener: Listener, settings: &Settings) -> Value {
             if !ops.keys().any(|m| METHODS.contains(&m.as_str())) {
                 continue;
             }
+            for (method, op) in ops.iter() {
+                answers.extend(answer_schemas(method, rest, op));
+            }
         }
         if self_service {
             for op in ops.values_mut() {
@@ -460,6 +529,13 @@ pub fn document(listener: Listener, settings: &Settings) -> Value {
         kept.insert(path, item);
     }
     doc["paths"] = Value::Object(kept);
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        for (name, answer) in &answers {
+            if let Some(schema) = schemas.get_mut(name) {
+                shape_answer(schema, *answer, settings);
+            }
+        }
+    }
 
     // Security schemes: the listener's own.
     let mut schemes = Map::new();

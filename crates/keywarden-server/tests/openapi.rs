@@ -1315,3 +1315,119 @@ async fn only_the_self_service_groups_served_are_documented() {
     }
     app.stop().await;
 }
+
+/// The properties a served answer's schema documents (the item's, for a list).
+fn answer_properties(doc: &Value, method: &str, path: &str, status: &str) -> BTreeSet<String> {
+    let r = response(doc, &doc["paths"][path][method]["responses"][status]);
+    let mut schema = &r["content"]["application/json"]["schema"];
+    if schema["type"] == "array" {
+        schema = &schema["items"];
+    }
+    let schema = resolve(doc, schema["$ref"].as_str().expect("a named schema"));
+    schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn the_document_shows_the_answers_as_chosen_fields_and_renames_shape_them() {
+    let app = spawn_app_with(
+        "[self_service]\n\
+         endpoints = [\"account\", \"account_write\", \"usage\", \"erase\", \"api_keys\"]\n\
+         rename = { deleted_api_keys = \"deleted_api_key\", account_name = \"name\" }\n\
+         fields.account = [\"account_id\", \"account_name\", \"plan\"]\n\
+         fields.api_key = [\"id\", \"name\", \"created_at\"]\n\
+         fields.created_api_key = [\"api_key\", \"id\", \"name\"]\n",
+    )
+    .await;
+    let (public, _) = docs(&app).await;
+    let acc = app.account("Shaped").await;
+    let owner = app
+        .key(
+            &acc,
+            json!({ "mode": "live", "name": "owner", "role": "owner" }),
+        )
+        .await;
+    let token = owner["api_key"].as_str().unwrap();
+    let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+
+    // Each answer matches its documentation, and the documentation lists exactly the
+    // fields the answer has: the chosen ones, under their new names.
+    let check = |method: Method, path: &str, doc_path: &str, status: u16, body: Option<Value>| {
+        let app = &app;
+        let public = &public;
+        let method_name = method.as_str().to_lowercase();
+        let path = path.to_string();
+        let doc_path = doc_path.to_string();
+        async move {
+            let res = app.public(method, &path, token, body).await;
+            assert_eq!(res.status().as_u16(), status, "{path}");
+            let body: Value = res.json().await.unwrap();
+            assert_documented(public, &method_name, &doc_path, status, &body);
+            let item = if body.is_array() { &body[0] } else { &body };
+            let answered: BTreeSet<String> = item.as_object().unwrap().keys().cloned().collect();
+            let documented =
+                answer_properties(public, &method_name, &doc_path, &status.to_string());
+            (answered, documented)
+        }
+    };
+    let (answered, documented) = check(Method::GET, "/v1/account", "/v1/account", 200, None).await;
+    assert_eq!(answered, set(&["account_id", "name", "plan"]));
+    assert_eq!(documented, answered, "GET /v1/account");
+    let (answered, documented) = check(
+        Method::PATCH,
+        "/v1/account",
+        "/v1/account",
+        200,
+        Some(json!({ "account_name": "Reshaped" })),
+    )
+    .await;
+    assert_eq!(documented, answered, "PATCH /v1/account");
+    let (answered, documented) = check(
+        Method::POST,
+        "/v1/api-keys",
+        "/v1/api-keys",
+        201,
+        Some(json!({ "name": "made" })),
+    )
+    .await;
+    assert_eq!(answered, set(&["api_key", "id", "name"]));
+    assert_eq!(documented, answered, "POST /v1/api-keys");
+    let (answered, documented) =
+        check(Method::GET, "/v1/api-keys", "/v1/api-keys", 200, None).await;
+    assert_eq!(answered, set(&["id", "name", "created_at"]));
+    assert_eq!(documented, answered, "GET /v1/api-keys");
+    let id = owner["id"].as_str().unwrap();
+    let (answered, documented) = check(
+        Method::GET,
+        &format!("/v1/api-keys/{id}"),
+        "/v1/api-keys/{id}",
+        200,
+        None,
+    )
+    .await;
+    assert_eq!(documented, answered, "GET /v1/api-keys/{{id}}");
+    // An answer whose fields are not chosen keeps them all; a rename still applies.
+    let (answered, documented) = check(
+        Method::DELETE,
+        "/v1/account/data",
+        "/v1/account/data",
+        200,
+        None,
+    )
+    .await;
+    assert!(answered.contains("deleted_api_key"), "{answered:?}");
+    assert_eq!(documented, answered, "DELETE /v1/account/data");
+    // Required fields are among those shown.
+    let r = resolve(&public, "#/components/schemas/CallerAccount");
+    for name in r["required"].as_array().into_iter().flatten() {
+        assert!(
+            ["account_id", "name", "plan"].contains(&name.as_str().unwrap()),
+            "{name} is required but never shown"
+        );
+    }
+    app.stop().await;
+}
