@@ -257,7 +257,7 @@ async fn portal_links_refuse_bad_input_and_end_with_suspension() {
     // The link names the configured public address; the test's listener is on its own port.
     let raw = link["url"].as_str().unwrap();
     let url = format!("{}{}", app.public, &raw[raw.find("/portal/").unwrap()..]);
-    let started = no_redirects().get(&url).send().await.unwrap();
+    let started = open_link(&app, &link).await;
     assert_eq!(started.status(), 303);
     let cookie = started.headers()[SET_COOKIE].to_str().unwrap().to_string();
     assert!(cookie.contains("Path=/portal"), "{cookie}");
@@ -281,7 +281,8 @@ async fn portal_links_refuse_bad_input_and_end_with_suspension() {
         }
     };
     assert_eq!(home(session.clone()).await, 200);
-    // Used once: the second time is refused.
+    // Used once: the second time is refused, and the link's page says so.
+    assert_eq!(open_link(&app, &link).await.status(), 404);
     assert_eq!(no_redirects().get(&url).send().await.unwrap().status(), 404);
     // Suspending the account ends its portal session.
     app.admin_call(
@@ -352,9 +353,7 @@ async fn portal_session(app: &common::TestApp, acc: &str, role: &str) -> (String
         )
         .await
         .ok(201);
-    let raw = link["url"].as_str().unwrap();
-    let url = format!("{}{}", app.public, &raw[raw.find("/portal/").unwrap()..]);
-    let started = no_redirects().get(&url).send().await.unwrap();
+    let started = open_link(app, &link).await;
     let cookie = started.headers()[SET_COOKIE].to_str().unwrap();
     let session = cookie.split(';').next().unwrap().to_string();
     let page = no_redirects()
@@ -507,9 +506,7 @@ async fn the_portal_keeps_to_its_sessions_mode_and_to_the_self_service_groups_se
         )
         .await
         .ok(201);
-    let raw = link["url"].as_str().unwrap();
-    let url = format!("{}{}", app.public, &raw[raw.find("/portal/").unwrap()..]);
-    let started = no_redirects().get(&url).send().await.unwrap();
+    let started = open_link(&app, &link).await;
     let cookie = started.headers()[SET_COOKIE].to_str().unwrap();
     let session = cookie.split(';').next().unwrap().to_string();
     let page = no_redirects()
@@ -1044,7 +1041,7 @@ async fn the_console_disables_enables_rotates_with_grace_and_reveals_only_test_s
 
 /// The event types of an audit page, top to bottom.
 fn audit_types(page: &str) -> Vec<String> {
-    page.split("</td><td><code>")
+    page.split("</td><td data-label=\"Type\"><code>")
         .skip(1)
         .map(|rest| rest[..rest.find('<').unwrap()].to_string())
         .collect()
@@ -1170,23 +1167,28 @@ async fn key_pages_show_their_activity_chart_counts_and_the_portal_its_quota() {
     let (console, _) = console_session(&app).await;
     let page = page_text(format!("{}/console/keys/{id}", app.admin), console).await;
     let table = &page[page
-        .find("<table class=\"activity\">")
+        .find("<table class=\"activity rows\">")
         .expect("an activity table")..];
     let table = &table[..table.find("</table>").unwrap()];
     let rows: Vec<&str> = table.split("<tr><td>").skip(1).collect();
     assert_eq!(rows.len(), 4, "{table}");
     // Newest first: the refused one, then the three allowed.
-    assert!(rows[0].contains("<td>GET</td><td><code>/usage</code></td><td>403</td><td><code>insufficient_scope</code>"), "{}", rows[0]);
+    let cells = |method: &str, path: &str, status: u16, code: &str| {
+        format!(
+            "<td data-label=\"Method\">{method}</td><td data-label=\"Path\"><code>{path}</code></td>\
+             <td data-label=\"Status\">{status}</td><td data-label=\"Code\"><code>{code}</code>"
+        )
+    };
+    assert!(
+        rows[0].contains(&cells("GET", "/usage", 403, "insufficient_scope")),
+        "{}",
+        rows[0]
+    );
     for (row, path) in rows[1..]
         .iter()
         .zip(["/orders/3", "/orders/2", "/orders/1"])
     {
-        assert!(
-            row.contains(&format!(
-                "<td>POST</td><td><code>{path}</code></td><td>200</td><td><code>valid</code>"
-            )),
-            "{row}"
-        );
+        assert!(row.contains(&cells("POST", path, 200, "valid")), "{row}");
     }
     assert!(
         page.contains("(4 in all; insufficient_scope: 1; valid: 3)"),
@@ -1216,11 +1218,124 @@ async fn new_link(app: &common::TestApp, acc: &str) -> serde_json::Value {
     .ok(201)
 }
 
-/// Opens a link on the test's public listener: the answer.
-async fn open_link(app: &common::TestApp, link: &serde_json::Value) -> reqwest::Response {
+/// The link's page on the test's public listener (the link's `GET`): the answer.
+async fn link_page(app: &common::TestApp, link: &serde_json::Value) -> reqwest::Response {
     let raw = link["url"].as_str().unwrap();
     let url = format!("{}{}", app.public, &raw[raw.find("/portal/").unwrap()..]);
     no_redirects().get(url).send().await.unwrap()
+}
+
+/// Uses a link as its page's button does (the form posting its token): the answer.
+async fn open_link(app: &common::TestApp, link: &serde_json::Value) -> reqwest::Response {
+    let raw = link["url"].as_str().unwrap();
+    let token = &raw[raw.find("token=").unwrap() + 6..];
+    no_redirects()
+        .post(format!("{}/portal/start", app.public))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_portal_links_page_uses_nothing_until_its_button_is_pressed() {
+    let app = spawn_app().await;
+    let acc = app.account("Previewed & Co").await;
+    let link = app
+        .admin_call(
+            Method::POST,
+            &format!("/v1/admin/accounts/{acc}/portal-sessions"),
+            Some(json!({ "mode": "test" })),
+        )
+        .await
+        .ok(201);
+    let raw = link["url"].as_str().unwrap();
+    let token = &raw[raw.find("token=").unwrap() + 6..];
+    // A chat tool's preview, a mail scanner, the customer: three fetches of the link.
+    for _ in 0..3 {
+        let page = link_page(&app, &link).await;
+        assert_eq!(page.status(), 200);
+        assert!(!page.headers().contains_key(SET_COOKIE));
+        assert_safety_headers(&page, "a portal link's page");
+        // The token is in the page's address: no other site is told it.
+        assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+        let html = body(page).await;
+        assert!(html.contains("Previewed &amp; Co"), "{html}");
+        assert!(html.contains("(test)"), "{html}");
+        assert!(
+            html.contains("<form method=\"post\" action=\"/portal/start\">"),
+            "{html}"
+        );
+        assert!(
+            html.contains(&format!("name=\"token\" value=\"{token}\"")),
+            "{html}"
+        );
+    }
+    // The button: the session opens, once.
+    let started = open_link(&app, &link).await;
+    assert_eq!(started.status(), 303);
+    assert_eq!(started.headers()[LOCATION], "/portal");
+    let session = session_of(&started);
+    let home = no_redirects()
+        .get(format!("{}/portal", app.public))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(home.status(), 200);
+    let used = link_page(&app, &link).await;
+    assert_eq!(used.status(), 404);
+    assert!(body(used)
+        .await
+        .contains("already been used or has expired"));
+    assert_eq!(open_link(&app, &link).await.status(), 404);
+
+    // Made-up, empty and missing tokens: the same refusal, and no cookie.
+    for form in [vec![("token", "not-a-token")], vec![("token", "")], vec![]] {
+        let res = no_redirects()
+            .post(format!("{}/portal/start", app.public))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{form:?}");
+        assert!(!res.headers().contains_key(SET_COOKIE));
+    }
+    let res = no_redirects()
+        .get(format!("{}/portal/start?token=not-a-token", app.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    // An expired link's page says so; a suspended account's link offers nothing.
+    let late = new_link(&app, &acc).await;
+    app.clock.advance_ms(5 * 60_000);
+    assert_eq!(link_page(&app, &late).await.status(), 404);
+    let fresh = new_link(&app, &acc).await;
+    app.admin_call(
+        Method::PATCH,
+        &format!("/v1/admin/accounts/{acc}"),
+        Some(json!({ "status": "suspended" })),
+    )
+    .await
+    .ok(200);
+    assert_eq!(link_page(&app, &fresh).await.status(), 404);
+
+    // In Spanish when asked.
+    let other = app.account("Otra").await;
+    let link = new_link(&app, &other).await;
+    let raw = link["url"].as_str().unwrap();
+    let url = format!("{}{}", app.public, &raw[raw.find("/portal/").unwrap()..]);
+    let es = no_redirects()
+        .get(url)
+        .header(ACCEPT_LANGUAGE, "es")
+        .send()
+        .await
+        .unwrap();
+    let es = body(es).await;
+    assert!(es.contains("Abrir el portal"), "{es}");
+    app.stop().await;
 }
 
 /// The session cookie (`name=value`) a portal link's answer set.

@@ -392,6 +392,14 @@ quotas = [ { unit = "requests", limit = 100000, period = "month" } ]
         url
     }
 
+    /// Opens a portal link and presses its button, which uses the link: the portal's home
+    /// page is shown.
+    async fn open_portal(&self, link: &str) {
+        self.browser.goto(link).await.unwrap();
+        self.click("#open-portal").await;
+        assert_eq!(self.path().await, "/portal");
+    }
+
     async fn close(self) {
         let _ = self.browser.clone().close().await;
     }
@@ -576,8 +584,9 @@ async fn console_form_without_csrf_changes_nothing() {
     rig.close().await;
 }
 
-/// A portal link opens a session once; the second use is refused; the session cannot
-/// reach another account's key by editing the URL; it makes keys of its own account.
+/// A portal link's page opens a session once, when its button is pressed; the second use
+/// is refused; the session cannot reach another account's key by editing the URL; it makes
+/// keys of its own account.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portal_link_is_single_use_and_scoped_to_its_account() {
     let Some(rig) = Rig::start().await else {
@@ -601,8 +610,15 @@ async fn portal_link_is_single_use_and_scoped_to_its_account() {
             json!({ "mode": "live", "return_url": "https://example.com/account" }),
         )
         .await;
+    // Opening the link shows its page and uses nothing: opened again (as a chat tool's
+    // preview would have done first), it still offers its button.
     rig.browser.goto(&link).await.unwrap();
-    assert_eq!(rig.browser.current_url().await.unwrap().path(), "/portal");
+    rig.browser.goto(&link).await.unwrap();
+    assert_eq!(rig.status().await, 200);
+    assert_eq!(rig.text("#start-account").await, "Customer One");
+    rig.screenshot("portal_start").await;
+    rig.click("#open-portal").await;
+    assert_eq!(rig.path().await, "/portal");
     assert_eq!(rig.text("#account-name").await, "Customer One");
     assert!(!rig.source().await.contains("not yours"));
     rig.screenshot("portal_home").await;
@@ -660,7 +676,7 @@ async fn portal_consent_creates_a_grant() {
     assert_eq!(status, 201, "{app}");
     let app_id = app["id"].as_str().unwrap();
     let link = rig.portal_link(&account, json!({ "mode": "test" })).await;
-    rig.browser.goto(&link).await.unwrap();
+    rig.open_portal(&link).await;
     rig.browser
         .goto(&format!(
             "http://127.0.0.1:{}/portal/authorize?app_id={app_id}&scopes=usage:read",
@@ -881,7 +897,7 @@ async fn secrets_stay_out_of_the_browser_history() {
 
     // The portal: the same after Back and Forward, and after a reload.
     let link = rig.portal_link(&account, json!({ "mode": "live" })).await;
-    rig.browser.goto(&link).await.unwrap();
+    rig.open_portal(&link).await;
     rig.fill("#key-name", "portal history").await;
     rig.click("#create-key-submit").await;
     let secret = rig.secret("secret").await;
@@ -917,7 +933,8 @@ async fn secrets_stay_out_of_the_browser_history() {
 }
 
 /// On a phone-sized screen (390×844) the pages are usable: nothing wider than the screen,
-/// every visible control labelled, and the sign-in form reached with Tab.
+/// no table scrolled sideways, every visible control labelled, and the sign-in form
+/// reached with Tab.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_fit_a_phone_and_every_control_is_labelled() {
     let Some(rig) = Rig::start().await else {
@@ -950,6 +967,9 @@ async fn pages_fit_a_phone_and_every_control_is_labelled() {
     assert_eq!(rig.run("return document.activeElement.id").await, "sign-in");
     rig.assert_controls_labelled().await;
     let fits = "return document.documentElement.scrollWidth <= window.innerWidth";
+    // A table's rows are stacked on a phone: none is scrolled sideways either.
+    let tables_fit = "return [...document.querySelectorAll('table')]\
+        .every(t => t.scrollWidth <= t.clientWidth + 1)";
     assert_eq!(
         rig.run(fits).await,
         true,
@@ -978,6 +998,11 @@ async fn pages_fit_a_phone_and_every_control_is_labelled() {
         rig.element("main").await;
         rig.assert_controls_labelled().await;
         assert_eq!(rig.run(fits).await, true, "{path} is wider than the phone");
+        assert_eq!(
+            rig.run(tables_fit).await,
+            true,
+            "a table on {path} scrolls sideways"
+        );
     }
     rig.browser
         .goto(&rig.console(&format!("/console/accounts/{account}")))
@@ -985,9 +1010,15 @@ async fn pages_fit_a_phone_and_every_control_is_labelled() {
         .unwrap();
     rig.element("#create-key").await;
     rig.screenshot("phone_console_account").await;
+    rig.browser
+        .goto(&rig.console("/console/audit"))
+        .await
+        .unwrap();
+    rig.element("main").await;
+    rig.screenshot("phone_console_audit").await;
 
     let link = rig.portal_link(&account, json!({})).await;
-    rig.browser.goto(&link).await.unwrap();
+    rig.open_portal(&link).await;
     rig.element("#account-name").await;
     for path in ["/portal".to_string(), format!("/portal/keys/{key_id}")] {
         rig.browser
@@ -997,6 +1028,11 @@ async fn pages_fit_a_phone_and_every_control_is_labelled() {
         rig.element("main").await;
         rig.assert_controls_labelled().await;
         assert_eq!(rig.run(fits).await, true, "{path} is wider than the phone");
+        assert_eq!(
+            rig.run(tables_fit).await,
+            true,
+            "a table on {path} scrolls sideways"
+        );
     }
     rig.browser
         .goto(&format!("http://127.0.0.1:{}/portal", rig.public))

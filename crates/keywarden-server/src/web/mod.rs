@@ -53,6 +53,10 @@ pub(crate) const SOURCES: &[(&str, &str)] = &[
         include_str!("templates/app_secrets.html"),
     ),
     ("portal.html", include_str!("templates/portal.html")),
+    (
+        "portal_start.html",
+        include_str!("templates/portal_start.html"),
+    ),
     ("portal_key.html", include_str!("templates/portal_key.html")),
     ("authorize.html", include_str!("templates/authorize.html")),
     ("new_keys.html", include_str!("templates/new_keys.html")),

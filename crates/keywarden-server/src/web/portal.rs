@@ -1,7 +1,7 @@
 //! The customer portal (`/portal`, public listener; `docs/console.md#the-customer-portal`).
 //! The operator's backend asks for a single-use link for one account
-//! (`POST /v1/admin/accounts/{id}/portal-sessions`); opening it gives a session cookie for
-//! that account only. The session acts like a key of the account with the link's role and
+//! (`POST /v1/admin/accounts/{id}/portal-sessions`); the link opens a page whose button
+//! exchanges it for a session cookie for that account only. The session acts like a key of the account with the link's role and
 //! every scope: it reaches exactly the keys such a key could have made, through the same
 //! rules as the self-service API (`Manager::key_within`, `Ceiling`).
 
@@ -18,7 +18,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Form, Router};
 use axum_extra::extract::cookie::CookieJar;
 use keywarden_core::codes::Code;
 use keywarden_core::decision::CompiledKey;
@@ -41,7 +41,7 @@ pub const SESSION_SECS: i64 = 3600;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/portal", get(home))
-        .route("/portal/start", get(start))
+        .route("/portal/start", get(start_page).post(start))
         .route("/portal/keys/{id}", get(key))
         .merge(super::shared_routes::<Customer>())
         .route("/portal/logout", post(logout))
@@ -309,26 +309,63 @@ struct StartQuery {
     token: String,
 }
 
-/// `GET /portal/start?token=…`: uses the link (once) and opens a session.
-async fn start(State(state): State<AppState>, Query(q): Query<StartQuery>) -> Response {
-    let used = || {
-        WebError::new(
-            StatusCode::NOT_FOUND,
-            "This portal link has already been used or has expired. Ask for a new one.",
-            "",
-        )
-        .into_response()
+/// The page a link that cannot be used (any more) leads to.
+fn link_used() -> Response {
+    WebError::new(
+        StatusCode::NOT_FOUND,
+        "This portal link has already been used or has expired. Ask for a new one.",
+        "",
+    )
+    .into_response()
+}
+
+/// `GET /portal/start?token=…`: the link's page, with the button that uses it. Opening
+/// the link uses nothing: chat tools and mail scanners fetch the links they see, and a
+/// single-use link opened by them would be gone before its customer clicked it.
+async fn start_page(State(state): State<AppState>, Query(q): Query<StartQuery>) -> Response {
+    let now = state.clock.now_ms();
+    let token = q.token.trim();
+    let link = match state.store.get_web_session(&id_hash(token), now).await {
+        Ok(Some(l)) if l.kind == WebSessionKind::PortalLink => l,
+        Ok(_) => return link_used(),
+        Err(e) => return WebError::from(e).into_response(),
     };
+    if super::root_key_of(&state, link.root_key.as_deref(), token).is_none() {
+        return link_used();
+    }
+    let account = match &link.account_id {
+        Some(id) => state.store.get_account(id).await,
+        None => Ok(None),
+    };
+    let account = match account {
+        Ok(Some(a)) if a.status != AccountStatus::Suspended => a,
+        Ok(_) => return link_used(),
+        Err(e) => return WebError::from(e).into_response(),
+    };
+    render(
+        "portal_start.html",
+        context! {
+            area => "portal",
+            token => token,
+            account => account.name,
+            mode => link.mode.map(|m| m.as_str()),
+        },
+    )
+}
+
+/// `POST /portal/start` (the link's token as the form's `token`): uses the link (once)
+/// and opens a session.
+async fn start(State(state): State<AppState>, Form(q): Form<StartQuery>) -> Response {
     let now = state.clock.now_ms();
     let token = q.token.trim();
     let link = match state.store.take_web_session(&id_hash(token), now).await {
         Ok(Some(l)) if l.kind == WebSessionKind::PortalLink => l,
-        Ok(_) => return used(),
+        Ok(_) => return link_used(),
         Err(e) => return WebError::from(e).into_response(),
     };
     // A link made under a root key since taken out of the configuration is void.
     let Some(root) = super::root_key_of(&state, link.root_key.as_deref(), token) else {
-        return used();
+        return link_used();
     };
     let result = async {
         let sid = new_session_id()?;
