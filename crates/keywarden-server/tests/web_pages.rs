@@ -186,14 +186,7 @@ async fn secure_cookies_and_public_url_follow_the_configuration() {
     let (_, cookie) = sign_in(&app.admin, ROOT).await;
     assert!(cookie.contains("Secure"), "{cookie}");
     let acc = app.account("Linked").await;
-    let link = app
-        .admin_call(
-            Method::POST,
-            &format!("/v1/admin/accounts/{acc}/portal-sessions"),
-            Some(json!({})),
-        )
-        .await
-        .ok(201);
+    let link = link_with(&app, &acc, json!({})).await;
     let url = link["url"].as_str().unwrap();
     assert!(
         url.starts_with("https://keys.example.com/portal/start?token="),
@@ -345,14 +338,7 @@ async fn pages_speak_spanish_when_asked() {
 
 /// Opens a portal link for `acc` with `role`: the session cookie and the page's CSRF token.
 async fn portal_session(app: &common::TestApp, acc: &str, role: &str) -> (String, String) {
-    let link = app
-        .admin_call(
-            Method::POST,
-            &format!("/v1/admin/accounts/{acc}/portal-sessions"),
-            Some(json!({ "role": role })),
-        )
-        .await
-        .ok(201);
+    let link = link_with(app, acc, json!({ "role": role })).await;
     let started = open_link(app, &link).await;
     let cookie = started.headers()[SET_COOKIE].to_str().unwrap();
     let session = cookie.split(';').next().unwrap().to_string();
@@ -498,14 +484,7 @@ async fn the_portal_keeps_to_its_sessions_mode_and_to_the_self_service_groups_se
     )
     .await;
     let acc = app.account("Scoped").await;
-    let link = app
-        .admin_call(
-            Method::POST,
-            &format!("/v1/admin/accounts/{acc}/portal-sessions"),
-            Some(json!({ "mode": "test" })),
-        )
-        .await
-        .ok(201);
+    let link = link_with(&app, &acc, json!({ "mode": "test" })).await;
     let started = open_link(&app, &link).await;
     let cookie = started.headers()[SET_COOKIE].to_str().unwrap();
     let session = cookie.split(';').next().unwrap().to_string();
@@ -1209,10 +1188,15 @@ async fn key_pages_show_their_activity_chart_counts_and_the_portal_its_quota() {
 
 /// A new portal link for `acc`: the 201 answer's body.
 async fn new_link(app: &common::TestApp, acc: &str) -> serde_json::Value {
+    link_with(app, acc, json!({})).await
+}
+
+/// A new portal link for `acc` asked for with `body`: the 201 answer's body.
+async fn link_with(app: &common::TestApp, acc: &str, body: serde_json::Value) -> serde_json::Value {
     app.admin_call(
         Method::POST,
         &format!("/v1/admin/accounts/{acc}/portal-sessions"),
-        Some(json!({})),
+        Some(body),
     )
     .await
     .ok(201)
@@ -1241,14 +1225,7 @@ async fn open_link(app: &common::TestApp, link: &serde_json::Value) -> reqwest::
 async fn a_portal_links_page_uses_nothing_until_its_button_is_pressed() {
     let app = spawn_app().await;
     let acc = app.account("Previewed & Co").await;
-    let link = app
-        .admin_call(
-            Method::POST,
-            &format!("/v1/admin/accounts/{acc}/portal-sessions"),
-            Some(json!({ "mode": "test" })),
-        )
-        .await
-        .ok(201);
+    let link = link_with(&app, &acc, json!({ "mode": "test" })).await;
     let raw = link["url"].as_str().unwrap();
     let token = &raw[raw.find("token=").unwrap() + 6..];
     // A chat tool's preview, a mail scanner, the customer: three fetches of the link.

@@ -310,13 +310,28 @@ struct StartQuery {
 }
 
 /// The page a link that cannot be used (any more) leads to.
-fn link_used() -> Response {
+fn link_used() -> WebError {
     WebError::new(
         StatusCode::NOT_FOUND,
         "This portal link has already been used or has expired. Ask for a new one.",
         "",
     )
-    .into_response()
+}
+
+/// The portal link the store `found` for `token`, with the root key it was made under, if
+/// it is one that can still be used.
+fn usable_link<'s>(
+    state: &'s AppState,
+    token: &str,
+    found: keywarden_store::StoreResult<Option<WebSession>>,
+) -> Result<(WebSession, &'s keywarden_core::Secret), WebError> {
+    let link = match found? {
+        Some(l) if l.kind == WebSessionKind::PortalLink => l,
+        _ => return Err(link_used()),
+    };
+    // A link made under a root key since taken out of the configuration is void.
+    let root = super::root_key_of(state, link.root_key.as_deref(), token).ok_or_else(link_used)?;
+    Ok((link, root))
 }
 
 /// `GET /portal/start?token=…`: the link's page, with the button that uses it. Opening
@@ -325,21 +340,18 @@ fn link_used() -> Response {
 async fn start_page(State(state): State<AppState>, Query(q): Query<StartQuery>) -> Response {
     let now = state.clock.now_ms();
     let token = q.token.trim();
-    let link = match state.store.get_web_session(&id_hash(token), now).await {
-        Ok(Some(l)) if l.kind == WebSessionKind::PortalLink => l,
-        Ok(_) => return link_used(),
-        Err(e) => return WebError::from(e).into_response(),
+    let found = state.store.get_web_session(&id_hash(token), now).await;
+    let (link, _) = match usable_link(&state, token, found) {
+        Ok(usable) => usable,
+        Err(e) => return e.into_response(),
     };
-    if super::root_key_of(&state, link.root_key.as_deref(), token).is_none() {
-        return link_used();
-    }
     let account = match &link.account_id {
         Some(id) => state.store.get_account(id).await,
         None => Ok(None),
     };
     let account = match account {
         Ok(Some(a)) if a.status != AccountStatus::Suspended => a,
-        Ok(_) => return link_used(),
+        Ok(_) => return link_used().into_response(),
         Err(e) => return WebError::from(e).into_response(),
     };
     render(
@@ -358,14 +370,10 @@ async fn start_page(State(state): State<AppState>, Query(q): Query<StartQuery>) 
 async fn start(State(state): State<AppState>, Form(q): Form<StartQuery>) -> Response {
     let now = state.clock.now_ms();
     let token = q.token.trim();
-    let link = match state.store.take_web_session(&id_hash(token), now).await {
-        Ok(Some(l)) if l.kind == WebSessionKind::PortalLink => l,
-        Ok(_) => return link_used(),
-        Err(e) => return WebError::from(e).into_response(),
-    };
-    // A link made under a root key since taken out of the configuration is void.
-    let Some(root) = super::root_key_of(&state, link.root_key.as_deref(), token) else {
-        return link_used();
+    let found = state.store.take_web_session(&id_hash(token), now).await;
+    let (link, root) = match usable_link(&state, token, found) {
+        Ok(usable) => usable,
+        Err(e) => return e.into_response(),
     };
     let result = async {
         let sid = new_session_id()?;
