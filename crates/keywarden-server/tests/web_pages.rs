@@ -1780,3 +1780,74 @@ async fn every_form_without_its_sessions_token_is_refused_before_anything_is_rea
     assert!(still.contains("Guarded"), "{still}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn error_pages_keep_the_navigation_of_a_signed_in_session() {
+    let app = spawn_app().await;
+    let acc = app.account("Lost").await;
+    let nav = "<nav aria-label=\"Main\">";
+
+    // The console: an unknown key's page is an error with the bar and its sign-out form.
+    let (console, csrf) = console_session(&app).await;
+    let res = no_redirects()
+        .get(format!("{}/console/keys/key_nope", app.admin))
+        .header("cookie", &console)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let page = body(res).await;
+    assert!(page.contains(nav), "{page}");
+    assert!(page.contains("href=\"/console/accounts\""), "{page}");
+    assert_eq!(csrf_of(&page), csrf);
+    // A form without its token is refused on a page that still has the bar.
+    let refused = post_form(
+        format!("{}/console/accounts", app.admin),
+        &console,
+        &[("name", "x")],
+    )
+    .await;
+    assert_eq!(refused.status(), 403);
+    assert!(body(refused).await.contains(nav));
+
+    // The portal: the same, with the session's way back to the operator's application.
+    let link = link_with(
+        &app,
+        &acc,
+        json!({ "return_url": "https://app.example.com/settings" }),
+    )
+    .await;
+    let session = session_of(&open_link(&app, &link).await);
+    let res = no_redirects()
+        .get(format!("{}/portal/keys/key_nope", app.public))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let page = body(res).await;
+    assert!(page.contains(nav), "{page}");
+    assert!(page.contains("No such key"), "{page}");
+    assert!(
+        page.contains("href=\"https://app.example.com/settings\""),
+        "{page}"
+    );
+    assert!(page.contains("action=\"/portal/logout\""), "{page}");
+
+    // Without a session, an error page has no bar: nothing to navigate or sign out of.
+    let res = no_redirects()
+        .get(format!("{}/portal", app.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(!body(res).await.contains(nav));
+    let res = no_redirects()
+        .get(format!("{}/portal/start?token=nope", app.public))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert!(!body(res).await.contains(nav));
+    app.stop().await;
+}

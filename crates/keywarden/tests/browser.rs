@@ -647,6 +647,10 @@ async fn portal_link_is_single_use_and_scoped_to_its_account() {
         .unwrap();
     assert!(rig.text("#error-message").await.contains("No such key"));
     assert!(!rig.source().await.contains("not yours"));
+    // The error page keeps the session's navigation: back to the keys from there.
+    rig.screenshot("portal_error_with_navigation").await;
+    rig.click("nav a[href='/portal']").await;
+    assert_eq!(rig.path().await, "/portal");
 
     // The link again: refused.
     rig.browser.goto(&link).await.unwrap();

@@ -110,9 +110,11 @@ impl FromRequestParts<AppState> for Operator {
                 .map_err(|e| WebError::from(e).into_response())?;
             if found.is_some_and(|s| s.kind == WebSessionKind::Console) {
                 let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions));
+                let csrf = csrf_token(&sid);
+                super::note_signed_in(&csrf, None);
                 return Ok(Operator {
                     state: state.clone(),
-                    csrf: csrf_token(&sid),
+                    csrf,
                     session_id: sid,
                     stored_hash,
                     actor: Actor::root(ip.and_then(|c| c.ip()).map(|i| i.to_string())),

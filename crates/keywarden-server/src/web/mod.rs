@@ -96,6 +96,27 @@ tokio::task_local! {
     /// Which pages are being served: `console` or `portal` (their stylesheet, header and
     /// links, error pages included).
     static AREA: &'static str;
+    /// The signed-in session's navigation, once its extractor has accepted it: an error
+    /// page shown to that session has the area's navigation bar too.
+    static NAV: std::cell::RefCell<Option<Nav>>;
+}
+
+/// What the navigation bar of a signed-in session needs: the sign-out form's CSRF token
+/// and, in the portal, where "Back" leads.
+#[derive(Clone, Debug)]
+pub struct Nav {
+    csrf: String,
+    return_url: Option<String>,
+}
+
+/// Notes the session the request is served to, for the navigation bar of an error page.
+pub fn note_signed_in(csrf: &str, return_url: Option<&str>) {
+    let _ = NAV.try_with(|nav| {
+        *nav.borrow_mut() = Some(Nav {
+            csrf: csrf.to_string(),
+            return_url: return_url.map(str::to_string),
+        })
+    });
 }
 
 /// The area of the page being rendered.
@@ -149,7 +170,8 @@ pub async fn page_headers(req: axum::extract::Request, next: axum::middleware::N
     } else {
         "portal"
     };
-    let mut res = LANG.scope(locale, AREA.scope(area, next.run(req))).await;
+    let page = NAV.scope(std::cell::RefCell::new(None), next.run(req));
+    let mut res = LANG.scope(locale, AREA.scope(area, page)).await;
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -486,11 +508,13 @@ impl From<keywarden_store::StoreError> for WebError {
 
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
+        let nav = NAV.try_with(|nav| nav.borrow().clone()).ok().flatten();
+        let (csrf, return_url) = nav.map_or((None, None), |n| (Some(n.csrf), n.return_url));
         let mut res = render(
             "error.html",
             minijinja::context! {
                 status => self.status.as_u16(), message => tr(&self.message), back => self.back,
-                code => self.code,
+                code => self.code, csrf => csrf, return_url => return_url,
             },
         );
         *res.status_mut() = self.status;

@@ -179,9 +179,11 @@ impl FromRequestParts<AppState> for Customer {
         let ip = client_ip(&state.settings, &parts.headers, peer_ip(&parts.extensions))
             .and_then(|c| c.ip())
             .map(|i| i.to_string());
+        let csrf = csrf_token(&sid);
+        super::note_signed_in(&csrf, session.return_url.as_deref());
         Ok(Customer {
             state: state.clone(),
-            csrf: csrf_token(&sid),
+            csrf,
             session_id: sid,
             account,
             session,
