@@ -426,41 +426,56 @@ fn self_service_answer(method: &str, rest: &str) -> Option<&'static str> {
     })
 }
 
-/// The schemas a self-service operation answers with when it succeeds: the name of each
-/// one's component (the item's, for a list) and the answer whose fields are chosen for it.
-fn answer_schemas<'o>(
-    method: &str,
-    rest: &str,
-    op: &'o Value,
-) -> impl Iterator<Item = (String, Option<&'static str>)> + 'o {
-    let answer = self_service_answer(method, rest);
-    op["responses"]
-        .as_object()
-        .into_iter()
-        .flatten()
+/// The `$ref`s a self-service operation answers with when it succeeds (the item's, for a
+/// list).
+fn answer_refs(op: &mut Value) -> Vec<&mut Value> {
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+        return Vec::new();
+    };
+    responses
+        .iter_mut()
         .filter(|(status, _)| status.starts_with('2'))
         .filter_map(|(_, res)| {
-            let schema = &res["content"]["application/json"]["schema"];
-            let target = if schema["type"] == "array" {
-                &schema["items"]["$ref"]
+            let schema = res.pointer_mut("/content/application~1json/schema")?;
+            let schema = if schema["type"] == "array" {
+                schema.get_mut("items")?
             } else {
-                &schema["$ref"]
+                schema
             };
-            target.as_str()?.strip_prefix("#/components/schemas/")
+            schema.get_mut("$ref").filter(|r| r.is_string())
         })
-        .map(move |name| (name.to_string(), answer))
+        .collect()
 }
 
-/// Shapes a self-service answer's schema as the deployment answers: only the fields
-/// `self_service.fields` keeps for `answer`, then each field `self_service.rename`
-/// names under its new name (the order the answers themselves take).
-fn shape_answer(schema: &mut Value, answer: Option<&str>, settings: &Settings) {
-    let keep = answer.and_then(|a| settings.self_service.fields(a));
-    let renames = &settings.self_service.rename;
+/// The component describing a self-service answer whose fields `self_service.fields`
+/// chooses: `api_key` → `ApiKeyAnswer`.
+fn answer_component(answer: &str) -> String {
+    let mut name: String = answer
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    name.push_str("Answer");
+    name
+}
+
+/// Keeps only the top-level fields `keep` of an object schema.
+fn keep_fields(schema: &mut Value, keep: &BTreeSet<String>) {
     if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
-        if let Some(keep) = keep {
-            props.retain(|name, _| keep.contains(name));
-        }
+        props.retain(|name, _| keep.contains(name));
+    }
+    if let Some(required) = schema.get_mut("required").and_then(Value::as_array_mut) {
+        required.retain(|n| n.as_str().is_some_and(|n| keep.contains(n)));
+    }
+}
+
+/// Names the top-level fields of an object schema as `self_service.rename` does.
+fn rename_fields(schema: &mut Value, renames: &BTreeMap<String, String>) {
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
         for (from, to) in renames {
             if let Some(p) = props.remove(from) {
                 props.insert(to.clone(), p);
@@ -468,12 +483,93 @@ fn shape_answer(schema: &mut Value, answer: Option<&str>, settings: &Settings) {
         }
     }
     if let Some(required) = schema.get_mut("required").and_then(Value::as_array_mut) {
-        if let Some(keep) = keep {
-            required.retain(|n| n.as_str().is_some_and(|n| keep.contains(n)));
-        }
         for name in required.iter_mut() {
             if let Some(to) = name.as_str().and_then(|n| renames.get(n)) {
                 *name = Value::String(to.clone());
+            }
+        }
+    }
+}
+
+/// Shapes the self-service answers' schemas as the deployment answers. An answer whose
+/// fields `self_service.fields` chooses gets a component of its own
+/// ([`answer_component`], copied from the one it had, with only those fields), so a schema
+/// it shared with another answer (the rotated key's, say) keeps them all. Then every
+/// answer's top-level fields, those of the schemas it is composed of (`allOf`) included,
+/// take their `self_service.rename` names.
+fn shape_answers(doc: &mut Value, settings: &Settings) {
+    let fields = &settings.self_service;
+    let mut copies: BTreeMap<String, (String, &BTreeSet<String>)> = BTreeMap::new();
+    let mut answers: BTreeSet<String> = BTreeSet::new();
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in paths.iter_mut() {
+            let Some(rest) = path.strip_prefix(&settings.base_path) else {
+                continue;
+            };
+            let Some(ops) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, op) in ops.iter_mut() {
+                if !has_tag(op, &[TAG_SELF_SERVICE]) {
+                    continue;
+                }
+                let chosen = self_service_answer(method, rest)
+                    .and_then(|a| fields.fields(a).map(|keep| (a, keep)));
+                for r in answer_refs(op) {
+                    let Some(name) = r
+                        .as_str()
+                        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                        .map(str::to_string)
+                    else {
+                        continue;
+                    };
+                    let name = match chosen {
+                        Some((answer, keep)) => {
+                            let copy = answer_component(answer);
+                            *r = Value::String(format!("#/components/schemas/{copy}"));
+                            copies.insert(copy.clone(), (name, keep));
+                            copy
+                        }
+                        None => name,
+                    };
+                    answers.insert(name);
+                }
+            }
+        }
+    }
+    let Some(schemas) = doc["components"]["schemas"].as_object_mut() else {
+        return;
+    };
+    for (copy, (from, keep)) in copies {
+        if let Some(mut schema) = schemas.get(&from).cloned() {
+            keep_fields(&mut schema, keep);
+            schemas.insert(copy, schema);
+        }
+    }
+    if settings.self_service.rename.is_empty() {
+        return;
+    }
+    let parts: Vec<String> = answers
+        .iter()
+        .filter_map(|a| schemas.get(a)?.get("allOf")?.as_array())
+        .flatten()
+        .filter_map(|p| p["$ref"].as_str()?.strip_prefix("#/components/schemas/"))
+        .map(str::to_string)
+        .collect();
+    // Each schema once, whether an answer, a part of one, or both.
+    let named: BTreeSet<String> = answers.into_iter().chain(parts).collect();
+    for name in &named {
+        if let Some(schema) = schemas.get_mut(name) {
+            rename_fields(schema, &settings.self_service.rename);
+        }
+        // An allOf's own inline parts are its top level too.
+        if let Some(inline) = schemas
+            .get_mut(name)
+            .and_then(|s| s.get_mut("allOf"))
+            .and_then(Value::as_array_mut)
+        {
+            for part in inline.iter_mut().filter(|p| p.get("$ref").is_none()) {
+                rename_fields(part, &settings.self_service.rename);
             }
         }
     }
@@ -487,8 +583,6 @@ pub fn document(listener: Listener, settings: &Settings) -> Value {
 
     let paths = take_object(&mut doc, "paths");
     let mut kept = Map::new();
-    // The self-service answers' schemas, to be shaped as the deployment answers.
-    let mut answers: BTreeMap<String, Option<&'static str>> = BTreeMap::new();
     for (path, mut item) in paths {
         let Some(ops) = item.as_object_mut() else {
             continue;
@@ -511,9 +605,6 @@ pub fn document(listener: Listener, settings: &Settings) -> Value {
             if !ops.keys().any(|m| METHODS.contains(&m.as_str())) {
                 continue;
             }
-            for (method, op) in ops.iter() {
-                answers.extend(answer_schemas(method, rest, op));
-            }
         }
         if self_service {
             for op in ops.values_mut() {
@@ -529,13 +620,7 @@ pub fn document(listener: Listener, settings: &Settings) -> Value {
         kept.insert(path, item);
     }
     doc["paths"] = Value::Object(kept);
-    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
-        for (name, answer) in &answers {
-            if let Some(schema) = schemas.get_mut(name) {
-                shape_answer(schema, *answer, settings);
-            }
-        }
-    }
+    shape_answers(&mut doc, settings);
 
     // Security schemes: the listener's own.
     let mut schemes = Map::new();

@@ -1410,6 +1410,26 @@ async fn the_document_shows_the_answers_as_chosen_fields_and_renames_shape_them(
     )
     .await;
     assert_eq!(documented, answered, "GET /v1/api-keys/{{id}}");
+    // A rotated key's answer is not cut: it keeps every field of a key.
+    let other = app
+        .key(
+            &acc,
+            json!({ "mode": "live", "name": "other", "role": "member" }),
+        )
+        .await;
+    let other = other["id"].as_str().unwrap();
+    let rotated = app
+        .public(
+            Method::POST,
+            &format!("/v1/api-keys/{other}/rotate"),
+            token,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(rotated.status(), 200);
+    let rotated: Value = rotated.json().await.unwrap();
+    assert!(rotated.get("mode").is_some() && rotated.get("api_key").is_some());
+    assert_documented(&public, "post", "/v1/api-keys/{id}/rotate", 200, &rotated);
     // An answer whose fields are not chosen keeps them all; a rename still applies.
     let (answered, documented) = check(
         Method::DELETE,
@@ -1421,8 +1441,24 @@ async fn the_document_shows_the_answers_as_chosen_fields_and_renames_shape_them(
     .await;
     assert!(answered.contains("deleted_api_key"), "{answered:?}");
     assert_eq!(documented, answered, "DELETE /v1/account/data");
+    // Each answer whose fields are chosen has a schema of its own, named by its answers
+    // alone; the schema it was cut from keeps every field for the others.
+    let mut refs = Vec::new();
+    all_refs(&public, &mut refs);
+    for (name, answers) in [
+        ("AccountAnswer", 3),
+        ("ApiKeyAnswer", 2),
+        ("CreatedApiKeyAnswer", 1),
+    ] {
+        let to = format!("#/components/schemas/{name}");
+        assert_eq!(
+            refs.iter().filter(|r| **r == to).count(),
+            answers,
+            "{name} is named elsewhere too, or not by all its answers"
+        );
+    }
     // Required fields are among those shown.
-    let r = resolve(&public, "#/components/schemas/CallerAccount");
+    let r = resolve(&public, "#/components/schemas/AccountAnswer");
     for name in r["required"].as_array().into_iter().flatten() {
         assert!(
             ["account_id", "name", "plan"].contains(&name.as_str().unwrap()),
