@@ -447,22 +447,6 @@ fn answer_refs(op: &mut Value) -> Vec<&mut Value> {
         .collect()
 }
 
-/// The component describing a self-service answer whose fields `self_service.fields`
-/// chooses: `api_key` → `ApiKeyAnswer`.
-fn answer_component(answer: &str) -> String {
-    let mut name: String = answer
-        .split('_')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect();
-    name.push_str("Answer");
-    name
-}
-
 /// Keeps only the top-level fields `keep` of an object schema.
 fn keep_fields(schema: &mut Value, keep: &BTreeSet<String>) {
     if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
@@ -492,9 +476,9 @@ fn rename_fields(schema: &mut Value, renames: &BTreeMap<String, String>) {
 }
 
 /// Shapes the self-service answers' schemas as the deployment answers. An answer whose
-/// fields `self_service.fields` chooses gets a component of its own
-/// ([`answer_component`], copied from the one it had, with only those fields), so a schema
-/// it shared with another answer (the rotated key's, say) keeps them all. Then every
+/// fields `self_service.fields` chooses gets a component of its own (`ApiKey` becomes
+/// `ApiKeyAnswer`: a copy with only those fields), so a schema it shared with another
+/// answer (the rotated key's, say) keeps them all. Then every
 /// answer's top-level fields, those of the schemas it is composed of (`allOf`) included,
 /// take their `self_service.rename` names.
 fn shape_answers(doc: &mut Value, settings: &Settings) {
@@ -513,8 +497,7 @@ fn shape_answers(doc: &mut Value, settings: &Settings) {
                 if !has_tag(op, &[TAG_SELF_SERVICE]) {
                     continue;
                 }
-                let chosen = self_service_answer(method, rest)
-                    .and_then(|a| fields.fields(a).map(|keep| (a, keep)));
+                let chosen = self_service_answer(method, rest).and_then(|a| fields.fields(a));
                 for r in answer_refs(op) {
                     let Some(name) = r
                         .as_str()
@@ -524,8 +507,8 @@ fn shape_answers(doc: &mut Value, settings: &Settings) {
                         continue;
                     };
                     let name = match chosen {
-                        Some((answer, keep)) => {
-                            let copy = answer_component(answer);
+                        Some(keep) => {
+                            let copy = format!("{name}Answer");
                             *r = Value::String(format!("#/components/schemas/{copy}"));
                             copies.insert(copy.clone(), (name, keep));
                             copy

@@ -1338,7 +1338,7 @@ async fn the_document_shows_the_answers_as_chosen_fields_and_renames_shape_them(
         "[self_service]\n\
          endpoints = [\"account\", \"account_write\", \"usage\", \"erase\", \"api_keys\"]\n\
          rename = { deleted_api_keys = \"deleted_api_key\", account_name = \"name\" }\n\
-         fields.account = [\"account_id\", \"account_name\", \"plan\"]\n\
+         fields.account = [\"account_id\", \"account_name\", \"plan\", \"mode\"]\n\
          fields.api_key = [\"id\", \"name\", \"created_at\"]\n\
          fields.created_api_key = [\"api_key\", \"id\", \"name\"]\n",
     )
@@ -1375,7 +1375,7 @@ async fn the_document_shows_the_answers_as_chosen_fields_and_renames_shape_them(
         }
     };
     let (answered, documented) = check(Method::GET, "/v1/account", "/v1/account", 200, None).await;
-    assert_eq!(answered, set(&["account_id", "name", "plan"]));
+    assert_eq!(answered, set(&["account_id", "name", "plan", "mode"]));
     assert_eq!(documented, answered, "GET /v1/account");
     let (answered, documented) = check(
         Method::PATCH,
@@ -1446,7 +1446,8 @@ async fn the_document_shows_the_answers_as_chosen_fields_and_renames_shape_them(
     let mut refs = Vec::new();
     all_refs(&public, &mut refs);
     for (name, answers) in [
-        ("AccountAnswer", 3),
+        ("CallerAccountAnswer", 1),
+        ("AccountSummaryAnswer", 2),
         ("ApiKeyAnswer", 2),
         ("CreatedApiKeyAnswer", 1),
     ] {
@@ -1458,10 +1459,10 @@ async fn the_document_shows_the_answers_as_chosen_fields_and_renames_shape_them(
         );
     }
     // Required fields are among those shown.
-    let r = resolve(&public, "#/components/schemas/AccountAnswer");
+    let r = resolve(&public, "#/components/schemas/CallerAccountAnswer");
     for name in r["required"].as_array().into_iter().flatten() {
         assert!(
-            ["account_id", "name", "plan"].contains(&name.as_str().unwrap()),
+            ["account_id", "name", "plan", "mode"].contains(&name.as_str().unwrap()),
             "{name} is required but never shown"
         );
     }
