@@ -478,11 +478,11 @@ fn rename_fields(schema: &mut Value, renames: &BTreeMap<String, String>) {
 /// Shapes the self-service answers' schemas as the deployment answers. An answer whose
 /// fields `self_service.fields` chooses gets a component of its own (`ApiKey` becomes
 /// `ApiKeyAnswer`: a copy with only those fields), so a schema it shared with another
-/// answer (the rotated key's, say) keeps them all. Then every
-/// answer's top-level fields, those of the schemas it is composed of (`allOf`) included,
-/// take their `self_service.rename` names.
+/// answer (the rotated key's, say) keeps them all. Then every answer's top-level fields,
+/// those of the schemas it is composed of (`allOf`) included, take their
+/// `self_service.rename` names.
 fn shape_answers(doc: &mut Value, settings: &Settings) {
-    let fields = &settings.self_service;
+    let self_service = &settings.self_service;
     let mut copies: BTreeMap<String, (String, &BTreeSet<String>)> = BTreeMap::new();
     let mut answers: BTreeSet<String> = BTreeSet::new();
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
@@ -497,7 +497,7 @@ fn shape_answers(doc: &mut Value, settings: &Settings) {
                 if !has_tag(op, &[TAG_SELF_SERVICE]) {
                     continue;
                 }
-                let chosen = self_service_answer(method, rest).and_then(|a| fields.fields(a));
+                let chosen = self_service_answer(method, rest).and_then(|a| self_service.fields(a));
                 for r in answer_refs(op) {
                     let Some(name) = r
                         .as_str()
@@ -529,7 +529,8 @@ fn shape_answers(doc: &mut Value, settings: &Settings) {
             schemas.insert(copy, schema);
         }
     }
-    if settings.self_service.rename.is_empty() {
+    let renames = &self_service.rename;
+    if renames.is_empty() {
         return;
     }
     let parts: Vec<String> = answers
@@ -543,7 +544,7 @@ fn shape_answers(doc: &mut Value, settings: &Settings) {
     let named: BTreeSet<String> = answers.into_iter().chain(parts).collect();
     for name in &named {
         if let Some(schema) = schemas.get_mut(name) {
-            rename_fields(schema, &settings.self_service.rename);
+            rename_fields(schema, renames);
         }
         // An allOf's own inline parts are its top level too.
         if let Some(inline) = schemas
@@ -552,7 +553,7 @@ fn shape_answers(doc: &mut Value, settings: &Settings) {
             .and_then(Value::as_array_mut)
         {
             for part in inline.iter_mut().filter(|p| p.get("$ref").is_none()) {
-                rename_fields(part, &settings.self_service.rename);
+                rename_fields(part, renames);
             }
         }
     }

@@ -155,12 +155,7 @@ async fn a_root_key_taken_out_of_the_configuration_ends_its_console_sessions() {
     assert_eq!(status, 303);
     let session = cookie.split(';').next().unwrap().to_string();
     let open = |admin: String, session: String| async move {
-        no_redirects()
-            .get(format!("{admin}/console/accounts"))
-            .header("cookie", session)
-            .send()
-            .await
-            .unwrap()
+        get_as(format!("{admin}/console/accounts"), session).await
     };
     assert_eq!(open(app.admin.clone(), session.clone()).await.status(), 200);
     app.stop().await;
@@ -262,16 +257,7 @@ async fn portal_links_refuse_bad_input_and_end_with_suspension() {
     let session = cookie.split(';').next().unwrap().to_string();
     let home = |session: String| {
         let url = format!("{}/portal", app.public);
-        async move {
-            no_redirects()
-                .get(url)
-                .header("cookie", session)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
+        async move { get_as(url, session).await.status().as_u16() }
     };
     assert_eq!(home(session.clone()).await, 200);
     // Used once: the second time is refused, and the link's page says so.
@@ -342,12 +328,8 @@ async fn portal_session(app: &common::TestApp, acc: &str, role: &str) -> (String
     let started = open_link(app, &link).await;
     let cookie = started.headers()[SET_COOKIE].to_str().unwrap();
     let session = cookie.split(';').next().unwrap().to_string();
-    let page = no_redirects()
-        .get(format!("{}/portal", app.public))
-        .header("cookie", &session)
-        .send()
+    let page = get_as(format!("{}/portal", app.public), &session)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -458,20 +440,10 @@ async fn an_owner_renames_and_changes_plan_in_the_portal_and_signing_out_ends_th
     let res = post(owner.clone(), "/portal/logout", vec![("csrf", csrf)]).await;
     let cleared = res.headers()[SET_COOKIE].to_str().unwrap().to_string();
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
-    let home = no_redirects()
-        .get(format!("{}/portal", app.public))
-        .header("cookie", owner)
-        .send()
-        .await
-        .unwrap();
+    let home = get_as(format!("{}/portal", app.public), owner).await;
     assert_eq!(home.status(), 401);
     // The member's own session is untouched.
-    let home = no_redirects()
-        .get(format!("{}/portal", app.public))
-        .header("cookie", member)
-        .send()
-        .await
-        .unwrap();
+    let home = get_as(format!("{}/portal", app.public), member).await;
     assert_eq!(home.status(), 200);
     app.stop().await;
 }
@@ -488,12 +460,8 @@ async fn the_portal_keeps_to_its_sessions_mode_and_to_the_self_service_groups_se
     let started = open_link(&app, &link).await;
     let cookie = started.headers()[SET_COOKIE].to_str().unwrap();
     let session = cookie.split(';').next().unwrap().to_string();
-    let page = no_redirects()
-        .get(format!("{}/portal", app.public))
-        .header("cookie", &session)
-        .send()
+    let page = get_as(format!("{}/portal", app.public), &session)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -586,13 +554,19 @@ async fn the_portal_keeps_to_its_sessions_mode_and_to_the_self_service_groups_se
 
 /// The page at `url`, as the session in `cookie` sees it (`/`, which pages escape in text
 /// and attributes as `&#x2f;`, read back as `/`).
-async fn page_text(url: String, cookie: String) -> String {
+/// A page fetched with the session in `cookie` (`name=value`), redirects not followed.
+async fn get_as(url: impl reqwest::IntoUrl, cookie: impl AsRef<str>) -> reqwest::Response {
     no_redirects()
         .get(url)
-        .header("cookie", cookie)
+        .header("cookie", cookie.as_ref())
         .send()
         .await
         .unwrap()
+}
+
+async fn page_text(url: String, cookie: String) -> String {
+    get_as(url, cookie)
+        .await
         .text()
         .await
         .unwrap()
@@ -900,12 +874,7 @@ async fn without_the_api_keys_group_the_portal_makes_and_shows_no_keys() {
         std::slice::from_ref(&id),
         "no key was made"
     );
-    let page = no_redirects()
-        .get(format!("{}/portal/keys/{id}", app.public))
-        .header("cookie", &portal)
-        .send()
-        .await
-        .unwrap();
+    let page = get_as(format!("{}/portal/keys/{id}", app.public), &portal).await;
     assert_eq!(page.status(), 404);
     for action in ["rotate", "revoke"] {
         let res = post_form(
@@ -1104,12 +1073,11 @@ async fn the_audit_page_filters_by_account_type_and_date() {
     assert!(audit(String::from("since=2026-03-23"))
         .await
         .contains("No events match."));
-    let bad = no_redirects()
-        .get(format!("{}/console/audit?since=yesterday", app.admin))
-        .header("cookie", &console)
-        .send()
-        .await
-        .unwrap();
+    let bad = get_as(
+        format!("{}/console/audit?since=yesterday", app.admin),
+        &console,
+    )
+    .await;
     assert_eq!(bad.status(), 400);
     app.stop().await;
 }
@@ -1253,12 +1221,7 @@ async fn a_portal_links_page_uses_nothing_until_its_button_is_pressed() {
     assert_eq!(started.status(), 303);
     assert_eq!(started.headers()[LOCATION], "/portal");
     let session = session_of(&started);
-    let home = no_redirects()
-        .get(format!("{}/portal", app.public))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
+    let home = get_as(format!("{}/portal", app.public), &session).await;
     assert_eq!(home.status(), 200);
     let used = link_page(&app, &link).await;
     assert_eq!(used.status(), 404);
@@ -1348,15 +1311,7 @@ async fn portal_links_last_five_minutes_and_portal_sessions_an_hour() {
     // The session lasts an hour from its opening.
     let home = |session: String| {
         let url = format!("{}/portal", app.public);
-        async move {
-            no_redirects()
-                .get(url)
-                .header("cookie", session)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
+        async move { get_as(url, session).await.status() }
     };
     app.clock.advance_ms(3_600_000 - 2_000);
     assert_eq!(home(session.clone()).await, 200);
@@ -1452,12 +1407,7 @@ async fn portal_pages_carry_the_safety_headers_and_portal_sessions_are_stored_ha
     assert_eq!(stored.kind, keywarden_core::model::WebSessionKind::Portal);
     assert_eq!(stored.account_id.as_deref(), Some(acc.as_str()));
 
-    let home = no_redirects()
-        .get(format!("{}/portal", app.public))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
+    let home = get_as(format!("{}/portal", app.public), &session).await;
     assert_eq!(home.status(), 200);
     assert_safety_headers(&home, "/portal");
     let csrf = csrf_of(&body(home).await);
@@ -1470,12 +1420,7 @@ async fn portal_pages_carry_the_safety_headers_and_portal_sessions_are_stored_ha
     assert_eq!(made.status(), 201);
     assert_safety_headers(&made, "a page showing a secret");
     let id = key_ids(&app, &acc).await.pop().unwrap();
-    let key = no_redirects()
-        .get(format!("{}/portal/keys/{id}", app.public))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
+    let key = get_as(format!("{}/portal/keys/{id}", app.public), &session).await;
     assert_eq!(key.status(), 200);
     assert_safety_headers(&key, "a key's page");
     let ended = no_redirects()
@@ -1502,24 +1447,15 @@ async fn erasing_an_account_ends_its_portal_sessions_and_links() {
     let (portal, _) = portal_session(&app, &acc, "owner").await;
     let unused = new_link(&app, &acc).await;
     assert_eq!(
-        no_redirects()
-            .get(format!("{}/portal", app.public))
-            .header("cookie", &portal)
-            .send()
+        get_as(format!("{}/portal", app.public), &portal)
             .await
-            .unwrap()
             .status(),
         200
     );
     app.admin_call(Method::DELETE, &format!("/v1/admin/accounts/{acc}"), None)
         .await
         .ok(200);
-    let home = no_redirects()
-        .get(format!("{}/portal", app.public))
-        .header("cookie", &portal)
-        .send()
-        .await
-        .unwrap();
+    let home = get_as(format!("{}/portal", app.public), &portal).await;
     assert_eq!(home.status(), 401);
     let sid = portal.split_once('=').unwrap().1;
     let hash = keywarden_server::web::id_hash(sid);
@@ -1545,13 +1481,7 @@ async fn a_root_key_taken_out_of_the_configuration_ends_the_portal_links_and_ses
     let (session, _) = portal_session(&app, &acc, "owner").await;
     let unused = new_link(&app, &acc).await;
     let home = |public: String, session: String| async move {
-        no_redirects()
-            .get(format!("{public}/portal"))
-            .header("cookie", session)
-            .send()
-            .await
-            .unwrap()
-            .status()
+        get_as(format!("{public}/portal"), session).await.status()
     };
     assert_eq!(home(app.public.clone(), session.clone()).await, 200);
     app.stop().await;
@@ -1789,12 +1719,7 @@ async fn error_pages_keep_the_navigation_of_a_signed_in_session() {
 
     // The console: an unknown key's page is an error with the bar and its sign-out form.
     let (console, csrf) = console_session(&app).await;
-    let res = no_redirects()
-        .get(format!("{}/console/keys/key_nope", app.admin))
-        .header("cookie", &console)
-        .send()
-        .await
-        .unwrap();
+    let res = get_as(format!("{}/console/keys/key_nope", app.admin), &console).await;
     assert_eq!(res.status(), 404);
     let page = body(res).await;
     assert!(page.contains(nav), "{page}");
@@ -1818,12 +1743,7 @@ async fn error_pages_keep_the_navigation_of_a_signed_in_session() {
     )
     .await;
     let session = session_of(&open_link(&app, &link).await);
-    let res = no_redirects()
-        .get(format!("{}/portal/keys/key_nope", app.public))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
+    let res = get_as(format!("{}/portal/keys/key_nope", app.public), &session).await;
     assert_eq!(res.status(), 404);
     let page = body(res).await;
     assert!(page.contains(nav), "{page}");

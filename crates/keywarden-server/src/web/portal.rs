@@ -1,9 +1,10 @@
 //! The customer portal (`/portal`, public listener; `docs/console.md#the-customer-portal`).
 //! The operator's backend asks for a single-use link for one account
 //! (`POST /v1/admin/accounts/{id}/portal-sessions`); the link opens a page whose button
-//! exchanges it for a session cookie for that account only. The session acts like a key of the account with the link's role and
-//! every scope: it reaches exactly the keys such a key could have made, through the same
-//! rules as the self-service API (`Manager::key_within`, `Ceiling`).
+//! exchanges it for a session cookie for that account only. The session acts like a key
+//! of the account with the link's role and every scope: it reaches exactly the keys such a
+//! key could have made, through the same rules as the self-service API
+//! (`Manager::key_within`, `Ceiling`).
 
 use super::console::KeyForm;
 use super::{csrf_token, id_hash, new_session_id, render};
@@ -339,24 +340,22 @@ fn usable_link<'s>(
 /// `GET /portal/start?token=…`: the link's page, with the button that uses it. Opening
 /// the link uses nothing: chat tools and mail scanners fetch the links they see, and a
 /// single-use link opened by them would be gone before its customer clicked it.
-async fn start_page(State(state): State<AppState>, Query(q): Query<StartQuery>) -> Response {
+async fn start_page(
+    State(state): State<AppState>,
+    Query(q): Query<StartQuery>,
+) -> Result<Response, WebError> {
     let now = state.clock.now_ms();
     let token = q.token.trim();
     let found = state.store.get_web_session(&id_hash(token), now).await;
-    let (link, _) = match usable_link(&state, token, found) {
-        Ok(usable) => usable,
-        Err(e) => return e.into_response(),
-    };
+    let (link, _) = usable_link(&state, token, found)?;
     let account = match &link.account_id {
-        Some(id) => state.store.get_account(id).await,
-        None => Ok(None),
+        Some(id) => state.store.get_account(id).await?,
+        None => None,
     };
-    let account = match account {
-        Ok(Some(a)) if a.status != AccountStatus::Suspended => a,
-        Ok(_) => return link_used().into_response(),
-        Err(e) => return WebError::from(e).into_response(),
+    let Some(account) = account.filter(|a| a.status != AccountStatus::Suspended) else {
+        return Err(link_used());
     };
-    render(
+    Ok(render(
         "portal_start.html",
         context! {
             area => "portal",
@@ -364,41 +363,31 @@ async fn start_page(State(state): State<AppState>, Query(q): Query<StartQuery>) 
             account => account.name,
             mode => link.mode.map(|m| m.as_str()),
         },
-    )
+    ))
 }
 
 /// `POST /portal/start` (the link's token as the form's `token`): uses the link (once)
 /// and opens a session.
-async fn start(State(state): State<AppState>, Form(q): Form<StartQuery>) -> Response {
+async fn start(
+    State(state): State<AppState>,
+    Form(q): Form<StartQuery>,
+) -> Result<Response, WebError> {
     let now = state.clock.now_ms();
     let token = q.token.trim();
     let found = state.store.take_web_session(&id_hash(token), now).await;
-    let (link, root) = match usable_link(&state, token, found) {
-        Ok(usable) => usable,
-        Err(e) => return e.into_response(),
+    let (link, root) = usable_link(&state, token, found)?;
+    let sid = new_session_id()?;
+    let session = WebSession {
+        id_hash: id_hash(&sid),
+        root_key: Some(super::root_fingerprint(root, &sid)),
+        kind: WebSessionKind::Portal,
+        created_at: now,
+        expires_at: now + SESSION_SECS * 1000,
+        ..link
     };
-    let result = async {
-        let sid = new_session_id()?;
-        let session = WebSession {
-            id_hash: id_hash(&sid),
-            root_key: Some(super::root_fingerprint(root, &sid)),
-            kind: WebSessionKind::Portal,
-            created_at: now,
-            expires_at: now + SESSION_SECS * 1000,
-            ..link
-        };
-        state.store.create_web_session(&session, now, &[]).await?;
-        Ok::<_, WebError>(sid)
-    }
-    .await;
-    match result {
-        Ok(sid) => {
-            let jar =
-                CookieJar::new().add(session_cookie(&state, COOKIE, sid, "/portal", SESSION_SECS));
-            (jar, Redirect::to("/portal")).into_response()
-        }
-        Err(e) => e.into_response(),
-    }
+    state.store.create_web_session(&session, now, &[]).await?;
+    let jar = CookieJar::new().add(session_cookie(&state, COOKIE, sid, "/portal", SESSION_SECS));
+    Ok((jar, Redirect::to("/portal")).into_response())
 }
 
 #[derive(Deserialize, Default)]
