@@ -39,33 +39,21 @@ fn bench(c: &mut Criterion) {
     let parsed = template.parse(token.expose()).unwrap();
     let stored = hasher.store(&token, parsed.lookup_segment()).unwrap();
     let record = KeyRecord {
-        id: "key_1".into(),
-        account_id: "acc_1".into(),
-        mode: Mode::Live,
-        key_type: KeyType::Secret,
         name: "bench".into(),
-        description: String::new(),
-        owner: String::new(),
         role: Role::Owner,
         scopes: vec!["invoices:read".into(), "customers:read".into()],
         expires_at: Some(i64::MAX),
-        ip_allowlist: vec![],
-        rate_limit: None,
-        enabled: true,
-        metadata: serde_json::json!({}),
-        app_id: None,
-        grant_id: None,
         prefix: "kw_sk_live_".into(),
         start: parsed.start(),
         key_hash: String::new(),
         secret: stored,
-        previous: None,
-        created_at: 0,
-        last_used_at: None,
-        last_used_ip: None,
-        revoked_at: None,
-        revoked_reason: None,
-        recoverable: None,
+        ..KeyRecord::new(
+            "key_1".into(),
+            "acc_1".into(),
+            Mode::Live,
+            KeyType::Secret,
+            0,
+        )
     };
     // The cache finds the key by its lookup value; the comparison stands for that step.
     let stored_lookup = record.secret.lookup.clone();

@@ -578,22 +578,9 @@ mod tests {
             hash: String::new(),
         };
         KeyRecord {
-            id: "key_1".into(),
-            account_id: "acc_1".into(),
-            mode: Mode::Live,
-            key_type: KeyType::Secret,
             name: "k".into(),
-            description: String::new(),
-            owner: String::new(),
             role: Role::Owner,
             scopes: vec!["invoices:read".into()],
-            expires_at: None,
-            ip_allowlist: vec![],
-            rate_limit: None,
-            enabled: true,
-            metadata: serde_json::json!({}),
-            app_id: None,
-            grant_id: None,
             prefix: "kw_sk_live_".into(),
             start: "kw_sk_live_abcd".into(),
             key_hash: "sha256_x".into(),
@@ -603,12 +590,13 @@ mod tests {
                 key_hash: "sha256_y".into(),
                 valid_until: NOW + 1000,
             }),
-            created_at: NOW - 1,
-            last_used_at: None,
-            last_used_ip: None,
-            revoked_at: None,
-            revoked_reason: None,
-            recoverable: None,
+            ..KeyRecord::new(
+                "key_1".into(),
+                "acc_1".into(),
+                Mode::Live,
+                KeyType::Secret,
+                NOW - 1,
+            )
         }
     }
 

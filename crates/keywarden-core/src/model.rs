@@ -242,6 +242,52 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// A key of `account_id` with only what is fixed at creation set: enabled, with the
+    /// `member` role and nothing else granted, no name, description, owner, expiry,
+    /// allowlist, own rate limit, metadata (`{}`), application, secret, use or revocation.
+    /// Callers fill in the rest with struct update syntax.
+    pub fn new(
+        id: String,
+        account_id: String,
+        mode: Mode,
+        key_type: KeyType,
+        created_at: Millis,
+    ) -> Self {
+        KeyRecord {
+            id,
+            account_id,
+            mode,
+            key_type,
+            name: String::new(),
+            description: String::new(),
+            owner: String::new(),
+            role: Role::Member,
+            scopes: Vec::new(),
+            expires_at: None,
+            ip_allowlist: Vec::new(),
+            rate_limit: None,
+            enabled: true,
+            metadata: serde_json::Value::Object(serde_json::Map::new()),
+            app_id: None,
+            grant_id: None,
+            prefix: String::new(),
+            start: String::new(),
+            key_hash: String::new(),
+            secret: StoredSecret {
+                scheme: HashScheme::Sha256,
+                lookup: String::new(),
+                hash: String::new(),
+            },
+            previous: None,
+            created_at,
+            last_used_at: None,
+            last_used_ip: None,
+            revoked_at: None,
+            revoked_reason: None,
+            recoverable: None,
+        }
+    }
+
     /// Whether the key counts as active (not revoked) for plan limits and listings.
     pub fn is_active(&self) -> bool {
         self.revoked_at.is_none()

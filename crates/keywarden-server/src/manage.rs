@@ -804,10 +804,6 @@ impl Manager {
         let recoverable =
             crate::secretbox::seal_recoverable(self.s().secretbox.as_ref(), new.mode, &id, &token)?;
         let rec = KeyRecord {
-            id,
-            account_id: account.id.clone(),
-            mode: new.mode,
-            key_type: new.key_type,
             name,
             description: new.description,
             owner: new.owner,
@@ -820,7 +816,6 @@ impl Manager {
             expires_at: new.expires_at,
             ip_allowlist: new.ip_allowlist,
             rate_limit: new.rate_limit,
-            enabled: true,
             metadata,
             app_id: new.app_id,
             grant_id: new.grant_id,
@@ -828,13 +823,8 @@ impl Manager {
             start,
             key_hash,
             secret,
-            previous: None,
-            created_at: self.now(),
-            last_used_at: None,
-            last_used_ip: None,
-            revoked_at: None,
-            revoked_reason: None,
             recoverable,
+            ..KeyRecord::new(id, account.id.clone(), new.mode, new.key_type, self.now())
         };
         let created = [self.event(
             actor,
@@ -1079,33 +1069,20 @@ impl Manager {
         }
         let scopes = self.check_scopes(key_type, scopes, None)?;
         let rec = KeyRecord {
-            id: new_id("key"),
-            account_id: account.id.clone(),
-            mode,
-            key_type,
             name,
-            description: String::new(),
-            owner: String::new(),
             role,
             scopes,
-            expires_at: None,
-            ip_allowlist: Vec::new(),
-            rate_limit: None,
-            enabled: true,
-            metadata: json!({}),
-            app_id: None,
-            grant_id: None,
             start: prefix.clone(),
             prefix,
             key_hash,
             secret,
-            previous: None,
-            created_at: self.now(),
-            last_used_at: None,
-            last_used_ip: None,
-            revoked_at: None,
-            revoked_reason: None,
-            recoverable: None,
+            ..KeyRecord::new(
+                new_id("key"),
+                account.id.clone(),
+                mode,
+                key_type,
+                self.now(),
+            )
         };
         let created = self.event(
             actor,

@@ -82,22 +82,9 @@ async fn seed(store: &dyn Store) -> String {
         .await
         .expect("create account");
     let key = KeyRecord {
-        id: new_id("key"),
-        account_id: account.id,
-        mode: Mode::Live,
-        key_type: KeyType::Secret,
         name: "bench".into(),
-        description: String::new(),
-        owner: String::new(),
         role: Role::Developer,
         scopes: vec!["invoices:read".into(), "customers:read".into()],
-        expires_at: None,
-        ip_allowlist: Vec::new(),
-        rate_limit: None,
-        enabled: true,
-        metadata: serde_json::json!({}),
-        app_id: None,
-        grant_id: None,
         prefix: "kw_sk_live_".into(),
         start: "kw_sk_live_Ab3x".into(),
         key_hash: format!("sha256_{}", "0".repeat(64)),
@@ -106,13 +93,7 @@ async fn seed(store: &dyn Store) -> String {
             lookup: "f".repeat(64),
             hash: String::new(),
         },
-        previous: None,
-        created_at: 2,
-        last_used_at: None,
-        last_used_ip: None,
-        revoked_at: None,
-        revoked_reason: None,
-        recoverable: None,
+        ..KeyRecord::new(new_id("key"), account.id, Mode::Live, KeyType::Secret, 2)
     };
     store
         .insert_key(&key, &[])

@@ -58,22 +58,9 @@ impl Db {
     async fn key(&self, lookup: &str) -> KeyRecord {
         let id = new_id("key");
         let key = KeyRecord {
-            id: id.clone(),
-            account_id: self.account_id.clone(),
-            mode: Mode::Live,
-            key_type: KeyType::Secret,
             name: "ci".into(),
-            description: String::new(),
-            owner: String::new(),
             role: Role::Owner,
             scopes: vec!["*".into()],
-            expires_at: None,
-            ip_allowlist: Vec::new(),
-            rate_limit: None,
-            enabled: true,
-            metadata: serde_json::json!({}),
-            app_id: None,
-            grant_id: None,
             prefix: "kw_sk_live_".into(),
             start: "kw_sk_live_abcd".into(),
             key_hash: format!("sha256_{}", &lookup.replace('0', "f")),
@@ -82,13 +69,13 @@ impl Db {
                 lookup: lookup.into(),
                 hash: String::new(),
             },
-            previous: None,
-            created_at: 2,
-            last_used_at: None,
-            last_used_ip: None,
-            revoked_at: None,
-            revoked_reason: None,
-            recoverable: None,
+            ..KeyRecord::new(
+                id.clone(),
+                self.account_id.clone(),
+                Mode::Live,
+                KeyType::Secret,
+                2,
+            )
         };
         self.store.insert_key(&key, &[]).await.unwrap();
         key

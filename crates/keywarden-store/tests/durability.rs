@@ -29,22 +29,10 @@ const CHILD_MAX_KEYS: usize = 100_000;
 fn key(account_id: &str, n: usize) -> KeyRecord {
     let id = keywarden_core::model::new_id("key");
     KeyRecord {
-        id: id.clone(),
-        account_id: account_id.into(),
-        mode: Mode::Live,
-        key_type: KeyType::Secret,
         name: format!("key {n}"),
-        description: String::new(),
-        owner: String::new(),
         role: Role::Developer,
         scopes: vec!["*".into()],
-        expires_at: None,
-        ip_allowlist: vec![],
-        rate_limit: None,
-        enabled: true,
         metadata: json!({ "n": n }),
-        app_id: None,
-        grant_id: None,
         prefix: "kw_sk_live_".into(),
         start: "kw_sk_live_abcd".into(),
         key_hash: format!("sha256_{id}"),
@@ -53,13 +41,13 @@ fn key(account_id: &str, n: usize) -> KeyRecord {
             lookup: format!("lookup_{id}"),
             hash: String::new(),
         },
-        previous: None,
-        created_at: 1_700_000_000_000,
-        last_used_at: None,
-        last_used_ip: None,
-        revoked_at: None,
-        revoked_reason: None,
-        recoverable: None,
+        ..KeyRecord::new(
+            id.clone(),
+            account_id.into(),
+            Mode::Live,
+            KeyType::Secret,
+            1_700_000_000_000,
+        )
     }
 }
 

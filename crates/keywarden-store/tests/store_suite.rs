@@ -53,33 +53,20 @@ fn secret(tag: &str) -> StoredSecret {
 fn key(account_id: &str, mode: Mode) -> KeyRecord {
     let id = new_id("key");
     KeyRecord {
-        id: id.clone(),
-        account_id: account_id.into(),
-        mode,
-        key_type: KeyType::Secret,
         name: "ci".into(),
-        description: String::new(),
-        owner: String::new(),
         role: Role::Developer,
         scopes: vec!["invoices:read".into()],
-        expires_at: None,
-        ip_allowlist: vec![],
-        rate_limit: None,
-        enabled: true,
-        metadata: json!({}),
-        app_id: None,
-        grant_id: None,
         prefix: "kw_sk_live_".into(),
         start: "kw_sk_live_abcd".into(),
         key_hash: format!("sha256_{id}"),
         secret: secret("cur"),
-        previous: None,
-        created_at: 1_700_000_000_000,
-        last_used_at: None,
-        last_used_ip: None,
-        revoked_at: None,
-        revoked_reason: None,
-        recoverable: None,
+        ..KeyRecord::new(
+            id.clone(),
+            account_id.into(),
+            mode,
+            KeyType::Secret,
+            1_700_000_000_000,
+        )
     }
 }
 

@@ -254,10 +254,31 @@ pub async fn answer(
 /// `X-Keywarden-Code`.
 fn stamp(res: &mut Response, status: u16, code: &str) {
     let h = res.headers_mut();
-    h.insert(STATUS, HeaderValue::from(status));
-    if let Ok(v) = HeaderValue::from_str(code) {
+    h.insert(STATUS, status_value(status));
+    // A code under its own name is written from its static text; only a renamed one is
+    // copied into a value of its own.
+    let value = match code.parse::<Code>() {
+        Ok(c) if c.as_str() == code => Ok(HeaderValue::from_static(c.as_str())),
+        _ => HeaderValue::from_str(code),
+    };
+    if let Ok(v) = value {
         h.insert(CODE, v);
     }
+}
+
+/// A status as a header value, without an allocation for the statuses decisions give.
+fn status_value(status: u16) -> HeaderValue {
+    let text = match status {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        402 => "402",
+        403 => "403",
+        404 => "404",
+        429 => "429",
+        _ => return HeaderValue::from(status),
+    };
+    HeaderValue::from_static(text)
 }
 
 /// The request header that asks forward-auth to render a denial instead of deciding.

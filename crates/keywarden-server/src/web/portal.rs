@@ -24,8 +24,7 @@ use axum_extra::extract::cookie::CookieJar;
 use keywarden_core::codes::Code;
 use keywarden_core::decision::CompiledKey;
 use keywarden_core::model::{
-    Account, AccountStatus, KeyRecord, KeyType, Millis, Mode, Role, StoredSecret, WebSession,
-    WebSessionKind,
+    Account, AccountStatus, KeyRecord, KeyType, Millis, Mode, Role, WebSession, WebSessionKind,
 };
 use minijinja::context;
 use serde::Deserialize;
@@ -253,37 +252,16 @@ impl Customer {
             .map(str::to_string)
             .collect();
         let record = KeyRecord {
-            id: "portal".into(),
-            account_id: self.account.id.clone(),
-            mode,
-            key_type: KeyType::Secret,
             name: "portal".into(),
-            description: String::new(),
-            owner: String::new(),
             role: self.role(),
             scopes,
-            expires_at: None,
-            ip_allowlist: Vec::new(),
-            rate_limit: None,
-            enabled: true,
-            metadata: serde_json::json!({}),
-            app_id: None,
-            grant_id: None,
-            prefix: String::new(),
-            start: String::new(),
-            key_hash: String::new(),
-            secret: StoredSecret {
-                scheme: keywarden_core::model::HashScheme::Sha256,
-                lookup: String::new(),
-                hash: String::new(),
-            },
-            previous: None,
-            created_at: 0,
-            last_used_at: None,
-            last_used_ip: None,
-            revoked_at: None,
-            revoked_reason: None,
-            recoverable: None,
+            ..KeyRecord::new(
+                "portal".into(),
+                self.account.id.clone(),
+                mode,
+                KeyType::Secret,
+                0,
+            )
         };
         Manager::new(state).ceiling(
             Arc::new(CompiledKey::compile(record, catalog)),
