@@ -66,6 +66,7 @@ impl Answer {
             self.header("x-keywarden-status"),
             Some(status.to_string().as_str())
         );
+        assert_eq!(self.header("x-keywarden-code"), Some(code));
         assert_eq!(
             self.header("www-authenticate").is_some(),
             status == 401,
@@ -77,6 +78,7 @@ impl Answer {
     fn assert_allowed(&self) {
         assert_eq!(self.status, 200, "{}", self.body);
         assert_eq!(self.header("x-keywarden-status"), Some("200"));
+        assert_eq!(self.header("x-keywarden-code"), Some("valid"));
     }
 }
 
@@ -222,6 +224,51 @@ async fn denied_requests_get_status_body_and_www_authenticate() {
     nginx(&app, "GET", "/v1/x", &[("X-API-Key", &t2)])
         .await
         .assert_denied(403, "account_inactive");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn renamed_codes_and_statuses_are_stamped_as_renamed() {
+    let app = spawn_app_with(
+        r#"
+[errors]
+rename = { api_key_expired = "api_key_revoked", missing_api_key = "no_key_given" }
+status = { invalid_api_key = 418 }
+"#,
+    )
+    .await;
+    let acc = app.account("Acme").await;
+    let (id, token) = app.live_key(&acc).await;
+
+    // A new name keeps the status; a changed status keeps the name.
+    nginx(&app, "GET", "/v1/invoices", &[])
+        .await
+        .assert_denied(401, "no_key_given");
+    let a = nginx(
+        &app,
+        "GET",
+        "/v1/invoices",
+        &[("Authorization", "Bearer kw_sk_live_nope")],
+    )
+    .await;
+    assert_eq!(a.status, 418, "{}", a.body);
+    assert_eq!(a.header("x-keywarden-status"), Some("418"));
+    assert_eq!(a.header("x-keywarden-code"), Some("invalid_api_key"));
+
+    // An expired key reads as a revoked one, stamps included.
+    let res = app
+        .admin(
+            Method::PATCH,
+            &format!("/v1/admin/keys/{id}"),
+            Some(json!({ "expires_at": "2026-03-20T11:00:00Z" })),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    app.clock.advance_secs(7200);
+    let bearer = format!("Bearer {token}");
+    nginx(&app, "GET", "/v1/invoices", &[("Authorization", &bearer)])
+        .await
+        .assert_denied(401, "api_key_revoked");
     app.stop().await;
 }
 
