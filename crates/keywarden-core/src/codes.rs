@@ -512,7 +512,7 @@ impl CodeOverrides {
                 let c: Code = code
                     .parse()
                     .map_err(|e| format!("errors.messages.{lang}: {e}"))?;
-                if text.trim().is_empty() || text.len() > 500 {
+                if text.trim().is_empty() || text.chars().count() > 500 {
                     return Err(format!(
                         "errors.messages.{lang}.{code}: a message is 1-500 characters"
                     ));
@@ -663,6 +663,15 @@ mod tests {
         assert!(bad("fr", "invalid_api_key", "x").contains("errors.messages.fr"));
         assert!(bad("es", "nope", "x").contains("nope"));
         assert!(bad("es", "invalid_api_key", " ").contains("errors.messages.es.invalid_api_key"));
+        // Counted in characters, not bytes: 500 accented letters are 1000 bytes.
+        let long = |n: usize| {
+            BTreeMap::from([(
+                "es".to_string(),
+                BTreeMap::from([("invalid_api_key".to_string(), "é".repeat(n))]),
+            )])
+        };
+        assert!(CodeOverrides::default().with_messages(&long(500)).is_ok());
+        assert!(CodeOverrides::default().with_messages(&long(501)).is_err());
     }
 
     #[test]

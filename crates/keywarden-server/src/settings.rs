@@ -387,10 +387,12 @@ impl Settings {
         }
         let base_path = c.server.base_path.trim_end_matches('/').to_string();
         if !base_path.starts_with('/') {
-            return Err(ConfigError::new(
-                "server.base_path",
-                "must start with '/', e.g. \"/v1\"",
-            ));
+            let why = if c.server.base_path.starts_with('/') {
+                "must be a path below the root, e.g. \"/v1\": the self-service API cannot be mounted at \"/\", where the health checks and (in gateway mode) the upstream's paths are"
+            } else {
+                "must start with '/', e.g. \"/v1\""
+            };
+            return Err(ConfigError::new("server.base_path", why));
         }
 
         let sources = c
@@ -707,6 +709,25 @@ mod compile_tests {
             Some(Secret::new("a-pepper-of-32-bytes-or-more-0123456789")),
         )
         .map(|(s, _)| s)
+    }
+
+    #[test]
+    fn a_base_path_is_a_path_below_the_root() {
+        assert_eq!(
+            compile("[server]\nbase_path = \"/api/\"\n")
+                .unwrap()
+                .base_path,
+            "/api"
+        );
+        for (path, says) in [
+            ("/", "below the root"),
+            ("//", "below the root"),
+            ("v1", "start with '/'"),
+        ] {
+            let e = compile(&format!("[server]\nbase_path = \"{path}\"\n")).unwrap_err();
+            assert_eq!(e.field, "server.base_path", "{e}");
+            assert!(e.reason.contains(says), "{path}: {e}");
+        }
     }
 
     #[test]

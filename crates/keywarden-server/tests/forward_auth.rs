@@ -514,7 +514,8 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
 
 #[tokio::test]
 async fn envoy_original_path_in_the_request_path() {
-    let app = spawn_app_with(&format!("{ROUTES}\n{ENVOY}")).await;
+    let root = "[[routes]]\npath = \"/\"\nauth = \"none\"\n";
+    let app = spawn_app_with(&format!("{ROUTES}\n{root}\n{ENVOY}")).await;
     let acc = app.account("Acme").await;
     let reader = scoped_key(&app, &acc, &["invoices:read"]).await;
     let bearer = format!("Bearer {reader}");
@@ -538,6 +539,13 @@ async fn envoy_original_path_in_the_request_path() {
         .await
         .assert_allowed();
     call(&app, Method::GET, "/v1/forward-auth/v1/invoices/3", &[])
+        .await
+        .assert_denied(401, "missing_api_key");
+    // The root path is decided like any other, with or without a query.
+    for root in ["/v1/forward-auth/", "/v1/forward-auth/?lang=es"] {
+        call(&app, Method::GET, root, &[]).await.assert_allowed();
+    }
+    call(&app, Method::GET, "/v1/forward-auth/v1/", &[])
         .await
         .assert_denied(401, "missing_api_key");
 

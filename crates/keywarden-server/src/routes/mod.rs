@@ -194,6 +194,9 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/v1/verify", post(verify::verify))
         .route("/v1/forward-auth", any(forward_auth::forward_auth))
+        // Envoy's path_prefix puts the original path after this one: `/` itself too, which
+        // the catch-all below does not match.
+        .route("/v1/forward-auth/", any(forward_auth::forward_auth))
         .route(
             "/v1/forward-auth/{*original}",
             any(forward_auth::forward_auth),
