@@ -18,9 +18,10 @@
 //! Limits: the plan's `concurrency` caps the requests of one key in flight (a request
 //! holds its slot until its response body has been sent or dropped); more are refused
 //! with 429 `concurrency_limit_exceeded`. An upstream that cannot be reached gives 502
-//! `upstream_unavailable`; one that makes no progress for `timeout_seconds` (no response
-//! headers, not reading the request body, or not sending the response body) gives 504
-//! `upstream_timeout`, or a cut-off body once the response has started.
+//! `upstream_unavailable`; one that takes longer than `connect_timeout_seconds` to connect
+//! to, or makes no progress for `timeout_seconds` (no response headers, not reading the
+//! request body, or not sending the response body), gives 504 `upstream_timeout`, or a
+//! cut-off body once the response has started.
 
 use crate::config::MethodOverride;
 use crate::errors::ApiError;

@@ -800,8 +800,22 @@ fn finish(doc: &mut Value) {
         }
     }
 
-    // `/v1/forward-auth/<original path>` (Envoy's `path_prefix`) is the same endpoint.
+    // `/v1/forward-auth/<original path>` (Envoy's `path_prefix`) is the same endpoint, and
+    // so is `/v1/forward-auth/`, which Envoy asks for the original path `/`.
     let base = forward_auth::FORWARD_AUTH_PATH;
+    if let Some(mut root) = paths.get(base).cloned() {
+        if let Some(ops) = root.as_object_mut() {
+            for (method, op) in ops.iter_mut() {
+                if !METHODS.contains(&method.as_str()) {
+                    continue;
+                }
+                if let Some(id) = op["operationId"].as_str().map(str::to_string) {
+                    op["operationId"] = json!(format!("{id}_at_root"));
+                }
+            }
+        }
+        paths.insert(format!("{base}/"), root);
+    }
     if let Some(mut item) = paths.get(base).cloned() {
         if let Some(ops) = item.as_object_mut() {
             for (method, op) in ops.iter_mut() {

@@ -108,7 +108,11 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
 ];
 
 /// Forward-auth's paths; each answers every method.
-const FORWARD_AUTH_PATHS: &[&str] = &["/v1/forward-auth", "/v1/forward-auth/{original}"];
+const FORWARD_AUTH_PATHS: &[&str] = &[
+    "/v1/forward-auth",
+    "/v1/forward-auth/",
+    "/v1/forward-auth/{original}",
+];
 
 /// The request body each body-taking operation documents.
 const REQUEST_BODIES: &[(&str, &str, &str)] = &[
