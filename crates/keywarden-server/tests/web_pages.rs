@@ -372,6 +372,7 @@ async fn an_owner_renames_and_changes_plan_in_the_portal_and_signing_out_ends_th
     // The refusal is a page of the portal, with its stylesheet.
     let page = res.text().await.unwrap();
     assert!(page.contains("href=\"/portal/assets/app.css\""), "{page}");
+    assert!(page.contains("<h1>Nothing was changed</h1>"), "{page}");
     assert_eq!(account().await.ok(200)["name"], "Before");
 
     let (owner, csrf) = portal_session(&app, &acc, "owner").await;
@@ -1225,9 +1226,10 @@ async fn a_portal_links_page_uses_nothing_until_its_button_is_pressed() {
     assert_eq!(home.status(), 200);
     let used = link_page(&app, &link).await;
     assert_eq!(used.status(), 404);
-    assert!(body(used)
-        .await
-        .contains("already been used or has expired"));
+    // Opening a link changes nothing, and its page does not say otherwise.
+    let html = body(used).await;
+    assert!(html.contains("already been used or has expired"), "{html}");
+    assert!(html.contains("<h1>Not found</h1>"), "{html}");
     assert_eq!(open_link(&app, &link).await.status(), 404);
 
     // Made-up, empty and missing tokens: the same refusal, and no cookie.

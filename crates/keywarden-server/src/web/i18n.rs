@@ -85,6 +85,7 @@ const SPANISH: &[(&str, &str)] = &[
     ("No such key.", "No existe esa clave."),
     ("None checked: the default scopes.", "Sin marcar: los permisos por defecto."),
     ("None.", "Ninguna."),
+    ("Not found", "No encontrado"),
     ("Nothing was changed", "No se ha cambiado nada"),
     ("Old secret keeps working for (seconds)", "El secreto anterior sigue funcionando durante (segundos)"),
     ("Open the portal", "Abrir el portal"),
