@@ -376,13 +376,12 @@ impl Settings {
             .filter(|k| !k.is_empty())
             .map(|k| Secret::new(k.as_str()))
             .collect();
-        if let Some(short) = root_keys.iter().find(|k| k.len() < 16) {
+        // Counted in characters, as the message says, not in bytes.
+        let chars = |k: &Secret| k.expose().chars().count();
+        if let Some(short) = root_keys.iter().map(chars).find(|&n| n < 16) {
             return Err(ConfigError::new(
                 "server.root_keys",
-                format!(
-                    "a root key must be at least 16 characters (one has {})",
-                    short.len()
-                ),
+                format!("a root key must be at least 16 characters (one has {short})"),
             ));
         }
         let base_path = c.server.base_path.trim_end_matches('/').to_string();
@@ -727,6 +726,22 @@ mod compile_tests {
             let e = compile(&format!("[server]\nbase_path = \"{path}\"\n")).unwrap_err();
             assert_eq!(e.field, "server.base_path", "{e}");
             assert!(e.reason.contains(says), "{path}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_root_key_has_at_least_16_characters() {
+        let roots = |keys: &[&str]| {
+            let list = keys.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>();
+            compile(&format!("[server]\nroot_keys = [{}]\n", list.join(", ")))
+        };
+        assert_eq!(roots(&["0123456789abcdef"]).unwrap().root_keys.len(), 1);
+        assert_eq!(roots(&["ñandú-ñandú-ñandú"]).unwrap().root_keys.len(), 1);
+        // Fifteen characters, though thirty bytes, is one too few.
+        for short in ["0123456789abcde", "ééééééééééééééé"] {
+            let e = roots(&["0123456789abcdef", short]).unwrap_err();
+            assert_eq!(e.field, "server.root_keys", "{e}");
+            assert!(e.reason.contains("(one has 15)"), "{short}: {e}");
         }
     }
 

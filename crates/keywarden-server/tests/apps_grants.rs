@@ -1345,13 +1345,7 @@ async fn default_sets_make_the_test_pair_at_creation_and_the_live_pair_at_approv
         .ok(200);
     assert!(again.get("keys").is_none(), "{again}");
     // Suspended and made active again: no new keys either.
-    app.admin_call(
-        Method::PATCH,
-        &format!("/v1/admin/accounts/{acc}"),
-        Some(json!({ "status": "suspended" })),
-    )
-    .await
-    .ok(200);
+    app.set_account_status(&acc, "suspended").await;
     let back = app
         .admin_call(
             Method::PATCH,

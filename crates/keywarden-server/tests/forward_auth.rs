@@ -213,14 +213,7 @@ async fn denied_requests_get_status_body_and_www_authenticate() {
     // A suspended account is a 403, which nginx passes on as is.
     let acc2 = app.account("Beta").await;
     let (_, t2) = app.live_key(&acc2).await;
-    let res = app
-        .admin(
-            Method::PATCH,
-            &format!("/v1/admin/accounts/{acc2}"),
-            Some(json!({ "status": "suspended" })),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
+    app.set_account_status(&acc2, "suspended").await;
     nginx(&app, "GET", "/v1/x", &[("X-API-Key", &t2)])
         .await
         .assert_denied(403, "account_inactive");

@@ -206,13 +206,7 @@ async fn keys_of_a_suspended_account_are_403_account_inactive() {
     let app = spawn_app().await;
     let (acc, _, live) = customer(&app, "Acme").await;
     let (_, test) = app.test_key(&acc).await;
-    app.admin_call(
-        Method::PATCH,
-        &format!("/v1/admin/accounts/{acc}"),
-        Some(json!({ "status": "suspended" })),
-    )
-    .await
-    .ok(200);
+    app.set_account_status(&acc, "suspended").await;
     app.whoami(&live).await.err(403, "account_inactive");
     app.whoami(&test).await.err(403, "account_inactive");
     // Reactivated, both work again.
@@ -232,13 +226,7 @@ async fn a_live_key_of_a_pending_account_is_403_but_its_test_key_works() {
     let app = spawn_app().await;
     let (acc, _, live) = customer(&app, "Acme").await;
     let (_, test) = app.test_key(&acc).await;
-    app.admin_call(
-        Method::PATCH,
-        &format!("/v1/admin/accounts/{acc}"),
-        Some(json!({ "status": "pending" })),
-    )
-    .await
-    .ok(200);
+    app.set_account_status(&acc, "pending").await;
     app.whoami(&live).await.err(403, "account_inactive");
     app.assert_key_works(&test).await;
 }

@@ -1285,13 +1285,7 @@ async fn a_write_on_one_replica_is_enforced_by_the_others_at_once() {
     b.assert_key_works(&new).await;
 
     // The account suspended on A: B refuses its keys.
-    a.admin_call(
-        Method::PATCH,
-        &format!("/v1/admin/accounts/{acc}"),
-        Some(json!({ "status": "suspended" })),
-    )
-    .await
-    .ok(200);
+    a.set_account_status(&acc, "suspended").await;
     assert!(
         soon(|| async { b.whoami(&other).await.code() == "account_inactive" }).await,
         "B still serves an account suspended on A"

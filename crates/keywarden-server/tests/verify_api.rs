@@ -201,14 +201,7 @@ async fn suspended_account_is_inactive() {
     let acc = app.account("Acme").await;
     let (id, token) = app.live_key(&acc).await;
     assert_valid(&app.verify(json!({ "key": token })).await);
-    let res = app
-        .admin(
-            Method::PATCH,
-            &format!("/v1/admin/accounts/{acc}"),
-            Some(json!({ "status": "suspended" })),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
+    app.set_account_status(&acc, "suspended").await;
     let v = app.verify(json!({ "key": token })).await;
     assert_denied(&v, "account_inactive", 403);
     // A 403 says whose key it is, so the backend can tell the customer.
@@ -224,14 +217,7 @@ async fn pending_account_test_key_works_but_live_key_does_not() {
     let (_, live) = app.live_key(&acc).await;
     let test = app.key(&acc, json!({ "mode": "test", "name": "t" })).await;
     let test = test["api_key"].as_str().unwrap();
-    let res = app
-        .admin(
-            Method::PATCH,
-            &format!("/v1/admin/accounts/{acc}"),
-            Some(json!({ "status": "pending" })),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
+    app.set_account_status(&acc, "pending").await;
     assert_denied(
         &app.verify(json!({ "key": live })).await,
         "account_inactive",

@@ -264,13 +264,7 @@ async fn portal_links_refuse_bad_input_and_end_with_suspension() {
     assert_eq!(open_link(&app, &link).await.status(), 404);
     assert_eq!(no_redirects().get(&url).send().await.unwrap().status(), 404);
     // Suspending the account ends its portal session.
-    app.admin_call(
-        Method::PATCH,
-        &format!("/v1/admin/accounts/{acc}"),
-        Some(json!({ "status": "suspended" })),
-    )
-    .await
-    .ok(200);
+    app.set_account_status(&acc, "suspended").await;
     assert_eq!(home(session).await, 401);
     app.admin_call(Method::POST, &path, Some(json!({})))
         .await
@@ -1255,13 +1249,7 @@ async fn a_portal_links_page_uses_nothing_until_its_button_is_pressed() {
     app.clock.advance_ms(5 * 60_000);
     assert_eq!(link_page(&app, &late).await.status(), 404);
     let fresh = new_link(&app, &acc).await;
-    app.admin_call(
-        Method::PATCH,
-        &format!("/v1/admin/accounts/{acc}"),
-        Some(json!({ "status": "suspended" })),
-    )
-    .await
-    .ok(200);
+    app.set_account_status(&acc, "suspended").await;
     assert_eq!(link_page(&app, &fresh).await.status(), 404);
 
     // In Spanish when asked.

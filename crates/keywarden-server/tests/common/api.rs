@@ -151,6 +151,17 @@ impl TestApp {
         self.whoami(key).await.err(401, code);
     }
 
+    /// Sets an account's status (`active`, `suspended`, ...) through the admin API.
+    pub async fn set_account_status(&self, account: &str, status: &str) {
+        self.admin_call(
+            Method::PATCH,
+            &format!("/v1/admin/accounts/{account}"),
+            Some(json!({ "status": status })),
+        )
+        .await
+        .ok(200);
+    }
+
     /// Creates an account with an explicit body; returns its id.
     pub async fn account_with(&self, body: Value) -> String {
         let v = self
