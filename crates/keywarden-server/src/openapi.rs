@@ -803,27 +803,30 @@ fn finish(doc: &mut Value) {
     // `/v1/forward-auth/<original path>` (Envoy's `path_prefix`) is the same endpoint, and
     // so is `/v1/forward-auth/`, which Envoy asks for the original path `/`.
     let base = forward_auth::FORWARD_AUTH_PATH;
-    if let Some(mut root) = paths.get(base).cloned() {
-        if let Some(ops) = root.as_object_mut() {
-            for (method, op) in ops.iter_mut() {
-                if !METHODS.contains(&method.as_str()) {
-                    continue;
-                }
-                if let Some(id) = op["operationId"].as_str().map(str::to_string) {
-                    op["operationId"] = json!(format!("{id}_at_root"));
-                }
+    // The path item at `base`, each operation's id ending in `suffix`.
+    let renamed = |suffix: &str| {
+        let mut item = paths.get(base).cloned()?;
+        let ops = item.as_object_mut()?;
+        for (method, op) in ops.iter_mut() {
+            if !METHODS.contains(&method.as_str()) {
+                continue;
+            }
+            if let Some(id) = op["operationId"].as_str().map(str::to_string) {
+                op["operationId"] = json!(format!("{id}{suffix}"));
             }
         }
+        Some(item)
+    };
+    let at_root = renamed("_at_root");
+    let with_path = renamed("_with_path");
+    if let Some(root) = at_root {
         paths.insert(format!("{base}/"), root);
     }
-    if let Some(mut item) = paths.get(base).cloned() {
+    if let Some(mut item) = with_path {
         if let Some(ops) = item.as_object_mut() {
             for (method, op) in ops.iter_mut() {
                 if !METHODS.contains(&method.as_str()) {
                     continue;
-                }
-                if let Some(id) = op["operationId"].as_str().map(str::to_string) {
-                    op["operationId"] = json!(format!("{id}_with_path"));
                 }
                 let params = op
                     .as_object_mut()

@@ -737,7 +737,7 @@ mod compile_tests {
         };
         assert_eq!(roots(&["0123456789abcdef"]).unwrap().root_keys.len(), 1);
         assert_eq!(roots(&["ñandú-ñandú-ñandú"]).unwrap().root_keys.len(), 1);
-        // Fifteen characters, though thirty bytes, is one too few.
+        // Fifteen characters are one too few, even when they are thirty bytes.
         for short in ["0123456789abcde", "ééééééééééééééé"] {
             let e = roots(&["0123456789abcdef", short]).unwrap_err();
             assert_eq!(e.field, "server.root_keys", "{e}");
